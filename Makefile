@@ -1,0 +1,30 @@
+# pandaes — two commands do all the set-up on a fresh machine:
+#   make run    start broker, database and every component on the embedded defaults
+#   make test   install what the tests need and run them against a real broker and database
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/pandaes run
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(VENV)/bin/pandaes bench $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) .state

@@ -1,0 +1,1 @@
+"""The `pandaes` command line: run components, submit, inspect and replay."""

@@ -1,0 +1,94 @@
+"""The runnable components and how `pandaes run` supervises them.
+
+Each component is ``module:function`` with the signature ``fn(cfg, stop: threading.Event)``; it runs
+until ``stop`` is set. `pandaes run` starts each in its own process (so a crash is contained and a
+component can be scaled by running more copies) and restarts it if it exits unexpectedly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from core.config import Config
+
+COMPONENTS: dict[str, str] = {
+    "ledger": "core.ledger:run_component",
+    "projector": "projections.runner:run_component",
+}
+
+
+def resolve(name: str) -> Callable[[Config, threading.Event], None]:
+    try:
+        target = COMPONENTS[name]
+    except KeyError:
+        raise SystemExit(f"unknown component {name!r}; known: {', '.join(COMPONENTS)}") from None
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def run_in_process(name: str, cfg: Config) -> None:
+    """Run one component in this process until SIGTERM/SIGINT."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    resolve(name)(cfg, stop)
+
+
+class Supervisor:
+    """Keeps one process per requested component alive; restarts crashed ones with a back-off."""
+
+    def __init__(self, names: list[str], env: dict[str, str], log=print):
+        self.names = names
+        self.env = env
+        self.log = log
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {n: 0 for n in names}
+
+    def _start(self, name: str) -> None:
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "component", name], env=self.env,
+        )
+
+    def start(self) -> None:
+        for name in self.names:
+            resolve(name)  # fail fast on a typo before anything starts
+            self._start(name)
+
+    def watch(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            for name, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                self.restarts[name] += 1
+                delay = min(30, 2 ** min(self.restarts[name], 5))
+                self.log(f"component {name} exited with {code}; restarting in {delay}s "
+                         f"(restart #{self.restarts[name]})")
+                if stop.wait(delay):
+                    break
+                self._start(name)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 15
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def child_env(cfg: Config) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PANDAES_KAFKA"] = cfg.kafka.bootstrap
+    env["PANDAES_DB"] = cfg.db.url
+    return env

@@ -1,0 +1,223 @@
+"""The ledger: the only writer of panda.job-events.
+
+It consumes panda.job-commands partition by partition. For each command it asks
+``core.machine.decide`` for the verdict and writes either the event (to the *same partition number*
+of panda.job-events, so a job's commands and events share a shard) or a rejection. Events,
+rejections and the consumed offsets are committed in ONE Kafka transaction.
+
+Recovery, on start and on every partition assignment:
+  1. fencing: ``init_transactions`` with a stable transactional id aborts what a crashed
+     predecessor with the same id left open;
+  2. state: the jobs projection gives a snapshot of the partition's jobs and the event offset it
+     reached (read in one database snapshot); the events after that offset are folded on top;
+  3. position: commands resume at the group's committed offset — or just after the command of
+     the last event in the log, if that is later. Brokers that expose aborted transactional records
+     to read_committed readers (Tansu does) thereby cannot make the ledger emit a second event for
+     one command: whatever event is visible in the log counts, exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import msgspec
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from core import bus, db
+from core.config import Config
+from core.machine import JobState, apply, decide
+from schemas.messages import Rejected, decode_command, decode_event, encode, key_of
+
+log = logging.getLogger(__name__)
+
+# Crash hook for the exactly-once test: exit right after producing the Nth batch, before commit.
+CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
+
+
+class _Rebuilder(ConsumerRebalanceListener):
+    """Notes assignment changes; the rebuild itself runs in the ledger's loop, because kafka-python
+    runs this listener on its I/O thread where blocking consumer calls are not allowed."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+
+    def on_partitions_revoked(self, revoked):
+        for tp in revoked:
+            self.ledger.drop_partition(tp.partition)
+
+    def on_partitions_assigned(self, assigned):
+        self.ledger.to_rebuild.update(assigned)
+
+
+class Ledger:
+    def __init__(self, cfg: Config, instance: str = "0"):
+        self.cfg = cfg
+        self.instance = instance
+        self.group_id = f"{cfg.kafka.group_prefix}-ledger"
+        self.commands_topic = cfg.kafka.commands_topic
+        self.events_topic = cfg.kafka.events_topic
+        self.rejected_topic = cfg.kafka.rejected_topic
+        self.jobs: dict[int, dict[int, JobState]] = {}     # partition → PandaID → state
+        self.resume_at: dict[int, int] = {}                   # partition → first command offset to judge
+        self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
+        self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0}
+        self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
+        self.producer.init_transactions()                     # fences a crashed predecessor
+        self.consumer = bus.consumer(cfg, group_id=self.group_id)
+        self.consumer.subscribe([self.commands_topic], listener=_Rebuilder(self))
+        self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+
+    # ------------------------------------------------------------------------------------ recovery
+    def drop_partition(self, partition: int) -> None:
+        self.to_rebuild = {tp for tp in self.to_rebuild if tp.partition != partition}
+        self.jobs.pop(partition, None)
+        self.resume_at.pop(partition, None)
+
+    def rebuild_partition(self, tp: TopicPartition) -> None:
+        started = time.monotonic()
+        p = tp.partition
+        jobs, start = self._snapshot(p)
+        last_src = -1
+        n = 0
+        for rec in bus.read_partition(self.cfg, self.events_topic, p, start):
+            ev = decode_event(rec.value)
+            if jobs.get(ev.PandaID) is None or ev.seq == jobs[ev.PandaID].seq + 1:
+                jobs[ev.PandaID] = apply(jobs.get(ev.PandaID), ev)
+            if ev.src:
+                last_src = max(last_src, ev.src[1])
+            n += 1
+        if last_src < 0:
+            last_src = self._last_src_from_tail(p)
+        self.jobs[p] = jobs
+        committed = self.consumer.committed(tp) or 0
+        resume = max(committed, last_src + 1)
+        self.resume_at[p] = resume
+        self.consumer.seek(tp, resume)
+        log.info("ledger %s: partition %d rebuilt: %d jobs, %d events replayed, commands from offset %d "
+                 "(committed %d) in %.2fs", self.instance, p, len(jobs), n, resume, committed,
+                 time.monotonic() - started)
+
+    def _snapshot(self, partition: int) -> tuple[dict[int, JobState], int]:
+        """The partition's jobs and the event offset they reflect, from one database snapshot."""
+        with db.connect(self.cfg) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = conn.execute(
+                "SELECT next_offset FROM consumer_positions WHERE projection = 'jobs' AND topic = %s"
+                " AND partition = %s", (self.events_topic, partition)).fetchone()
+            start = row[0] if row else 0
+            jobs = {}
+            if start:
+                for pid, status, seq, attempt, cmd, sh, label in conn.execute(
+                        "SELECT pandaid, status, seq, attempt_nr, command_to_pilot, special_handling,"
+                        " prod_source_label FROM jobs WHERE partition = %s", (partition,)):
+                    jobs[pid] = JobState(PandaID=pid, state=status, seq=seq, attempt_nr=attempt,
+                                         command_to_pilot=cmd, special_handling=sh, label=label)
+            conn.rollback()
+        return jobs, start
+
+    def _last_src_from_tail(self, partition: int) -> int:
+        """Source command offset of the partition's last event (when the replay read none).
+
+        The tail of a partition can be transaction markers, which take offsets but are never
+        returned as records, so look back in growing windows until an event shows up."""
+        end = bus.end_offsets(self.cfg, self.events_topic).get(partition, 0)
+        window = 64
+        while end > 0:
+            start = max(0, end - window)
+            last = None
+            for rec in bus.read_partition(self.cfg, self.events_topic, partition, start, end):
+                last = rec
+            if last is not None:
+                ev = decode_event(last.value)
+                return ev.src[1] if ev.src else -1
+            if start == 0:
+                break
+            window *= 4
+        return -1
+
+    # ---------------------------------------------------------------------------------- processing
+    def step(self, timeout_ms: int = 200) -> int:
+        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        if self.to_rebuild:
+            rebuilt, self.to_rebuild = self.to_rebuild, set()
+            for tp in sorted(rebuilt, key=lambda t: t.partition):
+                self.rebuild_partition(tp)
+            # records fetched before the rebuild's seek are fetched again from the right offset
+            polled = {tp: msgs for tp, msgs in polled.items() if tp not in rebuilt}
+        if not polled:
+            return 0
+        self.producer.begin_transaction()
+        offsets = {}
+        n = 0
+        for tp, msgs in polled.items():
+            p = tp.partition
+            jobs = self.jobs.setdefault(p, {})
+            floor = self.resume_at.get(p, 0)
+            for m in msgs:
+                if m.offset < floor:
+                    continue
+                self._judge(p, m, jobs)
+                n += 1
+            offsets[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
+        self.producer.send_offsets_to_transaction(offsets, self.group_id)
+        self.stats["batches"] += 1
+        if self._crash_after and self.stats["batches"] >= self._crash_after:
+            self.producer.flush()
+            log.warning("ledger %s: crashing on purpose before commit (%s)", self.instance, CRASH_ENV)
+            os._exit(17)
+        self.producer.commit_transaction()
+        return n
+
+    def _judge(self, partition: int, m, jobs: dict[int, JobState]) -> None:
+        self.stats["commands"] += 1
+        src = [partition, m.offset]
+        try:
+            cmd = decode_command(m.value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            pid = _panda_id_from_key(m.key)
+            out = Rejected(PandaID=pid, actor="ledger", command_id="", command_type="undecodable",
+                           code="bad_command", reason=f"cannot decode command: {exc}", src=src)
+            self._send_rejection(out)
+            return
+        out = decide(jobs.get(cmd.PandaID), cmd, src)
+        if isinstance(out, Rejected):
+            self._send_rejection(out)
+            return
+        jobs[cmd.PandaID] = apply(jobs.get(cmd.PandaID), out)
+        self.producer.send(self.events_topic, key=key_of(cmd.PandaID), value=encode(out), partition=partition)
+        self.stats["events"] += 1
+
+    def _send_rejection(self, out: Rejected) -> None:
+        self.producer.send(self.rejected_topic, key=key_of(out.PandaID), value=encode(out))
+        self.stats["rejections"] += 1
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.step()
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.close()
+
+
+def _panda_id_from_key(key: bytes | None) -> int:
+    try:
+        return int(key or b"0")
+    except ValueError:
+        return 0
+
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run ledger`: one ledger process; run several with distinct PANDAES_LEDGER_INSTANCE."""
+    ledger = Ledger(cfg, instance=os.environ.get("PANDAES_LEDGER_INSTANCE", "0"))
+    try:
+        ledger.run(stop)
+    finally:
+        ledger.close()

@@ -1,0 +1,1 @@
+"""Experiment-specific behaviour (data placement, output registration) behind small interfaces."""

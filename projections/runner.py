@@ -1,0 +1,124 @@
+"""The thin loop that feeds panda.job-events into projections.
+
+Per poll: group records by partition, decode each once, let every projection apply the records it
+has not seen yet, store each projection's next offset — all in one database transaction. Kafka
+group offsets are committed afterwards only to show lag; the database positions are the truth, and
+on (re)assignment the consumer seeks to them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+import psycopg
+from kafka import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+
+from core import bus, db
+from core.config import Config
+from projections.archive import ArchiveProjection
+from projections.base import Projection, Record, load_positions, save_position
+from projections.files import FilesProjection
+from projections.jobs import JobsProjection
+from schemas.messages import decode_event
+
+log = logging.getLogger(__name__)
+
+ALL = {p.name: p for p in (JobsProjection(), FilesProjection(), ArchiveProjection())}
+
+
+class _Seeker(ConsumerRebalanceListener):
+    def __init__(self, runner: ProjectionRunner):
+        self.runner = runner
+
+    def on_partitions_revoked(self, revoked):
+        pass
+
+    def on_partitions_assigned(self, assigned):
+        self.runner.seek_to_positions(assigned)
+
+
+class ProjectionRunner:
+    """Runs a set of projections over the event topic in one consumer group."""
+
+    def __init__(self, cfg: Config, projections: Sequence[Projection] | None = None, *,
+                 group_id: str | None = None, search_path: str | None = None,
+                 on_batch: Callable[[int], None] | None = None):
+        self.cfg = cfg
+        self.topic = cfg.kafka.events_topic
+        self.projections = list(projections or ALL.values())
+        self.group_id = group_id or f"{cfg.kafka.group_prefix}-projector"
+        self.search_path = search_path
+        self.on_batch = on_batch
+        self.conn = db.connect(cfg)
+        if search_path:
+            self.conn.execute(f"SET search_path TO {search_path}")
+            self.conn.commit()
+        self.positions: dict[str, dict[int, int]] = {}
+        self.consumer = bus.consumer(cfg, group_id=self.group_id)
+        self.consumer.subscribe([self.topic], listener=_Seeker(self))
+
+    def seek_to_positions(self, assigned) -> None:
+        with self.conn.transaction():
+            self.positions = {p.name: load_positions(self.conn, p.name, self.topic) for p in self.projections}
+        for tp in assigned:
+            start = min(pos.get(tp.partition, 0) for pos in self.positions.values())
+            self.consumer.seek(tp, start)
+
+    def step(self, timeout_ms: int = 500) -> int:
+        """One poll and one database transaction; returns the number of records applied."""
+        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        if not polled:
+            return 0
+        n = 0
+        with self.conn.transaction():
+            for tp, msgs in polled.items():
+                records = [Record(tp.partition, m.offset, m.value, decode_event(m.value)) for m in msgs]
+                for proj in self.projections:
+                    done = self.positions.setdefault(proj.name, {}).get(tp.partition, 0)
+                    fresh = [r for r in records if r.offset >= done]
+                    if not fresh:
+                        continue
+                    proj.apply(self.conn, fresh)
+                    nxt = fresh[-1].offset + 1
+                    save_position(self.conn, proj.name, self.topic, tp.partition, nxt)
+                    self.positions[proj.name][tp.partition] = nxt
+                n += len(records)
+        self.consumer.commit_async({tp: OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
+                                    for tp, msgs in polled.items()})
+        if self.on_batch:
+            self.on_batch(n)
+        return n
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.step()
+            except psycopg.OperationalError:
+                log.exception("database error; positions are in the database, resuming from them")
+                self.conn = db.connect(self.cfg)
+                self.seek_to_positions(self.consumer.assignment())
+
+    def caught_up(self) -> bool:
+        """True when every assigned partition has been applied up to the current end of the log."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return False
+        ends = self.consumer.end_offsets(list(assignment))
+        return all(self.consumer.position(tp) >= end for tp, end in ends.items())
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.conn.close()
+
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run projector`: the jobs, files and archive projections in one consumer group."""
+    runner = ProjectionRunner(cfg)
+    try:
+        runner.run(stop)
+    finally:
+        runner.close()

@@ -1,0 +1,1 @@
+"""Contracts: the messages on every topic, and PanDA's JobSpec/FileSpec. Nothing here imports the rest."""

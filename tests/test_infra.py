@@ -1,0 +1,387 @@
+"""core.infra against a real broker and a real PostgreSQL server: no mocks.
+
+Every test gets its own state directory (tmp_path) and stops what it started. The database server is
+127.0.0.1:5432 when it answers (databases made here are dropped again), else the embedded one; the
+embedded path is also exercised on its own, even where 5432 answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+from core import config, infra
+
+_names = itertools.count()
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _database_name() -> str:
+    return f"pandaes_infra_test_{os.getpid()}_{next(_names)}"
+
+
+def _drop_database(db_url: str) -> None:
+    """Drop a test database again (matters on a shared 127.0.0.1:5432, not in a tmp embedded server)."""
+    server, _, name = db_url.rpartition("/")
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private state dir and no inherited PANDAES_KAFKA / PANDAES_DB: returns the state dir."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("PANDAES_STATE_DIR", str(state))
+    for var in ("PANDAES_KAFKA", "PANDAES_DB", "PANDAES_CONFIG", "PANDAES_PARTITIONS",
+                infra.FORCE_EMBEDDED_DB_ENV):
+        monkeypatch.delenv(var, raising=False)
+    return state
+
+
+@pytest.fixture
+def lines() -> list[str]:
+    """What Infra logged."""
+    return []
+
+
+@pytest.fixture
+def system(env: Path, lines: list[str]) -> Iterator[infra.Infra]:
+    """An Infra with an embedded broker and whatever database server this machine offers."""
+    cfg = config.load().replace(db={"database": _database_name()})
+    started = infra.Infra(cfg, log=lines.append).start()
+    url = started.db_url
+    try:
+        yield started
+    finally:
+        started.stop()
+        if started.postgres is None and url.startswith(infra.pg_url(infra.LOCAL_PG_PORT, "")):
+            _drop_database(url)
+
+
+@pytest.fixture
+def tansu(tmp_path: Path) -> Iterator[infra.Tansu]:
+    broker = infra.start_tansu(tmp_path)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _partitions(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(topics)}
+    finally:
+        admin.close()
+
+
+def _read_all(bootstrap: str, topic: str, partitions: int, isolation: str = "read_uncommitted") -> list:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, isolation_level=isolation, consumer_timeout_ms=1500)
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        consumer.seek_to_beginning()
+        return list(consumer)
+    finally:
+        consumer.close()
+
+
+# ------------------------------------------------------------------------------- the whole thing
+def test_embedded_broker_topics_and_database(system: infra.Infra, lines: list[str]):
+    cfg = system.config()
+    n = cfg.kafka.partitions
+    assert system.tansu is not None and system.tansu.alive()
+    assert cfg.kafka.bootstrap == system.tansu.bootstrap
+    assert cfg.kafka.bootstrap.startswith("127.0.0.1:")
+    assert int(cfg.kafka.bootstrap.rsplit(":", 1)[1]) not in infra.FORBIDDEN_PORTS
+    assert (cfg.state_dir / "kafka" / "tansu.log").is_file()
+    topics = [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
+    assert _partitions(cfg.kafka.bootstrap, topics) == {t: n for t in topics}
+
+    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, enable_idempotence=True)
+    meta = producer.send(cfg.kafka.events_topic, key=b"job-1", value=b"hello", partition=n - 1).get(10)
+    producer.close()
+    records = _read_all(cfg.kafka.bootstrap, cfg.kafka.events_topic, n)
+    got = [(r.partition, r.offset, r.key, r.value) for r in records]
+    assert got == [(n - 1, meta.offset, b"job-1", b"hello")]
+
+    with psycopg.connect(cfg.db.url) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+        assert conn.execute("select current_database()").fetchone() == (cfg.db.database,)
+    assert any(line.startswith("kafka: embedded Tansu broker at") for line in lines)
+
+
+def test_endpoints_file_lets_another_shell_find_the_system(system: infra.Infra, monkeypatch):
+    fresh = config.load()  # what `pandaes status` in another shell would load
+    assert fresh.state_dir == system.cfg.state_dir
+    assert infra.read_endpoints(fresh) == {"kafka": system.kafka_bootstrap, "db": system.db_url,
+                                           "pid": os.getpid()}
+    found = infra.config_for_running_system(fresh)
+    assert (found.kafka.bootstrap, found.db.url) == (system.kafka_bootstrap, system.db_url)
+
+    monkeypatch.setenv("PANDAES_KAFKA", "elsewhere:9092")  # an explicit setting wins
+    found = infra.config_for_running_system(config.load())
+    assert (found.kafka.bootstrap, found.db.url) == ("elsewhere:9092", system.db_url)
+
+    tansu = system.tansu
+    system.stop()
+    assert not (fresh.state_dir / infra.ENDPOINTS_FILE).exists()
+    assert tansu is not None and not tansu.alive()
+    assert infra.read_endpoints(fresh) is None
+
+
+def test_endpoints_of_a_dead_process_are_ignored(env: Path):
+    cfg = config.load()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    infra.write_endpoints(cfg, "127.0.0.1:1", "postgresql://nowhere/x")
+    path = cfg.state_dir / infra.ENDPOINTS_FILE
+    path.write_text(path.read_text().replace(str(os.getpid()), str(dead.pid)))
+    assert infra.read_endpoints(cfg) is None
+    assert infra.config_for_running_system(cfg).kafka.bootstrap == ""
+    path.write_text("{not json")
+    assert infra.read_endpoints(cfg) is None
+
+
+def test_given_kafka_and_db_are_used_untouched(env: Path, tansu: infra.Tansu, monkeypatch):
+    database = _database_name()
+    url, _why = infra.local_postgres(database)
+    server = None
+    if url is None:
+        server = infra.start_embedded_postgres(env.parent / "given", database)
+        url = server.url(database)
+    given_db = url + "?application_name=infra-test"
+    try:
+        monkeypatch.setenv("PANDAES_KAFKA", tansu.bootstrap)
+        monkeypatch.setenv("PANDAES_DB", given_db)
+        with infra.Infra(config.load(), log=_quiet) as system:
+            assert system.tansu is None and system.postgres is None
+            cfg = system.config()
+            assert (cfg.kafka.bootstrap, cfg.db.url) == (tansu.bootstrap, given_db)
+            assert _partitions(tansu.bootstrap, [cfg.kafka.events_topic]) == {
+                cfg.kafka.events_topic: cfg.kafka.partitions}
+        assert tansu.alive()  # not ours: left alone
+    finally:
+        if server is not None:
+            server.stop()
+        else:
+            _drop_database(url)
+
+
+def test_unreachable_given_kafka_is_a_clear_error(env: Path, monkeypatch):
+    port = infra.free_port()
+    monkeypatch.setenv("PANDAES_KAFKA", f"127.0.0.1:{port}")
+    start = time.monotonic()
+    with pytest.raises(infra.InfraError, match=rf"Kafka at 127.0.0.1:{port} did not answer"):
+        infra.Infra(config.load(), log=_quiet, kafka_timeout=1).start()
+    assert time.monotonic() - start < 10
+    assert not (env / infra.ENDPOINTS_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------ topics
+def _topic_cfg(partitions: int = 4) -> config.Config:
+    tag = uuid.uuid4().hex[:8]
+    return config.load().replace(kafka={"partitions": partitions, "commands_topic": f"{tag}.cmd",
+                                        "events_topic": f"{tag}.evt", "rejected_topic": f"{tag}.rej"})
+
+
+def test_ensure_topics_is_idempotent_and_race_safe(env: Path, tansu: infra.Tansu):
+    cfg = _topic_cfg()
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            infra.ensure_topics(tansu.bootstrap, cfg)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    infra.ensure_topics(tansu.bootstrap, cfg)
+    names = [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
+    assert _partitions(tansu.bootstrap, names) == {name: 4 for name in names}
+
+
+def test_partition_count_mismatch_is_an_error(env: Path, tansu: infra.Tansu):
+    cfg = _topic_cfg(partitions=4)
+    infra.ensure_topics(tansu.bootstrap, cfg)
+    with pytest.raises(infra.InfraError, match=r"has 4 partitions but \[kafka\] partitions = 6"):
+        infra.ensure_topics(tansu.bootstrap, cfg.replace(kafka={"partitions": 6}))
+
+    odd = _topic_cfg(partitions=4)  # only the events topic exists, with another count
+    admin = KafkaAdminClient(bootstrap_servers=tansu.bootstrap)
+    admin.create_topics({odd.kafka.events_topic: {"num_partitions": 3, "replication_factor": 1}})
+    admin.close()
+    with pytest.raises(infra.InfraError, match=rf"'{odd.kafka.events_topic}' has 3 partitions"):
+        infra.ensure_topics(tansu.bootstrap, odd)
+
+
+# ------------------------------------------------------------------------------------------ broker
+def test_broker_kill_and_restart_on_the_same_port(system: infra.Infra):
+    cfg = system.config()
+    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap)
+    producer.send(cfg.kafka.events_topic, b"before", partition=0).get(10)
+    producer.close()
+    old = system.tansu
+    assert old is not None
+
+    new = system.restart_broker(kill=True)
+    assert not old.alive() and old.proc.returncode == -9
+    assert new.bootstrap == old.bootstrap == cfg.kafka.bootstrap and new.alive()
+    assert _partitions(cfg.kafka.bootstrap, [cfg.kafka.events_topic]) == {
+        cfg.kafka.events_topic: cfg.kafka.partitions}
+    assert _read_all(cfg.kafka.bootstrap, cfg.kafka.events_topic, cfg.kafka.partitions) == []  # log lost
+
+    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap)
+    assert producer.send(cfg.kafka.events_topic, b"after", partition=0).get(10).offset == 0
+    producer.close()
+
+
+def test_broker_that_cannot_bind_fails_fast_with_its_log(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: only the broker's own bind fails
+        port = taken.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(infra.InfraError, match="Address in use"):
+            infra.start_tansu(tmp_path, port=port, timeout=15)
+        assert time.monotonic() - start < 10
+        taken.listen()
+        with pytest.raises(infra.InfraError, match="something listens there"):
+            infra.start_tansu(tmp_path, port=port)
+
+
+def test_kafka_python_features_on_the_embedded_broker(tansu: infra.Tansu):
+    """What the ledger and projections rely on: idempotence, transactions, read_committed, groups."""
+    cfg = _topic_cfg(partitions=2)
+    infra.ensure_topics(tansu.bootstrap, cfg)
+    topic = cfg.kafka.events_topic
+
+    idem = KafkaProducer(bootstrap_servers=tansu.bootstrap, enable_idempotence=True, acks="all")
+    for i in range(20):
+        idem.send(topic, value=b"i%d" % i, partition=i % 2)
+    idem.flush()
+    idem.close()
+
+    tx = KafkaProducer(bootstrap_servers=tansu.bootstrap, transactional_id=f"infra-test-{uuid.uuid4()}")
+    tx.init_transactions()
+    tx.begin_transaction()
+    tx.send(topic, value=b"committed", partition=0)
+    tx.commit_transaction()
+    tx.begin_transaction()
+    tx.send(topic, value=b"aborted", partition=0)
+    tx.abort_transaction()
+    tx.close()
+    values = [r.value for r in _read_all(tansu.bootstrap, topic, 2, isolation="read_committed")]
+    assert sorted(values) == sorted([b"i%d" % i for i in range(20)] + [b"committed"])
+
+    # a group join on Tansu waits about half the session timeout (measured: 6 s -> 3 s)
+    group = KafkaConsumer(topic, bootstrap_servers=tansu.bootstrap, group_id=f"g-{uuid.uuid4()}",
+                          auto_offset_reset="earliest", enable_auto_commit=False,
+                          session_timeout_ms=6000, heartbeat_interval_ms=500, max_poll_interval_ms=3000)
+    start, seen = time.monotonic(), 0
+    while seen < 21 and time.monotonic() - start < 30:
+        seen += sum(len(batch) for batch in group.poll(200).values())
+    joined_after = time.monotonic() - start
+    group.commit()
+    group.close()
+    assert seen == 21
+    assert joined_after < 15
+
+
+# ---------------------------------------------------------------------------------------- postgres
+def test_embedded_postgres_even_when_5432_answers(env: Path, monkeypatch):
+    cfg = config.load().replace(db={"database": "pandaes_embedded"})
+    first = infra.Infra(cfg, log=_quiet, prefer_local=False).start()
+    try:
+        assert first.postgres is not None and first.postgres.origin == "started"
+        port = first.postgres.port
+        assert first.db_url == f"postgresql://postgres@127.0.0.1:{port}/pandaes_embedded"
+        assert first.postgres.data_dir == env / "postgres" / "data"
+        with psycopg.connect(first.db_url) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+            conn.execute("create table kept (x int)")
+        pid = first.postgres.pid()
+        assert pid is not None
+    finally:
+        first.stop()
+    assert not infra.pid_alive(pid), "the embedded server must stop with its owner"
+
+    # again, chosen through the environment: the data folder is reused, not initialised anew
+    monkeypatch.setenv(infra.FORCE_EMBEDDED_DB_ENV, "1")
+    with infra.Infra(cfg, log=_quiet) as again:
+        assert again.postgres is not None
+        with psycopg.connect(again.db_url) as conn:
+            assert conn.execute("select count(*) from kept").fetchone() == (0,)
+
+    keep = infra.Infra(cfg, log=_quiet, keep_running=True).start()
+    url = keep.db_url
+    keep.stop()
+    try:
+        with psycopg.connect(url) as conn:  # still running ...
+            assert conn.execute("select 1").fetchone() == (1,)
+        server = infra.start_embedded_postgres(env, "pandaes_embedded")
+        assert server.url("pandaes_embedded") == url
+        assert server.origin == "shared"  # ... its owner (this process) is alive, so not ours to stop
+    finally:
+        assert infra.stop_embedded_postgres(env)
+    assert not infra.stop_embedded_postgres(env)
+
+
+OWNER = """
+import sys, time
+from pathlib import Path
+from core import infra
+state = Path(sys.argv[1])
+broker = infra.start_tansu(state)
+server = infra.start_embedded_postgres(state, "pandaes_embedded")
+print(broker.pid, server.pid(), server.port, flush=True)
+time.sleep(120)
+"""
+
+
+def test_servers_of_an_owner_killed_with_sigkill(env: Path):
+    """Its broker dies with it (memory only, nothing to keep); its PostgreSQL is adopted by the next owner."""
+    env.mkdir(parents=True, exist_ok=True)
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(env)], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(infra.__file__).parents[1],
+                             env={**os.environ, "PYTHONPATH": str(Path(infra.__file__).parents[1])})
+    try:
+        broker_pid, pg_pid, pg_port = map(int, owner.stdout.readline().split())
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 5
+    while infra.pid_alive(broker_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not infra.pid_alive(broker_pid)
+    assert infra.pid_alive(pg_pid)
+
+    cfg = config.load().replace(db={"database": "pandaes_embedded"})
+    with infra.Infra(cfg, log=_quiet, prefer_local=False) as system:
+        assert system.postgres is not None and system.postgres.origin == "adopted"
+        assert system.postgres.port == pg_port
+    assert not infra.pid_alive(pg_pid)
+
+
+def test_log_lines_do_not_show_passwords():
+    assert infra.redact("postgresql://app:s3cret@db:5432/pandaes") == "postgresql://app:***@db:5432/pandaes"
+    assert infra.redact("postgresql://postgres@127.0.0.1:5432/x") == "postgresql://postgres@127.0.0.1:5432/x"

@@ -1,0 +1,138 @@
+"""The ledger against the real broker and database: verdicts, exactly-once under a crash, scaling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+
+from helpers import all_events, wait_until
+
+from core.bus import CommandSender, OutcomeWaiter
+from core.ledger import CRASH_ENV, Ledger
+from projections.runner import ProjectionRunner
+from schemas.jobspec import JobSpec
+from schemas.messages import JobSubmitted, Rejected, Submit, Transition
+
+
+def env_for(cfg) -> dict[str, str]:
+    env = dict(os.environ)
+    for section in ("kafka", "db", "state"):
+        for key, value in getattr(cfg, section).as_dict().items():
+            env[f"PANDAES_{section.upper()}_{key.upper()}"] = str(value)
+    return env
+
+
+def submits(ids, site="LOCAL"):
+    return [Submit(PandaID=i, actor="test", job=JobSpec(computingSite=site, attemptNr=1,
+                                                          transformation="run.sh")) for i in ids]
+
+
+def start_ledger(cfg, background, instance="0") -> Ledger:
+    ledger = Ledger(cfg, instance=instance)
+
+    def run(stop):
+        try:
+            ledger.run(stop)
+        finally:
+            ledger.close()
+
+    ledger.stop_event = background.start(run, name=f"ledger-{instance}")
+    return ledger
+
+
+def test_commands_become_events_and_illegal_ones_rejections(cfg, background):
+    start_ledger(cfg, background)
+    waiter = OutcomeWaiter(cfg)
+    sender = CommandSender(cfg)
+    try:
+        cmds = [*submits([1, 2]), Transition(PandaID=1, action="activate", actor="service:setupper"),
+                Transition(PandaID=2, action="dispatch", actor="test"),     # illegal from defined
+                Transition(PandaID=3, action="activate", actor="test")]     # unknown job
+        futs = [waiter.expect(c.id) for c in cmds]
+        sender.send_many(cmds)
+        sender.flush()
+        outs = [f.result(60) for f in futs]
+    finally:
+        sender.close()
+        waiter.close()
+    assert isinstance(outs[0], JobSubmitted) and outs[0].seq == 1 and outs[0].to_state == "defined"
+    assert outs[2].to_state == "activated" and outs[2].seq == 2 and outs[2].actor == "service:setupper"
+    assert isinstance(outs[3], Rejected) and outs[3].code == "illegal_transition"
+    assert "dispatch is not allowed from defined" in outs[3].reason
+    assert isinstance(outs[4], Rejected) and outs[4].code == "unknown_job"
+    events = all_events(cfg)
+    assert sorted((e.PandaID, e.seq) for _, _, e in events) == [(1, 1), (1, 2), (2, 1)]
+
+
+def _send(cfg, cmds):
+    sender = CommandSender(cfg)
+    sender.send_many(cmds)
+    sender.flush()
+    sender.close()
+
+
+def test_exactly_once_when_the_ledger_dies_between_produce_and_commit(cfg, background):
+    env = env_for(cfg)
+    ids = list(range(100, 140))
+    first = submits(ids)
+    second = [Transition(PandaID=i, action="activate", actor="test") for i in ids]
+    # a ledger that processes one batch normally and dies after producing the second, before commit
+    crashing = subprocess.Popen([sys.executable, "-m", "cli.main", "component", "ledger"],
+                                env={**env, CRASH_ENV: "2"})
+    try:
+        _send(cfg, first)
+        wait_until(lambda: len(all_events(cfg)) >= len(ids), 90, 0.5, "first batch of events")
+        _send(cfg, second)
+        assert crashing.wait(90) == 17, "the ledger should have crashed on purpose"
+    finally:
+        if crashing.poll() is None:
+            crashing.kill()
+    # a new ledger with the same instance id fences the old transaction and carries on
+    start_ledger(cfg, background, instance="0")
+    wait_until(lambda: len(all_events(cfg)) >= 2 * len(ids), 90, 0.5, "second batch of events")
+    events = [e for _, _, e in all_events(cfg)]
+    per_command = Counter(e.command_id for e in events)
+    assert set(per_command) == {c.id for c in first + second}, "an event is missing"
+    assert max(per_command.values()) == 1, "a command produced two events"
+    for pid in ids:
+        assert sorted(e.seq for e in events if e.PandaID == pid) == [1, 2]
+
+
+def test_two_ledgers_share_partitions_without_double_events(cfg, background):
+    a = start_ledger(cfg, background, "a")
+    b = start_ledger(cfg, background, "b")
+    ids = list(range(1000, 1200))
+    cmds = submits(ids) + [Transition(PandaID=i, action="activate", actor="test") for i in ids]
+    _send(cfg, cmds)
+    wait_until(lambda: len(all_events(cfg)) >= len(cmds), 120, 0.5, "all events")
+    events = [e for _, _, e in all_events(cfg)]
+    assert len(events) == len(cmds)
+    assert Counter(e.command_id for e in events) == Counter(c.id for c in cmds)
+    assert a.stats["events"] + b.stats["events"] == len(cmds)
+    assert a.stats["events"] > 0 and b.stats["events"] > 0, "both ledgers should own partitions"
+
+
+def test_ledger_rebuilds_state_from_projection_and_log(cfg, background):
+    """A new ledger judges commands against state it rebuilt (snapshot + later events)."""
+    first = start_ledger(cfg, background, "x")
+    runner = ProjectionRunner(cfg)
+    background.start(runner.run, "projector")
+    _send(cfg, submits([7, 8]) + [Transition(PandaID=7, action="activate", actor="test")])
+    wait_until(lambda: len(all_events(cfg)) >= 3, 60, 0.2)
+    wait_until(lambda: runner.positions.get("jobs"), 60, 0.2, "projection progress")
+    background.stop(first.stop_event)  # it leaves the group: the next ledger takes every partition
+    second = start_ledger(cfg, background, "y")
+    waiter = OutcomeWaiter(cfg)
+    try:
+        ok = Transition(PandaID=7, action="dispatch", actor="test")       # legal only if 7 is activated
+        bad = Transition(PandaID=8, action="dispatch", actor="test")      # 8 is still defined
+        futs = [waiter.expect(ok.id), waiter.expect(bad.id)]
+        _send(cfg, [ok, bad])
+        out_ok, out_bad = (f.result(90) for f in futs)
+    finally:
+        waiter.close()
+    assert out_ok.to_state == "sent" and out_ok.seq == 3
+    assert isinstance(out_bad, Rejected) and out_bad.state == "defined"
+    assert second.stats["events"] == 1
