@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_component(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per-connection chatter
     components.run_in_process(args.name, config.load())
     return 0
 
