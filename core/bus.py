@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
+import msgspec
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 
@@ -123,6 +124,13 @@ def end_offsets(cfg: Config, topic: str) -> dict[int, int]:
         c.close()
 
 
+class _Ref(msgspec.Struct):
+    command_id: str = ""
+
+
+_ref_decoder = msgspec.json.Decoder(_Ref)
+
+
 class OutcomeWaiter:
     """Resolves futures with the ledger's answer (event or rejection) to a given command id.
 
@@ -174,15 +182,27 @@ class OutcomeWaiter:
             c.close()
 
     def _deliver(self, raw: bytes) -> None:
+        # Most outcomes are for other callers: read just the command id, decode fully only on a match.
+        if self._on_event is None:
+            try:
+                ref = _ref_decoder.decode(raw)
+            except msgspec.DecodeError:
+                return
+            with self._lock:
+                fut = self._waiting.pop(ref.command_id, None)
+            if fut is None:
+                return
+        else:
+            fut = None
         try:
             msg = decode_outcome(raw)
-        except Exception:
+        except (msgspec.DecodeError, msgspec.ValidationError):
             log.warning("undecodable outcome message skipped")
             return
         if self._on_event is not None:
             self._on_event(msg)
-        with self._lock:
-            fut = self._waiting.pop(msg.command_id, None)
+            with self._lock:
+                fut = self._waiting.pop(msg.command_id, None)
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
