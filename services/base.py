@@ -17,6 +17,16 @@ calls ``decide`` for each wanted event, sends the commands, flushes, and only th
 consumed offsets (at least once). A command that is sent twice after a crash is harmless: the ledger
 judges it against the job's state and rejects what no longer applies. With ``replay=True`` (used by
 rebuild tooling) decisions are computed but no command is sent and plugins must not act.
+
+Side effects (plugin calls that touch storage, writes to a service's own tables) are never done
+inside ``decide``/``tick``: they return an ``Action`` among their commands. The loop runs each action
+(unless replaying) and then sends the action's ``then`` commands, or ``on_error(exc)`` if it raised;
+with no ``on_error`` the exception propagates, nothing of the batch is committed, and the events
+are decided again after the restart (so actions must be idempotent). Plain command lists still work.
+
+Clock rules of several copies of a service split the work like the events do: before each ``tick``
+the loop sets ``view.partitions`` (if the view has that attribute) to the partitions of the events
+topic this copy owns; a tick should only touch jobs whose ``jobs.partition`` is in it.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kafka.structs import OffsetAndMetadata
@@ -36,12 +47,41 @@ from schemas.messages import Command, Event, decode_event
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Action:
+    """A side effect a decision asks for: ``steps`` run in order, then ``then`` is sent.
+
+    ``steps`` are zero-argument callables (usually ``functools.partial(plugin.method, ...)``), built
+    but not called by ``decide``, so tests can inspect them and replay can skip them.
+    """
+
+    label: str
+    steps: tuple[Callable[[], Any], ...] = ()
+    then: tuple[Command, ...] = ()
+    on_error: Callable[[Exception], Sequence[Command]] | None = field(default=None, compare=False)
+
+    def execute(self) -> list[Command]:
+        """Run the steps; the commands to send afterwards."""
+        try:
+            for step in self.steps:
+                step()
+        except Exception as exc:
+            if self.on_error is None:
+                raise
+            log.warning("action %s failed: %s", self.label, exc)
+            return list(self.on_error(exc))
+        return list(self.then)
+
+
+Output = Command | Action
+
+
 class Service(Protocol):
     name: str
 
     def wants(self, event: Event) -> bool: ...
 
-    def decide(self, event: Event, view: Any) -> Sequence[Command]: ...
+    def decide(self, event: Event, view: Any) -> Sequence[Output]: ...
 
 
 class ServiceLoop:
@@ -58,13 +98,26 @@ class ServiceLoop:
         self.sender = sender or bus.CommandSender(cfg)
         self.consumer = bus.consumer(cfg, cfg.kafka.events_topic,
                                      group_id=f"{cfg.kafka.group_prefix}-{service.name}")
-        self.stats = {"events": 0, "commands": 0, "ticks": 0}
+        self.stats = {"events": 0, "commands": 0, "ticks": 0, "actions": 0}
 
-    def _emit(self, commands: Sequence[Command]) -> None:
-        if self.replay or not commands:
+    def _emit(self, outputs: Sequence[Output]) -> None:
+        if self.replay or not outputs:
             return
-        self.sender.send_many(commands)
-        self.stats["commands"] += len(commands)
+        commands: list[Command] = []
+        for item in outputs:
+            if isinstance(item, Action):
+                commands += item.execute()
+                self.stats["actions"] += 1
+            else:
+                commands.append(item)
+        if commands:
+            self.sender.send_many(commands)
+            self.stats["commands"] += len(commands)
+
+    def owned_partitions(self) -> set[int]:
+        """The partitions of the events topic this copy consumes now."""
+        topic = self.cfg.kafka.events_topic
+        return {tp.partition for tp in self.consumer.assignment() if tp.topic == topic}
 
     def step(self, timeout_ms: int = 200) -> int:
         polled = self.consumer.poll(timeout_ms=timeout_ms)
@@ -76,8 +129,10 @@ class ServiceLoop:
                 if self.service.wants(event):
                     self._emit(self.service.decide(event, self.view))
         if self.tick_every is not None and time.monotonic() >= self._next_tick:
-            tick: Callable[[float, Any], Sequence[Command]] | None = getattr(self.service, "tick", None)
+            tick: Callable[[float, Any], Sequence[Output]] | None = getattr(self.service, "tick", None)
             if tick is not None:
+                if hasattr(self.view, "partitions"):
+                    self.view.partitions = self.owned_partitions()
                 self._emit(tick(time.time(), self.view))
                 self.stats["ticks"] += 1
             self._next_tick = time.monotonic() + self.tick_every

@@ -1,0 +1,170 @@
+"""The ``datasets`` and ``dataset_files`` tables (migration 101): PanDA's data blocks, by their services.
+
+Why a service-owned table and not a projection: blocks change for reasons that are not job events
+(a transfer finished, a closer decided), exactly as PanDA's ``datasets`` table is written by Setupper,
+Activator, Adder and Closer. Every write here is idempotent (upserts, counts recomputed from
+``dataset_files``), so an action repeated after a crash leaves the same rows.
+
+Used by: the setupper (``record`` new blocks), the activator (``complete_dispatch``), the adder
+(``set_files_status`` on registration) and the closer (``set_status``, ``subs_of``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+import msgspec
+import psycopg
+
+from core import db
+from core.config import Config
+
+TYPES = ("dispatch", "destination", "sub")
+
+
+class Block(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``datasets`` as a service creates it."""
+
+    name: str
+    type: str                      # dispatch | destination | sub
+    site: str | None = None
+    endpoint: str | None = None
+    parent: str | None = None
+    plugin: str | None = None
+    vo: str | None = None
+
+
+class BlockFile(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``dataset_files``: a file a block is expected to hold for a job."""
+
+    dataset: str
+    pandaid: int
+    lfn: str
+    type: str                      # input | output | log
+    status: str                    # pending / ready (inputs); unknown / ready / failed (outputs)
+
+
+def _recount(cur: psycopg.Cursor, names: Iterable[str]) -> None:
+    names = sorted(set(names))
+    if not names:
+        return
+    cur.execute(
+        "UPDATE datasets d SET nfiles = c.n, nfiles_done = c.done, modification_time = now()"
+        " FROM (SELECT ds.name, count(f.lfn) AS n, count(f.lfn) FILTER (WHERE f.status = 'ready') AS done"
+        "       FROM unnest(%s::text[]) AS ds(name) LEFT JOIN dataset_files f ON f.dataset = ds.name"
+        "       GROUP BY ds.name) c"
+        " WHERE d.name = c.name AND (d.nfiles, d.nfiles_done) IS DISTINCT FROM (c.n, c.done)",
+        (names,),
+    )
+
+
+def record(conn: psycopg.Connection, blocks: Sequence[Block], files: Sequence[BlockFile], actor: str) -> None:
+    """Create blocks (existing ones keep their status) and the files they expect; one transaction."""
+    for b in blocks:
+        if b.type not in TYPES:
+            raise ValueError(f"dataset {b.name}: type {b.type!r} is not one of {TYPES}")
+    with conn.transaction(), conn.cursor() as cur:
+        if blocks:
+            cur.executemany(
+                "INSERT INTO datasets (name, type, site, endpoint, parent, plugin, vo, created_by)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+                [(b.name, b.type, b.site, b.endpoint, b.parent, b.plugin, b.vo, actor) for b in blocks],
+            )
+        if files:
+            cur.executemany(
+                "INSERT INTO dataset_files (dataset, pandaid, lfn, type, status) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (dataset, pandaid, lfn) DO NOTHING",
+                [(f.dataset, f.pandaid, f.lfn, f.type, f.status) for f in files],
+            )
+        _recount(cur, [b.name for b in blocks] + [f.dataset for f in files])
+
+
+def set_files_status(conn: psycopg.Connection, dataset: str, status: str, *, pandaids: Sequence[int] | None = None,
+                     lfns: Sequence[str] | None = None) -> None:
+    """Mark a block's files (all, or those of some jobs / some lfns) and recount the block."""
+    where, params = "dataset = %s", [dataset]
+    if pandaids is not None:
+        where += " AND pandaid = ANY(%s)"
+        params.append(list(pandaids))
+    if lfns is not None:
+        where += " AND lfn = ANY(%s)"
+        params.append(list(lfns))
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(f"UPDATE dataset_files SET status = %s WHERE {where} AND status <> %s",
+                    [status, *params, status])
+        _recount(cur, [dataset])
+
+
+def set_status(conn: psycopg.Connection, names: Sequence[str], status: str) -> int:
+    """Set the status of blocks; returns how many rows changed."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("UPDATE datasets SET status = %s, modification_time = now()"
+                    " WHERE name = ANY(%s) AND status <> %s", (status, list(names), status))
+        return cur.rowcount
+
+
+def complete_dispatch(conn: psycopg.Connection, names: Sequence[str]) -> None:
+    """Dispatch blocks whose inputs arrived: files ready, block completed (PanDA's Activator)."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("UPDATE dataset_files SET status = 'ready' WHERE dataset = ANY(%s) AND status <> 'ready'",
+                    (list(names),))
+        _recount(cur, names)
+        cur.execute("UPDATE datasets SET status = 'completed', modification_time = now()"
+                    " WHERE name = ANY(%s) AND type = 'dispatch' AND status = 'defined'", (list(names),))
+
+
+def get(conn: psycopg.Connection, name: str) -> dict | None:
+    rows = db.fetch_all(conn, "SELECT * FROM datasets WHERE name = %s", (name,))
+    return rows[0] if rows else None
+
+
+def subs_of(conn: psycopg.Connection, destination: str) -> list[dict]:
+    return db.fetch_all(conn, "SELECT * FROM datasets WHERE parent = %s ORDER BY name", (destination,))
+
+
+class DatasetStore:
+    """A service's handle on the tables: one autocommit connection, serialised by a lock.
+
+    Actions returned by ``decide`` call ``store.record(...)`` etc.; the connection is reopened once
+    if the database went away between actions.
+    """
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _run(self, fn, *args, **kwargs):
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None or self._conn.closed:
+                    self._conn = db.connect(self.cfg, autocommit=True)
+                try:
+                    return fn(self._conn, *args, **kwargs)
+                except psycopg.OperationalError:
+                    self._conn = None
+                    if attempt == 2:
+                        raise
+        return None  # pragma: no cover
+
+    def record(self, blocks: Sequence[Block], files: Sequence[BlockFile], actor: str) -> None:
+        self._run(record, blocks, files, actor)
+
+    def set_files_status(self, dataset: str, status: str, **kwargs) -> None:
+        self._run(set_files_status, dataset, status, **kwargs)
+
+    def set_status(self, names: Sequence[str], status: str) -> int:
+        return self._run(set_status, names, status)
+
+    def complete_dispatch(self, names: Sequence[str]) -> None:
+        self._run(complete_dispatch, names)
+
+    def get(self, name: str) -> dict | None:
+        return self._run(get, name)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
