@@ -163,7 +163,9 @@ class Ledger:
                 self._judge(p, m, jobs)
                 n += 1
             offsets[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
-        self.producer.send_offsets_to_transaction(offsets, self.group_id)
+        # the full group metadata (generation, member id) lets the broker fence a ledger that lost its
+        # partitions in a rebalance but still tries to commit (KIP-447)
+        self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
         self.stats["batches"] += 1
         if self._crash_after and self.stats["batches"] >= self._crash_after:
             self.producer.flush()
