@@ -21,6 +21,7 @@ from core.config import Config
 COMPONENTS: dict[str, str] = {
     "ledger": "core.ledger:run_component",
     "projector": "projections.runner:run_component",
+    "gateway": "services.gateway.app:run_component",
 }
 
 

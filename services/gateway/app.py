@@ -1,0 +1,104 @@
+"""Builds the gateway's aiohttp Application and runs it as the ``gateway`` component.
+
+One process = one event loop, one async database pool, one Kafka producer and one ``OutcomeWaiter``.
+Nothing else is kept between requests (the queuedata cache is a few seconds of memoisation), so copies
+can run side by side on other ports or hosts.
+
+Error policy (the middleware): a handler never answers 500. Routing errors become 404/405 with a JSON
+body naming the problem; an unexpected exception is logged with its traceback and answered 503 —
+JSON envelope on /api/v1, plain text elsewhere so that pilot3 (which retries only on non-JSON
+replies) sends its update again rather than losing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from aiohttp import web
+
+from core.config import Config
+from services.dispatcher import Dispatcher
+
+from . import cache, legacy, openapi, v1
+from .backend import Backend
+from .identity import TrustingAuthenticator
+
+log = logging.getLogger(__name__)
+
+
+@web.middleware
+async def errors(request: web.Request, handler) -> web.StreamResponse:
+    api = request.path.startswith("/api/")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = f"{exc.reason}: {request.method} {request.path}"
+        if exc.status == 413:
+            message = f"request body too large (limit {request.app['cfg'].gateway.max_body_bytes} bytes)"
+        if api:
+            return v1.envelope(False, message, status=exc.status)
+        return web.json_response({"StatusCode": 50, "errorDialog": message}, status=exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        if api:
+            return v1.envelope(False, f"temporary server error, try again: {type(exc).__name__}", status=503)
+        return web.Response(status=503, text=f"temporary server error, try again: {type(exc).__name__}\n")
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app["openapi"])
+
+
+def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
+    app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes), middlewares=[errors])
+    app["cfg"] = cfg
+    app["backend"] = backend or Backend(cfg)
+    app["authenticator"] = TrustingAuthenticator()
+    app["queue_cache"] = {}
+    app["openapi"] = openapi.document()
+
+    async def start(app: web.Application) -> None:
+        await app["backend"].start()
+        app["dispatcher"] = Dispatcher(cfg, app["backend"].pool, app["backend"].ask)
+
+    async def stop(app: web.Application) -> None:
+        await app["backend"].close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    legacy.setup(app)
+    v1.setup(app)
+    cache.setup(app)
+    app.router.add_get("/api/v1/openapi.json", serve_openapi)
+    return app
+
+
+async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, port: int | None = None,
+                ready: threading.Event | None = None) -> None:
+    """Serve until ``stop`` is set; ``ready`` is set once the port accepts requests."""
+    app = build_app(cfg)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host = host or cfg.http.host
+    port = int(port if port is not None else cfg.http.port)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+        log.info("gateway listening on http://%s:%d", host, port)
+        if ready is not None:
+            ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+    finally:
+        await runner.cleanup()
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run gateway`: one gateway process on [http] host:port."""
+    asyncio.run(serve(cfg, stop))

@@ -1,0 +1,106 @@
+"""The gateway's link to the rest of pandaes: an async database pool and ledger round trips.
+
+``ask`` sends one command and awaits the ledger's verdict: ``OutcomeWaiter`` resolves a
+concurrent.futures Future on its own thread, ``asyncio.wrap_future`` hands it to the event loop. The
+distinction that matters to a pilot is whether the command reached the log: ``Unavailable`` (it did
+not — the caller must retry, so the pilot gets a non-JSON 503 and its send_update loop tries again) versus
+``VerdictTimeout`` (it is in the log and will be judged; only the answer is late).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+
+from psycopg_pool import AsyncConnectionPool
+
+from core.bus import CommandSender, OutcomeWaiter
+from core.config import Config
+from schemas.messages import Command, Event, Rejected
+
+log = logging.getLogger(__name__)
+
+
+class Unavailable(Exception):
+    """The command could not be written to the log."""
+
+
+class VerdictTimeout(TimeoutError):
+    """The command is in the log, but the ledger's answer did not come in time."""
+
+
+class Backend:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.pool: AsyncConnectionPool | None = None
+        self.sender: CommandSender | None = None
+        self.waiter: OutcomeWaiter | None = None
+
+    async def start(self) -> None:
+        self.pool = AsyncConnectionPool(self.cfg.db.url, min_size=1, max_size=int(self.cfg.gateway.db_pool_size),
+                                        open=False, kwargs={"autocommit": True})
+        await self.pool.open(wait=True, timeout=30)
+        self.waiter = await asyncio.to_thread(OutcomeWaiter, self.cfg)
+        self.sender = await asyncio.to_thread(CommandSender, self.cfg)
+        # fetch the topic metadata now so the first send does not block on it
+        await asyncio.to_thread(self.sender._producer.partitions_for, self.cfg.kafka.commands_topic)
+
+    async def close(self) -> None:
+        if self.sender is not None:
+            await asyncio.to_thread(self.sender.close)
+        if self.waiter is not None:
+            await asyncio.to_thread(self.waiter.close)
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def ask(self, cmd: Command, timeout: float) -> Event | Rejected:
+        """Send ``cmd`` and return the ledger's event or rejection for it."""
+        return (await self.ask_many([cmd], timeout))[0]
+
+    async def ask_many(self, cmds: list[Command], timeout: float) -> list[Event | Rejected]:
+        """Send commands together; every verdict or the first failure (Unavailable / VerdictTimeout)."""
+        assert self.waiter is not None and self.sender is not None, "backend not started"
+        verdicts = [self.waiter.expect(c.id) for c in cmds]
+        acks: list[concurrent.futures.Future] = []
+        try:
+            records = await asyncio.to_thread(lambda: [self.sender.send(c) for c in cmds])
+        except Exception as exc:
+            self._forget(cmds)
+            raise Unavailable(f"cannot write to the command log: {exc}") from exc
+        for rec, verdict in zip(records, verdicts, strict=True):
+            acks.append(_ack_future(rec, verdict))
+        try:
+            done = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(v) for v in verdicts)), timeout)
+            return list(done)
+        except TimeoutError:
+            if all(a.done() and a.exception() is None for a in acks):
+                raise VerdictTimeout(f"no verdict from the ledger within {timeout:.0f}s") from None
+            raise Unavailable("the command log did not acknowledge the command") from None
+        finally:
+            self._forget(cmds)
+
+    def _forget(self, cmds: list[Command]) -> None:
+        for c in cmds:
+            self.waiter.forget(c.id)
+
+
+def _ack_future(record, verdict: concurrent.futures.Future) -> concurrent.futures.Future:
+    """A Future for Kafka's acknowledgement; a failed send also fails the verdict at once."""
+    ack: concurrent.futures.Future = concurrent.futures.Future()
+
+    def ok(_meta) -> None:
+        if not ack.done():
+            ack.set_result(True)
+
+    def failed(exc) -> None:
+        if not ack.done():
+            ack.set_exception(Unavailable(str(exc)))
+        try:
+            verdict.set_exception(Unavailable(f"cannot write to the command log: {exc}"))
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    record.add_callback(ok)
+    record.add_errback(failed)
+    return ack

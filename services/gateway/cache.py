@@ -1,0 +1,99 @@
+"""``/cache/*``: queuedata for pilots and the user file cache (panda-client's putFile / getFile).
+
+Cached files live on disk under ``<state dir>/cache``. Names are checked, not cleaned: a name with a
+path separator, a leading dot or characters outside ``[A-Za-z0-9._-]`` is refused, so nothing outside
+the cache directory can be read or written. Uploads are streamed to a temporary file and renamed into
+place, and refused beyond ``[gateway] cache_max_bytes``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+from aiohttp import BodyPartReader, web
+
+from . import queues
+from .v1 import envelope
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def cache_dir(app: web.Application) -> Path:
+    path = app["cfg"].state_dir / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def safe_name(name: str) -> str | None:
+    name = name.strip()
+    return name if _SAFE_NAME.match(name) and ".." not in name else None
+
+
+async def schedconfig(request: web.Request) -> web.Response:
+    name = request.match_info["queue"]
+    if not _QUEUE_NAME.match(name):
+        return web.json_response({"error": f"invalid queue name {name[:60]!r}"}, status=400)
+    data = await queues.queuedata(request.app, name)
+    if data is None:
+        return web.json_response({"error": f"unknown queue {name!r}"}, status=404)
+    return web.json_response(data)
+
+
+async def ddmendpoints(request: web.Request) -> web.Response:
+    return web.json_response(await queues.ddmendpoints(request.app))
+
+
+async def upload(request: web.Request) -> web.Response:
+    """Multipart upload, field ``file`` (panda-client putFile); the stored name is the part's filename."""
+    if not request.content_type.startswith("multipart/"):
+        return envelope(False, "expected a multipart/form-data body with a 'file' field", status=400)
+    limit = int(request.app["cfg"].gateway.cache_max_bytes)
+    try:
+        reader = await request.multipart()
+        part = await reader.next()
+        while part is not None and (not isinstance(part, BodyPartReader) or part.name != "file"):
+            part = await reader.next()
+    except ValueError as exc:
+        return envelope(False, f"bad multipart body: {exc}", status=400)
+    if part is None:
+        return envelope(False, "file: is required", status=400)
+    name = safe_name(os.path.basename(part.filename or ""))
+    if name is None:
+        return envelope(False, f"file: invalid file name {(part.filename or '')[:80]!r}", status=400)
+    directory = cache_dir(request.app)
+    tmp = directory / f".upload-{uuid.uuid4().hex}"
+    size = 0
+    try:
+        with tmp.open("wb") as out:
+            while chunk := await part.read_chunk(256 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    return envelope(False, f"file: larger than the limit of {limit} bytes", status=413)
+                out.write(chunk)
+        tmp.replace(directory / name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return envelope(True, f"uploaded {name}", {"file_name": name, "file_size": size})
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    name = safe_name(request.match_info["name"])
+    if name is None:
+        return web.json_response({"error": "invalid file name"}, status=400)
+    path = cache_dir(request.app) / name
+    if not path.is_file():
+        return web.json_response({"error": f"no cached file {name!r}"}, status=404)
+    return web.FileResponse(path)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/cache/schedconfig/{queue}.all.json", schedconfig)
+    app.router.add_get("/cache/schedconfig/{queue}.json", schedconfig)
+    app.router.add_get("/cache/ddmendpoints.json", ddmendpoints)
+    app.router.add_route("POST", "/api/v1/file_server/upload_cache_file", upload)
+    app.router.add_route("PUT", "/api/v1/file_server/upload_cache_file", upload)
+    app.router.add_get("/cache/{name}", download)

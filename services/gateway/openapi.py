@@ -1,0 +1,223 @@
+"""The OpenAPI 3.1 description of every gateway endpoint, served at ``/api/v1/openapi.json``.
+
+Built from the tables below (not from the handlers) so it reads like documentation; the checked-in
+copy ``docs/openapi.json`` is regenerated with ``python -m services.gateway.openapi > docs/openapi.json``
+and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+_IDS = {"oneOf": [{"type": "array", "items": _INT}, _STR], "description": "PandaIDs (list, JSON text or 'a,b')"}
+
+# name: (schema, required, description)
+P = tuple[str, dict[str, Any], bool, str]
+
+LEGACY: list[tuple[str, str, list[P], str]] = [
+    ("getJob", "Late binding: one activated job of the site, marked sent, or StatusCode 20", [
+        ("siteName", _STR, True, "the queue (queuedata panda_resource)"),
+        ("computingElement", _STR, False, "queue name as the pilot knows it"),
+        ("prodSourceLabel", _STR, False, "managed (default), user, test, unified, ptest…"),
+        ("node", _STR, False, "worker node; recorded as modificationHost"),
+        ("mem", _NUM, False, "MB of memory available (0: no limit)"),
+        ("diskSpace", _NUM, False, "MB of scratch space (0: no limit)"),
+        ("remaining_time", _NUM, False, "seconds left in the slot"),
+        ("resourceType", _STR, False, "SCORE, MCORE, SCORE_HIMEM, MCORE_HIMEM"),
+        ("coreCount", _INT, False, "cores available"),
+        ("taskID", _INT, False, "only jobs of this JEDI task"),
+        ("jobType", _STR, False, "job type of the pilot"),
+        ("schedulerID", _STR, False, "recorded on the job"),
+        ("nJobs", _INT, False, "ask for several jobs: the reply then has a 'jobs' list"),
+        ("timeout", _NUM, False, "seconds the pilot will wait (default 60)"),
+        ("cpu", _NUM, False, "ignored"), ("workingGroup", _STR, False, "ignored"),
+        ("allowOtherCountry", _STR, False, "ignored"),
+    ], "PilotJob"),
+    ("updateJob", "Heartbeat, state change or final report of a job; the reply carries the pilot's command", [
+        ("jobId", _INT, True, "PandaID"),
+        ("state", {"enum": ["starting", "running", "transferring", "holding", "finished", "failed"]}, True, ""),
+        ("attemptNr", _INT, False, "checked against the job's attempt (stale → tobekilled)"),
+        ("xml", _STR, False, "final output report, JSON {lfn: {guid, fsize, adler32, surl}}"),
+        ("metaData", _STR, False, "job report JSON"),
+        ("pilotErrorCode", _INT, False, "negative codes are stored positive"),
+        ("pilotErrorDiag", _STR, False, ""), ("exeErrorCode", _INT, False, ""), ("exeErrorDiag", _STR, False, ""),
+        ("transExitCode", _STR, False, ""), ("cpuConsumptionTime", _NUM, False, ""),
+        ("cpuConsumptionUnit", _STR, False, ""), ("cpuConversionFactor", _NUM, False, ""),
+        ("startTime", _STR, False, "float epoch or %Y-%m-%d %H:%M:%S"), ("endTime", _STR, False, "same"),
+        ("nEvents", _INT, False, ""), ("nInputFiles", _INT, False, ""), ("batchID", _STR, False, ""),
+        ("pilotID", _STR, False, "names the pilot in the job history"), ("schedulerID", _STR, False, ""),
+        ("node", _STR, False, "stored as modificationHost"), ("coreCount", _INT, False, "stored as actualCoreCount"),
+        ("jobMetrics", _STR, False, "leak= and chi2= also fill memory_leak / memory_leak_x2"),
+        ("pilotTiming", _STR, False, ""), ("maxRSS", _INT, False, "and maxVMEM, maxSWAP, maxPSS, avg*"),
+        ("totRCHAR", _INT, False, "bytes; stored in kB (and totWCHAR, totRBYTES, totWBYTES)"),
+        ("jobSubStatus", _STR, False, ""), ("cpu_architecture_level", _STR, False, ""),
+    ], "UpdateReply"),
+    ("updateJobsInBulk", "Several updateJob calls; reply [true, [per-job reply]]", [
+        ("jobList", _STR, True, "JSON list of updateJob field objects"),
+    ], "BulkReply"),
+    ("getStatus", "Status and attemptNr of jobs, '+'-joined ('notfound' for unknown)", [
+        ("ids", _STR, True, "PandaIDs separated by spaces, commas or '+'"),
+    ], "LegacyStatus"),
+    ("checkJobStatus", "Status and pending command per job (unknown → unknown/tobekilled)", [
+        ("ids", _STR, True, "PandaIDs"),
+    ], "LegacyStatus"),
+    ("updateWorkerPilotStatus", "Harvester worker start/end (acknowledged only)", [
+        ("workerID", _STR, False, ""), ("harvesterID", _STR, False, ""),
+        ("status", {"enum": ["started", "finished"]}, True, ""), ("site", _STR, False, ""),
+    ], "LegacyStatus"),
+]
+
+V1: list[tuple[tuple[str, ...], str, str, list[P], Any]] = [
+    (("get",), "system/is_alive", "Liveness; message 'alive'", [], None),
+    (("post",), "pilot/acquire_jobs", "Late binding for v1 pilots; data {StatusCode, jobs}", [
+        ("site_name", _STR, True, ""), ("prod_source_label", _STR, False, ""), ("node", _STR, False, ""),
+        ("computing_element", _STR, False, ""), ("memory", _NUM, False, ""), ("disk_space", _NUM, False, ""),
+        ("remaining_time", _NUM, False, ""), ("resource_type", _STR, False, ""), ("core_count", _INT, False, ""),
+        ("task_id", _INT, False, ""), ("n_jobs", _INT, False, ""), ("job_type", _STR, False, ""),
+        ("scheduler_id", _STR, False, ""), ("timeout", _NUM, False, ""),
+    ], {"type": "object", "properties": {
+        "StatusCode": _INT, "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/PilotJob"}}}}),
+    (("post",), "pilot/update_job", "updateJob with snake_case names (job_id, job_status, job_output_report…)", [
+        ("job_id", _INT, True, ""), ("job_status", _STR, True, ""), ("attempt_nr", _INT, False, ""),
+        ("job_output_report", _STR, False, ""), ("meta_data", _STR, False, ""), ("pilot_error_code", _INT, False, ""),
+        ("pilot_error_diag", _STR, False, ""), ("start_time", _STR, False, ""), ("end_time", _STR, False, ""),
+        ("node", _STR, False, ""), ("pilot_id", _STR, False, ""),
+    ], {"$ref": "#/components/schemas/UpdateReply"}),
+    (("post",), "pilot/update_jobs_bulk", "Several update_job calls", [
+        ("job_list", {"type": "array", "items": {"type": "object"}}, True, ""),
+    ], {"type": "array", "items": {"$ref": "#/components/schemas/UpdateReply"}}),
+    (("get", "post"), "pilot/get_job_status", "job_id, status ('not found') and attempt_number per job", [
+        ("job_ids", _IDS, True, ""),
+    ], {"type": "array", "items": {"type": "object"}}),
+    (("post",), "job/submit", "Store jobs (panda-client positional JSON); data [[PandaID, jobDefinitionID, x]]", [
+        ("jobs", _STR, True, "JSON text: list of [126 JobSpec values…, [file states]]"),
+        ("to_pending", _BOOL, False, "store as pending (JEDI) instead of defined"),
+    ], {"type": "array", "items": {"type": "array"}}),
+    (("get", "post"), "job/get_description", "JobSpec dicts (None for unknown IDs)", [("job_ids", _IDS, True, "")],
+     {"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/JobDescription"}, {"type": "null"}]}}),
+    (("get", "post"), "job/get_description_incl_archive", "Same as get_description (one table holds all jobs)",
+     [("job_ids", _IDS, True, "")],
+     {"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/JobDescription"}, {"type": "null"}]}}),
+    (("post",), "job/kill", "Kill jobs; data one bool per ID", [
+        ("job_ids", _IDS, True, ""), ("code", _INT, False, "PanDA kill code (2, 3, 4, 7, 8, 9, 10, 50-55, 60, 91, 99)"),
+        ("kill_options", {"type": "array", "items": _STR}, False, "jobSubStatus=<x>"),
+    ], {"type": "array", "items": _BOOL}),
+    (("post",), "job/reassign", "Send jobs back to defined", [("job_ids", _IDS, True, "")], None),
+    (("post",), "job/set_command", "Set commandToPilot", [("job_id", _INT, True, ""), ("command", _STR, True, "")],
+     None),
+    (("post",), "job/set_debug_mode", "Debug mode on/off", [("job_id", _INT, True, ""), ("mode", _BOOL, True, "")],
+     None),
+    (("get", "post"), "job/get_status", "status and command per job", [("job_ids", _IDS, True, "")],
+     {"type": "array", "items": {"type": "object"}}),
+]
+
+SCHEMAS: dict[str, Any] = {
+    "Envelope": {"type": "object", "required": ["success", "message", "data"],
+                 "properties": {"success": _BOOL, "message": _STR, "data": {}}},
+    "LegacyStatus": {"type": "object", "required": ["StatusCode"], "properties": {
+        "StatusCode": {"type": "integer",
+                       "description": "0 ok, 10 timeout, 20 no jobs, 30 failed, 50 invalid, 60 role"},
+        "errorDialog": _STR}, "additionalProperties": True},
+    "UpdateReply": {"type": "object", "required": ["StatusCode", "command"], "properties": {
+        "StatusCode": _INT, "errorDialog": _STR,
+        "command": {"type": "string", "description": "NULL, tobekilled, alreadydone, debug[,<commandToPilot>]"}}},
+    "BulkReply": {"type": "array", "prefixItems": [_BOOL, {"type": "array",
+                                                            "items": {"$ref": "#/components/schemas/UpdateReply"}}]},
+    "PilotJob": {"type": "object", "description": "PanDA appendJob format; file lists are comma-joined",
+                 "required": ["PandaID", "transformation", "jobPars"], "properties": {
+                     k: _STR for k in ("transformation", "jobPars", "prodSourceLabel", "inFiles", "GUID", "fsize",
+                                       "checksum", "scopeIn", "outFiles", "realDatasets", "scopeOut", "scopeLog",
+                                       "logFile", "logGUID", "ddmEndPointOut", "destinationDblock",
+                                       "fileDestinationSE", "destinationSE")} | {
+                     "PandaID": _INT, "attemptNr": _INT, "coreCount": _INT, "StatusCode": _INT}},
+    "JobDescription": {"type": "object", "description": "JobSpec attributes by name ('NULL' for unset), Files list"},
+    "Queuedata": {"type": "object", "description": "CRIC schedconfig of one queue (pilot3 QueueData keys)",
+                  "required": ["nickname", "panda_resource", "state", "copytools"]},
+}
+
+
+def _form_body(params: list[P]) -> dict[str, Any]:
+    props = {name: {**schema, **({"description": d} if d else {})} for name, schema, _, d in params}
+    required = [name for name, _, req, _ in params if req]
+    schema = {"type": "object", "properties": props, **({"required": required} if required else {})}
+    return {"content": {"application/x-www-form-urlencoded": {"schema": schema},
+                        "application/json": {"schema": schema}}}
+
+
+def _query(params: list[P]) -> list[dict[str, Any]]:
+    return [{"name": n, "in": "query", "required": r, "schema": s, **({"description": d} if d else {})}
+            for n, s, r, d in params]
+
+
+def _json(schema: Any) -> dict[str, Any]:
+    return {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}
+
+
+def _envelope(data: Any) -> dict[str, Any]:
+    env: dict[str, Any] = {"$ref": "#/components/schemas/Envelope"}
+    if data is not None:
+        env = {"allOf": [env, {"properties": {"data": data}}]}
+    responses = _json(env)
+    responses["400"] = {"description": "malformed request; envelope with success=false and the reason",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}}}
+    return responses
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for name, summary, params, reply in LEGACY:
+        op = {"summary": summary, "tags": ["legacy pilot API"], "requestBody": _form_body(params),
+              "responses": _json({"$ref": f"#/components/schemas/{reply}"})}
+        paths[f"/server/panda/{name}"] = {"post": op, "get": {**op, "requestBody": None, "parameters": _query(params)}}
+        del paths[f"/server/panda/{name}"]["get"]["requestBody"]
+    paths["/server/panda/isAlive"] = {"get": {"summary": "Liveness: text 'alive=yes'", "tags": ["legacy pilot API"],
+                                              "responses": {"200": {"description": "alive=yes",
+                                                                    "content": {"text/plain": {"schema": _STR}}}}}}
+    for methods, path, summary, params, data in V1:
+        item: dict[str, Any] = {}
+        for method in methods:
+            op: dict[str, Any] = {"summary": summary, "tags": [path.split("/")[0]], "responses": _envelope(data)}
+            if method == "get":
+                op["parameters"] = _query(params)
+            else:
+                op["requestBody"] = _form_body(params)
+            item[method] = op
+        paths[f"/api/v1/{path}"] = item
+    upload = {"summary": "Upload a file to the cache (multipart field 'file')", "tags": ["file_server"],
+              "requestBody": {"content": {"multipart/form-data": {"schema": {
+                  "type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                  "required": ["file"]}}}},
+              "responses": {**_envelope({"type": "object"}), "413": {"description": "file larger than the limit"}}}
+    paths["/api/v1/file_server/upload_cache_file"] = {"post": upload, "put": upload}
+    paths["/api/v1/openapi.json"] = {"get": {"summary": "This document", "tags": ["system"],
+                                             "responses": _json({"type": "object"})}}
+    paths["/cache/schedconfig/{queue}.all.json"] = {"get": {
+        "summary": "Queuedata for the pilot", "tags": ["cache"],
+        "parameters": [{"name": "queue", "in": "path", "required": True, "schema": _STR}],
+        "responses": {**_json({"$ref": "#/components/schemas/Queuedata"}), "404": {"description": "unknown queue"}}}}
+    paths["/cache/ddmendpoints.json"] = {"get": {"summary": "Storage endpoints (CRIC format)", "tags": ["cache"],
+                                                 "responses": _json({"type": "object"})}}
+    paths["/cache/{file}"] = {"get": {
+        "summary": "Download a cached file", "tags": ["cache"],
+        "parameters": [{"name": "file", "in": "path", "required": True, "schema": _STR}],
+        "responses": {"200": {"description": "the file", "content": {"application/octet-stream": {}}},
+                      "400": {"description": "invalid name"}, "404": {"description": "no such file"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "pandaes gateway", "version": "1",
+                 "description": "PanDA's pilot (legacy /server/panda) and client (/api/v1) protocols over the "
+                                "pandaes event log. StatusCodes: 0 ok, 10 timeout, 20 no jobs, 30 failed, "
+                                "50 invalid request, 60 role."},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+def text() -> str:
+    return json.dumps(document(), indent=1, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    print(text(), end="")

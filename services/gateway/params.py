@@ -1,0 +1,182 @@
+"""Reading request parameters the way PanDA's clients send them, and rejecting bad ones precisely.
+
+pilot3 posts ``application/x-www-form-urlencoded`` (every value a string), panda-client posts JSON, old
+tools put parameters in the query string, and some clients gzip JSON bodies. ``read_params`` merges all
+of that into one dict; the ``as_*`` helpers convert one field and raise ``BadRequest`` naming it, so a
+handler never meets a wrong type and a caller always learns which field was wrong.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import zlib
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+_MISSING = object()
+
+
+class BadRequest(Exception):
+    """A request the gateway cannot act on; ``field`` names the culprit when there is one."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.status = status
+
+
+def _decompress(body: bytes, encoding: str) -> bytes:
+    encoding = encoding.lower().strip()
+    if not encoding or encoding == "identity":
+        return body
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BadRequest(f"body is not valid {encoding}: {exc}") from None
+    raise BadRequest(f"unsupported Content-Encoding {encoding!r}", status=415)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"body must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _form(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("form body is not UTF-8 text") from None
+    if "=" not in text and text.strip():
+        raise BadRequest("body is neither a form (k=v&...) nor a JSON object")
+    return dict(parse_qsl(text, keep_blank_values=True))
+
+
+async def read_params(request: web.Request) -> dict[str, Any]:
+    """Query string + body (JSON object, form, or multipart) as one dict; the body wins on clashes."""
+    params: dict[str, Any] = dict(request.query)
+    ctype = request.content_type
+    if ctype.startswith("multipart/"):
+        try:
+            post = await request.post()
+        except ValueError as exc:
+            raise BadRequest(f"bad multipart body: {exc}") from None
+        params.update(post)
+        return params
+    if not request.can_read_body:
+        return params
+    body = _decompress(await request.read(), request.headers.get("Content-Encoding", ""))
+    if not body.strip():
+        return params
+    if ctype == "application/json" or (ctype != "application/x-www-form-urlencoded" and body.lstrip()[:1] == b"{"):
+        params.update(_json_object(body))
+    else:
+        params.update(_form(body))
+    return params
+
+
+def _get(params: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str, Any]:
+    for name in names:
+        if name in params and params[name] not in (None, "", "NULL", "None"):
+            return name, params[name]
+    return names[0], _MISSING
+
+
+def as_str(params: Mapping[str, Any], *names: str, default: Any = _MISSING, max_len: int = 10000) -> Any:
+    name, value = _get(params, names)
+    if value is _MISSING:
+        if default is _MISSING:
+            raise BadRequest("is required", field=name)
+        return default
+    if isinstance(value, dict | list):
+        raise BadRequest("expected a string", field=name)
+    return str(value)[:max_len]
+
+
+def as_int(params: Mapping[str, Any], *names: str, default: Any = _MISSING) -> Any:
+    name, value = _get(params, names)
+    if value is _MISSING:
+        if default is _MISSING:
+            raise BadRequest("is required", field=name)
+        return default
+    return to_int(value, name)
+
+
+def to_int(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise BadRequest(f"expected an integer, got {value!r}", field=name)
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise BadRequest(f"expected an integer, got {str(value)[:40]!r}", field=name) from None
+    if not math.isfinite(number) or number != int(number) or abs(number) >= 2**63:
+        raise BadRequest(f"expected an integer, got {str(value)[:40]!r}", field=name)
+    return int(number)
+
+
+def as_float(params: Mapping[str, Any], *names: str, default: Any = _MISSING) -> Any:
+    name, value = _get(params, names)
+    if value is _MISSING:
+        if default is _MISSING:
+            raise BadRequest("is required", field=name)
+        return default
+    try:
+        number = float(str(value).strip()) if not isinstance(value, bool) else math.nan
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise BadRequest(f"expected a number, got {str(value)[:40]!r}", field=name)
+    return number
+
+
+def as_bool(params: Mapping[str, Any], *names: str, default: Any = _MISSING) -> Any:
+    name, value = _get(params, names)
+    if value is _MISSING:
+        if default is _MISSING:
+            raise BadRequest("is required", field=name)
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise BadRequest(f"expected a boolean, got {str(value)[:40]!r}", field=name)
+
+
+def as_id_list(params: Mapping[str, Any], *names: str, limit: int = 5500) -> list[int]:
+    """PandaIDs as a JSON list, a JSON text of a list, or a comma/space/plus separated string."""
+    name, value = _get(params, names)
+    if value is _MISSING:
+        raise BadRequest("is required", field=name)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise BadRequest("is not a valid JSON list", field=name) from None
+        else:
+            value = [v for v in text.replace(",", " ").replace("+", " ").split() if v]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list):
+        raise BadRequest(f"expected a list of PandaIDs, got {type(value).__name__}", field=name)
+    if len(value) > limit:
+        raise BadRequest(f"at most {limit} IDs per call, got {len(value)}", field=name)
+    return [to_int(v, f"{name}[{i}]") for i, v in enumerate(value)]

@@ -1,0 +1,141 @@
+"""What the pilot endpoints do, shared by the legacy (/server/panda) and v1 (/api/v1/pilot) forms.
+
+Each function takes already-parsed parameters (legacy names) and returns plain data; the API modules
+only adapt names and wrap the result in their envelope. StatusCodes are PanDA's (jobdispatcher/Protocol).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from schemas.messages import Rejected
+from services.dispatcher import DispatchRequest
+
+from . import identity, queues
+from .backend import Unavailable, VerdictTimeout
+from .jobdict import pilot_job
+from .params import BadRequest, as_float, as_int, as_str
+from .updates import Update, translate
+
+log = logging.getLogger(__name__)
+
+SC_SUCCESS, SC_TIMEOUT, SC_NOJOBS, SC_FAILED, SC_INVALID, SC_ROLE = 0, 10, 20, 30, 50, 60
+
+
+class RetryLater(Exception):
+    """The update did not reach the log: answer so that the pilot sends it again (non-JSON 503)."""
+
+
+def dispatch_request(params: Mapping[str, Any], queue: Mapping[str, Any] | None) -> DispatchRequest:
+    """getJob / acquire_jobs parameters (legacy names) → DispatchRequest."""
+    site = as_str(params, "siteName", max_len=128)
+    n_jobs = as_int(params, "nJobs", default=1)
+    if n_jobs < 1:
+        raise BadRequest(f"must be at least 1, got {n_jobs}", field="nJobs")
+    return DispatchRequest(
+        site=site,
+        node=as_str(params, "node", default="", max_len=128),
+        prod_source_label=as_str(params, "prodSourceLabel", default=None, max_len=64),
+        computing_element=as_str(params, "computingElement", default=None, max_len=128),
+        memory=int(as_float(params, "mem", default=0)),
+        disk=int(as_float(params, "diskSpace", default=0)),
+        remaining_time=int(as_float(params, "remaining_time", default=0)),
+        resource_type=as_str(params, "resourceType", default=None, max_len=64),
+        core_count=as_int(params, "coreCount", default=None),
+        task_id=as_int(params, "taskID", default=None),
+        job_type=as_str(params, "jobType", default=None, max_len=64),
+        scheduler_id=as_str(params, "schedulerID", default=None, max_len=128),
+        n_jobs=n_jobs,
+        timeout=as_float(params, "timeout", default=60.0),
+        queue_status=(queue or {}).get("status"),
+    )
+
+
+async def get_jobs(request: web.Request, params: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]], str]:
+    """(StatusCode, pilot job dicts, errorDialog) for a getJob / acquire_jobs call."""
+    queue = await queues.queuedata(request.app, str(params.get("siteName") or ""))
+    req = dispatch_request(params, queue)
+    caller = identity.pilot(request, params)
+    try:
+        result = await request.app["dispatcher"].acquire(req, caller.actor)
+    except Unavailable as exc:
+        return SC_TIMEOUT, [], f"database or log unavailable: {exc}"
+    if result.jobs:
+        endpoint = (queue or {}).get("default_ddm_endpoint")
+        return SC_SUCCESS, [pilot_job(j.spec, j.files, endpoint) for j in result.jobs], ""
+    if result.timed_out:
+        return SC_TIMEOUT, [], "dispatch timed out"
+    return SC_NOJOBS, [], "no jobs in PanDA"
+
+
+async def update_job(request: web.Request, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """One updateJob: the reply dict ({"StatusCode", "command"[, "errorDialog"]}).
+
+    Raises BadRequest for a missing/invalid jobId or state, RetryLater if the log did not take it."""
+    upd = translate(fields)
+    caller = identity.pilot(request, fields)
+    return await _send_update(request, upd, caller.actor)
+
+
+async def _send_update(request: web.Request, upd: Update, actor: str) -> dict[str, Any]:
+    backend = request.app["backend"]
+    try:
+        verdict = await backend.ask(upd.command(actor), float(request.app["cfg"].gateway.verdict_timeout))
+    except VerdictTimeout:
+        # in the log, judged later: the update is not lost, only the command for the pilot is unknown
+        return {"StatusCode": SC_TIMEOUT, "command": "NULL", "errorDialog": "ledger verdict timed out"}
+    except Unavailable as exc:
+        raise RetryLater(str(exc)) from exc
+    reply: dict[str, Any]
+    if isinstance(verdict, Rejected):
+        if verdict.reply:
+            reply = {"StatusCode": SC_SUCCESS, "command": verdict.reply}
+        else:
+            reply = {"StatusCode": SC_FAILED, "command": "NULL"}
+        if verdict.code not in ("alreadydone", "ignored"):
+            reply["errorDialog"] = f"{verdict.code}: {verdict.reason}"
+    else:
+        reply = {"StatusCode": SC_SUCCESS, "command": verdict.reply or "NULL"}
+    if upd.ignored:
+        note = f"ignored invalid fields: {', '.join(upd.ignored)}"
+        reply["errorDialog"] = f"{reply['errorDialog']}; {note}" if "errorDialog" in reply else note
+    return reply
+
+
+async def update_jobs_bulk(request: web.Request, items: list[Any]) -> list[dict[str, Any]]:
+    """Bulk updates (Harvester): one reply per item, bad items answered with StatusCode 50."""
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            out.append({"StatusCode": SC_INVALID, "errorDialog": f"item {i} is not an object"})
+            continue
+        try:
+            out.append(await update_job(request, item))
+        except BadRequest as exc:
+            out.append({"StatusCode": SC_INVALID, "errorDialog": str(exc)})
+        except RetryLater as exc:
+            out.append({"StatusCode": SC_FAILED, "errorDialog": f"not recorded, send again: {exc}"})
+    return out
+
+
+async def job_rows(request: web.Request, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Current status, attempt and command of jobs from the projection."""
+    pool = request.app["backend"].pool
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT pandaid, status, attempt_nr, command_to_pilot, special_handling"
+                                 " FROM jobs WHERE pandaid = ANY(%s)", (ids,))
+        rows = await cur.fetchall()
+    return {r[0]: {"status": r[1], "attemptNr": r[2], "command": _command(r[3], r[4])} for r in rows}
+
+
+def _command(command_to_pilot: str | None, special_handling: str | None) -> str:
+    """What updateJob would answer now (debug + commandToPilot), as checkJobStatus reports it."""
+    tags = (special_handling or "").split(",")
+    parts = ["debug"] if ("dm" in tags or "debug" in tags) else []
+    if command_to_pilot and command_to_pilot != "NULL":
+        parts.append(command_to_pilot)
+    return ",".join(parts) or "NULL"

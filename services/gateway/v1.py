@@ -1,0 +1,294 @@
+"""The ``/api/v1`` API: panda-client 2.2's calls and the v1 pilot calls, in PanDA's envelope.
+
+Every reply is ``{"success": bool, "message": str, "data": ...}`` with HTTP 200, as panda-client parses it
+(PANDA-CLIENTS §6.2): domain failures ("No jobs in PanDA", unknown job) are ``success: false`` in band.
+Requests the gateway cannot understand (malformed JSON, a missing or mistyped parameter) get HTTP 400
+with the same envelope and a message naming the parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from schemas.jobspec import JobSpec, SpecError, job_from_dict, job_to_description, jobs_from_client_json
+from schemas.messages import Event, Kill, Rejected, Submit, Transition
+
+from . import identity, pilot
+from .backend import Unavailable, VerdictTimeout
+from .params import BadRequest, as_bool, as_id_list, as_int, as_str, read_params
+from .updates import legacy_names
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ANALYSIS_OR_PTEST = ("user", "panda", "ptest", "rc_test", "rc_test2", "rc_alrb")
+
+
+def envelope(success: bool, message: str = "", data: Any = None, status: int = 200) -> web.Response:
+    return web.json_response({"success": success, "message": message, "data": data}, status=status,
+                             dumps=lambda v: json.dumps(v, default=str))
+
+
+def _v1(fn: Callable[[web.Request, dict[str, Any]], Awaitable[web.Response]]) -> Handler:
+    """Parse parameters once; BadRequest → 4xx envelope; lost contact with the log → 503 envelope."""
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            return await fn(request, await read_params(request))
+        except BadRequest as exc:
+            return envelope(False, str(exc), status=exc.status)
+        except (Unavailable, pilot.RetryLater) as exc:
+            return envelope(False, f"not recorded, try again: {exc}", status=503)
+    handler.__name__ = fn.__name__
+    handler.__doc__ = fn.__doc__
+    return handler
+
+
+# ------------------------------------------------------------------------------------------ system
+async def is_alive(request: web.Request) -> web.Response:
+    return envelope(True, "alive")
+
+
+# ------------------------------------------------------------------------------------------- pilot
+_ACQUIRE_NAMES = {"site_name": "siteName", "memory": "mem", "disk_space": "diskSpace",
+                  "prod_source_label": "prodSourceLabel", "computing_element": "computingElement",
+                  "task_id": "taskID", "n_jobs": "nJobs", "resource_type": "resourceType",
+                  "scheduler_id": "schedulerID", "job_type": "jobType", "core_count": "coreCount"}
+
+
+@_v1
+async def acquire_jobs(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """Late binding for v1 pilots: the jobs in the pilot's flat format under data.jobs."""
+    legacy = {_ACQUIRE_NAMES.get(k, k): v for k, v in params.items()}
+    code, jobs, dialog = await pilot.get_jobs(request, legacy)
+    if code == pilot.SC_SUCCESS:
+        return envelope(True, "", {"StatusCode": 0, "jobs": jobs})
+    if code == pilot.SC_TIMEOUT:
+        return envelope(False, "Timed out", None)
+    return envelope(False, "No jobs in PanDA", None)
+
+
+@_v1
+async def update_job(request: web.Request, params: dict[str, Any]) -> web.Response:
+    try:
+        data = await pilot.update_job(request, legacy_names(params))
+    except BadRequest as exc:
+        return envelope(False, str(exc), {"StatusCode": pilot.SC_INVALID})
+    return envelope(data["StatusCode"] == pilot.SC_SUCCESS, data.get("errorDialog", ""), data)
+
+
+@_v1
+async def update_jobs_bulk(request: web.Request, params: dict[str, Any]) -> web.Response:
+    items = params.get("job_list")
+    if isinstance(items, str):
+        try:
+            items = json.loads(items)
+        except ValueError:
+            raise BadRequest("is not valid JSON", field="job_list") from None
+    if not isinstance(items, list):
+        raise BadRequest("must be a list of updates", field="job_list")
+    renamed = [legacy_names(i) if isinstance(i, dict) else i for i in items]
+    return envelope(True, "", await pilot.update_jobs_bulk(request, renamed))
+
+
+@_v1
+async def pilot_job_status(request: web.Request, params: dict[str, Any]) -> web.Response:
+    ids = as_id_list(params, "job_ids")
+    rows = await pilot.job_rows(request, ids)
+    data = [{"job_id": i, "status": rows[i]["status"] if i in rows else "not found",
+             "attempt_number": rows[i]["attemptNr"] if i in rows else 0} for i in ids]
+    return envelope(True, "", data)
+
+
+# --------------------------------------------------------------------------------------------- job
+async def _allocate_ids(request: web.Request, n: int) -> list[int]:
+    async with request.app["backend"].pool.connection() as conn:
+        cur = await conn.execute("SELECT nextval('pandaid_seq') FROM generate_series(1, %s)", (n,))
+        return [r[0] for r in await cur.fetchall()]
+
+
+@_v1
+async def submit(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """panda-client's job/submit: ``jobs`` is the JSON text of positional JobSpec lists."""
+    raw = params.get("jobs")
+    if raw is None:
+        raise BadRequest("is required", field="jobs")
+    try:
+        jobs = jobs_from_client_json(raw if isinstance(raw, str) else json.dumps(raw))
+    except SpecError as exc:
+        raise BadRequest(str(exc), field="jobs") from None
+    limit = int(request.app["cfg"].gateway.submit_max_jobs)
+    if not jobs or len(jobs) > limit:
+        raise BadRequest(f"expected 1 to {limit} jobs, got {len(jobs)}", field="jobs")
+    to = "pending" if as_bool(params, "to_pending", default=False) else "defined"
+    caller = identity.user(request)
+    ids = await _allocate_ids(request, len(jobs))
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    cmds = []
+    for pid, job in zip(ids, jobs, strict=True):
+        changes: dict[str, Any] = {"PandaID": pid, "creationTime": job.creationTime or now}
+        if job.prodUserID is None and caller.credentials.principal:
+            changes["prodUserID"] = caller.credentials.principal
+        files = [msgspec.structs.replace(f, PandaID=pid) for f in job.Files]
+        cmds.append(Submit(PandaID=pid, actor=caller.actor, to=to,
+                           job=msgspec.structs.replace(job, Files=files, **changes)))
+    message = ""
+    try:
+        verdicts: list[Any] = await request.app["backend"].ask_many(
+            cmds, float(request.app["cfg"].gateway.verdict_timeout))
+    except VerdictTimeout:
+        verdicts, message = [None] * len(cmds), "accepted; the ledger has not confirmed every job yet"
+    data = []
+    for cmd, verdict in zip(cmds, verdicts, strict=True):
+        job: JobSpec = cmd.job
+        pid = None if isinstance(verdict, Rejected) else cmd.PandaID
+        if job.prodSourceLabel in ANALYSIS_OR_PTEST:
+            data.append([pid, job.jobDefinitionID, {"jobsetID": job.jobsetID}])
+        else:
+            data.append([pid, job.jobDefinitionID, job.jobName])
+    return envelope(True, message, data)
+
+
+async def _descriptions(request: web.Request, ids: list[int]) -> list[dict[str, Any] | None]:
+    async with request.app["backend"].pool.connection() as conn:
+        cur = await conn.execute("SELECT pandaid, spec FROM jobs WHERE pandaid = ANY(%s)", (ids,))
+        specs = {r[0]: r[1] for r in await cur.fetchall()}
+        cur = await conn.execute("SELECT pandaid, spec FROM files WHERE pandaid = ANY(%s) ORDER BY pandaid, type, lfn",
+                                 (ids,))
+        files: dict[int, list[dict[str, Any]]] = {}
+        for pid, spec in await cur.fetchall():
+            files.setdefault(pid, []).append(spec)
+    out: list[dict[str, Any] | None] = []
+    for pid in ids:
+        spec = specs.get(pid)
+        if spec is None:
+            out.append(None)
+            continue
+        try:
+            job = job_from_dict({**spec, "PandaID": pid, "Files": files.get(pid, [])})
+        except SpecError as exc:   # a projection row that no longer parses: show it rather than fail the call
+            log.warning("job %s does not parse as a JobSpec: %s", pid, exc)
+            out.append({**spec, "Files": files.get(pid, [])})
+            continue
+        out.append(job_to_description(job))
+    return out
+
+
+@_v1
+async def get_description(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """Job descriptions (JobSpec dicts, None for unknown IDs); the projection holds archived jobs too."""
+    return envelope(True, "", await _descriptions(request, as_id_list(params, "job_ids")))
+
+
+async def _ask_each(request: web.Request, cmds: list[Any]) -> list[Event | Rejected | None]:
+    if not cmds:
+        return []
+    try:
+        return await request.app["backend"].ask_many(cmds, float(request.app["cfg"].gateway.verdict_timeout))
+    except VerdictTimeout:
+        return [None] * len(cmds)
+
+
+@_v1
+async def kill(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """Kill jobs with an optional PanDA kill code; data is one bool per ID (True: killed or signalled)."""
+    ids = as_id_list(params, "job_ids")
+    code = as_int(params, "code", default=None)
+    options = params.get("kill_options") or []
+    if isinstance(options, str):
+        options = [o for o in options.split(",") if o]
+    if not isinstance(options, list):
+        raise BadRequest("must be a list of strings", field="kill_options")
+    sub_status = next((str(o).split("=", 1)[1] for o in options if str(o).startswith("jobSubStatus=")), None)
+    actor = identity.user(request).actor
+    cmds = [Kill(PandaID=i, actor=actor, code=code, job_sub_status=sub_status, reason=f"killed by {actor}")
+            for i in ids]
+    verdicts = await _ask_each(request, cmds)
+    data = [isinstance(v, Event) or (isinstance(v, Rejected) and v.code == "already_requested") for v in verdicts]
+    return envelope(True, "", data)
+
+
+@_v1
+async def reassign(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """Send jobs back to ``defined`` (PanDA resetJob); PanDA answers success whatever happened."""
+    ids = as_id_list(params, "job_ids")
+    actor = identity.user(request).actor
+    await _ask_each(request, [Transition(PandaID=i, action="reset", actor=actor) for i in ids])
+    return envelope(True, "", None)
+
+
+async def _set(request: web.Request, panda_id: int, attrs: dict[str, Any]) -> web.Response:
+    actor = identity.user(request).actor
+    (verdict,) = await _ask_each(request, [Transition(PandaID=panda_id, action="set", actor=actor, attrs=attrs)])
+    if isinstance(verdict, Event):
+        return envelope(True, "done", None)
+    if verdict is None:
+        return envelope(True, "accepted; not confirmed by the ledger yet", None)
+    return envelope(False, f"{verdict.code}: {verdict.reason}", None)
+
+
+@_v1
+async def set_command(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """Set commandToPilot (e.g. tobekilled); the pilot gets it in its next updateJob reply."""
+    panda_id = as_int(params, "job_id")
+    command = as_str(params, "command", max_len=250)
+    return await _set(request, panda_id, {"commandToPilot": command})
+
+
+@_v1
+async def set_debug_mode(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """Turn the ``dm`` tag of specialHandling on or off; heartbeats then answer ``debug``."""
+    panda_id = as_int(params, "job_id")
+    mode = as_bool(params, "mode")
+    async with request.app["backend"].pool.connection() as conn:
+        cur = await conn.execute("SELECT special_handling, status FROM jobs WHERE pandaid = %s", (panda_id,))
+        row = await cur.fetchone()
+    if row is None:
+        return envelope(False, f"job {panda_id} not found", None)
+    tags = [t for t in (row[0] or "").split(",") if t and t not in ("dm", "debug")]
+    if mode:
+        tags.append("dm")
+    # read-modify-write on the projection: a concurrent change of specialHandling could be overwritten;
+    # acceptable for an operator switch, and the event log shows both changes
+    return await _set(request, panda_id, {"specialHandling": ",".join(tags) or None})
+
+
+@_v1
+async def job_status(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """Status and pending pilot command per job (old checkJobStatus); unknown → unknown/tobekilled."""
+    ids = as_id_list(params, "job_ids")
+    rows = await pilot.job_rows(request, ids)
+    data = [{"status": rows[i]["status"], "command": rows[i]["command"]} if i in rows
+            else {"status": "unknown", "command": "tobekilled"} for i in ids]
+    return envelope(True, "", data)
+
+
+# method, path (under /api/v1/), handler
+ROUTES: list[tuple[tuple[str, ...], str, Handler]] = [
+    (("GET",), "system/is_alive", is_alive),
+    (("POST",), "pilot/acquire_jobs", acquire_jobs),
+    (("POST",), "pilot/update_job", update_job),
+    (("POST",), "pilot/update_jobs_bulk", update_jobs_bulk),
+    (("GET", "POST"), "pilot/get_job_status", pilot_job_status),
+    (("POST",), "job/submit", submit),
+    (("GET", "POST"), "job/get_description", get_description),
+    (("GET", "POST"), "job/get_description_incl_archive", get_description),
+    (("POST",), "job/kill", kill),
+    (("POST",), "job/reassign", reassign),
+    (("POST",), "job/set_command", set_command),
+    (("POST",), "job/set_debug_mode", set_debug_mode),
+    (("GET", "POST"), "job/get_status", job_status),
+]
+
+
+def setup(app: web.Application) -> None:
+    for methods, path, handler in ROUTES:
+        for method in methods:
+            app.router.add_route(method, f"/api/v1/{path}", handler)
+
