@@ -21,6 +21,10 @@ from core.config import Config
 COMPONENTS: dict[str, str] = {
     "ledger": "core.ledger:run_component",
     "projector": "projections.runner:run_component",
+    "adder": "services.adder:run_component",
+    "closer": "services.closer:run_component",
+    "retrier": "services.retrier:run_component",
+    "daemon": "services.daemon:run_component",
     "gateway": "services.gateway.app:run_component",
 }
 

@@ -1,0 +1,309 @@
+"""Adder: the pilot's final report → registered outputs → finished / failed / transferring / merging / cancelled.
+
+PanDA's AdderGen, event-sourced. It reacts to ``pilot_holding`` transitions whose ``pilot_state`` is
+finished or failed: the report (``{lfn: {guid, fsize, adler32|md5sum|checksum, surl}}``) is on the
+event itself, so it can never be lost — a temporary plugin failure only leaves a row in
+``adder_pending`` (PandaID, seq of that event, next try) and the adder's ``tick`` decides the same
+event again later, re-read from the archive projection (``job_events``).
+
+``judge`` is the whole PanDA logic as a pure function of (event, job spec, declared files):
+
+* pilot failed and ``commandToPilot == tobekilled`` → ``adder_cancel`` (a kill the pilot obeyed);
+* pilot failed → ``fail``, registering the log file if the report has a valid one;
+* pilot finished: every declared output/log must be in the report with GUID, size and checksum (else
+  ``fail`` with ddmErrorCode 200 "Could not get GUID/LFN/MD5/FSIZE/SURL from pilot JSON"); an LFN the
+  job did not declare fails it too ("pilot produced … inconsistently with jobdef"); then all outputs and
+  logs are registered into their sub and destination blocks and the job goes to
+  ``merge`` (specialHandling has ``[adder] merge_tag``), ``transfer`` (some output must still move to a
+  ``destinationSE`` that is not where the job wrote) or ``finish``.
+
+File patches (status, GUID, fsize, checksum) ride on the Transition so the files projection has them.
+Registration is a ``services.base.Action``: run by the loop (skipped in replay), its ``then`` command is
+sent only after the plugin succeeded; a temporary ``PluginError`` defers, a final one fails the job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+
+from core.config import Config
+from plugins.base import DataPlugin, OutputFile, PluginError
+from schemas.jobspec import FileSpec
+from schemas.messages import Command, Event, JobTransitioned, Transition, decode_event
+from services.base import Action
+from services.jobview import JobReader
+
+log = logging.getLogger(__name__)
+
+ACTOR = "service:adder"
+EC_ADDER = 200
+DIAG_BAD_JSON = "Could not get GUID/LFN/MD5/FSIZE/SURL from pilot JSON"
+OUTPUT_TYPES = ("output", "log")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the adder will do for one report: register ``register`` (then ``transfer``), then ``action``."""
+
+    action: str                                     # finish | fail | transfer | merge | adder_cancel
+    attrs: dict[str, Any] = field(default_factory=dict)
+    files: tuple[FileSpec, ...] = ()                # patches sent with the transition
+    register: tuple[OutputFile, ...] = ()
+    transfer: tuple[OutputFile, ...] = ()
+    reason: str = ""
+
+
+def _checksum(entry: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(checksum as PanDA stores it, md5sum) from a report entry."""
+    if entry.get("adler32"):
+        return f"ad:{entry['adler32']}", None
+    if entry.get("md5sum"):
+        return f"md5:{entry['md5sum']}", entry["md5sum"]
+    if entry.get("checksum"):
+        value = str(entry["checksum"])
+        return value, value.removeprefix("md5:") if value.startswith("md5:") else None
+    return None, None
+
+
+def parse_report(report: str | None) -> dict[str, dict[str, Any]]:
+    """The pilot's JSON file report as {lfn: entry}; ValueError if it is not one."""
+    if report in (None, "", "NULL"):
+        return {}
+    data = json.loads(report)
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError("the report is not an object of {lfn: {...}}")
+    return data
+
+
+def _output_file(f: dict[str, Any], entry: dict[str, Any], pandaid: int, endpoint: str) -> OutputFile:
+    checksum, _ = _checksum(entry)
+    return OutputFile(lfn=f["lfn"], type=f.get("type") or "output", dataset=f.get("dataset") or f["destinationDBlock"],
+                      block=f.get("destinationDBlock") or f.get("dataset"), scope=f.get("scope"),
+                      destination=f.get("destinationSE") or endpoint, guid=str(entry.get("guid")),
+                      fsize=int(entry["fsize"]), checksum=checksum, pandaid=pandaid, surl=entry.get("surl"))
+
+
+def _patch(f: OutputFile, status: str, md5: str | None) -> FileSpec:
+    return FileSpec(lfn=f.lfn, type=f.type, status=status, GUID=f.guid, fsize=f.fsize, checksum=f.checksum,
+                    md5sum=md5)
+
+
+def _missing(entry: dict[str, Any] | None) -> bool:
+    return entry is None or not entry.get("guid") or entry.get("fsize") in (None, "", "NULL") \
+        or _checksum(entry)[0] is None
+
+
+def _fail(reason: str, diag: str, **extra: Any) -> Outcome:
+    return Outcome("fail", attrs={"ddmErrorCode": EC_ADDER, "ddmErrorDiag": diag[:500]}, reason=reason, **extra)
+
+
+def judge(event: JobTransitioned, spec: dict[str, Any], files: Sequence[dict[str, Any]], endpoint: str,
+          merge_tag: str = "merge") -> Outcome:
+    """PanDA's AdderGen decision for one final report. Pure: no plugin is called here."""
+    pid = event.PandaID
+    if event.pilot_state == "failed" and spec.get("commandToPilot") == "tobekilled":
+        return Outcome("adder_cancel", reason="killed: the pilot obeyed tobekilled")
+    declared = {f["lfn"]: f for f in files if f.get("type") in OUTPUT_TYPES and f.get("lfn")}
+    inputs = {f["lfn"] for f in files if f.get("type") not in OUTPUT_TYPES}
+    try:
+        report = parse_report(event.report)
+    except ValueError as exc:
+        return _fail("unparsable report", f"{DIAG_BAD_JSON}: {exc}")
+
+    if event.pilot_state == "failed":
+        logs = [lfn for lfn, f in declared.items() if f.get("type") == "log" and not _missing(report.get(lfn))]
+        try:
+            reg = tuple(_output_file(declared[lfn], report[lfn], pid, endpoint) for lfn in logs)
+        except (KeyError, TypeError, ValueError):
+            reg = ()    # a failed job with an unusable log entry still fails, just without its log
+        patches = tuple(_patch(f, "ready", _checksum(report[f.lfn])[1]) for f in reg)
+        return Outcome("fail", files=patches, register=reg, reason="the pilot reported failed")
+
+    unknown = sorted(lfn for lfn in report if lfn not in declared and lfn not in inputs)
+    if unknown:
+        return _fail("unknown output", f"pilot produced {', '.join(unknown)} inconsistently with jobdef")
+    bad = sorted(lfn for lfn in declared if _missing(report.get(lfn)))
+    if bad:
+        return _fail("incomplete report", f"{DIAG_BAD_JSON} ({', '.join(bad)})")
+    try:
+        reg = tuple(_output_file(f, report[lfn], pid, endpoint) for lfn, f in declared.items())
+    except (KeyError, TypeError, ValueError) as exc:
+        return _fail("bad report entry", f"{DIAG_BAD_JSON}: {exc!r}")
+    tags = (spec.get("specialHandling") or "").split(",")
+    if merge_tag and merge_tag in tags:
+        action, status = "merge", "merging"
+    elif any(f.destination != endpoint for f in reg if f.type == "output"):
+        action, status = "transfer", "transferring"
+    else:
+        action, status = "finish", "ready"
+    moving = tuple(f for f in reg if f.destination != endpoint) if action == "transfer" else ()
+    patches = tuple(_patch(f, status if f in moving or action == "merge" else "ready", _checksum(report[f.lfn])[1])
+                    for f in reg)
+    return Outcome(action, files=patches, register=reg, transfer=moving, reason=f"{len(reg)} file(s) registered")
+
+
+# ---------------------------------------------------------------------------------------------- service
+class AdderView(Protocol):
+    partitions: set[int] | None
+
+    def job(self, pandaid: int, at_least: int) -> dict[str, Any]: ...
+    def files(self, pandaid: int) -> list[dict[str, Any]]: ...
+    def placement(self, spec: dict[str, Any]) -> tuple[DataPlugin, str]: ...
+    def registered(self, pandaid: int, files: Sequence[OutputFile]) -> None: ...
+    def done(self, pandaid: int) -> None: ...
+    def defer(self, pandaid: int, seq: int, error: str) -> None: ...
+    def due(self, now: float) -> list[Event]: ...
+
+
+class Adder:
+    name = "adder"
+
+    def __init__(self, merge_tag: str = "merge"):
+        self.merge_tag = merge_tag
+
+    def wants(self, event: Event) -> bool:
+        return (isinstance(event, JobTransitioned) and event.action == "pilot_holding"
+                and event.pilot_state in ("finished", "failed"))
+
+    def decide(self, event: Event, view: AdderView) -> list[Command | Action]:
+        assert isinstance(event, JobTransitioned)
+        row = view.job(event.PandaID, event.seq - 1)
+        if row["seq"] >= event.seq and row["status"] != "holding":
+            # already decided (a redelivered event, or a pending report another adder finished): only
+            # forget the pending row, if any
+            return [Action(label=f"adder {event.PandaID} already done",
+                           steps=(functools.partial(view.done, event.PandaID),))]
+        spec = {**row["spec"], **event.attrs}
+        plugin, endpoint = view.placement(spec)
+        out = judge(event, spec, view.files(event.PandaID), endpoint, self.merge_tag)
+        command = Transition(PandaID=event.PandaID, action=out.action, actor=ACTOR, attrs=out.attrs,
+                             files=list(out.files), reason=out.reason, correlation_id=event.correlation_id)
+        steps: list[Any] = []
+        if out.register:
+            steps.append(functools.partial(plugin.register_outputs, list(out.register), endpoint))
+            steps.append(functools.partial(view.registered, event.PandaID, list(out.register)))
+        if out.transfer:
+            steps.append(functools.partial(plugin.transfer_outputs, list(out.transfer)))
+        steps.append(functools.partial(view.done, event.PandaID))
+        return [Action(label=f"adder {event.PandaID} {out.action}", steps=tuple(steps), then=(command,),
+                       on_error=functools.partial(self._on_error, event, view))]
+
+    def _on_error(self, event: JobTransitioned, view: AdderView, exc: Exception) -> list[Command]:
+        if isinstance(exc, PluginError) and not exc.temporary:
+            view.done(event.PandaID)
+            return [Transition(PandaID=event.PandaID, action="fail", actor=ACTOR, reason="registration failed",
+                               attrs={"ddmErrorCode": EC_ADDER, "ddmErrorDiag": f"registration failed: {exc}"[:500]},
+                               correlation_id=event.correlation_id)]
+        if isinstance(exc, PluginError | OSError | psycopg.OperationalError):
+            view.defer(event.PandaID, event.seq, f"{type(exc).__name__}: {exc}")   # the report stays in the log
+            return []
+        raise exc
+
+    def tick(self, now: float, view: AdderView) -> list[Command | Action]:
+        """Reports whose plugin call failed temporarily and are due again (only this copy's partitions)."""
+        out: list[Command | Action] = []
+        for event in view.due(now):
+            out += self.decide(event, view)
+        return out
+
+
+class SqlAdderView(JobReader):
+    """Projections, the sites/datasets tables of the setupper side, and ``adder_pending``."""
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg, wait=cfg.adder.projection_wait)
+        self.partitions: set[int] | None = None
+        self.retry_delay = float(cfg.adder.retry_delay)
+        self.max_delay = float(cfg.adder.max_delay)
+        self.lease = float(cfg.adder.lease)
+        self.me = f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+
+    def _site(self, name: str | None) -> tuple[str | None, str | None]:
+        """(plugin spec, first endpoint) of a queue, if the sites table knows it."""
+        if not name:
+            return None, None
+        try:
+            row = self.conn.execute("SELECT plugin, endpoints FROM sites WHERE name = %s", (name,)).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None, None
+        if row is None:
+            return None, None
+        endpoints = row[1] or []
+        return row[0], (endpoints[0] if endpoints else None)
+
+    def placement(self, spec: dict[str, Any]) -> tuple[DataPlugin, str]:
+        import plugins
+
+        site = spec.get("computingSite")
+        spec_name, endpoint = self._site(site)
+        plugin = plugins.for_queue(self.cfg, spec_name, spec.get("VO"))
+        return plugin, endpoint or f"{site or 'LOCAL'}_DATADISK"
+
+    def registered(self, pandaid: int, files: Sequence[OutputFile]) -> None:
+        from services import datasets
+
+        blocks: dict[str, list[str]] = {}
+        for f in files:
+            for name in {f.block, f.dataset}:
+                blocks.setdefault(name, []).append(f.lfn)
+        for name, lfns in blocks.items():
+            datasets.set_files_status(self.conn, name, "ready", pandaids=[pandaid], lfns=lfns)
+
+    def done(self, pandaid: int) -> None:
+        self.conn.execute("DELETE FROM adder_pending WHERE pandaid = %s", (pandaid,))
+
+    def defer(self, pandaid: int, seq: int, error: str) -> None:
+        row = self.conn.execute("SELECT attempts FROM adder_pending WHERE pandaid = %s", (pandaid,)).fetchone()
+        attempts = (row[0] + 1) if row else 1
+        delay = min(self.retry_delay * 2 ** (attempts - 1), self.max_delay)
+        nxt = dt.datetime.fromtimestamp(time.time() + delay, dt.UTC)
+        self.conn.execute(
+            "INSERT INTO adder_pending (pandaid, seq, attempts, next_try, last_error) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (pandaid) DO UPDATE SET seq = EXCLUDED.seq, attempts = EXCLUDED.attempts,"
+            " next_try = EXCLUDED.next_try, last_error = EXCLUDED.last_error, locked_until = NULL, locked_by = NULL",
+            (pandaid, seq, attempts, nxt, error[:1000]))
+        log.warning("adder: PandaID %d deferred (attempt %d, next in %.0fs): %s", pandaid, attempts, delay, error)
+
+    def due(self, now: float) -> list[Event]:
+        """Claim due pending reports (a lease, like lockJobOutputReport) and re-read their events."""
+        stamp = dt.datetime.fromtimestamp(now, dt.UTC)
+        lease = dt.datetime.fromtimestamp(now + self.lease, dt.UTC)
+        parts = sorted(self.partitions) if self.partitions is not None else None
+        rows = self.conn.execute(
+            "UPDATE adder_pending p SET locked_until = %s, locked_by = %s FROM jobs j, job_events e"
+            " WHERE p.pandaid = j.pandaid AND e.pandaid = p.pandaid AND e.seq = p.seq"
+            "   AND p.next_try <= %s AND (p.locked_until IS NULL OR p.locked_until < %s)"
+            "   AND (%s::int[] IS NULL OR j.partition = ANY(%s::int[]))"
+            " RETURNING e.body::text",
+            (lease, self.me, stamp, stamp, parts, parts)).fetchall()
+        return [decode_event(r[0].encode()) for r in rows]
+
+    def pending(self) -> list[dict[str, Any]]:
+        from core import db
+
+        return db.fetch_all(self.conn, "SELECT * FROM adder_pending ORDER BY pandaid")
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run adder`: the event path plus a tick for deferred reports."""
+    from services.base import ServiceLoop
+
+    view = SqlAdderView(cfg)
+    loop = ServiceLoop(cfg, Adder(cfg.adder.merge_tag), view, tick_every=float(cfg.adder.tick))
+    try:
+        loop.run(stop)
+    finally:
+        loop.close()
+        view.close()

@@ -1,0 +1,215 @@
+"""Closer: close a sub block when all its files are settled, and a destination block when all its subs are.
+
+PanDA's Closer runs after the Adder/Watcher finished a job: for each output/log destinationDBlock,
+once no file is still ``unknown`` the sub dataset is closed, and a destination dataset is closed when
+all its subs are. Here blocks live in the ``datasets`` / ``dataset_files`` tables (migration 101,
+written by the setupper and the adder). A file is *settled* when it is ``ready`` (registered by the
+adder) or ``failed`` — or when its job has reached a final state, in which case a file not registered
+by then never will be, and is marked ``failed`` (the job's expected count is then "reached").
+
+Two paths, one ``plan`` function:
+* event path — a job reached a final state: its blocks are checked at once;
+* sweep (``tick`` / the daemon's ``closer`` script) — every open sub block: catches what the event
+  path cannot see, e.g. two jobs of one block finishing at the same moment in two closer copies.
+Closing is idempotent (``status <> 'closed'`` guards), so overlapping runs do no harm.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import psycopg
+
+from core.config import Config
+from core.states import FINAL_STATES
+from schemas.messages import Event, JobTransitioned
+from services.base import Action
+
+log = logging.getLogger(__name__)
+
+SETTLED = ("ready", "failed")
+OPEN = ("closed", "failed")   # statuses a block is never closed from
+
+
+class BlockFile(NamedTuple):
+    dataset: str
+    pandaid: int
+    lfn: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    fail: tuple[BlockFile, ...] = ()          # files of final jobs that will never be registered
+    close_subs: tuple[str, ...] = ()
+    close_destinations: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.fail or self.close_subs or self.close_destinations)
+
+
+@dataclass
+class Blocks:
+    """What ``plan`` reads: sub blocks (name → (parent, status)), their files, and which jobs are over."""
+
+    subs: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    files: list[BlockFile] = field(default_factory=list)
+    final_jobs: set[int] = field(default_factory=set)
+    siblings: dict[str, dict[str, str]] = field(default_factory=dict)   # destination → {sub: status}
+    destinations: dict[str, str] = field(default_factory=dict)          # destination → status
+
+
+def plan(b: Blocks) -> Plan:
+    """Pure: which files to fail and which blocks to close."""
+    by_block: dict[str, list[BlockFile]] = {}
+    for f in b.files:
+        by_block.setdefault(f.dataset, []).append(f)
+    fail = tuple(f for f in b.files if f.status not in SETTLED and f.pandaid in b.final_jobs)
+    close_subs = []
+    for name, (_parent, status) in sorted(b.subs.items()):
+        files = by_block.get(name, [])
+        if status in OPEN or not files:
+            continue
+        if all(f.status in SETTLED or f.pandaid in b.final_jobs for f in files):
+            close_subs.append(name)
+    closed = set(close_subs)
+    close_dest = []
+    for dest, subs in sorted(b.siblings.items()):
+        if b.destinations.get(dest, "defined") in OPEN or not subs:
+            continue
+        if all(status == "closed" or sub in closed for sub, status in subs.items()):
+            close_dest.append(dest)
+    return Plan(fail=fail, close_subs=tuple(close_subs), close_destinations=tuple(close_dest))
+
+
+class CloserView(Protocol):
+    partitions: set[int] | None
+
+    def blocks_of_job(self, pandaid: int) -> Blocks: ...
+    def open_blocks(self) -> Blocks: ...
+    def apply(self, p: Plan) -> None: ...
+
+
+class Closer:
+    name = "closer"
+
+    def wants(self, event: Event) -> bool:
+        return isinstance(event, JobTransitioned) and event.to_state in FINAL_STATES
+
+    def decide(self, event: Event, view: CloserView) -> list[Action]:
+        blocks = view.blocks_of_job(event.PandaID)
+        blocks.final_jobs.add(event.PandaID)        # the projection may not have this event yet
+        return self._act(plan(blocks), view, f"closer {event.PandaID}")
+
+    def tick(self, now: float, view: CloserView) -> list[Action]:
+        if view.partitions is not None and 0 not in view.partitions:
+            return []   # blocks span partitions: one copy (the owner of partition 0) sweeps
+        return self._act(plan(view.open_blocks()), view, "closer sweep")
+
+    @staticmethod
+    def _act(p: Plan, view: CloserView, label: str) -> list[Action]:
+        return [Action(label=label, steps=(functools.partial(view.apply, p),))] if p else []
+
+
+# ------------------------------------------------------------------------------------------------ I/O
+class SqlCloserView:
+    def __init__(self, cfg: Config, conn: psycopg.Connection | None = None, batch: int = 2000):
+        self.cfg = cfg
+        self._conn = conn
+        self.batch = batch
+        self.partitions: set[int] | None = None
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            from core import db
+
+            self._conn = db.connect(self.cfg, autocommit=True)
+        return self._conn
+
+    def _load(self, sub_names: Iterable[str]) -> Blocks:
+        names = sorted(set(sub_names))
+        b = Blocks()
+        if not names:
+            return b
+        c = self.conn
+        for name, parent, status in c.execute(
+                "SELECT name, parent, status FROM datasets WHERE name = ANY(%s) AND type = 'sub'", (names,)):
+            b.subs[name] = (parent, status)
+        b.files = [BlockFile(*r) for r in c.execute(
+            "SELECT dataset, pandaid, lfn, status FROM dataset_files WHERE dataset = ANY(%s)"
+            " AND type IN ('output', 'log')", (list(b.subs),))]
+        pids = sorted({f.pandaid for f in b.files if f.status not in SETTLED})
+        if pids:
+            b.final_jobs = {r[0] for r in c.execute(
+                "SELECT pandaid FROM jobs WHERE pandaid = ANY(%s) AND status = ANY(%s)", (pids, list(FINAL_STATES)))}
+        parents = sorted({p for p, _ in b.subs.values() if p})
+        for name, parent, status in c.execute(
+                "SELECT name, parent, status FROM datasets WHERE type = 'sub' AND parent = ANY(%s)", (parents,)):
+            b.siblings.setdefault(parent, {})[name] = status
+        rows = c.execute("SELECT name, status FROM datasets WHERE name = ANY(%s)", (parents,)).fetchall()
+        b.destinations = dict(rows)
+        return b
+
+    def blocks_of_job(self, pandaid: int) -> Blocks:
+        rows = self.conn.execute(
+            "SELECT DISTINCT f.dataset FROM dataset_files f JOIN datasets d ON d.name = f.dataset"
+            " WHERE f.pandaid = %s AND d.type = 'sub'", (pandaid,)).fetchall()
+        return self._load(r[0] for r in rows)
+
+    def open_blocks(self) -> Blocks:
+        rows = self.conn.execute(
+            "SELECT name FROM datasets WHERE type = 'sub' AND status NOT IN ('closed', 'failed')"
+            " ORDER BY modification_time LIMIT %s", (self.batch,)).fetchall()
+        return self._load(r[0] for r in rows)
+
+    def apply(self, p: Plan) -> None:
+        from services import datasets
+
+        groups: dict[str, list[BlockFile]] = {}
+        for f in p.fail:
+            groups.setdefault(f.dataset, []).append(f)
+        for name, files in groups.items():
+            datasets.set_files_status(self.conn, name, "failed", pandaids=sorted({f.pandaid for f in files}),
+                                      lfns=sorted({f.lfn for f in files}))
+        if p.close_subs:
+            datasets.set_status(self.conn, list(p.close_subs), "closed")
+        if p.close_destinations:
+            datasets.set_status(self.conn, list(p.close_destinations), "closed")
+        if p.close_subs or p.close_destinations:
+            log.info("closer: closed %s", ", ".join([*p.close_subs, *p.close_destinations]))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def run_once(cfg: Config, ctx: Any) -> int:
+    """The daemon's ``closer`` script (datasetManager): one sweep; returns the number of blocks closed."""
+    view = SqlCloserView(cfg, ctx.conn)
+    p = plan(view.open_blocks())
+    if p:
+        view.apply(p)
+    return len(closed_names(p))
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run closer`: the event path, plus a sweep every ``[closer] tick`` seconds."""
+    from services.base import ServiceLoop
+
+    view = SqlCloserView(cfg)
+    loop = ServiceLoop(cfg, Closer(), view, tick_every=float(cfg.closer.tick))
+    try:
+        loop.run(stop)
+    finally:
+        loop.close()
+        view.close()
+
+
+def closed_names(p: Plan) -> Sequence[str]:
+    return [*p.close_subs, *p.close_destinations]

@@ -1,0 +1,82 @@
+"""`pandaes daemon`: bounded workers, one run at a time per host, cluster-wide exclusivity, shared connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from core import db
+from services.daemon import DaemonMaster, Script, cleanup_cache, lock_key, scripts_from_config
+
+
+def runs(cfg) -> list[tuple]:
+    with db.connect(cfg) as conn:
+        try:
+            return conn.execute("SELECT tag, pid, started, ended FROM daemon_test_runs ORDER BY started").fetchall()
+        except Exception:
+            return []
+
+
+def overlaps(rows) -> list:
+    return [(a, b) for a, b in zip(rows, rows[1:], strict=False) if b[2] < a[3]]
+
+
+def run_masters(masters, seconds: float) -> None:
+    stop = threading.Event()
+    threads = [threading.Thread(target=m.run, args=(stop,), daemon=True) for m in masters]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(30)
+
+
+def test_sync_script_runs_on_one_host_at_a_time_across_the_cluster(cfg, tmp_path):
+    scripts = {"slow": Script("daemon_scripts:slow", period=0.1, sync=True),
+               "boom": Script("daemon_scripts:boom", period=0.5, sync=False)}
+    # two "hosts": separate lock folders, so only the PostgreSQL advisory lock keeps them apart
+    a = DaemonMaster(cfg.replace(state={"dir": str(tmp_path / "a")}), scripts, n_proc=2, lock_dir=tmp_path / "a")
+    b = DaemonMaster(cfg.replace(state={"dir": str(tmp_path / "b")}), scripts, n_proc=2, lock_dir=tmp_path / "b")
+    run_masters([a, b], 8)
+    rows = runs(cfg)
+    assert len(rows) >= 4, rows
+    assert not overlaps(rows), overlaps(rows)
+    assert {r[0] for r in rows} == {str(tmp_path / "a"), str(tmp_path / "b")}, "both hosts should get turns"
+    statuses = {r.status for r in a.history + b.history if r.name == "slow"}
+    assert "locked" in statuses and "ok" in statuses
+    assert {r.status for r in a.history if r.name == "boom"} == {"error"}   # errors are reported, not fatal
+    # at most n_proc worker processes per host, and a worker's connection is reused across runs
+    pids = {r.pid for r in a.history}
+    assert 1 <= len(pids) <= 2
+    per_pid = [r for r in a.history if r.name == "slow" and r.status == "ok"]
+    assert len(per_pid) > len({r.pid for r in per_pid}), "workers should run several scripts each"
+
+
+def test_per_host_lock_without_cluster_lock(cfg, tmp_path):
+    scripts = {"slow": Script("daemon_scripts:slow", period=0.1, sync=False)}
+    same = tmp_path / "host"
+    a = DaemonMaster(cfg, scripts, n_proc=2, lock_dir=same)
+    b = DaemonMaster(cfg, scripts, n_proc=2, lock_dir=same)
+    run_masters([a, b], 6)
+    rows = runs(cfg)
+    assert len(rows) >= 3 and not overlaps(rows), rows
+    assert "busy" in {r.status for r in a.history + b.history}
+
+
+def test_scripts_cache_cleanup_and_lock_keys(cfg, tmp_path):
+    cfg = cfg.replace(state={"dir": str(tmp_path)}, daemon={"cache_lifetime": 60})
+    cache = Path(cfg.state_dir) / "cache"
+    cache.mkdir()
+    old, new = cache / "old.tgz", cache / "new.tgz"
+    old.write_text("x")
+    new.write_text("y")
+    past = time.time() - 3600
+    import os
+
+    os.utime(old, (past, past))
+    assert cleanup_cache(cfg) == 1 and not old.exists() and new.exists()
+    assert set(scripts_from_config(cfg)) == {"watcher", "finisher", "closer", "configurator", "cache_cleanup"}
+    assert lock_key("watcher") == lock_key("watcher") != lock_key("finisher")
+    assert -(2**63) <= lock_key("x") < 2**63
