@@ -110,8 +110,10 @@ class LocalPlugin(DataPlugin):
         with self._locked():
             current = self.manifest(block) or {"name": block, "kind": kind, "endpoint": endpoint,
                                                "parent": parent, "files": {}}
-            if current["endpoint"] != endpoint:
-                raise PluginError(f"block {block} is at {current['endpoint']}, not {endpoint}")
+            if kind == "destination":    # a final dataset may have replicas at several endpoints
+                current["endpoints"] = sorted({*current.get("endpoints", [current["endpoint"]]), endpoint})
+            elif current["endpoint"] != endpoint:
+                raise PluginError(f"{kind} block {block} is at {current['endpoint']}, not {endpoint}")
             for lfn, info in files.items():
                 current["files"].setdefault(lfn, {}).update(info)
             path = self._manifest_path(block)

@@ -1,0 +1,200 @@
+"""Activator: assigned → activated once a job's dispatch blocks have arrived at its queue. In bulk.
+
+PanDA's Activator is started when a dispatch dataset completes, and datasetManager's ActivatorThr
+sweeps assigned jobs periodically. Both paths are here:
+
+* **event**: an ``assigned`` event whose dispatch blocks are already complete (the dummy plugin, or
+  a transfer faster than the setupper's round trip) is activated at once;
+* **clock** (``tick``, every ``[activator] period`` s): the assigned jobs of the partitions this copy
+  owns are read from the projections, their blocks asked of the plugin (``dispatch_ready``), and every
+  job whose blocks are all complete is activated, in one batch of commands.
+
+Readiness is a plugin *query*; marking the blocks ``completed`` in ``datasets`` and advancing due
+transfers (``plugin.pump``) are *actions*, skipped in replay. A job is activated with its inputs
+patched to ``ready``. Two copies split the jobs by partition, so none is activated twice; an
+activation sent but not yet visible in the projection is not re-sent for ``resend_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from core import db
+from core.config import Config
+from plugins import DataPlugin, for_queue, load
+from schemas.jobspec import FileSpec
+from schemas.messages import Event, JobTransitioned, Transition
+from services.base import Action, Output, ServiceLoop
+from services.datasets import DatasetStore
+
+log = logging.getLogger(__name__)
+
+NAME = "activator"
+ACTOR = f"service:{NAME}"
+
+
+class Assigned(msgspec.Struct, frozen=True):
+    """An assigned job and the dispatch blocks (with their files) it waits for."""
+
+    PandaID: int
+    blocks: dict[str, list[str]]       # dispatch block → lfns of this job in it
+
+
+class ActivatorView(Protocol):
+    partitions: set[int] | None        # set by the loop before each tick: the partitions this copy owns
+
+    def assigned(self, partitions: set[int] | None, limit: int) -> list[Assigned]: ...
+
+    def dispatch_ready(self, block: str) -> bool: ...
+
+    def plugins(self) -> Iterable[DataPlugin]: ...
+
+    @property
+    def datasets(self) -> DatasetStore: ...
+
+
+def _activate(job: Assigned, why: str) -> Transition:
+    files = [FileSpec(lfn=lfn, type="input", status="ready") for lfns in job.blocks.values() for lfn in lfns]
+    blocks = ", ".join(sorted(job.blocks)) or "no dispatch block"
+    return Transition(PandaID=job.PandaID, action="activate", actor=ACTOR, files=files,
+                      reason=f"activator: {why} ({blocks})")
+
+
+class Activator:
+    name = NAME
+
+    def __init__(self, resend_after: float = 30.0, batch: int = 5000):
+        self.resend_after = resend_after
+        self.batch = batch
+        self._sent: dict[int, float] = {}      # PandaID → when its activation was sent
+
+    def wants(self, event: Event) -> bool:
+        return isinstance(event, JobTransitioned) and event.to_state == "assigned"
+
+    def decide(self, event: Event, view: ActivatorView) -> Sequence[Output]:
+        blocks: dict[str, list[str]] = {}
+        for f in event.files:
+            if f.dispatchDBlock not in (None, "NULL") and f.type == "input" and f.lfn:
+                blocks.setdefault(f.dispatchDBlock, []).append(f.lfn)
+        job = Assigned(PandaID=event.PandaID, blocks=blocks)
+        if not all(view.dispatch_ready(b) for b in blocks):
+            return []                     # the clock path will see it when the transfer is done
+        self._sent[job.PandaID] = time.monotonic()
+        return self._activation([job], "input already complete", view)
+
+    def tick(self, now: float, view: ActivatorView) -> Sequence[Output]:
+        out: list[Output] = [Action(label="advance transfers",
+                                    steps=tuple(functools.partial(p.pump) for p in view.plugins()))]
+        partitions = getattr(view, "partitions", None)
+        if partitions is not None and not partitions:
+            return out                    # owns no partition (yet): another copy does the work
+        clock = time.monotonic()
+        self._sent = {pid: t for pid, t in self._sent.items() if clock - t < self.resend_after}
+        jobs = [j for j in view.assigned(partitions, self.batch) if j.PandaID not in self._sent]
+        ready_of: dict[str, bool] = {}
+        ready_jobs = []
+        for job in jobs:
+            for b in job.blocks:
+                if b not in ready_of:
+                    ready_of[b] = view.dispatch_ready(b)
+            if all(ready_of[b] for b in job.blocks):
+                ready_jobs.append(job)
+        for job in ready_jobs:
+            self._sent[job.PandaID] = clock
+        if ready_jobs:
+            log.info("activating %d job(s) whose inputs arrived", len(ready_jobs))
+        return out + self._activation(ready_jobs, "inputs arrived", view)
+
+    @staticmethod
+    def _activation(jobs: list[Assigned], why: str, view: ActivatorView) -> list[Output]:
+        if not jobs:
+            return []
+        cmds = tuple(_activate(j, why) for j in jobs)
+        blocks = sorted({b for j in jobs for b in j.blocks})
+        if not blocks:
+            return list(cmds)
+        return [Action(label=f"complete {len(blocks)} dispatch block(s)", then=cmds,
+                       steps=(functools.partial(view.datasets.complete_dispatch, blocks),))]
+
+
+# ------------------------------------------------------------------------------------------ the view
+class LiveView:
+    """Assigned jobs from the jobs/files projections; readiness from each block's plugin."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.partitions: set[int] | None = None
+        self._datasets = DatasetStore(cfg)
+        self._conn = None
+        self._lock = threading.Lock()
+        self._plugin_of: dict[str, str | None] = {}
+
+    @property
+    def datasets(self) -> DatasetStore:
+        return self._datasets
+
+    def _db(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.cfg, autocommit=True)
+        return self._conn
+
+    def assigned(self, partitions: set[int] | None, limit: int) -> list[Assigned]:
+        sql = ("SELECT j.pandaid, f.dispatch_dblock, f.lfn FROM jobs j"
+               " LEFT JOIN files f ON f.pandaid = j.pandaid AND f.type = 'input'"
+               "  AND f.dispatch_dblock IS NOT NULL AND f.status IS DISTINCT FROM 'ready'"
+               " WHERE j.pandaid IN (SELECT pandaid FROM jobs WHERE status = 'assigned'")
+        params: list[Any] = []
+        if partitions is not None:
+            sql += " AND partition = ANY(%s)"
+            params.append(sorted(partitions))
+        sql += " ORDER BY current_priority DESC, pandaid LIMIT %s) ORDER BY j.pandaid"
+        params.append(limit)
+        with self._lock:
+            rows = self._db().execute(sql, params).fetchall()
+        jobs: dict[int, dict[str, list[str]]] = {}
+        for pid, block, lfn in rows:
+            blocks = jobs.setdefault(pid, {})
+            if block is not None:
+                blocks.setdefault(block, []).append(lfn)
+        return [Assigned(PandaID=pid, blocks=blocks) for pid, blocks in jobs.items()]
+
+    def _plugin_for_block(self, block: str) -> DataPlugin:
+        if block not in self._plugin_of:
+            with self._lock:
+                row = self._db().execute("SELECT plugin, vo FROM datasets WHERE name = %s", (block,)).fetchone()
+            if row is None:
+                return for_queue(self.cfg, None, None)     # not recorded yet: ask the default plugin
+            self._plugin_of[block] = row[0]
+        spec = self._plugin_of[block]
+        return load(spec, self.cfg) if spec else for_queue(self.cfg, None, None)
+
+    def dispatch_ready(self, block: str) -> bool:
+        return self._plugin_for_block(block).dispatch_ready(block)
+
+    def plugins(self) -> Iterable[DataPlugin]:
+        specs = {self.cfg.plugins.default, *(s for s in self._plugin_of.values() if s)}
+        return [load(s, self.cfg) for s in sorted(specs)]
+
+    def close(self) -> None:
+        self._datasets.close()
+        if self._conn is not None:
+            self._conn.close()
+
+
+def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:
+    """`pandaes run activator`: events and a clock in one consumer group."""
+    view = LiveView(cfg)
+    service = Activator(resend_after=cfg.activator.resend_after, batch=cfg.activator.batch)
+    loop = ServiceLoop(cfg, service, view, tick_every=cfg.activator.period, replay=replay)
+    try:
+        loop.run(stop)
+    finally:
+        loop.close()
+        view.close()

@@ -1,0 +1,292 @@
+"""Setupper: prepare the data of every newly defined job, then assign, activate or fail it.
+
+PanDA's Setupper (``dataservice/setupper.py`` + VO plugin) runs after storeJobs / reassignJobs. Here it
+reacts to ``submitted`` events into ``defined`` and to ``reset`` events back to ``defined``:
+
+1. **brokerage** (services/brokerage.py) when the job has no queue, or names a cloud instead of one;
+2. **data plan**, decided purely from the event and read-only plugin queries: inputs not at the
+   queue's endpoint go into a dispatch block ``panda.dis.<set>.<queue>`` (one per job set), outputs and
+   logs go into their destination block and a sub block ``<destination>_subNNNNNN`` (NNNNNN = the job
+   set: jobsetID, else jobDefinitionID, else PandaID);
+3. the command: ``assign`` (inputs must move; files get dispatchDBlock and status ``pending``),
+   ``activate`` (everything is there; inputs ``ready``), or ``fail`` with brokerageErrorCode when no
+   queue fits.
+
+The plugin calls that create blocks and start transfers, and the ``datasets`` rows, are one
+``Action`` run by the loop before the command is sent (never during replay). If the plugin raises
+``PluginError`` the job fails instead, with ddmErrorCode 100 (EC_Setupper) and the plugin's message.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from core import db
+from core.config import Config
+from plugins import DataPlugin, InputFile, OutputBlock, PluginError, for_queue, spec_for
+from schemas.jobspec import FileSpec
+from schemas.messages import Command, Event, JobSubmitted, Transition
+from services import brokerage, configurator
+from services.base import Action, Output, ServiceLoop
+from services.datasets import Block, BlockFile, DatasetStore
+from services.sites import Queue, SitesCache
+
+log = logging.getLogger(__name__)
+
+NAME = "setupper"
+ACTOR = f"service:{NAME}"
+EC_SETUPPER = 100          # ddmErrorCode (dataservice/ErrorCode.py EC_Setupper)
+_SUB = re.compile(r"_sub\d+$")
+_NULLS = (None, "", "NULL")
+
+
+class SetupperView(Protocol):
+    """What the setupper may read. Plugins are handed out for their queries; actions go in Actions."""
+
+    def queues(self) -> dict[str, Queue]: ...
+
+    def plugin(self, queue: Queue, vo: str | None) -> DataPlugin: ...
+
+    def plugin_spec(self, queue: Queue, vo: str | None) -> str: ...
+
+    def job(self, panda_id: int, seq: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The job's spec and files once the projection has applied event ``seq`` (None if it never does)."""
+
+    @property
+    def datasets(self) -> DatasetStore: ...
+
+
+def _val(value: Any) -> Any:
+    return None if value in _NULLS else value
+
+
+def job_set_key(spec: dict[str, Any], panda_id: int) -> int:
+    """The number that groups jobs into one dispatch block and one sub block per destination."""
+    for attr in ("jobsetID", "jobDefinitionID"):
+        value = _val(spec.get(attr))
+        if isinstance(value, int) and value > 0:
+            return value
+    return panda_id
+
+
+def _fail(panda_id: int, attrs: dict[str, Any], reason: str) -> Transition:
+    return Transition(PandaID=panda_id, action="fail", actor=ACTOR, attrs=attrs, reason=reason)
+
+
+class Setupper:
+    name = NAME
+
+    def wants(self, event: Event) -> bool:
+        if event.to_state != "defined":
+            return False
+        return isinstance(event, JobSubmitted) or getattr(event, "action", None) == "reset"
+
+    # ---------------------------------------------------------------------------------- decision
+    def decide(self, event: Event, view: SetupperView) -> Sequence[Output]:
+        pid = event.PandaID
+        if isinstance(event, JobSubmitted):
+            spec = {k: v for k, v in _builtins(event.job).items() if k != "Files"}
+            files = [_builtins(f) for f in event.job.Files]
+        else:
+            found = view.job(pid, event.seq)
+            if found is None:
+                log.warning("setupper: job %d was reset but is not in the jobs projection; skipped", pid)
+                return []
+            spec, files = found
+            spec = {**spec, **event.attrs}
+        queues = view.queues()
+        inputs = [InputFile(lfn=f["lfn"], dataset=_val(f.get("dataset")) or _val(f.get("prodDBlock")),
+                            scope=_val(f.get("scope")), guid=_val(f.get("GUID")), fsize=_val(f.get("fsize")),
+                            checksum=_val(f.get("checksum")))
+                  for f in files if f.get("type") == "input" and f.get("lfn")]
+        vo = _val(spec.get("VO"))
+
+        # 1. the queue: given, or brokerage
+        site = _val(spec.get("computingSite"))
+        attrs: dict[str, Any] = {}
+        reasons: list[str] = []
+        if site is None or (site not in queues and site in {q.cloud for q in queues.values()}):
+            if site is not None:
+                spec = {**spec, "cloud": site}
+            needs = brokerage.needs_of(spec, len(inputs))
+
+            def local_count(q: Queue) -> int:
+                try:
+                    return len(inputs) - len(view.plugin(q, vo).missing_inputs(q.endpoint, inputs))
+                except PluginError:
+                    return 0
+
+            choice = brokerage.choose(needs, queues.values(), local_count)
+            if choice.queue is None:
+                return [_fail(pid, brokerage.failure_attrs(choice), choice.reason)]
+            queue = choice.queue
+            attrs["computingSite"] = queue.name
+            if queue.cloud:
+                attrs["cloud"] = queue.cloud
+            reasons.append(choice.reason)
+        elif site not in queues:
+            reason = f"brokerage: unknown queue {site} (known: {', '.join(sorted(queues)) or 'none'})"
+            return [_fail(pid, {"brokerageErrorCode": brokerage.EC_NO_QUEUE,
+                                "brokerageErrorDiag": reason[:250]}, reason)]
+        else:
+            queue = queues[site]
+
+        # 2. the data plan (plugin queries only)
+        plugin = view.plugin(queue, vo)
+        plugin_spec = view.plugin_spec(queue, vo)
+        try:
+            missing = set(plugin.missing_inputs(queue.endpoint, inputs)) if inputs else set()
+        except PluginError as exc:
+            return [self._ddm_failure(pid, exc)]
+        key = job_set_key(spec, pid)
+        dis = f"panda.dis.{key}.{queue.name}" if missing else None
+        patches: list[FileSpec] = []
+        block_files: list[BlockFile] = []
+        for f in inputs:
+            if f.lfn in missing:
+                patches.append(FileSpec(lfn=f.lfn, type="input", dispatchDBlock=dis, status="pending"))
+                block_files.append(BlockFile(dataset=dis, pandaid=pid, lfn=f.lfn, type="input", status="pending"))
+            else:
+                patches.append(FileSpec(lfn=f.lfn, type="input", status="ready"))
+        blocks: dict[str, OutputBlock] = {}
+        for f in files:
+            if f.get("type") not in ("output", "log") or not f.get("lfn"):
+                continue
+            dest, sub = self._output_blocks(f, spec, key, pid)
+            endpoint = self._destination_endpoint(f, spec, queue, queues)
+            blocks.setdefault(dest, OutputBlock(name=dest, kind="destination", endpoint=endpoint))
+            blocks.setdefault(sub, OutputBlock(name=sub, kind="sub", endpoint=queue.endpoint, parent=dest))
+            patches.append(FileSpec(lfn=f["lfn"], type=f["type"], dataset=dest, destinationDBlock=sub,
+                                    destinationSE=endpoint))
+            block_files.append(BlockFile(dataset=sub, pandaid=pid, lfn=f["lfn"], type=f["type"], status="unknown"))
+            block_files.append(BlockFile(dataset=dest, pandaid=pid, lfn=f["lfn"], type=f["type"],
+                                         status="unknown"))
+
+        # 3. the command, sent after the plugin and the datasets table have done their part
+        if dis:
+            attrs["dispatchDBlock"] = dis
+            reasons.append(f"{len(missing)}/{len(inputs)} inputs to move to {queue.endpoint} in {dis}")
+            action = "assign"
+        else:
+            reasons.append(f"{len(inputs)} inputs at {queue.endpoint}" if inputs else "no inputs")
+            action = "activate"
+        cmd = Transition(PandaID=pid, action=action, actor=ACTOR, attrs=attrs, files=patches,
+                         reason="setupper: " + "; ".join(reasons), correlation_id=event.correlation_id)
+        rows = [Block(name=b.name, type=b.kind, site=queue.name, endpoint=b.endpoint, parent=b.parent,
+                      plugin=plugin_spec, vo=vo) for b in blocks.values()]
+        steps: list = []
+        if blocks:
+            steps.append(functools.partial(plugin.prepare_outputs, list(blocks.values())))
+        if dis:
+            rows.append(Block(name=dis, type="dispatch", site=queue.name, endpoint=queue.endpoint,
+                              plugin=plugin_spec, vo=vo))
+            steps.append(functools.partial(plugin.prepare_dispatch, dis, queue.endpoint,
+                                           [f for f in inputs if f.lfn in missing]))
+        if rows or block_files:
+            steps.append(functools.partial(view.datasets.record, rows, block_files, ACTOR))
+        if not steps:
+            return [cmd]
+        return [Action(label=f"setup {pid} at {queue.name}", steps=tuple(steps), then=(cmd,),
+                       on_error=functools.partial(self._on_error, pid))]
+
+    @staticmethod
+    def _output_blocks(f: dict[str, Any], spec: dict[str, Any], key: int, pid: int) -> tuple[str, str]:
+        given = _val(f.get("destinationDBlock"))
+        dest = _val(f.get("dataset"))
+        if dest is None and given is not None:
+            dest = _SUB.sub("", given)
+        if dest is None:
+            dest = _val(spec.get("destinationDBlock")) or f"panda.{key}.{f.get('type')}"
+        dest = _SUB.sub("", dest)
+        sub = given if given is not None and _SUB.search(given) else f"{dest}_sub{key:06d}"
+        return dest, sub
+
+    @staticmethod
+    def _destination_endpoint(f: dict[str, Any], spec: dict[str, Any], queue: Queue,
+                              queues: dict[str, Queue]) -> str:
+        """Where the file must end up: its destinationSE (a queue name means that queue's endpoint)."""
+        se = _val(f.get("destinationSE")) or _val(spec.get("destinationSE"))
+        if se is None or se == "local" or se == queue.name:
+            return queue.endpoint
+        if se in queues:
+            return queues[se].endpoint
+        return se
+
+    def _ddm_failure(self, pid: int, exc: Exception) -> Command:
+        diag = f"setupper: {exc}"
+        return _fail(pid, {"ddmErrorCode": EC_SETUPPER, "ddmErrorDiag": diag[:500]}, diag)
+
+    def _on_error(self, pid: int, exc: Exception) -> list[Command]:
+        if not isinstance(exc, PluginError):
+            raise exc     # not a data-management verdict (e.g. the database is down): retry after restart
+        return [self._ddm_failure(pid, exc)]
+
+
+def _builtins(obj: Any) -> dict[str, Any]:
+    return msgspec.to_builtins(obj)
+
+
+# ------------------------------------------------------------------------------------------ the view
+class LiveView:
+    """The setupper's reads against the running system: sites table, jobs projection, plugins."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.sites = SitesCache(cfg)
+        self._datasets = DatasetStore(cfg)
+        self._conn = None
+        self._lock = threading.Lock()
+
+    @property
+    def datasets(self) -> DatasetStore:
+        return self._datasets
+
+    def queues(self) -> dict[str, Queue]:
+        return self.sites.get()
+
+    def plugin(self, queue: Queue, vo: str | None) -> DataPlugin:
+        return for_queue(self.cfg, queue.plugin, vo)
+
+    def plugin_spec(self, queue: Queue, vo: str | None) -> str:
+        return spec_for(self.cfg, queue.plugin, vo)
+
+    def job(self, panda_id: int, seq: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        deadline = time.monotonic() + self.cfg.setupper.job_wait
+        with self._lock:
+            while True:
+                if self._conn is None or self._conn.closed:
+                    self._conn = db.connect(self.cfg, autocommit=True)
+                rows = db.fetch_all(self._conn, "SELECT spec, seq FROM jobs WHERE pandaid = %s", (panda_id,))
+                if rows and rows[0]["seq"] >= seq:
+                    files = [r["spec"] for r in db.fetch_all(
+                        self._conn, "SELECT spec FROM files WHERE pandaid = %s ORDER BY type, lfn", (panda_id,))]
+                    return rows[0]["spec"], files
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self._datasets.close()
+        if self._conn is not None:
+            self._conn.close()
+
+
+def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:
+    """`pandaes run setupper`: the setupper in its own consumer group."""
+    if cfg.setupper.configure_at_start:
+        configurator.ensure(cfg, who=NAME)
+    view = LiveView(cfg)
+    loop = ServiceLoop(cfg, Setupper(), view, replay=replay)
+    try:
+        loop.run(stop)
+    finally:
+        loop.close()
+        view.close()
