@@ -1,0 +1,64 @@
+"""Queue file parsing, the configurator's versions, and the queuedata the gateway serves."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import db
+from services import configurator, sites
+from services.sites import QueueConfigError
+
+
+def test_shipped_file_has_an_online_local_queue_with_the_local_plugin():
+    qs = sites.load_file()
+    local = qs["LOCAL"]
+    assert (local.status, local.plugin, local.endpoint) == ("online", "local", "LOCAL_DATADISK")
+    data = sites.make_queuedata(local)
+    for key in ("nickname", "panda_resource", "atlas_site", "name", "state", "status", "type", "maxwdir",
+                "maxrss", "maxtime", "corecount", "timefloor", "pledgedcpu", "is_cvmfs", "copytools", "acopytools",
+                "astorages", "aprotocols", "params", "catchall", "container_type", "container_options",
+                "direct_access_lan", "direct_access_wan"):
+        assert key in data, key
+    assert data["state"] == "ACTIVE" and data["acopytools"]["pw"] == ["mv"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[queues.X]\nstatus = 'sleepy'", "status 'sleepy'"),
+    ("[queues.X]\nmaxrss = -1", "maxrss = -1"),
+    ("[queues.X]\ncolour = 'red'", "unknown keys ['colour']"),
+    ("[queue.X]", "unknown top-level keys"),
+    ("[queues.X]\nendpoints = ['a/b']", "endpoints must be names"),
+])
+def test_bad_queue_files_are_refused_with_the_reason(text, message, tmp_path):
+    path = tmp_path / "q.toml"
+    path.write_text(text)
+    with pytest.raises(QueueConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        sites.load_file(path)
+
+
+def test_configurator_records_versions_and_queuedata_follows(cfg, tmp_path):
+    path = tmp_path / "q.toml"
+    path.write_text("[defaults]\nmaxrss = 2000\n[queues.A]\ncloud = 'EU'\n[queues.B]\n"
+                    "[queues.B.queuedata]\ntimefloor = 30\n")
+    first = configurator.configure(cfg, path, who="test")
+    assert {(c["name"], c["version"]) for c in first} == {("A", 1), ("B", 1)}
+    assert first[0]["change"]["created"] is True
+    assert configurator.configure(cfg, path, who="test") == [], "an unchanged file changes nothing"
+
+    path.write_text("[defaults]\nmaxrss = 4000\n[queues.A]\ncloud = 'EU'\nstatus = 'offline'\n")
+    second = configurator.configure(cfg, path, who="operator")
+    assert {c["name"]: c["change"] for c in second} == {
+        "A": {"maxrss": [2000, 4000], "status": ["online", "offline"]}, "B": {"removed": True}}
+    with db.connect(cfg) as conn:
+        assert sites.queuedata(conn, "B") is None
+        data = sites.queuedata(conn, "A")
+        assert (data["status"], data["maxrss"], data["cloud"], data["pandaes"]["version"]) == ("offline", 4000, "EU", 2)
+        hist = sites.history(conn, "A")
+        assert [(h["version"], h["changed_by"]) for h in hist] == [(1, "test"), (2, "operator")]
+        assert sites.history(conn, "B")[-1]["change"] == {"removed": True}
+        # re-adding B continues its version numbers
+    path.write_text("[queues.B]\n")
+    assert [(c["name"], c["version"]) for c in configurator.configure(cfg, path) if c["name"] == "B"] == [("B", 3)]
+    with db.connect(cfg) as conn:
+        assert sites.queuedata(conn, "B")["timefloor"] == 0
+        assert configurator.ensure(cfg, "test") == [], "ensure only fills an empty table"
