@@ -56,7 +56,9 @@ async def serve_openapi(request: web.Request) -> web.Response:
 
 
 def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
-    app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes), middlewares=[errors])
+    # auto_decompress off: params.read_params undoes Content-Encoding itself and answers a corrupt body 400
+    app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes), middlewares=[errors],
+                          handler_args={"auto_decompress": False})
     app["cfg"] = cfg
     app["backend"] = backend or Backend(cfg)
     app["authenticator"] = TrustingAuthenticator()

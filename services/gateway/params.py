@@ -1,8 +1,9 @@
 """Reading request parameters the way PanDA's clients send them, and rejecting bad ones precisely.
 
 pilot3 posts ``application/x-www-form-urlencoded`` (every value a string), panda-client posts JSON, old
-tools put parameters in the query string, and some clients gzip JSON bodies. ``read_params`` merges all
-of that into one dict; the ``as_*`` helpers convert one field and raise ``BadRequest`` naming it, so a
+tools put parameters in the query string, and some clients gzip JSON bodies (the app turns aiohttp's
+own decompression off so that a corrupt body is a 400 here, not a reset connection). ``read_params``
+merges all of that into one dict; the ``as_*`` helpers convert one field and raise ``BadRequest`` naming it, so a
 handler never meets a wrong type and a caller always learns which field was wrong.
 """
 
@@ -35,7 +36,7 @@ def _decompress(body: bytes, encoding: str) -> bytes:
     if not encoding or encoding == "identity":
         return body
     try:
-        if encoding == "gzip":
+        if encoding in ("gzip", "x-gzip"):
             return gzip.decompress(body)
         if encoding == "deflate":
             return zlib.decompress(body)

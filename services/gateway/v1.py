@@ -8,9 +8,11 @@ with the same envelope and a message naming the parameter.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +30,9 @@ from .updates import legacy_names
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: how long job/submit and job/kill wait for the jobs projection to show what the ledger recorded, so that
+#: a client's next call (getJobStatus, setDebugMode…) reads its own write, as it does on PanDA's database
+PROJECTION_WAIT = 5.0
 ANALYSIS_OR_PTEST = ("user", "panda", "ptest", "rc_test", "rc_test2", "rc_alrb")
 
 
@@ -107,6 +112,22 @@ async def pilot_job_status(request: web.Request, params: dict[str, Any]) -> web.
 
 
 # --------------------------------------------------------------------------------------------- job
+async def _until_projected(request: web.Request, verdicts: list[Any]) -> None:
+    """Wait (at most PROJECTION_WAIT) until the jobs projection has every recorded event of ``verdicts``."""
+    want = {v.PandaID: v.seq for v in verdicts if isinstance(v, Event)}
+    if not want:
+        return
+    deadline = time.monotonic() + PROJECTION_WAIT
+    ids = list(want)
+    while True:
+        async with request.app["backend"].pool.connection() as conn:
+            cur = await conn.execute("SELECT pandaid, seq FROM jobs WHERE pandaid = ANY(%s)", (ids,))
+            seen = dict(await cur.fetchall())
+        if all(seen.get(pid, 0) >= seq for pid, seq in want.items()) or time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def _allocate_ids(request: web.Request, n: int) -> list[int]:
     async with request.app["backend"].pool.connection() as conn:
         cur = await conn.execute("SELECT nextval('pandaid_seq') FROM generate_series(1, %s)", (n,))
@@ -144,6 +165,7 @@ async def submit(request: web.Request, params: dict[str, Any]) -> web.Response:
             cmds, float(request.app["cfg"].gateway.verdict_timeout))
     except VerdictTimeout:
         verdicts, message = [None] * len(cmds), "accepted; the ledger has not confirmed every job yet"
+    await _until_projected(request, verdicts)
     data = []
     for cmd, verdict in zip(cmds, verdicts, strict=True):
         job: JobSpec = cmd.job
@@ -210,6 +232,7 @@ async def kill(request: web.Request, params: dict[str, Any]) -> web.Response:
     cmds = [Kill(PandaID=i, actor=actor, code=code, job_sub_status=sub_status, reason=f"killed by {actor}")
             for i in ids]
     verdicts = await _ask_each(request, cmds)
+    await _until_projected(request, verdicts)
     data = [isinstance(v, Event) or (isinstance(v, Rejected) and v.code == "already_requested") for v in verdicts]
     return envelope(True, "", data)
 

@@ -1,0 +1,183 @@
+"""A pilot simulator that speaks the legacy protocol the way pilot3 3.7 does (PANDA-CLIENTS §2).
+
+Each simulated pilot: ``getJob`` (form-encoded, the fields pilot3 sends), ``updateJob`` ``starting``,
+``running``, ``running`` heartbeats during the "payload", then the final ``finished`` with an ``xml``
+output report ``{lfn: {guid, fsize, adler32, surl}}`` for its outputs and log — or, when a reply says
+``tobekilled``, a final ``failed`` with pilotErrorCode 1144 / transExitCode 240 as pilot3 reports it.
+Like pilot3's ``send_update`` it resends an update only when the reply is not JSON.
+
+``simulate`` is the async core used by ``pandaes pilot-sim``, the tests and the benchmarks; it records
+every PandaID received and the latency of each call so callers can check and measure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+import zlib
+from typing import Any
+
+import aiohttp
+
+PILOT_VERSION = "3.7.0.36"
+KILLED_CODE, KILLED_EXIT = 1144, 240
+
+
+@dataclasses.dataclass
+class SimOptions:
+    url: str                       # http://host:port of the gateway
+    site: str = "LOCAL"
+    pilots: int = 1
+    jobs: int = 1                  # jobs each pilot runs before it exits
+    payload_seconds: float = 1.0
+    heartbeat: float = 0.5         # seconds between running heartbeats
+    label: str = "managed"
+    nojob_retries: int = 0         # further getJob tries after "no job" (pilot3: -x, 60 s apart)
+    nojob_sleep: float = 1.0
+    update_retries: int = 5        # resends of an update whose reply is not JSON (pilot3: 10, 120 s apart)
+    update_sleep: float = 0.5
+
+
+@dataclasses.dataclass
+class SimStats:
+    received: list[int] = dataclasses.field(default_factory=list)   # PandaIDs, in order of receipt
+    finished: int = 0
+    killed: int = 0
+    no_job: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+    getjob_latency: list[float] = dataclasses.field(default_factory=list)
+    update_latency: list[float] = dataclasses.field(default_factory=list)
+    commands: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    told_to_kill: dict[int, float] = dataclasses.field(default_factory=dict)  # PandaID → time.monotonic()
+
+    def summary(self) -> dict[str, Any]:
+        def pct(values: list[float], q: float) -> float:
+            return round(sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000, 1) if values else 0.0
+        return {"jobs": len(self.received), "unique": len(set(self.received)), "finished": self.finished,
+                "killed": self.killed, "no_job_replies": self.no_job, "errors": len(self.errors),
+                "getjob_ms_p50": pct(self.getjob_latency, 0.5), "getjob_ms_p95": pct(self.getjob_latency, 0.95),
+                "update_ms_p50": pct(self.update_latency, 0.5), "update_ms_p95": pct(self.update_latency, 0.95)}
+
+
+class _Pilot:
+    def __init__(self, session: aiohttp.ClientSession, opts: SimOptions, index: int, stats: SimStats):
+        self.s = session
+        self.o = opts
+        self.stats = stats
+        self.node = f"sim-wn{index:04d}"
+        self.pilot_id = f"sim{index}|PR|{PILOT_VERSION}"
+        self.base = opts.url.rstrip("/") + "/server/panda"
+        self.started = ""
+
+    async def _post(self, fn: str, data: dict[str, Any]) -> Any:
+        """One form POST; None if the reply is not a JSON object (curl error or non-JSON, as pilot3 sees it)."""
+        form = {k: v if isinstance(v, str) else str(v) for k, v in data.items()}
+        try:
+            async with self.s.post(f"{self.base}/{fn}", data=form,
+                                   headers={"Accept": "application/json",
+                                            "User-Agent": f"pilot/{PILOT_VERSION} (simulated)"}) as resp:
+                text = await resp.text()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self.stats.errors.append(f"{fn}: {exc!r}")
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            self.stats.errors.append(f"{fn}: HTTP {resp.status} non-JSON reply {text[:80]!r}")
+            return None
+        return value if isinstance(value, dict) else None
+
+    async def get_job(self) -> dict[str, Any] | None:
+        for attempt in range(self.o.nojob_retries + 1):
+            t0 = time.monotonic()
+            job = await self._post("getJob", {
+                "siteName": self.o.site, "computingElement": self.o.site, "prodSourceLabel": self.o.label,
+                "diskSpace": 10000, "workingGroup": "", "cpu": 2445.434, "mem": 24103.9, "node": self.node,
+                "allowOtherCountry": "False"})
+            self.stats.getjob_latency.append(time.monotonic() - t0)
+            if job is not None and ("StatusCode" not in job or job["StatusCode"] in (0, "0")):
+                return job
+            self.stats.no_job += 1
+            if attempt < self.o.nojob_retries:
+                await asyncio.sleep(self.o.nojob_sleep)
+        return None
+
+    async def update(self, job: dict[str, Any], state: str, **extra: Any) -> str:
+        """Send one updateJob (resent while the reply is not JSON); the `command` of the reply."""
+        data = {"jobId": job["PandaID"], "state": state, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00",
+                                                                                 time.gmtime()),
+                "siteName": self.o.site, "node": self.node, "attemptNr": job.get("attemptNr", 0),
+                "schedulerID": "unknown", "pilotID": self.pilot_id, "startTime": self.started,
+                "coreCount": job.get("coreCount", 1), "cpuConsumptionUnit": "s+simulated CPU", **extra}
+        for _ in range(self.o.update_retries + 1):
+            t0 = time.monotonic()
+            reply = await self._post("updateJob", data)
+            self.stats.update_latency.append(time.monotonic() - t0)
+            if reply is not None:
+                command = str(reply.get("command", "NULL"))
+                self.stats.commands.setdefault(int(job["PandaID"]), []).append(command)
+                if "tobekilled" in command:
+                    self.stats.told_to_kill.setdefault(int(job["PandaID"]), time.monotonic())
+                return command
+            await asyncio.sleep(self.o.update_sleep)
+        return "NULL"
+
+    def report(self, job: dict[str, Any], killed: bool) -> str:
+        """The `xml` field: every output (only the log when killed) with size and adler32."""
+        out_files = [f for f in str(job.get("outFiles") or "").split(",") if f and f != "NULL"]
+        log_file = job.get("logFile") or ""
+        files = {}
+        for lfn in out_files:
+            if killed and lfn != log_file:
+                continue
+            content = f"{lfn} produced by {self.node} for {job['PandaID']}\n".encode()
+            files[lfn] = {"guid": job.get("logGUID", "") if lfn == log_file else "", "fsize": len(content),
+                          "adler32": f"{zlib.adler32(content):08x}", "surl": f"/sim/output/{job['PandaID']}/{lfn}"}
+        return json.dumps(files)
+
+    async def run_job(self, job: dict[str, Any]) -> None:
+        self.started = f"{time.time():.7f}"
+        commands = [await self.update(job, "starting"), await self.update(job, "running")]
+        deadline = time.monotonic() + self.o.payload_seconds
+        while "tobekilled" not in ",".join(commands) and time.monotonic() < deadline:
+            await asyncio.sleep(max(0.0, min(self.o.heartbeat, deadline - time.monotonic())))
+            if time.monotonic() < deadline:
+                extra = {"stdout": "simulated payload output"} if "debug" in ",".join(commands) else {}
+                commands.append(await self.update(job, "running", **extra))
+        killed = "tobekilled" in ",".join(commands)
+        final: dict[str, Any] = {"xml": self.report(job, killed), "endTime": f"{time.time():.7f}",
+                                 "pilotTiming": "1|0|1|0|0|0", "metaData": json.dumps({"exitCode": 0})}
+        if killed:
+            final.update(pilotErrorCode=KILLED_CODE, pilotErrorDiag="This job was killed by panda server",
+                         transExitCode=KILLED_EXIT, exeErrorCode=0)
+            await self.update(job, "failed", **final)
+            self.stats.killed += 1
+        else:
+            final.update(pilotErrorCode=0, transExitCode=0, exeErrorCode=0, exeErrorDiag="OK")
+            await self.update(job, "finished", **final)
+            self.stats.finished += 1
+
+    async def run(self) -> None:
+        for _ in range(self.o.jobs):
+            job = await self.get_job()
+            if job is None:
+                return
+            self.stats.received.append(int(job["PandaID"]))
+            await self.run_job(job)
+
+
+async def simulate(opts: SimOptions, session: aiohttp.ClientSession | None = None) -> SimStats:
+    """Run ``opts.pilots`` pilots concurrently until each has run ``opts.jobs`` jobs or found none."""
+    stats = SimStats()
+    own = session is None
+    if session is None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                        timeout=aiohttp.ClientTimeout(total=150))
+    try:
+        await asyncio.gather(*(_Pilot(session, opts, i, stats).run() for i in range(opts.pilots)))
+    finally:
+        if own:
+            await session.close()
+    return stats
