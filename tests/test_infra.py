@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -43,14 +45,22 @@ def _drop_database(db_url: str) -> None:
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private state dir and no inherited PANDAES_KAFKA / PANDAES_DB: returns the state dir."""
-    state = tmp_path / "state"
+def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private state dir and no inherited PANDAES_KAFKA / PANDAES_DB: returns the state dir.
+
+    Not under pytest's tmp_path: as root the embedded PostgreSQL runs as another account, and
+    pytest resets its own base folder to 0700 whenever a session starts (e.g. parallel workers)."""
+    base = Path(tempfile.mkdtemp(prefix="pandaes-test-"))
+    base.chmod(0o755)
+    state = base / "state"
     monkeypatch.setenv("PANDAES_STATE_DIR", str(state))
     for var in ("PANDAES_KAFKA", "PANDAES_DB", "PANDAES_CONFIG", "PANDAES_PARTITIONS",
                 infra.FORCE_EMBEDDED_DB_ENV):
         monkeypatch.delenv(var, raising=False)
-    return state
+    yield state
+    if (state / "postgres").exists():
+        infra.stop_embedded_postgres(state)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
