@@ -50,6 +50,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = system.config()
         for version in db.migrate(cfg):
             print(f"migration {version} applied")
+        # a broker that lost its log under non-empty projections: restore it (embedded) or stop, never diverge
+        from cli.restore import check_at_start
+        check_at_start(cfg, embedded=system.tansu is not None, log=print)
         sup = components.Supervisor(names, components.child_env(cfg), log=print)
         sup.start()
         print(f"pandaes running: kafka={cfg.kafka.bootstrap} db={cfg.db.url}")

@@ -11,25 +11,38 @@ with JEDI and every other reader: see docs/events.md.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 
 from schemas.jobspec import FileSpec, JobSpec
 
-SCHEMA_VERSION = 1
+# The version of the message shapes this code writes. Additive changes (a new optional field) keep it;
+# a change that breaks readers (a rename, a new meaning) bumps it and registers an upcaster below, so
+# every stored message of an older version still decodes. History: docs/events.md#versioning.
+SCHEMA_VERSION = 2
+# Messages written before ``v`` was always encoded carry no ``v`` at all: they are version 1.
+LEGACY_VERSION = 1
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _current_version() -> int:
+    return SCHEMA_VERSION
+
+
 class _Message(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     PandaID: int
     id: str = msgspec.field(default_factory=new_id)
-    v: int = SCHEMA_VERSION
+    # a factory, not a plain default: omit_defaults would drop a plain default from the wire, and
+    # readers need the version of every message they get
+    v: int = msgspec.field(default_factory=_current_version)
     time: float = msgspec.field(default_factory=time.time)   # seconds since the epoch, UTC
     actor: str = "unknown"           # who asked: "pilot:<id>", "user:<DN>", "service:watcher", …
     correlation_id: str | None = None  # groups the messages of one request/flow (e.g. a bulk submit)
@@ -100,7 +113,13 @@ class _Change(_Event, kw_only=True):
 
 
 class JobTransitioned(_Change, tag="transitioned"):
-    """The job changed state (from_state != to_state)."""
+    """The job changed state (from_state != to_state).
+
+    v2: the pilot's final report is ``job_output_report`` on the wire (v1: ``report``, ambiguous next
+    to ``metadata``, which is a report too); the Python attribute is still ``report``.
+    """
+
+    report: str | None = msgspec.field(default=None, name="job_output_report")
 
 
 class JobUpdated(_Change, tag="updated"):
@@ -132,24 +151,102 @@ _rejected_decoder = msgspec.json.Decoder(Rejected)
 _outcome_decoder = msgspec.json.Decoder(Event | Rejected)
 
 
+class VersionError(msgspec.ValidationError):
+    """A message from a newer schema than this code knows: upgrade the reader, never guess."""
+
+
+# --------------------------------------------------------------------------------------- upcasters
+# (type tag, version) → function turning that version's JSON object into the next version's.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _transitioned_v1_to_v2(obj: dict[str, Any]) -> dict[str, Any]:
+    """v2 renamed the pilot's final report of ``transitioned`` from ``report`` to ``job_output_report``."""
+    if "report" in obj:
+        obj["job_output_report"] = obj.pop("report")
+    return obj
+
+
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("transitioned", 1): _transitioned_v1_to_v2,
+}
+
+
+_VERSION_KEY = re.compile(rb'"v"\s*:')
+
+
+def _has_version(data: bytes | str) -> bool:
+    """Whether the writer put ``v`` on the wire (messages written before it was always encoded lack it).
+
+    A byte search instead of a second parse keeps the hot path (projections, ledger) at one parse:
+    ``"v":`` can only be a key (inside a JSON string the quote before the colon is escaped), and no
+    nested object of a message has a key ``v`` (attrs and files use PanDA attribute names).
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    return b'"v":' in raw or _VERSION_KEY.search(raw) is not None
+
+
+def upcast(obj: dict[str, Any]) -> dict[str, Any]:
+    """A decoded JSON message of any known version, as the current version (in place)."""
+    version = obj.get("v", LEGACY_VERSION)
+    if not isinstance(version, int) or version < 1:
+        raise msgspec.ValidationError(f"bad schema version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise VersionError(f"message schema version {version} is newer than this reader's ({SCHEMA_VERSION})")
+    tag = obj.get("type")
+    while version < SCHEMA_VERSION:
+        step = UPCASTERS.get((str(tag), version))
+        if step is not None:
+            obj = step(obj)
+        version += 1
+    obj["v"] = SCHEMA_VERSION
+    return obj
+
+
+def _needs_upcast(tag: str, version: int) -> bool:
+    return any((tag, v) in UPCASTERS for v in range(version, SCHEMA_VERSION))
+
+
+def _decode(decoder: msgspec.json.Decoder, data: bytes) -> Any:
+    """Decode ``data`` as the current version: one parse for current messages, upcasting older ones."""
+    try:
+        msg = decoder.decode(data)
+    except msgspec.ValidationError:
+        # maybe an older shape (e.g. a v1 field name): upcast the plain JSON and try again; a current
+        # message that is simply invalid fails again below with the decoder's own error
+        return decoder.decode(_encoder.encode(upcast(msgspec.json.decode(data))))
+    version = msg.v if _has_version(data) else LEGACY_VERSION
+    if version == SCHEMA_VERSION:
+        return msg
+    if version > SCHEMA_VERSION:
+        raise VersionError(f"message schema version {version} is newer than this reader's ({SCHEMA_VERSION})")
+    if _needs_upcast(msg.__struct_config__.tag, version):
+        obj = msgspec.json.decode(data)
+        obj.setdefault("v", version)
+        return decoder.decode(_encoder.encode(upcast(obj)))
+    msg.v = SCHEMA_VERSION
+    return msg
+
+
 def encode(msg: msgspec.Struct) -> bytes:
     return _encoder.encode(msg)
 
 
 def decode_command(data: bytes) -> Command:
-    return _command_decoder.decode(data)
+    return _decode(_command_decoder, data)
 
 
 def decode_event(data: bytes) -> Event:
-    return _event_decoder.decode(data)
+    """An event of any stored version, as the current version (see UPCASTERS)."""
+    return _decode(_event_decoder, data)
 
 
 def decode_rejected(data: bytes) -> Rejected:
-    return _rejected_decoder.decode(data)
+    return _decode(_rejected_decoder, data)
 
 
 def decode_outcome(data: bytes) -> Event | Rejected:
-    return _outcome_decoder.decode(data)
+    return _decode(_outcome_decoder, data)
 
 
 def key_of(panda_id: int) -> bytes:

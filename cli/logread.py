@@ -1,0 +1,77 @@
+"""Reading panda.job-events directly, for tools that must not trust the projections.
+
+``read_log`` reads many partitions with one group-less consumer (no offsets are committed, so no
+service notices), from given start offsets up to the end offsets seen when it was called. It yields
+``(partition, records)`` batches, each in offset order; partitions interleave, which is fine because
+a job lives in exactly one partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kafka import TopicPartition
+
+from core import bus
+from core.config import Config
+
+
+def topic_partitions(cfg: Config, topic: str) -> list[int]:
+    c = bus.consumer(cfg, group_id=None)
+    try:
+        return bus.partitions(c, topic)
+    finally:
+        c.close()
+
+
+def log_bounds(cfg: Config, topic: str | None = None) -> tuple[dict[int, int], dict[int, int]]:
+    """(beginning, end) offsets of every partition; beginning > 0 means retention deleted events."""
+    topic = topic or cfg.kafka.events_topic
+    c = bus.consumer(cfg, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in bus.partitions(c, topic)]
+        begin = {tp.partition: off for tp, off in c.beginning_offsets(tps).items()}
+        end = {tp.partition: off for tp, off in c.end_offsets(tps).items()}
+        return begin, end
+    finally:
+        c.close()
+
+
+def read_log(cfg: Config, *, topic: str | None = None, start: dict[int, int] | None = None,
+             end: dict[int, int] | None = None, partitions: list[int] | None = None) -> Iterator[tuple[int, list]]:
+    """Every record of the chosen partitions in ``[start, end)``; ``end`` defaults to the current end."""
+    topic = topic or cfg.kafka.events_topic
+    c = bus.consumer(cfg, group_id=None, max_poll_records=10000)
+    try:
+        parts = partitions if partitions is not None else bus.partitions(c, topic)
+        tps = {p: TopicPartition(topic, p) for p in parts}
+        if end is None:
+            end = {tp.partition: off for tp, off in c.end_offsets(list(tps.values())).items()}
+        start = start or {}
+        todo = {p: tp for p, tp in tps.items() if start.get(p, 0) < end.get(p, 0)}
+        if not todo:
+            return
+        c.assign(list(todo.values()))
+        for p, tp in todo.items():
+            c.seek(tp, start.get(p, 0))
+        while todo:
+            polled = c.poll(timeout_ms=1000)
+            for tp, recs in polled.items():
+                if tp.partition not in todo:
+                    continue
+                stop = end[tp.partition]
+                batch = [r for r in recs if r.offset < stop]
+                if batch:
+                    yield tp.partition, batch
+            # transaction markers take offsets but are never returned: the position says when we are done
+            for p, tp in list(todo.items()):
+                if c.position(tp) >= end[p]:
+                    del todo[p]
+                    c.pause(tp)
+    finally:
+        c.close()
+
+
+def count_between(start: dict[int, int], end: dict[int, int]) -> int:
+    """An upper bound of the records in [start, end) (markers take offsets too), for progress bars."""
+    return sum(max(0, off - start.get(p, 0)) for p, off in end.items())

@@ -1,0 +1,216 @@
+"""Rebuilding a projection from offset 0 of panda.job-events, side by side or in place.
+
+A rebuild only reads the log (a group-less consumer: no committed offsets, no commands sent), so no
+service sees anything: side effects are off by construction. It writes into the projection's tables
+in another PostgreSQL schema, created with the live tables' columns, constraints and index names.
+
+* ``--into SCHEMA``: the rebuilt tables and their positions stay there, next to the live ones.
+* in place: build into a scratch schema, then in ONE transaction lock the live tables, catch up with
+  whatever the live projector applied meanwhile, drop the live tables, move the rebuilt ones in and
+  take over the positions. Readers see the old rows or the new ones, never a mix.
+
+``apply_log`` and ``clone_tables`` are shared with ``verify`` (which builds what the log implies and
+compares) and ``bench/rebuild_rate.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import psycopg
+from psycopg import sql
+
+from cli.logread import count_between, log_bounds, read_log
+from cli.progress import Progress
+from core import db
+from core.config import Config
+from projections.base import Projection, Record, load_positions, save_position
+from projections.runner import ALL
+from schemas.messages import decode_event
+
+Log = Callable[[str], object]
+
+
+class RebuildError(RuntimeError):
+    pass
+
+
+def projection(name: str) -> Projection:
+    try:
+        return ALL[name]
+    except KeyError:
+        raise RebuildError(f"unknown projection {name!r}; known: {', '.join(ALL)}") from None
+
+
+def current_schema(conn: psycopg.Connection) -> str:
+    return conn.execute("SELECT current_schema()").fetchone()[0]
+
+
+def _ident(*parts: str) -> sql.Identifier:
+    return sql.Identifier(*parts)
+
+
+def clone_tables(conn: psycopg.Connection, tables: Sequence[str], src: str, dst: str, *,
+                 indexes: bool = True) -> list[str]:
+    """Create empty copies of ``src.t`` in schema ``dst`` with the same constraint and index names.
+
+    Primary and unique keys are created at once (projections rely on them for ON CONFLICT); the
+    other indexes are returned as SQL to run after the bulk load (faster), or skipped with
+    ``indexes=False``.
+    """
+    later: list[str] = []
+    for t in tables:
+        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+                             " INCLUDING GENERATED INCLUDING IDENTITY INCLUDING STORAGE)")
+                     .format(_ident(dst, t), _ident(src, t)))
+        rel = f"{_quote(src)}.{_quote(t)}"
+        for name, definition in conn.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
+                " AND contype IN ('p', 'u', 'x') ORDER BY conname", (rel,)).fetchall():
+            conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(_ident(dst, t), _ident(name))
+                         + sql.SQL(definition))
+        if not indexes:
+            continue
+        for (definition,) in conn.execute(
+                "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = %s::regclass"
+                " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)"
+                " ORDER BY i.indexrelid", (rel,)).fetchall():
+            later.append(definition.replace(f" ON {rel} ", f" ON {_quote(dst)}.{_quote(t)} ", 1))
+    return later
+
+
+def _quote(name: str) -> str:
+    """How pg_get_indexdef spells an identifier (quoted only when it must be)."""
+    if name.isidentifier() and name == name.lower():
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def set_search_path(conn: psycopg.Connection, schema: str) -> None:
+    conn.execute(sql.SQL("SET search_path TO {}").format(_ident(schema)))
+
+
+def apply_log(cfg: Config, conn: psycopg.Connection, projections: Sequence[Projection], *,
+              end: dict[int, int], start: dict[int, int] | None = None,
+              until: dict[str, dict[int, int]] | None = None, progress: Progress | None = None,
+              commit_every: int = 0, on_event: Callable[[int, int, object], None] | None = None) -> int:
+    """Apply the log's events in ``[start, end)`` to ``projections`` on ``conn`` (its search_path
+    decides where), saving each projection's position with its rows. ``until[name][p]`` stops one
+    projection earlier in a partition. ``commit_every`` commits after that many events (0: never,
+    the caller owns the transaction). Returns the number of events read."""
+    topic = cfg.kafka.events_topic
+    n = since_commit = 0
+    for partition, recs in read_log(cfg, start=start, end=end):
+        records = [Record(partition, r.offset, r.value, decode_event(r.value)) for r in recs]
+        if on_event is not None:
+            for rec in records:
+                on_event(partition, rec.offset, rec.event)
+        for proj in projections:
+            limit = (until or {}).get(proj.name, {}).get(partition)
+            mine = records if limit is None else [r for r in records if r.offset < limit]
+            if mine:
+                proj.apply(conn, mine)
+                save_position(conn, proj.name, topic, partition, mine[-1].offset + 1)
+        n += len(records)
+        since_commit += len(records)
+        if progress:
+            progress.update(len(records))
+        if commit_every and since_commit >= commit_every:
+            conn.commit()
+            since_commit = 0
+    return n
+
+
+@dataclasses.dataclass
+class RebuildResult:
+    projection: str
+    schema: str
+    events: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print,
+            show_progress: bool | None = None) -> RebuildResult:
+    """Rebuild projection ``name`` from offset 0: into schema ``into``, or in place (atomic switch)."""
+    proj = projection(name)
+    topic = cfg.kafka.events_topic
+    started = time.monotonic()
+    with db.connect(cfg) as conn:
+        live = current_schema(conn)
+        if into == live:
+            raise RebuildError(f"--into {into}: that is the live schema; omit --into to rebuild in place")
+        scratch = into or f"pandaes_rebuild_{name}"  # fixed: a rerun cleans up a failed run
+        _prepare_schema(conn, proj, live, scratch, fresh=into is None)
+        later = clone_tables(conn, proj.tables, live, scratch)
+        conn.commit()
+        begin, end = log_bounds(cfg)
+        if any(begin.values()):
+            raise RebuildError(f"the log does not start at offset 0 (retention deleted events: {begin}); a "
+                               "rebuild would be incomplete — restore it first (`pandaes restore`)")
+        set_search_path(conn, scratch)
+        with Progress(f"rebuild {name}", total=count_between({}, end), enabled=show_progress) as bar:
+            n = apply_log(cfg, conn, [proj], end=end, progress=bar, commit_every=20000)
+        for statement in later:
+            conn.execute(statement)
+        conn.commit()
+        if into is None:
+            n += _switch(cfg, conn, proj, live, scratch)
+        conn.execute(sql.SQL("SET search_path TO {}").format(_ident(live)))
+        conn.commit()
+    seconds = time.monotonic() - started
+    where = into or live
+    log(f"rebuilt {name} into schema {where}: {n} events in {seconds:.2f}s ({n / seconds if seconds else 0:,.0f}"
+        f" events/s){'' if into else ', switched atomically'}; positions in {where}.consumer_positions "
+        f"(topic {topic})")
+    return RebuildResult(name, where, n, seconds)
+
+
+def _prepare_schema(conn: psycopg.Connection, proj: Projection, live: str, schema: str, *, fresh: bool) -> None:
+    if fresh:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(_ident(schema)))
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(_ident(schema)))
+    for t in reversed(proj.tables):
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(schema, t)))
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING ALL)")
+                 .format(_ident(schema, "consumer_positions"), _ident(live, "consumer_positions")))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(_ident(schema, "consumer_positions")),
+                 (proj.name,))
+
+
+def _switch(cfg: Config, conn: psycopg.Connection, proj: Projection, live: str, scratch: str) -> int:
+    """Swap the rebuilt tables in, in one transaction; returns the events applied to catch up."""
+    topic = cfg.kafka.events_topic
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(_ident(live, t) for t in proj.tables)))
+            set_search_path(conn, live)
+            live_pos = load_positions(conn, proj.name, topic)
+            set_search_path(conn, scratch)
+            built = load_positions(conn, proj.name, topic)
+            # the live projector went on while we built: apply what it applied, so nothing goes back
+            behind = {p: built.get(p, 0) for p, off in live_pos.items() if off > built.get(p, 0)}
+            caught = 0
+            if behind:
+                caught = apply_log(cfg, conn, [proj], start=behind,
+                                   end={p: live_pos[p] for p in behind})
+            for t in reversed(proj.tables):
+                conn.execute(sql.SQL("DROP TABLE {}").format(_ident(live, t)))
+            for t in proj.tables:
+                conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(_ident(scratch, t), _ident(live)))
+            final = {**live_pos, **load_positions(conn, proj.name, topic)}
+            set_search_path(conn, live)
+            conn.execute("DELETE FROM consumer_positions WHERE projection = %s AND topic = %s", (proj.name, topic))
+            for p, off in final.items():
+                save_position(conn, proj.name, topic, p, max(off, live_pos.get(p, 0)))
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(_ident(scratch)))
+    except psycopg.errors.DependentObjectsStillExist as exc:
+        raise RebuildError(f"cannot switch {proj.name} in place: other objects depend on its tables ({exc}). "
+                           f"Rebuild with --into SCHEMA and switch by hand.") from None
+    return caught
