@@ -65,7 +65,8 @@ class LocalPlugin(DataPlugin):
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def _find(self, endpoint: str, lfn: str, dataset: str | None) -> Path | None:
-        """A replica of ``lfn`` at ``endpoint``: in its dataset's folder, else any folder, else loose."""
+        """A replica of ``lfn`` at ``endpoint``: in its dataset's folder or loose; only a file without a
+        dataset is searched in every folder (that scan grows with the number of blocks)."""
         base = self.endpoint_dir(endpoint)
         if dataset:
             path = base / _check_name("dataset", dataset) / lfn
@@ -74,6 +75,8 @@ class LocalPlugin(DataPlugin):
         loose = base / lfn
         if loose.is_file():
             return loose
+        if dataset:
+            return None
         return next((p for p in sorted(base.glob(f"*/{lfn}")) if p.is_file()), None)
 
     @contextlib.contextmanager
@@ -196,9 +199,12 @@ class LocalPlugin(DataPlugin):
     def prepare_outputs(self, blocks: Sequence[OutputBlock]) -> None:
         for b in blocks:
             (self.endpoint_dir(b.endpoint) / _check_name("block", b.name)).mkdir(parents=True, exist_ok=True)
+        fresh = [b for b in blocks if not self._manifest_path(b.name).exists()]   # existing ones stay as they are
+        for b in fresh:
             self._update_manifest(b.name, b.kind, b.endpoint, {}, parent=b.parent)
-        self._catalogue([{"op": "create", "block": b.name, "kind": b.kind, "endpoint": b.endpoint,
-                          "parent": b.parent} for b in blocks])
+        if fresh:
+            self._catalogue([{"op": "create", "block": b.name, "kind": b.kind, "endpoint": b.endpoint,
+                              "parent": b.parent} for b in fresh])
 
     def register_outputs(self, files: Sequence[OutputFile], endpoint: str) -> None:
         entries = []
