@@ -101,7 +101,8 @@ def _patch(f: OutputFile, status: str, md5: str | None) -> FileSpec:
 
 
 def _missing(entry: dict[str, Any] | None) -> bool:
-    return entry is None or not entry.get("guid") or entry.get("fsize") in (None, "", "NULL") \
+    """A report entry without GUID, size or checksum ("NULL" is PanDA's spelling of unset)."""
+    return entry is None or entry.get("guid") in (None, "", "NULL") or entry.get("fsize") in (None, "", "NULL") \
         or _checksum(entry)[0] is None
 
 

@@ -174,9 +174,13 @@ class SqlCloserView:
         groups: dict[str, list[BlockFile]] = {}
         for f in p.fail:
             groups.setdefault(f.dataset, []).append(f)
+        parents = dict(self.conn.execute("SELECT name, parent FROM datasets WHERE name = ANY(%s)",
+                                         (list(groups),)).fetchall()) if groups else {}
         for name, files in groups.items():
-            datasets.set_files_status(self.conn, name, "failed", pandaids=sorted({f.pandaid for f in files}),
-                                      lfns=sorted({f.lfn for f in files}))
+            pids, lfns = sorted({f.pandaid for f in files}), sorted({f.lfn for f in files})
+            # the same files in the destination block's own rows, if the setupper recorded them there too
+            for block in filter(None, (name, parents.get(name))):
+                datasets.set_files_status(self.conn, block, "failed", pandaids=pids, lfns=lfns)
         if p.close_subs:
             datasets.set_status(self.conn, list(p.close_subs), "closed")
         if p.close_destinations:

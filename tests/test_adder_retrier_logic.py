@@ -42,6 +42,7 @@ def test_finished_report_registers_everything_and_finishes():
 @pytest.mark.parametrize("report", [
     {"out.1": {"guid": "g1", "fsize": 10}, "log.1": GOOD["log.1"]},          # no checksum
     {"out.1": {"fsize": 10, "adler32": "x"}, "log.1": GOOD["log.1"]},         # no GUID
+    {"out.1": {"guid": "NULL", "fsize": 10, "adler32": "x"}, "log.1": GOOD["log.1"]},   # PanDA's unset GUID
     {"out.1": {"guid": "g", "adler32": "x"}, "log.1": GOOD["log.1"]},         # no size
     {"log.1": GOOD["log.1"]},                                                  # output missing
     "not json",

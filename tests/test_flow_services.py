@@ -8,7 +8,6 @@ daemon script's ``run_once`` with a worker ``Context``).
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 
@@ -129,7 +128,7 @@ def report(pid, *, guid=True) -> str:
 
 # ----------------------------------------------------------------------------------------- watcher
 def test_watcher_applies_each_timeout_rule(cfg, background):
-    cfg = cfg.replace(watcher={"heartbeat_timeout": 2, "sent_timeout": 1.5, "holding_timeout": 1.5,
+    cfg = cfg.replace(watcher={"heartbeat_timeout": 3, "sent_timeout": 1.5, "holding_timeout": 1.5,
                                "defined_timeout": 1.5, "pending_timeout": 1.5, "waiting_timeout": 1.5,
                                "activated_timeout": 1.5, "throttled_timeout": 1.5})
     start_core(cfg, background)
@@ -146,11 +145,14 @@ def test_watcher_applies_each_timeout_rule(cfg, background):
     wait_states(cfg, {1: "running", 2: "running", 3: "sent", 4: "transferring", 5: "holding", 6: "defined",
                       7: "pending", 8: "waiting", 9: "activated", 10: "throttled"})
     # fresh heartbeats, then the watcher starts: job 1 must fail within timeout + one period
-    beat = threading.Event()
-
     def heartbeat(stop):
-        while not stop.wait(0.4):
-            send(cfg, [PilotUpdate(PandaID=2, state="running", attempt_nr=1, actor="pilot:t")])
+        sender = CommandSender(cfg)      # one producer: creating one per beat can take longer than the timeout
+        try:
+            while not stop.wait(0.3):
+                sender.send(PilotUpdate(PandaID=2, state="running", attempt_nr=1, actor="pilot:t"))
+                sender.flush()
+        finally:
+            sender.close()
     send(cfg, [PilotUpdate(PandaID=1, state="running", attempt_nr=1, actor="pilot:t")])
     t0 = time.time()
     background.start(heartbeat, "heartbeat")
@@ -158,7 +160,6 @@ def test_watcher_applies_each_timeout_rule(cfg, background):
     start_script(cfg, background, watcher.run_once, period, "watcher")
     final = wait_states(cfg, {1: "failed", 3: "failed", 4: "failed", 5: "failed", 6: "closed", 7: "closed",
                               8: "closed", 9: "closed", 10: "closed"}, timeout=30)
-    beat.set()
     codes = {pid: (final[pid]["spec"].get("jobDispatcherErrorCode"), final[pid]["spec"].get("taskBufferErrorCode"))
              for pid in final}
     assert codes[1][0] == 100 and final[1]["spec"]["jobDispatcherErrorDiag"].startswith("lost heartbeat")
@@ -169,7 +170,8 @@ def test_watcher_applies_each_timeout_rule(cfg, background):
     assert jobs(cfg, [2])[2]["status"] == "running", "a job that heartbeats must not be touched"
     failed_at = next(e["time"].timestamp() for e in events(cfg, [1]) if e["to_state"] == "failed")
     took = failed_at - t0
-    assert 2 <= took <= 2 + period + 1.5, f"lost heartbeat detected after {took:.2f}s"
+    print(f"lost heartbeat: failed {took:.2f}s after the last heartbeat (timeout 3 s, period {period} s)")
+    assert 3 <= took <= 3 + period + 1.5, f"lost heartbeat detected after {took:.2f}s"
     actors = {e["actor"] for e in events(cfg, range(1, 11)) if e["to_state"] in ("failed", "closed")}
     assert actors == {"service:watcher"}
 
