@@ -25,7 +25,7 @@ from schemas.jobspec import JobSpec, SpecError, job_from_dict, jobs_from_client_
 from schemas.messages import Command, Kill, Rejected, Submit, decode_command
 
 # Modules that add subcommands: each has ``register(subparsers)``; its commands set ``fn``.
-EXTENSIONS: list[str] = ["cli.daemon", "services.configurator", "cli.pilot_sim", "cli.replay"]
+EXTENSIONS: list[str] = ["cli.daemon", "services.configurator", "cli.pilot_sim", "cli.replay", "cli.bench"]
 
 
 def cfg_for_clients() -> config.Config:

@@ -1,0 +1,131 @@
+"""What the infrastructure itself can do, measured in the same run as the workloads.
+
+* broker: raw produce and consume rate of events-sized records with the project's own client settings
+  (``core.bus.producer`` / ``core.bus.consumer``: idempotent acks=all producer, read_committed
+  consumer) — the most any component built on ``core.bus`` could move;
+* database: raw batched insert rate of jobs-shaped rows (bigint key, a few columns, a jsonb spec) by
+  COPY and by executemany (psycopg 3 pipelines it), one transaction per batch like the projector.
+
+Each workload figure is reported as a fraction of the matching ceiling.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import msgspec
+from kafka import TopicPartition
+from psycopg.types.json import Jsonb
+
+from bench import workload
+from core import bus, db
+from core.config import Config
+from schemas.messages import encode, key_of
+
+
+def payloads(n: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) of the first ``n`` workload events: the real size mix (~370 bytes mean)."""
+    return [(key_of(ev.PandaID), encode(ev)) for ev in workload.events(n)]
+
+
+def produce(cfg: Config, records: list[tuple[bytes, bytes]], topic: str | None = None, *,
+            transaction_every: int = 0) -> dict[str, Any]:
+    """Records/s from the first send to the end of flush (all acknowledged).
+
+    ``transaction_every`` > 0 writes like the ledger does: a transaction per that many records. The
+    log then ends in a commit marker, which matters on Tansu: it reports a partition's end offset as
+    the base offset of its last batch + 1, short of the true end when that batch holds several records."""
+    topic = topic or cfg.kafka.events_topic
+    tid = f"{cfg.kafka.group_prefix}-bench-writer" if transaction_every else None
+    prod = bus.producer(cfg, transactional_id=tid)
+    try:
+        prod.partitions_for(topic)   # metadata and connection outside the timing
+        if tid:
+            prod.init_transactions()
+        t0 = time.perf_counter()
+        for i in range(0, len(records), transaction_every or len(records) or 1):
+            if tid:
+                prod.begin_transaction()
+            for key, value in records[i:i + (transaction_every or len(records))]:
+                prod.send(topic, key=key, value=value)
+            if tid:
+                prod.commit_transaction()
+        prod.flush()
+        elapsed = time.perf_counter() - t0
+    finally:
+        prod.close()
+    size = sum(len(k) + len(v) for k, v in records)
+    return {"records": len(records), "seconds": elapsed, "per_s": len(records) / elapsed,
+            "mb_per_s": size / elapsed / 1e6, "transactional": bool(tid)}
+
+
+def consume(cfg: Config, expect: int, topic: str | None = None) -> dict[str, Any]:
+    """Records/s reading a topic from the beginning with an assign()-style read_committed consumer."""
+    topic = topic or cfg.kafka.events_topic
+    c = bus.consumer(cfg, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in bus.partitions(c, topic)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        n = 0
+        t0 = time.perf_counter()
+        deadline = t0 + 300
+        while n < expect and time.perf_counter() < deadline:
+            for msgs in c.poll(timeout_ms=500).values():
+                n += len(msgs)
+        elapsed = time.perf_counter() - t0
+    finally:
+        c.close()
+    return {"records": n, "seconds": elapsed, "per_s": n / elapsed}
+
+
+_TABLE = """CREATE TABLE IF NOT EXISTS bench_rows (
+    pandaid bigint PRIMARY KEY, partition int NOT NULL, seq int NOT NULL, status text NOT NULL,
+    computing_site text, current_priority int NOT NULL, modification_time timestamptz NOT NULL,
+    spec jsonb NOT NULL)"""
+
+
+def database(cfg: Config, n_rows: int, batch: int = 2000) -> dict[str, Any]:
+    """Rows/s inserted into a jobs-shaped table, by COPY and by executemany, ``batch`` rows per commit."""
+    specs = [ev.job for ev in workload.events(n_rows * 8) if hasattr(ev, "job")][:n_rows]
+    now = dt.datetime.now(dt.UTC)
+    rows = [(s.PandaID, s.PandaID % 8, 1, "defined", s.computingSite, s.currentPriority, now,
+             msgspec.to_builtins(s)) for s in specs]
+    out: dict[str, Any] = {}
+    with db.connect(cfg) as conn:
+        conn.execute(_TABLE)
+        conn.commit()
+        for method in ("copy", "executemany"):
+            conn.execute("TRUNCATE bench_rows")
+            conn.commit()
+            t0 = time.perf_counter()
+            for i in range(0, len(rows), batch):
+                chunk = rows[i:i + batch]
+                with conn.transaction(), conn.cursor() as cur:
+                    if method == "copy":
+                        with cur.copy("COPY bench_rows FROM STDIN") as cp:
+                            for r in chunk:
+                                cp.write_row((*r[:-1], Jsonb(r[-1])))
+                    else:
+                        cur.executemany("INSERT INTO bench_rows VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                                        [(*r[:-1], Jsonb(r[-1])) for r in chunk])
+            elapsed = time.perf_counter() - t0
+            out[method] = {"rows": len(rows), "seconds": elapsed, "per_s": len(rows) / elapsed}
+        conn.execute("DROP TABLE bench_rows")
+        conn.commit()
+    out["per_s"] = max(out["copy"]["per_s"], out["executemany"]["per_s"])
+    return out
+
+
+def run(cfg: Config, *, n_records: int, n_rows: int, log=print) -> dict[str, Any]:
+    records = payloads(n_records)
+    log(f"  ceilings: producing {len(records):,} records …")
+    prod = produce(cfg, records)
+    log(f"  ceilings: produce {prod['per_s']:,.0f}/s; consuming …")
+    cons = consume(cfg, len(records))
+    log(f"  ceilings: consume {cons['per_s']:,.0f}/s; database inserts ({n_rows:,} rows) …")
+    dbres = database(cfg, n_rows)
+    log(f"  ceilings: COPY {dbres['copy']['per_s']:,.0f} rows/s, executemany {dbres['executemany']['per_s']:,.0f}")
+    return {"produce": prod, "consume": cons, "db_insert": dbres}

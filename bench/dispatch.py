@@ -1,0 +1,107 @@
+"""getJob latency at 1, 50 and 500 concurrent simulated pilots over a large activated backlog.
+
+The backlog is written as commands straight through the ledger (submit + activate per job), then the
+projector makes it visible to the dispatcher. Each pilot is ``services.pilot_sim``'s, speaking the
+legacy protocol (form-encoded ``/server/panda/getJob``, as pilot3 does) in a closed loop: a new
+request as soon as the previous one is answered, so the request rate is what the gateway sustains at
+that concurrency. The pilots run in this process (asyncio), on the same two cores as everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import stack, workload
+from bench.procs import Components, CpuMeter, postgres_pids
+from bench.stats import percentiles, timeline
+from core import db
+from core.bus import CommandSender, OutcomeWaiter
+from core.config import Config
+
+REQUESTS = {"quick": {1: 200, 50: 1000, 500: 2000}, "full": {1: 1000, 50: 10000, 500: 20000}}
+
+
+def missing() -> str:
+    try:
+        from services import pilot_sim  # noqa: F401
+        from services.gateway import app  # noqa: F401
+    except ImportError as exc:
+        return f"needs the gateway and services/pilot_sim.py ({exc})"
+    return ""
+
+
+async def _level(url: str, pilots: int, requests: int) -> dict[str, Any]:
+    from services.pilot_sim import SimOptions, SimStats, _Pilot
+
+    stats = SimStats()
+    opts = SimOptions(url=url, site=stack.SITE)
+    left = requests
+    stamps: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async def pilot(i: int) -> None:
+            nonlocal left
+            p = _Pilot(session, opts, i, stats)
+            while left > 0:
+                left -= 1
+                job = await p.get_job()
+                stamps.append(time.perf_counter())
+                if job is not None:
+                    stats.received.append(int(job["PandaID"]))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(pilot(i) for i in range(pilots)))
+        elapsed = time.perf_counter() - t0
+    return {"pilots": pilots, "requests": len(stats.getjob_latency), "jobs": len(stats.received),
+            "unique_jobs": len(set(stats.received)), "no_job": stats.no_job, "errors": len(stats.errors),
+            "seconds": elapsed, "requests_per_s": len(stats.getjob_latency) / elapsed,
+            "latency": percentiles(stats.getjob_latency), "timeline": timeline(stamps, t0)}
+
+
+def _activated(cfg: Config) -> int:
+    with db.connect(cfg) as conn:
+        return conn.execute("SELECT count(*) FROM jobs WHERE status = 'activated'").fetchone()[0]
+
+
+def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
+    cfg = stack.configure(cfg)
+    url = f"http://{cfg.http.host}:{cfg.http.port}"
+    n = size["backlog"]
+    plan = REQUESTS["quick" if n < 50_000 else "full"]
+    with Components(cfg, ["ledger", "projector", "gateway"], log_dir / "dispatch") as comps:
+        waiter = OutcomeWaiter(cfg)
+        sender = CommandSender(cfg)
+        try:
+            stack.ledger_ready(waiter, sender, workload.FIRST_ID - 1)
+            pids = list(range(workload.FIRST_ID, workload.FIRST_ID + n))
+            stack.backlog(waiter, sender, pids, ["activated"], site=stack.SITE, log=log)
+        finally:
+            sender.close()
+            waiter.close()
+        deadline = time.monotonic() + 600
+        while _activated(cfg) < n and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log(f"  dispatch: {_activated(cfg):,} activated jobs in the projection")
+        stack.wait_http(url)
+        comps.check()
+        levels = []
+        meter = CpuMeter({**comps.pids(), "postgres": postgres_pids()})
+        meter.start()
+        cpu0 = time.process_time()
+        total = 0
+        for pilots, requests in plan.items():
+            res = asyncio.run(_level(url, pilots, requests))
+            total += res["requests"]
+            lat = res["latency"]
+            log(f"  dispatch: {pilots:>3} pilots: {res['requests_per_s']:,.0f} getJob/s, p50 {lat.get('p50_ms', 0):.1f}"
+                f" p95 {lat.get('p95_ms', 0):.1f} p99 {lat.get('p99_ms', 0):.1f} ms, {res['jobs']:,} jobs handed out "
+                f"({res['unique_jobs']:,} distinct), {res['no_job']} without a job, {res['errors']} errors")
+            levels.append(res)
+        cpu = {**meter.stop(), "pilots (bench process)": time.process_time() - cpu0}
+    return {"backlog": n, "levels": levels, "cpu_s": cpu,
+            "cpu_us_per_request": {k: 1e6 * v / max(total, 1) for k, v in cpu.items()}}

@@ -1,0 +1,104 @@
+"""An isolated place to measure in: own topics and own database per workload, on whatever infrastructure.
+
+The broker and PostgreSQL server are the embedded defaults or PANDAES_KAFKA / PANDAES_DB, started (or
+found) once per run through ``core.infra.Infra``. Every workload gets fresh topics and a fresh database
+(a copy of one migrated template, as the tests do), so no workload sees another's jobs or offsets, and
+the run leaves nothing behind but its results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from typing import Any
+
+import psycopg
+
+from core import config, db, infra
+from core.config import Config
+
+# Faster consumer-group joins than production (a join on Tansu waits one rebalance timeout); still far
+# above the time any component needs for one batch.
+BENCH_KAFKA = {"max_poll_interval_ms": 6000, "session_timeout_ms": 6000, "transaction_timeout_ms": 10000}
+
+
+def _admin_url(url: str) -> str:
+    return url.rsplit("/", 1)[0] + "/postgres"
+
+
+class BenchEnv:
+    """Starts the infrastructure once; hands out fresh (topics, database) configurations."""
+
+    def __init__(self, log=print):
+        self.log = log
+        self.run_tag = f"b{os.getpid()}{uuid.uuid4().hex[:4]}"
+        base = config.load()
+        base = base.replace(db={"database": f"pandaes_{self.run_tag}"}, kafka=BENCH_KAFKA)
+        self.infra = infra.Infra(base, log=lambda *_: None)
+        self.base: Config | None = None
+        self.template = f"pandaes_{self.run_tag}_tmpl"
+        self.databases: list[str] = []
+        self.topics: list[str] = []
+        self._n = 0
+
+    def start(self) -> BenchEnv:
+        self.infra.start()
+        self.base = self.infra.config()
+        with psycopg.connect(_admin_url(self.base.db.url), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.template}"')
+        db.migrate(self.base.db.url.rsplit("/", 1)[0] + f"/{self.template}")
+        self.databases.append(self.template)
+        return self
+
+    @property
+    def kafka(self) -> str:
+        assert self.base is not None
+        return self.base.kafka.bootstrap
+
+    @property
+    def embedded_broker_pid(self) -> int | None:
+        return self.infra.tansu.pid if self.infra.tansu else None
+
+    def fresh(self, name: str, **changes: dict[str, Any]) -> Config:
+        """A configuration with its own topics (created) and its own migrated database."""
+        assert self.base is not None, "start() first"
+        self._n += 1
+        tag = f"{self.run_tag}{name}{self._n}"
+        dbname = f"pandaes_{tag}"
+        with psycopg.connect(_admin_url(self.base.db.url), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{self.template}"')
+        self.databases.append(dbname)
+        kafka = {"commands_topic": f"{tag}.job-commands", "events_topic": f"{tag}.job-events",
+                 "rejected_topic": f"{tag}.job-commands.rejected", "group_prefix": tag}
+        kafka.update(changes.pop("kafka", {}))
+        cfg = self.base.replace(kafka=kafka, db={"url": self.base.db.url.rsplit("/", 1)[0] + f"/{dbname}"},
+                                **changes)
+        infra.ensure_topics(cfg.kafka.bootstrap, cfg)
+        self.topics += [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
+        return cfg
+
+    def close(self) -> None:
+        """Drop what the run created (databases; topics too on a real cluster), stop what it started."""
+        if self.base is not None:
+            with contextlib.suppress(Exception), psycopg.connect(_admin_url(self.base.db.url),
+                                                                autocommit=True) as conn:
+                for name in reversed(self.databases):
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if self.infra.tansu is None and self.topics:
+                with contextlib.suppress(Exception), infra._admin(self.kafka) as admin:
+                    admin.delete_topics(self.topics)
+        self.infra.stop()
+
+
+def child_env(cfg: Config) -> dict[str, str]:
+    """Environment for a component process that must see exactly ``cfg`` (topics, database, timeouts)."""
+    env = dict(os.environ)
+    for section in ("kafka", "db", "http", "sites", "plugins", "adder", "closer"):
+        for key, value in getattr(cfg, section).as_dict().items():
+            if isinstance(value, list):
+                value = ",".join(map(str, value))
+            env[f"PANDAES_{section.upper()}_{key.upper()}"] = str(value)
+    env.pop("PANDAES_KAFKA", None)
+    env.pop("PANDAES_DB", None)
+    return env

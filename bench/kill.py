@@ -1,0 +1,75 @@
+"""Kill latency: from sending a kill command to seeing the ledger's event (open loop, fixed rate).
+
+Half of the target jobs are activated (the kill cancels them), half running (the kill becomes a
+``kill_signal`` for the pilot): PanDA's two kill paths. Kills are sent at a fixed rate whatever the
+answers do, so a slow ledger shows up as latency instead of being hidden by a waiting sender
+(coordinated omission). The latency is measured where a caller would see the outcome: on an
+``OutcomeWaiter`` reading the events topic read_committed, i.e. after the ledger's transaction commit.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from bench import workload
+from bench.procs import Components, CpuMeter
+from bench.stack import backlog, ledger_ready, wait_all
+from bench.stats import percentiles, timeline
+from core.bus import CommandSender, OutcomeWaiter
+from core.config import Config
+from schemas.messages import Rejected
+
+
+def run(cfg: Config, *, n_kills: int, rate: float, log_dir: Path, log=print) -> dict[str, Any]:
+    with Components(cfg, ["ledger", "projector"], log_dir / "kill") as comps:
+        waiter = OutcomeWaiter(cfg)
+        sender = CommandSender(cfg)
+        try:
+            ledger_ready(waiter, sender, workload.FIRST_ID - 1)
+            pids = list(range(workload.FIRST_ID, workload.FIRST_ID + n_kills))
+            backlog(waiter, sender, pids, ["activated", "running"], log=log)
+            comps.check()
+            meter = CpuMeter(comps.pids())
+            latencies: list[float] = []
+            done_at: list[float] = []
+            answers = {"event": 0, "rejected": 0}
+
+            def record(fut: Future, sent: float) -> None:
+                now = time.perf_counter()
+                latencies.append(now - sent)
+                done_at.append(now)
+                answers["rejected" if isinstance(fut.result(), Rejected) else "event"] += 1
+
+            futures = []
+            meter.start()
+            t0 = time.perf_counter()
+            for i, pid in enumerate(pids):
+                due = t0 + i / rate
+                pause = due - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                cmd = workload.kill(pid)
+                fut = waiter.expect(cmd.id)
+                sent = time.perf_counter()
+                fut.add_done_callback(lambda f, s=sent: record(f, s))
+                sender.send(cmd)
+                futures.append(fut)
+            sender.flush()
+            answered = wait_all(futures, 60)
+            elapsed = time.perf_counter() - t0
+            cpu = meter.stop()
+        finally:
+            sender.close()
+            waiter.close()
+    lat = percentiles(latencies)
+    log(f"  kill: {len(latencies):,} answers at {rate:g}/s offered: p50 {lat.get('p50_ms', 0):.1f} ms, "
+        f"p95 {lat.get('p95_ms', 0):.1f} ms, p99 {lat.get('p99_ms', 0):.1f} ms")
+    return {
+        "kills": len(pids), "offered_per_s": rate, "answered": answered, "answers": answers,
+        "seconds": elapsed, "latency": lat, "cpu_s": cpu,
+        "cpu_us_per_kill": {k: 1e6 * v / max(len(pids), 1) for k, v in cpu.items()},
+        "timeline": timeline(done_at, t0),
+    }

@@ -1,0 +1,103 @@
+"""Rebuild rate: events/s turning a log of the lifecycle workload into the jobs projection from offset 0.
+
+The log is written straight to the events topic, as the ledger writes it (events keyed and partitioned
+by PandaID, one transaction per 2,000), because what is measured is the rebuild, not the ledger.
+
+The rebuild itself is the replay tool's ``cli.rebuild.rebuild`` (into a side schema) when it is
+there; otherwise a fresh ``projections.runner.ProjectionRunner`` with only the jobs projection does
+it, which is also what a projector catching up after downtime does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from bench import ceilings, workload
+from bench.procs import CpuMeter, postgres_pids
+from bench.stats import timeline
+from core.config import Config
+from schemas.messages import encode, key_of
+
+
+def write_log(cfg: Config, n_events: int) -> dict[str, Any]:
+    records = [(key_of(ev.PandaID), encode(ev)) for ev in workload.events(n_events)]
+    return ceilings.produce(cfg, records, transaction_every=2000)
+
+
+def _with_replay_tool(cfg: Config) -> tuple[int, float, list[float]] | None:
+    try:
+        from cli import rebuild as replay
+    except ImportError:
+        return None
+    marks: list[float] = []
+    original = replay.apply_log
+
+    def apply_log(*args: Any, **kwargs: Any) -> int:
+        bar = kwargs.get("progress")
+        if bar is not None:
+            update = bar.update
+
+            def counted(n: int = 1) -> None:
+                marks.extend([time.perf_counter()] * n)
+                update(n)
+
+            bar.update = counted  # type: ignore[method-assign]
+        return original(*args, **kwargs)
+
+    replay.apply_log = apply_log  # type: ignore[assignment]
+    try:
+        t0 = time.perf_counter()
+        result = replay.rebuild(cfg, "jobs", into="bench_rebuild", log=lambda *_: None, show_progress=False)
+        return result.events, t0, marks
+    finally:
+        replay.apply_log = original  # type: ignore[assignment]
+
+
+def _with_runner(cfg: Config, expect: int) -> tuple[int, float, list[float]]:
+    from projections.jobs import JobsProjection
+    from projections.runner import ProjectionRunner
+
+    marks: list[float] = []
+
+    def on_batch(n: int) -> None:
+        marks.extend([time.perf_counter()] * n)
+
+    runner = ProjectionRunner(cfg, [JobsProjection()], group_id=f"{cfg.kafka.group_prefix}-rebuild",
+                              on_batch=on_batch)
+    try:
+        t0 = time.perf_counter()
+        stop = threading.Event()
+        deadline = t0 + 900
+        while len(marks) < expect and time.perf_counter() < deadline and not stop.is_set():
+            runner.step(timeout_ms=200)
+        return len(marks), t0, marks
+    finally:
+        runner.close()
+
+
+def run(cfg: Config, *, n_events: int, method: str = "auto", log=print) -> dict[str, Any]:
+    log(f"  rebuild: writing a log of {n_events:,} events …")
+    produced = write_log(cfg, n_events)
+    log(f"  rebuild: log written at {produced['per_s']:,.0f} records/s; reading it back raw …")
+    consumed = ceilings.consume(cfg, produced["records"])
+    meter = CpuMeter({"postgres": postgres_pids()})
+    meter.start()
+    cpu0 = time.process_time()
+    got = _with_replay_tool(cfg) if method in ("auto", "replay") else None
+    used = "cli.rebuild.rebuild (replay tool)"
+    if got is None:
+        used = "projections.runner.ProjectionRunner (jobs only)"
+        got = _with_runner(cfg, produced["records"])
+    n, t0, marks = got
+    elapsed = time.perf_counter() - t0
+    cpu = {"rebuilder": time.process_time() - cpu0, **meter.stop()}
+    rate = n / elapsed if elapsed else 0.0
+    log(f"  rebuild: {n:,} events in {elapsed:.1f}s = {rate:,.0f} events/s ({used})")
+    return {
+        "events": n, "seconds": elapsed, "events_per_s": rate, "method": used,
+        "produce": produced, "consume": consumed,
+        "cpu_s": cpu, "cpu_us_per_event": {k: 1e6 * v / max(n, 1) for k, v in cpu.items()},
+        "timeline": timeline(marks, t0),
+    }

@@ -1,0 +1,156 @@
+"""The three outputs of a run: a table on stdout, a JSON file and a PNG plot under bench/results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers ran on (they mean little without it)."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = 0.0
+    try:
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gb": round(mem_gb, 1), "python": platform.python_version(),
+            "kernel": platform.release(), "load_avg_at_start": os.getloadavg()}
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(workload, figure, value, of ceiling, target) lines of the table."""
+    out: list[tuple[str, str, str, str, str]] = []
+    ceil = results.get("ceilings", {})
+    prod = ceil.get("produce", {}).get("per_s")
+    cons = ceil.get("consume", {}).get("per_s")
+    dbi = ceil.get("db_insert", {}).get("per_s")
+    if ceil:
+        out.append(("ceiling", "broker produce (kafka-python, acks=all)", f"{prod:,.0f} rec/s", "", ""))
+        out.append(("ceiling", "broker consume (read_committed)", f"{cons:,.0f} rec/s", "", ""))
+        copy = ceil["db_insert"]["copy"]["per_s"]
+        out.append(("ceiling", "PostgreSQL COPY, 2k rows/txn", f"{copy:,.0f} rows/s", "", ""))
+        out.append(("ceiling", "PostgreSQL executemany, 2k rows/txn",
+                    f"{ceil['db_insert']['executemany']['per_s']:,.0f} rows/s", "", ""))
+    for name, c in results.get("ceilings_alt", {}).items():
+        out.append(("ceiling", f"broker produce ({name})", f"{c['produce']['per_s']:,.0f} rec/s", "", ""))
+        out.append(("ceiling", f"broker consume ({name})", f"{c['consume']['per_s']:,.0f} rec/s", "", ""))
+    rb = results.get("rebuild")
+    if rb:
+        frac = ", ".join(f"{rb['events_per_s'] / v:.0%} of {k}" for k, v in (("consume", cons), ("COPY", dbi)) if v)
+        out.append(("rebuild", f"jobs projection from {rb['events']:,} events", f"{rb['events_per_s']:,.0f} ev/s",
+                    frac, "≥ 50,000 ev/s"))
+    kl = results.get("kill")
+    if kl:
+        lat = kl["latency"]
+        out.append(("kill", f"kill → event at {kl['offered_per_s']:g}/s (p50/p95/p99)",
+                    f"{lat.get('p50_ms', 0):.0f}/{lat.get('p95_ms', 0):.0f}/{lat.get('p99_ms', 0):.0f} ms", "",
+                    "p99 ≤ 100 ms"))
+    dp = results.get("dispatch")
+    if dp:
+        for level in dp.get("levels", []):
+            lat = level["latency"]
+            out.append(("dispatch", f"getJob, {level['pilots']} pilots (p50/p95/p99)",
+                        f"{lat.get('p50_ms', 0):.0f}/{lat.get('p95_ms', 0):.0f}/{lat.get('p99_ms', 0):.0f} ms",
+                        f"{level['requests_per_s']:,.0f} req/s", "p99 ≤ 20 ms at 500 req/s"))
+    lc = results.get("lifecycle")
+    if lc:
+        frac = f"{lc['transitions_per_s'] / prod:.0%} of produce" if prod and lc.get("transitions_per_s") else ""
+        out.append(("lifecycle", f"{lc['jobs']:,} jobs, submit → finished", f"{lc['jobs_per_s']:,.0f} jobs/s",
+                    frac, "≥ 1,000 jobs/s"))
+        out.append(("lifecycle", "validated transitions (events)", f"{lc.get('transitions_per_s', 0):,.0f} ev/s",
+                    "", ""))
+        lat = lc.get("latency", {})
+        if lat.get("n"):
+            out.append(("lifecycle", "submit → finished (p50/p95/p99)",
+                        f"{lat['p50_ms'] / 1000:.1f}/{lat['p95_ms'] / 1000:.1f}/{lat['p99_ms'] / 1000:.1f} s", "", ""))
+    for wl in ("lifecycle", "kill", "rebuild"):
+        per = (results.get(wl) or {}).get("cpu_us_per_job") or (results.get(wl) or {}).get("cpu_us_per_kill") \
+            or (results.get(wl) or {}).get("cpu_us_per_event")
+        if per:
+            unit = {"lifecycle": "job", "kill": "kill", "rebuild": "event"}[wl]
+            text = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
+            out.append((wl, f"CPU µs per {unit}", text, "", ""))
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = rows(results)
+    widths = [max(len(r[i]) for r in lines + [("workload", "figure", "value", "vs ceiling", "target")])
+              for i in range(5)]
+    head = ("workload", "figure", "value", "vs ceiling", "target")
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in lines])
+
+
+def save(results: dict[str, Any], tag: str, directory: Path = RESULTS) -> tuple[Path, Path | None]:
+    """``<stamp>-<tag>.json`` and ``.png``, plus ``latest-<tag>.json`` (the one docs/performance.md quotes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = directory / f"{stamp}-{tag}.json"
+    path.write_text(json.dumps(results, indent=1, default=str))
+    (directory / f"latest-{tag}.json").write_text(json.dumps(results, indent=1, default=str))
+    return path, plot(results, directory / f"{stamp}-{tag}.png")
+
+
+def plot(results: dict[str, Any], path: Path) -> Path | None:
+    """Throughput over time of each workload, and latency percentiles side by side."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for name, label in (("lifecycle", "lifecycle: jobs finished/s"), ("rebuild", "rebuild: events/s"),
+                        ("kill", "kill: answers/s")):
+        series = (results.get(name) or {}).get("timeline") or []
+        if series:
+            ax1.plot([t for t, _ in series], [r for _, r in series], label=label)
+    for level in (results.get("dispatch") or {}).get("levels", []):
+        series = level.get("timeline") or []
+        if series:
+            ax1.plot([t for t, _ in series], [r for _, r in series], label=f"getJob/s, {level['pilots']} pilots")
+    ax1.set_xlabel("seconds since start of the workload")
+    ax1.set_ylabel("per second")
+    ax1.set_yscale("log")
+    ax1.set_title("throughput over time")
+    ax1.legend(fontsize=8)
+    groups: list[tuple[str, dict]] = []
+    if results.get("kill"):
+        groups.append(("kill → event", results["kill"]["latency"]))
+    for level in (results.get("dispatch") or {}).get("levels", []):
+        groups.append((f"getJob ×{level['pilots']}", level["latency"]))
+    if (results.get("lifecycle") or {}).get("latency", {}).get("n"):
+        groups.append(("submit → finished", results["lifecycle"]["latency"]))
+    if groups:
+        width = 0.25
+        for i, pct in enumerate(("p50_ms", "p95_ms", "p99_ms")):
+            ax2.bar([x + i * width for x in range(len(groups))], [g[1].get(pct, 0) for g in groups], width,
+                    label=pct[:-3])
+        ax2.set_xticks([x + width for x in range(len(groups))], [g[0] for g in groups], fontsize=8)
+        ax2.set_yscale("log")
+        ax2.set_ylabel("milliseconds")
+        ax2.set_title("latency percentiles")
+        ax2.legend(fontsize=8)
+    m = results.get("machine", {})
+    fig.suptitle(f"pandaes bench ({results.get('mode')}) — {m.get('nproc')} cores, {m.get('cpu')}, "
+                 f"kafka client {results.get('kafka_client')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

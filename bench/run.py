@@ -1,0 +1,85 @@
+"""Runs the workloads of one `pandaes bench` in order and collects their figures.
+
+Sizes per mode are fixed here so that two runs of one mode are comparable; quick mode keeps the same
+shapes at a fraction of the size (under two minutes), full mode the sizes the issue asks for (≥1M
+events rebuilt, ≥100k activated jobs behind getJob) within fifteen minutes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench import ceilings, kill, rebuild
+from bench.env import BenchEnv
+from bench.report import RESULTS, machine
+
+SIZES: dict[str, dict[str, Any]] = {
+    "smoke": {"records": 2_000, "rows": 1_000, "rebuild_events": 4_000, "kills": 40, "kill_rate": 50,
+              "backlog": 300, "dispatch_levels": (1, 5), "dispatch_requests": 20, "jobs": 40},
+    "quick": {"records": 30_000, "rows": 20_000, "rebuild_events": 100_000, "kills": 600, "kill_rate": 100,
+              "backlog": 5_000, "dispatch_levels": (1, 50, 500), "dispatch_requests": 600, "jobs": 1_000},
+    "full": {"records": 200_000, "rows": 100_000, "rebuild_events": 1_000_000, "kills": 3_000, "kill_rate": 200,
+             "backlog": 100_000, "dispatch_levels": (1, 50, 500), "dispatch_requests": 5_000, "jobs": 20_000},
+}
+WORKLOADS = ("ceilings", "rebuild", "kill", "dispatch", "lifecycle")
+
+
+def _optional(module: str):
+    """A workload whose services may not exist yet: its module, or None with the reason logged."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        return exc
+
+
+def run(mode: str = "quick", only: list[str] | None = None, log=print,
+        log_dir: Path = RESULTS / "logs") -> dict[str, Any]:
+    size = SIZES[mode]
+    wanted = only or list(WORKLOADS)
+    from core import config
+
+    results: dict[str, Any] = {"mode": mode, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+                               "kafka_client": config.load().kafka.get("client", "kafka-python"),
+                               "sizes": size, "skipped": {}}
+    env = BenchEnv(log=log).start()
+    results["infra"] = {"kafka": env.kafka, "embedded_broker": env.embedded_broker_pid is not None}
+    t_all = time.perf_counter()
+    try:
+        for name in wanted:
+            t0 = time.perf_counter()
+            log(f"[{name}]")
+            try:
+                cfg = env.fresh(name[:4])
+                if name == "ceilings":
+                    results[name] = ceilings.run(cfg, n_records=size["records"], n_rows=size["rows"], log=log)
+                elif name == "rebuild":
+                    results[name] = rebuild.run(cfg, n_events=size["rebuild_events"], log=log)
+                elif name == "kill":
+                    results[name] = kill.run(cfg, n_kills=size["kills"], rate=size["kill_rate"], log_dir=log_dir,
+                                             log=log)
+                else:
+                    mod = _optional(f"bench.{name}")
+                    if isinstance(mod, Exception):
+                        results["skipped"][name] = str(mod)
+                        log(f"  skipped: {mod}")
+                        continue
+                    missing = mod.missing()
+                    if missing:
+                        results["skipped"][name] = missing
+                        log(f"  skipped: {missing}")
+                        continue
+                    results[name] = mod.run(cfg, size=size, log_dir=log_dir, log=log)
+            except Exception as exc:
+                results["skipped"][name] = f"failed: {exc!r}"
+                log(f"  FAILED: {exc!r}\n{traceback.format_exc()}")
+            log(f"  ({time.perf_counter() - t0:.0f}s)")
+    finally:
+        env.close()
+    results["seconds"] = time.perf_counter() - t_all
+    return results
+
+

@@ -1,0 +1,21 @@
+"""Smoke test of `pandaes bench`: a tiny run produces its table, JSON and plot. Timings are not asserted
+(benchmarks measure; tests check behaviour)."""
+
+from __future__ import annotations
+
+import json
+
+from bench import report, run
+
+
+def test_tiny_bench_writes_table_json_and_plot(tmp_path):
+    results = run.run("smoke", ["ceilings", "rebuild", "kill"], log=lambda *_: None, log_dir=tmp_path / "logs")
+    assert not results["skipped"], results["skipped"]
+    assert results["rebuild"]["events"] >= 4000
+    assert results["kill"]["answers"]["event"] == 40
+    assert results["ceilings"]["produce"]["per_s"] > 0
+    text = report.table(results)
+    assert "rebuild" in text and "kill" in text
+    path, png = report.save(results, "smoke", tmp_path)
+    assert json.loads(path.read_text())["mode"] == "smoke"
+    assert png is None or png.stat().st_size > 0
