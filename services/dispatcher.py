@@ -174,7 +174,8 @@ class Dispatcher:
         self.max_jobs = int(d.max_jobs)
         self.share_order = list(d.share_order)
         self._next_sweep = 0.0
-        self.stats = {"claims": 0, "lost_races": 0, "sent": 0, "rejected": 0, "timeouts": 0}
+        self.stats: dict[str, float] = {"claims": 0, "lost_races": 0, "sent": 0, "rejected": 0, "timeouts": 0,
+                                        "claim_seconds": 0.0, "verdict_seconds": 0.0}
 
     async def acquire(self, req: DispatchRequest, actor: str) -> DispatchResult:
         """Up to ``req.n_jobs`` jobs, each confirmed ``sent`` by the ledger for this pilot."""
@@ -188,11 +189,14 @@ class Dispatcher:
             if remaining <= 0:
                 result.timed_out = True
                 break
+            t0 = time.monotonic()
             claim = await self._claim(req, actor)
+            self.stats["claim_seconds"] += time.monotonic() - t0
             if claim is None:
                 break  # nothing dispatchable
             attempts += 1
             panda_id, spec, cmd = claim
+            t0 = time.monotonic()
             try:
                 outcome = await self.ask(cmd, min(self.dispatch_timeout, remaining))
             except TimeoutError:
@@ -204,6 +208,8 @@ class Dispatcher:
             except Exception:
                 await self._release(panda_id, cmd.id)
                 raise
+            finally:
+                self.stats["verdict_seconds"] += time.monotonic() - t0
             if isinstance(outcome, Rejected) or outcome.to_state != "sent":
                 self.stats["rejected"] += 1
                 result.rejected += 1
@@ -218,7 +224,9 @@ class Dispatcher:
     async def _claim(self, req: DispatchRequest, actor: str) -> tuple[int, dict[str, Any], Transition] | None:
         sql, params = candidate_query(req, self.share_order, 1)
         async with self.pool.connection() as conn:
-            for _ in range(3):  # a lost race on the lease is rare; re-read the candidates a few times
+            # a lost race (another pilot's lease committed after our snapshot) → read the candidates again;
+            # only an empty candidate list means "no jobs"
+            for _ in range(50):
                 async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
                     await cur.execute(sql, params)
                     rows = await cur.fetchall()

@@ -63,6 +63,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     app["backend"] = backend or Backend(cfg)
     app["authenticator"] = TrustingAuthenticator()
     app["queue_cache"] = {}
+    app["queue_locks"] = {}
     app["openapi"] = openapi.document()
 
     async def start(app: web.Application) -> None:

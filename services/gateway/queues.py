@@ -68,15 +68,26 @@ async def _from_sites(app: web.Application, function: str, *args: str) -> Any:
 
 
 async def queuedata(app: web.Application, name: str) -> dict[str, Any] | None:
-    """The queue's configuration, or None if the queue is unknown."""
+    """The queue's configuration, or None if the queue is unknown.
+
+    Single-flight per queue: when hundreds of pilots of one queue arrive together, one lookup runs and
+    the others wait for its result instead of each taking a database connection and a worker thread."""
     cache: dict[str, tuple[float, Any]] = app["queue_cache"]
     hit = cache.get(name)
     if hit and hit[0] > time.monotonic():
         return hit[1]
-    data = await _from_sites(app, "queuedata", name)
-    if data is None and name in list(app["cfg"].gateway.default_queues):
-        data = default_queuedata(name)
-    cache[name] = (time.monotonic() + _TTL, data)
+    locks: dict[str, asyncio.Lock] = app["queue_locks"]
+    lock = locks.setdefault(name, asyncio.Lock())
+    async with lock:
+        hit = cache.get(name)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        data = await _from_sites(app, "queuedata", name)
+        if data is None and name in list(app["cfg"].gateway.default_queues):
+            data = default_queuedata(name)
+        cache[name] = (time.monotonic() + _TTL, data)
+    if len(locks) > 10000:   # names are client-chosen: keep the table bounded
+        locks.clear()
     return data
 
 
