@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_until
+from kafka import KafkaConsumer, TopicPartition
 
 from cli import main as cli_main
 from cli.rebuild import rebuild
@@ -230,6 +231,13 @@ def test_broker_loss_then_start_restores_everything(cfg, background, tmp_path, m
             check_at_start(c, embedded=False)        # external broker: stop and say what to do
         check_at_start(c, embedded=True, log=lambda *_: None)   # `make run` with the embedded broker
         assert not divergence(c)[1]
+        # services' groups start at the restored end: history is not news to them
+        probe = KafkaConsumer(bootstrap_servers=c.kafka.bootstrap, group_id=f"{c.kafka.group_prefix}-adder")
+        try:
+            committed = [probe.committed(TopicPartition(c.kafka.events_topic, p)) for p in range(8)]
+        finally:
+            probe.close()
+        assert sum(committed) >= n_first
         with pytest.raises(RestoreError, match="not empty"):
             restore(c, log=lambda *_: None)
         assert restore(c, force=True, log=lambda *_: None).published == 0   # idempotent
