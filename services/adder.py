@@ -106,6 +106,18 @@ def _missing(entry: dict[str, Any] | None) -> bool:
         or _checksum(entry)[0] is None
 
 
+def _with_declared_guids(report: dict[str, dict[str, Any]], declared: dict[str, dict[str, Any]]):
+    """The generic pilot reports outputs with an empty guid: the GUID is the one the job declared
+    (assigned at setup), as in PanDA where output GUIDs belong to the job definition."""
+    out = {}
+    for lfn, entry in report.items():
+        known = (declared.get(lfn) or {}).get("GUID")
+        if entry.get("guid") in (None, "", "NULL") and known not in (None, "", "NULL"):
+            entry = {**entry, "guid": known}
+        out[lfn] = entry
+    return out
+
+
 def _fail(reason: str, diag: str, **extra: Any) -> Outcome:
     return Outcome("fail", attrs={"ddmErrorCode": EC_ADDER, "ddmErrorDiag": diag[:500]}, reason=reason, **extra)
 
@@ -122,6 +134,7 @@ def judge(event: JobTransitioned, spec: dict[str, Any], files: Sequence[dict[str
         report = parse_report(event.report)
     except ValueError as exc:
         return _fail("unparsable report", f"{DIAG_BAD_JSON}: {exc}")
+    report = _with_declared_guids(report, declared)
 
     if event.pilot_state == "failed":
         logs = [lfn for lfn, f in declared.items() if f.get("type") == "log" and not _missing(report.get(lfn))]

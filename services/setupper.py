@@ -24,6 +24,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -46,6 +47,13 @@ ACTOR = f"service:{NAME}"
 EC_SETUPPER = 100          # ddmErrorCode (dataservice/ErrorCode.py EC_Setupper)
 _SUB = re.compile(r"_sub\d+$")
 _NULLS = (None, "", "NULL")
+
+
+def file_guid(panda_id: int, lfn: str) -> str:
+    """The GUID PanDA's setupper gives an output or log file that has none: the generic pilot reports
+    outputs with an empty guid and the log with the job's logGUID. Derived from (PandaID, lfn), so a
+    decision taken twice gives the same answer."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pandaes:{panda_id}:{lfn}"))
 
 
 class SetupperView(Protocol):
@@ -165,7 +173,7 @@ class Setupper:
             blocks.setdefault(dest, OutputBlock(name=dest, kind="destination", endpoint=endpoint))
             blocks.setdefault(sub, OutputBlock(name=sub, kind="sub", endpoint=queue.endpoint, parent=dest))
             patches.append(FileSpec(lfn=f["lfn"], type=f["type"], dataset=dest, destinationDBlock=sub,
-                                    destinationSE=endpoint))
+                                    destinationSE=endpoint, GUID=_val(f.get("GUID")) or file_guid(pid, f["lfn"])))
             block_files.append(BlockFile(dataset=sub, pandaid=pid, lfn=f["lfn"], type=f["type"], status="unknown"))
             block_files.append(BlockFile(dataset=dest, pandaid=pid, lfn=f["lfn"], type=f["type"],
                                          status="unknown"))
