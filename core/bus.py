@@ -49,7 +49,7 @@ def consumer(cfg: Config, *topics: str, group_id: str | None, **overrides: Any) 
         auto_offset_reset="earliest", isolation_level="read_committed",
         max_poll_records=k.max_poll_records, max_poll_interval_ms=k.max_poll_interval_ms,
         session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
-        fetch_max_wait_ms=100, max_partition_fetch_bytes=8 * 1024 * 1024, client_id="pandaes",
+        fetch_max_wait_ms=k.fetch_max_wait_ms, max_partition_fetch_bytes=8 * 1024 * 1024, client_id="pandaes",
     )
     settings.update(overrides)
     c = KafkaConsumer(**settings)
@@ -162,7 +162,7 @@ class OutcomeWaiter:
             self._waiting.pop(command_id, None)
 
     def _run(self) -> None:
-        c = consumer(self.cfg, group_id=None, fetch_max_wait_ms=20)
+        c = consumer(self.cfg, group_id=None, fetch_max_wait_ms=self.cfg.kafka.urgent_fetch_max_wait_ms)
         try:
             tps = []
             for topic in (self.cfg.kafka.events_topic, self.cfg.kafka.rejected_topic):

@@ -67,7 +67,9 @@ class Ledger:
         self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0}
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
         self.producer.init_transactions()                     # fences a crashed predecessor
-        self.consumer = bus.consumer(cfg, group_id=self.group_id)
+        # commands are answered while a caller waits (getJob, updateJob, kill): fetch with a short wait
+        self.consumer = bus.consumer(cfg, group_id=self.group_id,
+                                     fetch_max_wait_ms=cfg.kafka.urgent_fetch_max_wait_ms)
         self.consumer.subscribe([self.commands_topic], listener=_Rebuilder(self))
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
 
