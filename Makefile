@@ -2,6 +2,8 @@
 #   make run    start broker, database and every component on the embedded defaults
 #   make test   install what the tests need and run them against a real broker and database
 PYTHON ?= python3
+# tests mostly wait on the broker (group joins, timeouts): three workers overlap that waiting
+PYTEST_ARGS ?= -n 3 --dist loadfile
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed

@@ -127,8 +127,10 @@ def report(pid, *, guid=True) -> str:
 
 
 # ----------------------------------------------------------------------------------------- watcher
+# long enough that a job heartbeating every 0.3 s is never mistaken for lost while the projection lags
+HEARTBEAT_TIMEOUT = 5
 def test_watcher_applies_each_timeout_rule(cfg, background):
-    cfg = cfg.replace(watcher={"heartbeat_timeout": 3, "sent_timeout": 1.5, "holding_timeout": 1.5,
+    cfg = cfg.replace(watcher={"heartbeat_timeout": HEARTBEAT_TIMEOUT, "sent_timeout": 1.5, "holding_timeout": 1.5,
                                "defined_timeout": 1.5, "pending_timeout": 1.5, "waiting_timeout": 1.5,
                                "activated_timeout": 1.5, "throttled_timeout": 1.5})
     start_core(cfg, background)
@@ -170,8 +172,10 @@ def test_watcher_applies_each_timeout_rule(cfg, background):
     assert jobs(cfg, [2])[2]["status"] == "running", "a job that heartbeats must not be touched"
     failed_at = next(e["time"].timestamp() for e in events(cfg, [1]) if e["to_state"] == "failed")
     took = failed_at - t0
-    print(f"lost heartbeat: failed {took:.2f}s after the last heartbeat (timeout 3 s, period {period} s)")
-    assert 3 <= took <= 3 + period + 1.5, f"lost heartbeat detected after {took:.2f}s"
+    print(f"lost heartbeat: failed {took:.2f}s after the last heartbeat (timeout {HEARTBEAT_TIMEOUT} s, "
+          f"period {period} s)")
+    # timeout + one period, plus slack for the projection's lag on a loaded 2-core machine
+    assert HEARTBEAT_TIMEOUT <= took <= HEARTBEAT_TIMEOUT + period + 3, f"lost heartbeat detected after {took:.2f}s"
     actors = {e["actor"] for e in events(cfg, range(1, 11)) if e["to_state"] in ("failed", "closed")}
     assert actors == {"service:watcher"}
 
