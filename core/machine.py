@@ -68,7 +68,14 @@ class _Cursor:
 
 
 class StateMachine:
-    """A ``transitions`` Machine over the table; ``target(state, trigger)`` → new state or error."""
+    """A ``transitions`` Machine over the table, and the lookup compiled from it.
+
+    The Machine is the definition: it is built from ``core.states.TRANSITIONS`` (refusing unknown
+    states), and ``(state, trigger) → destination`` is read off its event objects. ``target`` answers
+    from that compiled lookup, because running the Machine per command cost more than half of the
+    ledger's decision time; ``target_via_machine`` runs the Machine itself, and a test checks the two
+    agree on every (state, trigger) pair.
+    """
 
     def __init__(self) -> None:
         self._cursor = _Cursor()
@@ -83,9 +90,23 @@ class StateMachine:
             ignore_invalid_triggers=False,
         )
         self._triggers = {trig for trig, _, _ in S.TRANSITIONS}
+        self._lookup: dict[tuple[str, str], str] = {}
+        for trigger, event in self.machine.events.items():
+            for source, transitions in event.transitions.items():
+                for t in transitions:
+                    self._lookup[(source, trigger)] = t.dest if t.dest is not None else source
 
     def target(self, state: str, trigger: str) -> str:
-        """Run ``trigger`` from ``state`` through the Machine; raise IllegalTransition if not allowed."""
+        """The state ``trigger`` leads to from ``state``; IllegalTransition if the table forbids it."""
+        try:
+            return self._lookup[(state, trigger)]
+        except KeyError:
+            if trigger not in self._triggers:
+                raise IllegalTransition(f"unknown action {trigger!r}") from None
+            raise IllegalTransition(f"{trigger} is not allowed from {state}") from None
+
+    def target_via_machine(self, state: str, trigger: str) -> str:
+        """The same answer, by running ``trigger`` on the Machine from ``state``."""
         if trigger not in self._triggers:
             raise IllegalTransition(f"unknown action {trigger!r}")
         cursor = self._cursor

@@ -11,9 +11,9 @@ with JEDI and every other reader: see docs/events.md.
 
 from __future__ import annotations
 
+import random
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -24,13 +24,17 @@ from schemas.jobspec import FileSpec, JobSpec
 # The version of the message shapes this code writes. Additive changes (a new optional field) keep it;
 # a change that breaks readers (a rename, a new meaning) bumps it and registers an upcaster below, so
 # every stored message of an older version still decodes. History: docs/events.md#versioning.
+_random_bits = random.getrandbits
 SCHEMA_VERSION = 2
 # Messages written before ``v`` was always encoded carry no ``v`` at all: they are version 1.
 LEGACY_VERSION = 1
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A random 128-bit id in uuid4's hex form. From the Mersenne Twister (seeded from the OS and
+    re-seeded in forked children) rather than os.urandom: an id per event was the ledger's biggest
+    single cost, and these ids need uniqueness, not secrecy."""
+    return f"{_random_bits(128):032x}"
 
 
 def _current_version() -> int:

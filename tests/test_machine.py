@@ -206,6 +206,21 @@ def test_random_commands_never_yield_an_illegal_event_sequence(cmds):
     assert replayed == job
 
 
+def test_compiled_lookup_agrees_with_the_transitions_machine_everywhere():
+    triggers = sorted({t for t, _, _ in S.TRANSITIONS})
+    for state in (S.NEW, *S.STATES):
+        for trigger in triggers:
+            try:
+                fast = MACHINE.target(state, trigger)
+            except Exception as exc:  # noqa: BLE001 - compared below
+                fast = type(exc).__name__
+            try:
+                slow = MACHINE.target_via_machine(state, trigger)
+            except Exception as exc:  # noqa: BLE001
+                slow = type(exc).__name__
+            assert fast == slow, (state, trigger)
+
+
 def test_machine_reports_allowed_triggers():
     assert "dispatch" in MACHINE.allowed("activated")
     assert MACHINE.allowed("finished") == []
