@@ -2,7 +2,7 @@
 
 The environment names the gateway (PANDA_URL, PANDA_URL_SSL, PANDACACHE_URL, PANDA_BEHIND_REAL_LB) and,
 for an identity, PANDA_AUTH=oidc with PANDA_AUTH_VO and PANDA_AUTH_ID_TOKEN. Prints one JSON object with
-what each client call returned, as the client hands it to its caller.
+what each client call returned, as the client hands it to its caller. ``kill PANDAID…`` only kills.
 """
 
 from __future__ import annotations
@@ -65,5 +65,12 @@ def main(site: str) -> None:
     print("RESULT " + json.dumps(out, default=str))
 
 
+def kill(ids: list[int]) -> None:
+    print("RESULT " + json.dumps({"killJobs": list(Client.killJobs(ids))}, default=str))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "kill":   # client_script.py kill PANDAID...
+        kill([int(a) for a in sys.argv[2:]])
+    else:                       # client_script.py SITE
+        main(sys.argv[1])
