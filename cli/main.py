@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 
 from cli import components
+from cli.restore import check_at_start
 from core import config, db, infra
 from core.bus import CommandSender, OutcomeWaiter
 from schemas.jobspec import JobSpec, SpecError, job_from_dict, jobs_from_client_json
@@ -51,11 +52,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         for version in db.migrate(cfg):
             print(f"migration {version} applied")
         # a broker that lost its log under non-empty projections: restore it (embedded) or stop, never diverge
-        from cli.restore import check_at_start
         check_at_start(cfg, embedded=system.tansu is not None, log=print)
         sup = components.Supervisor(names, components.child_env(cfg), log=print)
         sup.start()
         print(f"pandaes running: kafka={cfg.kafka.bootstrap} db={cfg.db.url}")
+        if "gateway" in names:
+            base = f"http://{cfg.http.host}:{cfg.http.port}"
+            print(f"gateway: {base}  (pilots: {base}/server/panda, panda-client: PANDA_URL_SSL={base}/server/panda,"
+                  f" queuedata: {base}/cache/schedconfig/LOCAL.all.json)")
+        print(f"state: {cfg.state_dir}   other shells: .venv/bin/pandaes status|history|submit …")
         print(f"components: {', '.join(names)}   (Ctrl-C stops everything)")
         sup.watch(stop)
     finally:
