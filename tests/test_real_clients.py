@@ -401,6 +401,7 @@ def _wait_pilot(run: PilotRun, timeout: float) -> str:
     return (run.run_dir / "pilot.stdout").read_text(errors="replace")
 
 
+@pytest.mark.timeout(PILOT_TIMEOUT + 240)   # the pilot's own limit, plus download and set-up
 def test_real_pilot_runs_job_to_the_end(pilots):
     system, run = pilots.system, pilots.finish
     _wait_pilot(run, PILOT_TIMEOUT + 30)
@@ -447,6 +448,7 @@ def test_real_pilot_runs_job_to_the_end(pilots):
     assert files[f"out.{pid}.txt"]["fsize"] == report[f"out.{pid}.txt"]["fsize"], files
 
 
+@pytest.mark.timeout(PILOT_TIMEOUT + 240)   # the pilot's own limit, plus download and set-up
 def test_real_pilot_obeys_kill(pilots):
     system, run = pilots.system, pilots.kill
     log = _wait_pilot(run, PILOT_TIMEOUT + 30)
