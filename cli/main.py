@@ -238,13 +238,13 @@ def cmd_history(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pandaes", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="start broker, database and components (all by default)")
     p.add_argument("components", nargs="*", help=f"any of: {', '.join(components.COMPONENTS)}")
     p.set_defaults(fn=cmd_run)
 
-    p = sub.add_parser("component", help=argparse.SUPPRESS)
+    p = sub.add_parser("component")  # internal: `pandaes run` starts each component this way (no help: hidden)
     p.add_argument("name")
     p.set_defaults(fn=cmd_component)
 
