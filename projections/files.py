@@ -3,6 +3,14 @@
 File changes arrive on events as FileSpec patches matched by ``lfn`` (and ``type`` when given). When
 a job ends failed/cancelled/closed, its output and log files that were not produced become
 ``failed``, as PanDA's Watcher and killJob do — derived here from the event, not sent separately.
+
+A batch is applied set-based, with the same result as applying its events one by one: the keys and
+statuses of the touched jobs' existing rows are read in one query, the batch's events are played per
+job in memory (inserts on submission, patches by lfn/type, a file first named by a patch, the
+"ended badly → outputs failed" rule, which depends on the status at that moment), and then the new
+rows go in with one ``INSERT … SELECT FROM unnest(…)`` and the changed existing rows get one
+``UPDATE … FROM unnest(…)`` per set of touched columns, ``spec || (the patches merged in order)``
+(``||`` on objects is a shallow merge, so merging the patches first gives the same object).
 """
 
 from __future__ import annotations
@@ -12,13 +20,12 @@ from typing import Any
 
 import msgspec
 import psycopg
-from psycopg.types.json import Jsonb
 
 from projections.base import Record
 from schemas.jobspec import FileSpec
 from schemas.messages import JobSubmitted
 
-_dumps = msgspec.json.encode  # several times cheaper than json.dumps, which Jsonb uses by default
+_dumps = msgspec.json.encode  # several times cheaper than json.dumps
 
 _COLUMNS = {
     "status": "status",
@@ -30,7 +37,17 @@ _COLUMNS = {
     "checksum": "checksum",
     "scope": "scope",
 }
+_SQL_TYPE = {col: "bigint" if col == "fsize" else "text" for col in _COLUMNS.values()}
 _ENDED_BADLY = ("failed", "cancelled", "closed")
+_KEEP = ("ready", "failed", "nooutput")   # statuses the "ended badly" rule leaves alone
+_FAILED = {"status": "failed"}
+
+_INSERT_SQL = (
+    "INSERT INTO files (pandaid, type, lfn, " + ", ".join(_COLUMNS.values()) + ", spec)"
+    " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], "
+    + "".join(f"%b::{_SQL_TYPE[c]}[], " for c in _COLUMNS.values())
+    + "%b::text[]::jsonb[]) ON CONFLICT DO NOTHING"
+)
 
 
 def _patch(f: FileSpec) -> dict[str, Any]:
@@ -41,61 +58,110 @@ def _clean(value: Any) -> Any:
     return None if value == "NULL" else value
 
 
+class _File:
+    """One row while a batch is played: a row to insert (``spec`` whole) or an existing one (``spec`` is
+    the merged patch for ``spec || …``; ``cols`` only the columns set)."""
+
+    __slots__ = ("type", "lfn", "status", "cols", "spec", "new", "dirty")
+
+    def __init__(self, type_: str, lfn: str, status: str | None, cols: dict[str, Any], spec: dict[str, Any],
+                 new: bool):
+        self.type, self.lfn, self.status, self.cols, self.spec, self.new = type_, lfn, status, cols, spec, new
+        self.dirty = new
+
+    def merge(self, patch: dict[str, Any]) -> None:
+        self.spec.update(patch)
+        for attr, col in _COLUMNS.items():
+            if attr in patch:
+                self.cols[col] = patch[attr]
+        if "status" in patch:
+            self.status = patch["status"]
+        self.dirty = True
+
+
 class FilesProjection:
     name = "files"
     tables = ("files",)
 
     def apply(self, conn: psycopg.Connection, records: Sequence[Record]) -> None:
+        events = [rec.event for rec in records if _touches_files(rec.event)]
+        if not events:
+            return
+        pids = list({ev.PandaID for ev in events})
+        jobs: dict[int, list[_File]] = {pid: [] for pid in pids}
         with conn.cursor() as cur:
-            for rec in records:
-                ev = rec.event
-                if isinstance(ev, JobSubmitted):
-                    rows = []
-                    for f in ev.job.Files:
-                        spec = _patch(f)
-                        spec.setdefault("status", "unknown")
-                        spec["PandaID"] = ev.PandaID
-                        rows.append([ev.PandaID, spec.get("type") or "unknown", spec.get("lfn") or "",
-                                     *[_clean(spec.get(attr)) for attr in _COLUMNS], Jsonb(spec, _dumps)])
-                    if rows:
-                        cur.executemany(
-                            "INSERT INTO files (pandaid, type, lfn, " + ", ".join(_COLUMNS.values())
-                            + ", spec) VALUES (" + ", ".join(["%s"] * (4 + len(_COLUMNS))) + ")"
-                            " ON CONFLICT DO NOTHING",
-                            rows,
-                        )
-                    continue
-                for f in ev.files:
-                    self._patch_file(cur, ev.PandaID, _patch(f))
-                if ev.to_state in _ENDED_BADLY and ev.from_state != ev.to_state:
-                    cur.execute(
-                        "UPDATE files SET status = 'failed', spec = spec || '{\"status\": \"failed\"}'"
-                        " WHERE pandaid = %s AND type IN ('output', 'log')"
-                        " AND status NOT IN ('ready', 'failed', 'nooutput')",
-                        (ev.PandaID,),
-                    )
+            for pid, type_, lfn, status in cur.execute(
+                    "SELECT pandaid, type, lfn, status FROM files WHERE pandaid = ANY(%b::bigint[])", (pids,)):
+                jobs[pid].append(_File(type_, lfn, status, {}, {}, new=False))
+            for ev in events:
+                _play(jobs[ev.PandaID], ev)
+            self._write(cur, jobs)
 
     @staticmethod
-    def _patch_file(cur: psycopg.Cursor, pandaid: int, patch: dict[str, Any]) -> None:
+    def _write(cur: psycopg.Cursor, jobs: dict[int, list[_File]]) -> None:
+        new: list[tuple[int, _File]] = []
+        changed: dict[tuple[str, ...], list[tuple[int, _File]]] = {}
+        for pid, files in jobs.items():
+            for f in files:
+                if f.new:
+                    new.append((pid, f))
+                elif f.dirty:
+                    changed.setdefault(tuple(sorted(f.cols)), []).append((pid, f))
+        if new:
+            cur.execute(_INSERT_SQL, [
+                [pid for pid, _ in new], [f.type for _, f in new], [f.lfn for _, f in new],
+                *([f.cols.get(col) for _, f in new] for col in _COLUMNS.values()),
+                [_dumps(f.spec).decode() for _, f in new]])
+        for colnames, rows in changed.items():
+            sets = "".join(f"{c} = v.{c}, " for c in colnames)
+            arrays = "".join(f"%b::{_SQL_TYPE[c]}[], " for c in colnames)
+            cur.execute(
+                f"UPDATE files AS f SET {sets}spec = f.spec || v.patch::jsonb"
+                f" FROM unnest(%b::bigint[], %b::text[], %b::text[], {arrays}%b::text[])"
+                f" AS v(pandaid, type, lfn, {''.join(c + ', ' for c in colnames)}patch)"
+                " WHERE f.pandaid = v.pandaid AND f.type = v.type AND f.lfn = v.lfn",
+                [[pid for pid, _ in rows], [f.type for _, f in rows], [f.lfn for _, f in rows],
+                 *([f.cols[c] for _, f in rows] for c in colnames),
+                 [_dumps(f.spec).decode() for _, f in rows]])
+
+
+def _touches_files(ev: Any) -> bool:
+    if isinstance(ev, JobSubmitted):
+        return bool(ev.job.Files)
+    return bool(ev.files) or (ev.to_state in _ENDED_BADLY and ev.from_state != ev.to_state)
+
+
+def _play(files: list[_File], ev: Any) -> None:
+    """One event on one job's rows, as the row-by-row statements would do it, in order."""
+    if isinstance(ev, JobSubmitted):
+        for fs in ev.job.Files:
+            spec = _patch(fs)
+            spec.setdefault("status", "unknown")
+            spec["PandaID"] = ev.PandaID
+            type_, lfn = spec.get("type") or "unknown", spec.get("lfn") or ""
+            if any(f.type == type_ and f.lfn == lfn for f in files):
+                continue                                   # ON CONFLICT DO NOTHING
+            cols = {col: _clean(spec.get(attr)) for attr, col in _COLUMNS.items()}
+            files.append(_File(type_, lfn, cols["status"], cols, spec, new=True))
+        return
+    for fs in ev.files:
+        patch = _patch(fs)
         lfn = patch.get("lfn")
         if not lfn:
-            return
-        sets = [f"{col} = %s" for attr, col in _COLUMNS.items() if attr in patch]
-        params = [patch[attr] for attr in _COLUMNS if attr in patch]
-        where = "pandaid = %s AND lfn = %s"
-        keys = [pandaid, lfn]
-        if patch.get("type"):
-            where += " AND type = %s"
-            keys.append(patch["type"])
-        cur.execute(
-            f"UPDATE files SET {''.join(s + ', ' for s in sets)}spec = spec || %s WHERE {where}",
-            [*params, Jsonb(patch, _dumps), *keys],
-        )
-        if cur.rowcount == 0 and patch.get("type"):
+            continue
+        type_ = patch.get("type")
+        hit = False
+        for f in files:
+            if f.lfn == lfn and (not type_ or f.type == type_):
+                f.merge(patch)
+                hit = True
+        if not hit and type_:
             # a file the job did not declare at submission (e.g. an output registered later)
-            patch["PandaID"] = pandaid
-            cur.execute(
-                "INSERT INTO files (pandaid, type, lfn, " + ", ".join(_COLUMNS.values()) + ", spec)"
-                " VALUES (" + ", ".join(["%s"] * (4 + len(_COLUMNS))) + ") ON CONFLICT DO NOTHING",
-                [pandaid, patch["type"], lfn, *[patch.get(a) for a in _COLUMNS], Jsonb(patch, _dumps)],
-            )
+            spec = dict(patch, PandaID=ev.PandaID)
+            cols = {col: spec.get(attr) for attr, col in _COLUMNS.items()}
+            files.append(_File(type_, lfn, cols["status"], cols, spec, new=True))
+    if ev.to_state in _ENDED_BADLY and ev.from_state != ev.to_state:
+        for f in files:
+            # SQL: status NOT IN (…) is not true for a NULL status
+            if f.type in ("output", "log") and f.status is not None and f.status not in _KEEP:
+                f.merge(_FAILED)

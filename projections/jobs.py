@@ -1,8 +1,14 @@
 """The jobs projection: one row per job with its current state and whole JobSpec.
 
 Events of one batch are folded per job in memory first, so a job that moved five times in a batch
-costs one UPDATE. Every value comes from the events (times included), never from the clock, so a
+costs one row. Every value comes from the events (times included), never from the clock, so a
 rebuild reproduces the rows exactly. The ``seq < new seq`` guard makes re-applying a no-op.
+
+The rows of a batch go to PostgreSQL set-based: all new jobs in one ``INSERT … SELECT FROM unnest(…)``
+and the changed jobs in one ``UPDATE … FROM unnest(…)`` per set of touched columns, each JSON value
+encoded once with msgspec. A batch whose attribute values do not have the column's Python type (an
+``attrs`` value is free-form) is written row by row as before, so PostgreSQL's own conversions and
+errors stay exactly those of the row-by-row statements.
 """
 
 from __future__ import annotations
@@ -39,6 +45,25 @@ COLUMNS = {
 _ZERO_DEFAULT = {"attempt_nr", "current_priority", "min_ram_count", "max_disk_count"}
 _to_builtins = msgspec.to_builtins
 
+# SQL type of every column written (001_core.sql), and the Python type a value must have to go into
+# an array of it
+_SQL_TYPE = {
+    "pandaid": "bigint", "partition": "int", "seq": "int", "status": "text", "attempt_nr": "int",
+    "computing_site": "text", "prod_source_label": "text", "current_priority": "int", "gshare": "text",
+    "resource_type": "text", "core_count": "int", "min_ram_count": "int", "max_disk_count": "int",
+    "max_walltime": "int", "jedi_task_id": "bigint", "command_to_pilot": "text", "special_handling": "text",
+    "creation_time": "timestamptz", "modification_time": "timestamptz", "state_change_time": "timestamptz",
+    "last_command_id": "text", "spec": "jsonb",
+}
+_PY_TYPE = {"int": int, "bigint": int, "text": str}
+_INSERT_COLS = ("pandaid", "partition", "seq", "status", *COLUMNS.values(), "creation_time", "modification_time",
+                "state_change_time", "last_command_id", "spec")
+_INSERT_SQL = (
+    f"INSERT INTO jobs ({', '.join(_INSERT_COLS)}) SELECT * FROM unnest("
+    + ", ".join(f"%b::{'text' if c == 'spec' else _SQL_TYPE[c]}[]" for c in _INSERT_COLS[:-1])
+    + ", %b::text[]::jsonb[]) ON CONFLICT (pandaid) DO NOTHING"
+)
+
 
 def _ts(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.UTC)
@@ -52,6 +77,12 @@ def _column_value(col: str, value: Any) -> Any:
     return value
 
 
+def _typed(col: str, values: list[Any]) -> bool:
+    """Whether every value fits an array of the column's type without a conversion of its own."""
+    want = _PY_TYPE[_SQL_TYPE[col]]
+    return all(v is None or type(v) is want for v in values)
+
+
 class JobsProjection:
     name = "jobs"
     tables = ("jobs",)
@@ -61,7 +92,7 @@ class JobsProjection:
         updates: dict[int, dict[str, Any]] = {}
         for rec in records:
             ev = rec.event
-            when = _ts(ev.time)
+            when = ev.time  # epoch seconds; made a datetime once per row, when the row is written
             if isinstance(ev, JobSubmitted):
                 spec = _to_builtins(ev.job)
                 spec.pop("Files", None)
@@ -74,15 +105,18 @@ class JobsProjection:
                 continue
             target = inserts.get(ev.PandaID)
             if target is None:
-                target = updates.setdefault(ev.PandaID, {"cols": {}, "attrs": {}, "state_change_time": None})
+                target = updates.get(ev.PandaID)
+                if target is None:
+                    target = updates[ev.PandaID] = {"cols": {}, "attrs": {}, "state_change_time": None}
                 cols, attrs = target["cols"], target["attrs"]
             else:
                 cols, attrs = target, target["spec"]
-            for attr, value in ev.attrs.items():
-                attrs[attr] = value
-                col = COLUMNS.get(attr)
-                if col:
-                    cols[col] = _column_value(col, value)
+            if ev.attrs:
+                for attr, value in ev.attrs.items():
+                    attrs[attr] = value
+                    col = COLUMNS.get(attr)
+                    if col:
+                        cols[col] = _column_value(col, value)
             attrs["jobStatus"] = ev.to_state
             target["seq"] = ev.seq
             target["status"] = ev.to_state
@@ -90,32 +124,73 @@ class JobsProjection:
             target["last_command_id"] = ev.command_id
             if ev.from_state != ev.to_state:
                 target["state_change_time"] = when
-        if inserts:
-            cols = list(next(iter(inserts.values())).keys())
-            sql = (f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
-                   " ON CONFLICT (pandaid) DO NOTHING")
-            with conn.cursor() as cur:
-                cur.executemany(sql, [[Jsonb(r[c], _dumps) if c == "spec" else r[c] for c in cols]
-                                      for r in inserts.values()])
-        if updates:
-            self._update(conn, updates)
+        for row in inserts.values():
+            row["creation_time"] = _ts(row["creation_time"])
+            row["modification_time"] = _ts(row["modification_time"])
+            row["state_change_time"] = _ts(row["state_change_time"])
+        for u in updates.values():
+            u["modification_time"] = _ts(u["modification_time"])
+            if u["state_change_time"] is not None:
+                u["state_change_time"] = _ts(u["state_change_time"])
+        with conn.cursor() as cur:
+            if inserts:
+                self._insert(cur, list(inserts.values()))
+            if updates:
+                self._update(cur, updates)
 
     @staticmethod
-    def _update(conn: psycopg.Connection, updates: dict[int, dict[str, Any]]) -> None:
-        # group by the set of columns touched so each group is one executemany
-        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+    def _insert(cur: psycopg.Cursor, rows: list[dict[str, Any]]) -> None:
+        arrays = [[r[c] for r in rows] for c in _INSERT_COLS[:-1]]
+        if all(_typed(c, arrays[i]) for i, c in enumerate(_INSERT_COLS) if _SQL_TYPE[c] in _PY_TYPE):
+            arrays.append([_dumps(r["spec"]).decode() for r in rows])
+            cur.execute(_INSERT_SQL, arrays)
+            return
+        sql = (f"INSERT INTO jobs ({', '.join(_INSERT_COLS)}) VALUES ({', '.join(['%s'] * len(_INSERT_COLS))})"
+               " ON CONFLICT (pandaid) DO NOTHING")
+        cur.executemany(sql, [[Jsonb(r[c], _dumps) if c == "spec" else r[c] for c in _INSERT_COLS] for r in rows])
+
+    @staticmethod
+    def _update(cur: psycopg.Cursor, updates: dict[int, dict[str, Any]]) -> None:
+        # group by the set of columns touched: each group is one UPDATE … FROM unnest(…)
+        groups: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
         for pandaid, u in updates.items():
-            colnames = tuple(sorted(u["cols"]))
-            params = [u["cols"][c] for c in colnames]
-            params += [u["seq"], u["status"], u["modification_time"], u["state_change_time"],
-                       u["last_command_id"], Jsonb(u["attrs"], _dumps), pandaid, u["seq"]]
-            groups.setdefault(colnames, []).append(params)
-        with conn.cursor() as cur:
-            for colnames, rows in groups.items():
-                extra = "".join(f"{c} = %s, " for c in colnames)
-                cur.executemany(
-                    f"UPDATE jobs SET {extra}seq = %s, status = %s, modification_time = %s,"
-                    " state_change_time = COALESCE(%s, state_change_time), last_command_id = %s,"
-                    " spec = spec || %s WHERE pandaid = %s AND seq < %s",
-                    rows,
-                )
+            cols = u["cols"]
+            key = tuple(sorted(cols)) if cols else ()
+            groups.setdefault(key, []).append((pandaid, u))
+        for colnames, members in groups.items():
+            extra = [[u["cols"][c] for _, u in members] for c in colnames]
+            if not all(_typed(c, extra[i]) for i, c in enumerate(colnames)):
+                _update_rows(cur, colnames, members)
+                continue
+            sets = "".join(f"{c} = v.{c}, " for c in colnames)
+            unnest = "".join(f"%b::{_SQL_TYPE[c]}[], " for c in colnames)
+            cur.execute(
+                f"UPDATE jobs AS j SET {sets}seq = v.seq, status = v.status, modification_time = v.mtime,"
+                " state_change_time = COALESCE(v.sctime, j.state_change_time), last_command_id = v.cmd,"
+                " spec = j.spec || v.attrs::jsonb"
+                f" FROM unnest({unnest}%b::bigint[], %b::int[], %b::text[], %b::timestamptz[],"
+                " %b::timestamptz[], %b::text[], %b::text[])"
+                f" AS v({''.join(c + ', ' for c in colnames)}pandaid, seq, status, mtime, sctime, cmd, attrs)"
+                " WHERE j.pandaid = v.pandaid AND j.seq < v.seq",
+                [*extra,
+                 [pid for pid, _ in members],
+                 [u["seq"] for _, u in members],
+                 [u["status"] for _, u in members],
+                 [u["modification_time"] for _, u in members],
+                 [u["state_change_time"] for _, u in members],
+                 [u["last_command_id"] for _, u in members],
+                 [_dumps(u["attrs"]).decode() for _, u in members]],
+            )
+
+
+def _update_rows(cur: psycopg.Cursor, colnames: tuple[str, ...], members: list[tuple[int, dict[str, Any]]]) -> None:
+    """Row by row, with each value adapted on its own (values of a type the column does not have)."""
+    extra = "".join(f"{c} = %s, " for c in colnames)
+    cur.executemany(
+        f"UPDATE jobs SET {extra}seq = %s, status = %s, modification_time = %s,"
+        " state_change_time = COALESCE(%s, state_change_time), last_command_id = %s,"
+        " spec = spec || %s WHERE pandaid = %s AND seq < %s",
+        [[*(u["cols"][c] for c in colnames), u["seq"], u["status"], u["modification_time"],
+          u["state_change_time"], u["last_command_id"], Jsonb(u["attrs"], _dumps), pandaid, u["seq"]]
+         for pandaid, u in members],
+    )

@@ -26,6 +26,10 @@ from schemas.messages import decode_event
 
 log = logging.getLogger(__name__)
 
+# Records per poll: bigger batches fold more events of a job into one row and make fewer, larger
+# statements. A live projector gets what has arrived (small polls); one catching up gets big ones.
+POLL_RECORDS = 10_000
+
 ALL = {p.name: p for p in (JobsProjection(), FilesProjection(), ArchiveProjection())}
 
 
@@ -52,13 +56,22 @@ class ProjectionRunner:
         self.group_id = group_id or f"{cfg.kafka.group_prefix}-projector"
         self.search_path = search_path
         self.on_batch = on_batch
-        self.conn = db.connect(cfg)
-        if search_path:
-            self.conn.execute(f"SET search_path TO {search_path}")
-            self.conn.commit()
+        self.conn = self._connect()
         self.positions: dict[str, dict[int, int]] = {}
-        self.consumer = bus.consumer(cfg, group_id=self.group_id)
+        self.consumer = bus.consumer(cfg, group_id=self.group_id,
+                                     max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)))
         self.consumer.subscribe([self.topic], listener=_Seeker(self))
+
+    def _connect(self) -> psycopg.Connection:
+        conn = db.connect(self.cfg)
+        # Asynchronous commit: rows and positions are committed together, so a commit lost in a
+        # PostgreSQL crash loses both and the projector re-applies those events from the log (Kafka
+        # keeps them). No data the log does not have can be lost; see docs/performance.md#projections.
+        conn.execute("SET synchronous_commit TO off")
+        if self.search_path:
+            conn.execute(f"SET search_path TO {self.search_path}")
+        conn.commit()
+        return conn
 
     def seek_to_positions(self, assigned) -> None:
         with self.conn.transaction():
@@ -98,7 +111,7 @@ class ProjectionRunner:
                 self.step()
             except psycopg.OperationalError:
                 log.exception("database error; positions are in the database, resuming from them")
-                self.conn = db.connect(self.cfg)
+                self.conn = self._connect()
                 self.seek_to_positions(self.consumer.assignment())
 
     def caught_up(self) -> bool:
