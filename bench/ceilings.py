@@ -6,7 +6,12 @@
 * database: raw batched insert rate of jobs-shaped rows (bigint key, a few columns, a jsonb spec) by
   COPY and by executemany (psycopg 3 pipelines it), one transaction per batch like the projector.
 
-Each workload figure is reported as a fraction of the matching ceiling.
+* floors: the latency of one broker round trip (send with the project's producer, flush, seen by a
+  read_committed consumer with the ledger's short fetch wait) and of one database commit (a one-row
+  insert, committed: the WAL flush every projection batch and every service action pays).
+
+Each workload figure is reported as a fraction of the matching ceiling (rates) or as a multiple of the
+matching floor (latencies).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from kafka import TopicPartition
 from psycopg.types.json import Jsonb
 
 from bench import workload
+from bench.stats import percentiles
 from core import bus, db
 from core.config import Config
 from schemas.messages import encode, key_of
@@ -81,6 +87,53 @@ def consume(cfg: Config, expect: int, topic: str | None = None) -> dict[str, Any
     return {"records": n, "seconds": elapsed, "per_s": n / elapsed}
 
 
+def round_trip(cfg: Config, n: int, topic: str | None = None) -> dict[str, Any]:
+    """Latency of one record from ``send`` to a read_committed consumer's poll, ``n`` times in sequence."""
+    topic = topic or cfg.kafka.rejected_topic
+    prod = bus.producer(cfg)
+    c = bus.consumer(cfg, group_id=None, fetch_max_wait_ms=cfg.kafka.urgent_fetch_max_wait_ms)
+    samples: list[float] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in bus.partitions(c, topic)]
+        c.assign(tps)
+        c.seek_to_end(*tps)
+        for tp in tps:
+            c.position(tp)
+        prod.send(topic, key=b"warm", value=b"up").get(30)
+        deadline = time.perf_counter() + 30
+        while not c.poll(timeout_ms=200) and time.perf_counter() < deadline:
+            pass
+        for i in range(n):
+            mark = f"rtt{i}".encode()
+            t0 = time.perf_counter()
+            prod.send(topic, key=mark, value=mark)
+            prod.flush()
+            seen = False
+            while not seen and time.perf_counter() - t0 < 10:
+                seen = any(m.key == mark for msgs in c.poll(timeout_ms=100).values() for m in msgs)
+            samples.append(time.perf_counter() - t0)
+    finally:
+        prod.close()
+        c.close()
+    return percentiles(samples)
+
+
+def commit_latency(cfg: Config, n: int) -> dict[str, Any]:
+    """Latency of a one-row INSERT + COMMIT (a durable commit: the floor of any database write)."""
+    samples: list[float] = []
+    with db.connect(cfg) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_commit (i int)")
+        conn.commit()
+        for i in range(n):
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO bench_commit VALUES (%s)", (i,))
+            conn.commit()
+            samples.append(time.perf_counter() - t0)
+        conn.execute("DROP TABLE bench_commit")
+        conn.commit()
+    return percentiles(samples)
+
+
 _TABLE = """CREATE TABLE IF NOT EXISTS bench_rows (
     pandaid bigint PRIMARY KEY, partition int NOT NULL, seq int NOT NULL, status text NOT NULL,
     computing_site text, current_priority int NOT NULL, modification_time timestamptz NOT NULL,
@@ -119,7 +172,7 @@ def database(cfg: Config, n_rows: int, batch: int = 2000) -> dict[str, Any]:
     return out
 
 
-def run(cfg: Config, *, n_records: int, n_rows: int, log=print) -> dict[str, Any]:
+def run(cfg: Config, *, n_records: int, n_rows: int, n_rtt: int = 100, log=print) -> dict[str, Any]:
     records = payloads(n_records)
     log(f"  ceilings: producing {len(records):,} records …")
     prod = produce(cfg, records)
@@ -128,4 +181,8 @@ def run(cfg: Config, *, n_records: int, n_rows: int, log=print) -> dict[str, Any
     log(f"  ceilings: consume {cons['per_s']:,.0f}/s; database inserts ({n_rows:,} rows) …")
     dbres = database(cfg, n_rows)
     log(f"  ceilings: COPY {dbres['copy']['per_s']:,.0f} rows/s, executemany {dbres['executemany']['per_s']:,.0f}")
-    return {"produce": prod, "consume": cons, "db_insert": dbres}
+    rtt = round_trip(cfg, n_rtt)
+    commit = commit_latency(cfg, n_rtt)
+    log(f"  ceilings: broker round trip p50 {rtt.get('p50_ms', 0):.1f} ms p99 {rtt.get('p99_ms', 0):.1f} ms; "
+        f"database commit p50 {commit.get('p50_ms', 0):.1f} ms p99 {commit.get('p99_ms', 0):.1f} ms")
+    return {"produce": prod, "consume": cons, "db_insert": dbres, "broker_rtt": rtt, "db_commit": commit}

@@ -4,7 +4,8 @@ The backlog is written as commands straight through the ledger (submit + activat
 projector makes it visible to the dispatcher. Each pilot is ``services.pilot_sim``'s, speaking the
 legacy protocol (form-encoded ``/server/panda/getJob``, as pilot3 does) in a closed loop: a new
 request as soon as the previous one is answered, so the request rate is what the gateway sustains at
-that concurrency. The pilots run in this process (asyncio), on the same two cores as everything else.
+that concurrency. Each level runs for a fixed time (``dispatch_seconds``), so the run's duration does not
+depend on how fast the machine is. The pilots run in this process (asyncio), on the same two cores as everything else.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from core import db
 from core.bus import CommandSender, OutcomeWaiter
 from core.config import Config
 
-REQUESTS = {"quick": {1: 200, 50: 1000, 500: 2000}, "full": {1: 1000, 50: 10000, 500: 20000}}
-
 
 def missing() -> str:
     try:
@@ -35,26 +34,24 @@ def missing() -> str:
     return ""
 
 
-async def _level(url: str, pilots: int, requests: int) -> dict[str, Any]:
+async def _level(url: str, pilots: int, seconds: float) -> dict[str, Any]:
     from services.pilot_sim import SimOptions, SimStats, _Pilot
 
     stats = SimStats()
     opts = SimOptions(url=url, site=stack.SITE)
-    left = requests
     stamps: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
         async def pilot(i: int) -> None:
-            nonlocal left
             p = _Pilot(session, opts, i, stats)
-            while left > 0:
-                left -= 1
+            while time.perf_counter() < t_end:
                 job = await p.get_job()
                 stamps.append(time.perf_counter())
                 if job is not None:
                     stats.received.append(int(job["PandaID"]))
 
         t0 = time.perf_counter()
+        t_end = t0 + seconds
         await asyncio.gather(*(pilot(i) for i in range(pilots)))
         elapsed = time.perf_counter() - t0
     return {"pilots": pilots, "requests": len(stats.getjob_latency), "jobs": len(stats.received),
@@ -72,7 +69,6 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
     cfg = stack.configure(cfg)
     url = f"http://{cfg.http.host}:{cfg.http.port}"
     n = size["backlog"]
-    plan = REQUESTS["quick" if n < 50_000 else "full"]
     with Components(cfg, ["ledger", "projector", "gateway"], log_dir / "dispatch") as comps:
         waiter = OutcomeWaiter(cfg)
         sender = CommandSender(cfg)
@@ -94,14 +90,14 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         meter.start()
         cpu0 = time.process_time()
         total = 0
-        for pilots, requests in plan.items():
-            res = asyncio.run(_level(url, pilots, requests))
+        for pilots in size["dispatch_levels"]:
+            res = asyncio.run(_level(url, pilots, size["dispatch_seconds"]))
             total += res["requests"]
             lat = res["latency"]
             log(f"  dispatch: {pilots:>3} pilots: {res['requests_per_s']:,.0f} getJob/s, p50 {lat.get('p50_ms', 0):.1f}"
                 f" p95 {lat.get('p95_ms', 0):.1f} p99 {lat.get('p99_ms', 0):.1f} ms, {res['jobs']:,} jobs handed out "
                 f"({res['unique_jobs']:,} distinct), {res['no_job']} without a job, {res['errors']} errors")
             levels.append(res)
-        cpu = {**meter.stop(), "pilots (bench process)": time.process_time() - cpu0}
+        cpu = {**meter.stop(), "bench (pilots)": time.process_time() - cpu0}
     return {"backlog": n, "levels": levels, "cpu_s": cpu,
             "cpu_us_per_request": {k: 1e6 * v / max(total, 1) for k, v in cpu.items()}}

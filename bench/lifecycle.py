@@ -29,7 +29,6 @@ from core.config import Config
 
 SERVICES = ["ledger", "projector", "setupper", "activator", "adder", "closer", "retrier", "gateway"]
 SUBMIT_BATCH = 500
-PILOTS = {"quick": 100, "full": 500}
 
 
 def missing() -> str:
@@ -67,16 +66,39 @@ async def _submit(url: str, n: int, log) -> float:
     return time.time()
 
 
-async def _drive(url: str, n: int, pilots: int, log) -> dict[str, Any]:
-    from services.pilot_sim import SimOptions, simulate
+async def _drive(url: str, n: int, pilots: int, seconds: float, log) -> dict[str, Any]:
+    """Pilots and the submitter at the same time; pilots stop after ``seconds`` (jobs they hold then are
+    not finished and not counted)."""
+    from services.pilot_sim import SimOptions, SimStats, _Pilot
 
-    per_pilot = max(1, n // pilots)
-    opts = SimOptions(url=url, site=stack.SITE, pilots=pilots, jobs=per_pilot, payload_seconds=0.0,
-                      heartbeat=0.05, nojob_retries=1200, nojob_sleep=0.1)
-    sim = asyncio.create_task(simulate(opts))
-    submitted_at = await _submit(url, n, log)
-    stats = await sim
-    return {"submitted_at": submitted_at, "pilot": stats.summary(), "pilot_errors": stats.errors[:5]}
+    # one heartbeat per job (payload 60 ms, heartbeat every 50 ms); an idle pilot asks again after 0.25 s
+    opts = SimOptions(url=url, site=stack.SITE, pilots=pilots, payload_seconds=0.06, heartbeat=0.05,
+                      nojob_retries=0, nojob_sleep=0.25)
+    stats = SimStats()
+    t_end = time.monotonic() + seconds
+    finished_at: list[float] = []
+
+    async def pilot(session: aiohttp.ClientSession, i: int) -> None:
+        p = _Pilot(session, opts, i, stats)
+        while time.monotonic() < t_end and stats.finished < n:
+            job = await p.get_job()
+            if job is None:
+                await asyncio.sleep(opts.nojob_sleep)
+                continue
+            stats.received.append(int(job["PandaID"]))
+            await p.run_job(job)
+            finished_at.append(time.time())
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=150)) as session:
+        sim = asyncio.gather(*(pilot(session, i) for i in range(pilots)))
+        submitted_at = await _submit(url, n, log)
+        try:
+            await asyncio.wait_for(sim, max(1.0, t_end - time.monotonic() + 30))
+        except TimeoutError:
+            log("  lifecycle: pilots still busy 30 s after the time box; stopped")
+    return {"submitted_at": submitted_at, "pilot": stats.summary(), "pilot_errors": stats.errors[:5],
+            "pilot_finished_at": finished_at}
 
 
 def _finished(cfg: Config) -> int:
@@ -84,41 +106,59 @@ def _finished(cfg: Config) -> int:
         return conn.execute("SELECT count(*) FROM jobs WHERE status = 'finished'").fetchone()[0]
 
 
-def _from_events(cfg: Config) -> tuple[list[float], list[float], int]:
-    """(submit → finished seconds per job, finish times (epoch), number of events)."""
+def _stages(cfg: Config) -> dict[str, dict[str, float]]:
+    """Time each job spent before each event, by event (``from → to`` state), as percentiles: where the
+    end-to-end latency goes (waiting for a service, a pilot or the ledger)."""
+    with db.connect(cfg) as conn:
+        rows = conn.execute(
+            "SELECT from_state || ' → ' || to_state || coalesce(' (' || action || ')', ''),"
+            " extract(epoch FROM time - lag(time) OVER w)"
+            " FROM job_events WINDOW w AS (PARTITION BY pandaid ORDER BY seq)").fetchall()
+    by: dict[str, list[float]] = {}
+    for stage, dt in rows:
+        if dt is not None:
+            by.setdefault(stage, []).append(float(dt))
+    return {stage: percentiles(v) for stage, v in sorted(by.items(), key=lambda kv: -len(kv[1]))}
+
+
+def _from_events(cfg: Config) -> tuple[list[float], list[float], list[float]]:
+    """(submit → finished seconds per job, finish times (epoch), times of all events (epoch))."""
     with db.connect(cfg) as conn:
         rows = conn.execute(
             "SELECT extract(epoch FROM f.time), extract(epoch FROM f.time - s.time) FROM job_events f"
             " JOIN job_events s ON s.pandaid = f.pandaid AND s.seq = 1"
             " WHERE f.to_state = 'finished' AND f.from_state <> 'finished'").fetchall()
-        events = conn.execute("SELECT count(*) FROM job_events").fetchone()[0]
+        events = [float(r[0]) for r in conn.execute("SELECT extract(epoch FROM time) FROM job_events")]
     return [float(r[1]) for r in rows], [float(r[0]) for r in rows], events
 
 
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
     cfg = stack.configure(cfg)
     url = f"http://{cfg.http.host}:{cfg.http.port}"
-    n = size["jobs"]
-    pilots = PILOTS["quick" if n < 10_000 else "full"]
-    n = (n // pilots) * pilots
+    n, pilots, seconds = size["jobs"], size["pilots"], size["lifecycle_seconds"]
     with Components(cfg, SERVICES, log_dir / "lifecycle") as comps:
         stack.wait_http(url)
-        time.sleep(8)  # consumer groups of the services settle (a join waits one rebalance timeout)
+        time.sleep(5)  # consumer groups of the services settle (a join waits one rebalance timeout)
         comps.check()
         meter = CpuMeter({**comps.pids(), "postgres": postgres_pids()})
         meter.start()
         cpu0 = time.process_time()
         t0 = time.time()
-        driven = asyncio.run(_drive(url, n, pilots, log))
-        deadline = time.monotonic() + 600
+        driven = asyncio.run(_drive(url, n, pilots, seconds, log))
+        deadline = time.monotonic() + 30   # the last finals through the ledger, the finisher and the projector
         done = _finished(cfg)
-        while done < n and time.monotonic() < deadline:
+        target = driven["pilot"]["finished"]   # what the pilots reported finished must reach the projection
+        while done < target and time.monotonic() < deadline:
             time.sleep(0.25)
             done = _finished(cfg)
         t_end = time.time()
-        cpu = {**meter.stop(), "pilots+submit (bench process)": time.process_time() - cpu0}
+        cpu = {**meter.stop(), "bench (pilots, submit)": time.process_time() - cpu0}
         comps.check()
-    e2e, finish_times, events = _from_events(cfg)
+    e2e, finish_times, event_times = _from_events(cfg)
+    events = len(event_times)
+    stages = _stages(cfg)
+    log("  lifecycle: time before each event, p50/p95 s: " + "; ".join(
+        f"{k} {v['p50_ms'] / 1000:.2f}/{v['p95_ms'] / 1000:.2f}" for k, v in stages.items() if v.get("n")))
     elapsed = t_end - t0
     series = timeline(finish_times, t0)
     log(f"  lifecycle: {done:,}/{n:,} jobs finished in {elapsed:.1f}s = {done / elapsed:,.0f} jobs/s "
@@ -126,7 +166,8 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
     return {
         "jobs": n, "finished": done, "pilots": pilots, "seconds": elapsed, "jobs_per_s": done / elapsed,
         "steady_jobs_per_s": steady_rate(series), "events": events, "transitions_per_s": events / elapsed,
-        "latency": percentiles(e2e), "pilot": driven["pilot"], "pilot_errors": driven["pilot_errors"],
+        "steady_transitions_per_s": steady_rate(timeline(event_times, t0)),
+        "latency": percentiles(e2e), "stages": stages, "pilot": driven["pilot"], "pilot_errors": driven["pilot_errors"],
         "cpu_s": cpu, "cpu_us_per_job": {k: 1e6 * v / max(done, 1) for k, v in cpu.items()},
         "timeline": series,
     }

@@ -21,9 +21,71 @@ from core.config import Config
 from schemas.messages import encode, key_of
 
 
-def write_log(cfg: Config, n_events: int) -> dict[str, Any]:
-    records = [(key_of(ev.PandaID), encode(ev)) for ev in workload.events(n_events)]
-    return ceilings.produce(cfg, records, transaction_every=2000)
+def write_log(cfg: Config, n_events: int, log=print) -> dict[str, Any]:
+    """The log to rebuild from: confluent-kafka (librdkafka) when installed — a transaction per 50,000
+    pre-encoded events, ~10x faster than kafka-python, which is what lets the full mode write a million
+    events in a minute or two — else kafka-python, a transaction per 2,000 as the ledger writes. Either
+    way events are keyed and partitioned by PandaID and the log ends in a commit marker."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        records = [(key_of(ev.PandaID), encode(ev)) for ev in workload.events(n_events)]
+        return {**ceilings.produce(cfg, records, transaction_every=2000), "writer": "kafka-python"}
+    return _write_log_confluent(cfg, n_events, log)
+
+
+def _write_log_confluent(cfg: Config, n_events: int, log, per_txn: int = 50_000) -> dict[str, Any]:
+    import confluent_kafka as ck
+
+    from core.bus import partition_of
+
+    topic = cfg.kafka.events_topic
+    prod = ck.Producer({"bootstrap.servers": cfg.kafka.bootstrap, "enable.idempotence": True, "acks": "all",
+                        "linger.ms": 20, "batch.num.messages": 10_000, "queue.buffering.max.messages": 500_000,
+                        "queue.buffering.max.kbytes": 1_048_576, "compression.type": "none",
+                        "transactional.id": f"{cfg.kafka.group_prefix}-bench-log-writer",
+                        "transaction.timeout.ms": 120_000})
+    failed: list[str] = []
+
+    def delivered(err, _msg) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    nparts = len(prod.list_topics(topic, timeout=30).topics[topic].partitions)
+    prod.init_transactions(60)
+    t0 = time.perf_counter()
+    n = size = 0
+    part: dict[int, int] = {}
+    prod.begin_transaction()
+    for ev in workload.events(n_events):
+        pid = ev.PandaID
+        p = part.get(pid)
+        if p is None:
+            part.clear()   # events of a job are consecutive: one entry is enough
+            p = part[pid] = partition_of(pid, nparts)
+        key, value = key_of(pid), encode(ev)
+        size += len(key) + len(value)
+        while True:
+            try:
+                prod.produce(topic, value=value, key=key, partition=p, on_delivery=delivered)
+                break
+            except BufferError:
+                prod.poll(0.05)
+        n += 1
+        if n % per_txn == 0:
+            prod.commit_transaction(120)
+            if failed:
+                raise RuntimeError(f"log writer: {failed[0]}")
+            log(f"  rebuild: {n:,} events written ({n / (time.perf_counter() - t0):,.0f}/s)")
+            prod.begin_transaction()
+        elif n % 1000 == 0:
+            prod.poll(0)
+    prod.commit_transaction(120)
+    elapsed = time.perf_counter() - t0
+    if failed:
+        raise RuntimeError(f"log writer: {failed[0]}")
+    return {"records": n, "seconds": elapsed, "per_s": n / elapsed, "mb_per_s": size / elapsed / 1e6,
+            "transactional": True, "writer": "confluent-kafka"}
 
 
 def _with_replay_tool(cfg: Config) -> tuple[int, float, list[float]] | None:
@@ -79,8 +141,8 @@ def _with_runner(cfg: Config, expect: int) -> tuple[int, float, list[float]]:
 
 def run(cfg: Config, *, n_events: int, method: str = "auto", log=print) -> dict[str, Any]:
     log(f"  rebuild: writing a log of {n_events:,} events …")
-    produced = write_log(cfg, n_events)
-    log(f"  rebuild: log written at {produced['per_s']:,.0f} records/s; reading it back raw …")
+    produced = write_log(cfg, n_events, log)
+    log(f"  rebuild: log written at {produced['per_s']:,.0f} records/s ({produced['writer']}); reading it back raw …")
     consumed = ceilings.consume(cfg, produced["records"])
     meter = CpuMeter({"postgres": postgres_pids()})
     meter.start()

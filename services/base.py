@@ -99,6 +99,14 @@ class ServiceLoop:
         self.consumer = bus.consumer(cfg, cfg.kafka.events_topic,
                                      group_id=f"{cfg.kafka.group_prefix}-{service.name}")
         self.stats = {"events": 0, "commands": 0, "ticks": 0, "actions": 0}
+        # Poll size: as many events as this loop can decide within a quarter of max_poll_interval_ms if
+        # every one of them were a wanted event at the slowest recent cost per wanted event (actions write to
+        # the database per event), so a burst of slow events cannot keep it from polling long enough to be
+        # dropped from its consumer group (a crash and a restart that decides the same batch again).
+        self._max_poll = int(cfg.kafka.max_poll_records)
+        self._poll_budget_s = int(cfg.kafka.max_poll_interval_ms) / 4000
+        self._cost = 0.0                                  # seconds per wanted event, decaying maximum
+        self._max_records = min(self._max_poll, 100)
 
     def _emit(self, outputs: Sequence[Output]) -> None:
         if self.replay or not outputs:
@@ -120,13 +128,15 @@ class ServiceLoop:
         return {tp.partition for tp in self.consumer.assignment() if tp.topic == topic}
 
     def step(self, timeout_ms: int = 200) -> int:
-        polled = self.consumer.poll(timeout_ms=timeout_ms)
-        n = 0
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
+        t0 = time.monotonic()
+        n = wanted = 0
         for msgs in polled.values():
             for m in msgs:
                 event = decode_event(m.value)
                 n += 1
                 if self.service.wants(event):
+                    wanted += 1
                     self._emit(self.service.decide(event, self.view))
         if self.tick_every is not None and time.monotonic() >= self._next_tick:
             tick: Callable[[float, Any], Sequence[Output]] | None = getattr(self.service, "tick", None)
@@ -140,6 +150,8 @@ class ServiceLoop:
             self.sender.flush()
             self.consumer.commit({tp: OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
                                   for tp, msgs in polled.items()})
+            self._cost = max((time.monotonic() - t0) / max(wanted, 1), 0.9 * self._cost)
+            self._max_records = max(1, min(self._max_poll, int(self._poll_budget_s / max(self._cost, 1e-6))))
         self.stats["events"] += n
         return n
 

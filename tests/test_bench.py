@@ -14,6 +14,8 @@ def test_tiny_bench_writes_table_json_and_plot(tmp_path):
     assert results["rebuild"]["events"] >= 4000
     assert results["kill"]["answers"]["event"] == 40
     assert results["ceilings"]["produce"]["per_s"] > 0
+    assert results["ceilings"]["broker_rtt"]["n"] == run.SIZES["smoke"]["rtt"]
+    assert "load_avg" in results["kill"]
     text = report.table(results)
     assert "rebuild" in text and "kill" in text
     path, png = report.save(results, "smoke", tmp_path)
