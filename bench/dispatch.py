@@ -56,7 +56,8 @@ async def _level(url: str, pilots: int, seconds: float) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
     return {"pilots": pilots, "requests": len(stats.getjob_latency), "jobs": len(stats.received),
             "unique_jobs": len(set(stats.received)), "no_job": stats.no_job, "errors": len(stats.errors),
-            "seconds": elapsed, "requests_per_s": len(stats.getjob_latency) / elapsed,
+            "error_samples": sorted({e[:200] for e in stats.errors})[:5], "seconds": elapsed,
+            "requests_per_s": len(stats.getjob_latency) / elapsed,
             "latency": percentiles(stats.getjob_latency), "timeline": timeline(stamps, t0)}
 
 

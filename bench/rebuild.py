@@ -76,7 +76,8 @@ def _write_log_confluent(cfg: Config, n_events: int, log, per_txn: int = 50_000)
             prod.commit_transaction(120)
             if failed:
                 raise RuntimeError(f"log writer: {failed[0]}")
-            log(f"  rebuild: {n:,} events written ({n / (time.perf_counter() - t0):,.0f}/s)")
+            if n % (4 * per_txn) == 0:
+                log(f"  rebuild: {n:,} events written ({n / (time.perf_counter() - t0):,.0f}/s)")
             prod.begin_transaction()
         elif n % 1000 == 0:
             prod.poll(0)

@@ -32,7 +32,7 @@ SIZES: dict[str, dict[str, Any]] = {
               "jobs": 400, "pilots": 50, "lifecycle_seconds": 45},
     "full": {"records": 200_000, "rows": 100_000, "rtt": 500, "rebuild_events": 1_000_000, "kills": 3_000,
              "kill_rate": 200, "backlog": 100_000, "dispatch_levels": (1, 50, 500), "dispatch_seconds": 30,
-             "jobs": 5_000, "pilots": 200, "lifecycle_seconds": 240},
+             "jobs": 4_000, "pilots": 200, "lifecycle_seconds": 200},
 }
 WORKLOADS = ("ceilings", "rebuild", "kill", "dispatch", "lifecycle")
 
