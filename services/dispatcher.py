@@ -98,13 +98,26 @@ def label_filter(label: str | None, computing_element: str | None, job_type: str
     return "j.prod_source_label = %(label)s", {"label": label}
 
 
-def candidate_query(req: DispatchRequest, share_order: Sequence[str], limit: int = 1) -> tuple[str, dict[str, Any]]:
+def candidate_query(req: DispatchRequest, share_order: Sequence[str], limit: int = 1,
+                    share: str | None = None) -> tuple[str, dict[str, Any]]:
     """The SELECT that finds and row-locks dispatchable jobs for ``req`` (pure: SQL + parameters).
 
     One row at a time by default: with SKIP LOCKED each concurrent claimer then locks a different job
-    instead of a block of ten, so the order (share, priority, PandaID) is kept under contention."""
+    instead of a block of ten, so the order (share, priority, PandaID) is kept under contention.
+
+    The share order is kept by asking share by share (``candidate_queries``): the jobs of ``share`` (one
+    of ``share_order``), or with ``share=None`` the jobs of every share not listed. Each query is then
+    ordered by (priority, PandaID) alone, which the partial indexes on activated jobs serve directly, so
+    its cost does not grow with the backlog (ordering by a share rank expression sorted every activated
+    job of the site for every getJob: 0.4 s at 100k activated jobs)."""
     where = ["j.status = 'activated'", "j.computing_site = %(site)s"]
-    params: dict[str, Any] = {"site": req.site, "limit": limit, "shares": list(share_order)}
+    params: dict[str, Any] = {"site": req.site, "limit": limit}
+    if share is not None:
+        where.append("j.gshare = %(share)s")
+        params["share"] = share
+    elif share_order:
+        where.append("(j.gshare IS NULL OR j.gshare <> ALL(%(shares)s::text[]))")
+        params["shares"] = list(share_order)
     cond, more = label_filter(req.prod_source_label, req.computing_element, req.job_type, req.queue_status)
     where.append(cond)
     params.update(more)
@@ -128,14 +141,18 @@ def candidate_query(req: DispatchRequest, share_order: Sequence[str], limit: int
         params["task_id"] = req.task_id
     where.append("NOT EXISTS (SELECT 1 FROM dispatch_leases l WHERE l.pandaid = j.pandaid"
                  " AND l.seq = j.seq AND l.expires_at > now())")
-    # shares listed in share_order come first, in that order; every other share after them
-    share_rank = "COALESCE(array_position(%(shares)s::text[], j.gshare), cardinality(%(shares)s::text[]) + 1)"
     sql = (
         "SELECT j.pandaid, j.seq, j.spec FROM jobs j WHERE " + " AND ".join(where)
-        + f" ORDER BY {share_rank}, j.current_priority DESC, j.pandaid"
-        " LIMIT %(limit)s FOR NO KEY UPDATE OF j SKIP LOCKED"
+        + " ORDER BY j.current_priority DESC, j.pandaid LIMIT %(limit)s FOR NO KEY UPDATE OF j SKIP LOCKED"
     )
     return sql, params
+
+
+def candidate_queries(req: DispatchRequest, share_order: Sequence[str],
+                      limit: int = 1) -> list[tuple[str, dict[str, Any]]]:
+    """The candidate queries in the order they are tried: each share of ``share_order``, then the rest."""
+    return [candidate_query(req, share_order, limit, s) for s in dict.fromkeys(share_order)] + [
+        candidate_query(req, share_order, limit)]
 
 
 _CLAIM = (
@@ -222,14 +239,18 @@ class Dispatcher:
         return result
 
     async def _claim(self, req: DispatchRequest, actor: str) -> tuple[int, dict[str, Any], Transition] | None:
-        sql, params = candidate_query(req, self.share_order, 1)
+        queries = candidate_queries(req, self.share_order, 1)
         async with self.pool.connection() as conn:
             # a lost race (another pilot's lease committed after our snapshot) → read the candidates again;
-            # only an empty candidate list means "no jobs"
+            # only an empty candidate list (in every share group) means "no jobs"
             for _ in range(50):
                 async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                    await cur.execute(sql, params)
-                    rows = await cur.fetchall()
+                    rows = []
+                    for sql, params in queries:
+                        await cur.execute(sql, params)
+                        rows = await cur.fetchall()
+                        if rows:
+                            break
                     if not rows:
                         return None
                     for row in rows:
