@@ -1,8 +1,9 @@
 """The one Kafka wrapper: client settings, sending commands, consuming in batches, waiting for outcomes.
 
 Everything that talks to Kafka goes through here, so client tuning (batching, isolation level,
-group timeouts) is decided once. kafka-python is used throughout; ``crc32c`` is installed so its
-record CRC checks run in C.
+group timeouts) is decided once. kafka-python is the default client (``crc32c`` is installed so its
+record CRC checks run in C); ``[kafka] client = "confluent"`` (env ``PANDAES_KAFKA_CLIENT``) swaps in
+confluent-kafka behind the same kafka-python API subset (``core/bus_confluent.py``, imported only then).
 """
 
 from __future__ import annotations
@@ -28,8 +29,21 @@ def partition_of(panda_id: int, partitions: int) -> int:
     return (murmur2(key_of(panda_id)) & 0x7FFFFFFF) % partitions
 
 
+CLIENTS = ("kafka-python", "confluent")
+
+
+def client_name(cfg: Config) -> str:
+    """The configured Kafka client: "kafka-python" (default) or "confluent"."""
+    name = cfg.kafka.get("client", "kafka-python") or "kafka-python"
+    if name not in CLIENTS:
+        raise ValueError(f"[kafka] client = {name!r}: expected one of {', '.join(CLIENTS)}")
+    return name
+
+
 def producer(cfg: Config, *, transactional_id: str | None = None, **overrides: Any) -> KafkaProducer:
-    """An idempotent producer (acks=all); transactional when given an id (the ledger)."""
+    """An idempotent producer (acks=all); transactional when given an id (the ledger).
+
+    Overrides use kafka-python's setting names whichever client is configured."""
     k = cfg.kafka
     settings: dict[str, Any] = dict(
         bootstrap_servers=k.bootstrap, acks="all", enable_idempotence=True, linger_ms=k.linger_ms,
@@ -38,6 +52,9 @@ def producer(cfg: Config, *, transactional_id: str | None = None, **overrides: A
     if transactional_id:
         settings.update(transactional_id=transactional_id, transaction_timeout_ms=k.transaction_timeout_ms)
     settings.update(overrides)
+    if client_name(cfg) == "confluent":
+        from core import bus_confluent
+        return bus_confluent.Producer(**settings)  # type: ignore[return-value]
     return KafkaProducer(**settings)
 
 
@@ -52,14 +69,18 @@ def consumer(cfg: Config, *topics: str, group_id: str | None, **overrides: Any) 
         fetch_max_wait_ms=k.fetch_max_wait_ms, max_partition_fetch_bytes=8 * 1024 * 1024, client_id="pandaes",
     )
     settings.update(overrides)
-    c = KafkaConsumer(**settings)
+    if client_name(cfg) == "confluent":
+        from core import bus_confluent
+        c: KafkaConsumer = bus_confluent.Consumer(**settings)  # type: ignore[assignment]
+    else:
+        c = KafkaConsumer(**settings)
     if topics:
         c.subscribe(list(topics))
     return c
 
 
 class CommandSender:
-    """Sends commands keyed by PandaID; thread-safe (kafka-python producers are)."""
+    """Sends commands keyed by PandaID; thread-safe (both clients' producers are)."""
 
     def __init__(self, cfg: Config, prod: KafkaProducer | None = None):
         self.cfg = cfg

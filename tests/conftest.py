@@ -58,8 +58,28 @@ def template_db(base_cfg) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _confluent_available() -> bool:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# Kafka-heavy test modules run with both clients: pytestmark = pytest.mark.parametrize(
+# "kafka_client", BOTH_CLIENTS, indirect=True). Without the parameter a test uses the configured client.
+BOTH_CLIENTS = ["kafka-python", pytest.param("confluent", marks=pytest.mark.skipif(
+    not _confluent_available(), reason="confluent-kafka not installed (pip install -e '.[confluent]')"))]
+
+
 @pytest.fixture
-def cfg(base_cfg, template_db) -> Iterator[config.Config]:
+def kafka_client(request, base_cfg) -> str:
+    """The ``[kafka] client`` of the test: its parameter if parametrized, else the configured one."""
+    return getattr(request, "param", None) or base_cfg.kafka.client
+
+
+@pytest.fixture
+def cfg(base_cfg, template_db, kafka_client) -> Iterator[config.Config]:
     """A configuration with topics and a database of its own."""
     n = next(_counter)
     tag = f"t{os.getpid()}x{n}"
@@ -69,7 +89,7 @@ def cfg(base_cfg, template_db) -> Iterator[config.Config]:
         conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{template_db}"')
     c = base_cfg.replace(
         kafka={"commands_topic": f"{tag}.job-commands", "events_topic": f"{tag}.job-events",
-               "rejected_topic": f"{tag}.job-commands.rejected", "group_prefix": tag},
+               "rejected_topic": f"{tag}.job-commands.rejected", "group_prefix": tag, "client": kafka_client},
         db={"url": admin.rsplit("/", 1)[0] + f"/{dbname}"},
     )
     infra.ensure_topics(c.kafka.bootstrap, c)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
+from conftest import BOTH_CLIENTS
 from helpers import all_events, wait_until
 
 from core.bus import CommandSender, OutcomeWaiter
@@ -14,6 +16,9 @@ from core.ledger import CRASH_ENV, Ledger
 from projections.runner import ProjectionRunner
 from schemas.jobspec import JobSpec
 from schemas.messages import JobSubmitted, Rejected, Submit, Transition
+
+# every test here runs with kafka-python and with confluent-kafka behind core.bus
+pytestmark = pytest.mark.parametrize("kafka_client", BOTH_CLIENTS, indirect=True)
 
 
 def env_for(cfg) -> dict[str, str]:

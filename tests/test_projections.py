@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+from conftest import BOTH_CLIENTS
 from helpers import wait_until
 
 from core import db
@@ -10,6 +12,9 @@ from core.ledger import Ledger
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Kill, PilotUpdate, Submit, Transition
+
+# every test here runs with kafka-python and with confluent-kafka behind core.bus
+pytestmark = pytest.mark.parametrize("kafka_client", BOTH_CLIENTS, indirect=True)
 
 TABLES = {
     "jobs": "SELECT * FROM jobs ORDER BY pandaid",
