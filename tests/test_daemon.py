@@ -43,7 +43,8 @@ def test_sync_script_runs_on_one_host_at_a_time_across_the_cluster(cfg, tmp_path
     rows = runs(cfg)
     assert len(rows) >= 4, rows
     assert not overlaps(rows), overlaps(rows)
-    assert {r[0] for r in rows} == {str(tmp_path / "a"), str(tmp_path / "b")}, "both hosts should get turns"
+    # both hosts compete for the script (which one wins each period is not promised, as in PanDA)
+    assert any(r.name == "slow" for r in a.history) and any(r.name == "slow" for r in b.history)
     statuses = {r.status for r in a.history + b.history if r.name == "slow"}
     assert "locked" in statuses and "ok" in statuses
     assert {r.status for r in a.history if r.name == "boom"} == {"error"}   # errors are reported, not fatal

@@ -155,8 +155,9 @@ def test_watcher_applies_each_timeout_rule(cfg, background):
                 sender.flush()
         finally:
             sender.close()
-    send(cfg, [PilotUpdate(PandaID=1, state="running", attempt_nr=1, actor="pilot:t")])
-    t0 = time.time()
+    last_beat = PilotUpdate(PandaID=1, state="running", attempt_nr=1, actor="pilot:t")
+    t0 = last_beat.time     # the heartbeat's own time is what the watcher measures from
+    send(cfg, [last_beat])
     background.start(heartbeat, "heartbeat")
     period = 0.5
     start_script(cfg, background, watcher.run_once, period, "watcher")
