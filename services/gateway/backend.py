@@ -15,6 +15,7 @@ import logging
 
 from psycopg_pool import AsyncConnectionPool
 
+from core import db
 from core.bus import CommandSender, OutcomeWaiter
 from core.config import Config
 from schemas.messages import Command, Event, Rejected
@@ -39,7 +40,7 @@ class Backend:
 
     async def start(self) -> None:
         self.pool = AsyncConnectionPool(self.cfg.db.url, min_size=1, max_size=int(self.cfg.gateway.db_pool_size),
-                                        open=False, kwargs={"autocommit": True})
+                                        open=False, kwargs={"autocommit": True, "options": db.SESSION_OPTIONS})
         await self.pool.open(wait=True, timeout=30)
         self.waiter = await asyncio.to_thread(OutcomeWaiter, self.cfg)
         self.sender = await asyncio.to_thread(CommandSender, self.cfg)
