@@ -123,6 +123,16 @@ class Background:
         self.running.append((stop, t))
         return stop
 
+    def run(self, component, name: str = "") -> threading.Event:
+        """Start ``component.run(stop)`` and ``close()`` it when it stops (ledger, projector, loops)."""
+        def target(stop: threading.Event) -> None:
+            try:
+                component.run(stop)
+            finally:
+                component.close()
+
+        return self.start(target, name or type(component).__name__)
+
     def stop(self, stop: threading.Event) -> None:
         for ev, t in self.running:
             if ev is stop:

@@ -68,15 +68,7 @@ class System:
 
 
 def start_system(cfg, background) -> System:
-    ledger = Ledger(cfg, instance="gw")
-
-    def run_ledger(stop):
-        try:
-            ledger.run(stop)
-        finally:
-            ledger.close()
-
-    background.start(run_ledger, "ledger")
+    background.run(Ledger(cfg, instance="gw"), "ledger")
     runner = ProjectionRunner(cfg)
     background.start(runner.run, "projector")
     port = infra.free_port()

@@ -28,24 +28,8 @@ from services.retrier import Retrier, RetryRules, SqlRetrierView
 
 
 def start_core(cfg, background) -> None:
-    ledger = Ledger(cfg, instance="t")
-
-    def run_ledger(stop):
-        try:
-            ledger.run(stop)
-        finally:
-            ledger.close()
-
-    background.start(run_ledger, "ledger")
-    runner = ProjectionRunner(cfg)
-
-    def run_projector(stop):
-        try:
-            runner.run(stop)
-        finally:
-            runner.close()
-
-    background.start(run_projector, "projector")
+    background.run(Ledger(cfg, instance="t"), "ledger")
+    background.run(ProjectionRunner(cfg), "projector")
 
 
 def start_loop(cfg, background, service, view, tick=None, name="svc") -> ServiceLoop:

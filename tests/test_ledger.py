@@ -36,14 +36,7 @@ def submits(ids, site="LOCAL"):
 
 def start_ledger(cfg, background, instance="0") -> Ledger:
     ledger = Ledger(cfg, instance=instance)
-
-    def run(stop):
-        try:
-            ledger.run(stop)
-        finally:
-            ledger.close()
-
-    ledger.stop_event = background.start(run, name=f"ledger-{instance}")
+    ledger.stop_event = background.run(ledger, f"ledger-{instance}")
     return ledger
 
 

@@ -94,20 +94,8 @@ def run_system(cfg, background):
     """Ledger and projector in threads; returns (ledger, runner, stop events)."""
     ledger = Ledger(cfg, instance="r")
     runner = ProjectionRunner(cfg)
-
-    def run_ledger(stop):
-        try:
-            ledger.run(stop)
-        finally:
-            ledger.close()
-
-    def run_projector(stop):
-        try:
-            runner.run(stop)
-        finally:
-            runner.close()   # a consumer left open would reconnect to a restarted broker and auto-create topics
-
-    stops = [background.start(run_ledger, "ledger"), background.start(run_projector, "projector")]
+    # closed when stopped: a consumer left open would reconnect to a restarted broker and auto-create topics
+    stops = [background.run(ledger, "ledger"), background.run(runner, "projector")]
     return ledger, runner, stops
 
 
