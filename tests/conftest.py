@@ -8,6 +8,7 @@ template, which is much faster than migrating every time.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -38,6 +39,10 @@ def base_cfg(tmp_path_factory) -> Iterator[config.Config]:
     try:
         yield system.config()
     finally:
+        url = system.config().db.url
+        if not os.environ.get("PANDAES_DB"):  # the session's own database on a shared server: drop it
+            with contextlib.suppress(psycopg.Error), psycopg.connect(_admin_url(url), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{cfg.db.database}" WITH (FORCE)')
         system.stop()
 
 
