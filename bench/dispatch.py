@@ -1,7 +1,7 @@
 """getJob latency at 1, 50 and 500 concurrent simulated pilots over a large activated backlog.
 
 The backlog is written as commands straight through the ledger (submit + activate per job), then the
-projector makes it visible to the dispatcher. Each pilot is ``services.pilot_sim``'s, speaking the
+projector makes it visible to the dispatcher. Each pilot is ``cli.simulated_pilot``'s, speaking the
 legacy protocol (form-encoded ``/server/panda/getJob``, as pilot3 does) in a closed loop: a new
 request as soon as the previous one is answered, so the request rate is what the gateway sustains at
 that concurrency. Each level runs for a fixed time (``dispatch_seconds``), so the run's duration does not
@@ -27,15 +27,15 @@ from core.config import Config
 
 def missing() -> str:
     try:
-        from services import pilot_sim  # noqa: F401
+        from cli import simulated_pilot  # noqa: F401
         from services.gateway import app  # noqa: F401
     except ImportError as exc:
-        return f"needs the gateway and services/pilot_sim.py ({exc})"
+        return f"needs the gateway and cli/simulated_pilot.py ({exc})"
     return ""
 
 
 async def _level(url: str, pilots: int, seconds: float) -> dict[str, Any]:
-    from services.pilot_sim import SimOptions, SimStats, _Pilot
+    from cli.simulated_pilot import SimOptions, SimStats, _Pilot
 
     stats = SimStats()
     opts = SimOptions(url=url, site=stack.SITE)

@@ -1,7 +1,7 @@
 """An isolated place to measure in: own topics and own database per workload, on whatever infrastructure.
 
 The broker and PostgreSQL server are the embedded defaults or PANDAES_KAFKA / PANDAES_DB, started (or
-found) once per run through ``core.infra.Infra``. Every workload gets fresh topics and a fresh database
+found) once per run through ``devenv.stack.Infra``. Every workload gets fresh topics and a fresh database
 (a copy of one migrated template, as the tests do), so no workload sees another's jobs or offsets, and
 the run leaves nothing behind but its results.
 """
@@ -15,8 +15,9 @@ from typing import Any
 
 import psycopg
 
-from core import config, db, infra
+from core import config, db
 from core.config import Config
+from devenv import stack, topics
 
 # Production client settings: shorter poll intervals (as the tests use) get busy services kicked out of
 # their group when the machine is loaded.
@@ -35,7 +36,7 @@ class BenchEnv:
         self.run_tag = f"b{os.getpid()}{uuid.uuid4().hex[:4]}"
         base = config.load()
         base = base.replace(db={"database": f"pandaes_{self.run_tag}"}, kafka=BENCH_KAFKA)
-        self.infra = infra.Infra(base, log=lambda *_: None)
+        self.infra = stack.Infra(base, log=lambda *_: None)
         self.base: Config | None = None
         self.template = f"pandaes_{self.run_tag}_tmpl"
         self.databases: list[str] = []
@@ -74,7 +75,7 @@ class BenchEnv:
         kafka.update(changes.pop("kafka", {}))
         cfg = self.base.replace(kafka=kafka, db={"url": self.base.db.url.rsplit("/", 1)[0] + f"/{dbname}"},
                                 **changes)
-        infra.ensure_topics(cfg.kafka.bootstrap, cfg)
+        topics.ensure_topics(cfg.kafka.bootstrap, cfg)
         self.topics += [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
         return cfg
 
@@ -86,7 +87,7 @@ class BenchEnv:
                 for name in reversed(self.databases):
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             if self.infra.tansu is None and self.topics:
-                with contextlib.suppress(Exception), infra._admin(self.kafka) as admin:
+                with contextlib.suppress(Exception), topics.kafka_admin(self.kafka) as admin:
                     admin.delete_topics(self.topics)
         self.infra.stop()
 

@@ -18,9 +18,10 @@ import threading
 import time
 import uuid
 
-from core import bus, config, db, infra
+from core import bus, config, db
 from core.ledger import Ledger
 from core.machine import apply, decide
+from devenv import stack, topics
 from schemas.jobspec import JobSpec
 from schemas.messages import PilotUpdate, Rejected, Submit, Transition
 
@@ -62,10 +63,10 @@ def main() -> None:
     cfg = config.load().replace(
         kafka={"commands_topic": f"{tag}.cmd", "events_topic": f"{tag}.evt", "rejected_topic": f"{tag}.rej",
                "group_prefix": tag, "session_timeout_ms": 6000})
-    system = infra.Infra(cfg, log=lambda *_: None).start()
+    system = stack.Infra(cfg, log=lambda *_: None).start()
     try:
         cfg = system.config()
-        infra.ensure_topics(cfg.kafka.bootstrap, cfg)
+        topics.ensure_topics(cfg.kafka.bootstrap, cfg)
         db.migrate(cfg)
         cmds = workload(args.jobs)
         print(f"decide()+apply() alone: {time_decide(cmds):,.0f} commands/s")

@@ -3,7 +3,7 @@ the services, with every component on (ledger, projector, setupper, activator, a
 gateway) — each its own process, so each one's CPU time per job is known.
 
 Jobs go to the ``BENCH`` queue (``bench/queues.toml``: the ``dummy`` data plugin, so storage costs
-nothing and what is measured is pandaes). Pilots are ``services.pilot_sim``'s, speaking the legacy
+nothing and what is measured is pandaes). Pilots are ``cli.simulated_pilot``'s, speaking the legacy
 protocol over HTTP: getJob, updateJob starting, running (heartbeat), finished with an output report.
 Submission (``/api/v1/job/submit`` in batches, as panda-client sends them) and the pilots run at the
 same time; the clock stops when the jobs projection shows every job ``finished``. Times per job
@@ -33,10 +33,11 @@ SUBMIT_BATCH = 500
 
 def missing() -> str:
     try:
-        from services import adder, closer, pilot_sim, setupper  # noqa: F401
+        from cli import simulated_pilot  # noqa: F401
         from services.gateway import app  # noqa: F401
+        from services.reactors import adder, closer, setupper  # noqa: F401
     except ImportError as exc:
-        return f"needs the gateway, the job-flow services and services/pilot_sim.py ({exc})"
+        return f"needs the gateway, the job-flow services and cli/simulated_pilot.py ({exc})"
     return ""
 
 
@@ -69,7 +70,7 @@ async def _submit(url: str, n: int, log) -> float:
 async def _drive(url: str, n: int, pilots: int, seconds: float, log) -> dict[str, Any]:
     """Pilots and the submitter at the same time; pilots stop after ``seconds`` (jobs they hold then are
     not finished and not counted)."""
-    from services.pilot_sim import SimOptions, SimStats, _Pilot
+    from cli.simulated_pilot import SimOptions, SimStats, _Pilot
 
     # one heartbeat per job (payload 60 ms, heartbeat every 50 ms); an idle pilot asks again after 0.25 s
     opts = SimOptions(url=url, site=stack.SITE, pilots=pilots, payload_seconds=0.06, heartbeat=0.05,

@@ -17,8 +17,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from core import bus, config, db, infra
+from core import bus, config, db
 from core.machine import apply, decide
+from devenv import stack, topics
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Command, Event, Kill, PilotUpdate, Rejected, Submit, Transition, encode, key_of
 
@@ -103,12 +104,12 @@ def main() -> int:
     base = config.load()
     if not base.kafka.bootstrap:
         base = base.replace(state={"dir": tempfile.mkdtemp(prefix="pandaes-bench-")})
-    system = infra.Infra(base, log=print).start()
+    system = stack.Infra(base, log=print).start()
     try:
         cfg = system.config().replace(kafka={"events_topic": f"{tag}.job-events",
                                              "commands_topic": f"{tag}.job-commands",
                                              "rejected_topic": f"{tag}.job-commands.rejected"})
-        infra.ensure_topics(cfg.kafka.bootstrap, cfg)
+        topics.ensure_topics(cfg.kafka.bootstrap, cfg)
         db.migrate(cfg)
         t0 = time.monotonic()
         n = write_log(cfg, args.events)

@@ -21,12 +21,12 @@ from core.config import Config
 COMPONENTS: dict[str, str] = {
     "ledger": "core.ledger:run_component",
     "projector": "projections.runner:run_component",
-    "adder": "services.adder:run_component",
-    "closer": "services.closer:run_component",
-    "retrier": "services.retrier:run_component",
-    "daemon": "services.daemon:run_component",
-    "setupper": "services.setupper:run_component",
-    "activator": "services.activator:run_component",
+    "adder": "services.reactors.adder:run_component",
+    "closer": "services.reactors.closer:run_component",
+    "retrier": "services.reactors.retrier:run_component",
+    "daemon": "services.clock.daemon:run_component",
+    "setupper": "services.reactors.setupper:run_component",
+    "activator": "services.reactors.activator:run_component",
     "gateway": "services.gateway.app:run_component",
 }
 

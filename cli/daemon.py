@@ -14,7 +14,7 @@ import threading
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
     from cli.main import cfg_for_clients
-    from services import daemon
+    from services.clock import daemon
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s daemon %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)

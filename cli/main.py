@@ -20,17 +20,18 @@ import msgspec
 
 from cli import components
 from cli.restore import check_at_start
-from core import config, db, infra
+from core import config, db
 from core.bus import CommandSender, OutcomeWaiter
+from devenv import endpoints, stack
 from schemas.jobspec import JobSpec, SpecError, job_from_dict, jobs_from_client_json
 from schemas.messages import Command, Kill, Rejected, Submit, decode_command
 
 # Modules that add subcommands: each has ``register(subparsers)``; its commands set ``fn``.
-EXTENSIONS: list[str] = ["cli.daemon", "services.configurator", "cli.pilot_sim", "cli.replay", "cli.bench"]
+EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "cli.bench"]
 
 
 def cfg_for_clients() -> config.Config:
-    cfg = infra.config_for_running_system(config.load())
+    cfg = endpoints.config_for_running_system(config.load())
     if not cfg.kafka.bootstrap or not cfg.db.url:
         raise SystemExit("no running pandaes found: start it with `make run` (or `pandaes run`), "
                          "or set PANDAES_KAFKA and PANDAES_DB")
@@ -45,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    system = infra.Infra(config.load(), log=print).start()
+    system = stack.Infra(config.load(), log=print).start()
     sup = None
     try:
         cfg = system.config()

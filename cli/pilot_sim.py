@@ -10,7 +10,7 @@ from core import config
 
 
 def cmd_pilot_sim(args: argparse.Namespace) -> int:
-    from services.pilot_sim import SimOptions, simulate
+    from cli.simulated_pilot import SimOptions, simulate
 
     url = args.url
     if not url:

@@ -35,8 +35,9 @@ from kafka.structs import OffsetAndMetadata
 
 from cli.logread import log_bounds, read_log
 from cli.progress import Progress
-from core import bus, db, infra
+from core import bus, db
 from core.config import Config
+from devenv import topics
 from schemas.messages import key_of
 
 Log = Callable[[str], object]
@@ -75,7 +76,7 @@ def restore(cfg: Config, *, force: bool = False, log: Log = print, show_progress
     """Re-publish job_events into panda.job-events and realign the database with the new offsets."""
     started = time.monotonic()
     topic = cfg.kafka.events_topic
-    infra.ensure_topics(cfg.kafka.bootstrap, cfg)   # before any producer: Tansu would auto-create 4 partitions
+    topics.ensure_topics(cfg.kafka.bootstrap, cfg)   # before any producer: Tansu would auto-create 4 partitions
     _, end = log_bounds(cfg)
     nparts = len(end)
     result = RestoreResult()

@@ -8,7 +8,10 @@ concurrent starters (several components launched at once) apply them exactly onc
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -37,6 +40,58 @@ def pool(cfg: Config, *, min_size: int = 1, max_size: int | None = None, **kwarg
     kwargs["options"] = f"{SESSION_OPTIONS} {kwargs.get('options', '')}".strip()
     return ConnectionPool(cfg.db.url, min_size=min_size, max_size=max_size or cfg.db.pool_size,
                           open=True, kwargs=kwargs)
+
+
+T = TypeVar("T")
+
+
+class Reconnecting:
+    """One autocommit connection that is opened on first use and again after the server dropped it.
+
+    Why one class: every long-lived component (services, their stores, the projection readers) keeps a
+    connection across many short reads and writes, and must survive a database restart without a crash
+    loop. ``run(fn, ...)`` calls ``fn(conn, ...)``; on ``OperationalError`` (connection lost) it reconnects
+    and tries once more, then raises. Calls are serialised, so one holder may be shared by threads.
+    """
+
+    def __init__(self, cfg_or_url: Config | str, **kwargs):
+        self._target = cfg_or_url
+        self._kwargs = {"autocommit": True, **kwargs}
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        """The open connection (opened now if there is none or it was closed)."""
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self._target, **self._kwargs)
+            return self._conn
+
+    def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        with self._lock:
+            for attempt in (1, 2):
+                conn = self.conn
+                try:
+                    return fn(conn, *args, **kwargs)
+                except psycopg.OperationalError:
+                    self.reset()
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def reset(self) -> None:
+        """Forget the connection (closing it if it is still open); the next use opens a new one."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+
+    def close(self) -> None:
+        self.reset()
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:

@@ -10,20 +10,20 @@ PanDA keeps data management behind per-VO plugins (``setupper_plugins`` / ``adde
   destination blocks, start moving them to a remote destination endpoint, and tell whether they
   have arrived.
 
-Two kinds of methods, and the difference matters for replay (see services/base.py):
+Two kinds of methods, and the difference matters for replay (see services/loop.py):
 
 * **queries** (``locate``, ``missing_inputs``, ``dispatch_ready``, ``outputs_arrived``) only read; a
   service may call them from ``decide``/``tick`` through its view, also during replay.
 * **actions** (``prepare_dispatch``, ``prepare_outputs``, ``register_outputs``, ``transfer_outputs``,
   ``pump``) change storage or catalogues. Services never call them in ``decide``; they return a
-  ``services.base.Action`` and the loop runs it unless it is replaying. Every action must be
+  ``services.loop.Action`` and the loop runs it unless it is replaying. Every action must be
   idempotent: after a crash the same action may run again.
 
 Errors: raise ``PluginError``. ``temporary=True`` means "try again later" (the adder keeps the report
 and retries), otherwise the failure is final (the setupper fails the job with ddmErrorCode 100).
 
 Names: a *storage endpoint* is a string (PanDA's DDM endpoint / RSE, e.g. ``LOCAL_DATADISK``); a
-queue lists its endpoints in the sites table (``services.sites``), the first one is where its jobs
+queue lists its endpoints in the sites table (``services.sitedata.sites``), the first one is where its jobs
 read inputs and write outputs. A *block* is a dataset name (``datasets`` table, migration 101).
 
 Loading: ``plugins.load(spec, cfg)`` where spec is an entry point name of group ``pandaes.plugins``

@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
-from core import config, db, infra
+from core import config, db
+from devenv.stack import Infra
+from devenv.topics import ensure_topics
 
 # Group joins on the embedded broker take about half the session timeout, so keep that short. The poll
 # interval does not slow joins; keep it long, or a component starved of CPU on a loaded machine is
@@ -35,7 +37,7 @@ def base_cfg(tmp_path_factory) -> Iterator[config.Config]:
     state = tmp_path_factory.mktemp("state")
     cfg = config.load().replace(state={"dir": str(state)},
                                 db={"database": f"pandaes_test_{os.getpid()}"})
-    system = infra.Infra(cfg, log=lambda *_: None).start()
+    system = Infra(cfg, log=lambda *_: None).start()
     try:
         yield system.config()
     finally:
@@ -97,7 +99,7 @@ def cfg(base_cfg, template_db, kafka_client) -> Iterator[config.Config]:
                "rejected_topic": f"{tag}.job-commands.rejected", "group_prefix": tag, "client": kafka_client},
         db={"url": admin.rsplit("/", 1)[0] + f"/{dbname}"},
     )
-    infra.ensure_topics(c.kafka.bootstrap, c)
+    ensure_topics(c.kafka.bootstrap, c)
     yield c
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

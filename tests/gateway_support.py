@@ -11,9 +11,10 @@ import aiohttp
 import msgspec
 from helpers import wait_until
 
-from core import db, infra
+from core import db
 from core.bus import CommandSender
 from core.ledger import Ledger
+from devenv.common import free_port
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Submit, Transition
@@ -71,7 +72,7 @@ def start_system(cfg, background) -> System:
     background.run(Ledger(cfg, instance="gw"), "ledger")
     runner = ProjectionRunner(cfg)
     background.start(runner.run, "projector")
-    port = infra.free_port()
+    port = free_port()
     ready = threading.Event()
     background.start(lambda stop: asyncio.run(serve(cfg, stop, host="127.0.0.1", port=port, ready=ready)),
                      "gateway")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from plugins import DataPlugin, InputFile
-from services.sites import Queue
+from services.sitedata.sites import Queue
 
 
 class FakePlugin(DataPlugin):

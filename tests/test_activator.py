@@ -14,9 +14,9 @@ from core.ledger import Ledger
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import JobTransitioned, Submit, Transition
-from services import activator, datasets
-from services.activator import Activator, Assigned
-from services.base import Action, ServiceLoop
+from services.loop import Action, ServiceLoop
+from services.reactors import activator, datasets
+from services.reactors.activator import Activator, Assigned
 
 
 def commands(outputs) -> list:

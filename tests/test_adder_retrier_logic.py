@@ -8,9 +8,9 @@ import pytest
 
 from plugins.base import PluginError
 from schemas.messages import JobTransitioned, Kill, Submit, Transition
-from services.adder import Adder, judge
-from services.base import Action
-from services.retrier import Retrier, RetryRules, next_job, parse_codes, verdict
+from services.loop import Action
+from services.reactors.adder import Adder, judge
+from services.reactors.retrier import Retrier, RetryRules, next_job, parse_codes, verdict
 
 PID = 77
 FILES = [

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from core import db
-from services.daemon import DaemonMaster, Script, cleanup_cache, lock_key, scripts_from_config
+from services.clock.daemon import DaemonMaster, Script, cleanup_cache, lock_key, scripts_from_config
 
 
 def runs(cfg) -> list[tuple]:

@@ -19,12 +19,13 @@ from core.ledger import Ledger
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Kill, PilotUpdate, Submit, Transition
-from services import datasets, finisher, watcher
-from services.adder import Adder, SqlAdderView
-from services.base import ServiceLoop
-from services.closer import Closer, SqlCloserView
-from services.daemon import Context
-from services.retrier import Retrier, RetryRules, SqlRetrierView
+from services.clock import finisher, watcher
+from services.clock.daemon import Context
+from services.loop import ServiceLoop
+from services.reactors import datasets
+from services.reactors.adder import Adder, SqlAdderView
+from services.reactors.closer import Closer, SqlCloserView
+from services.reactors.retrier import Retrier, RetryRules, SqlRetrierView
 
 
 def start_core(cfg, background) -> None:

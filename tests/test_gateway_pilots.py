@@ -9,8 +9,8 @@ from collections import Counter
 import aiohttp
 from gateway_support import post_json, run, start_system
 
+from cli.simulated_pilot import SimOptions, simulate
 from core import db
-from services.pilot_sim import SimOptions, simulate
 
 
 def test_200_pilots_never_share_a_job(cfg, background):

@@ -1,4 +1,4 @@
-"""core.infra against a real broker and a real PostgreSQL server: no mocks.
+"""devenv (the developer bootstrap) against a real broker and a real PostgreSQL server: no mocks.
 
 Every test gets its own state directory (tmp_path) and stops what it started. The database server is
 127.0.0.1:5432 when it answers (databases made here are dropped again), else the embedded one; the
@@ -24,7 +24,14 @@ import psycopg
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from core import config, infra
+from core import config
+from devenv import stack as stack_module
+from devenv.broker import Tansu, start_tansu
+from devenv.common import FORBIDDEN_PORTS, FORCE_EMBEDDED_DB_ENV, InfraError, free_port, pid_alive, redact
+from devenv.endpoints import ENDPOINTS_FILE, config_for_running_system, read_endpoints, write_endpoints
+from devenv.postgres import LOCAL_PG_PORT, local_postgres, pg_url, start_embedded_postgres, stop_embedded_postgres
+from devenv.stack import Infra
+from devenv.topics import ensure_topics
 
 _names = itertools.count()
 
@@ -55,11 +62,11 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     state = base / "state"
     monkeypatch.setenv("PANDAES_STATE_DIR", str(state))
     for var in ("PANDAES_KAFKA", "PANDAES_DB", "PANDAES_CONFIG", "PANDAES_PARTITIONS",
-                infra.FORCE_EMBEDDED_DB_ENV):
+                FORCE_EMBEDDED_DB_ENV):
         monkeypatch.delenv(var, raising=False)
     yield state
     if (state / "postgres").exists():
-        infra.stop_embedded_postgres(state)
+        stop_embedded_postgres(state)
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -70,22 +77,22 @@ def lines() -> list[str]:
 
 
 @pytest.fixture
-def system(env: Path, lines: list[str]) -> Iterator[infra.Infra]:
+def system(env: Path, lines: list[str]) -> Iterator[Infra]:
     """An Infra with an embedded broker and whatever database server this machine offers."""
     cfg = config.load().replace(db={"database": _database_name()})
-    started = infra.Infra(cfg, log=lines.append).start()
+    started = Infra(cfg, log=lines.append).start()
     url = started.db_url
     try:
         yield started
     finally:
         started.stop()
-        if started.postgres is None and url.startswith(infra.pg_url(infra.LOCAL_PG_PORT, "")):
+        if started.postgres is None and url.startswith(pg_url(LOCAL_PG_PORT, "")):
             _drop_database(url)
 
 
 @pytest.fixture
-def tansu(tmp_path: Path) -> Iterator[infra.Tansu]:
-    broker = infra.start_tansu(tmp_path)
+def tansu(tmp_path: Path) -> Iterator[Tansu]:
+    broker = start_tansu(tmp_path)
     try:
         yield broker
     finally:
@@ -112,13 +119,13 @@ def _read_all(bootstrap: str, topic: str, partitions: int, isolation: str = "rea
 
 
 # ------------------------------------------------------------------------------- the whole thing
-def test_embedded_broker_topics_and_database(system: infra.Infra, lines: list[str]):
+def test_embedded_broker_topics_and_database(system: Infra, lines: list[str]):
     cfg = system.config()
     n = cfg.kafka.partitions
     assert system.tansu is not None and system.tansu.alive()
     assert cfg.kafka.bootstrap == system.tansu.bootstrap
     assert cfg.kafka.bootstrap.startswith("127.0.0.1:")
-    assert int(cfg.kafka.bootstrap.rsplit(":", 1)[1]) not in infra.FORBIDDEN_PORTS
+    assert int(cfg.kafka.bootstrap.rsplit(":", 1)[1]) not in FORBIDDEN_PORTS
     assert (cfg.state_dir / "kafka" / "tansu.log").is_file()
     topics = [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
     assert _partitions(cfg.kafka.bootstrap, topics) == {t: n for t in topics}
@@ -136,50 +143,50 @@ def test_embedded_broker_topics_and_database(system: infra.Infra, lines: list[st
     assert any(line.startswith("kafka: embedded Tansu broker at") for line in lines)
 
 
-def test_endpoints_file_lets_another_shell_find_the_system(system: infra.Infra, monkeypatch):
+def test_endpoints_file_lets_another_shell_find_the_system(system: Infra, monkeypatch):
     fresh = config.load()  # what `pandaes status` in another shell would load
     assert fresh.state_dir == system.cfg.state_dir
-    assert infra.read_endpoints(fresh) == {"kafka": system.kafka_bootstrap, "db": system.db_url,
+    assert read_endpoints(fresh) == {"kafka": system.kafka_bootstrap, "db": system.db_url,
                                            "pid": os.getpid()}
-    found = infra.config_for_running_system(fresh)
+    found = config_for_running_system(fresh)
     assert (found.kafka.bootstrap, found.db.url) == (system.kafka_bootstrap, system.db_url)
 
     monkeypatch.setenv("PANDAES_KAFKA", "elsewhere:9092")  # an explicit setting wins
-    found = infra.config_for_running_system(config.load())
+    found = config_for_running_system(config.load())
     assert (found.kafka.bootstrap, found.db.url) == ("elsewhere:9092", system.db_url)
 
     tansu = system.tansu
     system.stop()
-    assert not (fresh.state_dir / infra.ENDPOINTS_FILE).exists()
+    assert not (fresh.state_dir / ENDPOINTS_FILE).exists()
     assert tansu is not None and not tansu.alive()
-    assert infra.read_endpoints(fresh) is None
+    assert read_endpoints(fresh) is None
 
 
 def test_endpoints_of_a_dead_process_are_ignored(env: Path):
     cfg = config.load()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    infra.write_endpoints(cfg, "127.0.0.1:1", "postgresql://nowhere/x")
-    path = cfg.state_dir / infra.ENDPOINTS_FILE
+    write_endpoints(cfg, "127.0.0.1:1", "postgresql://nowhere/x")
+    path = cfg.state_dir / ENDPOINTS_FILE
     path.write_text(path.read_text().replace(str(os.getpid()), str(dead.pid)))
-    assert infra.read_endpoints(cfg) is None
-    assert infra.config_for_running_system(cfg).kafka.bootstrap == ""
+    assert read_endpoints(cfg) is None
+    assert config_for_running_system(cfg).kafka.bootstrap == ""
     path.write_text("{not json")
-    assert infra.read_endpoints(cfg) is None
+    assert read_endpoints(cfg) is None
 
 
-def test_given_kafka_and_db_are_used_untouched(env: Path, tansu: infra.Tansu, monkeypatch):
+def test_given_kafka_and_db_are_used_untouched(env: Path, tansu: Tansu, monkeypatch):
     database = _database_name()
-    url, _why = infra.local_postgres(database)
+    url, _why = local_postgres(database)
     server = None
     if url is None:
-        server = infra.start_embedded_postgres(env.parent / "given", database)
+        server = start_embedded_postgres(env.parent / "given", database)
         url = server.url(database)
     given_db = url + "?application_name=infra-test"
     try:
         monkeypatch.setenv("PANDAES_KAFKA", tansu.bootstrap)
         monkeypatch.setenv("PANDAES_DB", given_db)
-        with infra.Infra(config.load(), log=_quiet) as system:
+        with Infra(config.load(), log=_quiet) as system:
             assert system.tansu is None and system.postgres is None
             cfg = system.config()
             assert (cfg.kafka.bootstrap, cfg.db.url) == (tansu.bootstrap, given_db)
@@ -194,13 +201,13 @@ def test_given_kafka_and_db_are_used_untouched(env: Path, tansu: infra.Tansu, mo
 
 
 def test_unreachable_given_kafka_is_a_clear_error(env: Path, monkeypatch):
-    port = infra.free_port()
+    port = free_port()
     monkeypatch.setenv("PANDAES_KAFKA", f"127.0.0.1:{port}")
     start = time.monotonic()
-    with pytest.raises(infra.InfraError, match=rf"Kafka at 127.0.0.1:{port} did not answer"):
-        infra.Infra(config.load(), log=_quiet, kafka_timeout=1).start()
+    with pytest.raises(InfraError, match=rf"Kafka at 127.0.0.1:{port} did not answer"):
+        Infra(config.load(), log=_quiet, kafka_timeout=1).start()
     assert time.monotonic() - start < 10
-    assert not (env / infra.ENDPOINTS_FILE).exists()
+    assert not (env / ENDPOINTS_FILE).exists()
 
 
 # ------------------------------------------------------------------------------------------ topics
@@ -210,13 +217,13 @@ def _topic_cfg(partitions: int = 4) -> config.Config:
                                         "events_topic": f"{tag}.evt", "rejected_topic": f"{tag}.rej"})
 
 
-def test_ensure_topics_is_idempotent_and_race_safe(env: Path, tansu: infra.Tansu):
+def test_ensure_topics_is_idempotent_and_race_safe(env: Path, tansu: Tansu):
     cfg = _topic_cfg()
     errors: list[BaseException] = []
 
     def create() -> None:
         try:
-            infra.ensure_topics(tansu.bootstrap, cfg)
+            ensure_topics(tansu.bootstrap, cfg)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
@@ -226,27 +233,27 @@ def test_ensure_topics_is_idempotent_and_race_safe(env: Path, tansu: infra.Tansu
     for t in threads:
         t.join()
     assert errors == []
-    infra.ensure_topics(tansu.bootstrap, cfg)
+    ensure_topics(tansu.bootstrap, cfg)
     names = [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
     assert _partitions(tansu.bootstrap, names) == {name: 4 for name in names}
 
 
-def test_partition_count_mismatch_is_an_error(env: Path, tansu: infra.Tansu):
+def test_partition_count_mismatch_is_an_error(env: Path, tansu: Tansu):
     cfg = _topic_cfg(partitions=4)
-    infra.ensure_topics(tansu.bootstrap, cfg)
-    with pytest.raises(infra.InfraError, match=r"has 4 partitions but \[kafka\] partitions = 6"):
-        infra.ensure_topics(tansu.bootstrap, cfg.replace(kafka={"partitions": 6}))
+    ensure_topics(tansu.bootstrap, cfg)
+    with pytest.raises(InfraError, match=r"has 4 partitions but \[kafka\] partitions = 6"):
+        ensure_topics(tansu.bootstrap, cfg.replace(kafka={"partitions": 6}))
 
     odd = _topic_cfg(partitions=4)  # only the events topic exists, with another count
     admin = KafkaAdminClient(bootstrap_servers=tansu.bootstrap)
     admin.create_topics({odd.kafka.events_topic: {"num_partitions": 3, "replication_factor": 1}})
     admin.close()
-    with pytest.raises(infra.InfraError, match=rf"'{odd.kafka.events_topic}' has 3 partitions"):
-        infra.ensure_topics(tansu.bootstrap, odd)
+    with pytest.raises(InfraError, match=rf"'{odd.kafka.events_topic}' has 3 partitions"):
+        ensure_topics(tansu.bootstrap, odd)
 
 
 # ------------------------------------------------------------------------------------------ broker
-def test_broker_kill_and_restart_on_the_same_port(system: infra.Infra):
+def test_broker_kill_and_restart_on_the_same_port(system: Infra):
     cfg = system.config()
     producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap)
     producer.send(cfg.kafka.events_topic, b"before", partition=0).get(10)
@@ -271,18 +278,18 @@ def test_broker_that_cannot_bind_fails_fast_with_its_log(tmp_path: Path):
         taken.bind(("127.0.0.1", 0))  # bound, not listening: only the broker's own bind fails
         port = taken.getsockname()[1]
         start = time.monotonic()
-        with pytest.raises(infra.InfraError, match="Address in use"):
-            infra.start_tansu(tmp_path, port=port, timeout=15)
+        with pytest.raises(InfraError, match="Address in use"):
+            start_tansu(tmp_path, port=port, timeout=15)
         assert time.monotonic() - start < 10
         taken.listen()
-        with pytest.raises(infra.InfraError, match="something listens there"):
-            infra.start_tansu(tmp_path, port=port)
+        with pytest.raises(InfraError, match="something listens there"):
+            start_tansu(tmp_path, port=port)
 
 
-def test_kafka_python_features_on_the_embedded_broker(tansu: infra.Tansu):
+def test_kafka_python_features_on_the_embedded_broker(tansu: Tansu):
     """What the ledger and projections rely on: idempotence, transactions, read_committed, groups."""
     cfg = _topic_cfg(partitions=2)
-    infra.ensure_topics(tansu.bootstrap, cfg)
+    ensure_topics(tansu.bootstrap, cfg)
     topic = cfg.kafka.events_topic
 
     idem = KafkaProducer(bootstrap_servers=tansu.bootstrap, enable_idempotence=True, acks="all")
@@ -320,7 +327,7 @@ def test_kafka_python_features_on_the_embedded_broker(tansu: infra.Tansu):
 # ---------------------------------------------------------------------------------------- postgres
 def test_embedded_postgres_even_when_5432_answers(env: Path, monkeypatch):
     cfg = config.load().replace(db={"database": "pandaes_embedded"})
-    first = infra.Infra(cfg, log=_quiet, prefer_local=False).start()
+    first = Infra(cfg, log=_quiet, prefer_local=False).start()
     try:
         assert first.postgres is not None and first.postgres.origin == "started"
         port = first.postgres.port
@@ -333,36 +340,37 @@ def test_embedded_postgres_even_when_5432_answers(env: Path, monkeypatch):
         assert pid is not None
     finally:
         first.stop()
-    assert not infra.pid_alive(pid), "the embedded server must stop with its owner"
+    assert not pid_alive(pid), "the embedded server must stop with its owner"
 
     # again, chosen through the environment: the data folder is reused, not initialised anew
-    monkeypatch.setenv(infra.FORCE_EMBEDDED_DB_ENV, "1")
-    with infra.Infra(cfg, log=_quiet) as again:
+    monkeypatch.setenv(FORCE_EMBEDDED_DB_ENV, "1")
+    with Infra(cfg, log=_quiet) as again:
         assert again.postgres is not None
         with psycopg.connect(again.db_url) as conn:
             assert conn.execute("select count(*) from kept").fetchone() == (0,)
 
-    keep = infra.Infra(cfg, log=_quiet, keep_running=True).start()
+    keep = Infra(cfg, log=_quiet, keep_running=True).start()
     url = keep.db_url
     keep.stop()
     try:
         with psycopg.connect(url) as conn:  # still running ...
             assert conn.execute("select 1").fetchone() == (1,)
-        server = infra.start_embedded_postgres(env, "pandaes_embedded")
+        server = start_embedded_postgres(env, "pandaes_embedded")
         assert server.url("pandaes_embedded") == url
         assert server.origin == "shared"  # ... its owner (this process) is alive, so not ours to stop
     finally:
-        assert infra.stop_embedded_postgres(env)
-    assert not infra.stop_embedded_postgres(env)
+        assert stop_embedded_postgres(env)
+    assert not stop_embedded_postgres(env)
 
 
 OWNER = """
 import sys, time
 from pathlib import Path
-from core import infra
+from devenv.broker import start_tansu
+from devenv.postgres import start_embedded_postgres
 state = Path(sys.argv[1])
-broker = infra.start_tansu(state)
-server = infra.start_embedded_postgres(state, "pandaes_embedded")
+broker = start_tansu(state)
+server = start_embedded_postgres(state, "pandaes_embedded")
 print(broker.pid, server.pid(), server.port, flush=True)
 time.sleep(120)
 """
@@ -372,26 +380,26 @@ def test_servers_of_an_owner_killed_with_sigkill(env: Path):
     """Its broker dies with it (memory only, nothing to keep); its PostgreSQL is adopted by the next owner."""
     env.mkdir(parents=True, exist_ok=True)
     owner = subprocess.Popen([sys.executable, "-c", OWNER, str(env)], stdout=subprocess.PIPE, text=True,
-                             cwd=Path(infra.__file__).parents[1],
-                             env={**os.environ, "PYTHONPATH": str(Path(infra.__file__).parents[1])})
+                             cwd=Path(stack_module.__file__).parents[1],
+                             env={**os.environ, "PYTHONPATH": str(Path(stack_module.__file__).parents[1])})
     try:
         broker_pid, pg_pid, pg_port = map(int, owner.stdout.readline().split())
     finally:
         owner.kill()
         owner.wait()
     deadline = time.monotonic() + 5
-    while infra.pid_alive(broker_pid) and time.monotonic() < deadline:
+    while pid_alive(broker_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not infra.pid_alive(broker_pid)
-    assert infra.pid_alive(pg_pid)
+    assert not pid_alive(broker_pid)
+    assert pid_alive(pg_pid)
 
     cfg = config.load().replace(db={"database": "pandaes_embedded"})
-    with infra.Infra(cfg, log=_quiet, prefer_local=False) as system:
+    with Infra(cfg, log=_quiet, prefer_local=False) as system:
         assert system.postgres is not None and system.postgres.origin == "adopted"
         assert system.postgres.port == pg_port
-    assert not infra.pid_alive(pg_pid)
+    assert not pid_alive(pg_pid)
 
 
 def test_log_lines_do_not_show_passwords():
-    assert infra.redact("postgresql://app:s3cret@db:5432/pandaes") == "postgresql://app:***@db:5432/pandaes"
-    assert infra.redact("postgresql://postgres@127.0.0.1:5432/x") == "postgresql://postgres@127.0.0.1:5432/x"
+    assert redact("postgresql://app:s3cret@db:5432/pandaes") == "postgresql://app:***@db:5432/pandaes"
+    assert redact("postgresql://postgres@127.0.0.1:5432/x") == "postgresql://postgres@127.0.0.1:5432/x"

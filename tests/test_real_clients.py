@@ -38,14 +38,15 @@ from conftest import Background
 from gateway_support import TRF, System, start_system
 from helpers import wait_until
 
-from core import db, infra
+from core import db
 from core.bus import CommandSender
+from devenv.topics import ensure_topics
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Submit, Transition
 
 try:  # the adder turns the pilot's final report (holding) into finished / cancelled
-    from services.adder import Adder, SqlAdderView
-    from services.base import ServiceLoop
+    from services.loop import ServiceLoop
+    from services.reactors.adder import Adder, SqlAdderView
 except ImportError:  # pragma: no cover - a tree without the flow services: the tests stop at holding
     Adder = None
 
@@ -75,7 +76,7 @@ def system(base_cfg, template_db):
         db={"url": admin.rsplit("/", 1)[0] + f"/{dbname}"},
         gateway={"default_queues": ["LOCAL", QUEUE, KILL_QUEUE]},
     )
-    infra.ensure_topics(cfg.kafka.bootstrap, cfg)
+    ensure_topics(cfg.kafka.bootstrap, cfg)
     bg = Background()
     try:
         sys_ = start_system(cfg, bg)

@@ -21,9 +21,10 @@ from cli.restore import RestoreError, check_at_start, divergence, restore
 from cli.stateat import state_at
 from cli.tail import tail
 from cli.verify import verify
-from core import db, infra
+from core import db
 from core.bus import CommandSender
 from core.ledger import Ledger
+from devenv.stack import Infra
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Kill, PilotUpdate, Submit, Transition
@@ -200,7 +201,7 @@ def test_verify_rebuild_state_at_tail_and_jedi_consumer(cfg, background, monkeyp
 
 def test_broker_loss_then_start_restores_everything(cfg, background, tmp_path, monkeypatch):
     """Own embedded broker: run, kill it, start again empty, start-up check restores, carry on."""
-    system = infra.Infra(cfg.replace(kafka={"bootstrap": ""}, state={"dir": str(tmp_path)}),
+    system = Infra(cfg.replace(kafka={"bootstrap": ""}, state={"dir": str(tmp_path)}),
                          log=lambda *_: None).start()
     try:
         c = system.config()

@@ -15,10 +15,11 @@ from core.ledger import Ledger
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import JobSubmitted, JobTransitioned, Submit, Transition
-from services import activator, brokerage, setupper
-from services.base import Action, ServiceLoop
-from services.brokerage import Needs
-from services.setupper import Setupper
+from services.loop import Action, ServiceLoop
+from services.reactors import activator, setupper
+from services.reactors.setupper import Setupper
+from services.sitedata import brokerage
+from services.sitedata.brokerage import Needs
 
 
 def submitted(pid: int, **attrs) -> JobSubmitted:
@@ -174,7 +175,7 @@ def setup_system(cfg, tmp_path, background, *, setuppers: int = 1, delay: float 
     cfg = cfg.replace(sites={"file": str(qfile), "cache_ttl": 0.5},
                       plugins={"local_root": str(tmp_path / "storage"), "local_transfer_delay": delay},
                       activator={"period": 0.2})
-    from services import configurator
+    from services.sitedata import configurator
     configurator.configure(cfg)
     ledger = Ledger(cfg, instance="s")
     background.start(ledger.run, "ledger")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core import db
-from services import configurator, sites
-from services.sites import QueueConfigError
+from services.sitedata import configurator, sites
+from services.sitedata.sites import QueueConfigError
 
 
 def test_shipped_file_has_an_online_local_queue_with_the_local_plugin():

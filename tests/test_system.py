@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from helpers import wait_until
 
-from core import infra
+from devenv.common import free_port
+from devenv.endpoints import ENDPOINTS_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def _job(name: str, inputs: list[str]) -> dict:
 
 def test_make_run_runs_jobs_through_both_data_paths(tmp_path: Path):
     state = tmp_path / "state"
-    port = infra.free_port()
+    port = free_port()
     database = f"pandaes_sys_{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PANDAES_STATE_DIR": str(state), "PANDAES_HTTP_PORT": str(port),
            "PANDAES_DB_DATABASE": database, "PANDAES_PLUGINS_LOCAL_TRANSFER_DELAY": "0.5"}
@@ -60,7 +61,7 @@ def test_make_run_runs_jobs_through_both_data_paths(tmp_path: Path):
     db_url = None
     try:
         wait_until(lambda: _alive(url), 90, 0.5, "the gateway of `pandaes run`")
-        db_url = json.loads((state / infra.ENDPOINTS_FILE).read_text())["db"]
+        db_url = json.loads((state / ENDPOINTS_FILE).read_text())["db"]
         jobs = tmp_path / "jobs.json"
         jobs.write_text(json.dumps([_job("local", []), _job("moved", ["in.remote"])]))
         out = _cli(env, "submit", str(jobs))

@@ -6,7 +6,7 @@ import pytest
 
 from core import config
 from schemas.messages import Kill, Transition
-from services.watcher import JobRow, Timeouts, Watcher, rule_for
+from services.clock.watcher import JobRow, Timeouts, Watcher, rule_for
 
 NOW = 1_000_000.0
 T = Timeouts(heartbeat=2, heartbeat_analysis=0, sent=1, holding=5, holding_analysis=2, defined=2,

@@ -19,7 +19,7 @@ import threading
 from aiohttp import web
 
 from core.config import Config
-from services.dispatcher import Dispatcher
+from services.gateway.dispatcher import Dispatcher
 
 from . import cache, legacy, openapi, v1
 from .backend import Backend

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from schemas.messages import Rejected
-from services.dispatcher import DispatchRequest
+from services.gateway.dispatcher import DispatchRequest
 
 from . import identity, queues
 from .backend import Unavailable, VerdictTimeout

@@ -1,6 +1,6 @@
 """Queue configuration for pilots: ``/cache/schedconfig/<queue>.all.json`` and what getJob needs of it.
 
-The real configuration belongs to ``services.sites`` (written separately: a sites/queues table).
+The real configuration belongs to ``services.sitedata.sites`` (written separately: a sites/queues table).
 Until that module and its table exist, queues named in ``[gateway] default_queues`` (``LOCAL`` by
 default) are served with a built-in online queue that carries every key pilot3 reads (PANDA-CLIENTS
 §3.3): ``state: ACTIVE``, the ``mv`` copytool for stage-in/out and logs. Lookups are cached for a few
@@ -39,9 +39,9 @@ def default_queuedata(name: str) -> dict[str, Any]:
 
 def _sites_function(name: str):
     try:
-        module = importlib.import_module("services.sites")
+        module = importlib.import_module("services.sitedata.sites")
     except ModuleNotFoundError as exc:
-        if exc.name in ("services.sites",):
+        if exc.name in ("services.sitedata.sites",):
             return None
         raise
     return getattr(module, name, None)
@@ -53,7 +53,7 @@ def _lookup_sync(cfg, fn, name: str) -> Any:
 
 
 async def _from_sites(app: web.Application, function: str, *args: str) -> Any:
-    """Call ``services.sites.<function>(conn, *args)``; None if the module, function or table is missing."""
+    """Call ``services.sitedata.sites.<function>(conn, *args)``; None if the module, function or table is missing."""
     fn = _sites_function(function)
     if fn is None:
         return None
@@ -63,7 +63,7 @@ async def _from_sites(app: web.Application, function: str, *args: str) -> Any:
                 return await fn(conn, *args)
         return await asyncio.to_thread(_lookup_sync, app["cfg"], fn, args[0] if args else None)
     except Exception as exc:  # e.g. the sites table is not migrated yet: fall back, do not fail the pilot
-        log.debug("services.sites.%s unavailable: %s", function, exc)
+        log.debug("services.sitedata.sites.%s unavailable: %s", function, exc)
         return None
 
 

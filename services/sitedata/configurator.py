@@ -13,9 +13,7 @@ start when the table is empty.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import getpass
 import json
 import logging
 import os
@@ -29,13 +27,13 @@ from psycopg.types.json import Jsonb
 
 from core import db
 from core.config import Config
-from services import sites
+from services.sitedata import sites
 
 log = logging.getLogger(__name__)
 _LOCK = 0x7369746573  # "sites": one configurator writes at a time
 
 
-def _who(default: str) -> str:
+def who_is(default: str) -> str:
     return f"{default}@{socket.gethostname()}:{os.getpid()}"
 
 
@@ -89,7 +87,7 @@ def configure(cfg: Config, path: str | Path | None = None, who: str | None = Non
     """Load the queue file (``path`` or ``[sites] file``) into the table; returns the changes."""
     wanted = sites.load_file(path or sites.file_of(cfg))
     with db.connect(cfg) as conn:
-        changes = apply(conn, wanted, who or _who("configurator"))
+        changes = apply(conn, wanted, who or who_is("configurator"))
     for c in changes:
         log.info("queue %s v%d: %s", c["name"], c["version"], json.dumps(c["change"], default=str))
     return changes
@@ -100,7 +98,7 @@ def ensure(cfg: Config, who: str) -> list[dict]:
     with db.connect(cfg) as conn:
         if conn.execute("SELECT EXISTS (SELECT 1 FROM sites)").fetchone()[0]:
             return []
-    return configure(cfg, who=_who(who))
+    return configure(cfg, who=who_is(who))
 
 
 def run_once(cfg: Config) -> int:
@@ -117,34 +115,3 @@ def run_component(cfg: Config, stop: threading.Event) -> None:
             log.error("configurator: %s (the table keeps its previous content)", exc)
         if stop.wait(cfg.sites.period):
             return
-
-
-# -------------------------------------------------------------------------------------------- CLI
-def _cmd_configure(args: argparse.Namespace) -> int:
-    from cli.main import cfg_for_clients
-
-    cfg = cfg_for_clients()
-    if args.history is not None:
-        with db.connect(cfg) as conn:
-            for row in sites.history(conn, args.history or None):
-                print(f"{row['changed_at']:%Y-%m-%d %H:%M:%S} {row['name']} v{row['version']} "
-                      f"by {row['changed_by']}: {json.dumps(row['change'], default=str)}")
-        return 0
-    path = args.file or sites.file_of(cfg)
-    if args.check:
-        for name, q in sites.load_file(path).items():
-            print(f"{name}: {q.status} endpoints={','.join(q.endpoints)} plugin={q.plugin or '(default)'}")
-        return 0
-    changes = configure(cfg, path, who=_who(f"user:{getpass.getuser()}"))
-    for c in changes:
-        print(f"{c['name']} v{c['version']}: {json.dumps(c['change'], default=str)}")
-    print(f"{len(changes)} queue(s) changed" if changes else "no changes")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("configure", help="load the queue file into the sites table (records versions)")
-    p.add_argument("--file", help="queue file (TOML); default [sites] file or core/queues.toml")
-    p.add_argument("--check", action="store_true", help="only parse and print the file")
-    p.add_argument("--history", nargs="?", const="", metavar="QUEUE", help="print the change history")
-    p.set_defaults(fn=_cmd_configure)

@@ -28,7 +28,7 @@ import psycopg
 from core.config import Config
 from core.states import FINAL_STATES
 from schemas.messages import Event, JobTransitioned
-from services.base import Action
+from services.loop import Action
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class SqlCloserView:
         return self._load(r[0] for r in rows)
 
     def apply(self, p: Plan) -> None:
-        from services import datasets
+        from services.reactors import datasets
 
         groups: dict[str, list[BlockFile]] = {}
         for f in p.fail:
@@ -204,7 +204,7 @@ def run_once(cfg: Config, ctx: Any) -> int:
 
 def run_component(cfg: Config, stop: threading.Event) -> None:
     """`pandaes run closer`: the event path, plus a sweep every ``[closer] tick`` seconds."""
-    from services.base import ServiceLoop
+    from services.loop import ServiceLoop
 
     view = SqlCloserView(cfg)
     loop = ServiceLoop(cfg, Closer(), view, tick_every=float(cfg.closer.tick))

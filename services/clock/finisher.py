@@ -103,7 +103,7 @@ def tick(now: float, view: FinisherView, hi: float, lo: float) -> list[Command]:
 # ------------------------------------------------------------------------------------------------ I/O
 class SqlFinisherView:
     def __init__(self, cfg: Config, conn, batch: int = 200):
-        from services.adder import SqlAdderView
+        from services.reactors.adder import SqlAdderView
 
         self.cfg = cfg
         self.conn = conn

@@ -3,7 +3,7 @@
 PanDA's Setupper (``dataservice/setupper.py`` + VO plugin) runs after storeJobs / reassignJobs. Here it
 reacts to ``submitted`` events into ``defined`` and to ``reset`` events back to ``defined``:
 
-1. **brokerage** (services/brokerage.py) when the job has no queue, or names a cloud instead of one;
+1. **brokerage** (services/sitedata/brokerage.py) when the job has no queue, or names a cloud instead of one;
 2. **data plan**, decided purely from the event and read-only plugin queries: inputs not at the
    queue's endpoint go into a dispatch block ``panda.dis.<set>.<queue>`` (one per job set), outputs and
    logs go into their destination block and a sub block ``<destination>_subNNNNNN`` (NNNNNN = the job
@@ -35,10 +35,10 @@ from core.config import Config
 from plugins import DataPlugin, InputFile, OutputBlock, PluginError, for_queue, spec_for
 from schemas.jobspec import FileSpec
 from schemas.messages import Command, Event, JobSubmitted, Transition
-from services import brokerage, configurator
-from services.base import Action, Output, ServiceLoop
-from services.datasets import Block, BlockFile, DatasetStore
-from services.sites import Queue, SitesCache
+from services.loop import Action, Output, ServiceLoop
+from services.reactors.datasets import Block, BlockFile, DatasetStore
+from services.sitedata import brokerage, configurator
+from services.sitedata.sites import Queue, SitesCache
 
 log = logging.getLogger(__name__)
 

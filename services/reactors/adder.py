@@ -18,7 +18,7 @@ event again later, re-read from the archive projection (``job_events``).
   ``destinationSE`` that is not where the job wrote) or ``finish``.
 
 File patches (status, GUID, fsize, checksum) ride on the Transition so the files projection has them.
-Registration is a ``services.base.Action``: run by the loop (skipped in replay), its ``then`` command is
+Registration is a ``services.loop.Action``: run by the loop (skipped in replay), its ``then`` command is
 sent only after the plugin succeeded; a temporary ``PluginError`` defers, a final one fails the job.
 """
 
@@ -40,10 +40,10 @@ import psycopg
 
 from core.config import Config
 from plugins.base import DataPlugin, OutputFile, PluginError
+from projections.jobview import JobReader
 from schemas.jobspec import FileSpec
 from schemas.messages import Command, Event, JobTransitioned, Transition, decode_event
-from services.base import Action
-from services.jobview import JobReader
+from services.loop import Action
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class SqlAdderView(JobReader):
         return plugin, endpoint or f"{site or 'LOCAL'}_DATADISK"
 
     def registered(self, pandaid: int, files: Sequence[OutputFile]) -> None:
-        from services import datasets
+        from services.reactors import datasets
 
         blocks: dict[str, list[str]] = {}
         for f in files:
@@ -312,7 +312,7 @@ class SqlAdderView(JobReader):
 
 def run_component(cfg: Config, stop: threading.Event) -> None:
     """`pandaes run adder`: the event path plus a tick for deferred reports."""
-    from services.base import ServiceLoop
+    from services.loop import ServiceLoop
 
     view = SqlAdderView(cfg)
     loop = ServiceLoop(cfg, Adder(cfg.adder.merge_tag), view, tick_every=float(cfg.adder.tick))

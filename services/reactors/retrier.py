@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import msgspec
 
 from core.config import Config
+from projections.jobview import JobReader
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Command, Event, JobTransitioned, Kill, Submit
-from services.jobview import JobReader
 
 ACTOR = "service:retrier"
 RETRIED_CODE = 7
@@ -205,7 +205,7 @@ class SqlRetrierView(JobReader):
 
 def run_component(cfg: Config, stop: threading.Event) -> None:
     """`pandaes run retrier`."""
-    from services.base import ServiceLoop
+    from services.loop import ServiceLoop
 
     view = SqlRetrierView(cfg, wait=cfg.adder.projection_wait)
     loop = ServiceLoop(cfg, Retrier(RetryRules.from_config(cfg)), view)

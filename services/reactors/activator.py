@@ -31,8 +31,8 @@ from core.config import Config
 from plugins import DataPlugin, for_queue, load
 from schemas.jobspec import FileSpec
 from schemas.messages import Event, JobTransitioned, Transition
-from services.base import Action, Output, ServiceLoop
-from services.datasets import DatasetStore
+from services.loop import Action, Output, ServiceLoop
+from services.reactors.datasets import DatasetStore
 
 log = logging.getLogger(__name__)
 

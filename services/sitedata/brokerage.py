@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from services.sites import TEST_LABELS, Queue
+from services.sitedata.sites import TEST_LABELS, Queue
 
 EC_NO_QUEUE = 100      # brokerageErrorCode when no queue fits (pandaes' own code; PanDA leaves it to JEDI)
 _DIAG_MAX = 250        # brokerageErrorDiag column width (schemas.jobspec.LIMIT_LENGTH)

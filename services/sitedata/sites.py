@@ -1,6 +1,6 @@
 """PanDA queues (schedconfig): the ``Queue`` model, the queue file format, and reads of the ``sites`` table.
 
-The table is written only by ``services.configurator`` from a TOML file (``core/queues.toml`` by
+The table is written only by ``services.sitedata.configurator`` from a TOML file (``core/queues.toml`` by
 default); everyone else reads it through here: brokerage and setupper (``SitesCache``), the gateway
 (``queuedata`` for pilots). Every row carries the version that produced it, so a brokerage reason
 that names ``QUEUE v3`` can be explained later from ``site_versions``.
@@ -21,7 +21,7 @@ import psycopg
 from core import db
 from core.config import Config
 
-DEFAULT_FILE = Path(__file__).resolve().parent.parent / "core" / "queues.toml"
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "core" / "queues.toml"
 STATUSES = ("online", "offline", "test", "brokeroff")
 TEST_LABELS = frozenset({"test", "ptest", "prod_test", "rc_test"})
 _INT_KEYS = ("maxrss", "maxwdir", "maxtime", "corecount", "weight")

@@ -2,7 +2,7 @@
 
 Scripts (``SCRIPTS``; ``[daemon] scripts`` picks which run): the watcher's timeouts, the finisher and
 the closer sweep (PanDA's datasetManager), the configurator (the sites engineer's
-``services.configurator:run_once``, skipped if it cannot be imported) and the upload-cache cleanup.
+``services.sitedata.configurator:run_once``, skipped if it cannot be imported) and the upload-cache cleanup.
 A script is ``fn(cfg, ctx)`` (or ``fn(cfg)``) where ``ctx`` carries the worker's shared resources.
 
 Guarantees, and how:
@@ -53,11 +53,11 @@ class Script:
 def scripts_from_config(cfg: Config) -> dict[str, Script]:
     d = cfg.daemon
     known = {
-        "watcher": Script("services.watcher:run_once", float(cfg.watcher.period)),
-        "finisher": Script("services.finisher:run_once", float(cfg.finisher.period)),
-        "closer": Script("services.closer:run_once", float(d.closer_period)),
+        "watcher": Script("services.clock.watcher:run_once", float(cfg.watcher.period)),
+        "finisher": Script("services.clock.finisher:run_once", float(cfg.finisher.period)),
+        "closer": Script("services.reactors.closer:run_once", float(d.closer_period)),
         "configurator": Script(d.configurator, float(d.configurator_period), optional=True),
-        "cache_cleanup": Script("services.daemon:cleanup_cache", float(d.cache_cleanup_period), sync=False),
+        "cache_cleanup": Script("services.clock.daemon:cleanup_cache", float(d.cache_cleanup_period), sync=False),
     }
     unknown = [n for n in d.scripts if n not in known]
     if unknown:

@@ -1,0 +1,1 @@
+"""Site data: the queue configuration (sites table and its versions), brokerage over it, the configurator."""
