@@ -18,6 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from core import settings
+
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 
 SHORTCUTS = {
@@ -33,50 +37,49 @@ class ConfigError(ValueError):
     """A setting that does not exist or does not have the right type."""
 
 
-class Section:
-    """Read-only attribute view of one TOML section."""
-
-    def __init__(self, name: str, values: Mapping[str, Any]):
-        self._name = name
-        self._values = dict(values)
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self._values[key]
-        except KeyError:
-            raise AttributeError(f"no setting [{self._name}] {key}") from None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._values.get(key, default)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self._values)
-
-    def __repr__(self) -> str:
-        return f"Section({self._name}, {self._values})"
-
-
 class Config:
-    """All sections; ``cfg.kafka.bootstrap``, ``cfg.watcher.heartbeat_timeout`` …"""
+    """All sections, typed (``core/settings.py``): ``cfg.kafka.bootstrap``, ``cfg.watcher.heartbeat_timeout`` …"""
+
+    state: settings.StateSettings
+    kafka: settings.KafkaSettings
+    db: settings.DbSettings
+    http: settings.HttpSettings
+    gateway: settings.GatewaySettings
+    dispatcher: settings.DispatcherSettings
+    watcher: settings.WatcherSettings
+    adder: settings.AdderSettings
+    closer: settings.CloserSettings
+    finisher: settings.FinisherSettings
+    retry: settings.RetrySettings
+    daemon: settings.DaemonSettings
+    plugins: settings.PluginsSettings
+    sites: settings.SitesSettings
+    setupper: settings.SetupperSettings
+    activator: settings.ActivatorSettings
 
     def __init__(self, data: Mapping[str, Mapping[str, Any]]):
-        self._sections = {name: Section(name, values) for name, values in data.items()}
-
-    def __getattr__(self, name: str) -> Section:
-        try:
-            return self._sections[name]
-        except KeyError:
-            raise AttributeError(f"no config section [{name}]") from None
+        missing = set(settings.SECTIONS) - set(data)
+        if missing:
+            raise ConfigError(f"missing section(s): {', '.join(sorted(missing))}")
+        for name, values in data.items():
+            kind = settings.SECTIONS.get(name)
+            if kind is None:
+                raise ConfigError(f"unknown section [{name}]")
+            try:
+                section = msgspec.convert(dict(values), kind, strict=False)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(f"[{name}]: {exc}") from None
+            object.__setattr__(self, name, section)
 
     def replace(self, **changes: Mapping[str, Any]) -> Config:
         """A copy with some keys changed, e.g. ``cfg.replace(kafka={"bootstrap": "h:9092"})``."""
-        data = {name: s.as_dict() for name, s in self._sections.items()}
+        data = self.as_dict()
         for name, values in changes.items():
             _merge(data, {name: dict(values)}, origin="replace()")
         return Config(data)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: s.as_dict() for name, s in self._sections.items()}
+        return {name: getattr(self, name).as_dict() for name in settings.SECTIONS}
 
     @property
     def state_dir(self) -> Path:
@@ -85,7 +88,12 @@ class Config:
         return path.resolve()
 
 
-def _convert(raw: str, default: Any, name: str) -> Any:
+def _convert(raw: str, default: Any, name: str, section: str = "", key: str = "") -> Any:
+    """``raw`` (an environment value) as the type of the setting it overrides."""
+    kind = settings.SECTIONS.get(section)
+    field = next((f for f in msgspec.structs.fields(kind) if f.name == key), None) if kind else None
+    if field is not None and field.type is float:
+        default = float(default)
     try:
         if isinstance(default, bool):
             low = raw.strip().lower()
@@ -129,7 +137,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         _merge(data, tomllib.loads(path.read_text()), origin=str(path))
     for var, (section, key) in SHORTCUTS.items():
         if var in env:
-            data[section][key] = _convert(env[var], data[section][key], var)
+            data[section][key] = _convert(env[var], data[section][key], var, section, key)
     for var, raw in env.items():
         if not var.startswith("PANDAES_") or var in SHORTCUTS or var == "PANDAES_CONFIG":
             continue
@@ -140,5 +148,5 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         key = rest[len(section) + 1:]
         if key not in data[section]:
             raise ConfigError(f"{var}: unknown setting [{section}] {key}")
-        data[section][key] = _convert(raw, data[section][key], var)
+        data[section][key] = _convert(raw, data[section][key], var, section, key)
     return Config(data)

@@ -8,6 +8,31 @@ into a ``transitions`` Machine; nothing else encodes the lifecycle.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    """A job's state (PanDA's ``jobStatus``). A StrEnum: equal to its string, so rows, events and SQL
+    parameters need no conversion; code outside this module names states through it, never by bare string."""
+
+    PENDING = "pending"
+    DEFINED = "defined"
+    ASSIGNED = "assigned"
+    WAITING = "waiting"
+    ACTIVATED = "activated"
+    THROTTLED = "throttled"
+    SENT = "sent"
+    STARTING = "starting"
+    RUNNING = "running"
+    HOLDING = "holding"
+    TRANSFERRING = "transferring"
+    MERGING = "merging"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    CLOSED = "closed"
+
+
 NEW = "new"
 
 # PanDA's tables of residence: jobsDefined4 / jobsActive4 / jobsArchived4.
