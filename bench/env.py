@@ -15,9 +15,10 @@ from typing import Any
 
 import psycopg
 
-from core import config, db
+from core import config
 from core.config import Config
 from devenv import stack, topics
+from services import migrations
 
 # Production client settings: shorter poll intervals (as the tests use) get busy services kicked out of
 # their group when the machine is loaded.
@@ -48,7 +49,7 @@ class BenchEnv:
         self.base = self.infra.config()
         with psycopg.connect(_admin_url(self.base.db.url), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.template}"')
-        db.migrate(self.base.db.url.rsplit("/", 1)[0] + f"/{self.template}")
+        migrations.migrate(self.base.db.url.rsplit("/", 1)[0] + f"/{self.template}")
         self.databases.append(self.template)
         return self
 

@@ -18,12 +18,13 @@ import threading
 import time
 import uuid
 
-from core import bus, config, db
+from core import bus, config
 from core.ledger import Ledger
 from core.machine import apply, decide
 from devenv import stack, topics
 from schemas.jobspec import JobSpec
 from schemas.messages import PilotUpdate, Rejected, Submit, Transition
+from services import migrations
 
 
 def workload(n_jobs: int, seed: int = 7) -> list:
@@ -67,7 +68,7 @@ def main() -> None:
     try:
         cfg = system.config()
         topics.ensure_topics(cfg.kafka.bootstrap, cfg)
-        db.migrate(cfg)
+        migrations.migrate(cfg)
         cmds = workload(args.jobs)
         print(f"decide()+apply() alone: {time_decide(cmds):,.0f} commands/s")
         sender = bus.CommandSender(cfg)

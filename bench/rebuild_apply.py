@@ -22,6 +22,7 @@ from core import bus, config, db
 from projections.base import Record, save_position
 from projections.runner import ALL
 from schemas.messages import decode_event, encode
+from services import migrations
 
 
 def log(n: int, partitions: int = 8) -> dict[int, list[bytes]]:
@@ -77,7 +78,7 @@ def main() -> int:
     ap.add_argument("--projection", action="append", help="default: jobs, files, archive and all three together")
     args = ap.parse_args()
     cfg = config.load()
-    db.migrate(cfg)
+    migrations.migrate(cfg)
     parts = log(args.events)
     runs = [r.split(",") for r in (args.projection or ["jobs", "files", "archive", "jobs,files,archive"])]
     for names in runs:

@@ -22,6 +22,7 @@ from core.machine import apply, decide
 from devenv import stack, topics
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Command, Event, Kill, PilotUpdate, Rejected, Submit, Transition, encode, key_of
+from services import migrations
 
 
 def _commands(pid: int) -> list[Command]:
@@ -110,7 +111,7 @@ def main() -> int:
                                              "commands_topic": f"{tag}.job-commands",
                                              "rejected_topic": f"{tag}.job-commands.rejected"})
         topics.ensure_topics(cfg.kafka.bootstrap, cfg)
-        db.migrate(cfg)
+        migrations.migrate(cfg)
         t0 = time.monotonic()
         n = write_log(cfg, args.events)
         print(f"wrote {n} events in {time.monotonic() - t0:.1f}s to {cfg.kafka.events_topic} "

@@ -25,6 +25,7 @@ from core.bus import CommandSender, OutcomeWaiter
 from devenv import endpoints, stack
 from schemas.jobspec import JobSpec, SpecError, job_from_dict, jobs_from_client_json
 from schemas.messages import Command, Kill, Rejected, Submit, decode_command
+from services import migrations
 
 # Modules that add subcommands: each has ``register(subparsers)``; its commands set ``fn``.
 EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "cli.bench"]
@@ -50,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sup = None
     try:
         cfg = system.config()
-        for version in db.migrate(cfg):
+        for version in migrations.migrate(cfg):
             print(f"migration {version} applied")
         # a broker that lost its log under non-empty projections: restore it (embedded) or stop, never diverge
         check_at_start(cfg, embedded=system.tansu is not None, log=print)

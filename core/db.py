@@ -1,15 +1,19 @@
 """The one database access layer: connections, pools and versioned SQL migrations.
 
-Migrations are plain SQL files ``projections/migrations/NNN_name.sql`` applied in numeric order,
-each in its own transaction, recorded in ``schema_migrations``. A PostgreSQL advisory lock makes
-concurrent starters (several components launched at once) apply them exactly once.
+Migrations are plain SQL files ``NNN_name.sql`` kept beside the code that owns their tables (the
+projections' folder, each service's own ``migrations/``). ``migrate(cfg, folders=...)`` applies the
+files of all the given folders in one numeric order (a version number is unique across folders, as
+databases record applied versions by number), each in its own transaction, recorded in
+``schema_migrations``. A PostgreSQL advisory lock makes concurrent starters (several components
+launched at once) apply them exactly once. Which folders make up the system is not core's to know:
+the list lives above core (``services.migrations.MIGRATIONS``).
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +23,6 @@ from psycopg_pool import ConnectionPool
 
 from core.config import Config
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "projections" / "migrations"
 _MIGRATION_LOCK = 0x70616E6461  # "panda"
 _NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
@@ -94,21 +97,26 @@ class Reconnecting:
         self.reset()
 
 
-def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:
+def migration_files(folders: Iterable[Path]) -> list[tuple[int, Path]]:
+    """(version, file) of every migration in ``folders``, in version order; a version used twice is an error."""
     found: dict[int, Path] = {}
-    for path in sorted(directory.glob("*.sql")):
-        m = _NAME.match(path.name)
-        if not m:
-            raise ValueError(f"migration file name {path.name!r} is not NNN_name.sql")
-        version = int(m.group(1))
-        if version in found:
-            raise ValueError(f"two migrations with version {version}: {found[version].name}, {path.name}")
-        found[version] = path
+    for directory in folders:
+        if not directory.is_dir():
+            raise FileNotFoundError(f"migrations folder {directory} does not exist")
+        for path in sorted(directory.glob("*.sql")):
+            m = _NAME.match(path.name)
+            if not m:
+                raise ValueError(f"migration file name {path.name!r} is not NNN_name.sql")
+            version = int(m.group(1))
+            if version in found:
+                raise ValueError(f"two migrations with version {version}: {found[version]}, {path}")
+            found[version] = path
     return sorted(found.items())
 
 
-def migrate(cfg_or_url: Config | str, log=lambda msg: None) -> list[int]:
-    """Apply every migration not yet applied; returns the versions applied now."""
+def migrate(cfg_or_url: Config | str, *, folders: Iterable[Path], log=lambda msg: None) -> list[int]:
+    """Apply every migration of ``folders`` not yet applied; returns the versions applied now."""
+    files = migration_files(folders)     # checked before anything is applied
     applied_now: list[int] = []
     with connect(cfg_or_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
@@ -118,7 +126,7 @@ def migrate(cfg_or_url: Config | str, log=lambda msg: None) -> list[int]:
                 " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, path in migration_files():
+            for version, path in files:
                 if version in done:
                     continue
                 with conn.transaction():

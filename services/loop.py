@@ -18,15 +18,22 @@ consumed offsets (at least once). A command that is sent twice after a crash is 
 judges it against the job's state and rejects what no longer applies. With ``replay=True`` (used by
 rebuild tooling) decisions are computed but no command is sent and plugins must not act.
 
-Side effects (plugin calls that touch storage, writes to a service's own tables) are never done
-inside ``decide``/``tick``: they return an ``Action`` among their commands. The loop runs each action
-(unless replaying) and then sends the action's ``then`` commands, or ``on_error(exc)`` if it raised;
-with no ``on_error`` the exception propagates, nothing of the batch is committed, and the events
-are decided again after the restart (so actions must be idempotent). Plain command lists still work.
+Side effects (plugin calls that touch storage, writes to a service's own tables, allocating an id)
+are never done inside ``decide``/``tick``: they return an ``Action`` among their commands. The loop
+runs each action (unless replaying) and then sends the action's ``then`` commands, or ``on_error(exc)``
+if it raised; with no ``on_error`` the exception propagates, nothing of the batch is committed, and
+the events are decided again after the restart (so actions must be idempotent). When a command needs
+what a side effect produced (the retrier's new PandaID), ``then`` is a callable given the last step's
+result. Plain command lists still work.
 
-Clock rules of several copies of a service split the work like the events do: before each ``tick``
-the loop sets ``view.partitions`` (if the view has that attribute) to the partitions of the events
-topic this copy owns; a tick should only touch jobs whose ``jobs.partition`` is in it.
+Clock rules (``tick``) get ``now`` from whoever runs them, never from a clock of their own. A reactor's
+loop ticks every ``tick_every`` seconds; the clock-driven services (watcher, finisher, the closer's
+sweep) are run by the daemon's scripts through ``ServiceLoop(..., consume=False).tick(now)``, so their
+outputs take the same Action path. Several copies of a service split the work like the events do:
+before each ``tick`` a consuming loop sets ``view.partitions`` (if the view has that attribute) to the
+partitions of the events topic this copy owns; a tick should only touch jobs whose ``jobs.partition``
+is in it. A loop that does not consume leaves ``view.partitions`` alone (the daemon's cluster-wide
+lock makes one copy act).
 """
 
 from __future__ import annotations
@@ -49,31 +56,48 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Action:
-    """A side effect a decision asks for: ``steps`` run in order, then ``then`` is sent.
+    """A side effect a decision asks for: ``steps`` run in order, then the ``then`` commands are sent.
 
     ``steps`` are zero-argument callables (usually ``functools.partial(plugin.method, ...)``), built
-    but not called by ``decide``, so tests can inspect them and replay can skip them.
+    but not called by ``decide``, so tests can inspect them and replay can skip them. ``then`` is either
+    the commands themselves or a callable that builds them from the last step's result (``None`` if
+    there are no steps): that is how a command can carry what the side effect produced. An exception
+    in a step or in that callable goes to ``on_error``.
     """
 
     label: str
     steps: tuple[Callable[[], Any], ...] = ()
-    then: tuple[Command, ...] = ()
+    then: tuple[Command, ...] | Callable[[Any], Sequence[Command]] = ()
     on_error: Callable[[Exception], Sequence[Command]] | None = field(default=None, compare=False)
 
     def execute(self) -> list[Command]:
         """Run the steps; the commands to send afterwards."""
         try:
+            result = None
             for step in self.steps:
-                step()
+                result = step()
+            return list(self.then(result)) if callable(self.then) else list(self.then)
         except Exception as exc:
             if self.on_error is None:
                 raise
             log.warning("action %s failed: %s", self.label, exc)
             return list(self.on_error(exc))
-        return list(self.then)
 
 
 Output = Command | Action
+
+
+def perform(outputs: Sequence[Output], *, replay: bool = False) -> list[Command]:
+    """The commands a decision's outputs come to: each Action run in order, its commands in its place.
+
+    In replay nothing is run and nothing is to be sent: the decisions are computed, their effects skipped.
+    """
+    if replay:
+        return []
+    commands: list[Command] = []
+    for item in outputs:
+        commands += item.execute() if isinstance(item, Action) else [item]
+    return commands
 
 
 class Service(Protocol):
@@ -85,19 +109,25 @@ class Service(Protocol):
 
 
 class ServiceLoop:
-    """Runs one service over the event log; also runs its ``tick`` every ``tick_every`` seconds."""
+    """Runs one service over the event log; also runs its ``tick`` every ``tick_every`` seconds.
+
+    With ``consume=False`` there is no consumer: the owner calls ``tick(now)`` itself (the daemon's
+    scripts). A ``sender`` passed in is the caller's and is not closed by ``close``; without one the
+    loop makes its own when it first sends or flushes.
+    """
 
     def __init__(self, cfg: Config, service: Service, view: Any, *, tick_every: float | None = None,
-                 replay: bool = False, sender: bus.CommandSender | None = None):
+                 replay: bool = False, sender: bus.CommandSender | None = None, consume: bool = True):
         self.cfg = cfg
         self.service = service
         self.view = view
         self.replay = replay
         self.tick_every = tick_every
         self._next_tick = 0.0
-        self.sender = sender or bus.CommandSender(cfg)
+        self._own_sender = sender is None
+        self._sender = sender
         self.consumer = bus.consumer(cfg, cfg.kafka.events_topic,
-                                     group_id=f"{cfg.kafka.group_prefix}-{service.name}")
+                                     group_id=f"{cfg.kafka.group_prefix}-{service.name}") if consume else None
         self.stats = {"events": 0, "commands": 0, "ticks": 0, "actions": 0}
         # Poll size: as many events as this loop can decide within a quarter of max_poll_interval_ms if
         # every one of them were a wanted event at the slowest recent cost per wanted event (actions write to
@@ -108,26 +138,46 @@ class ServiceLoop:
         self._cost = 0.0                                  # seconds per wanted event, decaying maximum
         self._max_records = min(self._max_poll, 100)
 
-    def _emit(self, outputs: Sequence[Output]) -> None:
+    @property
+    def sender(self) -> bus.CommandSender:
+        """The command producer (made on first use when the loop was not given one)."""
+        if self._sender is None:
+            self._sender = bus.CommandSender(self.cfg)
+        return self._sender
+
+    def _emit(self, outputs: Sequence[Output]) -> list[Command]:
+        """Run the actions among ``outputs`` and send the commands; the commands sent."""
         if self.replay or not outputs:
-            return
-        commands: list[Command] = []
-        for item in outputs:
-            if isinstance(item, Action):
-                commands += item.execute()
-                self.stats["actions"] += 1
-            else:
-                commands.append(item)
+            return []
+        self.stats["actions"] += sum(isinstance(item, Action) for item in outputs)
+        commands = perform(outputs)
         if commands:
             self.sender.send_many(commands)
             self.stats["commands"] += len(commands)
+        return commands
 
     def owned_partitions(self) -> set[int]:
         """The partitions of the events topic this copy consumes now."""
+        if self.consumer is None:
+            return set()
         topic = self.cfg.kafka.events_topic
         return {tp.partition for tp in self.consumer.assignment() if tp.topic == topic}
 
+    def tick(self, now: float) -> list[Command]:
+        """Run the service's clock rules once at ``now`` and send (and flush) what they ask; the commands sent."""
+        tick: Callable[[float, Any], Sequence[Output]] | None = getattr(self.service, "tick", None)
+        if tick is None:
+            return []
+        if self.consumer is not None and hasattr(self.view, "partitions"):
+            self.view.partitions = self.owned_partitions()
+        sent = self._emit(tick(now, self.view))
+        if sent:
+            self.sender.flush()
+        self.stats["ticks"] += 1
+        return sent
+
     def step(self, timeout_ms: int = 200) -> int:
+        assert self.consumer is not None, "a loop made with consume=False is ticked, not stepped"
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
         t0 = time.monotonic()
         n = wanted = 0
@@ -139,15 +189,11 @@ class ServiceLoop:
                     wanted += 1
                     self._emit(self.service.decide(event, self.view))
         if self.tick_every is not None and time.monotonic() >= self._next_tick:
-            tick: Callable[[float, Any], Sequence[Output]] | None = getattr(self.service, "tick", None)
-            if tick is not None:
-                if hasattr(self.view, "partitions"):
-                    self.view.partitions = self.owned_partitions()
-                self._emit(tick(time.time(), self.view))
-                self.stats["ticks"] += 1
+            self.tick(time.time())
             self._next_tick = time.monotonic() + self.tick_every
         if polled:
-            self.sender.flush()
+            if self._sender is not None:
+                self._sender.flush()      # every command of the batch is out before its offsets are committed
             self.consumer.commit({tp: OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
                                   for tp, msgs in polled.items()})
             self._cost = max((time.monotonic() - t0) / max(wanted, 1), 0.9 * self._cost)
@@ -161,6 +207,8 @@ class ServiceLoop:
 
     def close(self) -> None:
         try:
-            self.consumer.close()
+            if self.consumer is not None:
+                self.consumer.close()
         finally:
-            self.sender.close()
+            if self._own_sender and self._sender is not None:
+                self._sender.close()

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
-from core import config, db
+from core import config
 from devenv.stack import Infra
 from devenv.topics import ensure_topics
+from services import migrations
 
 # Group joins on the embedded broker take about half the session timeout, so keep that short. The poll
 # interval does not slow joins; keep it long, or a component starved of CPU on a loaded machine is
@@ -59,7 +60,7 @@ def template_db(base_cfg) -> Iterator[str]:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
-    db.migrate(admin.rsplit("/", 1)[0] + f"/{name}")
+    migrations.migrate(admin.rsplit("/", 1)[0] + f"/{name}")
     yield name
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

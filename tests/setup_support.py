@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from plugins import DataPlugin, InputFile
+from services.reactors.activator import SentActivations
 from services.sitedata.sites import Queue
 
 
@@ -76,6 +77,7 @@ class FakeView:
         self._assigned = assigned or []
         self.datasets = FakeStore()
         self.partitions = None
+        self.sent = SentActivations()
 
     def queues(self):
         return self._queues
@@ -98,6 +100,12 @@ class FakeView:
 
     def plugins(self):
         return [self._plugin]
+
+    def in_flight(self, since):
+        return self.sent.since(since)
+
+    def mark_sent(self, pandaids, at=None):
+        self.sent.mark(pandaids, at)
 
 
 def queue(name: str, **kw) -> Queue:

@@ -169,8 +169,9 @@ def test_next_job_resets_runtime_links_and_adds_memory():
 
 def test_retrier_sends_submit_and_kill7_once_per_claim():
     class View:
-        claims: dict = {}
-        existing: set = set()
+        def __init__(self):
+            self.claims: dict = {}
+            self.existing: set = set()
 
         def job(self, pid, at_least):
             return {"seq": 4, "status": "failed", "spec": {"attemptNr": 1, "maxAttempt": 2}}
@@ -187,10 +188,13 @@ def test_retrier_sends_submit_and_kill7_once_per_claim():
     ev = JobTransitioned(PandaID=PID, seq=5, from_state="running", to_state="failed", command_id="c",
                          action="fail", attrs={"jobDispatcherErrorCode": 100})
     view, r = View(), Retrier(RULES)
-    sub, kill = r.decide(ev, view)
+    [action] = r.decide(ev, view)
+    assert isinstance(action, Action) and view.claims == {}         # deciding allocates nothing (replay-safe)
+    sub, kill = action.execute()
     assert isinstance(sub, Submit) and sub.PandaID == 5000 and sub.job.attemptNr == 2 and sub.job.parentID == PID
     assert isinstance(kill, Kill) and kill.PandaID == PID and kill.code == 7
     view.existing.add(5000)
-    assert [type(c) for c in r.decide(ev, view)] == [Kill]           # redelivered: same PandaID, no new Submit
+    [again] = r.decide(ev, view)
+    assert [type(c) for c in again.execute()] == [Kill]             # redelivered: same PandaID, no new Submit
     assert r.decide(JobTransitioned(PandaID=PID, seq=5, from_state="running", to_state="failed", command_id="c",
                                     action="fail", attrs={"attemptNr": 2}), view) == []

@@ -7,6 +7,7 @@ import pytest
 from core import config
 from schemas.messages import Kill, Transition
 from services.clock.watcher import JobRow, Timeouts, Watcher, rule_for
+from services.loop import perform
 
 NOW = 1_000_000.0
 T = Timeouts(heartbeat=2, heartbeat_analysis=0, sent=1, holding=5, holding_analysis=2, defined=2,
@@ -89,16 +90,23 @@ def test_young_or_unwatched_jobs_are_left_alone(status, kw):
 def test_tick_does_not_repeat_itself_until_the_job_changes():
     class View:
         rows = [job("running", mod=3)]
+        memory: dict = {}
 
         def candidates(self, now, shortest):
             assert shortest == 1
             return self.rows
 
+        def acted(self):
+            return dict(self.memory)
+
+        def remember(self, acted):
+            self.memory = acted
+
     w, view = Watcher(T), View()
-    assert len(w.tick(NOW, view)) == 1
-    assert w.tick(NOW, view) == []                       # projection has not moved yet
+    assert len(perform(w.tick(NOW, view))) == 1
+    assert perform(w.tick(NOW, view)) == []              # projection has not moved yet
     view.rows = [JobRow(**{**view.rows[0].__dict__, "seq": 6})]
-    assert len(w.tick(NOW, view)) == 1                   # new state, judged again
+    assert len(perform(w.tick(NOW, view))) == 1          # new state, judged again
 
 
 def test_timeouts_come_from_config_with_env_override():

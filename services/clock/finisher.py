@@ -15,21 +15,34 @@ whatever its state (``core.states.FINAL_STATES`` = PanDA's jobsArchived4) and ``
 whole history, so archiving needs no data move. What the Finisher does archive is service-side work
 left behind by a job that became final some other way (the watcher, a kill): its ``adder_pending``
 row, so no adder retries a report for a job that is over.
+
+How it runs: the daemon's ``finisher`` script ticks a ``Finisher`` on a ``ServiceLoop`` that does not
+consume, with ``now`` read there. The tick decides nothing by itself: advancing transfers (``pump``)
+and forgetting reports are Actions, and the judgement of the transferring jobs is the ``then`` of the
+pump action, so it sees what this pass's pump moved (as PanDA's FinisherThr). ``judge`` is the pure
+part: ``now`` and the view's answers in, commands out.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import psycopg
+
 from core.config import Config
-from core.states import FINAL_STATES
 from plugins.base import DataPlugin, OutputFile
+from projections import service_queries
 from schemas.jobspec import FileSpec
 from schemas.messages import Command, Transition
+from services.loop import Action, Output, ServiceLoop
+from services.reactors import pending_reports
+from services.reactors.adder import placement
+from services.sitedata import sites
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +98,11 @@ def decide(job: TransferringJob, files: Sequence[OutputFile], arrived: set[str],
 class FinisherView(Protocol):
     def transferring(self) -> list[TransferringJob]: ...
     def placement(self, spec: dict[str, Any]) -> tuple[DataPlugin, str]: ...
+    def plugins(self) -> Iterable[DataPlugin]: ...
+    def archive(self) -> int: ...
 
 
-def tick(now: float, view: FinisherView, hi: float, lo: float) -> list[Command]:
+def judge(now: float, view: FinisherView, hi: float, lo: float) -> list[Command]:
     """One pass over transferring jobs; plugin calls here are queries (``outputs_arrived``) only."""
     out: list[Command] = []
     for job in view.transferring():
@@ -100,66 +115,71 @@ def tick(now: float, view: FinisherView, hi: float, lo: float) -> list[Command]:
     return out
 
 
+class Finisher:
+    """The clock-driven service: no events of interest, only ``tick`` (see the module docstring)."""
+
+    name = "finisher"
+
+    def __init__(self, transfer_timeout_hi: float, transfer_timeout_lo: float):
+        self.hi = transfer_timeout_hi
+        self.lo = transfer_timeout_lo
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Finisher:
+        return cls(float(cfg.finisher.transfer_timeout_hi), float(cfg.finisher.transfer_timeout_lo))
+
+    def wants(self, event: Any) -> bool:
+        return False
+
+    def decide(self, event: Any, view: Any) -> Sequence[Command]:
+        return []
+
+    def tick(self, now: float, view: FinisherView) -> list[Output]:
+        return [Action(label="advance transfers, then judge transferring jobs",
+                       steps=tuple(functools.partial(p.pump) for p in view.plugins()),
+                       then=lambda _moved: judge(now, view, self.hi, self.lo)),
+                Action(label="forget pending reports of jobs that are over", steps=(view.archive,))]
+
+
 # ------------------------------------------------------------------------------------------------ I/O
 class SqlFinisherView:
-    def __init__(self, cfg: Config, conn, batch: int = 200):
-        from services.reactors.adder import SqlAdderView
-
+    def __init__(self, cfg: Config, conn: psycopg.Connection, batch: int = 200):
         self.cfg = cfg
         self.conn = conn
         self.batch = batch
-        self._placement = SqlAdderView(cfg)
-        self._placement._conn = conn
 
     def transferring(self) -> list[TransferringJob]:
-        rows = self.conn.execute(
-            "SELECT j.pandaid, j.seq, extract(epoch FROM j.state_change_time), j.current_priority,"
-            "       j.prod_source_label, j.spec,"
-            "       (SELECT coalesce(jsonb_agg(f.spec), '[]') FROM files f"
-            "         WHERE f.pandaid = j.pandaid AND f.type IN ('output', 'log'))"
-            "  FROM jobs j WHERE j.status = 'transferring'"
-            "   AND NOT EXISTS (SELECT 1 FROM job_events e WHERE e.pandaid = j.pandaid AND e.seq ="
-            "       (SELECT max(seq) FROM job_events x WHERE x.pandaid = j.pandaid AND x.to_state = 'transferring'"
-            "          AND x.from_state <> 'transferring') AND e.action = 'pilot_transferring')"
-            " ORDER BY j.current_priority, j.pandaid LIMIT %s", (self.batch,)).fetchall()
-        return [TransferringJob(pandaid=r[0], seq=r[1], state_change_time=float(r[2]), priority=r[3] or 0,
-                                label=r[4], spec=r[5], files=tuple(r[6])) for r in rows]
+        return [TransferringJob(**row) for row in service_queries.adder_transferring(self.conn, self.batch)]
 
     def placement(self, spec: dict[str, Any]) -> tuple[DataPlugin, str]:
-        return self._placement.placement(spec)
+        return placement(self.cfg, self.conn, spec)
 
-    def pump(self) -> int:
-        """Advance due transfers of every plugin in use (the local plugin copies in ``pump``)."""
+    def plugins(self) -> list[DataPlugin]:
+        """Every plugin in use: the default one and those of the configured queues."""
         import plugins
 
-        moved = 0
         specs = {self.cfg.plugins.default}
         try:
-            specs |= {r[0] for r in self.conn.execute("SELECT DISTINCT plugin FROM sites WHERE plugin IS NOT NULL")}
-        except Exception:   # no sites table (yet): the default plugin only
-            self.conn.rollback()
-        for spec in specs:
-            moved += plugins.load(spec, self.cfg).pump()
-        return moved
+            specs |= {q.plugin for q in sites.queues(self.conn).values() if q.plugin}
+        except psycopg.Error:   # no sites table (yet): the default plugin only
+            if not self.conn.autocommit:
+                self.conn.rollback()
+        return [plugins.load(spec, self.cfg) for spec in sorted(specs)]
 
     def archive(self) -> int:
         """Forget adder work of jobs that are over (see the module docstring)."""
-        cur = self.conn.execute("DELETE FROM adder_pending p USING jobs j WHERE j.pandaid = p.pandaid"
-                                " AND j.status = ANY(%s)", (list(FINAL_STATES),))
-        return cur.rowcount
+        pending = pending_reports.pandaids(self.conn)
+        over = service_queries.final_jobs(self.conn, pending)
+        dropped = pending_reports.forget(self.conn, over)
+        if dropped:
+            log.info("finisher: dropped %d pending report(s) of jobs already over", dropped)
+        return dropped
 
 
 def run_once(cfg: Config, ctx: Any) -> int:
     """The daemon's ``finisher`` script (datasetManager FinisherThr): returns the number of commands sent."""
-    f = cfg.finisher
-    view = SqlFinisherView(cfg, ctx.conn, f.batch)
-    view.pump()
-    cmds = tick(time.time(), view, float(f.transfer_timeout_hi), float(f.transfer_timeout_lo))
+    view = SqlFinisherView(cfg, ctx.conn, cfg.finisher.batch)
+    cmds = ServiceLoop(cfg, Finisher.from_config(cfg), view, sender=ctx.sender, consume=False).tick(time.time())
     if cmds:
-        ctx.sender.send_many(cmds)
-        ctx.sender.flush()
         log.info("finisher: %s", ", ".join(f"{c.PandaID} {c.action}" for c in cmds[:20]))
-    archived = view.archive()
-    if archived:
-        log.info("finisher: dropped %d pending report(s) of jobs already over", archived)
     return len(cmds)

@@ -3,9 +3,12 @@
 Why one pure function: every rule is "a job has been in state S for longer than T (by some clock
 of the job) → fail it with a jobDispatcherErrorCode, or kill it with a PanDA kill code". ``rules``
 evaluates that on plain ``JobRow`` data so each rule is tested in milliseconds; ``SqlWatcherView``
-only preselects candidates from the jobs projection. The daemon runs ``run_once`` every
-``[watcher] period`` seconds under a cluster-wide lock (copyArchive is a ``sync`` daemon), so two
-daemons never both act; were they to, the ledger rejects the second fail/kill of a job anyway.
+only preselects candidates from the jobs projection, with the SQL that lives with the projections
+(``projections.service_queries.WATCH_CANDIDATES``: read it beside ``rule_for`` and ``WATCHED`` below,
+it selects by the same states and clocks). The daemon runs ``run_once`` every ``[watcher] period``
+seconds under a cluster-wide lock (copyArchive is a ``sync`` daemon), on a ``ServiceLoop`` that does not
+consume (the clock is read there, not here), so two daemons never both act; were they to, the ledger
+rejects the second fail/kill of a job anyway.
 
 Clocks (all from the jobs projection, i.e. from event times, never the projector's clock):
 * ``modification_time``: last event (a pilot heartbeat updates it) — heartbeat, sent, holding rules;
@@ -24,22 +27,26 @@ Transferring jobs the *adder* put there wait for their outputs and are the Finis
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 
 from core.config import Config
+from projections import service_queries
 from schemas.messages import Command, Kill, Transition
+from services.loop import Action, Output, ServiceLoop
 
 log = logging.getLogger(__name__)
 
 ACTOR = "service:watcher"
 ANALYSIS_LABELS = ("user", "panda")
 PRODUCTION_JEDI_LABELS = ("managed", "test")
+# the states some rule of ``rule_for`` watches: the preselection (service_queries.WATCH_CANDIDATES) reads only these
 WATCHED = ("pending", "defined", "assigned", "waiting", "activated", "throttled", "sent", "starting",
            "running", "holding", "transferring")
 
@@ -185,19 +192,25 @@ def rules(now: float, jobs: Iterable[JobRow], t: Timeouts) -> list[Command]:
 class WatcherView(Protocol):
     def candidates(self, now: float, shortest: float) -> Iterable[JobRow]: ...
 
+    def acted(self) -> Mapping[int, int]:
+        """PandaID → the seq the previous tick acted on."""
+
+    def remember(self, acted: dict[int, int]) -> None:
+        """Replace that memory (an action: skipped in replay)."""
+
 
 class Watcher:
     """The timeout service: no events of interest, only ``tick``.
 
-    It remembers the (PandaID, seq) it last acted on, so while the projection has not yet seen the
-    ledger's answer the same command is not sent again on the next tick.
+    What the previous tick acted on, (PandaID, seq), is kept by the view, so while the projection has
+    not yet seen the ledger's answer the same command is not sent again on the next tick. The tick
+    itself keeps nothing: it reads the memory and asks to replace it, in the Action that sends.
     """
 
     name = "watcher"
 
     def __init__(self, timeouts: Timeouts):
         self.timeouts = timeouts
-        self._acted: dict[int, int] = {}
 
     def wants(self, event: Any) -> bool:
         return False
@@ -205,64 +218,53 @@ class Watcher:
     def decide(self, event: Any, view: Any) -> Sequence[Command]:
         return []
 
-    def tick(self, now: float, view: WatcherView) -> list[Command]:
-        jobs = [j for j in view.candidates(now, self.timeouts.shortest()) if self._acted.get(j.pandaid) != j.seq]
+    def tick(self, now: float, view: WatcherView) -> list[Output]:
+        acted = view.acted()
+        jobs = [j for j in view.candidates(now, self.timeouts.shortest()) if acted.get(j.pandaid) != j.seq]
         out = rules(now, jobs, self.timeouts)
+        if not out and not acted:
+            return []
         seqs = {j.pandaid: j.seq for j in jobs}
-        self._acted = {cmd.PandaID: seqs[cmd.PandaID] for cmd in out}
-        return out
+        memory = {cmd.PandaID: seqs[cmd.PandaID] for cmd in out}
+        return [Action(label=f"watcher: {len(out)} timeout command(s)", then=tuple(out),
+                       steps=(functools.partial(view.remember, memory),))]
 
 
 # ------------------------------------------------------------------------------------------------ I/O
-_CANDIDATES = """
-SELECT j.pandaid, j.status, j.seq, j.prod_source_label, j.current_priority, j.jedi_task_id,
-       j.command_to_pilot, extract(epoch FROM j.creation_time), extract(epoch FROM j.modification_time),
-       extract(epoch FROM j.state_change_time),
-       (SELECT e.action || '|' || coalesce(e.body->>'pilot_state', '') FROM job_events e
-         WHERE e.pandaid = j.pandaid AND e.to_state = j.status AND e.from_state <> e.to_state
-         ORDER BY e.seq DESC LIMIT 1)
-  FROM jobs j
- WHERE j.status = ANY(%(states)s)
-   AND (j.modification_time < %(cut)s OR j.state_change_time < %(cut)s OR j.creation_time < %(cut)s)
- ORDER BY j.pandaid
- LIMIT %(limit)s
-"""
-
-
 class SqlWatcherView:
-    """Candidates from the jobs projection: watched states, untouched for at least the shortest timeout."""
+    """Candidates from the jobs projection: watched states, untouched for at least the shortest timeout.
 
-    def __init__(self, conn: psycopg.Connection, limit: int = 10000):
+    ``memory`` holds what the previous tick acted on; pass the same dict to the next pass's view."""
+
+    def __init__(self, conn: psycopg.Connection, limit: int = 10000, memory: dict[int, int] | None = None):
         self.conn = conn
         self.limit = limit
+        self._memory = memory if memory is not None else {}
 
     def candidates(self, now: float, shortest: float) -> list[JobRow]:
-        cut = dt.datetime.fromtimestamp(now - shortest, dt.UTC)
-        rows = self.conn.execute(_CANDIDATES, {"states": list(WATCHED), "cut": cut, "limit": self.limit}).fetchall()
+        rows = service_queries.watch_candidates(self.conn, WATCHED, now - shortest, self.limit)
         self.conn.commit()
-        out = []
-        for pid, status, seq, label, prio, task, ctp, ctime, mtime, sctime, entered in rows:
-            by, _, pstate = (entered or "|").partition("|")
-            out.append(JobRow(pandaid=pid, status=status, seq=seq, label=label, priority=prio or 0,
-                              jedi_task_id=task, command_to_pilot=ctp, creation_time=float(ctime),
-                              modification_time=float(mtime), state_change_time=float(sctime),
-                              entered_by=by or None, entered_pilot_state=pstate or None))
-        return out
+        return [JobRow(**row) for row in rows]
+
+    def acted(self) -> Mapping[int, int]:
+        return dict(self._memory)
+
+    def remember(self, acted: dict[int, int]) -> None:
+        self._memory.clear()
+        self._memory.update(acted)
 
 
-_watchers: dict[Timeouts, Watcher] = {}
+_memory: dict[Timeouts, dict[int, int]] = {}
 
 
 def run_once(cfg: Config, ctx: Any) -> int:
     """One watcher pass (the daemon's ``watcher`` script): returns the number of commands sent.
 
-    The Watcher object is kept per process so its memory of what it already asked survives passes."""
+    The memory of what was already asked is kept per process (per set of timeouts), so it survives passes."""
     timeouts = Timeouts.from_config(cfg)
-    watcher = _watchers.setdefault(timeouts, Watcher(timeouts))
-    cmds = watcher.tick(time.time(), SqlWatcherView(ctx.conn, cfg.watcher.batch))
+    view = SqlWatcherView(ctx.conn, cfg.watcher.batch, _memory.setdefault(timeouts, {}))
+    cmds = ServiceLoop(cfg, Watcher(timeouts), view, sender=ctx.sender, consume=False).tick(time.time())
     if cmds:
-        ctx.sender.send_many(cmds)
-        ctx.sender.flush()
         log.info("watcher: %d timeout command(s): %s", len(cmds),
                  ", ".join(f"{c.PandaID}:{getattr(c, 'reason', '')}" for c in cmds[:20]))
     return len(cmds)

@@ -12,7 +12,9 @@ sweeps assigned jobs periodically. Both paths are here:
 Readiness is a plugin *query*; marking the blocks ``completed`` in ``datasets`` and advancing due
 transfers (``plugin.pump``) are *actions*, skipped in replay. A job is activated with its inputs
 patched to ``ready``. Two copies split the jobs by partition, so none is activated twice; an
-activation sent but not yet visible in the projection is not re-sent for ``resend_after`` seconds.
+activation sent but not yet visible in the projection is not re-sent for ``resend_after`` seconds:
+the view remembers what was sent (recorded by the same action that sends it), the decisions only
+read that memory and get the time passed in.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import msgspec
 from core import db
 from core.config import Config
 from plugins import DataPlugin, for_queue, load
+from projections import service_queries
 from schemas.jobspec import FileSpec
 from schemas.messages import Event, JobTransitioned, Transition
 from services.loop import Action, Output, ServiceLoop
@@ -56,8 +59,31 @@ class ActivatorView(Protocol):
 
     def plugins(self) -> Iterable[DataPlugin]: ...
 
+    def in_flight(self, since: float) -> set[int]:
+        """PandaIDs whose activation was sent at ``since`` (epoch s) or later."""
+
+    def mark_sent(self, pandaids: Sequence[int], at: float | None = None) -> None:
+        """Remember activations as sent at ``at`` (now if None); an action's step, skipped in replay."""
+
     @property
     def datasets(self) -> DatasetStore: ...
+
+
+class SentActivations:
+    """The activator's memory of activations it sent: PandaID → when (epoch s), forgotten once old.
+
+    I/O side, not a decision: stamped when the action that sends runs (the tick's ``now``, else the clock)."""
+
+    def __init__(self) -> None:
+        self._at: dict[int, float] = {}
+
+    def mark(self, pandaids: Sequence[int], at: float | None = None) -> None:
+        when = time.time() if at is None else at
+        self._at.update(dict.fromkeys(pandaids, when))
+
+    def since(self, cutoff: float) -> set[int]:
+        self._at = {pid: t for pid, t in self._at.items() if t >= cutoff}
+        return set(self._at)
 
 
 def _activate(job: Assigned, why: str) -> Transition:
@@ -73,7 +99,6 @@ class Activator:
     def __init__(self, resend_after: float = 30.0, batch: int = 5000):
         self.resend_after = resend_after
         self.batch = batch
-        self._sent: dict[int, float] = {}      # PandaID → when its activation was sent
 
     def wants(self, event: Event) -> bool:
         return isinstance(event, JobTransitioned) and event.to_state == "assigned"
@@ -86,8 +111,7 @@ class Activator:
         job = Assigned(PandaID=event.PandaID, blocks=blocks)
         if not all(view.dispatch_ready(b) for b in blocks):
             return []                     # the clock path will see it when the transfer is done
-        self._sent[job.PandaID] = time.monotonic()
-        return self._activation([job], "input already complete", view)
+        return self._activation([job], "input already complete", view, None)
 
     def tick(self, now: float, view: ActivatorView) -> Sequence[Output]:
         out: list[Output] = [Action(label="advance transfers",
@@ -95,9 +119,8 @@ class Activator:
         partitions = getattr(view, "partitions", None)
         if partitions is not None and not partitions:
             return out                    # owns no partition (yet): another copy does the work
-        clock = time.monotonic()
-        self._sent = {pid: t for pid, t in self._sent.items() if clock - t < self.resend_after}
-        jobs = [j for j in view.assigned(partitions, self.batch) if j.PandaID not in self._sent]
+        in_flight = view.in_flight(now - self.resend_after)
+        jobs = [j for j in view.assigned(partitions, self.batch) if j.PandaID not in in_flight]
         ready_of: dict[str, bool] = {}
         ready_jobs = []
         for job in jobs:
@@ -106,22 +129,20 @@ class Activator:
                     ready_of[b] = view.dispatch_ready(b)
             if all(ready_of[b] for b in job.blocks):
                 ready_jobs.append(job)
-        for job in ready_jobs:
-            self._sent[job.PandaID] = clock
         if ready_jobs:
             log.info("activating %d job(s) whose inputs arrived", len(ready_jobs))
-        return out + self._activation(ready_jobs, "inputs arrived", view)
+        return out + self._activation(ready_jobs, "inputs arrived", view, now)
 
     @staticmethod
-    def _activation(jobs: list[Assigned], why: str, view: ActivatorView) -> list[Output]:
+    def _activation(jobs: list[Assigned], why: str, view: ActivatorView, now: float | None) -> list[Output]:
         if not jobs:
             return []
         cmds = tuple(_activate(j, why) for j in jobs)
         blocks = sorted({b for j in jobs for b in j.blocks})
-        if not blocks:
-            return list(cmds)
-        return [Action(label=f"complete {len(blocks)} dispatch block(s)", then=cmds,
-                       steps=(functools.partial(view.datasets.complete_dispatch, blocks),))]
+        steps: list[Any] = [functools.partial(view.datasets.complete_dispatch, blocks)] if blocks else []
+        steps.append(functools.partial(view.mark_sent, [j.PandaID for j in jobs], now))
+        label = f"complete {len(blocks)} dispatch block(s)" if blocks else f"activate {len(jobs)} job(s)"
+        return [Action(label=label, steps=tuple(steps), then=cmds)]
 
 
 # ------------------------------------------------------------------------------------------ the view
@@ -131,6 +152,7 @@ class LiveView:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.partitions: set[int] | None = None
+        self.sent = SentActivations()
         self._datasets = DatasetStore(cfg)
         self._conn = None
         self._lock = threading.Lock()
@@ -146,32 +168,22 @@ class LiveView:
         return self._conn
 
     def assigned(self, partitions: set[int] | None, limit: int) -> list[Assigned]:
-        sql = ("SELECT j.pandaid, f.dispatch_dblock, f.lfn FROM jobs j"
-               " LEFT JOIN files f ON f.pandaid = j.pandaid AND f.type = 'input'"
-               "  AND f.dispatch_dblock IS NOT NULL AND f.status IS DISTINCT FROM 'ready'"
-               " WHERE j.pandaid IN (SELECT pandaid FROM jobs WHERE status = 'assigned'")
-        params: list[Any] = []
-        if partitions is not None:
-            sql += " AND partition = ANY(%s)"
-            params.append(sorted(partitions))
-        sql += " ORDER BY current_priority DESC, pandaid LIMIT %s) ORDER BY j.pandaid"
-        params.append(limit)
         with self._lock:
-            rows = self._db().execute(sql, params).fetchall()
-        jobs: dict[int, dict[str, list[str]]] = {}
-        for pid, block, lfn in rows:
-            blocks = jobs.setdefault(pid, {})
-            if block is not None:
-                blocks.setdefault(block, []).append(lfn)
+            jobs = service_queries.assigned_jobs(self._db(), partitions, limit)
         return [Assigned(PandaID=pid, blocks=blocks) for pid, blocks in jobs.items()]
+
+    def in_flight(self, since: float) -> set[int]:
+        return self.sent.since(since)
+
+    def mark_sent(self, pandaids: Sequence[int], at: float | None = None) -> None:
+        self.sent.mark(pandaids, at)
 
     def _plugin_for_block(self, block: str) -> DataPlugin:
         if block not in self._plugin_of:
-            with self._lock:
-                row = self._db().execute("SELECT plugin, vo FROM datasets WHERE name = %s", (block,)).fetchone()
+            row = self._datasets.get(block)
             if row is None:
                 return for_queue(self.cfg, None, None)     # not recorded yet: ask the default plugin
-            self._plugin_of[block] = row[0]
+            self._plugin_of[block] = row["plugin"]
         spec = self._plugin_of[block]
         return load(spec, self.cfg) if spec else for_queue(self.cfg, None, None)
 

@@ -3,8 +3,8 @@
 PanDA's AdderGen, event-sourced. It reacts to ``pilot_holding`` transitions whose ``pilot_state`` is
 finished or failed: the report (``{lfn: {guid, fsize, adler32|md5sum|checksum, surl}}``) is on the
 event itself, so it can never be lost — a temporary plugin failure only leaves a row in
-``adder_pending`` (PandaID, seq of that event, next try) and the adder's ``tick`` decides the same
-event again later, re-read from the archive projection (``job_events``).
+``adder_pending`` (PandaID, seq of that event, next try; the store is ``pending_reports``) and the
+adder's ``tick`` decides the same event again later, re-read from the archive projection (``job_events``).
 
 ``judge`` is the whole PanDA logic as a pure function of (event, job spec, declared files):
 
@@ -24,7 +24,6 @@ sent only after the plugin succeeded; a temporary ``PluginError`` defers, a fina
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import json
 import logging
@@ -40,10 +39,13 @@ import psycopg
 
 from core.config import Config
 from plugins.base import DataPlugin, OutputFile, PluginError
+from projections import service_queries
 from projections.jobview import JobReader
 from schemas.jobspec import FileSpec
 from schemas.messages import Command, Event, JobTransitioned, Transition, decode_event
 from services.loop import Action
+from services.reactors import datasets, pending_reports
+from services.sitedata import sites
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +235,26 @@ class Adder:
         return out
 
 
+def placement(cfg: Config, conn: psycopg.Connection, spec: dict[str, Any]) -> tuple[DataPlugin, str]:
+    """The data plugin and the storage endpoint of the job's queue (from the sites table, if it knows
+    the queue; else the default plugin and ``<queue>_DATADISK``). Shared with the finisher."""
+    import plugins
+
+    site = spec.get("computingSite")
+    queue = None
+    if site:
+        try:
+            queue = sites.queue(conn, site)
+        except psycopg.errors.UndefinedTable:
+            queue = None
+    plugin = plugins.for_queue(cfg, queue.plugin if queue else None, spec.get("VO"))
+    endpoint = queue.endpoints[0] if queue is not None and queue.endpoints else None
+    return plugin, endpoint or f"{site or 'LOCAL'}_DATADISK"
+
+
 class SqlAdderView(JobReader):
-    """Projections, the sites/datasets tables of the setupper side, and ``adder_pending``."""
+    """Projections (jobs, files, job_events), the sites and datasets tables, and the adder's own store
+    (``pending_reports``: the ``adder_pending`` table)."""
 
     def __init__(self, cfg: Config):
         super().__init__(cfg, wait=cfg.adder.projection_wait)
@@ -244,30 +264,10 @@ class SqlAdderView(JobReader):
         self.lease = float(cfg.adder.lease)
         self.me = f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
 
-    def _site(self, name: str | None) -> tuple[str | None, str | None]:
-        """(plugin spec, first endpoint) of a queue, if the sites table knows it."""
-        if not name:
-            return None, None
-        try:
-            row = self.conn.execute("SELECT plugin, endpoints FROM sites WHERE name = %s", (name,)).fetchone()
-        except psycopg.errors.UndefinedTable:
-            return None, None
-        if row is None:
-            return None, None
-        endpoints = row[1] or []
-        return row[0], (endpoints[0] if endpoints else None)
-
     def placement(self, spec: dict[str, Any]) -> tuple[DataPlugin, str]:
-        import plugins
-
-        site = spec.get("computingSite")
-        spec_name, endpoint = self._site(site)
-        plugin = plugins.for_queue(self.cfg, spec_name, spec.get("VO"))
-        return plugin, endpoint or f"{site or 'LOCAL'}_DATADISK"
+        return placement(self.cfg, self.conn, spec)
 
     def registered(self, pandaid: int, files: Sequence[OutputFile]) -> None:
-        from services.reactors import datasets
-
         blocks: dict[str, list[str]] = {}
         for f in files:
             for name in {f.block, f.dataset}:
@@ -276,38 +276,27 @@ class SqlAdderView(JobReader):
             datasets.set_files_status(self.conn, name, "ready", pandaids=[pandaid], lfns=lfns)
 
     def done(self, pandaid: int) -> None:
-        self.conn.execute("DELETE FROM adder_pending WHERE pandaid = %s", (pandaid,))
+        pending_reports.done(self.conn, pandaid)
 
     def defer(self, pandaid: int, seq: int, error: str) -> None:
-        row = self.conn.execute("SELECT attempts FROM adder_pending WHERE pandaid = %s", (pandaid,)).fetchone()
-        attempts = (row[0] + 1) if row else 1
-        delay = min(self.retry_delay * 2 ** (attempts - 1), self.max_delay)
-        nxt = dt.datetime.fromtimestamp(time.time() + delay, dt.UTC)
-        self.conn.execute(
-            "INSERT INTO adder_pending (pandaid, seq, attempts, next_try, last_error) VALUES (%s, %s, %s, %s, %s)"
-            " ON CONFLICT (pandaid) DO UPDATE SET seq = EXCLUDED.seq, attempts = EXCLUDED.attempts,"
-            " next_try = EXCLUDED.next_try, last_error = EXCLUDED.last_error, locked_until = NULL, locked_by = NULL",
-            (pandaid, seq, attempts, nxt, error[:1000]))
+        """An action's error path (never a decision): the schedule starts from this host's clock now."""
+        attempts, delay = pending_reports.defer(self.conn, pandaid, seq, error, now=time.time(),
+                                                retry_delay=self.retry_delay, max_delay=self.max_delay)
         log.warning("adder: PandaID %d deferred (attempt %d, next in %.0fs): %s", pandaid, attempts, delay, error)
 
     def due(self, now: float) -> list[Event]:
-        """Claim due pending reports (a lease, like lockJobOutputReport) and re-read their events."""
-        stamp = dt.datetime.fromtimestamp(now, dt.UTC)
-        lease = dt.datetime.fromtimestamp(now + self.lease, dt.UTC)
-        parts = sorted(self.partitions) if self.partitions is not None else None
-        rows = self.conn.execute(
-            "UPDATE adder_pending p SET locked_until = %s, locked_by = %s FROM jobs j, job_events e"
-            " WHERE p.pandaid = j.pandaid AND e.pandaid = p.pandaid AND e.seq = p.seq"
-            "   AND p.next_try <= %s AND (p.locked_until IS NULL OR p.locked_until < %s)"
-            "   AND (%s::int[] IS NULL OR j.partition = ANY(%s::int[]))"
-            " RETURNING e.body::text",
-            (lease, self.me, stamp, stamp, parts, parts)).fetchall()
-        return [decode_event(r[0].encode()) for r in rows]
+        """Claim due pending reports of this copy's jobs (a lease, like lockJobOutputReport) and re-read
+        their events: candidates from the store, jobs and events from the projections, then the lease."""
+        candidates = pending_reports.due(self.conn, now)
+        if not candidates:
+            return []
+        mine = service_queries.jobs_among(self.conn, (pid for pid, _ in candidates), self.partitions)
+        bodies = service_queries.event_bodies(self.conn, [(pid, seq) for pid, seq in candidates if pid in mine])
+        leased = pending_reports.lease(self.conn, list(bodies), now, self.lease, self.me)
+        return [decode_event(bodies[key]) for key in leased]
 
     def pending(self) -> list[dict[str, Any]]:
-        from core import db
-
-        return db.fetch_all(self.conn, "SELECT * FROM adder_pending ORDER BY pandaid")
+        return pending_reports.rows(self.conn)
 
 
 def run_component(cfg: Config, stop: threading.Event) -> None:

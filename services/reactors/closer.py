@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -27,8 +28,10 @@ import psycopg
 
 from core.config import Config
 from core.states import FINAL_STATES
+from projections import service_queries
 from schemas.messages import Event, JobTransitioned
-from services.loop import Action
+from services.loop import Action, ServiceLoop
+from services.reactors import datasets
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,8 @@ class Closer:
 
 # ------------------------------------------------------------------------------------------------ I/O
 class SqlCloserView:
+    closed = 0      # blocks this view has closed (the daemon script reports it)
+
     def __init__(self, cfg: Config, conn: psycopg.Connection | None = None, batch: int = 2000):
         self.cfg = cfg
         self._conn = conn
@@ -133,49 +138,30 @@ class SqlCloserView:
         return self._conn
 
     def _load(self, sub_names: Iterable[str]) -> Blocks:
-        names = sorted(set(sub_names))
         b = Blocks()
-        if not names:
-            return b
         c = self.conn
-        for name, parent, status in c.execute(
-                "SELECT name, parent, status FROM datasets WHERE name = ANY(%s) AND type = 'sub'", (names,)):
-            b.subs[name] = (parent, status)
-        b.files = [BlockFile(*r) for r in c.execute(
-            "SELECT dataset, pandaid, lfn, status FROM dataset_files WHERE dataset = ANY(%s)"
-            " AND type IN ('output', 'log')", (list(b.subs),))]
-        pids = sorted({f.pandaid for f in b.files if f.status not in SETTLED})
-        if pids:
-            b.final_jobs = {r[0] for r in c.execute(
-                "SELECT pandaid FROM jobs WHERE pandaid = ANY(%s) AND status = ANY(%s)", (pids, list(FINAL_STATES)))}
+        b.subs = datasets.subs_named(c, sub_names)
+        if not b.subs:
+            return b
+        b.files = [BlockFile(*r) for r in datasets.output_files(c, b.subs)]
+        b.final_jobs = service_queries.final_jobs(c, {f.pandaid for f in b.files if f.status not in SETTLED})
         parents = sorted({p for p, _ in b.subs.values() if p})
-        for name, parent, status in c.execute(
-                "SELECT name, parent, status FROM datasets WHERE type = 'sub' AND parent = ANY(%s)", (parents,)):
+        for name, parent, status in datasets.subs_of_parents(c, parents):
             b.siblings.setdefault(parent, {})[name] = status
-        rows = c.execute("SELECT name, status FROM datasets WHERE name = ANY(%s)", (parents,)).fetchall()
-        b.destinations = dict(rows)
+        b.destinations = datasets.statuses(c, parents)
         return b
 
     def blocks_of_job(self, pandaid: int) -> Blocks:
-        rows = self.conn.execute(
-            "SELECT DISTINCT f.dataset FROM dataset_files f JOIN datasets d ON d.name = f.dataset"
-            " WHERE f.pandaid = %s AND d.type = 'sub'", (pandaid,)).fetchall()
-        return self._load(r[0] for r in rows)
+        return self._load(datasets.subs_of_job(self.conn, pandaid))
 
     def open_blocks(self) -> Blocks:
-        rows = self.conn.execute(
-            "SELECT name FROM datasets WHERE type = 'sub' AND status NOT IN ('closed', 'failed')"
-            " ORDER BY modification_time LIMIT %s", (self.batch,)).fetchall()
-        return self._load(r[0] for r in rows)
+        return self._load(datasets.open_subs(self.conn, self.batch))
 
     def apply(self, p: Plan) -> None:
-        from services.reactors import datasets
-
         groups: dict[str, list[BlockFile]] = {}
         for f in p.fail:
             groups.setdefault(f.dataset, []).append(f)
-        parents = dict(self.conn.execute("SELECT name, parent FROM datasets WHERE name = ANY(%s)",
-                                         (list(groups),)).fetchall()) if groups else {}
+        parents = datasets.parents(self.conn, groups)
         for name, files in groups.items():
             pids, lfns = sorted({f.pandaid for f in files}), sorted({f.lfn for f in files})
             # the same files in the destination block's own rows, if the setupper recorded them there too
@@ -186,7 +172,8 @@ class SqlCloserView:
         if p.close_destinations:
             datasets.set_status(self.conn, list(p.close_destinations), "closed")
         if p.close_subs or p.close_destinations:
-            log.info("closer: closed %s", ", ".join([*p.close_subs, *p.close_destinations]))
+            self.closed += len(closed_names(p))
+            log.info("closer: closed %s", ", ".join(closed_names(p)))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -194,18 +181,19 @@ class SqlCloserView:
 
 
 def run_once(cfg: Config, ctx: Any) -> int:
-    """The daemon's ``closer`` script (datasetManager): one sweep; returns the number of blocks closed."""
+    """The daemon's ``closer`` script (datasetManager): one sweep, the ``tick`` on a loop that does not
+    consume (it sends no command, so it opens no producer); returns the number of blocks closed."""
     view = SqlCloserView(cfg, ctx.conn)
-    p = plan(view.open_blocks())
-    if p:
-        view.apply(p)
-    return len(closed_names(p))
+    loop = ServiceLoop(cfg, Closer(), view, consume=False)
+    try:
+        loop.tick(time.time())
+    finally:
+        loop.close()
+    return view.closed
 
 
 def run_component(cfg: Config, stop: threading.Event) -> None:
     """`pandaes run closer`: the event path, plus a sweep every ``[closer] tick`` seconds."""
-    from services.loop import ServiceLoop
-
     view = SqlCloserView(cfg)
     loop = ServiceLoop(cfg, Closer(), view, tick_every=float(cfg.closer.tick))
     try:

@@ -5,8 +5,9 @@ Why a service-owned table and not a projection: blocks change for reasons that a
 Activator, Adder and Closer. Every write here is idempotent (upserts, counts recomputed from
 ``dataset_files``), so an action repeated after a crash leaves the same rows.
 
-Used by: the setupper (``record`` new blocks), the activator (``complete_dispatch``), the adder
-(``set_files_status`` on registration) and the closer (``set_status``, ``subs_of``).
+Used by: the setupper (``record`` new blocks), the activator (``complete_dispatch``, ``get``), the adder
+(``set_files_status`` on registration) and the closer (``set_status``, ``set_files_status`` and the
+reads after ``subs_of``). No other module names these tables in SQL.
 """
 
 from __future__ import annotations
@@ -121,6 +122,55 @@ def get(conn: psycopg.Connection, name: str) -> dict | None:
 
 def subs_of(conn: psycopg.Connection, destination: str) -> list[dict]:
     return db.fetch_all(conn, "SELECT * FROM datasets WHERE parent = %s ORDER BY name", (destination,))
+
+
+# ------------------------------------------------------------------------------- the closer's reads
+def subs_named(conn: psycopg.Connection, names: Iterable[str]) -> dict[str, tuple[str | None, str]]:
+    """Sub blocks among ``names``: name → (parent, status)."""
+    names = sorted(set(names))
+    if not names:
+        return {}
+    rows = conn.execute("SELECT name, parent, status FROM datasets WHERE name = ANY(%s) AND type = 'sub'", (names,))
+    return {name: (parent, status) for name, parent, status in rows.fetchall()}
+
+
+def output_files(conn: psycopg.Connection, blocks: Iterable[str]) -> list[tuple[str, int, str, str]]:
+    """(dataset, pandaid, lfn, status) of the output and log files the blocks expect."""
+    return conn.execute("SELECT dataset, pandaid, lfn, status FROM dataset_files WHERE dataset = ANY(%s)"
+                        " AND type IN ('output', 'log')", (sorted(blocks),)).fetchall()
+
+
+def subs_of_parents(conn: psycopg.Connection, parents: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(name, parent, status) of every sub block of these destination blocks."""
+    return conn.execute("SELECT name, parent, status FROM datasets WHERE type = 'sub' AND parent = ANY(%s)",
+                        (list(parents),)).fetchall()
+
+
+def statuses(conn: psycopg.Connection, names: Sequence[str]) -> dict[str, str]:
+    """name → status of these blocks."""
+    return dict(conn.execute("SELECT name, status FROM datasets WHERE name = ANY(%s)", (list(names),)).fetchall())
+
+
+def parents(conn: psycopg.Connection, names: Iterable[str]) -> dict[str, str | None]:
+    """name → parent of these blocks."""
+    names = sorted(set(names))
+    if not names:
+        return {}
+    return dict(conn.execute("SELECT name, parent FROM datasets WHERE name = ANY(%s)", (names,)).fetchall())
+
+
+def subs_of_job(conn: psycopg.Connection, pandaid: int) -> list[str]:
+    """The sub blocks that expect a file of this job."""
+    rows = conn.execute("SELECT DISTINCT f.dataset FROM dataset_files f JOIN datasets d ON d.name = f.dataset"
+                        " WHERE f.pandaid = %s AND d.type = 'sub'", (pandaid,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def open_subs(conn: psycopg.Connection, limit: int) -> list[str]:
+    """Sub blocks neither closed nor failed, least recently changed first."""
+    rows = conn.execute("SELECT name FROM datasets WHERE type = 'sub' AND status NOT IN ('closed', 'failed')"
+                        " ORDER BY modification_time LIMIT %s", (limit,)).fetchall()
+    return [r[0] for r in rows]
 
 
 class DatasetStore:

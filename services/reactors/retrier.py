@@ -10,13 +10,16 @@ capped by ``max_attempts``), or when an error code of the job is in ``no_retry``
 with fields pilot, exe, ddm, jd (jobDispatcher), tb (taskBuffer), sup.
 
 Idempotence: the new PandaID is taken from ``pandaid_seq`` and written to ``retries`` (primary key =
-old PandaID) *before* anything is sent. A redelivered ``failed`` event finds the row and only re-sends
-what may be missing: the Submit if the new job is not in the projection yet (a duplicate Submit is
-rejected by the ledger as ``duplicate_job``), the Kill 7 if the old job is not marked yet.
+old PandaID; the store is ``services.reactors.retries``) *before* anything is sent. That allocation is
+the side effect of the Action ``decide`` returns (so replay never allocates), and the commands are
+built from its result: a redelivered ``failed`` event finds the row and only re-sends what may be
+missing: the Submit if the new job is not in the projection yet (a duplicate Submit is rejected by the
+ledger as ``duplicate_job``), the Kill 7 if the old job is not marked yet.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Sequence
@@ -29,6 +32,8 @@ from core.config import Config
 from projections.jobview import JobReader
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Command, Event, JobTransitioned, Kill, Submit
+from services.loop import Action
+from services.reactors import retries
 
 ACTOR = "service:retrier"
 RETRIED_CODE = 7
@@ -160,7 +165,9 @@ class RetrierView(Protocol):
     def job(self, pandaid: int, at_least: int) -> dict[str, Any]: ...
     def files(self, pandaid: int) -> list[dict[str, Any]]: ...
     def exists(self, pandaid: int) -> bool: ...
-    def claim(self, old_pandaid: int, attempt_nr: int, reason: str) -> int: ...
+
+    def claim(self, old_pandaid: int, attempt_nr: int, reason: str) -> int:
+        """The retry's PandaID, allocated and recorded once (a write: only ever an Action's step)."""
 
 
 class Retrier:
@@ -174,14 +181,20 @@ class Retrier:
     def wants(self, event: Event) -> bool:
         return isinstance(event, JobTransitioned) and event.to_state == "failed"
 
-    def decide(self, event: Event, view: RetrierView) -> list[Command]:
+    def decide(self, event: Event, view: RetrierView) -> list[Action]:
         row = view.job(event.PandaID, event.seq - 1)
         spec = {**row["spec"], **event.attrs} if row["seq"] < event.seq else dict(row["spec"])
         ok, why = verdict(spec, self.rules)
         if not ok:
             return []
         job, note = next_job(spec, view.files(event.PandaID), event.PandaID, self.rules)
-        new_id = view.claim(event.PandaID, job.attemptNr or 0, note)   # written before anything is sent
+        return [Action(label=f"retry {event.PandaID}",
+                       steps=(functools.partial(view.claim, event.PandaID, job.attemptNr or 0, note),),
+                       then=functools.partial(self._commands, event, spec, job, view))]
+
+    @staticmethod
+    def _commands(event: Event, spec: dict[str, Any], job: JobSpec, view: RetrierView, new_id: int) -> list[Command]:
+        """What to send once the retry's PandaID ``new_id`` is recorded."""
         out: list[Command] = []
         if not view.exists(new_id):
             out.append(Submit(PandaID=new_id, job=job, actor=ACTOR, correlation_id=event.correlation_id))
@@ -191,16 +204,10 @@ class Retrier:
 
 
 class SqlRetrierView(JobReader):
-    """The projections plus the ``retries`` table (migration 150)."""
+    """The projections (through ``JobReader``) plus the retrier's store (the ``retries`` table)."""
 
     def claim(self, old_pandaid: int, attempt_nr: int, reason: str) -> int:
-        row = self.conn.execute(
-            "INSERT INTO retries (old_pandaid, new_pandaid, attempt_nr, reason)"
-            " VALUES (%s, nextval('pandaid_seq'), %s, %s) ON CONFLICT (old_pandaid) DO NOTHING RETURNING new_pandaid",
-            (old_pandaid, attempt_nr, reason)).fetchone()
-        if row is None:
-            row = self.conn.execute("SELECT new_pandaid FROM retries WHERE old_pandaid = %s", (old_pandaid,)).fetchone()
-        return int(row[0])
+        return retries.claim(self.conn, old_pandaid, attempt_nr, reason)
 
 
 def run_component(cfg: Config, stop: threading.Event) -> None:

@@ -1,4 +1,4 @@
--- Retries (services/retrier.py): one row per retried job, written BEFORE the new job's Submit is sent,
+-- Retries (services/reactors/retrier.py, store services/reactors/retries.py): one row per retried job, written BEFORE the new job's Submit is sent,
 -- so a redelivered `failed` event finds its retry here and cannot create a second new PandaID.
 CREATE TABLE retries (
     old_pandaid   bigint      PRIMARY KEY,

@@ -1,5 +1,6 @@
 -- PanDA queues (schedconfig), loaded from the queue configuration file by the configurator
--- (services/sites.py). Not derived from job events: the file is the source, `site_versions` the history.
+-- (services/sitedata/configurator.py; read through services/sitedata/sites.py). Not derived from job
+-- events: the file is the source, `site_versions` the history.
 
 CREATE TABLE sites (
     name        text        PRIMARY KEY,       -- the PanDA queue (panda_resource / nickname)

@@ -1,6 +1,7 @@
 -- Reports the adder could not finish because a plugin call failed temporarily (PanDA keeps them in
 -- job_output_report). The report itself stays in the event log; the row points at the event
 -- (PandaID, seq) and carries the retry schedule and a lease so two adders never process one report.
+-- Owner: services/reactors/pending_reports.py (the adder's store).
 CREATE TABLE adder_pending (
     pandaid       bigint      PRIMARY KEY,
     seq           int         NOT NULL,            -- the pilot_holding event holding the report
