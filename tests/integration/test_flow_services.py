@@ -167,7 +167,7 @@ def test_watcher_applies_each_timeout_rule(cfg, background):
 
 # ------------------------------------------------------------------------------ adder and closer
 def test_adder_outcomes_two_copies_and_closer(cfg, background):
-    cfg = cfg.replace(plugins={"default": "fake_plugins:FlakyPlugin"}, adder={"retry_delay": 0.5, "tick": 0.3})
+    cfg = cfg.replace(plugins={"default": "fakes:FlakyPlugin"}, adder={"retry_delay": 0.5, "tick": 0.3})
     start_core(cfg, background)
     ok_ids = list(range(100, 120))
     bad, killed, flaky = 200, 201, 202
@@ -236,14 +236,14 @@ def test_adder_outcomes_two_copies_and_closer(cfg, background):
 
 
 def fake_registered() -> set[str]:
-    from fake_plugins import FlakyPlugin
+    from fakes import FlakyPlugin
 
     return {lfn for _, lfn, _ in FlakyPlugin.registered}
 
 
 # --------------------------------------------------------------------------------------- finisher
 def test_finisher_finishes_arrived_outputs_and_fails_after_transfer_timeout(cfg, background):
-    cfg = cfg.replace(plugins={"default": "fake_plugins:FlakyPlugin"},
+    cfg = cfg.replace(plugins={"default": "fakes:FlakyPlugin"},
                       finisher={"transfer_timeout_hi": 2, "transfer_timeout_lo": 2})
     start_core(cfg, background)
     arrived, stuck = 300, 301

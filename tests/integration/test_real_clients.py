@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover - a tree without the flow services: the 
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent / "realclients"
-ROOT = HERE.parent.parent
+ROOT = HERE.parents[2]
 PILOT_VERSION = "3.7.0.36"
 QUEUE = "LOCAL_PILOT"          # the job that runs to the end
 KILL_QUEUE = "LOCAL_PILOT_KILL"  # the job killed while running
@@ -143,7 +143,7 @@ def _token(subject: str) -> str:
 
 
 def run_client(system: System, subject: str, workdir: Path, *args: str) -> dict[str, Any]:
-    """tests/realclients/client_script.py with panda-client pointed at the gateway, as ``subject`` (OIDC)."""
+    """realclients/client_script.py with panda-client pointed at the gateway, as ``subject`` (OIDC)."""
     pytest.importorskip("pandaclient", reason="panda-client 2.2.0 comes with the test extra: pip install -e '.[test]'")
     server = f"{system.url}/server/panda"
     env = {**os.environ, "PANDA_URL": server, "PANDA_URL_SSL": server, "PANDACACHE_URL": server,
