@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
-from helpers import all_events, wait_until
+from helpers import all_events, wait_for_no_lag, wait_until
 
 from core import db
 from core.bus import CommandSender
@@ -61,7 +60,10 @@ def test_two_activators_share_assigned_jobs_without_double_activation(cfg, tmp_p
         with db.connect(cfg) as conn:
             return conn.execute("SELECT count(*) FROM jobs WHERE status = 'activated'").fetchone()[0] == len(ids)
     wait_until(all_active, 60, 0.2, "all activated")
-    time.sleep(1.0)
+    # every command the copies sent is judged and projected: they read every event, the ledger every command
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-{Activator.name}", cfg.kafka.events_topic)
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-ledger", cfg.kafka.commands_topic)
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-projector", cfg.kafka.events_topic)
     acts = [e for _, _, e in all_events(cfg) if e.actor == "service:activator"]
     # the action happens once per job: the ledger records exactly one activation each
     assert Counter(e.PandaID for e in acts) == {i: 1 for i in ids}

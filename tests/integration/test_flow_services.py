@@ -11,7 +11,7 @@ import json
 import time
 from collections import Counter
 
-from helpers import wait_until
+from helpers import wait_for_no_lag, wait_until
 
 from core import db
 from core.bus import CommandSender
@@ -304,7 +304,10 @@ def test_failed_job_is_retried_once_as_a_new_pandaid(cfg, background):
     n_jobs = len(jobs(cfg, range(0, 10**6)))
     start_loop(cfg.replace(kafka={"group_prefix": cfg.kafka.group_prefix + "b"}), background,
                Retrier(rules), SqlRetrierView(cfg), name="retrier-2")
-    time.sleep(4)
+    # it has read the whole log, the ledger judged whatever it sent, and the projection shows the outcome
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}b-{Retrier.name}", cfg.kafka.events_topic)
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-ledger", cfg.kafka.commands_topic)
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-projector", cfg.kafka.events_topic)
     assert retried() == [(pid, new)]
     assert len(jobs(cfg, range(0, 10**6))) == n_jobs
     marks = [e for e in events(cfg, [pid]) if e["action"] == "mark_retried"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import wait_until
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from core import config, infra
@@ -345,10 +346,7 @@ def test_servers_of_an_owner_killed_with_sigkill(env: Path):
     finally:
         owner.kill()
         owner.wait()
-    deadline = time.monotonic() + 5
-    while infra.pid_alive(broker_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not infra.pid_alive(broker_pid)
+    wait_until(lambda: not infra.pid_alive(broker_pid), 5, 0.05, "the broker to die with its owner")
     assert infra.pid_alive(pg_pid)
 
     cfg = config.load().replace(db={"database": "pandaes_embedded"})

@@ -353,7 +353,10 @@ def pilots(system, request, tmp_path_factory):
                        or kill.proc.poll() is not None, 200, 0.2, "the kill job running")
             if kill.proc.poll() is not None:
                 return
-            time.sleep(2)
+            # the payload itself runs (its first line is in the pilot's payload.stdout), not just the job state
+            wait_until(lambda: any("hello from payload" in p.read_text(errors="replace")
+                                   for p in (kill.run_dir / "work").rglob("payload.stdout"))
+                       or kill.proc.poll() is not None, 60, 0.2, "the kill job's payload running")
             kill_sent["at"] = time.monotonic()   # panda-client's killJobs → POST /api/v1/job/kill
             kill_sent["reply"] = run_client(system, "operator", client_dir, "kill", str(kill_pid))["killJobs"]
             # the pilot logs the command of each updateJob reply: watch for it (0.2 s resolution)

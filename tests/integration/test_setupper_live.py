@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from helpers import all_events, wait_until
+from helpers import all_events, wait_for_no_lag, wait_until
 
 from core import db
 from core.bus import CommandSender
@@ -142,7 +142,9 @@ def test_two_setuppers_share_the_work_without_double_actions(cfg, tmp_path, back
     sender.flush()
     sender.close()
     wait_until(lambda: Counter(states(cfg).values()) == {"activated": len(ids)}, 90, 0.3, "all activated")
-    time.sleep(1)
+    # a second setup of a job would show now: both copies read every event, the ledger judged every command
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-{Setupper.name}", cfg.kafka.events_topic)
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-ledger", cfg.kafka.commands_topic)
     events = [e for _, _, e in all_events(cfg) if e.actor == "service:setupper"]
     assert Counter(e.PandaID for e in events) == {i: 1 for i in ids}, "one setup per job"
     assert all(loop.stats["actions"] > 0 for loop in loops), "both copies should have owned partitions"
