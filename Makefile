@@ -1,6 +1,7 @@
 # pandaes — two commands do all the set-up on a fresh machine:
 #   make run    start broker, database and every component on the embedded defaults
-#   make test   install what the tests need and run them against a real broker and database
+#   make test   install what the tests need and run both floors: tests/unit and tests/integration
+#               (the latter against a real broker and database); make test-unit runs the fast floor only
 PYTHON ?= python3
 # tests mostly wait on the broker (group joins, timeouts): three workers overlap that waiting
 PYTEST_ARGS ?= -n 3 --dist loadfile
@@ -8,7 +9,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-unit lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# no broker, no database: seconds, no workers needed
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,9 @@ fresh database per test, so tests cannot see each other's jobs.
 The broker is the embedded Tansu (or PANDAES_KAFKA); the database server is 127.0.0.1:5432 if it
 answers, else an embedded PostgreSQL (or PANDAES_DB). Each test database is a copy of a migrated
 template, which is much faster than migrating every time.
+
+Two floors: tests/unit runs without either (collection refuses a unit test that asks for them, so
+``pytest tests/unit`` never starts the broker or touches PostgreSQL); tests/integration uses them.
 """
 
 from __future__ import annotations
@@ -11,14 +14,19 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from core import config
+from devenv.common import FORCE_EMBEDDED_DB_ENV
+from devenv.postgres import stop_embedded_postgres
 from devenv.stack import Infra
 from devenv.topics import ensure_topics
 from services import migrations
@@ -31,6 +39,20 @@ os.environ.setdefault("PANDAES_KAFKA_SESSION_TIMEOUT_MS", "6000")
 os.environ.setdefault("PANDAES_KAFKA_TRANSACTION_TIMEOUT_MS", "10000")
 
 _counter = itertools.count()
+
+UNIT_DIR = Path(__file__).resolve().parent / "unit"
+# the session fixtures that start the broker and the database server (``cfg`` and ``kafka_client`` build on them)
+INFRASTRUCTURE_FIXTURES = ("base_cfg", "template_db")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A unit test that asks for the broker or the database is an error, not a slow unit test."""
+    for item in items:
+        if UNIT_DIR in Path(item.path).resolve().parents:
+            used = [name for name in INFRASTRUCTURE_FIXTURES if name in getattr(item, "fixturenames", ())]
+            if used:
+                raise pytest.UsageError(f"{item.nodeid} uses {', '.join(used)}: a test that needs the broker "
+                                        "or the database belongs in tests/integration")
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +126,25 @@ def cfg(base_cfg, template_db, kafka_client) -> Iterator[config.Config]:
     yield c
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private state dir and no inherited PANDAES_KAFKA / PANDAES_DB: returns the state dir.
+
+    Not under pytest's tmp_path: as root the embedded PostgreSQL runs as another account, and
+    pytest resets its own base folder to 0700 whenever a session starts (e.g. parallel workers)."""
+    base = Path(tempfile.mkdtemp(prefix="pandaes-test-"))
+    base.chmod(0o755)
+    state = base / "state"
+    monkeypatch.setenv("PANDAES_STATE_DIR", str(state))
+    for var in ("PANDAES_KAFKA", "PANDAES_DB", "PANDAES_CONFIG", "PANDAES_PARTITIONS",
+                FORCE_EMBEDDED_DB_ENV):
+        monkeypatch.delenv(var, raising=False)
+    yield state
+    if (state / "postgres").exists():
+        stop_embedded_postgres(state)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 class Background:

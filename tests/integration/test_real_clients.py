@@ -53,7 +53,7 @@ except ImportError:  # pragma: no cover - a tree without the flow services: the 
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent / "realclients"
-ROOT = HERE.parent.parent
+ROOT = HERE.parents[2]
 PILOT_VERSION = "3.7.0.36"
 QUEUE = "LOCAL_PILOT"          # the job that runs to the end
 KILL_QUEUE = "LOCAL_PILOT_KILL"  # the job killed while running
@@ -144,7 +144,7 @@ def _token(subject: str) -> str:
 
 
 def run_client(system: System, subject: str, workdir: Path, *args: str) -> dict[str, Any]:
-    """tests/realclients/client_script.py with panda-client pointed at the gateway, as ``subject`` (OIDC)."""
+    """realclients/client_script.py with panda-client pointed at the gateway, as ``subject`` (OIDC)."""
     pytest.importorskip("pandaclient", reason="panda-client 2.2.0 comes with the test extra: pip install -e '.[test]'")
     server = f"{system.url}/server/panda"
     env = {**os.environ, "PANDA_URL": server, "PANDA_URL_SSL": server, "PANDACACHE_URL": server,
@@ -354,7 +354,10 @@ def pilots(system, request, tmp_path_factory):
                        or kill.proc.poll() is not None, 200, 0.2, "the kill job running")
             if kill.proc.poll() is not None:
                 return
-            time.sleep(2)
+            # the payload itself runs (its first line is in the pilot's payload.stdout), not just the job state
+            wait_until(lambda: any("hello from payload" in p.read_text(errors="replace")
+                                   for p in (kill.run_dir / "work").rglob("payload.stdout"))
+                       or kill.proc.poll() is not None, 60, 0.2, "the kill job's payload running")
             kill_sent["at"] = time.monotonic()   # panda-client's killJobs → POST /api/v1/job/kill
             kill_sent["reply"] = run_client(system, "operator", client_dir, "kill", str(kill_pid))["killJobs"]
             # the pilot logs the command of each updateJob reply: watch for it (0.2 s resolution)

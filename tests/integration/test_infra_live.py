@@ -1,4 +1,4 @@
-"""devenv (the developer bootstrap) against a real broker and a real PostgreSQL server: no mocks.
+"""core.infra against a real broker and a real PostgreSQL server: no mocks.
 
 Every test gets its own state directory (tmp_path) and stops what it started. The database server is
 127.0.0.1:5432 when it answers (databases made here are dropped again), else the embedded one; the
@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -22,13 +20,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import wait_until
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from core import config
 from devenv import stack as stack_module
 from devenv.broker import Tansu, start_tansu
-from devenv.common import FORBIDDEN_PORTS, FORCE_EMBEDDED_DB_ENV, InfraError, free_port, pid_alive, redact
-from devenv.endpoints import ENDPOINTS_FILE, config_for_running_system, read_endpoints, write_endpoints
+from devenv.common import FORBIDDEN_PORTS, FORCE_EMBEDDED_DB_ENV, InfraError, free_port, pid_alive
+from devenv.endpoints import ENDPOINTS_FILE, config_for_running_system, read_endpoints
 from devenv.postgres import LOCAL_PG_PORT, local_postgres, pg_url, start_embedded_postgres, stop_embedded_postgres
 from devenv.stack import Infra
 from devenv.topics import ensure_topics
@@ -49,25 +48,6 @@ def _drop_database(db_url: str) -> None:
     server, _, name = db_url.rpartition("/")
     with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private state dir and no inherited PANDAES_KAFKA / PANDAES_DB: returns the state dir.
-
-    Not under pytest's tmp_path: as root the embedded PostgreSQL runs as another account, and
-    pytest resets its own base folder to 0700 whenever a session starts (e.g. parallel workers)."""
-    base = Path(tempfile.mkdtemp(prefix="pandaes-test-"))
-    base.chmod(0o755)
-    state = base / "state"
-    monkeypatch.setenv("PANDAES_STATE_DIR", str(state))
-    for var in ("PANDAES_KAFKA", "PANDAES_DB", "PANDAES_CONFIG", "PANDAES_PARTITIONS",
-                FORCE_EMBEDDED_DB_ENV):
-        monkeypatch.delenv(var, raising=False)
-    yield state
-    if (state / "postgres").exists():
-        stop_embedded_postgres(state)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -160,19 +140,6 @@ def test_endpoints_file_lets_another_shell_find_the_system(system: Infra, monkey
     assert not (fresh.state_dir / ENDPOINTS_FILE).exists()
     assert tansu is not None and not tansu.alive()
     assert read_endpoints(fresh) is None
-
-
-def test_endpoints_of_a_dead_process_are_ignored(env: Path):
-    cfg = config.load()
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    write_endpoints(cfg, "127.0.0.1:1", "postgresql://nowhere/x")
-    path = cfg.state_dir / ENDPOINTS_FILE
-    path.write_text(path.read_text().replace(str(os.getpid()), str(dead.pid)))
-    assert read_endpoints(cfg) is None
-    assert config_for_running_system(cfg).kafka.bootstrap == ""
-    path.write_text("{not json")
-    assert read_endpoints(cfg) is None
 
 
 def test_given_kafka_and_db_are_used_untouched(env: Path, tansu: Tansu, monkeypatch):
@@ -387,10 +354,7 @@ def test_servers_of_an_owner_killed_with_sigkill(env: Path):
     finally:
         owner.kill()
         owner.wait()
-    deadline = time.monotonic() + 5
-    while pid_alive(broker_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(broker_pid)
+    wait_until(lambda: not pid_alive(broker_pid), 5, 0.05, "the broker to die with its owner")
     assert pid_alive(pg_pid)
 
     cfg = config.load().replace(db={"database": "pandaes_embedded"})
@@ -398,8 +362,3 @@ def test_servers_of_an_owner_killed_with_sigkill(env: Path):
         assert system.postgres is not None and system.postgres.origin == "adopted"
         assert system.postgres.port == pg_port
     assert not pid_alive(pg_pid)
-
-
-def test_log_lines_do_not_show_passwords():
-    assert redact("postgresql://app:s3cret@db:5432/pandaes") == "postgresql://app:***@db:5432/pandaes"
-    assert redact("postgresql://postgres@127.0.0.1:5432/x") == "postgresql://postgres@127.0.0.1:5432/x"

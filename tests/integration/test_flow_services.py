@@ -11,7 +11,7 @@ import json
 import time
 from collections import Counter
 
-from helpers import wait_until
+from helpers import wait_for_no_lag, wait_until
 
 from core import db
 from core.bus import CommandSender
@@ -168,7 +168,7 @@ def test_watcher_applies_each_timeout_rule(cfg, background):
 
 # ------------------------------------------------------------------------------ adder and closer
 def test_adder_outcomes_two_copies_and_closer(cfg, background):
-    cfg = cfg.replace(plugins={"default": "fake_plugins:FlakyPlugin"}, adder={"retry_delay": 0.5, "tick": 0.3})
+    cfg = cfg.replace(plugins={"default": "fakes:FlakyPlugin"}, adder={"retry_delay": 0.5, "tick": 0.3})
     start_core(cfg, background)
     ok_ids = list(range(100, 120))
     bad, killed, flaky = 200, 201, 202
@@ -237,14 +237,14 @@ def test_adder_outcomes_two_copies_and_closer(cfg, background):
 
 
 def fake_registered() -> set[str]:
-    from fake_plugins import FlakyPlugin
+    from fakes import FlakyPlugin
 
     return {lfn for _, lfn, _ in FlakyPlugin.registered}
 
 
 # --------------------------------------------------------------------------------------- finisher
 def test_finisher_finishes_arrived_outputs_and_fails_after_transfer_timeout(cfg, background):
-    cfg = cfg.replace(plugins={"default": "fake_plugins:FlakyPlugin"},
+    cfg = cfg.replace(plugins={"default": "fakes:FlakyPlugin"},
                       finisher={"transfer_timeout_hi": 2, "transfer_timeout_lo": 2})
     start_core(cfg, background)
     arrived, stuck = 300, 301
@@ -305,7 +305,10 @@ def test_failed_job_is_retried_once_as_a_new_pandaid(cfg, background):
     n_jobs = len(jobs(cfg, range(0, 10**6)))
     start_loop(cfg.replace(kafka={"group_prefix": cfg.kafka.group_prefix + "b"}), background,
                Retrier(rules), SqlRetrierView(cfg), name="retrier-2")
-    time.sleep(4)
+    # it has read the whole log, the ledger judged whatever it sent, and the projection shows the outcome
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}b-{Retrier.name}", cfg.kafka.events_topic)
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-ledger", cfg.kafka.commands_topic)
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-projector", cfg.kafka.events_topic)
     assert retried() == [(pid, new)]
     assert len(jobs(cfg, range(0, 10**6))) == n_jobs
     marks = [e for e in events(cfg, [pid]) if e["action"] == "mark_retried"]

@@ -12,7 +12,7 @@ from gateway_support import post_form, post_json, run, start_system
 
 from services.gateway import openapi
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pilot_flow_getjob_to_finished(cfg, background):

@@ -4,9 +4,9 @@ the dummy plugin."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+from helpers import wait_until
 
 import plugins
 from core import config
@@ -51,8 +51,8 @@ def test_local_dispatch_moves_inputs_after_the_delay(pcfg):
     p.prepare_dispatch("panda.dis.1.SITE", "SITE_DISK", files)
     assert not p.dispatch_ready("panda.dis.1.SITE"), "the transfer takes local_transfer_delay"
     assert p.pump() == 0, "not due yet"
-    time.sleep(0.35)
-    assert p.pump() == 2 and p.pump() == 0
+    moved = wait_until(p.pump, 5, 0.05, "the dispatch transfer to become due")
+    assert moved == 2 and p.pump() == 0
     assert p.dispatch_ready("panda.dis.1.SITE")
     assert (p.root / "SITE_DISK" / "ds.in" / "a.root").read_text() == "AAA"
     assert p.missing_inputs("SITE_DISK", files) == []
@@ -83,8 +83,7 @@ def test_local_outputs_register_and_transfer(pcfg):
     assert set(p.manifest("out_sub000007")["files"]) == {"o.root", "log.tgz"}
     assert p.outputs_arrived(files) == []
     p.transfer_outputs(files)
-    time.sleep(0.35)
-    assert p.pump() == 2
+    assert wait_until(p.pump, 5, 0.05, "the output transfer to become due") == 2
     assert p.outputs_arrived(files) == ["o.root", "log.tgz"]
     assert (p.root / "REMOTE_DISK" / "out" / "o.root").read_text() == "payload"
     registered = [e for e in p.catalogue() if e["op"] == "register"]

@@ -1,13 +1,13 @@
-"""`pandaes daemon`: bounded workers, one run at a time per host, cluster-wide exclusivity, shared connections."""
+"""`pandaes daemon` with real worker processes and PostgreSQL: bounded workers, one run at a time per host,
+cluster-wide exclusivity, shared connections (its cache clean-up and lock keys: tests/unit/test_daemon.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 from core import db
-from services.clock.daemon import DaemonMaster, Script, cleanup_cache, lock_key, scripts_from_config
+from services.clock.daemon import DaemonMaster, Script
 
 
 def runs(cfg) -> list[tuple]:
@@ -63,20 +63,3 @@ def test_per_host_lock_without_cluster_lock(cfg, tmp_path):
     rows = runs(cfg)
     assert len(rows) >= 3 and not overlaps(rows), rows
     assert "busy" in {r.status for r in a.history + b.history}
-
-
-def test_scripts_cache_cleanup_and_lock_keys(cfg, tmp_path):
-    cfg = cfg.replace(state={"dir": str(tmp_path)}, daemon={"cache_lifetime": 60})
-    cache = Path(cfg.state_dir) / "cache"
-    cache.mkdir()
-    old, new = cache / "old.tgz", cache / "new.tgz"
-    old.write_text("x")
-    new.write_text("y")
-    past = time.time() - 3600
-    import os
-
-    os.utime(old, (past, past))
-    assert cleanup_cache(cfg) == 1 and not old.exists() and new.exists()
-    assert set(scripts_from_config(cfg)) == {"watcher", "finisher", "closer", "configurator", "cache_cleanup"}
-    assert lock_key("watcher") == lock_key("watcher") != lock_key("finisher")
-    assert -(2**63) <= lock_key("x") < 2**63

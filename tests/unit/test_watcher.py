@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fakes import FakeWatcherView
 
 from core import config
 from schemas.messages import Kill, Transition
@@ -88,21 +89,7 @@ def test_young_or_unwatched_jobs_are_left_alone(status, kw):
 
 
 def test_tick_does_not_repeat_itself_until_the_job_changes():
-    class View:
-        rows = [job("running", mod=3)]
-        memory: dict = {}
-
-        def candidates(self, now, shortest):
-            assert shortest == 1
-            return self.rows
-
-        def acted(self):
-            return dict(self.memory)
-
-        def remember(self, acted):
-            self.memory = acted
-
-    w, view = Watcher(T), View()
+    w, view = Watcher(T), FakeWatcherView([job("running", mod=3)], shortest=1)
     assert len(perform(w.tick(NOW, view))) == 1
     assert perform(w.tick(NOW, view)) == []              # projection has not moved yet
     view.rows = [JobRow(**{**view.rows[0].__dict__, "seq": 6})]

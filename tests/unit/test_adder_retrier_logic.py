@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fakes import FakeAdderView, FakeRetrierView
 
 from plugins.base import PluginError
 from schemas.messages import JobTransitioned, Kill, Submit, Transition
@@ -79,55 +80,20 @@ def test_transfer_and_merge():
     assert out.action == "merge"
 
 
-class FakeAdderView:
-    def __init__(self, status="holding", seq=5, spec=None):
-        self.row = {"seq": seq, "status": status, "spec": spec or {"computingSite": "LOCAL"}}
-        self.calls: list = []
-        self.partitions = None
-
-    def job(self, pid, at_least):
-        assert at_least == 5
-        return self.row
-
-    def files(self, pid):
-        return FILES
-
-    def placement(self, spec):
-        return self, "EP"
-
-    # plugin + bookkeeping, recorded
-    def register_outputs(self, files, endpoint):
-        self.calls.append(("register", endpoint, sorted(f.lfn for f in files)))
-        if getattr(self, "error", None):
-            raise self.error
-
-    def transfer_outputs(self, files):
-        self.calls.append(("transfer",))
-
-    def registered(self, pid, files):
-        self.calls.append(("registered", pid))
-
-    def done(self, pid):
-        self.calls.append(("done", pid))
-
-    def defer(self, pid, seq, error):
-        self.calls.append(("defer", pid, seq))
-
-
 def test_adder_registers_before_it_finishes_and_defers_on_temporary_errors():
-    view = FakeAdderView()
+    view = FakeAdderView(files=FILES)
     [action] = Adder().decide(holding(), view)
     assert isinstance(action, Action) and view.calls == []          # decide itself does nothing
     [cmd] = action.execute()
     assert isinstance(cmd, Transition) and cmd.action == "finish" and cmd.actor == "service:adder"
     assert view.calls == [("register", "EP", ["log.1", "out.1"]), ("registered", PID), ("done", PID)]
 
-    view = FakeAdderView()
+    view = FakeAdderView(files=FILES)
     view.error = PluginError("storage down", temporary=True)
     [action] = Adder().decide(holding(), view)
     assert action.execute() == [] and view.calls[-1] == ("defer", PID, 6)
 
-    view = FakeAdderView()
+    view = FakeAdderView(files=FILES)
     view.error = PluginError("no such endpoint")
     [action] = Adder().decide(holding(), view)
     [cmd] = action.execute()
@@ -135,7 +101,7 @@ def test_adder_registers_before_it_finishes_and_defers_on_temporary_errors():
 
 
 def test_adder_skips_jobs_already_decided():
-    view = FakeAdderView(status="finished", seq=7)
+    view = FakeAdderView(status="finished", seq=7, files=FILES)
     [action] = Adder().decide(holding(), view)
     assert action.execute() == [] and view.calls == [("done", PID)]
 
@@ -168,26 +134,9 @@ def test_next_job_resets_runtime_links_and_adds_memory():
 
 
 def test_retrier_sends_submit_and_kill7_once_per_claim():
-    class View:
-        def __init__(self):
-            self.claims: dict = {}
-            self.existing: set = set()
-
-        def job(self, pid, at_least):
-            return {"seq": 4, "status": "failed", "spec": {"attemptNr": 1, "maxAttempt": 2}}
-
-        def files(self, pid):
-            return FILES
-
-        def exists(self, pid):
-            return pid in self.existing
-
-        def claim(self, old, attempt, reason):
-            return self.claims.setdefault(old, 5000 + len(self.claims))
-
     ev = JobTransitioned(PandaID=PID, seq=5, from_state="running", to_state="failed", command_id="c",
                          action="fail", attrs={"jobDispatcherErrorCode": 100})
-    view, r = View(), Retrier(RULES)
+    view, r = FakeRetrierView(FILES), Retrier(RULES)
     [action] = r.decide(ev, view)
     assert isinstance(action, Action) and view.claims == {}         # deciding allocates nothing (replay-safe)
     sub, kill = action.execute()

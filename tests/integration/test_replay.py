@@ -29,7 +29,7 @@ from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Kill, PilotUpdate, Submit, Transition
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TABLES = {
     "jobs": "SELECT * FROM jobs ORDER BY pandaid",
     "files": "SELECT * FROM files ORDER BY pandaid, type, lfn",
