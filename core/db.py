@@ -20,6 +20,8 @@ from psycopg_pool import ConnectionPool
 from core.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "projections" / "migrations"
+# interim, until migrate() is given the list of folders: the dispatcher's lease table lives beside it
+_LEASE_MIGRATIONS = Path(__file__).resolve().parent.parent / "services" / "gateway" / "migrations"
 _MIGRATION_LOCK = 0x70616E6461  # "panda"
 _NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
@@ -118,7 +120,7 @@ def migrate(cfg_or_url: Config | str, log=lambda msg: None) -> list[int]:
                 " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, path in migration_files():
+            for version, path in sorted(migration_files() + migration_files(_LEASE_MIGRATIONS)):
                 if version in done:
                     continue
                 with conn.transaction():

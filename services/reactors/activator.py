@@ -132,7 +132,7 @@ class LiveView:
         self.cfg = cfg
         self.partitions: set[int] | None = None
         self._datasets = DatasetStore(cfg)
-        self._conn = None
+        self._pg = db.Reconnecting(cfg)
         self._lock = threading.Lock()
         self._plugin_of: dict[str, str | None] = {}
 
@@ -141,9 +141,7 @@ class LiveView:
         return self._datasets
 
     def _db(self):
-        if self._conn is None or self._conn.closed:
-            self._conn = db.connect(self.cfg, autocommit=True)
-        return self._conn
+        return self._pg.conn
 
     def assigned(self, partitions: set[int] | None, limit: int) -> list[Assigned]:
         sql = ("SELECT j.pandaid, f.dispatch_dblock, f.lfn FROM jobs j"
@@ -184,8 +182,7 @@ class LiveView:
 
     def close(self) -> None:
         self._datasets.close()
-        if self._conn is not None:
-            self._conn.close()
+        self._pg.close()
 
 
 def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:

@@ -23,16 +23,15 @@ import functools
 import logging
 import re
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgspec
 
-from core import db
 from core.config import Config
 from plugins import DataPlugin, InputFile, OutputBlock, PluginError, for_queue, spec_for
+from projections.jobview import JobReader, ProjectionLag
 from schemas.jobspec import FileSpec
 from schemas.messages import Command, Event, JobSubmitted, Transition
 from services.loop import Action, Output, ServiceLoop
@@ -250,8 +249,7 @@ class LiveView:
         self.cfg = cfg
         self.sites = SitesCache(cfg)
         self._datasets = DatasetStore(cfg)
-        self._conn = None
-        self._lock = threading.Lock()
+        self._jobs = JobReader(cfg, wait=cfg.setupper.job_wait)
 
     @property
     def datasets(self) -> DatasetStore:
@@ -267,24 +265,16 @@ class LiveView:
         return spec_for(self.cfg, queue.plugin, vo)
 
     def job(self, panda_id: int, seq: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        deadline = time.monotonic() + self.cfg.setupper.job_wait
-        with self._lock:
-            while True:
-                if self._conn is None or self._conn.closed:
-                    self._conn = db.connect(self.cfg, autocommit=True)
-                rows = db.fetch_all(self._conn, "SELECT spec, seq FROM jobs WHERE pandaid = %s", (panda_id,))
-                if rows and rows[0]["seq"] >= seq:
-                    files = [r["spec"] for r in db.fetch_all(
-                        self._conn, "SELECT spec FROM files WHERE pandaid = %s ORDER BY type, lfn", (panda_id,))]
-                    return rows[0]["spec"], files
-                if time.monotonic() > deadline:
-                    return None
-                time.sleep(0.2)
+        """The job's spec and files once the projection has reached ``seq``; None if it does not in time."""
+        try:
+            row = self._jobs.job(panda_id, seq)
+        except ProjectionLag:
+            return None
+        return row["spec"], self._jobs.files(panda_id)
 
     def close(self) -> None:
         self._datasets.close()
-        if self._conn is not None:
-            self._conn.close()
+        self._jobs.close()
 
 
 def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:
