@@ -26,6 +26,12 @@ async def jobs(conn: AsyncConnection, pandaids: Iterable[int],
         return {r["pandaid"]: r for r in await cur.fetchall()}
 
 
+async def next_pandaids(conn: AsyncConnection, n: int) -> list[int]:
+    """``n`` new PandaIDs from the database's sequence."""
+    cur = await conn.execute(q.NEXT_PANDAIDS_SQL, (n,))
+    return [r[0] for r in await cur.fetchall()]
+
+
 async def files(conn: AsyncConnection, pandaid: int) -> list[dict[str, Any]]:
     """The job's FileSpec dicts, in (type, lfn) order."""
     cur = await conn.execute(q.FILES_SQL, (pandaid,))

@@ -11,7 +11,7 @@ database snapshot is the point (``partition_snapshot``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import psycopg
@@ -38,8 +38,13 @@ POSITION_SQL = ("SELECT next_offset FROM consumer_positions WHERE projection = %
                 " AND partition = %s")
 POSITIONS_SQL = "SELECT projection, partition, next_offset FROM consumer_positions WHERE topic = %s"
 ARCHIVED_SQL = "SELECT count(*) FROM job_events"
-LEDGER_STATE_SQL = ("SELECT pandaid, status, seq, attempt_nr, command_to_pilot, special_handling, prod_source_label"
-                    " FROM jobs WHERE partition = %s")
+CORE_SQL = ("SELECT pandaid, status, seq, attempt_nr, command_to_pilot, special_handling, prod_source_label"
+            " FROM jobs")
+LEDGER_STATE_SQL = CORE_SQL + " WHERE partition = %s"
+# PandaIDs are handed out by the database (001_core.sql), as PanDA's JOBSDEFINED4_PANDAID_SEQ
+NEXT_PANDAIDS_SQL = "SELECT nextval('pandaid_seq') FROM generate_series(1, %s)"
+ARCHIVE_IN_LOG_ORDER_SQL = ("SELECT partition, pandaid, seq, body::text FROM job_events"
+                            " ORDER BY partition, kafka_offset, pandaid, seq")
 
 
 def jobs_sql(columns: Sequence[str] | None = None) -> str:
@@ -70,6 +75,11 @@ def jobs(conn: psycopg.Connection, pandaids: Iterable[int],
     """PandaID → row (``columns`` and pandaid, default every column) of the known ones among ``pandaids``."""
     with conn.cursor(row_factory=dict_row) as cur:
         return {r["pandaid"]: r for r in cur.execute(jobs_sql(columns), (list(pandaids),)).fetchall()}
+
+
+def next_pandaids(conn: psycopg.Connection, n: int) -> list[int]:
+    """``n`` new PandaIDs from the database's sequence."""
+    return [r[0] for r in conn.execute(NEXT_PANDAIDS_SQL, (n,)).fetchall()]
 
 
 def exists(conn: psycopg.Connection, pandaid: int) -> bool:
@@ -105,6 +115,17 @@ def history(conn: psycopg.Connection, pandaid: int) -> list[dict[str, Any]]:
 
 def archived_count(conn: psycopg.Connection) -> int:
     return conn.execute(ARCHIVED_SQL).fetchone()[0]
+
+
+def archive_in_log_order(conn: psycopg.Connection, batch: int = 5000) -> Iterator[tuple[int, int, int, str]]:
+    """(partition, PandaID, seq, body JSON) of every archived event, partition by partition in offset order.
+
+    A server-side cursor: the archive is streamed ``batch`` rows at a time, never loaded whole. ``conn``
+    must not be in autocommit mode (the cursor lives in the caller's transaction)."""
+    with conn.cursor(name="pandaes_archive") as cur:
+        cur.itersize = batch
+        cur.execute(ARCHIVE_IN_LOG_ORDER_SQL)
+        yield from cur
 
 
 def stage_seconds(conn: psycopg.Connection) -> list[tuple[str, float]]:
@@ -146,6 +167,11 @@ class CoreRow(NamedTuple):
     command_to_pilot: str | None
     special_handling: str | None
     prod_source_label: str | None
+
+
+def core_rows(conn: psycopg.Connection) -> list[CoreRow]:
+    """Every job's core state columns (``CoreRow``), as ``verify`` compares them with the state machine's fold."""
+    return [CoreRow._make(r) for r in conn.execute(CORE_SQL)]
 
 
 class PartitionSnapshot(NamedTuple):

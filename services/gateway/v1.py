@@ -127,8 +127,7 @@ async def _until_projected(request: web.Request, verdicts: list[Any]) -> None:
 
 async def _allocate_ids(request: web.Request, n: int) -> list[int]:
     async with request.app["backend"].pool.connection() as conn:
-        cur = await conn.execute("SELECT nextval('pandaid_seq') FROM generate_series(1, %s)", (n,))
-        return [r[0] for r in await cur.fetchall()]
+        return await aqueries.next_pandaids(conn, n)
 
 
 @_v1
