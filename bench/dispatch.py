@@ -23,6 +23,7 @@ from bench.stats import percentiles, timeline
 from core import db
 from core.bus import CommandSender, OutcomeWaiter
 from core.config import Config
+from projections import queries
 
 
 def missing() -> str:
@@ -63,7 +64,7 @@ async def _level(url: str, pilots: int, seconds: float) -> dict[str, Any]:
 
 def _activated(cfg: Config) -> int:
     with db.connect(cfg) as conn:
-        return conn.execute("SELECT count(*) FROM jobs WHERE status = 'activated'").fetchone()[0]
+        return queries.count_by_status(conn, ["activated"]).get("activated", 0)
 
 
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:

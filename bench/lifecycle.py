@@ -26,6 +26,7 @@ from bench.procs import Components, CpuMeter, postgres_pids
 from bench.stats import percentiles, steady_rate, timeline
 from core import db
 from core.config import Config
+from projections import queries
 
 SERVICES = ["ledger", "projector", "setupper", "activator", "adder", "closer", "retrier", "gateway"]
 SUBMIT_BATCH = 500
@@ -104,33 +105,26 @@ async def _drive(url: str, n: int, pilots: int, seconds: float, log) -> dict[str
 
 def _finished(cfg: Config) -> int:
     with db.connect(cfg) as conn:
-        return conn.execute("SELECT count(*) FROM jobs WHERE status = 'finished'").fetchone()[0]
+        return queries.count_by_status(conn, ["finished"]).get("finished", 0)
 
 
 def _stages(cfg: Config) -> dict[str, dict[str, float]]:
     """Time each job spent before each event, by event (``from → to`` state), as percentiles: where the
     end-to-end latency goes (waiting for a service, a pilot or the ledger)."""
     with db.connect(cfg) as conn:
-        rows = conn.execute(
-            "SELECT from_state || ' → ' || to_state || coalesce(' (' || action || ')', ''),"
-            " extract(epoch FROM time - lag(time) OVER w)"
-            " FROM job_events WINDOW w AS (PARTITION BY pandaid ORDER BY seq)").fetchall()
+        rows = queries.stage_seconds(conn)
     by: dict[str, list[float]] = {}
-    for stage, dt in rows:
-        if dt is not None:
-            by.setdefault(stage, []).append(float(dt))
+    for stage, seconds in rows:
+        by.setdefault(stage, []).append(seconds)
     return {stage: percentiles(v) for stage, v in sorted(by.items(), key=lambda kv: -len(kv[1]))}
 
 
 def _from_events(cfg: Config) -> tuple[list[float], list[float], list[float]]:
     """(submit → finished seconds per job, finish times (epoch), times of all events (epoch))."""
     with db.connect(cfg) as conn:
-        rows = conn.execute(
-            "SELECT extract(epoch FROM f.time), extract(epoch FROM f.time - s.time) FROM job_events f"
-            " JOIN job_events s ON s.pandaid = f.pandaid AND s.seq = 1"
-            " WHERE f.to_state = 'finished' AND f.from_state <> 'finished'").fetchall()
-        events = [float(r[0]) for r in conn.execute("SELECT extract(epoch FROM time) FROM job_events")]
-    return [float(r[1]) for r in rows], [float(r[0]) for r in rows], events
+        rows = queries.finish_latencies(conn)
+        events = queries.event_times(conn)
+    return [seconds for _, seconds in rows], [at for at, _ in rows], events
 
 
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:

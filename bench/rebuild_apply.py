@@ -19,7 +19,7 @@ import time
 from bench.rebuild_rate import events
 from cli.rebuild import clone_tables, set_search_path
 from core import bus, config, db
-from projections.base import Record, save_position
+from projections.base import POSITIONS_TABLE, Record, save_position
 from projections.runner import ALL
 from schemas.messages import decode_event, encode
 from services import migrations
@@ -41,7 +41,7 @@ def measure(cfg: config.Config, parts: dict[int, list[bytes]], names: list[str],
         conn.execute(f"CREATE SCHEMA {schema}")
         for p in projs:
             clone_tables(conn, p.tables, "public", schema, indexes=False)
-        conn.execute(f"CREATE TABLE {schema}.consumer_positions (LIKE public.consumer_positions INCLUDING ALL)")
+        conn.execute(f"CREATE TABLE {schema}.{POSITIONS_TABLE} (LIKE public.{POSITIONS_TABLE} INCLUDING ALL)")
         conn.commit()
         set_search_path(conn, schema)
         n = since = 0

@@ -23,6 +23,7 @@ from cli.restore import check_at_start
 from core import config, db
 from core.bus import CommandSender, OutcomeWaiter
 from devenv import endpoints, stack
+from projections import queries
 from schemas.jobspec import JobSpec, SpecError, job_from_dict, jobs_from_client_json
 from schemas.messages import Command, Kill, Rejected, Submit, decode_command
 from services import migrations
@@ -108,8 +109,7 @@ def _load_jobs(path: str) -> list[JobSpec]:
 
 def allocate_panda_ids(cfg: config.Config, n: int) -> list[int]:
     with db.connect(cfg) as conn:
-        rows = conn.execute("SELECT nextval('pandaid_seq') FROM generate_series(1, %s)", (n,)).fetchall()
-    return [r[0] for r in rows]
+        return queries.next_pandaids(conn, n)
 
 
 def send_and_wait(cfg: config.Config, cmds: list[Command], timeout: float) -> dict[str, object]:
@@ -184,9 +184,8 @@ def cmd_kill(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = cfg_for_clients()
     with db.connect(cfg) as conn:
-        rows = {r["pandaid"]: r for r in db.fetch_all(
-            conn, "SELECT pandaid, status, seq, attempt_nr, computing_site, command_to_pilot,"
-            " modification_time FROM jobs WHERE pandaid = ANY(%s)", (args.ids,))}
+        rows = queries.jobs(conn, args.ids, ("status", "seq", "attempt_nr", "computing_site", "command_to_pilot",
+                                             "modification_time"))
     if args.json:
         print(json.dumps([rows.get(i) or {"pandaid": i, "status": "notfound"} for i in args.ids], default=str))
         return 0 if len(rows) == len(set(args.ids)) else 1
@@ -221,8 +220,7 @@ def _summary(body: dict) -> str:
 def cmd_history(args: argparse.Namespace) -> int:
     cfg = cfg_for_clients()
     with db.connect(cfg) as conn:
-        rows = db.fetch_all(conn, "SELECT seq, time, actor, type, action, from_state, to_state, body"
-                            " FROM job_events WHERE pandaid = %s ORDER BY seq", (args.id,))
+        rows = queries.history(conn, args.id)
     if not rows:
         print(f"no events for PandaID {args.id}", file=sys.stderr)
         return 1

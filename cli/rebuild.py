@@ -26,7 +26,7 @@ from cli.logread import count_between, log_bounds, read_log
 from cli.progress import Progress
 from core import db
 from core.config import Config
-from projections.base import Projection, Record, load_positions, save_position
+from projections.base import POSITIONS_TABLE, Projection, Record, drop_positions, load_positions, save_position
 from projections.runner import ALL
 from schemas.messages import decode_event
 
@@ -178,8 +178,8 @@ def _prepare_schema(conn: psycopg.Connection, proj: Projection, live: str, schem
     for t in reversed(proj.tables):
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(schema, t)))
     conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING ALL)")
-                 .format(_ident(schema, "consumer_positions"), _ident(live, "consumer_positions")))
-    conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(_ident(schema, "consumer_positions")),
+                 .format(_ident(schema, POSITIONS_TABLE), _ident(live, POSITIONS_TABLE)))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(_ident(schema, POSITIONS_TABLE)),
                  (proj.name,))
 
 
@@ -206,7 +206,7 @@ def _switch(cfg: Config, conn: psycopg.Connection, proj: Projection, live: str, 
                 conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(_ident(scratch, t), _ident(live)))
             final = {**live_pos, **load_positions(conn, proj.name, topic)}
             set_search_path(conn, live)
-            conn.execute("DELETE FROM consumer_positions WHERE projection = %s AND topic = %s", (proj.name, topic))
+            drop_positions(conn, proj.name, topic)
             for p, off in final.items():
                 save_position(conn, proj.name, topic, p, max(off, live_pos.get(p, 0)))
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(_ident(scratch)))

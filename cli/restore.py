@@ -24,7 +24,6 @@ under non-empty projections is restored (embedded broker) or reported with what 
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import json
 import time
@@ -38,6 +37,7 @@ from cli.progress import Progress
 from core import bus, db
 from core.config import Config
 from devenv import topics
+from projections import archive, queries
 from schemas.messages import key_of
 
 Log = Callable[[str], object]
@@ -88,18 +88,14 @@ def restore(cfg: Config, *, force: bool = False, log: Log = print, show_progress
                                "into it. `pandaes restore --force` adds only the events it lacks.")
         present, top = _present(cfg, end)
     with db.connect(cfg) as conn:
-        total = conn.execute("SELECT count(*) FROM job_events").fetchone()[0]
+        total = queries.archived_count(conn)
         producer = bus.producer(cfg, linger_ms=20, transactional_id=f"pandaes-restore-{topic}")
         producer.init_transactions()
         failures: list[BaseException] = []
         in_txn = 0
         try:
-            with conn.cursor(name="pandaes_restore") as cur, \
-                    Progress("restore", total=total, enabled=show_progress) as bar:
-                cur.itersize = 5000
-                cur.execute("SELECT partition, pandaid, seq, body::text FROM job_events"
-                            " ORDER BY partition, kafka_offset, pandaid, seq")
-                for partition, pid, seq, body in cur:
+            with Progress("restore", total=total, enabled=show_progress) as bar:
+                for partition, pid, seq, body in queries.archive_in_log_order(conn):
                     bar.update()
                     if partition >= nparts or bus.partition_of(pid, nparts) != partition:
                         raise RestoreError(f"archived event PandaID {pid} seq {seq} was in partition {partition}, "
@@ -149,40 +145,12 @@ def _realign(cfg: Config, conn, result: RestoreResult, log: Log) -> None:
         for r in recs:
             body = json.loads(r.value)
             new[(body["PandaID"], body["seq"])] = r.offset
-    with conn.transaction():
-        old_to_new: dict[int, list[tuple[int, int]]] = {}
-        rows = conn.execute("SELECT partition, kafka_offset, pandaid, seq FROM job_events").fetchall()
-        missing = 0
-        for partition, old, pid, seq in rows:
-            if (pid, seq) in new:
-                old_to_new.setdefault(partition, []).append((old, new[(pid, seq)]))
-            else:
-                missing += 1
-        if missing:
-            raise RestoreError(f"{missing} archived event(s) are not in {topic} after publishing: not realigning")
-        for pairs in old_to_new.values():
-            pairs.sort()
-        for proj, partition, pos in conn.execute(
-                "SELECT projection, partition, next_offset FROM consumer_positions WHERE topic = %s",
-                (topic,)).fetchall():
-            pairs = old_to_new.get(partition, [])
-            i = bisect.bisect_left(pairs, (pos, -1))
-            moved = pairs[i][1] if i < len(pairs) else end.get(partition, 0)
-            if pairs and pos > pairs[-1][0] + 1:
-                result.warnings.append(
-                    f"{proj} had applied partition {partition} up to offset {pos}, beyond the archive's last "
-                    f"event ({pairs[-1][0]}): events the archive never saw are gone (or were transaction markers)")
-            if moved != pos:
-                conn.execute("UPDATE consumer_positions SET next_offset = %s WHERE projection = %s AND topic = %s"
-                             " AND partition = %s", (moved, proj, topic, partition))
-            result.positions[(proj, partition)] = (pos, moved)
-        conn.execute("CREATE TEMP TABLE restore_map (pandaid bigint, seq int, kafka_offset bigint) ON COMMIT DROP")
-        with conn.cursor().copy("COPY restore_map (pandaid, seq, kafka_offset) FROM STDIN") as copy:
-            for (pid, seq), off in new.items():
-                copy.write_row((pid, seq, off))
-        conn.execute("UPDATE job_events j SET kafka_offset = m.kafka_offset, body = j.body - 'src'"
-                     " FROM restore_map m WHERE j.pandaid = m.pandaid AND j.seq = m.seq"
-                     " AND (j.kafka_offset <> m.kafka_offset OR j.body ? 'src')")
+    try:
+        realigned = archive.realign(conn, topic, new, end)
+    except archive.NotInLog as exc:
+        raise RestoreError(str(exc)) from None
+    result.positions.update(realigned.positions)
+    result.warnings += realigned.warnings
 
 
 def _commit_service_groups(cfg: Config, log: Log) -> None:
@@ -210,9 +178,8 @@ def divergence(cfg: Config) -> tuple[int, list[str]]:
     """(archived events, why the log cannot be what the projections were built from)."""
     _, end = log_bounds(cfg)
     with db.connect(cfg) as conn:
-        archived = conn.execute("SELECT count(*) FROM job_events").fetchone()[0]
-        positions = conn.execute("SELECT projection, partition, next_offset FROM consumer_positions"
-                                 " WHERE topic = %s", (cfg.kafka.events_topic,)).fetchall()
+        archived = queries.archived_count(conn)
+        positions = queries.positions(conn, cfg.kafka.events_topic)
     why = [f"{proj} has read partition {p} up to offset {off}, the log ends at {end.get(p, 0)}"
            for proj, p, off in positions if off > end.get(p, 0)]
     if archived and not sum(end.values()):

@@ -16,6 +16,7 @@ from kafka import TopicPartition
 
 from core import bus, db
 from core.config import Config
+from projections import queries
 from schemas.messages import Event, JobSubmitted, decode_event
 
 
@@ -53,8 +54,8 @@ class _Sites:
         if pid not in self.known:
             try:
                 with db.connect(self.cfg) as conn:
-                    row = conn.execute("SELECT computing_site FROM jobs WHERE pandaid = %s", (pid,)).fetchone()
-                self.known[pid] = row[0] if row else None
+                    row = queries.jobs(conn, [pid], ("computing_site",)).get(pid)
+                self.known[pid] = row["computing_site"] if row else None
             except Exception:  # noqa: BLE001 - no database: the filter just does not match
                 self.known[pid] = None
         return self.known[pid]

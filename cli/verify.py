@@ -26,7 +26,8 @@ from cli.rebuild import apply_log, clone_tables, current_schema, projection, set
 from core import db
 from core.config import Config
 from core.machine import JobState
-from projections.base import load_positions
+from projections import queries
+from projections.base import POSITIONS_TABLE, load_positions
 
 CORE_PROJECTIONS = ("jobs", "files", "archive")
 SHOW = 20  # differences shown per table
@@ -82,7 +83,7 @@ def verify(cfg: Config, projections: Sequence[str] = CORE_PROJECTIONS, *,
         tables = [t for p in projs for t in p.tables]
         clone_tables(conn, tables, live, scratch, indexes=False)
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
-            sql.Identifier(scratch, "consumer_positions"), sql.Identifier(live, "consumer_positions")))
+            sql.Identifier(scratch, POSITIONS_TABLE), sql.Identifier(live, POSITIONS_TABLE)))
         jobs_at: dict[int, JobState] = {}
         jobs_pos = positions.get("jobs", {})
 
@@ -101,7 +102,7 @@ def verify(cfg: Config, projections: Sequence[str] = CORE_PROJECTIONS, *,
         for t in tables:
             report.differences += _compare(conn, live, scratch, t)
         if "jobs" in positions:
-            report.differences += _compare_fold(conn, live, jobs_at)
+            report.differences += _compare_fold(conn, jobs_at)
         conn.rollback()
     report.counted += len(report.differences)
     return report
@@ -151,12 +152,11 @@ def _compare(conn: psycopg.Connection, live: str, built: str, table: str) -> lis
     return out
 
 
-def _compare_fold(conn: psycopg.Connection, live: str, expected: dict[int, JobState]) -> list[str]:
-    rows = conn.execute(sql.SQL("SELECT pandaid, status, seq, attempt_nr FROM {}").format(
-        sql.Identifier(live, "jobs"))).fetchall()
+def _compare_fold(conn: psycopg.Connection, expected: dict[int, JobState]) -> list[str]:
+    """The live jobs rows (the search_path's) against the state machine's fold of the log."""
     out = []
     seen = set()
-    for pid, status, seq, attempt in rows:
+    for pid, status, seq, attempt, *_ in queries.core_rows(conn):
         seen.add(pid)
         st = expected.get(pid)
         if st is None:

@@ -30,6 +30,7 @@ from kafka.structs import OffsetAndMetadata
 from core import bus, db
 from core.config import Config
 from core.machine import JobState, apply, decide
+from projections import queries
 from schemas.messages import Rejected, decode_command, decode_event, encode, key_of
 
 log = logging.getLogger(__name__)
@@ -106,20 +107,12 @@ class Ledger:
     def _snapshot(self, partition: int) -> tuple[dict[int, JobState], int]:
         """The partition's jobs and the event offset they reflect, from one database snapshot."""
         with db.connect(self.cfg) as conn:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            row = conn.execute(
-                "SELECT next_offset FROM consumer_positions WHERE projection = 'jobs' AND topic = %s"
-                " AND partition = %s", (self.events_topic, partition)).fetchone()
-            start = row[0] if row else 0
-            jobs = {}
-            if start:
-                for pid, status, seq, attempt, cmd, sh, label in conn.execute(
-                        "SELECT pandaid, status, seq, attempt_nr, command_to_pilot, special_handling,"
-                        " prod_source_label FROM jobs WHERE partition = %s", (partition,)):
-                    jobs[pid] = JobState(PandaID=pid, state=status, seq=seq, attempt_nr=attempt,
-                                         command_to_pilot=cmd, special_handling=sh, label=label)
-            conn.rollback()
-        return jobs, start
+            snap = queries.partition_snapshot(conn, self.events_topic, partition)
+        jobs = {r.pandaid: JobState(PandaID=r.pandaid, state=r.status, seq=r.seq, attempt_nr=r.attempt_nr,
+                                    command_to_pilot=r.command_to_pilot, special_handling=r.special_handling,
+                                    label=r.prod_source_label)
+                for r in snap.jobs}
+        return jobs, snap.next_offset
 
     def _last_src_from_tail(self, partition: int) -> int:
         """Source command offset of the partition's last event (when the replay read none).

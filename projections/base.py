@@ -30,6 +30,9 @@ class Projection(Protocol):
         """Write the effect of ``records`` (one partition's new events, in offset order)."""
 
 
+POSITIONS_TABLE = "consumer_positions"   # 001_core.sql; a rebuild or verify makes a copy in its own schema
+
+
 def load_positions(conn: psycopg.Connection, projection: str, topic: str) -> dict[int, int]:
     rows = conn.execute(
         "SELECT partition, next_offset FROM consumer_positions WHERE projection = %s AND topic = %s",
@@ -44,3 +47,8 @@ def save_position(conn: psycopg.Connection, projection: str, topic: str, partiti
         " ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
         (projection, topic, partition, next_offset),
     )
+
+
+def drop_positions(conn: psycopg.Connection, projection: str, topic: str) -> None:
+    """Forget where ``projection`` got to on ``topic`` (a rebuilt projection then takes over its positions)."""
+    conn.execute("DELETE FROM consumer_positions WHERE projection = %s AND topic = %s", (projection, topic))

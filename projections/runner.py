@@ -9,6 +9,7 @@ on (re)assignment the consumer seeks to them.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 
@@ -56,22 +57,27 @@ class ProjectionRunner:
         self.group_id = group_id or f"{cfg.kafka.group_prefix}-projector"
         self.search_path = search_path
         self.on_batch = on_batch
-        self.conn = self._connect()
+        self.db = self._connection(search_path)
         self.positions: dict[str, dict[int, int]] = {}
         self.consumer = bus.consumer(cfg, group_id=self.group_id,
                                      max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)))
         self.consumer.subscribe([self.topic], listener=_Seeker(self))
 
-    def _connect(self) -> psycopg.Connection:
-        conn = db.connect(self.cfg)
+    def _connection(self, search_path: str | None) -> db.Reconnecting:
         # Asynchronous commit: rows and positions are committed together, so a commit lost in a
         # PostgreSQL crash loses both and the projector re-applies those events from the log (Kafka
         # keeps them). No data the log does not have can be lost; see docs/performance.md#projections.
-        conn.execute("SET synchronous_commit TO off")
-        if self.search_path:
-            conn.execute(f"SET search_path TO {self.search_path}")
-        conn.commit()
-        return conn
+        options = "-c synchronous_commit=off"
+        if search_path:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", search_path):
+                raise ValueError(f"search_path must be one schema name, not {search_path!r}")
+            options += f" -c search_path={search_path}"
+        return db.Reconnecting(self.cfg, autocommit=False, options=options)
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        """The projector's transaction connection (reopened after the server dropped it)."""
+        return self.db.conn
 
     def seek_to_positions(self, assigned) -> None:
         with self.conn.transaction():
@@ -111,7 +117,7 @@ class ProjectionRunner:
                 self.step()
             except psycopg.OperationalError:
                 log.exception("database error; positions are in the database, resuming from them")
-                self.conn = self._connect()
+                self.db.reset()
                 self.seek_to_positions(self.consumer.assignment())
 
     def caught_up(self) -> bool:
@@ -124,7 +130,7 @@ class ProjectionRunner:
 
     def close(self) -> None:
         self.consumer.close()
-        self.conn.close()
+        self.db.close()
 
 
 

@@ -93,18 +93,16 @@ class Context:
     """What a worker shares between the scripts it runs: one DB connection, one command sender."""
 
     def __init__(self, cfg: Config):
+        from core import db
+
         self.cfg = cfg
-        self._conn = None
+        self._db = db.Reconnecting(cfg)
         self._sender = None
         self.host = socket.gethostname()
 
     @property
     def conn(self):
-        if self._conn is None or self._conn.closed:
-            from core import db
-
-            self._conn = db.connect(self.cfg, autocommit=True)
-        return self._conn
+        return self._db.conn
 
     @property
     def sender(self):
@@ -116,10 +114,7 @@ class Context:
 
     def reset(self) -> None:
         """After an error the connection may be unusable: drop it (the next script reopens)."""
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+        self._db.reset()
 
     def close(self) -> None:
         self.reset()

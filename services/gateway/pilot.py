@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from projections import aqueries
 from schemas.messages import Rejected
 from services.gateway.dispatcher import DispatchRequest
 
@@ -124,12 +125,10 @@ async def update_jobs_bulk(request: web.Request, items: list[Any]) -> list[dict[
 
 async def job_rows(request: web.Request, ids: list[int]) -> dict[int, dict[str, Any]]:
     """Current status, attempt and command of jobs from the projection."""
-    pool = request.app["backend"].pool
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT pandaid, status, attempt_nr, command_to_pilot, special_handling"
-                                 " FROM jobs WHERE pandaid = ANY(%s)", (ids,))
-        rows = await cur.fetchall()
-    return {r[0]: {"status": r[1], "attemptNr": r[2], "command": _command(r[3], r[4])} for r in rows}
+    async with request.app["backend"].pool.connection() as conn:
+        rows = await aqueries.jobs(conn, ids, ("status", "attempt_nr", "command_to_pilot", "special_handling"))
+    return {pid: {"status": r["status"], "attemptNr": r["attempt_nr"],
+                  "command": _command(r["command_to_pilot"], r["special_handling"])} for pid, r in rows.items()}
 
 
 def _command(command_to_pilot: str | None, special_handling: str | None) -> str:

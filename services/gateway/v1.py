@@ -8,17 +8,17 @@ with the same envelope and a message naming the parameter.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from projections import aqueries
+from projections.wait import ProjectionLag
 from schemas.jobspec import JobSpec, SpecError, job_from_dict, job_to_description, jobs_from_client_json
 from schemas.messages import Event, Kill, Rejected, Submit, Transition
 
@@ -33,6 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: how long job/submit and job/kill wait for the jobs projection to show what the ledger recorded, so that
 #: a client's next call (getJobStatus, setDebugMode…) reads its own write, as it does on PanDA's database
 PROJECTION_WAIT = 5.0
+PROJECTION_POLL = 0.02   # the longest pause between two looks: a client is waiting for the answer
 ANALYSIS_OR_PTEST = ("user", "panda", "ptest", "rc_test", "rc_test2", "rc_alrb")
 
 
@@ -113,25 +114,20 @@ async def pilot_job_status(request: web.Request, params: dict[str, Any]) -> web.
 
 # --------------------------------------------------------------------------------------------- job
 async def _until_projected(request: web.Request, verdicts: list[Any]) -> None:
-    """Wait (at most PROJECTION_WAIT) until the jobs projection has every recorded event of ``verdicts``."""
+    """Wait (at most PROJECTION_WAIT) until the jobs projection has every recorded event of ``verdicts``;
+    the answer goes out then whatever the projection shows (what was recorded is in the log)."""
     want = {v.PandaID: v.seq for v in verdicts if isinstance(v, Event)}
     if not want:
         return
-    deadline = time.monotonic() + PROJECTION_WAIT
-    ids = list(want)
-    while True:
-        async with request.app["backend"].pool.connection() as conn:
-            cur = await conn.execute("SELECT pandaid, seq FROM jobs WHERE pandaid = ANY(%s)", (ids,))
-            seen = dict(await cur.fetchall())
-        if all(seen.get(pid, 0) >= seq for pid, seq in want.items()) or time.monotonic() >= deadline:
-            return
-        await asyncio.sleep(0.02)
+    try:
+        await aqueries.wait_projected(request.app["backend"].pool, want, PROJECTION_WAIT, most=PROJECTION_POLL)
+    except ProjectionLag as exc:
+        log.info("answering before the projection caught up: %s", exc)
 
 
 async def _allocate_ids(request: web.Request, n: int) -> list[int]:
     async with request.app["backend"].pool.connection() as conn:
-        cur = await conn.execute("SELECT nextval('pandaid_seq') FROM generate_series(1, %s)", (n,))
-        return [r[0] for r in await cur.fetchall()]
+        return await aqueries.next_pandaids(conn, n)
 
 
 @_v1
@@ -179,13 +175,8 @@ async def submit(request: web.Request, params: dict[str, Any]) -> web.Response:
 
 async def _descriptions(request: web.Request, ids: list[int]) -> list[dict[str, Any] | None]:
     async with request.app["backend"].pool.connection() as conn:
-        cur = await conn.execute("SELECT pandaid, spec FROM jobs WHERE pandaid = ANY(%s)", (ids,))
-        specs = {r[0]: r[1] for r in await cur.fetchall()}
-        cur = await conn.execute("SELECT pandaid, spec FROM files WHERE pandaid = ANY(%s) ORDER BY pandaid, type, lfn",
-                                 (ids,))
-        files: dict[int, list[dict[str, Any]]] = {}
-        for pid, spec in await cur.fetchall():
-            files.setdefault(pid, []).append(spec)
+        specs = {pid: r["spec"] for pid, r in (await aqueries.jobs(conn, ids, ("spec",))).items()}
+        files = await aqueries.files_of(conn, ids)
     out: list[dict[str, Any] | None] = []
     for pid in ids:
         spec = specs.get(pid)
@@ -270,11 +261,10 @@ async def set_debug_mode(request: web.Request, params: dict[str, Any]) -> web.Re
     panda_id = as_int(params, "job_id")
     mode = as_bool(params, "mode")
     async with request.app["backend"].pool.connection() as conn:
-        cur = await conn.execute("SELECT special_handling, status FROM jobs WHERE pandaid = %s", (panda_id,))
-        row = await cur.fetchone()
+        row = (await aqueries.jobs(conn, [panda_id], ("special_handling", "status"))).get(panda_id)
     if row is None:
         return envelope(False, f"job {panda_id} not found", None)
-    tags = [t for t in (row[0] or "").split(",") if t and t not in ("dm", "debug")]
+    tags = [t for t in (row["special_handling"] or "").split(",") if t and t not in ("dm", "debug")]
     if mode:
         tags.append("dm")
     # read-modify-write on the projection: a concurrent change of specialHandling could be overwritten;

@@ -154,7 +154,7 @@ class LiveView:
         self.partitions: set[int] | None = None
         self.sent = SentActivations()
         self._datasets = DatasetStore(cfg)
-        self._conn = None
+        self._pg = db.Reconnecting(cfg)
         self._lock = threading.Lock()
         self._plugin_of: dict[str, str | None] = {}
 
@@ -163,9 +163,7 @@ class LiveView:
         return self._datasets
 
     def _db(self):
-        if self._conn is None or self._conn.closed:
-            self._conn = db.connect(self.cfg, autocommit=True)
-        return self._conn
+        return self._pg.conn
 
     def assigned(self, partitions: set[int] | None, limit: int) -> list[Assigned]:
         with self._lock:
@@ -196,8 +194,7 @@ class LiveView:
 
     def close(self) -> None:
         self._datasets.close()
-        if self._conn is not None:
-            self._conn.close()
+        self._pg.close()
 
 
 def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:

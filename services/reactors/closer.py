@@ -124,18 +124,17 @@ class SqlCloserView:
     closed = 0      # blocks this view has closed (the daemon script reports it)
 
     def __init__(self, cfg: Config, conn: psycopg.Connection | None = None, batch: int = 2000):
+        from core import db
+
         self.cfg = cfg
-        self._conn = conn
+        self._given = conn                  # the daemon's connection (it reconnects between scripts)
+        self._db = db.Reconnecting(cfg)     # otherwise one of our own
         self.batch = batch
         self.partitions: set[int] | None = None
 
     @property
     def conn(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            from core import db
-
-            self._conn = db.connect(self.cfg, autocommit=True)
-        return self._conn
+        return self._given if self._given is not None else self._db.conn
 
     def _load(self, sub_names: Iterable[str]) -> Blocks:
         b = Blocks()
@@ -176,8 +175,7 @@ class SqlCloserView:
             log.info("closer: closed %s", ", ".join(closed_names(p)))
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self._db.close()
 
 
 def run_once(cfg: Config, ctx: Any) -> int:

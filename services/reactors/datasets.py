@@ -12,7 +12,6 @@ reads after ``subs_of``). No other module names these tables in SQL.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -174,7 +173,7 @@ def open_subs(conn: psycopg.Connection, limit: int) -> list[str]:
 
 
 class DatasetStore:
-    """A service's handle on the tables: one autocommit connection, serialised by a lock.
+    """A service's handle on the tables: one ``core.db.Reconnecting`` connection (calls serialised).
 
     Actions returned by ``decide`` call ``store.record(...)`` etc.; the connection is reopened once
     if the database went away between actions.
@@ -182,21 +181,10 @@ class DatasetStore:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.Lock()
+        self._db = db.Reconnecting(cfg)
 
     def _run(self, fn, *args, **kwargs):
-        with self._lock:
-            for attempt in (1, 2):
-                if self._conn is None or self._conn.closed:
-                    self._conn = db.connect(self.cfg, autocommit=True)
-                try:
-                    return fn(self._conn, *args, **kwargs)
-                except psycopg.OperationalError:
-                    self._conn = None
-                    if attempt == 2:
-                        raise
-        return None  # pragma: no cover
+        return self._db.run(fn, *args, **kwargs)
 
     def record(self, blocks: Sequence[Block], files: Sequence[BlockFile], actor: str) -> None:
         self._run(record, blocks, files, actor)
@@ -214,7 +202,4 @@ class DatasetStore:
         return self._run(get, name)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()

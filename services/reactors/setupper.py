@@ -266,6 +266,7 @@ class LiveView:
         return spec_for(self.cfg, queue.plugin, vo)
 
     def job(self, panda_id: int, seq: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The job's spec and files once the projection has reached ``seq``; None if it does not in time."""
         with self._lock:
             try:
                 row = self._jobs.job(panda_id, seq)

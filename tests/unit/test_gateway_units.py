@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.gateway.dispatcher import DispatchRequest, candidate_query, label_filter
+from projections.candidates import candidate_query, label_filter
+from services.gateway.dispatcher import DispatchRequest
 from services.gateway.jobdict import pilot_job
 from services.gateway.params import BadRequest
 from services.gateway.updates import legacy_names, parse_time, translate

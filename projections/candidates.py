@@ -1,0 +1,123 @@
+"""Which activated jobs a pilot may get: PanDA's getJob selection as SQL on the jobs projection (pure).
+
+Selection follows PanDA's ``DBProxy.getJobs`` (PANDA-REFERENCE §3.3): activated jobs of the site, the
+prodSourceLabel rules, memory/disk/walltime/resource-type/core filters, ordered by global share, then
+currentPriority DESC, then PandaID. ``candidate_query`` returns SQL text and parameters and runs nothing,
+so the rules are tested without a database; the dispatcher (services/gateway/dispatcher.py) runs the
+queries in its claim transaction.
+
+The dispatcher's leases are its own table (services/gateway/leases.py): the query does not know it by
+name but is told the lease relation to anti-join (``leases=``), a relation with ``pandaid``, ``seq`` and
+``expires_at`` columns. A job is skipped while such a row has its PandaID and current ``seq`` and has not
+expired, so a lease stops mattering as soon as the projection shows the job moved on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+# prodSourceLabel families (PanDA JobUtils / construct_where_clause)
+ANALYSIS_LABELS = ("user", "panda", "install")
+PRODUCTION_LABELS = ("managed", "test", "prod_test", "install")
+UNIFIED_LABELS = ("managed", "test", "prod_test", "install", "user", "panda")
+
+_RELATION = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+
+
+class Criteria(Protocol):
+    """What the selection reads of a pilot's request (services.gateway.dispatcher.DispatchRequest has it)."""
+
+    site: str
+    prod_source_label: str | None
+    computing_element: str | None
+    job_type: str | None
+    queue_status: str | None
+    memory: int
+    disk: int
+    remaining_time: int
+    resource_type: str | None
+    core_count: int | None
+    task_id: int | None
+
+
+def label_filter(label: str | None, computing_element: str | None, job_type: str | None,
+                 queue_status: str | None) -> tuple[str, dict[str, Any]]:
+    """PanDA's prodSourceLabel rule for a pilot's label → SQL condition on jobs and its parameters."""
+    if queue_status == "test" and label in ("user", "managed", "unified"):
+        label = "test"
+    if label == "user":
+        return "j.prod_source_label = ANY(%(labels)s)", {"labels": list(ANALYSIS_LABELS)}
+    if label in (None, "", "managed"):
+        return "j.prod_source_label = ANY(%(labels)s)", {"labels": list(PRODUCTION_LABELS)}
+    if label == "unified":
+        return "j.prod_source_label = ANY(%(labels)s)", {"labels": list(UNIFIED_LABELS)}
+    if label == "test" and computing_element:
+        robot = "j.spec->>'processingType' = 'gangarobot'"
+        if job_type == "user":
+            return robot, {}
+        return f"({robot} OR j.prod_source_label = ANY(%(labels)s))", {"labels": ["prod_test", "install", "test"]}
+    return "j.prod_source_label = %(label)s", {"label": label}
+
+
+def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
+                    share: str | None = None, *, leases: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The SELECT that finds and row-locks dispatchable jobs for ``req`` (pure: SQL + parameters).
+
+    One row at a time by default: with SKIP LOCKED each concurrent claimer then locks a different job
+    instead of a block of ten, so the order (share, priority, PandaID) is kept under contention.
+
+    The share order is kept by asking share by share (``candidate_queries``): the jobs of ``share`` (one
+    of ``share_order``), or with ``share=None`` the jobs of every share not listed. Each query is then
+    ordered by (priority, PandaID) alone, which the partial indexes on activated jobs serve directly, so
+    its cost does not grow with the backlog (ordering by a share rank expression sorted every activated
+    job of the site for every getJob: 0.4 s at 100k activated jobs).
+
+    ``leases``: the relation of live claims to skip (see the module docstring); None skips none."""
+    where = ["j.status = 'activated'", "j.computing_site = %(site)s"]
+    params: dict[str, Any] = {"site": req.site, "limit": limit}
+    if share is not None:
+        where.append("j.gshare = %(share)s")
+        params["share"] = share
+    elif share_order:
+        where.append("(j.gshare IS NULL OR j.gshare <> ALL(%(shares)s::text[]))")
+        params["shares"] = list(share_order)
+    cond, more = label_filter(req.prod_source_label, req.computing_element, req.job_type, req.queue_status)
+    where.append(cond)
+    params.update(more)
+    if req.memory > 0:
+        where.append("(j.min_ram_count <= %(memory)s OR j.min_ram_count = 0)")
+        params["memory"] = req.memory
+    if req.disk > 0:
+        where.append("(j.max_disk_count <= %(disk)s OR j.max_disk_count = 0)")
+        params["disk"] = req.disk
+    if req.remaining_time > 0:
+        where.append("(j.max_walltime IS NULL OR j.max_walltime <= %(remaining)s)")
+        params["remaining"] = req.remaining_time
+    if req.resource_type:
+        where.append("j.resource_type = %(resource_type)s")
+        params["resource_type"] = req.resource_type
+    if req.core_count:
+        where.append("COALESCE(j.core_count, 1) <= %(cores)s")
+        params["cores"] = req.core_count
+    if req.task_id is not None:
+        where.append("j.jedi_task_id = %(task_id)s")
+        params["task_id"] = req.task_id
+    if leases is not None:
+        if not _RELATION.match(leases):
+            raise ValueError(f"not a relation name: {leases!r}")
+        where.append(f"NOT EXISTS (SELECT 1 FROM {leases} l WHERE l.pandaid = j.pandaid"
+                     " AND l.seq = j.seq AND l.expires_at > now())")
+    sql = (
+        "SELECT j.pandaid, j.seq, j.spec FROM jobs j WHERE " + " AND ".join(where)
+        + " ORDER BY j.current_priority DESC, j.pandaid LIMIT %(limit)s FOR NO KEY UPDATE OF j SKIP LOCKED"
+    )
+    return sql, params
+
+
+def candidate_queries(req: Criteria, share_order: Sequence[str], limit: int = 1, *,
+                      leases: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The candidate queries in the order they are tried: each share of ``share_order``, then the rest."""
+    return [candidate_query(req, share_order, limit, s, leases=leases) for s in dict.fromkeys(share_order)] + [
+        candidate_query(req, share_order, limit, leases=leases)]

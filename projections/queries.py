@@ -1,0 +1,192 @@
+"""Reading the core projections (jobs, files, job_events, consumer_positions): the one place that does.
+
+Why: these tables belong to the projections that write them (``projections/migrations/001_core.sql``).
+Their readers — the ledger's recovery, the gateway, the dispatcher, the CLI and the bench — ask here by
+name ("a job", "the files of a job", "the ledger's snapshot of a partition") instead of each carrying its
+own SQL, so a column or index change is made in one folder. The SQL text is module-level and shared
+with the asyncio flavour (``projections.aqueries``); the functions here take an open psycopg connection
+and leave transactions and reconnecting (``core.db.Reconnecting``) to the caller, except where one
+database snapshot is the point (``partition_snapshot``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg.rows import dict_row
+
+# the jobs table's columns (001_core.sql), the only names a caller may pick
+JOB_COLUMNS = (
+    "pandaid", "partition", "seq", "status", "attempt_nr", "computing_site", "prod_source_label",
+    "current_priority", "gshare", "resource_type", "core_count", "min_ram_count", "max_disk_count",
+    "max_walltime", "jedi_task_id", "command_to_pilot", "special_handling", "creation_time",
+    "modification_time", "state_change_time", "last_command_id", "spec",
+)
+
+JOB_SQL = "SELECT * FROM jobs WHERE pandaid = %s"
+EXISTS_SQL = "SELECT 1 FROM jobs WHERE pandaid = %s"
+FILES_SQL = "SELECT spec FROM files WHERE pandaid = %s ORDER BY type, lfn"
+FILES_OF_SQL = "SELECT pandaid, spec FROM files WHERE pandaid = ANY(%s) ORDER BY pandaid, type, lfn"
+HISTORY_SQL = ("SELECT seq, time, actor, type, action, from_state, to_state, body"
+               " FROM job_events WHERE pandaid = %s ORDER BY seq")
+# the dispatcher's leases outlive nothing: a lease whose job is no longer activated at the seq it saw is stale
+STILL_ACTIVATED_SQL = ("SELECT j.pandaid, j.seq FROM jobs j JOIN unnest(%s::bigint[], %s::int[]) AS l(pandaid, seq)"
+                       " ON j.pandaid = l.pandaid AND j.seq = l.seq WHERE j.status = 'activated'")
+POSITION_SQL = ("SELECT next_offset FROM consumer_positions WHERE projection = %s AND topic = %s"
+                " AND partition = %s")
+POSITIONS_SQL = "SELECT projection, partition, next_offset FROM consumer_positions WHERE topic = %s"
+ARCHIVED_SQL = "SELECT count(*) FROM job_events"
+CORE_SQL = ("SELECT pandaid, status, seq, attempt_nr, command_to_pilot, special_handling, prod_source_label"
+            " FROM jobs")
+LEDGER_STATE_SQL = CORE_SQL + " WHERE partition = %s"
+# PandaIDs are handed out by the database (001_core.sql), as PanDA's JOBSDEFINED4_PANDAID_SEQ
+NEXT_PANDAIDS_SQL = "SELECT nextval('pandaid_seq') FROM generate_series(1, %s)"
+ARCHIVE_IN_LOG_ORDER_SQL = ("SELECT partition, pandaid, seq, body::text FROM job_events"
+                            " ORDER BY partition, kafka_offset, pandaid, seq")
+
+
+def jobs_sql(columns: Sequence[str] | None = None) -> str:
+    """``SELECT <columns> FROM jobs WHERE pandaid = ANY(%s)``; ``pandaid`` is always selected (pure)."""
+    cols = list(dict.fromkeys(["pandaid", *(columns or JOB_COLUMNS)]))
+    unknown = [c for c in cols if c not in JOB_COLUMNS]
+    if unknown:
+        raise ValueError(f"not columns of the jobs projection: {', '.join(unknown)}")
+    return f"SELECT {', '.join(cols)} FROM jobs WHERE pandaid = ANY(%s)"
+
+
+def count_by_status_sql(statuses: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
+    """The number of jobs per status, of every status or only of ``statuses`` (pure)."""
+    if statuses is None:
+        return "SELECT status, count(*) FROM jobs GROUP BY status", ()
+    return "SELECT status, count(*) FROM jobs WHERE status = ANY(%s) GROUP BY status", (list(statuses),)
+
+
+# ------------------------------------------------------------------------------------------- jobs
+def job(conn: psycopg.Connection, pandaid: int) -> dict[str, Any] | None:
+    """The job's row (every column; ``spec`` is the whole JobSpec without Files), None if unknown."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(JOB_SQL, (pandaid,)).fetchone()
+
+
+def jobs(conn: psycopg.Connection, pandaids: Iterable[int],
+         columns: Sequence[str] | None = None) -> dict[int, dict[str, Any]]:
+    """PandaID → row (``columns`` and pandaid, default every column) of the known ones among ``pandaids``."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return {r["pandaid"]: r for r in cur.execute(jobs_sql(columns), (list(pandaids),)).fetchall()}
+
+
+def next_pandaids(conn: psycopg.Connection, n: int) -> list[int]:
+    """``n`` new PandaIDs from the database's sequence."""
+    return [r[0] for r in conn.execute(NEXT_PANDAIDS_SQL, (n,)).fetchall()]
+
+
+def exists(conn: psycopg.Connection, pandaid: int) -> bool:
+    return conn.execute(EXISTS_SQL, (pandaid,)).fetchone() is not None
+
+
+def count_by_status(conn: psycopg.Connection, statuses: Sequence[str] | None = None) -> dict[str, int]:
+    """status → number of jobs (statuses without jobs are absent)."""
+    sql, params = count_by_status_sql(statuses)
+    return dict(conn.execute(sql, params).fetchall())
+
+
+# ------------------------------------------------------------------------------------------ files
+def files(conn: psycopg.Connection, pandaid: int) -> list[dict[str, Any]]:
+    """The job's FileSpec dicts (the files projection's ``spec``), in (type, lfn) order."""
+    return [r[0] for r in conn.execute(FILES_SQL, (pandaid,)).fetchall()]
+
+
+def files_of(conn: psycopg.Connection, pandaids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """PandaID → its FileSpec dicts, for the jobs of ``pandaids`` that have files."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for pid, spec in conn.execute(FILES_OF_SQL, (list(pandaids),)).fetchall():
+        out.setdefault(pid, []).append(spec)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- archive
+def history(conn: psycopg.Connection, pandaid: int) -> list[dict[str, Any]]:
+    """The job's events from the archive, by seq (seq, time, actor, type, action, from/to state, body)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(HISTORY_SQL, (pandaid,)).fetchall()
+
+
+def archived_count(conn: psycopg.Connection) -> int:
+    return conn.execute(ARCHIVED_SQL).fetchone()[0]
+
+
+def archive_in_log_order(conn: psycopg.Connection, batch: int = 5000) -> Iterator[tuple[int, int, int, str]]:
+    """(partition, PandaID, seq, body JSON) of every archived event, partition by partition in offset order.
+
+    A server-side cursor: the archive is streamed ``batch`` rows at a time, never loaded whole. ``conn``
+    must not be in autocommit mode (the cursor lives in the caller's transaction)."""
+    with conn.cursor(name="pandaes_archive") as cur:
+        cur.itersize = batch
+        cur.execute(ARCHIVE_IN_LOG_ORDER_SQL)
+        yield from cur
+
+
+def stage_seconds(conn: psycopg.Connection) -> list[tuple[str, float]]:
+    """(``from → to (action)``, seconds since the job's previous event) for every event but the first."""
+    rows = conn.execute(
+        "SELECT from_state || ' → ' || to_state || coalesce(' (' || action || ')', ''),"
+        " extract(epoch FROM time - lag(time) OVER w)"
+        " FROM job_events WINDOW w AS (PARTITION BY pandaid ORDER BY seq)").fetchall()
+    return [(stage, float(seconds)) for stage, seconds in rows if seconds is not None]
+
+
+def finish_latencies(conn: psycopg.Connection) -> list[tuple[float, float]]:
+    """(epoch of the job's move to finished, seconds since its submission) per finished job."""
+    rows = conn.execute(
+        "SELECT extract(epoch FROM f.time), extract(epoch FROM f.time - s.time) FROM job_events f"
+        " JOIN job_events s ON s.pandaid = f.pandaid AND s.seq = 1"
+        " WHERE f.to_state = 'finished' AND f.from_state <> 'finished'").fetchall()
+    return [(float(at), float(seconds)) for at, seconds in rows]
+
+
+def event_times(conn: psycopg.Connection) -> list[float]:
+    """The epoch time of every archived event."""
+    return [float(r[0]) for r in conn.execute("SELECT extract(epoch FROM time) FROM job_events")]
+
+
+# -------------------------------------------------------------------------------------- positions
+def positions(conn: psycopg.Connection, topic: str) -> list[tuple[str, int, int]]:
+    """(projection, partition, next offset) of every projection on ``topic``."""
+    return [tuple(r) for r in conn.execute(POSITIONS_SQL, (topic,)).fetchall()]
+
+
+class CoreRow(NamedTuple):
+    """What the ledger needs of a job to judge its next command (core.machine.JobState's fields)."""
+
+    pandaid: int
+    status: str
+    seq: int
+    attempt_nr: int
+    command_to_pilot: str | None
+    special_handling: str | None
+    prod_source_label: str | None
+
+
+def core_rows(conn: psycopg.Connection) -> list[CoreRow]:
+    """Every job's core state columns (``CoreRow``), as ``verify`` compares them with the state machine's fold."""
+    return [CoreRow._make(r) for r in conn.execute(CORE_SQL)]
+
+
+class PartitionSnapshot(NamedTuple):
+    next_offset: int          # the first event of the partition the rows do not reflect yet
+    jobs: list[CoreRow]
+
+
+def partition_snapshot(conn: psycopg.Connection, topic: str, partition: int) -> PartitionSnapshot:
+    """The jobs projection's rows of one partition and its position there, read in ONE database snapshot.
+
+    The ledger folds the log's events from ``next_offset`` on top of the rows; read apart, a projector
+    batch committed in between would be applied twice or skipped. ``conn`` must not be in a transaction."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute(POSITION_SQL, ("jobs", topic, partition)).fetchone()
+        start = row[0] if row else 0
+        rows = [CoreRow._make(r) for r in conn.execute(LEDGER_STATE_SQL, (partition,))] if start else []
+    return PartitionSnapshot(start, rows)

@@ -1,0 +1,116 @@
+"""THE way to wait until the jobs projection has reached an event: ``seq`` N of a job, for one job or many.
+
+Why one: services consume panda.job-events in their own groups and the gateway answers after the ledger,
+so each may look at a job before the projector has written the event it is acting on. Reading a stale row
+would lose what that event changed (a ``commandToPilot`` set one event earlier, a job a client has just
+submitted). Every caller waits the same way: poll the rows still behind, back off from 20 ms to 0.5 s,
+and give up at a deadline with ``ProjectionLag`` (a service then leaves its offset uncommitted, so the event
+comes again; the gateway answers anyway).
+
+The logic is written once, in pure pieces (``Backoff``, ``behind``), and driven by a blocking loop
+(``wait_projected``) and an asyncio one (``await_projected``); how rows are read is the caller's
+``read(pandaids) -> {pandaid: row}``, a row being any mapping with a ``seq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+Row = Mapping[str, Any]
+Read = Callable[[list[int]], Mapping[int, Row]]
+AsyncRead = Callable[[list[int]], Awaitable[Mapping[int, Row]]]
+
+FIRST_DELAY = 0.02
+MAX_DELAY = 0.5
+
+
+class ProjectionLag(RuntimeError):
+    """The jobs projection has not reached the event a caller is acting on."""
+
+    def __init__(self, lagging: Mapping[int, int | None], want: Mapping[int, int]):
+        self.lagging = dict(lagging)      # PandaID → seq seen (None: no row)
+        self.want = dict(want)
+        super().__init__(describe(self.lagging, self.want))
+
+
+def describe(lagging: Mapping[int, int | None], want: Mapping[int, int]) -> str:
+    parts = [f"{'no row' if seq is None else f'seq {seq}'} for PandaID {pid}, need seq ≥ {want[pid]}"
+             for pid, seq in sorted(lagging.items())[:5]]
+    more = f" (and {len(lagging) - 5} more)" if len(lagging) > 5 else ""
+    return "jobs projection has " + "; ".join(parts) + more
+
+
+class Backoff:
+    """Delays between polls (``first``, doubling up to ``most``), until ``timeout`` seconds have passed."""
+
+    def __init__(self, timeout: float, *, first: float = FIRST_DELAY, most: float = MAX_DELAY,
+                 clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._deadline = clock() + timeout
+        self._delay = min(first, most)
+        self._most = most
+
+    def next_delay(self) -> float | None:
+        """How long to sleep before the next poll; None once the deadline has passed."""
+        now = self._clock()
+        if now > self._deadline:
+            return None
+        delay = self._delay
+        self._delay = min(self._delay * 2, self._most)
+        return delay
+
+
+def behind(want: Mapping[int, int], rows: Mapping[int, Row]) -> dict[int, int | None]:
+    """The jobs of ``want`` whose row is missing or has a lower ``seq`` (PandaID → seq seen, None: no row)."""
+    out: dict[int, int | None] = {}
+    for pid, seq in want.items():
+        row = rows.get(pid)
+        if row is None:
+            out[pid] = None
+        elif row["seq"] < seq:
+            out[pid] = row["seq"]
+    return out
+
+
+def wait_projected(read: Read, want: Mapping[int, int], timeout: float, *, most: float = MAX_DELAY,
+                   sleep: Callable[[float], None] = time.sleep,
+                   clock: Callable[[], float] = time.monotonic) -> dict[int, Row]:
+    """Every wanted job's row once its ``seq`` ≥ the wanted one; ``ProjectionLag`` after ``timeout``.
+
+    Only the jobs still behind are read again; the first poll is immediate. ``most`` caps the pause
+    between polls (a caller answering a person keeps it short)."""
+    want = dict(want)
+    got: dict[int, Row] = {}
+    backoff = Backoff(timeout, most=most, clock=clock)
+    lagging = behind(want, got)
+    while True:
+        got.update(read(sorted(lagging)))
+        lagging = behind(want, got)
+        if not lagging:
+            return got
+        delay = backoff.next_delay()
+        if delay is None:
+            raise ProjectionLag(lagging, want)
+        sleep(delay)
+
+
+async def await_projected(read: AsyncRead, want: Mapping[int, int], timeout: float, *, most: float = MAX_DELAY,
+                          sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                          clock: Callable[[], float] = time.monotonic) -> dict[int, Row]:
+    """``wait_projected`` for the event loop: ``read`` and the pauses are awaited."""
+    want = dict(want)
+    got: dict[int, Row] = {}
+    backoff = Backoff(timeout, most=most, clock=clock)
+    lagging = behind(want, got)
+    while True:
+        got.update(await read(sorted(lagging)))
+        lagging = behind(want, got)
+        if not lagging:
+            return got
+        delay = backoff.next_delay()
+        if delay is None:
+            raise ProjectionLag(lagging, want)
+        await sleep(delay)

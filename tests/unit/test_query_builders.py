@@ -1,0 +1,115 @@
+"""Pure parts of the projections' query API: SQL builders, the candidate query's lease relation, and
+the one way to wait for the jobs projection (its back-off and deadline on a fake clock)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from projections import queries
+from projections.candidates import candidate_queries, candidate_query
+from projections.wait import Backoff, ProjectionLag, await_projected, behind, wait_projected
+from services.gateway.dispatcher import DispatchRequest
+
+
+def test_jobs_sql_always_selects_pandaid_and_only_known_columns():
+    assert queries.jobs_sql(("seq",)) == "SELECT pandaid, seq FROM jobs WHERE pandaid = ANY(%s)"
+    assert queries.jobs_sql(("pandaid", "spec")) == "SELECT pandaid, spec FROM jobs WHERE pandaid = ANY(%s)"
+    assert queries.jobs_sql().startswith("SELECT " + ", ".join(queries.JOB_COLUMNS) + " FROM jobs")
+    with pytest.raises(ValueError, match="seq; DROP"):
+        queries.jobs_sql(("seq; DROP TABLE jobs",))
+
+
+def test_count_by_status_sql():
+    assert queries.count_by_status_sql(None) == ("SELECT status, count(*) FROM jobs GROUP BY status", ())
+    sql, params = queries.count_by_status_sql(("activated", "running"))
+    assert "status = ANY(%s)" in sql and params == (["activated", "running"],)
+
+
+def test_candidate_query_anti_joins_the_lease_relation_it_is_given():
+    req = DispatchRequest(site="Q")
+    sql, _ = candidate_query(req, [], leases="dispatch_leases")
+    assert ("NOT EXISTS (SELECT 1 FROM dispatch_leases l WHERE l.pandaid = j.pandaid AND l.seq = j.seq"
+            " AND l.expires_at > now())") in sql
+    bare, _ = candidate_query(req, [])
+    assert "NOT EXISTS" not in bare and "FOR NO KEY UPDATE OF j SKIP LOCKED" in bare
+    with pytest.raises(ValueError):
+        candidate_query(req, [], leases="x; DELETE FROM jobs")
+    shares = candidate_queries(req, ["A", "B", "A"], leases="gw.leases")
+    assert [p.get("share") for _, p in shares] == ["A", "B", None]
+    assert all("FROM gw.leases l" in sql for sql, _ in shares)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+
+def test_backoff_doubles_to_its_cap_and_stops_at_the_deadline():
+    clock = FakeClock()
+    b = Backoff(2.0, first=0.02, most=0.5, clock=clock)
+    delays = []
+    while (d := b.next_delay()) is not None:
+        delays.append(d)
+        clock.sleep(d)
+    assert delays[:6] == [0.02, 0.04, 0.08, 0.16, 0.32, 0.5]
+    assert set(delays[6:]) == {0.5}
+    assert 2.0 <= sum(delays) <= 2.5
+
+
+def test_behind_names_missing_and_older_rows():
+    rows = {1: {"seq": 3}, 2: {"seq": 1}}
+    assert behind({1: 3, 2: 2, 3: 1}, rows) == {2: 1, 3: None}
+    assert behind({1: 2}, rows) == {}
+
+
+def test_wait_projected_reads_only_the_jobs_still_behind():
+    clock = FakeClock()
+    table = {1: {"seq": 1}, 2: {"seq": 0}}
+    reads: list[list[int]] = []
+
+    def read(pids):
+        reads.append(pids)
+        got = {p: dict(table[p]) for p in pids if p in table}
+        table[2]["seq"] += 1                      # the projector moves job 2 on between two looks
+        return got
+
+    rows = wait_projected(read, {1: 1, 2: 2}, 5.0, sleep=clock.sleep, clock=clock)
+    assert rows == {1: {"seq": 1}, 2: {"seq": 2}}
+    assert reads == [[1, 2], [2], [2]]
+    assert clock.slept == [0.02, 0.04]
+
+
+def test_wait_projected_raises_projection_lag_at_the_deadline():
+    clock = FakeClock()
+    with pytest.raises(ProjectionLag) as err:
+        wait_projected(lambda pids: {7: {"seq": 2}}, {7: 5, 8: 1}, 1.0, sleep=clock.sleep, clock=clock)
+    assert err.value.lagging == {7: 2, 8: None}
+    assert "seq 2 for PandaID 7, need seq ≥ 5" in str(err.value) and "no row for PandaID 8" in str(err.value)
+    assert 1.0 <= clock.now - 100.0 <= 1.5
+
+
+def test_await_projected_is_the_same_logic_on_the_event_loop():
+    clock = FakeClock()
+    seen = {"seq": 0}
+
+    async def read(pids):
+        seen["seq"] += 1
+        return {5: dict(seen)}
+
+    rows = asyncio.run(await_projected(read, {5: 3}, 5.0, most=0.02, sleep=clock.asleep, clock=clock))
+    assert rows == {5: {"seq": 3}} and clock.slept == [0.02, 0.02]
+    with pytest.raises(ProjectionLag):
+        asyncio.run(await_projected(read, {5: 10**6}, 0.1, sleep=clock.asleep, clock=clock))
