@@ -22,6 +22,7 @@ from core import bus, config
 from core.ledger import Ledger
 from core.machine import apply, decide
 from devenv import stack, topics
+from projections.queries import partition_snapshot
 from schemas.jobspec import JobSpec
 from schemas.messages import PilotUpdate, Rejected, Submit, Transition
 from services import migrations
@@ -75,7 +76,7 @@ def main() -> None:
         sender.send_many(cmds)
         sender.flush()
         sender.close()
-        ledger = Ledger(cfg, instance=tag)
+        ledger = Ledger(cfg, instance=tag, snapshot=partition_snapshot)
         stop = threading.Event()
         first: list[float] = []
         original = ledger.step

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from core.config import Config
 
 COMPONENTS: dict[str, str] = {
-    "ledger": "core.ledger:run_component",
+    "ledger": "cli.components:run_ledger",
     "projector": "projections.runner:run_component",
     "adder": "services.reactors.adder:run_component",
     "closer": "services.reactors.closer:run_component",
@@ -29,6 +29,19 @@ COMPONENTS: dict[str, str] = {
     "activator": "services.reactors.activator:run_component",
     "gateway": "services.gateway.app:run_component",
 }
+
+
+def run_ledger(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run ledger`: one ledger process (several with distinct PANDAES_LEDGER_INSTANCE), its state
+    rebuilt from the jobs projection's snapshot read."""
+    from core.ledger import Ledger
+    from projections.queries import partition_snapshot
+
+    ledger = Ledger(cfg, instance=os.environ.get("PANDAES_LEDGER_INSTANCE", "0"), snapshot=partition_snapshot)
+    try:
+        ledger.run(stop)
+    finally:
+        ledger.close()
 
 
 def resolve(name: str) -> Callable[[Config, threading.Event], None]:

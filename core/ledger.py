@@ -22,15 +22,16 @@ import logging
 import os
 import threading
 import time
+from typing import NamedTuple, Protocol
 
 import msgspec
+import psycopg
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from core import bus, db
 from core.config import Config
 from core.machine import JobState, apply, decide
-from projections import queries
 from schemas.messages import Rejected, decode_command, decode_event, encode, key_of
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,36 @@ class _Rebuilder(ConsumerRebalanceListener):
         self.ledger.to_rebuild.update(assigned)
 
 
+class CoreRow(NamedTuple):
+    """What the ledger needs of a job to judge its next command (core.machine.JobState's fields)."""
+
+    pandaid: int
+    status: str
+    seq: int
+    attempt_nr: int
+    command_to_pilot: str | None
+    special_handling: str | None
+    prod_source_label: str | None
+
+
+class PartitionSnapshot(NamedTuple):
+    next_offset: int          # the first event of the partition the rows do not reflect yet
+    jobs: list[CoreRow]
+
+
+class SnapshotReader(Protocol):
+    """The jobs of one partition and the event offset they reflect, read in ONE database snapshot.
+
+    The jobs projection owns that read (``projections.queries.partition_snapshot``); the ledger is handed
+    it by whoever starts it, so core does not reach up into the projections."""
+
+    def __call__(self, conn: psycopg.Connection, topic: str, partition: int) -> PartitionSnapshot: ...
+
+
 class Ledger:
-    def __init__(self, cfg: Config, instance: str = "0"):
+    def __init__(self, cfg: Config, instance: str = "0", *, snapshot: SnapshotReader):
         self.cfg = cfg
+        self.read_snapshot = snapshot
         self.instance = instance
         self.group_id = f"{cfg.kafka.group_prefix}-ledger"
         self.commands_topic = cfg.kafka.commands_topic
@@ -107,7 +135,7 @@ class Ledger:
     def _snapshot(self, partition: int) -> tuple[dict[int, JobState], int]:
         """The partition's jobs and the event offset they reflect, from one database snapshot."""
         with db.connect(self.cfg) as conn:
-            snap = queries.partition_snapshot(conn, self.events_topic, partition)
+            snap = self.read_snapshot(conn, self.events_topic, partition)
         jobs = {r.pandaid: JobState(PandaID=r.pandaid, state=r.status, seq=r.seq, attempt_nr=r.attempt_nr,
                                     command_to_pilot=r.command_to_pilot, special_handling=r.special_handling,
                                     label=r.prod_source_label)
@@ -208,13 +236,3 @@ def _panda_id_from_key(key: bytes | None) -> int:
         return int(key or b"0")
     except ValueError:
         return 0
-
-
-
-def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run ledger`: one ledger process; run several with distinct PANDAES_LEDGER_INSTANCE."""
-    ledger = Ledger(cfg, instance=os.environ.get("PANDAES_LEDGER_INSTANCE", "0"))
-    try:
-        ledger.run(stop)
-    finally:
-        ledger.close()

@@ -12,10 +12,12 @@ database snapshot is the point (``partition_snapshot``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+
+from core.ledger import CoreRow, PartitionSnapshot
 
 # the jobs table's columns (001_core.sql), the only names a caller may pick
 JOB_COLUMNS = (
@@ -157,26 +159,9 @@ def positions(conn: psycopg.Connection, topic: str) -> list[tuple[str, int, int]
     return [tuple(r) for r in conn.execute(POSITIONS_SQL, (topic,)).fetchall()]
 
 
-class CoreRow(NamedTuple):
-    """What the ledger needs of a job to judge its next command (core.machine.JobState's fields)."""
-
-    pandaid: int
-    status: str
-    seq: int
-    attempt_nr: int
-    command_to_pilot: str | None
-    special_handling: str | None
-    prod_source_label: str | None
-
-
 def core_rows(conn: psycopg.Connection) -> list[CoreRow]:
     """Every job's core state columns (``CoreRow``), as ``verify`` compares them with the state machine's fold."""
     return [CoreRow._make(r) for r in conn.execute(CORE_SQL)]
-
-
-class PartitionSnapshot(NamedTuple):
-    next_offset: int          # the first event of the partition the rows do not reflect yet
-    jobs: list[CoreRow]
 
 
 def partition_snapshot(conn: psycopg.Connection, topic: str, partition: int) -> PartitionSnapshot:

@@ -15,6 +15,7 @@ from core import db
 from core.bus import CommandSender
 from core.ledger import Ledger
 from devenv.common import free_port
+from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Submit, Transition
@@ -69,7 +70,7 @@ class System:
 
 
 def start_system(cfg, background) -> System:
-    background.run(Ledger(cfg, instance="gw"), "ledger")
+    background.run(Ledger(cfg, instance="gw", snapshot=partition_snapshot), "ledger")
     runner = ProjectionRunner(cfg)
     background.start(runner.run, "projector")
     port = free_port()

@@ -9,6 +9,7 @@ from helpers import all_events, wait_for_no_lag, wait_until
 from core import db
 from core.bus import CommandSender
 from core.ledger import Ledger
+from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Submit, Transition
@@ -19,7 +20,7 @@ from services.reactors.activator import Activator
 
 def test_two_activators_share_assigned_jobs_without_double_activation(cfg, tmp_path, background):
     cfg = cfg.replace(plugins={"default": "dummy"})
-    background.start(Ledger(cfg, instance="a").run, "ledger")
+    background.start(Ledger(cfg, instance="a", snapshot=partition_snapshot).run, "ledger")
     runner = ProjectionRunner(cfg)
     background.start(runner.run, "projector")
     ids = list(range(2000, 2080))

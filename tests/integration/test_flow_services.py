@@ -16,6 +16,7 @@ from helpers import wait_for_no_lag, wait_until
 from core import db
 from core.bus import CommandSender
 from core.ledger import Ledger
+from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Kill, PilotUpdate, Submit, Transition
@@ -29,7 +30,7 @@ from services.reactors.retrier import Retrier, RetryRules, SqlRetrierView
 
 
 def start_core(cfg, background) -> None:
-    background.run(Ledger(cfg, instance="t"), "ledger")
+    background.run(Ledger(cfg, instance="t", snapshot=partition_snapshot), "ledger")
     background.run(ProjectionRunner(cfg), "projector")
 
 

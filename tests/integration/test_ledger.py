@@ -13,6 +13,7 @@ from helpers import all_events, wait_until
 
 from core.bus import CommandSender, OutcomeWaiter
 from core.ledger import CRASH_ENV, Ledger
+from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from schemas.jobspec import JobSpec
 from schemas.messages import JobSubmitted, Rejected, Submit, Transition
@@ -35,7 +36,7 @@ def submits(ids, site="LOCAL"):
 
 
 def start_ledger(cfg, background, instance="0") -> Ledger:
-    ledger = Ledger(cfg, instance=instance)
+    ledger = Ledger(cfg, instance=instance, snapshot=partition_snapshot)
     ledger.stop_event = background.run(ledger, f"ledger-{instance}")
     return ledger
 

@@ -9,6 +9,7 @@ from helpers import wait_until
 from core import db
 from core.bus import CommandSender
 from core.ledger import Ledger
+from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Kill, PilotUpdate, Submit, Transition
@@ -66,7 +67,7 @@ def run_projector_until(cfg, background, done) -> None:
 
 
 def test_projection_content_redelivery_and_rebuild(cfg, background):
-    ledger = Ledger(cfg, instance="p")
+    ledger = Ledger(cfg, instance="p", snapshot=partition_snapshot)
     background.start(ledger.run, "ledger")
     cmds = flow_commands()
     sender = CommandSender(cfg)

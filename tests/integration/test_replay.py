@@ -25,6 +25,7 @@ from core import db
 from core.bus import CommandSender
 from core.ledger import Ledger
 from devenv.stack import Infra
+from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Kill, PilotUpdate, Submit, Transition
@@ -93,7 +94,7 @@ def dump(cfg, schema: str = "public", tables=tuple(TABLES)) -> dict[str, list]:
 
 def run_system(cfg, background):
     """Ledger and projector in threads; returns (ledger, runner, stop events)."""
-    ledger = Ledger(cfg, instance="r")
+    ledger = Ledger(cfg, instance="r", snapshot=partition_snapshot)
     runner = ProjectionRunner(cfg)
     # closed when stopped: a consumer left open would reconnect to a restarted broker and auto-create topics
     stops = [background.run(ledger, "ledger"), background.run(runner, "projector")]

@@ -10,6 +10,7 @@ from helpers import all_events, wait_for_no_lag, wait_until
 from core import db
 from core.bus import CommandSender
 from core.ledger import Ledger
+from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Submit
@@ -45,7 +46,7 @@ def setup_system(cfg, tmp_path, background, *, setuppers: int = 1, delay: float 
                       activator={"period": 0.2})
     from services.sitedata import configurator
     configurator.configure(cfg)
-    ledger = Ledger(cfg, instance="s")
+    ledger = Ledger(cfg, instance="s", snapshot=partition_snapshot)
     background.start(ledger.run, "ledger")
     runner = ProjectionRunner(cfg)
     background.start(runner.run, "projector")
