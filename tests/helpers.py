@@ -6,8 +6,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from kafka import TopicPartition
-
 from core import bus
 from core.config import Config
 from schemas.messages import decode_event
@@ -29,15 +27,10 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30, interval: float 
 def all_events(cfg: Config) -> list:
     """Every event on the events topic (read_committed), in partition/offset order."""
     out = []
-    c = bus.consumer(cfg, group_id=None)
-    try:
-        parts = bus.partitions(c, cfg.kafka.events_topic)
-    finally:
-        c.close()
-    for p in parts:
+    for p in bus.partitions(cfg, cfg.kafka.events_topic):
         out += [(p, rec.offset, decode_event(rec.value))
                 for rec in bus.read_partition(cfg, cfg.kafka.events_topic, p, 0)]
     return out
 
 
-__all__ = ["wait_until", "all_events", "TopicPartition"]
+__all__ = ["wait_until", "all_events"]
