@@ -73,7 +73,9 @@ def consume(cfg: Config, expect: int, topic: str | None = None) -> dict[str, Any
     c = bus.consumer(cfg, group_id=None)
     try:
         tps = [TopicPartition(topic, p) for p in c.partitions(topic)]
-        c.assign(tps)   # from the beginning: a group-less consumer has no offsets
+        c.assign(tps)
+        for tp, start in c.beginning_offsets(tps).items():   # resolved before the clock starts
+            c.seek(tp, start)
         n = 0
         t0 = time.perf_counter()
         deadline = t0 + 300
