@@ -21,12 +21,12 @@ import time
 from typing import Any
 
 import msgspec
-from kafka import TopicPartition
 from psycopg.types.json import Jsonb
 
 from bench import workload
 from bench.stats import percentiles
 from core import bus, db
+from core.bus import TopicPartition
 from core.config import Config
 from schemas.messages import encode, key_of
 
@@ -47,7 +47,7 @@ def produce(cfg: Config, records: list[tuple[bytes, bytes]], topic: str | None =
     tid = f"{cfg.kafka.group_prefix}-bench-writer" if transaction_every else None
     prod = bus.producer(cfg, transactional_id=tid)
     try:
-        prod.partitions_for(topic)   # metadata and connection outside the timing
+        prod.partitions(topic)   # metadata and connection outside the timing
         if tid:
             prod.init_transactions()
         t0 = time.perf_counter()
@@ -72,9 +72,10 @@ def consume(cfg: Config, expect: int, topic: str | None = None) -> dict[str, Any
     topic = topic or cfg.kafka.events_topic
     c = bus.consumer(cfg, group_id=None)
     try:
-        tps = [TopicPartition(topic, p) for p in bus.partitions(c, topic)]
+        tps = [TopicPartition(topic, p) for p in c.partitions(topic)]
         c.assign(tps)
-        c.seek_to_beginning(*tps)
+        for tp, start in c.beginning_offsets(tps).items():   # resolved before the clock starts
+            c.seek(tp, start)
         n = 0
         t0 = time.perf_counter()
         deadline = t0 + 300
@@ -94,12 +95,10 @@ def round_trip(cfg: Config, n: int, topic: str | None = None) -> dict[str, Any]:
     c = bus.consumer(cfg, group_id=None, fetch_max_wait_ms=cfg.kafka.urgent_fetch_max_wait_ms)
     samples: list[float] = []
     try:
-        tps = [TopicPartition(topic, p) for p in bus.partitions(c, topic)]
+        tps = [TopicPartition(topic, p) for p in c.partitions(topic)]
         c.assign(tps)
         c.seek_to_end(*tps)
-        for tp in tps:
-            c.position(tp)
-        prod.send(topic, key=b"warm", value=b"up").get(30)
+        prod.send(topic, key=b"warm", value=b"up").result(30)
         deadline = time.perf_counter() + 30
         while not c.poll(timeout_ms=200) and time.perf_counter() < deadline:
             pass

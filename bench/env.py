@@ -15,9 +15,10 @@ from typing import Any
 
 import psycopg
 
-from core import config
+from core import bus, config
 from core.config import Config
-from devenv import stack, topics
+from core.topics import ensure_topics
+from devenv import stack
 from services import migrations
 
 # Production client settings: shorter poll intervals (as the tests use) get busy services kicked out of
@@ -76,7 +77,7 @@ class BenchEnv:
         kafka.update(changes.pop("kafka", {}))
         cfg = self.base.replace(kafka=kafka, db={"url": self.base.db.url.rsplit("/", 1)[0] + f"/{dbname}"},
                                 **changes)
-        topics.ensure_topics(cfg.kafka.bootstrap, cfg)
+        ensure_topics(cfg)
         self.topics += [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
         return cfg
 
@@ -88,8 +89,12 @@ class BenchEnv:
                 for name in reversed(self.databases):
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             if self.infra.tansu is None and self.topics:
-                with contextlib.suppress(Exception), topics.kafka_admin(self.kafka) as admin:
-                    admin.delete_topics(self.topics)
+                with contextlib.suppress(Exception):
+                    admin = bus.admin(self.base)
+                    try:
+                        admin.delete_topics(self.topics)
+                    finally:
+                        admin.close()
         self.infra.stop()
 
 

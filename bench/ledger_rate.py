@@ -21,7 +21,8 @@ import uuid
 from core import bus, config
 from core.ledger import Ledger
 from core.machine import apply, decide
-from devenv import stack, topics
+from core.topics import ensure_topics
+from devenv import stack
 from projections.queries import partition_snapshot
 from schemas.jobspec import JobSpec
 from schemas.messages import PilotUpdate, Rejected, Submit, Transition
@@ -68,7 +69,7 @@ def main() -> None:
     system = stack.Infra(cfg, log=lambda *_: None).start()
     try:
         cfg = system.config()
-        topics.ensure_topics(cfg.kafka.bootstrap, cfg)
+        ensure_topics(cfg)
         migrations.migrate(cfg)
         cmds = workload(args.jobs)
         print(f"decide()+apply() alone: {time_decide(cmds):,.0f} commands/s")

@@ -17,76 +17,55 @@ from typing import Any
 from bench import ceilings, workload
 from bench.procs import CpuMeter, postgres_pids
 from bench.stats import timeline
+from core import bus
 from core.config import Config
 from schemas.messages import encode, key_of
 
 
 def write_log(cfg: Config, n_events: int, log=print) -> dict[str, Any]:
-    """The log to rebuild from: confluent-kafka (librdkafka) when installed — a transaction per 50,000
-    pre-encoded events, ~10x faster than kafka-python, which is what lets the full mode write a million
-    events in a minute or two — else kafka-python, a transaction per 2,000 as the ledger writes. Either
-    way events are keyed and partitioned by PandaID and the log ends in a commit marker."""
-    try:
-        import confluent_kafka  # noqa: F401
-    except ImportError:
+    """The log to rebuild from, through the Kafka port: with the confluent adapter when its client is
+    installed — a transaction per 50,000 pre-encoded events, ~10x faster than kafka-python, which is
+    what lets the full mode write a million events in a minute or two — else with kafka-python, a
+    transaction per 2,000 as the ledger writes. Either way events are keyed and partitioned by PandaID
+    and the log ends in a commit marker."""
+    if not bus.client_available("confluent"):
         records = [(key_of(ev.PandaID), encode(ev)) for ev in workload.events(n_events)]
         return {**ceilings.produce(cfg, records, transaction_every=2000), "writer": "kafka-python"}
-    return _write_log_confluent(cfg, n_events, log)
+    fast = cfg.replace(kafka={"client": "confluent", "transaction_timeout_ms": 120_000})
+    return {**_write_log_fast(fast, n_events, log), "writer": "confluent-kafka"}
 
 
-def _write_log_confluent(cfg: Config, n_events: int, log, per_txn: int = 50_000) -> dict[str, Any]:
-    import confluent_kafka as ck
-
-    from core.bus import partition_of
-
+def _write_log_fast(cfg: Config, n_events: int, log, per_txn: int = 50_000) -> dict[str, Any]:
     topic = cfg.kafka.events_topic
-    prod = ck.Producer({"bootstrap.servers": cfg.kafka.bootstrap, "enable.idempotence": True, "acks": "all",
-                        "linger.ms": 20, "batch.num.messages": 10_000, "queue.buffering.max.messages": 500_000,
-                        "queue.buffering.max.kbytes": 1_048_576, "compression.type": "none",
-                        "transactional.id": f"{cfg.kafka.group_prefix}-bench-log-writer",
-                        "transaction.timeout.ms": 120_000})
-    failed: list[str] = []
-
-    def delivered(err, _msg) -> None:
-        if err is not None:
-            failed.append(str(err))
-
-    nparts = len(prod.list_topics(topic, timeout=30).topics[topic].partitions)
-    prod.init_transactions(60)
-    t0 = time.perf_counter()
-    n = size = 0
-    part: dict[int, int] = {}
-    prod.begin_transaction()
-    for ev in workload.events(n_events):
-        pid = ev.PandaID
-        p = part.get(pid)
-        if p is None:
-            part.clear()   # events of a job are consecutive: one entry is enough
-            p = part[pid] = partition_of(pid, nparts)
-        key, value = key_of(pid), encode(ev)
-        size += len(key) + len(value)
-        while True:
-            try:
-                prod.produce(topic, value=value, key=key, partition=p, on_delivery=delivered)
-                break
-            except BufferError:
-                prod.poll(0.05)
-        n += 1
-        if n % per_txn == 0:
-            prod.commit_transaction(120)
-            if failed:
-                raise RuntimeError(f"log writer: {failed[0]}")
-            if n % (4 * per_txn) == 0:
-                log(f"  rebuild: {n:,} events written ({n / (time.perf_counter() - t0):,.0f}/s)")
-            prod.begin_transaction()
-        elif n % 1000 == 0:
-            prod.poll(0)
-    prod.commit_transaction(120)
-    elapsed = time.perf_counter() - t0
-    if failed:
-        raise RuntimeError(f"log writer: {failed[0]}")
+    prod = bus.producer(cfg, transactional_id=f"{cfg.kafka.group_prefix}-bench-log-writer", linger_ms=20)
+    try:
+        nparts = len(prod.partitions(topic))
+        prod.init_transactions()
+        t0 = time.perf_counter()
+        n = size = 0
+        part: dict[int, int] = {}
+        prod.begin_transaction()
+        for ev in workload.events(n_events):
+            pid = ev.PandaID
+            p = part.get(pid)
+            if p is None:
+                part.clear()   # events of a job are consecutive: one entry is enough
+                p = part[pid] = bus.partition_of(pid, nparts)
+            key, value = key_of(pid), encode(ev)
+            size += len(key) + len(value)
+            prod.send(topic, value, key=key, partition=p)
+            n += 1
+            if n % per_txn == 0:
+                prod.commit_transaction()   # fails if a record of the transaction could not be written
+                if n % (4 * per_txn) == 0:
+                    log(f"  rebuild: {n:,} events written ({n / (time.perf_counter() - t0):,.0f}/s)")
+                prod.begin_transaction()
+        prod.commit_transaction()
+        elapsed = time.perf_counter() - t0
+    finally:
+        prod.close()
     return {"records": n, "seconds": elapsed, "per_s": n / elapsed, "mb_per_s": size / elapsed / 1e6,
-            "transactional": True, "writer": "confluent-kafka"}
+            "transactional": True}
 
 
 def _with_replay_tool(cfg: Config) -> tuple[int, float, list[float]] | None:

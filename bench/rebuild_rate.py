@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 from core import bus, config, db
 from core.machine import apply, decide
-from devenv import stack, topics
+from core.topics import ensure_topics
+from devenv import stack
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Command, Event, Kill, PilotUpdate, Rejected, Submit, Transition, encode, key_of
 from services import migrations
@@ -110,7 +111,7 @@ def main() -> int:
         cfg = system.config().replace(kafka={"events_topic": f"{tag}.job-events",
                                              "commands_topic": f"{tag}.job-commands",
                                              "rejected_topic": f"{tag}.job-commands.rejected"})
-        topics.ensure_topics(cfg.kafka.bootstrap, cfg)
+        ensure_topics(cfg)
         migrations.migrate(cfg)
         t0 = time.monotonic()
         n = write_log(cfg, args.events)

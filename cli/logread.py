@@ -10,18 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kafka import TopicPartition
-
 from core import bus
+from core.bus import Record, TopicPartition
 from core.config import Config
 
 
 def topic_partitions(cfg: Config, topic: str) -> list[int]:
-    c = bus.consumer(cfg, group_id=None)
-    try:
-        return bus.partitions(c, topic)
-    finally:
-        c.close()
+    return bus.partitions(cfg, topic)
 
 
 def log_bounds(cfg: Config, topic: str | None = None) -> tuple[dict[int, int], dict[int, int]]:
@@ -29,7 +24,7 @@ def log_bounds(cfg: Config, topic: str | None = None) -> tuple[dict[int, int], d
     topic = topic or cfg.kafka.events_topic
     c = bus.consumer(cfg, group_id=None)
     try:
-        tps = [TopicPartition(topic, p) for p in bus.partitions(c, topic)]
+        tps = [TopicPartition(topic, p) for p in c.partitions(topic)]
         begin = {tp.partition: off for tp, off in c.beginning_offsets(tps).items()}
         end = {tp.partition: off for tp, off in c.end_offsets(tps).items()}
         return begin, end
@@ -38,12 +33,13 @@ def log_bounds(cfg: Config, topic: str | None = None) -> tuple[dict[int, int], d
 
 
 def read_log(cfg: Config, *, topic: str | None = None, start: dict[int, int] | None = None,
-             end: dict[int, int] | None = None, partitions: list[int] | None = None) -> Iterator[tuple[int, list]]:
+             end: dict[int, int] | None = None,
+             partitions: list[int] | None = None) -> Iterator[tuple[int, list[Record]]]:
     """Every record of the chosen partitions in ``[start, end)``; ``end`` defaults to the current end."""
     topic = topic or cfg.kafka.events_topic
     c = bus.consumer(cfg, group_id=None, max_poll_records=10000)
     try:
-        parts = partitions if partitions is not None else bus.partitions(c, topic)
+        parts = partitions if partitions is not None else c.partitions(topic)
         tps = {p: TopicPartition(topic, p) for p in parts}
         if end is None:
             end = {tp.partition: off for tp, off in c.end_offsets(list(tps.values())).items()}

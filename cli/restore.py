@@ -29,14 +29,12 @@ import json
 import time
 from collections.abc import Callable
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
-
 from cli.logread import log_bounds, read_log
 from cli.progress import Progress
 from core import bus, db
+from core.bus import Delivery, TopicPartition
 from core.config import Config
-from devenv import topics
+from core.topics import ensure_topics
 from projections import archive, queries
 from schemas.messages import key_of
 
@@ -76,7 +74,7 @@ def restore(cfg: Config, *, force: bool = False, log: Log = print, show_progress
     """Re-publish job_events into panda.job-events and realign the database with the new offsets."""
     started = time.monotonic()
     topic = cfg.kafka.events_topic
-    topics.ensure_topics(cfg.kafka.bootstrap, cfg)   # before any producer: Tansu would auto-create 4 partitions
+    ensure_topics(cfg)   # before any producer: Tansu would auto-create 4 partitions
     _, end = log_bounds(cfg)
     nparts = len(end)
     result = RestoreResult()
@@ -92,6 +90,12 @@ def restore(cfg: Config, *, force: bool = False, log: Log = print, show_progress
         producer = bus.producer(cfg, linger_ms=20, transactional_id=f"pandaes-restore-{topic}")
         producer.init_transactions()
         failures: list[BaseException] = []
+
+        def failed(delivery: Delivery) -> None:
+            exc = delivery.exception()
+            if exc is not None:
+                failures.append(exc)
+
         in_txn = 0
         try:
             with Progress("restore", total=total, enabled=show_progress) as bar:
@@ -113,7 +117,7 @@ def restore(cfg: Config, *, force: bool = False, log: Log = print, show_progress
                         producer.begin_transaction()
                     fut = producer.send(topic, key=key_of(pid), partition=partition,
                                         value=json.dumps(value, separators=(",", ":")).encode())
-                    fut.add_errback(failures.append)
+                    fut.add_done_callback(failed)
                     result.published += 1
                     in_txn += 1
                     if in_txn >= TXN_EVENTS:
@@ -163,10 +167,9 @@ def _commit_service_groups(cfg: Config, log: Log) -> None:
         if name in NO_GROUP_COMMIT:
             continue
         group = f"{cfg.kafka.group_prefix}-{name}"
-        c = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, group_id=group, enable_auto_commit=False,
-                          client_id="pandaes-restore")
+        c = bus.consumer(cfg, group_id=group)
         try:
-            c.commit({TopicPartition(topic, p): OffsetAndMetadata(off, "", -1) for p, off in end.items()})
+            c.commit({TopicPartition(topic, p): off for p, off in end.items()})
         except Exception as exc:  # noqa: BLE001 - reported; the service then re-reads history
             log(f"restore: could not set the position of consumer group {group}: {exc}")
         finally:

@@ -12,9 +12,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kafka import TopicPartition
-
 from core import bus, db
+from core.bus import TopicPartition
 from core.config import Config
 from projections import queries
 from schemas.messages import Event, JobSubmitted, decode_event
@@ -82,7 +81,7 @@ def tail(cfg: Config, *, last: int = 10, follow: bool = False, types: Sequence[s
         out(raw.decode() if as_json else describe(ev))
 
     try:
-        tps = [TopicPartition(topic, p) for p in bus.partitions(c, topic)]
+        tps = [TopicPartition(topic, p) for p in c.partitions(topic)]
         c.assign(tps)
         ends = c.end_offsets(tps)
         begins = c.beginning_offsets(tps)

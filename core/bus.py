@@ -1,22 +1,36 @@
-"""The one Kafka wrapper: client settings, sending commands, consuming in batches, waiting for outcomes.
+"""The Kafka port: what pandaes needs from a log, in its own types, and the helpers built on it.
 
-Everything that talks to Kafka goes through here, so client tuning (batching, isolation level,
-group timeouts) is decided once. kafka-python is the default client (``crc32c`` is installed so its
-record CRC checks run in C); ``[kafka] client = "confluent"`` (env ``PANDAES_KAFKA_CLIENT``) swaps in
-confluent-kafka behind the same kafka-python API subset (``core/bus_confluent.py``, imported only then).
+Everything that talks to Kafka goes through here. The Protocols below say what a producer, a
+consumer and an admin client must do for pandaes; ``core/adapters/`` holds one adapter per client
+library, and only those modules import one. ``[kafka] client`` (env ``PANDAES_KAFKA_CLIENT``) picks
+the adapter: ``"kafka-python"`` (default) or ``"confluent"`` (librdkafka, imported only then).
+
+The policy every adapter implements, so that it is decided once and not per caller:
+
+* producers are idempotent with ``acks=all``; a keyed record sent without a partition goes to
+  ``partition_for_key(key, n)`` (Kafka's default partitioner, so ``partition_of`` says where a job's
+  records are whichever client wrote them); a transactional producer also fences its predecessor
+  with the same transactional id at ``init_transactions``;
+* consumers read ``read_committed``, never commit on their own, and start a partition their group
+  has no offset for at its beginning.
+
+Settings reach the adapters under pandaes' own names (the ``[kafka]`` keys and the factories'
+keyword arguments); each adapter maps them onto its client's settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import importlib.util
 import logging
+import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NamedTuple, Protocol, overload
 
 import msgspec
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.partitioner.default import murmur2
 
 from core.config import Config
 from schemas.messages import Command, Event, Rejected, decode_outcome, encode, key_of
@@ -24,12 +38,247 @@ from schemas.messages import Command, Event, Rejected, decode_outcome, encode, k
 log = logging.getLogger(__name__)
 
 
-def partition_of(panda_id: int, partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for a job's key (and so the ledger's shard)."""
-    return (murmur2(key_of(panda_id)) & 0x7FFFFFFF) % partitions
+# ----------------------------------------------------------------------------------------- types
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
 
 
-CLIENTS = ("kafka-python", "confluent")
+class Record(Protocol):
+    """A consumed record. Adapters may hand out their client's own record object when it has
+    these attributes (no copy per record); ``RecordTuple`` is the plain implementation."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def timestamp(self) -> int: ...   # milliseconds since the epoch
+
+
+class RecordTuple(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp: int
+
+
+class Delivered(NamedTuple):
+    """Where the broker stored a sent record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Delivery(Protocol):
+    """The broker's acknowledgement of one sent record, once it comes; a subset of
+    ``concurrent.futures.Future``. A failed send raises (``result``) or returns (``exception``) the
+    client's own error."""
+
+    def result(self, timeout: float | None = None) -> Delivered: ...
+    def exception(self, timeout: float | None = None) -> BaseException | None: ...
+    def done(self) -> bool: ...
+    def add_done_callback(self, fn: Callable[[Delivery], object]) -> None: ...
+
+
+GroupMetadata = Any
+"""A consumer's group membership (group, generation, member) as its client represents it: only
+passed from ``Consumer.group_metadata`` to ``TransactionalProducer.send_offsets_to_transaction``."""
+
+Offsets = Mapping[TopicPartition, int]
+"""Partition → the next offset to read (the last processed offset + 1), as Kafka commits it."""
+
+
+# ------------------------------------------------------------------------------------- the port
+class Producer(Protocol):
+    """An idempotent producer; thread-safe."""
+
+    def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+             partition: int | None = None) -> Delivery:
+        """Queue a record (blocking only while the client's buffer is full)."""
+        ...
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued record is acknowledged; raise if some are not within ``timeout``."""
+        ...
+
+    def partitions(self, topic: str) -> list[int]:
+        """The topic's partitions; fetches its metadata, so the first ``send`` does not wait for it."""
+        ...
+
+    def close(self) -> None:
+        """Flush (a plain producer) or abandon the open transaction (a transactional one), then close."""
+        ...
+
+
+class TransactionalProducer(Producer, Protocol):
+    """A producer whose records, and the consumed offsets sent with them, are committed atomically."""
+
+    def init_transactions(self) -> None:
+        """Register the transactional id: aborts what a predecessor with that id left open, fences it."""
+        ...
+
+    def begin_transaction(self) -> None: ...
+
+    def send_offsets_to_transaction(self, offsets: Offsets, group: GroupMetadata) -> None:
+        """Commit ``offsets`` for the consumer's group with this transaction. The full group metadata
+        (not just the group id) lets the broker refuse a member that lost its partitions (KIP-447)."""
+        ...
+
+    def commit_transaction(self) -> None: ...
+
+    def abort_transaction(self) -> None: ...
+
+
+class Consumer(Protocol):
+    """A read_committed consumer with manual commits; used by one thread at a time.
+
+    A consumer either joins its group (``subscribe``) or reads partitions it picks (``assign``).
+    """
+
+    def subscribe(self, topics: Sequence[str], *,
+                  on_assign: Callable[[set[TopicPartition]], None] | None = None,
+                  on_revoke: Callable[[set[TopicPartition]], None] | None = None) -> None:
+        """Join the group for ``topics``. The callbacks run while ``poll`` handles a rebalance
+        (kafka-python may run them on its own thread): they may ``seek`` (inside ``on_assign`` that
+        sets where an assigned partition starts) but not wait for the broker (``committed``,
+        ``position``, ``poll``)."""
+        ...
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read exactly these partitions, from the group's offsets (or the beginning) unless sought."""
+        ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> Mapping[TopicPartition, Sequence[Record]]:
+        """Records of the assigned partitions, in offset order per partition (no empty lists); returns as
+        soon as some are there, at most ``max_records`` (default: ``max_poll_records``), else ``{}``
+        after ``timeout_ms``."""
+        ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """The next records of ``partition`` start at ``offset``; ``position`` says so at once."""
+        ...
+
+    def seek_to_end(self, *partitions: TopicPartition) -> None:
+        """Move to the end (read_committed) as it is now: what is written after the call is read."""
+        ...
+
+    def position(self, partition: TopicPartition) -> int:
+        """The offset of the next record ``poll`` can return; moves past transaction markers."""
+        ...
+
+    def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]: ...
+
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The read_committed ends (last stable offsets)."""
+        ...
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        """Stop fetching these partitions (a reader done with them)."""
+        ...
+
+    def commit(self, offsets: Offsets, *, asynchronous: bool = False) -> None:
+        """Commit ``offsets`` for the group; works without joining it (sets a group's position)."""
+        ...
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        """The group's committed offset of ``partition``, None if it has none."""
+        ...
+
+    def group_metadata(self) -> GroupMetadata: ...
+
+    def partitions(self, topic: str) -> list[int]:
+        """The topic's partitions, sorted; raises if the topic does not exist."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Admin(Protocol):
+    """Topics and consumer groups."""
+
+    def topics(self) -> set[str]:
+        """Every topic name: a metadata request, also the way to see that a broker answers."""
+        ...
+
+    def create_topics(self, partitions: Mapping[str, int]) -> None:
+        """Create topics (name → partition count; replication min(3, brokers)). One that exists
+        already is not an error, whatever its partition count: check ``partition_counts``."""
+        ...
+
+    def partition_counts(self, topics: Iterable[str]) -> dict[str, int]:
+        """The partition count of each of ``topics`` that exists."""
+        ...
+
+    def topic_configs(self, topic: str) -> dict[str, str] | None:
+        """The topic's configuration, or None when the broker reports none (Tansu): unknown."""
+        ...
+
+    def delete_topics(self, topics: Iterable[str]) -> None: ...
+
+    def committed_offsets(self, group: str) -> dict[TopicPartition, int]:
+        """The group's committed offsets (partitions it never committed are absent)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class AdminError(RuntimeError):
+    """The broker refused or failed an admin request; the message says which and why."""
+
+
+# -------------------------------------------------------------------------------------- settings
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProducerSettings:
+    bootstrap: str
+    linger_ms: int
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = 60_000
+    client_id: str = "pandaes"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    bootstrap: str
+    group_id: str | None
+    fetch_max_wait_ms: int
+    max_poll_records: int
+    max_poll_interval_ms: int
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+    client_id: str = "pandaes"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdminSettings:
+    bootstrap: str
+    timeout_ms: int = 10_000
+    client_id: str = "pandaes-admin"
+
+
+class Adapter(Protocol):
+    """What an adapter module (``core/adapters/<client>.py``) provides."""
+
+    def producer(self, settings: ProducerSettings) -> Producer: ...
+    def transactional_producer(self, settings: ProducerSettings) -> TransactionalProducer: ...
+    def consumer(self, settings: ConsumerSettings) -> Consumer: ...
+    def admin(self, settings: AdminSettings) -> Admin: ...
+
+
+# ------------------------------------------------------------------------------------ factories
+CLIENTS = {"kafka-python": ("core.adapters.kafka_python", "kafka"),
+           "confluent": ("core.adapters.confluent", "confluent_kafka")}
 
 
 def client_name(cfg: Config) -> str:
@@ -40,59 +289,110 @@ def client_name(cfg: Config) -> str:
     return name
 
 
-def producer(cfg: Config, *, transactional_id: str | None = None, **overrides: Any) -> KafkaProducer:
-    """An idempotent producer (acks=all); transactional when given an id (the ledger).
+def client_available(name: str) -> bool:
+    """Whether the client library of adapter ``name`` is installed (without importing it)."""
+    return importlib.util.find_spec(CLIENTS[name][1]) is not None
 
-    Overrides use kafka-python's setting names whichever client is configured."""
+
+def adapter(cfg: Config) -> Adapter:
+    """The adapter module of the configured client."""
+    return importlib.import_module(CLIENTS[client_name(cfg)][0])  # type: ignore[return-value]
+
+
+@overload
+def producer(cfg: Config, *, transactional_id: str, linger_ms: int | None = None) -> TransactionalProducer: ...
+@overload
+def producer(cfg: Config, *, transactional_id: None = None, linger_ms: int | None = None) -> Producer: ...
+
+
+def producer(cfg: Config, *, transactional_id: str | None = None,
+             linger_ms: int | None = None) -> Producer | TransactionalProducer:
+    """An idempotent producer; transactional when given a transactional id (the ledger, restore)."""
     k = cfg.kafka
-    settings: dict[str, Any] = dict(
-        bootstrap_servers=k.bootstrap, acks="all", enable_idempotence=True, linger_ms=k.linger_ms,
-        batch_size=256 * 1024, max_in_flight_requests_per_connection=5, client_id="pandaes",
-    )
+    settings = ProducerSettings(bootstrap=k.bootstrap, linger_ms=int(k.linger_ms if linger_ms is None else linger_ms),
+                                transactional_id=transactional_id,
+                                transaction_timeout_ms=int(k.transaction_timeout_ms))
     if transactional_id:
-        settings.update(transactional_id=transactional_id, transaction_timeout_ms=k.transaction_timeout_ms)
-    settings.update(overrides)
-    if client_name(cfg) == "confluent":
-        from core import bus_confluent
-        return bus_confluent.Producer(**settings)  # type: ignore[return-value]
-    return KafkaProducer(**settings)
+        return adapter(cfg).transactional_producer(settings)
+    return adapter(cfg).producer(settings)
 
 
-def consumer(cfg: Config, *topics: str, group_id: str | None, **overrides: Any) -> KafkaConsumer:
-    """A read_committed consumer with manual commits. ``group_id=None`` for assign()-style readers."""
+def consumer(cfg: Config, *topics: str, group_id: str | None, fetch_max_wait_ms: int | None = None,
+             max_poll_records: int | None = None) -> Consumer:
+    """A consumer, subscribed to ``topics`` when given. ``group_id=None`` for assign()-style readers."""
     k = cfg.kafka
-    settings: dict[str, Any] = dict(
-        bootstrap_servers=k.bootstrap, group_id=group_id, enable_auto_commit=False,
-        auto_offset_reset="earliest", isolation_level="read_committed",
-        max_poll_records=k.max_poll_records, max_poll_interval_ms=k.max_poll_interval_ms,
-        session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
-        fetch_max_wait_ms=k.fetch_max_wait_ms, max_partition_fetch_bytes=8 * 1024 * 1024, client_id="pandaes",
-    )
-    settings.update(overrides)
-    if client_name(cfg) == "confluent":
-        from core import bus_confluent
-        c: KafkaConsumer = bus_confluent.Consumer(**settings)  # type: ignore[assignment]
-    else:
-        c = KafkaConsumer(**settings)
+    settings = ConsumerSettings(
+        bootstrap=k.bootstrap, group_id=group_id,
+        fetch_max_wait_ms=int(k.fetch_max_wait_ms if fetch_max_wait_ms is None else fetch_max_wait_ms),
+        max_poll_records=int(k.max_poll_records if max_poll_records is None else max_poll_records),
+        max_poll_interval_ms=int(k.max_poll_interval_ms), session_timeout_ms=int(k.session_timeout_ms),
+        heartbeat_interval_ms=int(k.heartbeat_interval_ms))
+    c = adapter(cfg).consumer(settings)
     if topics:
         c.subscribe(list(topics))
     return c
 
 
-class CommandSender:
-    """Sends commands keyed by PandaID; thread-safe (both clients' producers are)."""
+def admin(cfg: Config, *, bootstrap: str | None = None, timeout_ms: int = 10_000) -> Admin:
+    """An admin client for ``cfg``'s broker (or ``bootstrap``); close it after use."""
+    return adapter(cfg).admin(AdminSettings(bootstrap=bootstrap or cfg.kafka.bootstrap, timeout_ms=timeout_ms))
 
-    def __init__(self, cfg: Config, prod: KafkaProducer | None = None):
+
+# ----------------------------------------------------------------------------------- partitioner
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """32-bit MurmurHash2 (seed 0x9747b28c) as Kafka's default partitioner computes it, unsigned."""
+    n = len(data)
+    h = (0x9747B28C ^ n) & _MASK
+    body = n & ~3
+    for (k,) in struct.iter_unpack("<I", data[:body]):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    rest = n & 3
+    if rest:
+        if rest == 3:
+            h ^= data[body + 2] << 16
+        if rest >= 2:
+            h ^= data[body + 1] << 8
+        h = ((h ^ data[body]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for a keyed record."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def partition_of(panda_id: int, partitions: int) -> int:
+    """The partition of a job's records (and so the ledger's shard that judges it)."""
+    return partition_for_key(key_of(panda_id), partitions)
+
+
+# -------------------------------------------------------------------------------------- helpers
+class CommandSender:
+    """Sends commands keyed by PandaID; thread-safe (producers are)."""
+
+    def __init__(self, cfg: Config, prod: Producer | None = None):
         self.cfg = cfg
         self.topic = cfg.kafka.commands_topic
         self._producer = prod or producer(cfg)
 
-    def send(self, cmd: Command) -> Future:
-        return self._producer.send(self.topic, key=key_of(cmd.PandaID), value=encode(cmd))
+    def send(self, cmd: Command) -> Delivery:
+        return self._producer.send(self.topic, encode(cmd), key=key_of(cmd.PandaID))
 
     def send_many(self, cmds: Iterable[Command]) -> None:
         for cmd in cmds:
             self.send(cmd)
+
+    def warm_up(self) -> None:
+        """Fetch the commands topic's metadata now, so the first send does not wait for it."""
+        self._producer.partitions(self.topic)
 
     def flush(self, timeout: float | None = None) -> None:
         self._producer.flush(timeout)
@@ -102,9 +402,9 @@ class CommandSender:
 
 
 def read_partition(cfg: Config, topic: str, partition: int, start: int,
-                   end: int | None = None) -> Iterable[Any]:
+                   end: int | None = None) -> Iterator[Record]:
     """Every record of one partition from ``start`` up to the end seen when called (or ``end``)."""
-    c = consumer(cfg, group_id=None, enable_auto_commit=False)
+    c = consumer(cfg, group_id=None)
     tp = TopicPartition(topic, partition)
     try:
         c.assign([tp])
@@ -114,7 +414,7 @@ def read_partition(cfg: Config, topic: str, partition: int, start: int,
             return
         c.seek(tp, start)
         while True:
-            batch = c.poll(timeout_ms=1000, max_records=5000).get(tp, [])
+            batch = c.poll(timeout_ms=1000, max_records=5000).get(tp, ())
             for rec in batch:
                 if rec.offset >= end:
                     return
@@ -125,24 +425,33 @@ def read_partition(cfg: Config, topic: str, partition: int, start: int,
         c.close()
 
 
-def partitions(c: KafkaConsumer, topic: str) -> list[int]:
-    """The topic's partitions, after a metadata fetch (a fresh consumer knows none until then)."""
-    parts = c.partitions_for_topic(topic)
-    if not parts:
-        c.topics()  # forces a metadata request for every topic
-        parts = c.partitions_for_topic(topic)
-    if not parts:
-        raise RuntimeError(f"topic {topic!r} does not exist on {c.config['bootstrap_servers']}")
-    return sorted(parts)
+def partitions(cfg: Config, topic: str) -> list[int]:
+    """The topic's partitions (raises if it does not exist)."""
+    c = consumer(cfg, group_id=None)
+    try:
+        return c.partitions(topic)
+    finally:
+        c.close()
 
 
 def end_offsets(cfg: Config, topic: str) -> dict[int, int]:
+    """Partition → read_committed end offset of ``topic``."""
     c = consumer(cfg, group_id=None)
     try:
-        tps = [TopicPartition(topic, p) for p in partitions(c, topic)]
+        tps = [TopicPartition(topic, p) for p in c.partitions(topic)]
         return {tp.partition: off for tp, off in c.end_offsets(tps).items()}
     finally:
         c.close()
+
+
+def group_lag(cfg: Config, group: str, topic: str) -> dict[int, int]:
+    """Partition → records of ``topic`` the group has not committed yet (markers count, as in Kafka)."""
+    a = admin(cfg)
+    try:
+        committed = {tp.partition: off for tp, off in a.committed_offsets(group).items() if tp.topic == topic}
+    finally:
+        a.close()
+    return {p: max(0, end - committed.get(p, 0)) for p, end in end_offsets(cfg, topic).items()}
 
 
 class _Ref(msgspec.Struct):
@@ -187,11 +496,9 @@ class OutcomeWaiter:
         try:
             tps = []
             for topic in (self.cfg.kafka.events_topic, self.cfg.kafka.rejected_topic):
-                tps += [TopicPartition(topic, p) for p in partitions(c, topic)]
+                tps += [TopicPartition(topic, p) for p in c.partitions(topic)]
             c.assign(tps)
-            c.seek_to_end(*tps)
-            for tp in tps:
-                c.position(tp)  # resolve the lazy seek now, so nothing sent after ready is missed
+            c.seek_to_end(*tps)   # resolved now: nothing sent after ready is missed
             self._ready.set()
             while not self._stop.is_set():
                 for records in c.poll(timeout_ms=200).values():

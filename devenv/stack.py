@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 from core.config import Config
+from core.topics import ensure_topics
 from devenv.broker import KAFKA_READY_TIMEOUT, Tansu, start_tansu, wait_for_kafka
 from devenv.common import FORCE_EMBEDDED_DB_ENV, LOOPBACK, InfraError, Log, redact
 from devenv.endpoints import write_endpoints
@@ -36,7 +37,6 @@ from devenv.postgres import (
     local_postgres,
     start_embedded_postgres,
 )
-from devenv.topics import ensure_topics
 
 
 def _env_forces_embedded_db() -> bool:
@@ -70,7 +70,7 @@ class Infra:
         atexit.register(self.stop)
         try:
             self._start_kafka()
-            ensure_topics(self.kafka_bootstrap, self.cfg, log=self.log)
+            ensure_topics(self._kafka_cfg(), log=self.log)
             self._start_db()
             self._endpoints = write_endpoints(self.cfg, self.kafka_bootstrap, self.db_url)
         except BaseException:
@@ -120,20 +120,23 @@ class Infra:
             old.kill()
         else:
             old.stop()
-        self.tansu = start_tansu(self.cfg.state_dir, port=old.port, timeout=self.kafka_timeout)
+        self.tansu = start_tansu(self.cfg.state_dir, port=old.port, timeout=self.kafka_timeout, cfg=self.cfg)
         if ensure:
-            ensure_topics(self.kafka_bootstrap, self.cfg, log=self.log)
+            ensure_topics(self._kafka_cfg(), log=self.log)
         return self.tansu
 
     # -- parts
+    def _kafka_cfg(self) -> Config:
+        return self.cfg.replace(kafka={"bootstrap": self.kafka_bootstrap})
+
     def _start_kafka(self) -> None:
         given = self.cfg.kafka.bootstrap
         if given.strip():
-            wait_for_kafka(given, timeout=self.kafka_timeout)
+            wait_for_kafka(given, timeout=self.kafka_timeout, cfg=self.cfg)
             self.kafka_bootstrap = given
             self.log(f"kafka: using {given}")
             return
-        self.tansu = start_tansu(self.cfg.state_dir, timeout=self.kafka_timeout)
+        self.tansu = start_tansu(self.cfg.state_dir, timeout=self.kafka_timeout, cfg=self.cfg)
         self.kafka_bootstrap = self.tansu.bootstrap
         self.log(f"kafka: embedded Tansu broker at {self.kafka_bootstrap} (memory only; log "
                  f"{self.tansu.log_path})")

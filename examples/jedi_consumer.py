@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """A JEDI-side reader of panda.job-events: how many jobs of each task are in each state.
 
-Written only against docs/events.md and docs/job-events.schema.json — plain kafka-python, no pandaes
-imports — to show that the contract is enough to follow jobs:
+Written only against docs/events.md and docs/job-events.schema.json, to show that the contract is
+enough to follow jobs. JEDI can use any Kafka client: this example reads through pandaes' Kafka port
+(``core.bus``, and ``core.config`` for the client choice, ``PANDAES_KAFKA_CLIENT``) only so that it runs
+with either client pandaes ships an adapter for; it uses nothing of pandaes beyond that, and the calls
+it makes (assign, poll, position, end offsets, commit) are in every Kafka client. What the contract
+gives a reader:
 
 * the key is the PandaID and every event of a job is in one partition, in ``seq`` order, so a
   per-partition reader sees each job's history in order;
@@ -23,7 +27,8 @@ import sys
 import time
 from collections import Counter, defaultdict
 
-from kafka import KafkaConsumer, TopicPartition
+from core import bus, config
+from core.bus import TopicPartition
 
 NEWEST_UNDERSTOOD = 2  # schema version this reader was written against
 
@@ -60,19 +65,17 @@ class TaskCounts:
                 if c}
 
 
+def _config(bootstrap: str) -> config.Config:
+    return config.load().replace(kafka={"bootstrap": bootstrap})
+
+
 def read_until_end(bootstrap: str, topic: str) -> TaskCounts:
-    """Everything in the topic now, read without a consumer group."""
+    """Everything in the topic now, read without a consumer group (read_committed, from the beginning)."""
     counts = TaskCounts()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             isolation_level="read_committed", auto_offset_reset="earliest")
+    consumer = bus.consumer(_config(bootstrap), group_id=None)
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            consumer.topics()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p) for p in consumer.partitions(topic)]
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
         while any(consumer.position(tp) < end[tp] for tp in tps):
             for tp, records in consumer.poll(timeout_ms=1000).items():
@@ -91,15 +94,16 @@ def follow(bootstrap: str, topic: str, group: str, every: float) -> None:
     them in memory, so on a restart it starts from the beginning (``--group`` with a fresh name).
     """
     counts = TaskCounts()
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                             isolation_level="read_committed", auto_offset_reset="earliest")
+    consumer = bus.consumer(_config(bootstrap), topic, group_id=group)
     last = time.monotonic()
     try:
         while True:
-            for records in consumer.poll(timeout_ms=1000).values():
+            polled = consumer.poll(timeout_ms=1000)
+            for records in polled.values():
                 for rec in records:
                     counts.feed(json.loads(rec.value))
-            consumer.commit()
+            if polled:
+                consumer.commit({tp: records[-1].offset + 1 for tp, records in polled.items()})
             if time.monotonic() - last >= every:
                 last = time.monotonic()
                 print(json.dumps(counts.as_dict()), flush=True)

@@ -14,8 +14,6 @@ import threading
 from collections.abc import Callable, Sequence
 
 import psycopg
-from kafka import ConsumerRebalanceListener
-from kafka.structs import OffsetAndMetadata
 
 from core import bus, db
 from core.config import Config
@@ -34,17 +32,6 @@ POLL_RECORDS = 10_000
 ALL = {p.name: p for p in (JobsProjection(), FilesProjection(), ArchiveProjection())}
 
 
-class _Seeker(ConsumerRebalanceListener):
-    def __init__(self, runner: ProjectionRunner):
-        self.runner = runner
-
-    def on_partitions_revoked(self, revoked):
-        pass
-
-    def on_partitions_assigned(self, assigned):
-        self.runner.seek_to_positions(assigned)
-
-
 class ProjectionRunner:
     """Runs a set of projections over the event topic in one consumer group."""
 
@@ -61,7 +48,7 @@ class ProjectionRunner:
         self.positions: dict[str, dict[int, int]] = {}
         self.consumer = bus.consumer(cfg, group_id=self.group_id,
                                      max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)))
-        self.consumer.subscribe([self.topic], listener=_Seeker(self))
+        self.consumer.subscribe([self.topic], on_assign=self.seek_to_positions)
 
     def _connection(self, search_path: str | None) -> db.Reconnecting:
         # Asynchronous commit: rows and positions are committed together, so a commit lost in a
@@ -105,8 +92,7 @@ class ProjectionRunner:
                     save_position(self.conn, proj.name, self.topic, tp.partition, nxt)
                     self.positions[proj.name][tp.partition] = nxt
                 n += len(records)
-        self.consumer.commit_async({tp: OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
-                                    for tp, msgs in polled.items()})
+        self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()}, asynchronous=True)
         if self.on_batch:
             self.on_batch(n)
         return n

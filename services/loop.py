@@ -45,8 +45,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kafka.structs import OffsetAndMetadata
-
 from core import bus
 from core.config import Config
 from schemas.messages import Command, Event, decode_event
@@ -194,8 +192,7 @@ class ServiceLoop:
         if polled:
             if self._sender is not None:
                 self._sender.flush()      # every command of the batch is out before its offsets are committed
-            self.consumer.commit({tp: OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
-                                  for tp, msgs in polled.items()})
+            self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()})
             self._cost = max((time.monotonic() - t0) / max(wanted, 1), 0.9 * self._cost)
             self._max_records = max(1, min(self._max_poll, int(self._poll_budget_s / max(self._cost, 1e-6))))
         self.stats["events"] += n

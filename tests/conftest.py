@@ -24,11 +24,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core import config
+from core import bus, config
+from core.topics import ensure_topics
 from devenv.common import FORCE_EMBEDDED_DB_ENV
 from devenv.postgres import stop_embedded_postgres
 from devenv.stack import Infra
-from devenv.topics import ensure_topics
 from services import migrations
 
 # Group joins on the embedded broker take about half the session timeout, so keep that short. The poll
@@ -88,18 +88,10 @@ def template_db(base_cfg) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _confluent_available() -> bool:
-    try:
-        import confluent_kafka  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # Kafka-heavy test modules run with both clients: pytestmark = pytest.mark.parametrize(
 # "kafka_client", BOTH_CLIENTS, indirect=True). Without the parameter a test uses the configured client.
 BOTH_CLIENTS = ["kafka-python", pytest.param("confluent", marks=pytest.mark.skipif(
-    not _confluent_available(), reason="confluent-kafka not installed (pip install -e '.[confluent]')"))]
+    not bus.client_available("confluent"), reason="confluent-kafka not installed (pip install -e '.[confluent]')"))]
 
 
 @pytest.fixture
@@ -122,7 +114,7 @@ def cfg(base_cfg, template_db, kafka_client) -> Iterator[config.Config]:
                "rejected_topic": f"{tag}.job-commands.rejected", "group_prefix": tag, "client": kafka_client},
         db={"url": admin.rsplit("/", 1)[0] + f"/{dbname}"},
     )
-    ensure_topics(c.kafka.bootstrap, c)
+    ensure_topics(c)
     yield c
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -7,9 +7,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from kafka import TopicPartition
-
 from core import bus
+from core.bus import TopicPartition
 from core.config import Config
 from schemas.messages import decode_event
 
@@ -31,12 +30,7 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30, interval: float 
 def all_events(cfg: Config) -> list:
     """Every event on the events topic (read_committed), in partition/offset order."""
     out = []
-    c = bus.consumer(cfg, group_id=None)
-    try:
-        parts = bus.partitions(c, cfg.kafka.events_topic)
-    finally:
-        c.close()
-    for p in parts:
+    for p in bus.partitions(cfg, cfg.kafka.events_topic):
         out += [(p, rec.offset, decode_event(rec.value))
                 for rec in bus.read_partition(cfg, cfg.kafka.events_topic, p, 0)]
     return out
@@ -57,7 +51,7 @@ def wait_for_no_lag(cfg: Config, group: str, topic: str, timeout: float = 60) ->
     reader = bus.consumer(cfg, group_id=None)
     member = bus.consumer(cfg, group_id=group)   # never subscribes, so never joins: asks for offsets only
     try:
-        tps = [TopicPartition(topic, p) for p in bus.partitions(reader, topic)]
+        tps = [TopicPartition(topic, p) for p in reader.partitions(topic)]
         reader.assign(tps)
         deadline = time.monotonic() + timeout
         pause = 0.05

@@ -16,7 +16,7 @@ import logging
 from psycopg_pool import AsyncConnectionPool
 
 from core import db
-from core.bus import CommandSender, OutcomeWaiter
+from core.bus import CommandSender, Delivery, OutcomeWaiter
 from core.config import Config
 from schemas.messages import Command, Event, Rejected
 
@@ -45,7 +45,7 @@ class Backend:
         self.waiter = await asyncio.to_thread(OutcomeWaiter, self.cfg)
         self.sender = await asyncio.to_thread(CommandSender, self.cfg)
         # fetch the topic metadata now so the first send does not block on it
-        await asyncio.to_thread(self.sender._producer.partitions_for, self.cfg.kafka.commands_topic)
+        await asyncio.to_thread(self.sender.warm_up)
 
     async def close(self) -> None:
         if self.sender is not None:
@@ -88,15 +88,16 @@ class Backend:
             self.waiter.forget(c.id)
 
 
-def _ack_future(record, verdict: concurrent.futures.Future) -> concurrent.futures.Future:
+def _ack_future(record: Delivery, verdict: concurrent.futures.Future) -> concurrent.futures.Future:
     """A Future for Kafka's acknowledgement; a failed send also fails the verdict at once."""
     ack: concurrent.futures.Future = concurrent.futures.Future()
 
-    def ok(_meta) -> None:
-        if not ack.done():
-            ack.set_result(True)
-
-    def failed(exc) -> None:
+    def acknowledged(delivery: Delivery) -> None:
+        exc = delivery.exception()
+        if exc is None:
+            if not ack.done():
+                ack.set_result(True)
+            return
         if not ack.done():
             ack.set_exception(Unavailable(str(exc)))
         try:
@@ -104,6 +105,5 @@ def _ack_future(record, verdict: concurrent.futures.Future) -> concurrent.future
         except concurrent.futures.InvalidStateError:
             pass
 
-    record.add_callback(ok)
-    record.add_errback(failed)
+    record.add_done_callback(acknowledged)
     return ack

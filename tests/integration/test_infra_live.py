@@ -21,16 +21,15 @@ from pathlib import Path
 import psycopg
 import pytest
 from helpers import wait_until
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from core import config
+from core import bus, config
+from core.topics import TopicError, ensure_topics
 from devenv import stack as stack_module
 from devenv.broker import Tansu, start_tansu
 from devenv.common import FORBIDDEN_PORTS, FORCE_EMBEDDED_DB_ENV, InfraError, free_port, pid_alive
 from devenv.endpoints import ENDPOINTS_FILE, config_for_running_system, read_endpoints
 from devenv.postgres import LOCAL_PG_PORT, local_postgres, pg_url, start_embedded_postgres, stop_embedded_postgres
 from devenv.stack import Infra
-from devenv.topics import ensure_topics
 
 _names = itertools.count()
 
@@ -80,22 +79,24 @@ def tansu(tmp_path: Path) -> Iterator[Tansu]:
 
 
 def _partitions(bootstrap: str, topics: list[str]) -> dict[str, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = bus.admin(config.load(), bootstrap=bootstrap)
     try:
-        return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(topics)}
+        return admin.partition_counts(topics)
     finally:
         admin.close()
 
 
-def _read_all(bootstrap: str, topic: str, partitions: int, isolation: str = "read_uncommitted") -> list:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, isolation_level=isolation, consumer_timeout_ms=1500)
+def _read_all(cfg: config.Config, topic: str) -> list:
+    """Every record of ``topic`` now (read_committed, as everything in pandaes reads)."""
+    return [rec for p in bus.partitions(cfg, topic) for rec in bus.read_partition(cfg, topic, p, 0)]
+
+
+def _send(cfg: config.Config, value: bytes, *, key: bytes | None = None, partition: int = 0) -> bus.Delivered:
+    producer = bus.producer(cfg)
     try:
-        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-        consumer.seek_to_beginning()
-        return list(consumer)
+        return producer.send(cfg.kafka.events_topic, value, key=key, partition=partition).result(10)
     finally:
-        consumer.close()
+        producer.close()
 
 
 # ------------------------------------------------------------------------------- the whole thing
@@ -110,11 +111,8 @@ def test_embedded_broker_topics_and_database(system: Infra, lines: list[str]):
     topics = [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
     assert _partitions(cfg.kafka.bootstrap, topics) == {t: n for t in topics}
 
-    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, enable_idempotence=True)
-    meta = producer.send(cfg.kafka.events_topic, key=b"job-1", value=b"hello", partition=n - 1).get(10)
-    producer.close()
-    records = _read_all(cfg.kafka.bootstrap, cfg.kafka.events_topic, n)
-    got = [(r.partition, r.offset, r.key, r.value) for r in records]
+    meta = _send(cfg, b"hello", key=b"job-1", partition=n - 1)
+    got = [(r.partition, r.offset, r.key, r.value) for r in _read_all(cfg, cfg.kafka.events_topic)]
     assert got == [(n - 1, meta.offset, b"job-1", b"hello")]
 
     with psycopg.connect(cfg.db.url) as conn:
@@ -178,19 +176,20 @@ def test_unreachable_given_kafka_is_a_clear_error(env: Path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ topics
-def _topic_cfg(partitions: int = 4) -> config.Config:
+def _topic_cfg(bootstrap: str, partitions: int = 4) -> config.Config:
     tag = uuid.uuid4().hex[:8]
-    return config.load().replace(kafka={"partitions": partitions, "commands_topic": f"{tag}.cmd",
-                                        "events_topic": f"{tag}.evt", "rejected_topic": f"{tag}.rej"})
+    return config.load().replace(kafka={"bootstrap": bootstrap, "partitions": partitions,
+                                        "commands_topic": f"{tag}.cmd", "events_topic": f"{tag}.evt",
+                                        "rejected_topic": f"{tag}.rej"})
 
 
 def test_ensure_topics_is_idempotent_and_race_safe(env: Path, tansu: Tansu):
-    cfg = _topic_cfg()
+    cfg = _topic_cfg(tansu.bootstrap)
     errors: list[BaseException] = []
 
     def create() -> None:
         try:
-            ensure_topics(tansu.bootstrap, cfg)
+            ensure_topics(cfg)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
@@ -200,31 +199,29 @@ def test_ensure_topics_is_idempotent_and_race_safe(env: Path, tansu: Tansu):
     for t in threads:
         t.join()
     assert errors == []
-    ensure_topics(tansu.bootstrap, cfg)
+    ensure_topics(cfg)
     names = [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
     assert _partitions(tansu.bootstrap, names) == {name: 4 for name in names}
 
 
 def test_partition_count_mismatch_is_an_error(env: Path, tansu: Tansu):
-    cfg = _topic_cfg(partitions=4)
-    ensure_topics(tansu.bootstrap, cfg)
-    with pytest.raises(InfraError, match=r"has 4 partitions but \[kafka\] partitions = 6"):
-        ensure_topics(tansu.bootstrap, cfg.replace(kafka={"partitions": 6}))
+    cfg = _topic_cfg(tansu.bootstrap, partitions=4)
+    ensure_topics(cfg)
+    with pytest.raises(TopicError, match=r"has 4 partitions but \[kafka\] partitions = 6"):
+        ensure_topics(cfg.replace(kafka={"partitions": 6}))
 
-    odd = _topic_cfg(partitions=4)  # only the events topic exists, with another count
-    admin = KafkaAdminClient(bootstrap_servers=tansu.bootstrap)
-    admin.create_topics({odd.kafka.events_topic: {"num_partitions": 3, "replication_factor": 1}})
+    odd = _topic_cfg(tansu.bootstrap, partitions=4)  # only the events topic exists, with another count
+    admin = bus.admin(odd)
+    admin.create_topics({odd.kafka.events_topic: 3})
     admin.close()
-    with pytest.raises(InfraError, match=rf"'{odd.kafka.events_topic}' has 3 partitions"):
-        ensure_topics(tansu.bootstrap, odd)
+    with pytest.raises(TopicError, match=rf"'{odd.kafka.events_topic}' has 3 partitions"):
+        ensure_topics(odd)
 
 
 # ------------------------------------------------------------------------------------------ broker
 def test_broker_kill_and_restart_on_the_same_port(system: Infra):
     cfg = system.config()
-    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap)
-    producer.send(cfg.kafka.events_topic, b"before", partition=0).get(10)
-    producer.close()
+    _send(cfg, b"before")
     old = system.tansu
     assert old is not None
 
@@ -233,11 +230,8 @@ def test_broker_kill_and_restart_on_the_same_port(system: Infra):
     assert new.bootstrap == old.bootstrap == cfg.kafka.bootstrap and new.alive()
     assert _partitions(cfg.kafka.bootstrap, [cfg.kafka.events_topic]) == {
         cfg.kafka.events_topic: cfg.kafka.partitions}
-    assert _read_all(cfg.kafka.bootstrap, cfg.kafka.events_topic, cfg.kafka.partitions) == []  # log lost
-
-    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap)
-    assert producer.send(cfg.kafka.events_topic, b"after", partition=0).get(10).offset == 0
-    producer.close()
+    assert _read_all(cfg, cfg.kafka.events_topic) == []  # log lost
+    assert _send(cfg, b"after").offset == 0
 
 
 def test_broker_that_cannot_bind_fails_fast_with_its_log(tmp_path: Path):
@@ -251,44 +245,6 @@ def test_broker_that_cannot_bind_fails_fast_with_its_log(tmp_path: Path):
         taken.listen()
         with pytest.raises(InfraError, match="something listens there"):
             start_tansu(tmp_path, port=port)
-
-
-def test_kafka_python_features_on_the_embedded_broker(tansu: Tansu):
-    """What the ledger and projections rely on: idempotence, transactions, read_committed, groups."""
-    cfg = _topic_cfg(partitions=2)
-    ensure_topics(tansu.bootstrap, cfg)
-    topic = cfg.kafka.events_topic
-
-    idem = KafkaProducer(bootstrap_servers=tansu.bootstrap, enable_idempotence=True, acks="all")
-    for i in range(20):
-        idem.send(topic, value=b"i%d" % i, partition=i % 2)
-    idem.flush()
-    idem.close()
-
-    tx = KafkaProducer(bootstrap_servers=tansu.bootstrap, transactional_id=f"infra-test-{uuid.uuid4()}")
-    tx.init_transactions()
-    tx.begin_transaction()
-    tx.send(topic, value=b"committed", partition=0)
-    tx.commit_transaction()
-    tx.begin_transaction()
-    tx.send(topic, value=b"aborted", partition=0)
-    tx.abort_transaction()
-    tx.close()
-    values = [r.value for r in _read_all(tansu.bootstrap, topic, 2, isolation="read_committed")]
-    assert sorted(values) == sorted([b"i%d" % i for i in range(20)] + [b"committed"])
-
-    # a group join on Tansu waits about half the session timeout (measured: 6 s -> 3 s)
-    group = KafkaConsumer(topic, bootstrap_servers=tansu.bootstrap, group_id=f"g-{uuid.uuid4()}",
-                          auto_offset_reset="earliest", enable_auto_commit=False,
-                          session_timeout_ms=6000, heartbeat_interval_ms=500, max_poll_interval_ms=3000)
-    start, seen = time.monotonic(), 0
-    while seen < 21 and time.monotonic() - start < 30:
-        seen += sum(len(batch) for batch in group.poll(200).values())
-    joined_after = time.monotonic() - start
-    group.commit()
-    group.close()
-    assert seen == 21
-    assert joined_after < 15
 
 
 # ---------------------------------------------------------------------------------------- postgres

@@ -40,7 +40,7 @@ from helpers import wait_until
 
 from core import db
 from core.bus import CommandSender
-from devenv.topics import ensure_topics
+from core.topics import ensure_topics
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Submit, Transition
 
@@ -76,7 +76,7 @@ def system(base_cfg, template_db):
         db={"url": admin.rsplit("/", 1)[0] + f"/{dbname}"},
         gateway={"default_queues": ["LOCAL", QUEUE, KILL_QUEUE]},
     )
-    ensure_topics(cfg.kafka.bootstrap, cfg)
+    ensure_topics(cfg)
     bg = Background()
     try:
         sys_ = start_system(cfg, bg)

@@ -1,0 +1,499 @@
+"""confluent-kafka (librdkafka) behind the port of ``core.bus``; imported only with ``[kafka] client =
+"confluent"``.
+
+Where librdkafka differs from what the port promises, and how this adapter bridges it:
+
+* ``poll`` returns as soon as something is there: one blocking ``Consumer.poll`` (which also runs
+  rebalance callbacks), then ``consume(n - 1, 1 ms)`` takes the rest of the fetch that has arrived
+  (librdkafka enqueues a fetch response partition by partition). ``consume(n, timeout)`` alone would
+  wait the whole timeout for ``n`` records.
+* ``assign`` is asynchronous in librdkafka, and a seek on a partition it has not started fetching
+  fails (_STATE). So ``assign`` takes effect at the next ``poll``, starting at the offsets of the seeks
+  made meanwhile; seeks on fetching partitions are applied together at the next ``poll``, and one
+  librdkafka refuses is applied by assigning again at that offset.
+* librdkafka forgets a partition's position on seek (-1001 until the next fetch), so positions set by
+  seek/assign are kept here until a record of the partition is returned; after that librdkafka's own
+  position is used (it moves past transaction markers).
+* Rebalance callbacks run inside ``poll`` on the polling thread; a ``seek`` made in ``on_assign``
+  becomes the start offset of the assignment that follows the callback.
+* ``seek_to_end`` resolves the end now (a watermark query, read_committed).
+* ``send`` hands librdkafka one small ``_Delivery`` per record that is itself the delivery callback (no
+  closure, no ``concurrent.futures.Future``: they cost more than the produce call); a daemon thread
+  per producer serves the delivery reports.
+* Keys are partitioned with ``murmur2_random``, Kafka's default partitioner, so ``bus.partition_of``
+  holds; librdkafka refuses ``max.poll.interval.ms`` below ``session.timeout.ms``, so it is raised to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import confluent_kafka as ck
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from core.bus import (
+    AdminError,
+    AdminSettings,
+    ConsumerSettings,
+    Delivered,
+    Offsets,
+    ProducerSettings,
+    RecordTuple,
+    TopicPartition,
+)
+
+log = logging.getLogger(__name__)
+_rdkafka_log = logging.getLogger("librdkafka")   # librdkafka's own log lines, instead of raw stderr
+_DRAIN_WAIT_S = 0.001
+_delivery_lock = threading.Lock()
+
+
+def _ctp(tp: TopicPartition, offset: int | None = None) -> ck.TopicPartition:
+    if offset is None:
+        return ck.TopicPartition(tp.topic, tp.partition)
+    return ck.TopicPartition(tp.topic, tp.partition, offset)
+
+
+def _ours(parts: Iterable[ck.TopicPartition]) -> set[TopicPartition]:
+    return {TopicPartition(p.topic, p.partition) for p in parts}
+
+
+# ----------------------------------------------------------------------------------------- producer
+class _Delivery:
+    """``bus.Delivery`` of one record; librdkafka calls it with the record's delivery report."""
+
+    __slots__ = ("_msg", "_error", "_done", "_waiter", "_callbacks")
+
+    def __init__(self) -> None:
+        self._msg: Any = None
+        self._error: BaseException | None = None
+        self._done = False
+        self._waiter: threading.Event | None = None
+        self._callbacks: list[Callable[[Any], object]] | None = None
+
+    def __call__(self, err: ck.KafkaError | None, msg: ck.Message) -> None:
+        if err is not None:
+            self._error = ck.KafkaException(err)
+        else:
+            self._msg = msg
+        with _delivery_lock:
+            self._done = True
+            waiter, callbacks = self._waiter, self._callbacks
+        if waiter is not None:
+            waiter.set()
+        for fn in callbacks or ():
+            try:
+                fn(self)
+            except Exception:  # noqa: BLE001 - a caller's callback must not stop delivery reports
+                log.exception("delivery callback failed")
+
+    def _wait(self, timeout: float | None) -> None:
+        if self._done:
+            return
+        with _delivery_lock:
+            if self._done:
+                return
+            if self._waiter is None:
+                self._waiter = threading.Event()
+            waiter = self._waiter
+        if not waiter.wait(timeout):
+            raise TimeoutError(f"no acknowledgement within {timeout} s")
+
+    def result(self, timeout: float | None = None) -> Delivered:
+        self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        m = self._msg
+        return Delivered(m.topic(), m.partition(), m.offset())
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return self._error
+
+    def done(self) -> bool:
+        return self._done
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        with _delivery_lock:
+            if not self._done:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+
+class Producer:
+    def __init__(self, s: ProducerSettings):
+        conf: dict[str, Any] = {
+            "bootstrap.servers": s.bootstrap, "client.id": s.client_id, "acks": "all",
+            "enable.idempotence": True, "linger.ms": s.linger_ms, "batch.size": 256 * 1024,
+            "max.in.flight.requests.per.connection": 5, "partitioner": "murmur2_random", "logger": _rdkafka_log}
+        if s.transactional_id:
+            conf.update({"transactional.id": s.transactional_id, "transaction.timeout.ms": s.transaction_timeout_ms})
+        self._p = ck.Producer(conf)
+        self._transactional = bool(s.transactional_id)
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._serve, name="confluent-delivery", daemon=True)
+        self._poller.start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            self._p.poll(0.05)
+
+    def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+             partition: int | None = None) -> _Delivery:
+        delivery = _Delivery()
+        while True:
+            try:
+                self._p.produce(topic, value, key, -1 if partition is None else partition, on_delivery=delivery)
+                return delivery
+            except BufferError:       # local queue full: let deliveries drain
+                self._p.poll(0.05)
+
+    def flush(self, timeout: float | None = None) -> None:
+        left = self._p.flush(-1 if timeout is None else timeout)
+        if left:
+            raise ck.KafkaException(ck.KafkaError(ck.KafkaError._TIMED_OUT,
+                                                  f"{left} message(s) still undelivered after flush"))
+
+    def partitions(self, topic: str) -> list[int]:
+        md = self._p.list_topics(topic, timeout=10).topics.get(topic)
+        return sorted(md.partitions) if md is not None and md.error is None else []
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        try:
+            if self._transactional:
+                # what is not committed is abandoned; librdkafka's own close would try to abort the
+                # transaction and hang on a fenced producer
+                self._p.purge(True, True, False)
+            else:
+                self._p.flush(-1)
+        finally:
+            self._closed.set()
+            self._poller.join(5)
+
+    # transactional producers only
+    def init_transactions(self) -> None:
+        self._p.init_transactions(60)
+
+    def begin_transaction(self) -> None:
+        self._p.begin_transaction()
+
+    def send_offsets_to_transaction(self, offsets: Offsets, group: Any) -> None:
+        self._p.send_offsets_to_transaction([_ctp(tp, off) for tp, off in offsets.items()], group, 60)
+
+    def commit_transaction(self) -> None:
+        self._p.commit_transaction(60)
+
+    def abort_transaction(self) -> None:
+        self._p.abort_transaction(60)
+
+
+def producer(settings: ProducerSettings) -> Producer:
+    return Producer(settings)
+
+
+transactional_producer = producer
+
+
+# ----------------------------------------------------------------------------------------- consumer
+class Consumer:
+    def __init__(self, s: ConsumerSettings):
+        self._c = ck.Consumer({
+            "bootstrap.servers": s.bootstrap, "client.id": s.client_id,
+            # librdkafka insists on a group id; assign()-style readers never join or commit with it
+            "group.id": s.group_id or f"pandaes-assign-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+            "max.poll.interval.ms": max(s.max_poll_interval_ms, s.session_timeout_ms),
+            "session.timeout.ms": s.session_timeout_ms, "heartbeat.interval.ms": s.heartbeat_interval_ms,
+            "fetch.wait.max.ms": s.fetch_max_wait_ms, "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            "logger": _rdkafka_log})
+        self._max_records = s.max_poll_records
+        self._grouped = s.group_id is not None
+        self._on_assign: Callable[[set[TopicPartition]], None] | None = None
+        self._on_revoke: Callable[[set[TopicPartition]], None] | None = None
+        self._assigned: set[TopicPartition] = set()
+        self._in_assign = False
+        self._pending: dict[TopicPartition, int] = {}   # seeks made inside on_assign
+        self._pos: dict[TopicPartition, int] = {}       # positions set by seek/assign, not yet fetched past
+        self._lazy: dict[TopicPartition, int] | None = None   # assign() not applied yet, with its start offsets
+        self._deferred: dict[TopicPartition, int] = {}  # seeks on fetching partitions, applied at the next poll
+
+    # ----------------------------------------------------------------------------- subscription
+    def subscribe(self, topics: Sequence[str], *,
+                  on_assign: Callable[[set[TopicPartition]], None] | None = None,
+                  on_revoke: Callable[[set[TopicPartition]], None] | None = None) -> None:
+        self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._c.subscribe(list(topics), on_assign=self._assigned_cb, on_revoke=self._revoked_cb,
+                          on_lost=self._revoked_cb)
+
+    def _assigned_cb(self, _c: Any, parts: list[ck.TopicPartition]) -> None:
+        tps = _ours(parts)
+        self._pending = {}
+        if self._on_assign is not None:
+            self._in_assign = True
+            try:
+                self._on_assign(set(tps))
+            finally:
+                self._in_assign = False
+        self._c.assign([_ctp(tp, self._pending.get(tp, ck.OFFSET_INVALID)) for tp in sorted(tps)])
+        self._assigned = tps
+        for tp in tps:
+            self._pos.pop(tp, None)
+            self._deferred.pop(tp, None)
+        self._pos.update(self._pending)
+        self._pending = {}
+
+    def _revoked_cb(self, _c: Any, parts: list[ck.TopicPartition]) -> None:
+        tps = _ours(parts)
+        try:
+            if self._on_revoke is not None:
+                self._on_revoke(set(tps))
+        finally:
+            self._c.unassign()
+            self._assigned -= tps
+            for tp in tps:
+                self._pos.pop(tp, None)
+                self._deferred.pop(tp, None)
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        tps = [TopicPartition(*tp) for tp in partitions]
+        self._assigned = set(tps)
+        self._pos = {}
+        self._deferred = {}
+        self._lazy = dict.fromkeys(tps, ck.OFFSET_INVALID)
+
+    def _apply_assign(self) -> None:
+        if self._lazy is not None:
+            lazy, self._lazy = self._lazy, None
+            self._c.assign([_ctp(tp, off) for tp, off in lazy.items()])
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assigned)
+
+    # ------------------------------------------------------------------------------------- polls
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[RecordTuple]]:
+        self._apply_assign()
+        self._apply_seeks()
+        first = self._c.poll(max(0, timeout_ms) / 1000)
+        if first is None:
+            return {}
+        want = max_records or self._max_records
+        msgs = [first]
+        if want > 1:
+            msgs += self._c.consume(want - 1, _DRAIN_WAIT_S)
+        out: dict[TopicPartition, list[RecordTuple]] = {}
+        tp: TopicPartition | None = None
+        recs: list[RecordTuple] = []
+        new = tuple.__new__
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise ck.KafkaException(err)
+                if err.code() != ck.KafkaError._PARTITION_EOF:
+                    log.warning("consumer: %s", err)
+                continue
+            topic, part = m.topic(), m.partition()
+            if tp is None or part != tp.partition or topic != tp.topic:
+                tp = TopicPartition(topic, part)
+                got = out.get(tp)
+                if got is None:
+                    out[tp] = got = []
+                    self._pos.pop(tp, None)
+                recs = got
+            recs.append(new(RecordTuple, (topic, part, m.offset(), m.key(), m.value(), m.timestamp()[1])))
+        return out
+
+    # --------------------------------------------------------------------------------- positions
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        tp = TopicPartition(*partition)
+        if self._in_assign:
+            self._pending[tp] = offset
+            return
+        if self._lazy is not None and tp in self._lazy:
+            self._lazy[tp] = offset
+        else:
+            self._deferred[tp] = offset
+        self._pos[tp] = offset
+
+    def _apply_seeks(self) -> None:
+        if not self._deferred:
+            return
+        seeks, self._deferred = self._deferred, {}
+        for tp, offset in seeks.items():
+            if tp not in self._assigned:
+                continue
+            try:
+                self._c.seek(_ctp(tp, offset))
+            except ck.KafkaException as exc:
+                # not fetching yet (assign() is asynchronous in librdkafka): assign again, at that offset
+                if exc.args[0].code() not in (ck.KafkaError._STATE, ck.KafkaError._OUTDATED):
+                    raise
+                self._reassign({tp: offset})
+
+    def _reassign(self, offsets: dict[TopicPartition, int]) -> None:
+        current = {tp: self._pos.get(tp) for tp in self._assigned}
+        for tp in self._assigned - set(offsets):
+            lib = self._c.position([_ctp(tp)])[0].offset
+            if lib >= 0:
+                current[tp] = lib
+        current.update(offsets)
+        self._c.assign([_ctp(tp, ck.OFFSET_INVALID if off is None else off) for tp, off in current.items()])
+
+    def seek_to_end(self, *partitions: TopicPartition) -> None:
+        for tp in partitions or tuple(self._assigned):
+            self.seek(tp, self._watermarks(tp)[1])
+
+    def position(self, partition: TopicPartition) -> int:
+        tp = TopicPartition(*partition)
+        if tp in self._deferred:
+            return self._deferred[tp]
+        if tp in self._pos and self._lazy is not None:
+            return self._pos[tp]
+        lib = -1 if self._lazy is not None else self._c.position([_ctp(tp)])[0].offset
+        if lib >= 0:            # librdkafka knows it only after a fetch since the last seek/assign
+            self._pos.pop(tp, None)
+            return lib
+        if tp in self._pos:
+            return self._pos[tp]
+        # nothing fetched yet: where the fetch will start (the committed offset, else the beginning)
+        committed = self.committed(tp) if self._grouped else None
+        off = committed if committed is not None else self._watermarks(tp)[0]
+        self._pos[tp] = off
+        if self._lazy is not None and tp in self._lazy:
+            self._lazy[tp] = off
+        return off
+
+    def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        return self._c.get_watermark_offsets(_ctp(tp), timeout=30, cached=False)
+
+    def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return {TopicPartition(*tp): self._watermarks(tp)[0] for tp in partitions}
+
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return {TopicPartition(*tp): self._watermarks(tp)[1] for tp in partitions}
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._apply_assign()
+        self._c.pause([_ctp(tp) for tp in partitions])
+
+    # ----------------------------------------------------------------------------------- commits
+    def commit(self, offsets: Offsets, *, asynchronous: bool = False) -> None:
+        if not offsets:
+            return
+        try:
+            res = self._c.commit(offsets=[_ctp(tp, off) for tp, off in offsets.items()], asynchronous=asynchronous)
+        except ck.KafkaException as exc:
+            if exc.args[0].code() == ck.KafkaError._NO_OFFSET:
+                return
+            raise
+        for p in res or ():
+            if p.error is not None:
+                raise ck.KafkaException(p.error)
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        res = self._c.committed([_ctp(partition)], timeout=30)[0]
+        if res.error is not None:
+            raise ck.KafkaException(res.error)
+        return res.offset if res.offset >= 0 else None
+
+    def group_metadata(self) -> Any:
+        return self._c.consumer_group_metadata()
+
+    def partitions(self, topic: str) -> list[int]:
+        md = self._c.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None or not md.partitions:
+            raise RuntimeError(f"topic {topic!r} does not exist on the broker ({md.error if md else 'unknown'})")
+        return sorted(md.partitions)
+
+    def close(self) -> None:
+        try:
+            self._c.close()
+        except RuntimeError:   # already closed
+            pass
+
+
+def consumer(settings: ConsumerSettings) -> Consumer:
+    return Consumer(settings)
+
+
+# -------------------------------------------------------------------------------------------- admin
+class Admin:
+    def __init__(self, s: AdminSettings):
+        self._a = AdminClient({"bootstrap.servers": s.bootstrap, "client.id": s.client_id, "logger": _rdkafka_log})
+        self._timeout = s.timeout_ms / 1000
+
+    def _result(self, future: Any, what: str, ok: tuple[int, ...] = ()) -> Any:
+        try:
+            return future.result(self._timeout)
+        except ck.KafkaException as exc:
+            if exc.args[0].code() in ok:
+                return None
+            raise AdminError(f"{what} failed: {exc.args[0].str()}") from None
+
+    def topics(self) -> set[str]:
+        return set(self._a.list_topics(timeout=self._timeout).topics)
+
+    def partition_counts(self, topics: Iterable[str]) -> dict[str, int]:
+        # all topics' metadata: asking for named ones could make a broker auto-create them
+        md = self._a.list_topics(timeout=self._timeout).topics
+        counts = {}
+        for name in topics:
+            t = md.get(name)
+            if t is None or (t.error is not None and t.error.code() == ck.KafkaError.UNKNOWN_TOPIC_OR_PART):
+                continue
+            if t.error is not None:
+                raise AdminError(f"describing Kafka topic {name!r} failed: {t.error.str()}")
+            counts[name] = len(t.partitions)
+        return counts
+
+    def create_topics(self, partitions: Mapping[str, int]) -> None:
+        if not partitions:
+            return
+        replication = min(3, len(self._a.list_topics(timeout=self._timeout).brokers) or 1)
+        futures = self._a.create_topics([NewTopic(name, n, replication) for name, n in partitions.items()],
+                                        operation_timeout=self._timeout)
+        for name, fut in futures.items():
+            self._result(fut, f"creating Kafka topic {name!r} ({partitions[name]} partitions, replication "
+                              f"{replication})", ok=(ck.KafkaError.TOPIC_ALREADY_EXISTS,))
+        deadline = time.monotonic() + self._timeout   # until every partition has a leader in the metadata
+        while time.monotonic() < deadline:
+            md = self._a.list_topics(timeout=self._timeout).topics
+            if all(name in md and md[name].partitions and all(p.leader >= 0 for p in md[name].partitions.values())
+                   for name in partitions):
+                return
+            time.sleep(0.05)
+
+    def topic_configs(self, topic: str) -> dict[str, str] | None:
+        (fut,) = self._a.describe_configs([ConfigResource("topic", topic)]).values()
+        entries = self._result(fut, f"describing the configuration of Kafka topic {topic!r}") or {}
+        return {name: entry.value for name, entry in entries.items()} or None
+
+    def delete_topics(self, topics: Iterable[str]) -> None:
+        names = list(topics)
+        if not names:
+            return
+        for name, fut in self._a.delete_topics(names, operation_timeout=self._timeout).items():
+            self._result(fut, f"deleting Kafka topic {name!r}", ok=(ck.KafkaError.UNKNOWN_TOPIC_OR_PART,))
+
+    def committed_offsets(self, group: str) -> dict[TopicPartition, int]:
+        (fut,) = self._a.list_consumer_group_offsets([ck.ConsumerGroupTopicPartitions(group)]).values()
+        res = self._result(fut, f"reading the offsets of consumer group {group!r}")
+        return {TopicPartition(p.topic, p.partition): p.offset for p in res.topic_partitions
+                if p.error is None and p.offset >= 0}
+
+    def close(self) -> None:
+        pass   # librdkafka's admin client has no close: it goes with its last reference
+
+
+def admin(settings: AdminSettings) -> Admin:
+    return Admin(settings)

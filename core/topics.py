@@ -1,0 +1,57 @@
+"""The three pandaes topics on whatever broker runs: created when missing, partition counts checked.
+
+Production needs this as much as the developer bootstrap: ``pandaes restore`` re-creates the topics
+of a broker that lost them, and a new cluster gets them on first start. Done through the Kafka
+port's admin client (``core.bus.admin``), so it works with either client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from core import bus
+from core.config import Config
+
+
+class TopicError(RuntimeError):
+    """The topics cannot be used as they are (a partition count that does not match, say)."""
+
+
+def ensure_topics(cfg: Config, *, log: Callable[[str], object] | None = None) -> None:
+    """Create the commands, events and rejected topics with ``cfg.kafka.partitions`` partitions.
+
+    Idempotent and safe against concurrent creators. Existing commands/events topics must have exactly
+    ``cfg.kafka.partitions`` partitions, because the ledger writes each event to the partition number
+    of its command: anything else is an error, never silently accepted. Run this before any producer
+    touches the topics: Tansu auto-creates a topic a producer writes to, with 4 partitions.
+    """
+    want = int(cfg.kafka.partitions)
+    if want < 1:
+        raise TopicError(f"[kafka] partitions = {want}: must be at least 1")
+    names = [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
+    admin = bus.admin(cfg)
+    try:
+        missing = [name for name in names if name not in admin.partition_counts(names)]
+        if missing:
+            admin.create_topics(dict.fromkeys(missing, want))
+            if log:
+                log(f"kafka: created topics {', '.join(missing)} ({want} partitions)")
+        _check_partition_counts(admin.partition_counts(names), cfg, log)
+    finally:
+        admin.close()
+
+
+def _check_partition_counts(counts: dict[str, int], cfg: Config, log: Callable[[str], object] | None) -> None:
+    want = int(cfg.kafka.partitions)
+    for name in (cfg.kafka.commands_topic, cfg.kafka.events_topic):
+        if name not in counts:
+            raise TopicError(f"Kafka topic {name!r} still missing after creating it")
+        if counts[name] != want:
+            raise TopicError(
+                f"Kafka topic {name!r} has {counts[name]} partitions but [kafka] partitions = {want}: "
+                f"the commands and events topics must both have exactly {want} (each event goes to the "
+                "partition number of its command). Set PANDAES_PARTITIONS to match, or delete and "
+                "recreate the topics.")
+    rejected = cfg.kafka.rejected_topic
+    if rejected in counts and counts[rejected] != want and log:
+        log(f"kafka: note: {rejected!r} has {counts[rejected]} partitions, not {want} (harmless)")
