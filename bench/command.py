@@ -1,4 +1,5 @@
-"""`pandaes bench [--quick]`: the benchmark suite (see bench/ and docs/performance.md)."""
+"""`pandaes bench [--quick]`: the benchmark suite (see bench/ and docs/performance.md). The bench registers its
+own subcommand (listed by name in cli/main.py::EXTENSIONS), so the command line does not import the bench."""
 
 from __future__ import annotations
 
