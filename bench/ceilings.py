@@ -28,6 +28,7 @@ from bench.stats import percentiles
 from core import bus, db
 from core.bus import TopicPartition
 from core.config import Config
+from core.states import JobStatus
 from schemas.messages import encode, key_of
 
 
@@ -143,7 +144,7 @@ def database(cfg: Config, n_rows: int, batch: int = 2000) -> dict[str, Any]:
     """Rows/s inserted into a jobs-shaped table, by COPY and by executemany, ``batch`` rows per commit."""
     specs = [ev.job for ev in workload.events(n_rows * 8) if hasattr(ev, "job")][:n_rows]
     now = dt.datetime.now(dt.UTC)
-    rows = [(s.PandaID, s.PandaID % 8, 1, "defined", s.computingSite, s.currentPriority, now,
+    rows = [(s.PandaID, s.PandaID % 8, 1, JobStatus.DEFINED, s.computingSite, s.currentPriority, now,
              msgspec.to_builtins(s)) for s in specs]
     out: dict[str, Any] = {}
     with db.connect(cfg) as conn:

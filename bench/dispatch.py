@@ -23,6 +23,7 @@ from bench.stats import percentiles, timeline
 from core import db
 from core.bus import CommandSender, OutcomeWaiter
 from core.config import Config
+from core.states import JobStatus
 from projections import queries
 
 
@@ -64,7 +65,7 @@ async def _level(url: str, pilots: int, seconds: float) -> dict[str, Any]:
 
 def _activated(cfg: Config) -> int:
     with db.connect(cfg) as conn:
-        return queries.count_by_status(conn, ["activated"]).get("activated", 0)
+        return queries.count_by_status(conn, [JobStatus.ACTIVATED]).get(JobStatus.ACTIVATED, 0)
 
 
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         try:
             stack.ledger_ready(waiter, sender, workload.FIRST_ID - 1)
             pids = list(range(workload.FIRST_ID, workload.FIRST_ID + n))
-            stack.backlog(waiter, sender, pids, ["activated"], site=stack.SITE, log=log)
+            stack.backlog(waiter, sender, pids, [JobStatus.ACTIVATED], site=stack.SITE, log=log)
         finally:
             sender.close()
             waiter.close()

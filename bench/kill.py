@@ -20,6 +20,7 @@ from bench.stack import backlog, ledger_ready, wait_all
 from bench.stats import percentiles, timeline
 from core.bus import CommandSender, OutcomeWaiter
 from core.config import Config
+from core.states import JobStatus
 from schemas.messages import Rejected
 
 
@@ -30,7 +31,7 @@ def run(cfg: Config, *, n_kills: int, rate: float, log_dir: Path, log=print) -> 
         try:
             ledger_ready(waiter, sender, workload.FIRST_ID - 1)
             pids = list(range(workload.FIRST_ID, workload.FIRST_ID + n_kills))
-            backlog(waiter, sender, pids, ["activated", "running"], log=log)
+            backlog(waiter, sender, pids, [JobStatus.ACTIVATED, JobStatus.RUNNING], log=log)
             comps.check()
             meter = CpuMeter(comps.pids())
             latencies: list[float] = []

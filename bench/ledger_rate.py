@@ -21,6 +21,7 @@ import uuid
 from core import bus, config
 from core.ledger import Ledger
 from core.machine import apply, decide
+from core.states import PilotState
 from core.topics import ensure_topics
 from devenv import stack
 from projections.queries import partition_snapshot
@@ -37,10 +38,10 @@ def workload(n_jobs: int, seed: int = 7) -> list:
             Submit(PandaID=pid, actor="bench", job=JobSpec(computingSite="LOCAL", attemptNr=1, currentPriority=1000)),
             Transition(PandaID=pid, action="activate", actor="bench"),
             Transition(PandaID=pid, action="dispatch", actor="bench"),
-            PilotUpdate(PandaID=pid, state="starting", attempt_nr=1, actor="bench"),
-            PilotUpdate(PandaID=pid, state="running", attempt_nr=1, actor="bench"),
-            PilotUpdate(PandaID=pid, state="running", attempt_nr=1, actor="bench", attrs={"nEvents": 10}),
-            PilotUpdate(PandaID=pid, state="finished", attempt_nr=1, actor="bench", report="{}"),
+            PilotUpdate(PandaID=pid, state=PilotState.STARTING, attempt_nr=1, actor="bench"),
+            PilotUpdate(PandaID=pid, state=PilotState.RUNNING, attempt_nr=1, actor="bench"),
+            PilotUpdate(PandaID=pid, state=PilotState.RUNNING, attempt_nr=1, actor="bench", attrs={"nEvents": 10}),
+            PilotUpdate(PandaID=pid, state=PilotState.FINISHED, attempt_nr=1, actor="bench", report="{}"),
             Transition(PandaID=pid, action="finish", actor="bench"),
         ]
         if rng.random() < 0.02:

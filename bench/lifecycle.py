@@ -26,6 +26,7 @@ from bench.procs import Components, CpuMeter, postgres_pids
 from bench.stats import percentiles, steady_rate, timeline
 from core import db
 from core.config import Config
+from core.states import JobStatus
 from projections import queries
 
 SERVICES = ["ledger", "projector", "setupper", "activator", "adder", "closer", "retrier", "gateway"]
@@ -105,7 +106,7 @@ async def _drive(url: str, n: int, pilots: int, seconds: float, log) -> dict[str
 
 def _finished(cfg: Config) -> int:
     with db.connect(cfg) as conn:
-        return queries.count_by_status(conn, ["finished"]).get("finished", 0)
+        return queries.count_by_status(conn, [JobStatus.FINISHED]).get(JobStatus.FINISHED, 0)
 
 
 def _stages(cfg: Config) -> dict[str, dict[str, float]]:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from core import bus, config, db
 from core.machine import apply, decide
+from core.states import PilotState
 from core.topics import ensure_topics
 from devenv import stack
 from schemas.jobspec import FileSpec, JobSpec
@@ -35,10 +36,10 @@ def _commands(pid: int) -> list[Command]:
                                                             attemptNr=1, currentPriority=pid % 1000, Files=files)),
         Transition(PandaID=pid, action="activate", actor="service:activator"),
         Transition(PandaID=pid, action="dispatch", actor="service:dispatcher"),
-        PilotUpdate(PandaID=pid, state="running", attempt_nr=1, actor="pilot:bench")]
+        PilotUpdate(PandaID=pid, state=PilotState.RUNNING, attempt_nr=1, actor="pilot:bench")]
     kind = pid % 4
     if kind in (0, 1):
-        cmds += [PilotUpdate(PandaID=pid, state="finished", attempt_nr=1, actor="pilot:bench", report="{}"),
+        cmds += [PilotUpdate(PandaID=pid, state=PilotState.FINISHED, attempt_nr=1, actor="pilot:bench", report="{}"),
                  Transition(PandaID=pid, action="finish", actor="service:adder",
                             files=[FileSpec(lfn=f"out.{pid}", type="output", status="ready", GUID=f"g{pid}")])]
     elif kind == 2:

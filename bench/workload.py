@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import msgspec
 
 from core.machine import JobState, apply, decide
+from core.states import JobStatus, PilotState
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Command, Event, JobSubmitted, Kill, PilotUpdate, Rejected, Submit, Transition
 
@@ -43,19 +44,19 @@ def lifecycle_commands(pid: int, rng: random.Random, actor: str = "bench", site:
         Submit(PandaID=pid, actor=actor, job=job(pid, rng, site)),
         Transition(PandaID=pid, action="activate", actor=actor),
         Transition(PandaID=pid, action="dispatch", actor=actor, attrs={"modificationHost": f"wn{pid % 50}"}),
-        PilotUpdate(PandaID=pid, state="starting", attempt_nr=1, actor=actor),
-        PilotUpdate(PandaID=pid, state="running", attempt_nr=1, actor=actor),
-        PilotUpdate(PandaID=pid, state="running", attempt_nr=1, actor=actor, attrs={"nEvents": 10}),
-        PilotUpdate(PandaID=pid, state="finished", attempt_nr=1, actor=actor, report="{}"),
+        PilotUpdate(PandaID=pid, state=PilotState.STARTING, attempt_nr=1, actor=actor),
+        PilotUpdate(PandaID=pid, state=PilotState.RUNNING, attempt_nr=1, actor=actor),
+        PilotUpdate(PandaID=pid, state=PilotState.RUNNING, attempt_nr=1, actor=actor, attrs={"nEvents": 10}),
+        PilotUpdate(PandaID=pid, state=PilotState.FINISHED, attempt_nr=1, actor=actor, report="{}"),
         Transition(PandaID=pid, action="finish", actor=actor),
     ]
 
 
-def to_state_commands(pid: int, rng: random.Random, state: str, actor: str = "bench",
+def to_state_commands(pid: int, rng: random.Random, state: JobStatus | str, actor: str = "bench",
                       site: str = "LOCAL") -> list[Command]:
     """Commands that take a new job to ``activated`` or ``running`` (backlogs for dispatch and kill)."""
     cmds = lifecycle_commands(pid, rng, actor, site)
-    return cmds[:2] if state == "activated" else cmds[:5]
+    return cmds[:2] if state == JobStatus.ACTIVATED else cmds[:5]
 
 
 def kill(pid: int, actor: str = "bench") -> Kill:

@@ -18,8 +18,6 @@ from core.bus import partition_of
 from core.machine import MACHINE, IllegalTransition, JobState, apply
 from schemas.messages import Event, JobSubmitted, JobTransitioned, JobUpdated
 
-SUBMIT_STATES = {"defined": "submit", "pending": "submit_pending", "waiting": "submit_waiting"}
-
 
 class LogChecker:
     """Feeds events in log order; collects problems (strings) instead of stopping at the first."""
@@ -64,7 +62,7 @@ class LogChecker:
             return
         if ev.seq != 1:
             self._problem(f"{where}: a submission must have seq 1")
-        if ev.from_state != S.NEW or ev.to_state not in SUBMIT_STATES:
+        if ev.from_state != S.NEW or ev.to_state not in S.SUBMIT_TRIGGERS:
             self._problem(f"{where}: submission {ev.from_state} -> {ev.to_state} is not an entry transition")
 
     def _check_next(self, where: str, prev: JobState, ev: Event) -> None:

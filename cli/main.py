@@ -22,6 +22,7 @@ from cli import components
 from cli.restore import check_at_start
 from core import config, db
 from core.bus import CommandSender, OutcomeWaiter
+from core.states import SUBMIT_TRIGGERS, JobStatus
 from devenv import endpoints, stack
 from projections import queries
 from schemas.jobspec import JobSpec, SpecError, job_from_dict, jobs_from_client_json
@@ -250,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit jobs from a JSON file (job object, list, or panda-client format)")
     p.add_argument("file", help="path, or - for standard input")
-    p.add_argument("--to", choices=["defined", "pending", "waiting"], default="defined")
+    # .value: the plain string, which a Submit leaves out of the message as its default
+    p.add_argument("--to", choices=list(SUBMIT_TRIGGERS), default=JobStatus.DEFINED.value)
     p.add_argument("--user", default="cli")
     p.add_argument("--timeout", type=float, default=30)
     p.set_defaults(fn=cmd_submit)

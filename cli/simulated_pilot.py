@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from core.states import PilotState
+
 PILOT_VERSION = "3.7.0.36"
 KILLED_CODE, KILLED_EXIT = 1144, 240
 
@@ -104,7 +106,7 @@ class _Pilot:
                 await asyncio.sleep(self.o.nojob_sleep)
         return None
 
-    async def update(self, job: dict[str, Any], state: str, **extra: Any) -> str:
+    async def update(self, job: dict[str, Any], state: PilotState, **extra: Any) -> str:
         """Send one updateJob (resent while the reply is not JSON); the `command` of the reply."""
         data = {"jobId": job["PandaID"], "state": state, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00",
                                                                                  time.gmtime()),
@@ -139,24 +141,24 @@ class _Pilot:
 
     async def run_job(self, job: dict[str, Any]) -> None:
         self.started = f"{time.time():.7f}"
-        commands = [await self.update(job, "starting"), await self.update(job, "running")]
+        commands = [await self.update(job, PilotState.STARTING), await self.update(job, PilotState.RUNNING)]
         deadline = time.monotonic() + self.o.payload_seconds
         while "tobekilled" not in ",".join(commands) and time.monotonic() < deadline:
             await asyncio.sleep(max(0.0, min(self.o.heartbeat, deadline - time.monotonic())))
             if time.monotonic() < deadline:
                 extra = {"stdout": "simulated payload output"} if "debug" in ",".join(commands) else {}
-                commands.append(await self.update(job, "running", **extra))
+                commands.append(await self.update(job, PilotState.RUNNING, **extra))
         killed = "tobekilled" in ",".join(commands)
         final: dict[str, Any] = {"xml": self.report(job, killed), "endTime": f"{time.time():.7f}",
                                  "pilotTiming": "1|0|1|0|0|0", "metaData": json.dumps({"exitCode": 0})}
         if killed:
             final.update(pilotErrorCode=KILLED_CODE, pilotErrorDiag="This job was killed by panda server",
                          transExitCode=KILLED_EXIT, exeErrorCode=0)
-            await self.update(job, "failed", **final)
+            await self.update(job, PilotState.FAILED, **final)
             self.stats.killed += 1
         else:
             final.update(pilotErrorCode=0, transExitCode=0, exeErrorCode=0, exeErrorDiag="OK")
-            await self.update(job, "finished", **final)
+            await self.update(job, PilotState.FINISHED, **final)
             self.stats.finished += 1
 
     async def run(self) -> None:

@@ -12,6 +12,7 @@ import msgspec
 from transitions import Machine, MachineError
 
 from core import states as S
+from core.states import JobStatus, PilotState
 from schemas.jobspec import JOB_ATTRIBUTES
 from schemas.messages import (
     Command,
@@ -29,7 +30,6 @@ from schemas.messages import (
 _JOB_ATTRS = frozenset(JOB_ATTRIBUTES)
 # attributes only the ledger itself may set: the state and identity are not patchable
 _PROTECTED = frozenset({"PandaID", "jobStatus"})
-_SUBMIT_TRIGGER = {"defined": "submit", "pending": "submit_pending", "waiting": "submit_waiting"}
 _COMMAND_TRIGGERS = frozenset({"kill", "kill_close", "kill_signal", "mark_retried", "heartbeat"}) | {
     t for t, _, _ in S.TRANSITIONS if t.startswith(("submit", "pilot_"))
 }
@@ -39,7 +39,7 @@ class JobState(msgspec.Struct, kw_only=True):
     """What the ledger must remember about a job to judge the next command."""
 
     PandaID: int
-    state: str
+    state: str                      # a JobStatus value, or NEW before the submission
     seq: int
     attempt_nr: int = 0
     command_to_pilot: str | None = None
@@ -96,7 +96,7 @@ class StateMachine:
                 for t in transitions:
                     self._lookup[(source, trigger)] = t.dest if t.dest is not None else source
 
-    def target(self, state: str, trigger: str) -> str:
+    def target(self, state: JobStatus | str, trigger: str) -> str:
         """The state ``trigger`` leads to from ``state``; IllegalTransition if the table forbids it."""
         try:
             return self._lookup[(state, trigger)]
@@ -105,7 +105,7 @@ class StateMachine:
                 raise IllegalTransition(f"unknown action {trigger!r}") from None
             raise IllegalTransition(f"{trigger} is not allowed from {state}") from None
 
-    def target_via_machine(self, state: str, trigger: str) -> str:
+    def target_via_machine(self, state: JobStatus | str, trigger: str) -> str:
         """The same answer, by running ``trigger`` on the Machine from ``state``."""
         if trigger not in self._triggers:
             raise IllegalTransition(f"unknown action {trigger!r}")
@@ -117,7 +117,7 @@ class StateMachine:
             raise IllegalTransition(f"{trigger} is not allowed from {state}") from None
         return cursor.state
 
-    def allowed(self, state: str) -> list[str]:
+    def allowed(self, state: JobStatus | str) -> list[str]:
         return sorted(self.machine.get_triggers(state))
 
 
@@ -128,7 +128,7 @@ class IllegalTransition(Exception):
 MACHINE = StateMachine()
 
 
-def _pilot_outcome(current: str, reported: str) -> str | None:
+def _pilot_outcome(current: JobStatus | str, reported: PilotState | str) -> str | None:
     for sources, reported_states, outcome in S.PILOT_RULES:
         if current in sources and reported in reported_states:
             return outcome
@@ -151,7 +151,7 @@ def _reject(cmd: Command, code: str, reason: str, job: JobState | None, src: lis
     )
 
 
-def _event(cmd: Command, job: JobState, trigger: str, new_state: str, src: list[int], **fields) -> Event:
+def _event(cmd: Command, job: JobState, trigger: str, new_state: JobStatus | str, src: list[int], **fields) -> Event:
     cls = JobTransitioned if new_state != job.state else JobUpdated
     return cls(
         PandaID=cmd.PandaID, time=cmd.time, actor=cmd.actor, correlation_id=cmd.correlation_id,
@@ -180,7 +180,7 @@ def _decide_submit(job: JobState | None, cmd: Submit, src: list[int]) -> Event |
         return _reject(cmd, "duplicate_job", f"PandaID {cmd.PandaID} already exists ({job.state})", job, src)
     if cmd.job.PandaID not in (None, cmd.PandaID):
         return _reject(cmd, "bad_command", f"job.PandaID {cmd.job.PandaID} != key {cmd.PandaID}", job, src)
-    trigger = _SUBMIT_TRIGGER[cmd.to]
+    trigger = S.SUBMIT_TRIGGERS[cmd.to]
     new_state = MACHINE.target(S.NEW, trigger)
     spec = msgspec.structs.replace(cmd.job, PandaID=cmd.PandaID, jobStatus=new_state)
     return JobSubmitted(
@@ -233,7 +233,7 @@ def _decide_pilot(job: JobState, cmd: PilotUpdate, src: list[int]) -> Event | Re
 def _decide_kill(job: JobState, cmd: Kill, src: list[int]) -> Event | Rejected:
     who = cmd.actor
     if job.state in S.FINAL_STATES:
-        if cmd.code == S.RETRIED_CODE and job.state == "failed":
+        if cmd.code == S.RETRIED_CODE and job.state == JobStatus.FAILED:
             new_state = MACHINE.target(job.state, "mark_retried")
             return _event(cmd, job, "mark_retried", new_state, src,
                           attrs={"taskBufferErrorCode": S.EC_RETRIED}, reason=cmd.reason)

@@ -33,6 +33,18 @@ class JobStatus(StrEnum):
     CLOSED = "closed"
 
 
+class PilotState(StrEnum):
+    """A state a pilot reports in updateJob (the pilot's word: PanDA's ``state`` parameter). Spelled like
+    job states but not one: a job whose pilot reports ``finished`` or ``failed`` goes to ``holding``."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    HOLDING = "holding"
+    TRANSFERRING = "transferring"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
 NEW = "new"
 
 # PanDA's tables of residence: jobsDefined4 / jobsActive4 / jobsArchived4.
@@ -81,6 +93,9 @@ TRANSITIONS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("set",             NON_FINAL,                                              None),
 )
 
+# entry state of a new job (Submit.to) → the submit trigger that creates it there
+SUBMIT_TRIGGERS: dict[str, str] = {dest: trig for trig, sources, dest in TRANSITIONS if sources == (NEW,) and dest}
+
 # updateJob guard rules (DBProxy.updateJobStatus), first match wins.
 # (current states, pilot-reported states, outcome). The outcome is a trigger of TRANSITIONS, or a
 # reply to the pilot with no event: "alreadydone" (duplicate final report / job already over),
@@ -103,7 +118,7 @@ PILOT_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = (
     (("sent", "starting", "running"), ("transferring",),                       "pilot_transferring"),
     (("sent", "starting", "running"), ("holding", "finished", "failed"),       "pilot_holding"),
 )
-PILOT_STATES = ("starting", "running", "holding", "transferring", "finished", "failed")
+PILOT_STATES = tuple(PilotState)
 
 # Kill codes (DBProxy.killJob): code → (destination trigger, taskBufferErrorCode, jobSubStatus).
 # jobSubStatus None keeps the job's own. Codes not listed behave as the default (None).

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import psycopg
 
+from core.states import JobStatus
 from projections.base import Record
 from schemas.jobspec import FileSpec
 from schemas.messages import JobSubmitted
@@ -38,8 +39,8 @@ _COLUMNS = {
     "scope": "scope",
 }
 _SQL_TYPE = {col: "bigint" if col == "fsize" else "text" for col in _COLUMNS.values()}
-_ENDED_BADLY = ("failed", "cancelled", "closed")
-_KEEP = ("ready", "failed", "nooutput")   # statuses the "ended badly" rule leaves alone
+_ENDED_BADLY = (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.CLOSED)   # final job states but finished
+_KEEP = ("ready", "failed", "nooutput")   # file statuses the "ended badly" rule leaves alone
 _FAILED = {"status": "failed"}
 
 _INSERT_SQL = (

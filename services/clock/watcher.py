@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import psycopg
 
 from core.config import Config
+from core.states import NON_FINAL, JobStatus, PilotState
 from projections import service_queries
 from schemas.messages import Command, Kill, Transition
 from services.loop import Action, Output, ServiceLoop
@@ -46,9 +47,9 @@ log = logging.getLogger(__name__)
 ACTOR = "service:watcher"
 ANALYSIS_LABELS = ("user", "panda")
 PRODUCTION_JEDI_LABELS = ("managed", "test")
-# the states some rule of ``rule_for`` watches: the preselection (service_queries.WATCH_CANDIDATES) reads only these
-WATCHED = ("pending", "defined", "assigned", "waiting", "activated", "throttled", "sent", "starting",
-           "running", "holding", "transferring")
+# the states some rule of ``rule_for`` watches (every non-final one but merging, which no rule times out): the
+# preselection (service_queries.WATCH_CANDIDATES) reads only these
+WATCHED = tuple(s for s in NON_FINAL if s != JobStatus.MERGING)
 
 # jobDispatcherErrorCode (jobdispatcher/ErrorCode.py)
 EC_WATCHER, EC_SEND_ERROR, EC_HOLDING, EC_TRANSFERRING = 100, 102, 103, 104
@@ -59,7 +60,7 @@ class JobRow:
     """What the rules read about one job; times are seconds since the epoch."""
 
     pandaid: int
-    status: str
+    status: JobStatus | str
     seq: int
     creation_time: float
     modification_time: float
@@ -69,7 +70,7 @@ class JobRow:
     jedi_task_id: int | None = None
     command_to_pilot: str | None = None
     entered_by: str | None = None          # action of the event that entered the current state
-    entered_pilot_state: str | None = None  # pilot_state of that event (holding: finished/failed = report)
+    entered_pilot_state: PilotState | str | None = None  # pilot_state of that event (holding: finished/failed = report)
 
     @property
     def analysis(self) -> bool:
@@ -137,50 +138,52 @@ def rule_for(job: JobRow, now: float, t: Timeouts) -> Command | None:
     st = job.status
     age = now - job.creation_time
     # --- Watcher proper: pilot-owned and post-run states (failed with a jobDispatcherErrorCode)
-    if st == "sent" and _older(now, job.modification_time, t.sent):
+    if st == JobStatus.SENT and _older(now, job.modification_time, t.sent):
         return _fail(job, EC_SEND_ERROR, f"Sent job didn't receive reply from pilot within {t.sent / 60:g} min",
                      "sent timeout")
-    if st in ("running", "starting") and _older(now, job.modification_time, t.heartbeat_for(job)):
+    if st in (JobStatus.RUNNING, JobStatus.STARTING) and _older(now, job.modification_time, t.heartbeat_for(job)):
         return _fail(job, EC_WATCHER, f"lost heartbeat : {_stamp(job.modification_time)}", "lost heartbeat")
-    if st == "transferring" and job.entered_by == "pilot_transferring" \
+    if st == JobStatus.TRANSFERRING and job.entered_by == "pilot_transferring" \
             and _older(now, job.modification_time, t.heartbeat_for(job)):
         return _fail(job, EC_TRANSFERRING, f"transferring too long : {_stamp(job.modification_time)}",
                      "transferring timeout")
-    if st == "holding":
-        has_report = job.entered_pilot_state in ("finished", "failed")
+    if st == JobStatus.HOLDING:
+        has_report = job.entered_pilot_state in (PilotState.FINISHED, PilotState.FAILED)
         short = not has_report and (job.analysis or job.priority > 800)
         limit = t.holding_analysis if short else t.holding
         if _older(now, job.modification_time, limit):
             return _fail(job, EC_HOLDING, f"holding too long : {_stamp(job.modification_time)}", "holding timeout")
         return None
     # --- copyArchive kills (state too long / too old)
-    if st == "starting" and job.label in PRODUCTION_JEDI_LABELS and _older(now, job.state_change_time, t.starting):
+    if st == JobStatus.STARTING and job.label in PRODUCTION_JEDI_LABELS \
+            and _older(now, job.state_change_time, t.starting):
         return _kill(job, 51, "starting too long")
-    if st in ("sent", "starting", "running", "transferring", "activated", "throttled") \
+    if st in (JobStatus.SENT, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.TRANSFERRING, JobStatus.ACTIVATED,
+              JobStatus.THROTTLED) \
             and _older(now, job.creation_time, t.active_max_age):
         return _kill(job, 2, f"active for {age / 86400:.1f} days")
-    if st in ("pending", "waiting"):
-        limit = t.pending if st == "pending" else t.waiting
+    if st in (JobStatus.PENDING, JobStatus.WAITING):
+        limit = t.pending if st == JobStatus.PENDING else t.waiting
         if _older(now, job.state_change_time, limit):
             return _kill(job, 4, f"{st} too long")
         if _older(now, job.creation_time, t.defined_max_age):
             return _kill(job, 2, f"{st} for {age / 86400:.1f} days")
         return None
-    if st in ("defined", "assigned"):
+    if st in (JobStatus.DEFINED, JobStatus.ASSIGNED):
         if _older(now, job.creation_time, t.defined_max_age):
             return _kill(job, 2, f"{st} for {age / 86400:.1f} days")
-        if st == "defined" and _older(now, job.state_change_time, t.defined):
+        if st == JobStatus.DEFINED and _older(now, job.state_change_time, t.defined):
             jedi = job.jedi_task_id is not None and job.label in PRODUCTION_JEDI_LABELS
             return _kill(job, 51 if jedi else 2, "defined too long")
         return None
-    if st == "activated":
+    if st == JobStatus.ACTIVATED:
         jedi = job.jedi_task_id is not None and job.label in PRODUCTION_JEDI_LABELS
         if jedi and _older(now, job.state_change_time, t.activated_jedi):
             return _kill(job, 51, "activated too long (reassign)")
         if _older(now, job.state_change_time, t.activated):
             return _kill(job, 2, "activated too long")
         return None
-    if st == "throttled" and _older(now, job.state_change_time, t.throttled):
+    if st == JobStatus.THROTTLED and _older(now, job.state_change_time, t.throttled):
         return _kill(job, 2, "throttled too long")
     return None
 

@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from core.config import Config
+from core.states import JobStatus
 from projections import aqueries
 from projections.candidates import candidate_queries
 from schemas.messages import Event, Rejected, Transition
@@ -130,14 +131,14 @@ class Dispatcher:
                 raise
             finally:
                 self.stats["verdict_seconds"] += time.monotonic() - t0
-            if isinstance(outcome, Rejected) or outcome.to_state != "sent":
+            if isinstance(outcome, Rejected) or outcome.to_state != JobStatus.SENT:
                 self.stats["rejected"] += 1
                 result.rejected += 1
                 await self._release(panda_id, cmd.id)
                 continue
             self.stats["sent"] += 1
             files = await self._confirm(panda_id, cmd.id)
-            spec = {**spec, **outcome.attrs, "jobStatus": "sent"}
+            spec = {**spec, **outcome.attrs, "jobStatus": JobStatus.SENT}
             result.jobs.append(Dispatched(panda_id=panda_id, spec=spec, files=files, event=outcome))
         return result
 

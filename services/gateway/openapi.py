@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from core.states import PILOT_STATES
+
 _STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 _IDS = {"oneOf": [{"type": "array", "items": _INT}, _STR], "description": "PandaIDs (list, JSON text or 'a,b')"}
 
@@ -37,7 +39,7 @@ LEGACY: list[tuple[str, str, list[P], str]] = [
     ], "PilotJob"),
     ("updateJob", "Heartbeat, state change or final report of a job; the reply carries the pilot's command", [
         ("jobId", _INT, True, "PandaID"),
-        ("state", {"enum": ["starting", "running", "transferring", "holding", "finished", "failed"]}, True, ""),
+        ("state", {"enum": list(PILOT_STATES)}, True, ""),
         ("attemptNr", _INT, False, "checked against the job's attempt (stale → tobekilled)"),
         ("xml", _STR, False, "final output report, JSON {lfn: {guid, fsize, adler32, surl}}"),
         ("metaData", _STR, False, "job report JSON"),

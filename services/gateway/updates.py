@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from core.states import PILOT_STATES
+from core.states import PILOT_STATES, PilotState
 from schemas.jobspec import LIMIT_LENGTH
 from schemas.messages import PilotUpdate
 
@@ -145,7 +145,7 @@ _METRIC = re.compile(r"\b(leak|chi2)=([-+0-9.eE]+)")
 @dataclasses.dataclass
 class Update:
     panda_id: int
-    state: str
+    state: PilotState | str
     attempt_nr: int | None
     attrs: dict[str, Any]
     report: str | None
@@ -207,7 +207,7 @@ def translate(fields: Mapping[str, Any]) -> Update:
                 attrs["memory_leak_x2"] = float(number)
         except (ValueError, OverflowError):
             pass
-    final = state in ("finished", "failed", "holding")
+    final = state in (PilotState.FINISHED, PilotState.FAILED, PilotState.HOLDING)
     return Update(panda_id=panda_id, state=state, attempt_nr=attempt_nr, attrs=attrs,
                   report=_json_text(fields.get("xml")) if final else None,
                   metadata=_json_text(fields.get("metaData")) if final else None,

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from core.states import JobStatus
 from projections import aqueries
 from projections.wait import ProjectionLag
 from schemas.jobspec import JobSpec, SpecError, job_from_dict, job_to_description, jobs_from_client_json
@@ -143,7 +144,7 @@ async def submit(request: web.Request, params: dict[str, Any]) -> web.Response:
     limit = int(request.app["cfg"].gateway.submit_max_jobs)
     if not jobs or len(jobs) > limit:
         raise BadRequest(f"expected 1 to {limit} jobs, got {len(jobs)}", field="jobs")
-    to = "pending" if as_bool(params, "to_pending", default=False) else "defined"
+    to = JobStatus.PENDING if as_bool(params, "to_pending", default=False) else JobStatus.DEFINED
     caller = identity.user(request)
     ids = await _allocate_ids(request, len(jobs))
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -153,7 +154,8 @@ async def submit(request: web.Request, params: dict[str, Any]) -> web.Response:
         if job.prodUserID is None and caller.credentials.principal:
             changes["prodUserID"] = caller.credentials.principal
         files = [msgspec.structs.replace(f, PandaID=pid) for f in job.Files]
-        cmds.append(Submit(PandaID=pid, actor=caller.actor, to=to,
+        # to.value, the plain string: a Submit omits its default ``to`` from the message only when it is that string
+        cmds.append(Submit(PandaID=pid, actor=caller.actor, to=to.value,
                            job=msgspec.structs.replace(job, Files=files, **changes)))
     message = ""
     try:

@@ -30,6 +30,7 @@ import msgspec
 
 from core import db
 from core.config import Config
+from core.states import JobStatus
 from plugins import DataPlugin, for_queue, load
 from projections import service_queries
 from schemas.jobspec import FileSpec
@@ -101,7 +102,7 @@ class Activator:
         self.batch = batch
 
     def wants(self, event: Event) -> bool:
-        return isinstance(event, JobTransitioned) and event.to_state == "assigned"
+        return isinstance(event, JobTransitioned) and event.to_state == JobStatus.ASSIGNED
 
     def decide(self, event: Event, view: ActivatorView) -> Sequence[Output]:
         blocks: dict[str, list[str]] = {}

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import psycopg
 
 from core.config import Config
+from core.states import JobStatus, PilotState
 from plugins.base import DataPlugin, OutputFile, PluginError
 from projections import service_queries
 from projections.jobview import JobReader
@@ -128,7 +129,7 @@ def judge(event: JobTransitioned, spec: dict[str, Any], files: Sequence[dict[str
           merge_tag: str = "merge") -> Outcome:
     """PanDA's AdderGen decision for one final report. Pure: no plugin is called here."""
     pid = event.PandaID
-    if event.pilot_state == "failed" and spec.get("commandToPilot") == "tobekilled":
+    if event.pilot_state == PilotState.FAILED and spec.get("commandToPilot") == "tobekilled":
         return Outcome("adder_cancel", reason="killed: the pilot obeyed tobekilled")
     declared = {f["lfn"]: f for f in files if f.get("type") in OUTPUT_TYPES and f.get("lfn")}
     inputs = {f["lfn"] for f in files if f.get("type") not in OUTPUT_TYPES}
@@ -138,7 +139,7 @@ def judge(event: JobTransitioned, spec: dict[str, Any], files: Sequence[dict[str
         return _fail("unparsable report", f"{DIAG_BAD_JSON}: {exc}")
     report = _with_declared_guids(report, declared)
 
-    if event.pilot_state == "failed":
+    if event.pilot_state == PilotState.FAILED:
         logs = [lfn for lfn, f in declared.items() if f.get("type") == "log" and not _missing(report.get(lfn))]
         try:
             reg = tuple(_output_file(declared[lfn], report[lfn], pid, endpoint) for lfn in logs)
@@ -191,12 +192,12 @@ class Adder:
 
     def wants(self, event: Event) -> bool:
         return (isinstance(event, JobTransitioned) and event.action == "pilot_holding"
-                and event.pilot_state in ("finished", "failed"))
+                and event.pilot_state in (PilotState.FINISHED, PilotState.FAILED))
 
     def decide(self, event: Event, view: AdderView) -> list[Command | Action]:
         assert isinstance(event, JobTransitioned)
         row = view.job(event.PandaID, event.seq - 1)
-        if row["seq"] >= event.seq and row["status"] != "holding":
+        if row["seq"] >= event.seq and row["status"] != JobStatus.HOLDING:
             # already decided (a redelivered event, or a pending report another adder finished): only
             # forget the pending row, if any
             return [Action(label=f"adder {event.PandaID} already done",

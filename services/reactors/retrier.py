@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import msgspec
 
 from core.config import Config
+from core.states import JobStatus
 from projections.jobview import JobReader
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Command, Event, JobTransitioned, Kill, Submit
@@ -179,7 +180,7 @@ class Retrier:
         self.rules = rules
 
     def wants(self, event: Event) -> bool:
-        return isinstance(event, JobTransitioned) and event.to_state == "failed"
+        return isinstance(event, JobTransitioned) and event.to_state == JobStatus.FAILED
 
     def decide(self, event: Event, view: RetrierView) -> list[Action]:
         row = view.job(event.PandaID, event.seq - 1)

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import msgspec
 
 from core.config import Config
+from core.states import JobStatus
 from plugins import DataPlugin, InputFile, OutputBlock, PluginError, for_queue, spec_for
 from projections.jobview import JobReader, ProjectionLag
 from schemas.jobspec import FileSpec
@@ -92,7 +93,7 @@ class Setupper:
     name = NAME
 
     def wants(self, event: Event) -> bool:
-        if event.to_state != "defined":
+        if event.to_state != JobStatus.DEFINED:
             return False
         return isinstance(event, JobSubmitted) or getattr(event, "action", None) == "reset"
 
