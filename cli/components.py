@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from core import metrics
 from core.config import Config
 
 COMPONENTS: dict[str, str] = {
@@ -58,23 +59,27 @@ def run_in_process(name: str, cfg: Config) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    resolve(name)(cfg, stop)
+    fn = resolve(name)
+    metrics.serve(cfg, name)
+    fn(cfg, stop)
 
 
 class Supervisor:
     """Keeps one process per requested component alive; restarts crashed ones with a back-off."""
 
-    def __init__(self, names: list[str], env: dict[str, str], log=print):
+    def __init__(self, names: list[str], env: dict[str, str], log=print, metrics_ports: dict[str, int] | None = None):
         self.names = names
         self.env = env
+        self.metrics_ports = metrics_ports or {}   # component → its /metrics port (PANDAES_METRICS_PORT)
         self.log = log
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {n: 0 for n in names}
 
     def _start(self, name: str) -> None:
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "component", name], env=self.env,
-        )
+        env = dict(self.env)
+        if name in self.metrics_ports:
+            env["PANDAES_METRICS_PORT"] = str(self.metrics_ports[name])
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "cli.main", "component", name], env=env)
 
     def start(self) -> None:
         for name in self.names:

@@ -20,7 +20,7 @@ import msgspec
 
 from cli import components
 from cli.restore import check_at_start
-from core import config, db
+from core import config, db, metrics
 from core.bus import CommandSender, OutcomeWaiter
 from core.states import SUBMIT_TRIGGERS, JobStatus
 from devenv import endpoints, stack
@@ -57,9 +57,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"migration {version} applied")
         # a broker that lost its log under non-empty projections: restore it (embedded) or stop, never diverge
         check_at_start(cfg, embedded=system.tansu is not None, log=print)
-        sup = components.Supervisor(names, components.child_env(cfg), log=print)
+        ports = metrics.metrics_ports(cfg, names) if cfg.metrics.enabled else {}
+        sup = components.Supervisor(names, components.child_env(cfg), log=print, metrics_ports=ports)
         sup.start()
         print(f"pandaes running: kafka={cfg.kafka.bootstrap} db={cfg.db.url}")
+        if cfg.metrics.enabled:
+            where = metrics.urls(cfg, ports, names)
+            endpoints.add_to_endpoints(cfg, metrics=where)
+            print("metrics: " + "  ".join(f"{n}={u}" for n, u in where.items()))
         if "gateway" in names:
             base = f"http://{cfg.http.host}:{cfg.http.port}"
             print(f"gateway: {base}  (pilots: {base}/server/panda, panda-client: PANDA_URL_SSL={base}/server/panda,"

@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol
 import msgspec
 import psycopg
 
-from core import bus, db
+from core import bus, db, metrics
 from core.bus import TopicPartition
 from core.config import Config
 from core.machine import JobState, apply, decide
@@ -88,6 +88,7 @@ class Ledger:
         self.consumer.subscribe([self.commands_topic], on_assign=self._note_assigned,
                                 on_revoke=self._drop_partitions)
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+        self.lag = metrics.LagTracker(self.consumer, self.group_id)
 
     # ------------------------------------------------------------------------------------ recovery
     def _note_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -165,8 +166,10 @@ class Ledger:
                 self.rebuild_partition(tp)
             # records fetched before the rebuild's seek are fetched again from the right offset
             polled = {tp: msgs for tp, msgs in polled.items() if tp not in rebuilt}
+        self.lag.observe(polled)
         if not polled:
             return 0
+        txn_started = time.monotonic()
         self.producer.begin_transaction()
         offsets: dict[TopicPartition, int] = {}
         n = 0
@@ -189,6 +192,8 @@ class Ledger:
             log.warning("ledger %s: crashing on purpose before commit (%s)", self.instance, CRASH_ENV)
             os._exit(17)
         self.producer.commit_transaction()
+        metrics.LEDGER_TXN.observe(time.monotonic() - txn_started)
+        metrics.LEDGER_BATCH.observe(n)
         return n
 
     def _judge(self, partition: int, m, jobs: dict[int, JobState]) -> None:
@@ -209,10 +214,12 @@ class Ledger:
         jobs[cmd.PandaID] = apply(jobs.get(cmd.PandaID), out)
         self.producer.send(self.events_topic, key=key_of(cmd.PandaID), value=encode(out), partition=partition)
         self.stats["events"] += 1
+        metrics.EVENTS.labels(*metrics.event_labels(out)).inc()
 
     def _send_rejection(self, out: Rejected) -> None:
         self.producer.send(self.rejected_topic, key=key_of(out.PandaID), value=encode(out))
         self.stats["rejections"] += 1
+        metrics.REJECTIONS.labels(out.code).inc()
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -193,6 +193,21 @@ class ActivatorSettings(_Section):
     resend_after: float
 
 
+class MetricsSettings(_Section):
+    """[metrics]"""
+
+    enabled: bool
+    host: str
+    port: int
+
+
+class LogSettings(_Section):
+    """[log]"""
+
+    format: str
+    level: str
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "state": StateSettings,
     "kafka": KafkaSettings,
@@ -210,4 +225,6 @@ SECTIONS: dict[str, type[_Section]] = {
     "sites": SitesSettings,
     "setupper": SetupperSettings,
     "activator": ActivatorSettings,
+    "metrics": MetricsSettings,
+    "log": LogSettings,
 }

@@ -25,6 +25,21 @@ def write_endpoints(cfg: Config, kafka: str, db: str) -> Path:
     return path
 
 
+def add_to_endpoints(cfg: Config, **extra: Any) -> Path | None:
+    """Add keys (e.g. ``metrics`` = {component: url}) to the endpoints file this process wrote; None if
+    there is no such file (a system on an explicit broker and database writes none)."""
+    path = endpoints_path(cfg)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    data.update(extra)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def read_endpoints(cfg: Config) -> dict[str, Any] | None:
     """{"kafka", "db", "pid"} of a running system on this state dir, or None if there is none (no file,
     unreadable file, or the process that wrote it is gone: its embedded broker died with it)."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import psycopg
 
-from core import bus, db
+from core import bus, db, metrics
 from core.config import Config
 from projections.archive import ArchiveProjection
 from projections.base import Projection, Record, load_positions, save_position
@@ -49,6 +50,7 @@ class ProjectionRunner:
         self.consumer = bus.consumer(cfg, group_id=self.group_id,
                                      max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)))
         self.consumer.subscribe([self.topic], on_assign=self.seek_to_positions)
+        self.lag = metrics.LagTracker(self.consumer, self.group_id)
 
     def _connection(self, search_path: str | None) -> db.Reconnecting:
         # Asynchronous commit: rows and positions are committed together, so a commit lost in a
@@ -76,9 +78,11 @@ class ProjectionRunner:
     def step(self, timeout_ms: int = 500) -> int:
         """One poll and one database transaction; returns the number of records applied."""
         polled = self.consumer.poll(timeout_ms=timeout_ms)
+        self.lag.observe(polled)
         if not polled:
             return 0
         n = 0
+        started = time.monotonic()
         with self.conn.transaction():
             for tp, msgs in polled.items():
                 records = [Record(tp.partition, m.offset, m.value, decode_event(m.value)) for m in msgs]
@@ -92,6 +96,10 @@ class ProjectionRunner:
                     save_position(self.conn, proj.name, self.topic, tp.partition, nxt)
                     self.positions[proj.name][tp.partition] = nxt
                 n += len(records)
+        metrics.PROJECTION_BATCH.observe(time.monotonic() - started)
+        for name, positions in self.positions.items():
+            for partition, nxt in positions.items():
+                metrics.PROJECTION_POSITION.labels(name, str(partition)).set(nxt)
         self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()}, asynchronous=True)
         if self.on_batch:
             self.on_batch(n)

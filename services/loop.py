@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core import bus
+from core import bus, metrics
 from core.config import Config
 from schemas.messages import Command, Event, decode_event
 
@@ -127,6 +127,8 @@ class ServiceLoop:
         self.consumer = bus.consumer(cfg, cfg.kafka.events_topic,
                                      group_id=f"{cfg.kafka.group_prefix}-{service.name}") if consume else None
         self.stats = {"events": 0, "commands": 0, "ticks": 0, "actions": 0}
+        self.lag = (metrics.LagTracker(self.consumer, f"{cfg.kafka.group_prefix}-{service.name}")
+                    if self.consumer is not None else None)
         # Poll size: as many events as this loop can decide within a quarter of max_poll_interval_ms if
         # every one of them were a wanted event at the slowest recent cost per wanted event (actions write to
         # the database per event), so a burst of slow events cannot keep it from polling long enough to be
@@ -147,11 +149,15 @@ class ServiceLoop:
         """Run the actions among ``outputs`` and send the commands; the commands sent."""
         if self.replay or not outputs:
             return []
-        self.stats["actions"] += sum(isinstance(item, Action) for item in outputs)
+        n_actions = sum(isinstance(item, Action) for item in outputs)
+        self.stats["actions"] += n_actions
+        if n_actions:
+            metrics.SERVICE_ACTIONS.labels(self.service.name).inc(n_actions)
         commands = perform(outputs)
         if commands:
             self.sender.send_many(commands)
             self.stats["commands"] += len(commands)
+            metrics.SERVICE_COMMANDS.labels(self.service.name).inc(len(commands))
         return commands
 
     def owned_partitions(self) -> set[int]:
@@ -196,6 +202,8 @@ class ServiceLoop:
             self._cost = max((time.monotonic() - t0) / max(wanted, 1), 0.9 * self._cost)
             self._max_records = max(1, min(self._max_poll, int(self._poll_budget_s / max(self._cost, 1e-6))))
         self.stats["events"] += n
+        if self.lag is not None:
+            self.lag.observe(polled)
         return n
 
     def run(self, stop: threading.Event) -> None:

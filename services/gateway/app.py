@@ -21,7 +21,7 @@ from aiohttp import web
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
-from . import cache, legacy, openapi, v1
+from . import cache, legacy, observe, openapi, v1
 from .backend import Backend
 from .identity import TrustingAuthenticator
 
@@ -57,7 +57,7 @@ async def serve_openapi(request: web.Request) -> web.Response:
 
 def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     # auto_decompress off: params.read_params undoes Content-Encoding itself and answers a corrupt body 400
-    app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes), middlewares=[errors],
+    app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes), middlewares=[observe.http_metrics, errors],
                           handler_args={"auto_decompress": False})
     app["cfg"] = cfg
     app["backend"] = backend or Backend(cfg)
@@ -75,6 +75,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
+    observe.setup(app)
     legacy.setup(app)
     v1.setup(app)
     cache.setup(app)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 
 from psycopg_pool import AsyncConnectionPool
 
-from core import db
+from core import db, metrics
 from core.bus import CommandSender, Delivery, OutcomeWaiter
 from core.config import Config
 from schemas.messages import Command, Event, Rejected
@@ -74,7 +75,10 @@ class Backend:
         for rec, verdict in zip(records, verdicts, strict=True):
             acks.append(_ack_future(rec, verdict))
         try:
+            started = time.monotonic()
             done = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(v) for v in verdicts)), timeout)
+            for c in cmds:
+                metrics.VERDICT_LATENCY.labels(type(c).__name__).observe(time.monotonic() - started)
             return list(done)
         except TimeoutError:
             if all(a.done() and a.exception() is None for a in acks):

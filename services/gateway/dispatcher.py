@@ -25,6 +25,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from core import metrics
 from core.config import Config
 from core.states import JobStatus
 from projections import aqueries
@@ -140,6 +141,7 @@ class Dispatcher:
             files = await self._confirm(panda_id, cmd.id)
             spec = {**spec, **outcome.attrs, "jobStatus": JobStatus.SENT}
             result.jobs.append(Dispatched(panda_id=panda_id, spec=spec, files=files, event=outcome))
+        metrics.GETJOB.labels("job" if result.jobs else "timeout" if result.timed_out else "nojob").inc()
         return result
 
     async def _claim(self, req: DispatchRequest, actor: str) -> tuple[int, dict[str, Any], Transition] | None:

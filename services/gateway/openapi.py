@@ -195,6 +195,9 @@ def document() -> dict[str, Any]:
     paths["/api/v1/file_server/upload_cache_file"] = {"post": upload, "put": upload}
     paths["/api/v1/openapi.json"] = {"get": {"summary": "This document", "tags": ["system"],
                                              "responses": _json({"type": "object"})}}
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics of this gateway process", "tags": ["system"],
+                                 "responses": {"200": {"description": "Prometheus text exposition",
+                                                       "content": {"text/plain": {}}}}}}
     paths["/cache/schedconfig/{queue}.all.json"] = {"get": {
         "summary": "Queuedata for the pilot", "tags": ["cache"],
         "parameters": [{"name": "queue", "in": "path", "required": True, "schema": _STR}],

@@ -1,0 +1,140 @@
+"""Prometheus metrics of every component, and the one place that serves them.
+
+Why one module: every metric is declared here once (name, help, labels), so the Grafana dashboard
+(docs/grafana-dashboard.json) and the components agree on the names, and a component only calls
+``EVENTS.labels(...).inc()`` where the work happens. The exposition is prometheus_client's own.
+
+Each component runs in its own process (``pandaes run``) and serves its process's registry on
+``[metrics] host:port`` (``serve``); the gateway serves ``/metrics`` on its own aiohttp app instead
+(``services/gateway/app.py``). Components run as threads of one process (tests) share the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+from core.config import Config
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------- ledger
+EVENTS = Counter("pandaes_ledger_events", "Events written by the ledger", ["trigger", "to_state"])
+REJECTIONS = Counter("pandaes_ledger_rejections", "Commands the ledger rejected", ["reason"])
+LEDGER_BATCH = Histogram("pandaes_ledger_batch_commands", "Commands judged per ledger transaction",
+                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
+LEDGER_TXN = Histogram("pandaes_ledger_transaction_seconds",
+                       "Time from begin to commit of one ledger transaction",
+                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+# ------------------------------------------------------------------------------------------- consumers
+CONSUMER_POSITION = Gauge("pandaes_consumer_position", "Next offset a consumer group will read",
+                          ["group", "topic", "partition"])
+CONSUMER_LAG = Gauge("pandaes_consumer_lag", "Records between a consumer group's position and the log end",
+                     ["group", "topic", "partition"])
+CONSUMED = Counter("pandaes_consumer_records", "Records consumed", ["group"])
+
+# ----------------------------------------------------------------------------------------- projections
+PROJECTION_POSITION = Gauge("pandaes_projection_position", "Next event offset a projection will apply",
+                            ["projection", "partition"])
+PROJECTION_BATCH = Histogram("pandaes_projection_batch_seconds", "One projector poll applied in one transaction",
+                             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+# ------------------------------------------------------------------------------------------- services
+SERVICE_COMMANDS = Counter("pandaes_service_commands", "Commands sent by a service", ["service"])
+SERVICE_ACTIONS = Counter("pandaes_service_actions", "Side-effect actions run by a service", ["service"])
+
+# -------------------------------------------------------------------------------------------- gateway
+HTTP_LATENCY = Histogram("pandaes_http_request_seconds", "HTTP request latency", ["route", "method", "status"],
+                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+GETJOB = Counter("pandaes_getjob", "getJob / acquire_jobs outcomes", ["outcome"])   # job | nojob | timeout
+VERDICT_LATENCY = Histogram("pandaes_command_verdict_seconds",
+                            "From sending a command to the ledger's verdict, seen by the gateway",
+                            ["command"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20))
+DB_POOL = Gauge("pandaes_db_pool_connections", "Database pool connections", ["pool", "kind"])
+
+
+def event_labels(event) -> tuple[str, str]:
+    """(trigger, destination state) of an event: the TRANSITIONS trigger, or "submit" for a submission."""
+    return str(getattr(event, "action", "submit")), str(event.to_state)
+
+
+def watch_pool(name: str, stats: Callable[[], Mapping[str, int]]) -> None:
+    """Report a psycopg_pool's size/available/waiting, read when scraped (no thread of our own)."""
+    # kind "queued": requests waiting for a connection (psycopg_pool's requests_waiting)
+    for kind, key in (("size", "pool_size"), ("available", "pool_available"), ("queued", "requests_waiting"),
+                      ("max", "pool_max")):
+        DB_POOL.labels(pool=name, kind=kind).set_function(lambda key=key: float(stats().get(key, 0)))
+
+
+class LagTracker:
+    """Keeps a consumer's position and lag gauges up to date, asking the broker for the log end at most
+    every ``every`` seconds (the positions are local and cheap, the end offsets are a round trip)."""
+
+    def __init__(self, consumer, group: str, every: float = 2.0):
+        self.consumer = consumer
+        self.group = group
+        self.every = every
+        self._next = 0.0
+
+    def observe(self, polled: Mapping | None = None, now: float | None = None) -> None:
+        if polled:
+            CONSUMED.labels(self.group).inc(sum(len(m) for m in polled.values()))
+        now = time.monotonic() if now is None else now
+        if now < self._next:
+            return
+        self._next = now + self.every
+        try:
+            assignment = list(self.consumer.assignment())
+            if not assignment:
+                return
+            ends = self.consumer.end_offsets(assignment)
+            for tp in assignment:
+                pos = self.consumer.position(tp)
+                labels = (self.group, tp.topic, str(tp.partition))
+                CONSUMER_POSITION.labels(*labels).set(pos)
+                CONSUMER_LAG.labels(*labels).set(max(0, ends.get(tp, pos) - pos))
+        except Exception as exc:  # metrics never stop the work
+            log.debug("lag metrics of %s not updated: %s", self.group, exc)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def metrics_ports(cfg: Config, names: Sequence[str]) -> dict[str, int]:
+    """The metrics port of each component `pandaes run` starts: ``[metrics] port`` + index, or a free port
+    each when it is 0. The gateway is absent: it serves /metrics on its own HTTP port."""
+    base = int(cfg.metrics.port)
+    out: dict[str, int] = {}
+    for i, name in enumerate(n for n in names if n != "gateway"):
+        out[name] = base + i if base else free_port(cfg.metrics.host)
+    return out
+
+
+def urls(cfg: Config, ports: Mapping[str, int], names: Iterable[str]) -> dict[str, str]:
+    """Where each component's /metrics is (the gateway's on its HTTP port)."""
+    out = {}
+    for name in names:
+        if name == "gateway":
+            out[name] = f"http://{cfg.http.host}:{cfg.http.port}/metrics"
+        elif name in ports:
+            out[name] = f"http://{cfg.metrics.host}:{ports[name]}/metrics"
+    return out
+
+
+def serve(cfg: Config, component: str) -> int | None:
+    """Serve this process's metrics for ``component`` on ``[metrics] host:port`` (0: a free port); the port,
+    or None when metrics are off or the component serves them itself (the gateway)."""
+    if not cfg.metrics.enabled or component == "gateway":
+        return None
+    port = int(cfg.metrics.port) or free_port(cfg.metrics.host)
+    start_http_server(port, addr=cfg.metrics.host, registry=REGISTRY)
+    log.info("%s metrics on http://%s:%d/metrics", component, cfg.metrics.host, port)
+    return port

@@ -1,0 +1,49 @@
+"""The gateway's metrics: request latency by route and status (a middleware), ``/metrics`` on the
+gateway's own port, and its database pool's use (read when scraped). Metric names live in core.metrics."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from core import metrics
+
+
+def route_of(request: web.Request) -> str:
+    """The route's pattern (``/api/v1/job/{id}``), never the raw path: one time series per route."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def http_metrics(request: web.Request, handler) -> web.StreamResponse:
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.HTTP_LATENCY.labels(route_of(request), request.method, str(status)).observe(
+            time.monotonic() - started)
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def setup(app: web.Application, pool_name: str = "gateway") -> None:
+    """Add /metrics and report the backend pool once it is open."""
+    app.router.add_get("/metrics", serve_metrics)
+
+    async def watch(app: web.Application) -> None:
+        pool = getattr(app["backend"], "pool", None)
+        if pool is not None:
+            metrics.watch_pool(pool_name, pool.get_stats)
+
+    app.on_startup.append(watch)
