@@ -10,7 +10,6 @@ import argparse
 import datetime as dt
 import importlib
 import json
-import logging
 import signal
 import sys
 import threading
@@ -20,7 +19,7 @@ import msgspec
 
 from cli import components
 from cli.restore import check_at_start
-from core import config, db, metrics
+from core import config, db, logs, metrics
 from core.bus import CommandSender, OutcomeWaiter
 from core.states import SUBMIT_TRIGGERS, JobStatus
 from devenv import endpoints, stack
@@ -81,9 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_component(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per-connection chatter
-    components.run_in_process(args.name, config.load())
+    cfg = config.load()
+    logs.configure(cfg, args.name)   # [log] format = "text" | "json" (PANDAES_LOG_FORMAT)
+    components.run_in_process(args.name, cfg)
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol
 import msgspec
 import psycopg
 
-from core import bus, db, metrics
+from core import bus, db, logs, metrics
 from core.bus import TopicPartition
 from core.config import Config
 from core.machine import JobState, apply, decide
@@ -207,6 +207,10 @@ class Ledger:
                            code="bad_command", reason=f"cannot decode command: {exc}", src=src)
             self._send_rejection(out)
             return
+        with logs.bind_message(cmd):
+            self._verdict(partition, cmd, src, jobs)
+
+    def _verdict(self, partition: int, cmd, src: list[int], jobs: dict[int, JobState]) -> None:
         out = decide(jobs.get(cmd.PandaID), cmd, src)
         if isinstance(out, Rejected):
             self._send_rejection(out)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core import bus, metrics
+from core import bus, logs, metrics
 from core.config import Config
 from schemas.messages import Command, Event, decode_event
 
@@ -191,7 +191,8 @@ class ServiceLoop:
                 n += 1
                 if self.service.wants(event):
                     wanted += 1
-                    self._emit(self.service.decide(event, self.view))
+                    with logs.bind_message(event):
+                        self._emit(self.service.decide(event, self.view))
         if self.tick_every is not None and time.monotonic() >= self._next_tick:
             self.tick(time.time())
             self._next_tick = time.monotonic() + self.tick_every

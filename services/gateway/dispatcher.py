@@ -25,7 +25,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from core import metrics
+from core import logs, metrics
 from core.config import Config
 from core.states import JobStatus
 from projections import aqueries
@@ -120,7 +120,8 @@ class Dispatcher:
             panda_id, spec, cmd = claim
             t0 = time.monotonic()
             try:
-                outcome = await self.ask(cmd, min(self.dispatch_timeout, remaining))
+                with logs.bind_message(cmd):
+                    outcome = await self.ask(cmd, min(self.dispatch_timeout, remaining))
             except TimeoutError:
                 self.stats["timeouts"] += 1
                 result.timed_out = True
@@ -138,6 +139,8 @@ class Dispatcher:
                 await self._release(panda_id, cmd.id)
                 continue
             self.stats["sent"] += 1
+            with logs.bind_message(cmd):
+                log.info("job %s dispatched to %s at %s", panda_id, actor, req.site)
             files = await self._confirm(panda_id, cmd.id)
             spec = {**spec, **outcome.attrs, "jobStatus": JobStatus.SENT}
             result.jobs.append(Dispatched(panda_id=panda_id, spec=spec, files=files, event=outcome))
