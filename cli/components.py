@@ -29,6 +29,7 @@ COMPONENTS: dict[str, str] = {
     "setupper": "services.reactors.setupper:run_component",
     "activator": "services.reactors.activator:run_component",
     "gateway": "services.gateway.app:run_component",
+    "monitor": "services.monitor.app:run_component",
 }
 
 

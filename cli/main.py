@@ -68,6 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             base = f"http://{cfg.http.host}:{cfg.http.port}"
             print(f"gateway: {base}  (pilots: {base}/server/panda, panda-client: PANDA_URL_SSL={base}/server/panda,"
                   f" queuedata: {base}/cache/schedconfig/LOCAL.all.json)")
+        if "monitor" in names:
+            print(f"monitor: http://{cfg.monitor.host}:{cfg.monitor.port}/jobs")
         print(f"state: {cfg.state_dir}   other shells: .venv/bin/pandaes status|history|submit …")
         print(f"components: {', '.join(names)}   (Ctrl-C stops everything)")
         sup.watch(stop)

@@ -208,6 +208,14 @@ class LogSettings(_Section):
     level: str
 
 
+class MonitorSettings(_Section):
+    """[monitor]"""
+
+    host: str
+    port: int
+    db_pool_size: int
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "state": StateSettings,
     "kafka": KafkaSettings,
@@ -227,4 +235,5 @@ SECTIONS: dict[str, type[_Section]] = {
     "activator": ActivatorSettings,
     "metrics": MetricsSettings,
     "log": LogSettings,
+    "monitor": MonitorSettings,
 }

@@ -1,109 +1,22 @@
-"""A running system observed from outside: `pandaes run` with JSON logs, real jobs run by simulated pilots,
-then every component's /metrics scraped (the counters moved with the work) and the log lines parsed."""
+"""A running system observed from outside: every component's /metrics scraped (the counters moved with the
+work) and its JSON log lines parsed."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import urllib.request
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import psycopg
 import pytest
 from helpers import wait_until
+from observed_system import RunningSystem, _get, running_system
 from prometheus_client.parser import text_string_to_metric_families
-
-from devenv.common import free_port
-from devenv.endpoints import ENDPOINTS_FILE
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class RunningSystem:
-    env: dict[str, str]
-    url: str
-    log_path: Path
-    endpoints: dict
-    ids: list[int]
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cli.main", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
-
-    def states(self) -> dict[int, str]:
-        res = self.cli("status", "--json", *map(str, self.ids))
-        return {r["pandaid"]: r["status"] for r in json.loads(res.stdout)}
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return r.read().decode()
-
-
-def _alive(url: str) -> bool:
-    try:
-        return bool(_get(f"{url}/api/v1/system/is_alive"))
-    except OSError:
-        return False
-
-
-def _job(name: str, label: str = "managed") -> dict:
-    files = [{"lfn": f"out.{name}", "type": "output", "dataset": "obs.out", "scope": "test"},
-             {"lfn": f"log.{name}", "type": "log", "dataset": "obs.log", "scope": "test"}]
-    return {"jobName": name, "transformation": "run.sh", "jobParameters": "x", "prodSourceLabel": label,
-            "computingSite": "LOCAL", "attemptNr": 1, "maxAttempt": 1, "jediTaskID": 4242, "Files": files}
-
-
 @pytest.fixture(scope="module")
 def system(tmp_path_factory) -> Iterator[RunningSystem]:
-    tmp = tmp_path_factory.mktemp("observed")
-    state = tmp / "state"
-    port = free_port()
-    database = f"pandaes_obs_{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PANDAES_STATE_DIR": str(state), "PANDAES_HTTP_PORT": str(port),
-           "PANDAES_DB_DATABASE": database, "PANDAES_PLUGINS_LOCAL_TRANSFER_DELAY": "0.2",
-           "PANDAES_LOG_FORMAT": "json"}
-    for var in ("PANDAES_KAFKA", "PANDAES_DB"):
-        env.pop(var, None)
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp / "run.log"
-    with open(log_path, "w") as out:
-        run = subprocess.Popen([sys.executable, "-m", "cli.main", "run"], env=env, stdout=out,
-                               stderr=subprocess.STDOUT, text=True)
-    db_url = None
-    try:
-        wait_until(lambda: _alive(url), 90, 0.5, "the gateway of `pandaes run`")
-        endpoints = wait_until(lambda: (lambda d: d if "metrics" in d else None)(
-            json.loads((state / ENDPOINTS_FILE).read_text())), 30, 0.2, "metrics in the endpoints file")
-        db_url = endpoints["db"]
-        jobs = tmp / "jobs.json"
-        jobs.write_text(json.dumps([_job("obs-a"), _job("obs-b"), _job("obs-c", "user")]))
-        sys_ = RunningSystem(env, url, log_path, endpoints, [])
-        out = sys_.cli("submit", str(jobs))
-        assert out.returncode == 0, out.stdout + out.stderr
-        sys_.ids = [int(line.split()[0]) for line in out.stdout.splitlines()]
-        wait_until(lambda: set(sys_.states().values()) == {"activated"}, 90, 0.5, "jobs activated")
-        sim = sys_.cli("pilot-sim", "--site", "LOCAL", "--pilots", "1", "--jobs", "2", "--url", url,
-                       "--payload", "0.2", "--heartbeat", "0.2")
-        assert sim.returncode == 0, sim.stdout + sim.stderr
-        wait_until(lambda: sorted(sys_.states().values()).count("finished") == 2, 90, 0.5, "two jobs finished")
-        yield sys_
-    finally:
-        run.send_signal(signal.SIGINT)
-        try:
-            run.wait(60)
-        except subprocess.TimeoutExpired:
-            run.kill()
-        if db_url:
-            with psycopg.connect(db_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    yield from running_system(tmp_path_factory)
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
@@ -123,7 +36,7 @@ def total(samples: dict, name: str, **labels: str) -> float:
 def test_run_prints_and_records_every_components_metrics(system: RunningSystem):
     where = system.endpoints["metrics"]
     assert {"ledger", "projector", "setupper", "activator", "adder", "closer", "retrier", "daemon",
-            "gateway"} <= set(where)
+            "gateway", "monitor"} <= set(where)
     assert where["gateway"] == f"{system.url}/metrics"
     text = system.log_path.read_text()
     assert "metrics: " in text and where["ledger"] in text

@@ -1,0 +1,1 @@
+"""The monitor: a read-only web UI over the projections and the archived events (services/monitor/app.py)."""

@@ -1,0 +1,216 @@
+"""The monitor's HTML: plain server-rendered pages (pure functions of what was read), one stylesheet and
+one small script served by the monitor itself — nothing is loaded from anywhere else.
+
+Every view is a GET with its filters in the query string, so a URL can be shared as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from html import escape
+from typing import Any
+from urllib.parse import urlencode
+
+from core.states import JobStatus
+from schemas.jobspec import JOB_ATTRIBUTES
+
+STATES = [s.value for s in JobStatus]
+NAV = (("Jobs", "/jobs"), ("Queues", "/queues"), ("Tasks", "/tasks"), ("Live", "/live"))
+
+
+def e(value: Any) -> str:
+    return escape("" if value is None else str(value))
+
+
+def when(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return e(value)
+
+
+def link(path: str, params: Mapping[str, Any]) -> str:
+    clean = {k: v for k, v in params.items() if v not in (None, "")}
+    return e(path + ("?" + urlencode(clean) if clean else ""))
+
+
+def layout(title: str, body: str, *, script: bool = False) -> str:
+    nav = " ".join(f'<a href="{href}">{name}</a>' for name, href in NAV)
+    js = '<script src="/static/monitor.js"></script>' if script else ""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)} · pandaes monitor</title>'
+            f'<link rel="stylesheet" href="/static/monitor.css"></head><body><header><b>pandaes monitor</b> {nav}'
+            f'</header><main><h1>{e(title)}</h1>{body}</main>{js}</body></html>')
+
+
+def state_badge(state: str) -> str:
+    return f'<span class="state s-{e(state)}">{e(state)}</span>'
+
+
+def counts_bar(counts: Mapping[str, int], href) -> str:
+    """Jobs by state, each a link (``href(state)``); the total first."""
+    items = [f'<a class="count" href="{href(None)}">all <b>{sum(counts.values())}</b></a>']
+    items += [f'<a class="count" data-state="{e(s)}" href="{href(s)}">{state_badge(s)} <b>{counts[s]}</b></a>'
+              for s in STATES if counts.get(s)]
+    return f'<div class="counts" id="counts">{"".join(items)}</div>'
+
+
+FILTERS = (("status", "state"), ("queue", "queue"), ("owner", "owner"), ("task", "jediTaskID"),
+           ("label", "prodSourceLabel"), ("error", "error code"), ("since", "modified since"),
+           ("until", "modified before"))
+
+
+def jobs_page(params: Mapping[str, str], rows: Sequence[Mapping[str, Any]], counts: Mapping[str, int],
+              has_next: bool, elapsed_ms: float) -> str:
+    p = dict(params)
+    page = int(p.get("page") or 1)
+    inputs = []
+    for name, label in FILTERS:
+        if name == "status":
+            opts = "".join(f'<option value="{s}"{" selected" if p.get("status") == s else ""}>{s}</option>'
+                           for s in ["", *STATES])
+            inputs.append(f'<label>{label} <select name="status" id="f-status">{opts}</select></label>')
+        else:
+            kind = ' type="datetime-local" step="1"' if name in ("since", "until") else ""
+            inputs.append(f'<label>{label} <input name="{name}" id="f-{name}" value="{e(p.get(name))}"{kind}>'
+                          f'</label>')
+    hidden = "".join(f'<input type="hidden" name="{k}" value="{e(p[k])}">' for k in ("sort", "desc") if p.get(k))
+    form = (f'<form class="filters" method="get" action="/jobs">{"".join(inputs)}{hidden}'
+            f'<button id="apply" type="submit">filter</button> <a href="/jobs">clear</a></form>')
+
+    def with_(**changes: Any) -> dict[str, Any]:
+        return {**p, **changes}
+
+    bar = counts_bar(counts, lambda s: link("/jobs", with_(status=s, page=None)))
+    sort, desc = p.get("sort") or "pandaid", (p.get("desc") or "1") != "0"
+
+    def head(key: str, label: str) -> str:
+        arrow = (" ▼" if desc else " ▲") if sort == key else ""
+        flip = "0" if (sort == key and desc) else "1"
+        return f'<th><a href="{link("/jobs", with_(sort=key, desc=flip, page=None))}">{label}{arrow}</a></th>'
+
+    cols = (head("pandaid", "PandaID") + head("status", "state") + head("queue", "queue") + "<th>owner</th>"
+            + head("task", "jediTaskID") + "<th>label</th>" + head("priority", "priority") + "<th>attempt</th>"
+            + "<th>errors</th>" + head("created", "created") + head("modified", "modified"))
+    body_rows = []
+    for r in rows:
+        errors = " ".join(f"{k[:-9]}:{r[k]}" for k in r if k.endswith("ErrorCode") and r[k] not in (None, "0", "NULL"))
+        body_rows.append(
+            f'<tr data-pandaid="{r["pandaid"]}"><td><a href="/job/{r["pandaid"]}">{r["pandaid"]}</a></td>'
+            f'<td>{state_badge(r["status"])}</td><td>{e(r["computing_site"])}</td><td>{e(r["owner"])}</td>'
+            f'<td>{_task_link(r["jedi_task_id"])}</td><td>{e(r["prod_source_label"])}</td>'
+            f'<td>{e(r["current_priority"])}</td><td>{e(r["attempt_nr"])}</td><td>{e(errors)}</td>'
+            f'<td>{when(r["creation_time"])}</td><td>{when(r["modification_time"])}</td></tr>')
+    table = (f'<table id="jobs"><thead><tr>{cols}</tr></thead><tbody>{"".join(body_rows)}</tbody></table>'
+             if rows else '<p id="nojobs">no jobs match</p>')
+    prev = f'<a id="prev" href="{link("/jobs", with_(page=page - 1))}">« previous</a>' if page > 1 else ""
+    nxt = f'<a id="next" href="{link("/jobs", with_(page=page + 1))}">next »</a>' if has_next else ""
+    pager = f'<div class="pager">{prev} page {page} {nxt} <small>({elapsed_ms:.0f} ms)</small></div>'
+    return layout("Jobs", form + bar + pager + table + pager)
+
+
+def _task_link(task: Any) -> str:
+    return f'<a href="/task/{e(task)}">{e(task)}</a>' if task is not None else ""
+
+
+def _payload_summary(body: Mapping[str, Any]) -> str:
+    parts = []
+    if body.get("type") == "submitted":
+        job = body.get("job", {})
+        parts.append(f"site={job.get('computingSite')} task={job.get('jediTaskID')} files={len(job.get('Files', []))}")
+    if body.get("attrs"):
+        parts.append(" ".join(f"{k}={v}" for k, v in list(body["attrs"].items())[:6]))
+    if body.get("files"):
+        parts.append(f"{len(body['files'])} file(s)")
+    for key in ("kill_code", "pilot_state", "reply", "reason"):
+        if body.get(key) not in (None, ""):
+            parts.append(f"{key}={body[key]}")
+    return "; ".join(parts)
+
+
+def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]],
+             at: int | None, folded: Mapping[str, Any] | None) -> str:
+    if not history:
+        return layout(f"Job {pandaid}", f"<p>no events for PandaID {pandaid}</p>")
+    last_seq = history[-1]["seq"]
+    shown_seq = at if at is not None else last_seq
+    spec = (folded or {}).get("job") or (current or {}).get("spec") or {}
+    files = (folded or {}).get("files") or (spec.get("Files") if not folded else []) or []
+    state = spec.get("jobStatus") or (current or {}).get("status")
+    travel = (f'<form class="travel" method="get" action="/job/{pandaid}"><label>as at event '
+              f'<input id="at" name="at" type="range" min="1" max="{last_seq}" value="{shown_seq}" '
+              f'data-autosubmit="1"> <output id="at-value">{shown_seq}</output> of {last_seq}</label>'
+              f' <a id="now" href="/job/{pandaid}">latest</a></form>')
+    heading = (f'<p id="job-state">{state_badge(state or "?")} '
+               f'{"as it was at seq " + str(shown_seq) if at is not None else "now"} · '
+               f'queue {e(spec.get("computingSite"))} · task {_task_link(spec.get("jediTaskID"))}</p>')
+    attrs = "".join(f"<tr><th>{a}</th><td>{e(spec[a])}</td></tr>" for a in JOB_ATTRIBUTES
+                    if spec.get(a) not in (None, "NULL", ""))
+    spec_table = f'<details open><summary>JobSpec</summary><table id="spec">{attrs}</table></details>'
+    frows = "".join(f"<tr><td>{e(f.get('type'))}</td><td>{e(f.get('lfn'))}</td><td>{e(f.get('status'))}</td>"
+                    f"<td>{e(f.get('dataset'))}</td><td>{e(f.get('destinationDBlock'))}</td><td>{e(f.get('GUID'))}</td>"
+                    f"</tr>" for f in files)
+    files_table = ('<details open><summary>Files</summary><table id="files"><thead><tr><th>type</th><th>lfn</th>'
+                   f'<th>status</th><th>dataset</th><th>destination</th><th>GUID</th></tr></thead>{frows}</table>'
+                   '</details>')
+    trows = []
+    for h in history:
+        cls = ' class="current"' if h["seq"] == shown_seq else (' class="future"' if h["seq"] > shown_seq else "")
+        trows.append(f'<tr{cls} data-seq="{h["seq"]}"><td><a href="/job/{pandaid}?at={h["seq"]}">{h["seq"]}</a></td>'
+                     f'<td>{when(h["time"])}</td><td>{e(h["actor"])}</td><td>{e(h["type"])}</td>'
+                     f'<td>{e(h["action"] or "")}</td><td>{e(h["from_state"])} → {e(h["to_state"])}</td>'
+                     f'<td class="summary">{e(_payload_summary(h["body"]))}</td></tr>')
+    timeline = ('<h2>Timeline</h2><table id="timeline"><thead><tr><th>seq</th><th>time (UTC)</th><th>actor</th>'
+                '<th>type</th><th>action</th><th>transition</th><th>payload</th></tr></thead>'
+                f'<tbody>{"".join(trows)}</tbody></table>'
+                '<p class="note">Rejected commands are not archived in job_events; `pandaes tail` on the '
+                'rejections topic shows them. Kill and retry are not offered here (the monitor is read-only).</p>')
+    return layout(f"Job {pandaid}", heading + travel + spec_table + files_table + timeline, script=True)
+
+
+def matrix_page(title: str, rows: Mapping[Any, Mapping[str, int]], key_name: str, href) -> str:
+    """Jobs by state per queue or task: one row per key, one column per state that occurs."""
+    used = [s for s in STATES if any(s in r for r in rows.values())]
+    head = f"<tr><th>{e(key_name)}</th><th>total</th>" + "".join(f"<th>{state_badge(s)}</th>" for s in used) + "</tr>"
+    body = []
+    for key in sorted(rows, key=lambda k: (str(k))):
+        r = rows[key]
+        cells = "".join(f'<td><a href="{href(key, s)}">{r[s]}</a></td>' if r.get(s) else "<td></td>" for s in used)
+        body.append(f'<tr data-key="{e(key)}"><th><a href="{href(key, None)}">{e(key)}</a></th>'
+                    f"<td>{sum(r.values())}</td>{cells}</tr>")
+    return layout(title, f'<table id="matrix"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def task_page(task_id: int, counts: Mapping[str, int]) -> str:
+    bar = counts_bar(counts, lambda s: link("/jobs", {"task": task_id, "status": s}))
+    return layout(f"Task {task_id}", bar + f'<p><a href="{link("/jobs", {"task": task_id})}">all jobs of the task</a>'
+                  "</p>")
+
+
+def live_page(params: Mapping[str, str], recent: Sequence[Mapping[str, Any]]) -> str:
+    form = (f'<form class="filters" method="get" action="/live"><label>queue <input name="queue" '
+            f'value="{e(params.get("queue"))}"></label><label>jediTaskID <input name="task" '
+            f'value="{e(params.get("task"))}"></label><button type="submit">filter</button></form>')
+    src = link("/events", {"queue": params.get("queue"), "task": params.get("task")})
+    rows = "".join(_live_row(r) for r in recent)
+    return layout("Live", form + f'<p id="live-status">connecting…</p><table id="live" data-source="{src}">'
+                  "<thead><tr><th>time (UTC)</th><th>PandaID</th><th>seq</th><th>actor</th><th>action</th>"
+                  f"<th>transition</th></tr></thead><tbody>{rows}</tbody></table>", script=True)
+
+
+def _live_row(r: Mapping[str, Any]) -> str:
+    return (f'<tr data-pandaid="{r["PandaID"]}" data-seq="{r["seq"]}"><td>{e(r["time"])}</td>'
+            f'<td><a href="/job/{r["PandaID"]}">{r["PandaID"]}</a></td><td>{r["seq"]}</td><td>{e(r["actor"])}</td>'
+            f'<td>{e(r["action"])}</td><td>{e(r["from"])} → {e(r["to"])}</td></tr>')
+
+
+def recent_row(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A job_events row in the live feed's shape."""
+    return {"PandaID": r["pandaid"], "seq": r["seq"], "actor": r["actor"], "action": r["action"] or "submit",
+            "from": r["from_state"], "to": r["to_state"], "time": when(r["time"]), "type": r["type"]}
+
+
+def sse(item: Mapping[str, Any]) -> bytes:
+    return f"data: {json.dumps(item, default=str)}\n\n".encode()
