@@ -20,6 +20,7 @@ from projections import queries as q
 # the monitor's sort keys → SQL (ties broken by pandaid so pages do not overlap)
 SORTS = {"pandaid": "pandaid", "modified": "modification_time", "created": "creation_time", "status": "status",
          "queue": "computing_site", "task": "jedi_task_id", "priority": "current_priority"}
+NULLABLE_SORTS = {"computing_site", "jedi_task_id"}
 ERROR_FIELDS = {"pilot": "pilotErrorCode", "exe": "exeErrorCode", "ddm": "ddmErrorCode", "jd": "jobDispatcherErrorCode",
                 "tb": "taskBufferErrorCode", "sup": "supErrorCode", "brokerage": "brokerageErrorCode"}
 LIST_COLUMNS = ("pandaid, status, seq, attempt_nr, computing_site, prod_source_label, jedi_task_id, current_priority,"
@@ -89,9 +90,12 @@ def jobs_page_sql(f: JobFilter) -> tuple[str, list[Any]]:
     order = "DESC" if f.desc else "ASC"
     clause, params = where(f)
     col = SORTS[f.sort]
-    key = f"{col} {order}" + (f", pandaid {order}" if col != "pandaid" else "")
+    # NULLS LAST only where a column can be NULL: on NOT NULL columns it would keep PostgreSQL from reading
+    # the page off an index in order (it would sort every matching job instead)
+    nulls = " NULLS LAST" if col in NULLABLE_SORTS else ""
+    key = f"{col} {order}{nulls}" + (f", pandaid {order}" if col != "pandaid" else "")
     size = max(1, min(int(f.size), MAX_PAGE))
-    sql = (f"SELECT {LIST_COLUMNS} FROM jobs{clause} ORDER BY {key} NULLS LAST LIMIT %s OFFSET %s")
+    sql = (f"SELECT {LIST_COLUMNS} FROM jobs{clause} ORDER BY {key} LIMIT %s OFFSET %s")
     return sql, [*params, size + 1, (max(1, int(f.page)) - 1) * size]
 
 
