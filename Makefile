@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test test-unit lint bench clean
+.PHONY: run test test-unit lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/pandaes run
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the monitor's browser tests drive Debian's chromium through chromedriver: install both when missing
+# (as root, or through password-less sudo; non-interactive; waits for another apt holding the lock)
+APT = env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600
+browser:
+	@if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "chromium/chromedriver missing and no root: the browser tests will be skipped"; exit 0; fi; \
+	  $$SUDO $(APT) install --no-install-recommends chromium chromium-driver \
+	    || { $$SUDO $(APT) update && $$SUDO $(APT) install --no-install-recommends chromium chromium-driver; }; \
+	fi
 
 # no broker, no database: seconds, no workers needed
 test-unit: $(STAMP)

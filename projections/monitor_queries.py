@@ -154,6 +154,11 @@ async def job(conn: AsyncConnection, pandaid: int) -> dict[str, Any] | None:
         return await cur.fetchone()
 
 
+async def files(conn: AsyncConnection, pandaid: int) -> list[dict[str, Any]]:
+    """The job's FileSpec dicts as the files projection has them now."""
+    return [r[0] for r in await (await conn.execute(q.FILES_SQL, (pandaid,))).fetchall()]
+
+
 async def history(conn: AsyncConnection, pandaid: int) -> list[dict[str, Any]]:
     """The job's archived events by seq (as ``queries.history``, which `pandaes history` prints)."""
     async with conn.cursor(row_factory=dict_row) as cur:

@@ -86,13 +86,14 @@ async def job(request: web.Request) -> web.Response:
     async with request.app["pool"].connection() as conn:
         current = await mq.job(conn, pandaid)
         history = await mq.history(conn, pandaid)
+        files_now = await mq.files(conn, pandaid)
     if not history and current is None:
         raise web.HTTPNotFound(text=f"no job {pandaid}")
     folded = None
     if at is not None and history:
         at = max(1, min(at, history[-1]["seq"]))
         folded = fold_at(history, at, current["partition"] if current else -1)
-    return web.Response(text=pages.job_page(pandaid, current, history, at, folded), content_type=HTML)
+    return web.Response(text=pages.job_page(pandaid, current, history, at, folded, files_now), content_type=HTML)
 
 
 async def job_history(request: web.Request) -> web.Response:

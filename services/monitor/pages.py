@@ -131,13 +131,13 @@ def _payload_summary(body: Mapping[str, Any]) -> str:
 
 
 def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]],
-             at: int | None, folded: Mapping[str, Any] | None) -> str:
+             at: int | None, folded: Mapping[str, Any] | None, files_now: Sequence[Mapping[str, Any]] = ()) -> str:
     if not history:
         return layout(f"Job {pandaid}", f"<p>no events for PandaID {pandaid}</p>")
     last_seq = history[-1]["seq"]
     shown_seq = at if at is not None else last_seq
     spec = (folded or {}).get("job") or (current or {}).get("spec") or {}
-    files = (folded or {}).get("files") or (spec.get("Files") if not folded else []) or []
+    files = folded["files"] if folded else files_now
     state = spec.get("jobStatus") or (current or {}).get("status")
     travel = (f'<form class="travel" method="get" action="/job/{pandaid}"><label>as at event '
               f'<input id="at" name="at" type="range" min="1" max="{last_seq}" value="{shown_seq}" '
@@ -165,9 +165,10 @@ def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[
     timeline = ('<h2>Timeline</h2><table id="timeline"><thead><tr><th>seq</th><th>time (UTC)</th><th>actor</th>'
                 '<th>type</th><th>action</th><th>transition</th><th>payload</th></tr></thead>'
                 f'<tbody>{"".join(trows)}</tbody></table>'
-                '<p class="note">Rejected commands are not archived in job_events; `pandaes tail` on the '
-                'rejections topic shows them. Kill and retry are not offered here (the monitor is read-only).</p>')
-    return layout(f"Job {pandaid}", heading + travel + spec_table + files_table + timeline, script=True)
+                '<p class="note">Rejected commands are not archived in job_events (they are on the rejections '
+                'topic). Kill and retry are not offered here: the monitor is read-only.</p>')
+    body = f'<div class="cols"><div>{spec_table}</div><div>{files_table}{timeline}</div></div>'
+    return layout(f"Job {pandaid}", heading + travel + body, script=True)
 
 
 def matrix_page(title: str, rows: Mapping[Any, Mapping[str, int]], key_name: str, href) -> str:

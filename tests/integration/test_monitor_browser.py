@@ -1,0 +1,118 @@
+"""The monitor in a real browser: headless Chromium (Debian's chromium + chromium-driver, installed by
+`make test` when missing) driven by Selenium over a running system with real jobs. Screenshots of each page
+go to the test's tmp folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import wait_until
+from observed_system import RunningSystem, running_system
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not (shutil.which("chromedriver") and shutil.which("chromium")),
+    reason="needs chromium and chromedriver: `make test` installs Debian's chromium and chromium-driver")]
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1600,1000")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory) -> Iterator[RunningSystem]:
+    yield from running_system(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=opts, service=service)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _ids(browser, table: str, attr: str = "data-pandaid") -> list[str]:
+    return [tr.get_attribute(attr) for tr in browser.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")]
+
+
+def test_jobs_list_filters(system: RunningSystem, browser, shots: Path):
+    browser.get(f"{system.monitor}/jobs")
+    assert sorted(map(int, _ids(browser, "jobs"))) == sorted(system.ids)
+    browser.save_screenshot(str(shots / "jobs.png"))
+    browser.find_element(By.CSS_SELECTOR, '#f-status option[value="finished"]').click()
+    browser.find_element(By.ID, "apply").click()
+    wait_until(lambda: "status=finished" in browser.current_url, 10, 0.1, "the filter in the URL")
+    finished = sorted(p for p, s in system.states().items() if s == "finished")
+    assert sorted(map(int, _ids(browser, "jobs"))) == finished
+    browser.save_screenshot(str(shots / "jobs-finished.png"))
+    # the URL is the view: opened again, it shows the same jobs
+    shared = browser.current_url
+    browser.get(f"{system.monitor}/queues")
+    browser.save_screenshot(str(shots / "queues.png"))
+    browser.get(shared)
+    assert sorted(map(int, _ids(browser, "jobs"))) == finished
+    browser.find_element(By.ID, "f-owner").send_keys("nobody-owns-this")
+    browser.find_element(By.ID, "apply").click()
+    wait_until(lambda: browser.find_elements(By.ID, "nojobs"), 10, 0.1, "no jobs for an unknown owner")
+
+
+def test_job_timeline_matches_history(system: RunningSystem, browser, shots: Path):
+    pid = system.ids[0]
+    history = json.loads(system.cli("history", "--json", str(pid)).stdout)
+    browser.get(f"{system.monitor}/job/{pid}")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#timeline tbody tr")
+    seen = [(int(r.get_attribute("data-seq")), r.find_elements(By.TAG_NAME, "td")[5].text) for r in rows]
+    assert seen == [(e["seq"], f'{e["from_state"]} → {e["to_state"]}') for e in history]
+    assert [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows] == [e["actor"] for e in history]
+    lfns = sorted(r.find_elements(By.TAG_NAME, "td")[1].text for r in browser.find_elements(
+        By.CSS_SELECTOR, "#files tbody tr"))
+    assert lfns == ["log.obs-a", "out.obs-a"]
+    browser.save_screenshot(str(shots / "job.png"))
+
+
+def test_time_travel_shows_an_earlier_state(system: RunningSystem, browser, shots: Path):
+    pid = system.ids[0]
+    browser.get(f"{system.monitor}/job/{pid}")
+    assert "finished" in browser.find_element(By.ID, "job-state").text
+    slider = browser.find_element(By.ID, "at")
+    slider.send_keys(Keys.HOME)           # the first event: input + change → the page of seq 1
+    wait_until(lambda: "at=1" in browser.current_url, 10, 0.1, "time travel to seq 1")
+    state = browser.find_element(By.ID, "job-state").text
+    assert "defined" in state and "seq 1" in state
+    assert browser.find_element(By.CSS_SELECTOR, "#timeline tr.current").get_attribute("data-seq") == "1"
+    spec = browser.find_element(By.ID, "spec").text
+    assert "jobStatus defined" in spec
+    browser.save_screenshot(str(shots / "job-at-seq-1.png"))
+
+
+def test_live_event_appears_without_reload(system: RunningSystem, browser, shots: Path):
+    browser.get(f"{system.monitor}/live?task=4242")
+    wait_until(lambda: browser.find_element(By.ID, "live-status").text.startswith("live"), 20, 0.1,
+               "the live feed connected")
+    marker = browser.execute_script("window.__same_page = 1; return window.__same_page;")
+    target = system.ids[2]
+    out = system.cli("kill", str(target))
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_until(lambda: any("cancelled" in tr.text for tr in browser.find_elements(
+        By.CSS_SELECTOR, f'#live tr.new[data-pandaid="{target}"]')), 30, 0.2, "the kill event on the live page")
+    assert browser.execute_script("return window.__same_page;") == marker   # no reload happened
+    browser.save_screenshot(str(shots / "live.png"))
