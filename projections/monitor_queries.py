@@ -170,3 +170,63 @@ async def recent_events(conn: AsyncConnection, n: int = 50) -> list[dict[str, An
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(RECENT_EVENTS_SQL, (n,))
         return await cur.fetchall()
+
+
+# ------------------------------------------------------------------------------------------- as of
+# A job's state at a past moment is the destination of its last archived event at or before it (the
+# archive is the log's copy, folded the same way: the last event's to_state is the fold's state).
+_AS_OF = ("SELECT DISTINCT ON (e.pandaid) e.pandaid, e.to_state FROM job_events e{join}"
+          " WHERE e.time <= %s{extra} ORDER BY e.pandaid, e.seq DESC")
+QUEUES_AS_OF_SQL = ("SELECT j.computing_site, s.to_state, count(*) FROM (" + _AS_OF.format(join="", extra="")
+                    + ") s JOIN jobs j ON j.pandaid = s.pandaid GROUP BY 1, 2")
+TASKS_AS_OF_SQL = ("SELECT j.jedi_task_id, s.to_state, count(*) FROM (" + _AS_OF.format(join="", extra="")
+                   + ") s JOIN jobs j ON j.pandaid = s.pandaid WHERE j.jedi_task_id IS NOT NULL GROUP BY 1, 2")
+TASK_AS_OF_SQL = ("SELECT s.to_state, count(*) FROM (" + _AS_OF.format(
+    join=" JOIN jobs j ON j.pandaid = e.pandaid", extra=" AND j.jedi_task_id = %s") + ") s GROUP BY 1")
+
+
+async def queues_as_of(conn: AsyncConnection, when: dt.datetime) -> dict[str, dict[str, int]]:
+    """Queue → state → jobs as they were at ``when`` (jobs submitted later are absent)."""
+    out: dict[str, dict[str, int]] = {}
+    for site, status, n in await (await conn.execute(QUEUES_AS_OF_SQL, (when,))).fetchall():
+        out.setdefault(site or "", {})[status] = n
+    return out
+
+
+async def tasks_as_of(conn: AsyncConnection, when: dt.datetime) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {}
+    for tid, status, n in await (await conn.execute(TASKS_AS_OF_SQL, (when,))).fetchall():
+        out.setdefault(tid, {})[status] = n
+    return out
+
+
+async def task_as_of(conn: AsyncConnection, task_id: int, when: dt.datetime) -> dict[str, int]:
+    return {s: n for s, n in await (await conn.execute(TASK_AS_OF_SQL, (when, task_id))).fetchall()}
+
+
+# ------------------------------------------------------------------------------------ queue detail
+THROUGHPUT_SQL = ("SELECT e.to_state, floor(extract(epoch FROM e.time) / %s)::bigint AS bucket, count(*)"
+                  " FROM job_events e JOIN jobs j ON j.pandaid = e.pandaid"
+                  " WHERE e.time >= %s AND e.to_state = ANY(%s) AND e.from_state <> e.to_state"
+                  " AND j.computing_site = %s GROUP BY 1, 2")
+TOP_ERRORS_SQL = ("SELECT f.kind, f.code, count(*), min(j.pandaid), min(f.diag) FROM jobs j, LATERAL (VALUES "
+                  + ", ".join(f"('{k}', j.spec->>'{v}', j.spec->>'{v[:-4]}Diag')" for k, v in ERROR_FIELDS.items())
+                  + ") AS f(kind, code, diag) WHERE j.status = %s AND j.computing_site = %s"
+                  " AND f.code IS NOT NULL AND f.code NOT IN ('0', 'NULL', '')"
+                  " GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT %s")
+
+
+async def throughput(conn: AsyncConnection, queue: str, states: list[str], since: dt.datetime,
+                     bucket_s: int) -> dict[str, dict[int, int]]:
+    """State → bucket start (epoch seconds) → jobs that reached it in the queue since ``since``."""
+    out: dict[str, dict[int, int]] = {s: {} for s in states}
+    rows = await (await conn.execute(THROUGHPUT_SQL, (bucket_s, since, states, queue))).fetchall()
+    for state, bucket, n in rows:
+        out[state][int(bucket) * bucket_s] = n
+    return out
+
+
+async def top_errors(conn: AsyncConnection, queue: str, failed: str, n: int = 10) -> list[dict[str, Any]]:
+    """The queue's most frequent error codes among its failed jobs, each with an example job and diag."""
+    rows = await (await conn.execute(TOP_ERRORS_SQL, (failed, queue, n))).fetchall()
+    return [{"kind": k, "code": c, "jobs": cnt, "example": ex, "diag": diag} for k, c, cnt, ex, diag in rows]

@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from core import db, metrics
 from core.config import Config
+from core.states import JobStatus
 from projections import monitor_queries as mq
 from projections.fold import JobView
 from schemas.messages import decode_event
@@ -103,18 +104,49 @@ async def job_history(request: web.Request) -> web.Response:
     return web.json_response([h["body"] for h in history])
 
 
+def _at(request: web.Request) -> dt.datetime | None:
+    try:
+        return _time(request.query.get("at"))
+    except ValueError:
+        raise web.HTTPBadRequest(text="at: expected an ISO 8601 time, e.g. 2026-01-31T12:00:00") from None
+
+
 async def queues(request: web.Request) -> web.Response:
+    at = _at(request)
     async with request.app["pool"].connection() as conn:
-        rows = await mq.queues(conn)
+        rows = await (mq.queues_as_of(conn, at) if at else mq.queues(conn))
     return web.Response(text=pages.matrix_page(
-        "Queues", rows, "queue", lambda q, s: pages.link("/jobs", {"queue": q, "status": s})), content_type=HTML)
+        "Queues", rows, "queue", lambda q, s: pages.link(f"/queue/{q}", {}) if s is None else pages.link(
+            "/jobs", {"queue": q, "status": s}), prefix=pages.as_of_form("/queues", request.query.get("at"))),
+        content_type=HTML)
+
+
+async def queue(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        hours = max(1, min(int(request.query.get("hours") or 6), 24 * 14))
+    except ValueError:
+        raise web.HTTPBadRequest(text="hours must be an integer") from None
+    bucket = max(60, hours * 3600 // 72)
+    now = time.time()
+    since = dt.datetime.fromtimestamp(now - hours * 3600, dt.UTC)
+    states = [JobStatus.FINISHED.value, JobStatus.FAILED.value]
+    async with request.app["pool"].connection() as conn:
+        counts = (await mq.queues(conn)).get(name, {})
+        series = await mq.throughput(conn, name, states, since, bucket)
+        errors = await mq.top_errors(conn, name, JobStatus.FAILED.value)
+    plot = pages.bars_svg(series, int(now - hours * 3600), int(now) + 1, bucket)
+    return web.Response(text=pages.queue_page(name, counts, plot, hours, errors), content_type=HTML)
 
 
 async def tasks(request: web.Request) -> web.Response:
+    at = _at(request)
     async with request.app["pool"].connection() as conn:
-        rows = await mq.tasks(conn)
+        rows = await (mq.tasks_as_of(conn, at) if at else mq.tasks(conn))
     return web.Response(text=pages.matrix_page(
-        "Tasks", rows, "jediTaskID", lambda t, s: pages.link("/jobs", {"task": t, "status": s})), content_type=HTML)
+        "Tasks", rows, "jediTaskID", lambda t, s: pages.link(f"/task/{t}", {}) if s is None else pages.link(
+            "/jobs", {"task": t, "status": s}), prefix=pages.as_of_form("/tasks", request.query.get("at"))),
+        content_type=HTML)
 
 
 async def task(request: web.Request) -> web.Response:
@@ -122,9 +154,10 @@ async def task(request: web.Request) -> web.Response:
         task_id = int(request.match_info["id"])
     except ValueError:
         raise web.HTTPBadRequest(text="jediTaskID must be an integer") from None
+    at = _at(request)
     async with request.app["pool"].connection() as conn:
-        counts = await mq.task(conn, task_id)
-    return web.Response(text=pages.task_page(task_id, counts), content_type=HTML)
+        counts = await (mq.task_as_of(conn, task_id, at) if at else mq.task(conn, task_id))
+    return web.Response(text=pages.task_page(task_id, counts, request.query.get("at")), content_type=HTML)
 
 
 async def live(request: web.Request) -> web.Response:
@@ -194,6 +227,7 @@ def build_app(cfg: Config) -> web.Application:
     app.router.add_get("/job/{id}", job)
     app.router.add_get("/job/{id}/history.json", job_history)
     app.router.add_get("/queues", queues)
+    app.router.add_get("/queue/{name}", queue)
     app.router.add_get("/tasks", tasks)
     app.router.add_get("/task/{id}", task)
     app.router.add_get("/live", live)

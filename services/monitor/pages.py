@@ -171,23 +171,33 @@ def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[
     return layout(f"Job {pandaid}", heading + travel + body, script=True)
 
 
-def matrix_page(title: str, rows: Mapping[Any, Mapping[str, int]], key_name: str, href) -> str:
+def as_of_form(action: str, at: str | None) -> str:
+    """The "as of" control: the same view as it was at a past moment (folded from the archived events)."""
+    note = (f'<span id="as-of">as it was at {e(at)} UTC</span> <a href="{e(action)}">now</a>' if at
+            else '<span id="as-of">now</span>')
+    return (f'<form class="filters" method="get" action="{e(action)}"><label>as of <input id="at-time" name="at" '
+            f'type="datetime-local" step="1" value="{e(at)}"></label><button id="as-of-apply" type="submit">show'
+            f'</button> {note}</form>')
+
+
+def matrix_page(title: str, rows: Mapping[Any, Mapping[str, int]], key_name: str, href,
+                prefix: str = "") -> str:
     """Jobs by state per queue or task: one row per key, one column per state that occurs."""
     used = [s for s in STATES if any(s in r for r in rows.values())]
     head = f"<tr><th>{e(key_name)}</th><th>total</th>" + "".join(f"<th>{state_badge(s)}</th>" for s in used) + "</tr>"
     body = []
-    for key in sorted(rows, key=lambda k: (str(k))):
+    for key in sorted(rows, key=lambda k: str(k)):
         r = rows[key]
         cells = "".join(f'<td><a href="{href(key, s)}">{r[s]}</a></td>' if r.get(s) else "<td></td>" for s in used)
         body.append(f'<tr data-key="{e(key)}"><th><a href="{href(key, None)}">{e(key)}</a></th>'
                     f"<td>{sum(r.values())}</td>{cells}</tr>")
-    return layout(title, f'<table id="matrix"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>')
+    return layout(title, prefix + f'<table id="matrix"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>')
 
 
-def task_page(task_id: int, counts: Mapping[str, int]) -> str:
+def task_page(task_id: int, counts: Mapping[str, int], at: str | None = None) -> str:
     bar = counts_bar(counts, lambda s: link("/jobs", {"task": task_id, "status": s}))
-    return layout(f"Task {task_id}", bar + f'<p><a href="{link("/jobs", {"task": task_id})}">all jobs of the task</a>'
-                  "</p>")
+    jobs = f'<p><a href="{link("/jobs", {"task": task_id})}">all jobs of the task</a></p>'
+    return layout(f"Task {task_id}", as_of_form(f"/task/{task_id}", at) + bar + jobs)
 
 
 def live_page(params: Mapping[str, str], recent: Sequence[Mapping[str, Any]]) -> str:
@@ -215,3 +225,48 @@ def recent_row(r: Mapping[str, Any]) -> dict[str, Any]:
 
 def sse(item: Mapping[str, Any]) -> bytes:
     return f"data: {json.dumps(item, default=str)}\n\n".encode()
+
+
+def bars_svg(series: Mapping[str, Mapping[int, int]], start: int, end: int, bucket_s: int) -> str:
+    """Jobs per time bucket as grouped bars, one colour per state: inline SVG, no plotting library."""
+    colours = {JobStatus.FINISHED.value: "#4caf50", JobStatus.FAILED.value: "#e53935"}
+    buckets = list(range(start - start % bucket_s, end, bucket_s))
+    top = max([1, *(n for s in series.values() for n in s.values())])
+    width, height, pad = 760, 160, 24
+    slot = (width - pad) / max(1, len(buckets))
+    bar = max(1.0, slot / max(1, len(series)) - 1)
+    parts = [f'<svg id="throughput" width="{width}" height="{height + 20}" role="img" '
+             f'aria-label="jobs finished and failed per {bucket_s // 60} minutes">',
+             f'<text x="0" y="12" font-size="11">{top}</text><line x1="{pad}" y1="{height}" x2="{width}" '
+             f'y2="{height}" stroke="#999"/>']
+    for i, b in enumerate(buckets):
+        for k, (state, counts) in enumerate(series.items()):
+            n = counts.get(b, 0)
+            if n:
+                h = (height - 16) * n / top
+                x = pad + i * slot + k * bar
+                parts.append(f'<rect class="bar-{e(state)}" x="{x:.1f}" y="{height - h:.1f}" width="{bar:.1f}" '
+                             f'height="{h:.1f}" fill="{colours.get(state, "#888")}"><title>{e(state)} {n} at '
+                             f'{when(b)}</title></rect>')
+    for i in (0, len(buckets) - 1):
+        if buckets:
+            parts.append(f'<text x="{pad + i * slot:.0f}" y="{height + 14}" font-size="11">'
+                         f'{when(buckets[i])[11:16]}</text>')
+    legend = " ".join(f'<span style="color:{colours.get(s, "#888")}">■ {e(s)}</span>' for s in series)
+    return "".join(parts) + "</svg><div>" + legend + "</div>"
+
+
+def queue_page(queue: str, counts: Mapping[str, int], plot: str, hours: int, errors: Sequence[Mapping]) -> str:
+    bar = counts_bar(counts, lambda s: link("/jobs", {"queue": queue, "status": s}))
+    rows = []
+    for r in errors:
+        code = f"{r['kind']}:{r['code']}"
+        rows.append(f'<tr data-code="{e(code)}"><td>{e(code)}</td>'
+                    f'<td><a href="{link("/jobs", {"queue": queue, "error": code})}">{r["jobs"]}</a></td>'
+                    f'<td><a href="/job/{r["example"]}">{r["example"]}</a></td><td>{e(r["diag"])}</td></tr>')
+    table = ('<h2>Top error codes of failed jobs</h2><table id="errors"><thead><tr><th>code</th><th>jobs</th>'
+             f'<th>example</th><th>diag</th></tr></thead><tbody>{"".join(rows)}</tbody></table>' if errors
+             else '<p id="noerrors">no failed job with an error code</p>')
+    hours_links = " ".join(f'<a href="{link(f"/queue/{queue}", {"hours": h})}">{h} h</a>' for h in (1, 6, 24, 72))
+    return layout(f"Queue {queue}", bar + f"<h2>Finished and failed over the last {hours} h</h2><p>{hours_links}</p>"
+                  + plot + table)

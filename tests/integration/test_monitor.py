@@ -3,6 +3,7 @@ against `pandaes history`, time travel, queues and tasks, and a live event over 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import threading
@@ -60,6 +61,21 @@ def test_queues_tasks_and_static(system: RunningSystem):
     assert 'data-key="4242"' in _get(f"{system.monitor}/tasks")
     assert "finished" in _get(f"{system.monitor}/task/4242")
     assert "EventSource" in _get(f"{system.monitor}/static/monitor.js")
+
+
+def test_queue_page_plots_and_views_as_of_a_past_moment(system: RunningSystem):
+    queue = _get(f"{system.monitor}/queue/LOCAL?hours=1")
+    assert queue.count('class="bar-finished"') >= 1 and 'id="noerrors"' in queue
+    first = json.loads(system.cli("history", "--json", str(system.ids[0])).stdout)[0]
+    then = dt.datetime.fromtimestamp(first["time"], dt.UTC).replace(tzinfo=None).isoformat()
+    past = _get(f"{system.monitor}/task/4242?at={then}")
+    assert 'data-state="defined"' in past and 'data-state="finished"' not in past
+    assert f"as it was at {then}" in past
+    assert 'data-state="finished"' in _get(f"{system.monitor}/task/4242")
+    past_queues = _get(f"{system.monitor}/queues?at={then}")
+    assert 'data-key="LOCAL"' in past_queues and "s-finished" not in past_queues
+    before_all = _get(f"{system.monitor}/queues?at=2000-01-01T00:00:00")
+    assert 'data-key="LOCAL"' not in before_all
 
 
 def test_live_event_over_server_sent_events(system: RunningSystem):

@@ -61,5 +61,9 @@ def test_jobs_page_under_a_second_on_100k_jobs(filled, background):
         html = urllib.request.urlopen(url, timeout=30).read().decode()
         timings[page] = time.monotonic() - t0
         assert re.search(r'<tr data-pandaid="\d+"', html), page
+    t0 = time.monotonic()
+    queue = urllib.request.urlopen(f"http://127.0.0.1:{port}/queue/SITE_5", timeout=30).read().decode()
+    timings["/queue/SITE_5"] = time.monotonic() - t0
+    assert 'data-code="pilot:1212"' in queue
     print({p: round(t * 1000) for p, t in timings.items()})
     assert max(timings.values()) < 1.0, timings
