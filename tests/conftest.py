@@ -26,7 +26,7 @@ import pytest
 
 from core import bus, config
 from core.topics import ensure_topics
-from devenv.common import FORCE_EMBEDDED_DB_ENV
+from devenv.common import FORCE_EMBEDDED_DB_ENV, free_port
 from devenv.postgres import stop_embedded_postgres
 from devenv.stack import Infra
 from services import migrations
@@ -37,6 +37,8 @@ from services import migrations
 os.environ.setdefault("PANDAES_KAFKA_MAX_POLL_INTERVAL_MS", "30000")
 os.environ.setdefault("PANDAES_KAFKA_SESSION_TIMEOUT_MS", "6000")
 os.environ.setdefault("PANDAES_KAFKA_TRANSACTION_TIMEOUT_MS", "10000")
+# `pandaes run` in a test starts the monitor too: never on its default port (tests run side by side)
+os.environ.setdefault("PANDAES_MONITOR_PORT", str(free_port()))
 
 _counter = itertools.count()
 

@@ -66,8 +66,12 @@ def test_jobs_list_filters(system: RunningSystem, browser, shots: Path):
     browser.save_screenshot(str(shots / "jobs-finished.png"))
     # the URL is the view: opened again, it shows the same jobs
     shared = browser.current_url
-    browser.get(f"{system.monitor}/queues")
-    browser.save_screenshot(str(shots / "queues.png"))
+    for name, path in (("queues", "/queues"), ("queue", "/queue/LOCAL?hours=1"), ("tasks", "/tasks"),
+                       ("task", "/task/4242")):
+        browser.get(f"{system.monitor}{path}")
+        assert browser.find_elements(By.TAG_NAME, "h1"), name
+        browser.save_screenshot(str(shots / f"{name}.png"))
+    assert browser.find_elements(By.CSS_SELECTOR, '.count[data-state="finished"]')
     browser.get(shared)
     assert sorted(map(int, _ids(browser, "jobs"))) == finished
     browser.find_element(By.ID, "f-owner").send_keys("nobody-owns-this")

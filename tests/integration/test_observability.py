@@ -40,6 +40,7 @@ def test_run_prints_and_records_every_components_metrics(system: RunningSystem):
     assert where["gateway"] == f"{system.url}/metrics"
     text = system.log_path.read_text()
     assert "metrics: " in text and where["ledger"] in text
+    assert f"monitor: {system.monitor}/jobs" in text
     for name, url in where.items():
         assert total(scrape(url), "process_cpu_seconds_total") >= 0, name   # every one answers
 
