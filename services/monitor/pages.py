@@ -248,10 +248,10 @@ def bars_svg(series: Mapping[str, Mapping[int, int]], start: int, end: int, buck
                 parts.append(f'<rect class="bar-{e(state)}" x="{x:.1f}" y="{height - h:.1f}" width="{bar:.1f}" '
                              f'height="{h:.1f}" fill="{colours.get(state, "#888")}"><title>{e(state)} {n} at '
                              f'{when(b)}</title></rect>')
-    for i in (0, len(buckets) - 1):
+    for i, anchor in ((0, "start"), (len(buckets) - 1, "end")):
         if buckets:
-            parts.append(f'<text x="{pad + i * slot:.0f}" y="{height + 14}" font-size="11">'
-                         f'{when(buckets[i])[11:16]}</text>')
+            parts.append(f'<text x="{pad + (i + (anchor == "end")) * slot:.0f}" y="{height + 14}" font-size="11" '
+                         f'text-anchor="{anchor}">{when(buckets[i])[11:16]}</text>')
     legend = " ".join(f'<span style="color:{colours.get(s, "#888")}">■ {e(s)}</span>' for s in series)
     return "".join(parts) + "</svg><div>" + legend + "</div>"
 
