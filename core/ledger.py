@@ -218,12 +218,12 @@ class Ledger:
         jobs[cmd.PandaID] = apply(jobs.get(cmd.PandaID), out)
         self.producer.send(self.events_topic, key=key_of(cmd.PandaID), value=encode(out), partition=partition)
         self.stats["events"] += 1
-        metrics.EVENTS.labels(*metrics.event_labels(out)).inc()
+        metrics.count_event(out)
 
     def _send_rejection(self, out: Rejected) -> None:
         self.producer.send(self.rejected_topic, key=key_of(out.PandaID), value=encode(out))
         self.stats["rejections"] += 1
-        metrics.REJECTIONS.labels(out.code).inc()
+        metrics.count_rejection(out.code)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

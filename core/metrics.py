@@ -15,6 +15,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
@@ -61,6 +62,26 @@ DB_POOL = Gauge("pandaes_db_pool_connections", "Database pool connections", ["po
 def event_labels(event) -> tuple[str, str]:
     """(trigger, destination state) of an event: the TRANSITIONS trigger, or "submit" for a submission."""
     return str(getattr(event, "action", "submit")), str(event.to_state)
+
+
+_event_children: dict[tuple[str, str], Any] = {}
+_rejection_children: dict[str, Any] = {}
+
+
+def count_event(event) -> None:
+    """EVENTS + 1 for the event's labels (children cached: the ledger counts every event it writes)."""
+    key = event_labels(event)
+    child = _event_children.get(key)
+    if child is None:
+        child = _event_children[key] = EVENTS.labels(*key)
+    child.inc()
+
+
+def count_rejection(code: str) -> None:
+    child = _rejection_children.get(code)
+    if child is None:
+        child = _rejection_children[code] = REJECTIONS.labels(code)
+    child.inc()
 
 
 def watch_pool(name: str, stats: Callable[[], Mapping[str, int]]) -> None:
