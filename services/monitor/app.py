@@ -94,7 +94,8 @@ async def job(request: web.Request) -> web.Response:
     if at is not None and history:
         at = max(1, min(at, history[-1]["seq"]))
         folded = fold_at(history, at, current["partition"] if current else -1)
-    return web.Response(text=pages.job_page(pandaid, current, history, at, folded, files_now), content_type=HTML)
+    return web.Response(text=pages.job_page(
+        pandaid, current, history, at, folded, files_now, request.app["feed"].rejected(pandaid)), content_type=HTML)
 
 
 async def job_history(request: web.Request) -> web.Response:

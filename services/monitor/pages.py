@@ -131,7 +131,8 @@ def _payload_summary(body: Mapping[str, Any]) -> str:
 
 
 def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]],
-             at: int | None, folded: Mapping[str, Any] | None, files_now: Sequence[Mapping[str, Any]] = ()) -> str:
+             at: int | None, folded: Mapping[str, Any] | None, files_now: Sequence[Mapping[str, Any]] = (),
+             rejections: Sequence[Mapping[str, Any]] = ()) -> str:
     if not history:
         return layout(f"Job {pandaid}", f"<p>no events for PandaID {pandaid}</p>")
     last_seq = history[-1]["seq"]
@@ -165,8 +166,14 @@ def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[
     timeline = ('<h2>Timeline</h2><table id="timeline"><thead><tr><th>seq</th><th>time (UTC)</th><th>actor</th>'
                 '<th>type</th><th>action</th><th>transition</th><th>payload</th></tr></thead>'
                 f'<tbody>{"".join(trows)}</tbody></table>'
-                '<p class="note">Rejected commands are not archived in job_events (they are on the rejections '
-                'topic). Kill and retry are not offered here: the monitor is read-only.</p>')
+                '<p class="note">Kill and retry are not offered here: the monitor is read-only.</p>')
+    rrows = "".join(f'<tr><td>{e(r["time"])}</td><td>{e(r["command"])}</td>'
+                    f'<td>{e(r["state"])}</td><td>{e(r["code"])}</td><td>{e(r["reason"])}</td></tr>'
+                    for r in rejections)
+    timeline += ('<h2>Rejected commands</h2>' + (
+        '<table id="rejections"><thead><tr><th>time (UTC)</th><th>command</th><th>state then</th>'
+        f'<th>code</th><th>reason</th></tr></thead><tbody>{rrows}</tbody></table>' if rejections else
+        '<p id="norejections" class="note">none on the rejections topic (as far back as the broker keeps it)</p>'))
     body = f'<div class="cols"><div>{spec_table}</div><div>{files_table}{timeline}</div></div>'
     return layout(f"Job {pandaid}", heading + travel + body, script=True)
 

@@ -31,9 +31,9 @@ class RunningSystem:
     endpoints: dict
     ids: list[int]
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "cli.main", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, input=stdin)
 
     def states(self) -> dict[int, str]:
         res = self.cli("status", "--json", *map(str, self.ids))

@@ -54,6 +54,14 @@ def test_job_timeline_matches_history_and_time_travel(system: RunningSystem):
     assert 'id="job-state"><span class="state s-defined">' in then and "as it was at seq 1" in then
     now = _get(f"{system.monitor}/job/{pid}")
     assert 'id="job-state"><span class="state s-finished">' in now
+    # a command the ledger refuses is not an event: the job page lists it from the rejections topic
+    refused = system.cli("send", "-", timeout=60, stdin=json.dumps(
+        {"type": "transition", "PandaID": pid, "action": "activate", "actor": "user:tester"}))
+    assert "rejected" in refused.stdout, refused.stdout + refused.stderr
+    page = wait_until(lambda: (lambda h: h if 'id="rejections"' in h else None)(_get(f"{system.monitor}/job/{pid}")),
+                      30, 0.3, "the rejection on the job page")
+    rows = page.split('id="rejections"', 1)[1].split("</table>", 1)[0]
+    assert "illegal_transition" in rows and "activate is not allowed from finished" in rows, rows
 
 
 def test_queues_tasks_and_static(system: RunningSystem):
