@@ -12,6 +12,8 @@ from typing import Any
 
 from core.states import PILOT_STATES
 
+from .openapi_harvester import HARVESTER
+
 _STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 _IDS = {"oneOf": [{"type": "array", "items": _INT}, _STR], "description": "PandaIDs (list, JSON text or 'a,b')"}
 
@@ -177,7 +179,7 @@ def document() -> dict[str, Any]:
     paths["/server/panda/isAlive"] = {"get": {"summary": "Liveness: text 'alive=yes'", "tags": ["legacy pilot API"],
                                               "responses": {"200": {"description": "alive=yes",
                                                                     "content": {"text/plain": {"schema": _STR}}}}}}
-    for methods, path, summary, params, data in V1:
+    for methods, path, summary, params, data in [*V1, *HARVESTER]:
         item: dict[str, Any] = {}
         for method in methods:
             op: dict[str, Any] = {"summary": summary, "tags": [path.split("/")[0]], "responses": _envelope(data)}

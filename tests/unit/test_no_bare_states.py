@@ -34,6 +34,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     # updateWorkerPilotStatus: a Harvester worker's status (started/finished)
     ("services/gateway/legacy.py", "finished"): "the worker status the handler accepts",
     ("services/gateway/openapi.py", "finished"): "the same, in the API description",
+    # Harvester's WorkSpec statuses (a worker's, not a job's)
+    ("services/harvester/store.py", "finished"): "a worker that is over",
+    ("services/harvester/store.py", "failed"): "the same",
+    ("services/harvester/store.py", "cancelled"): "the same",
     # a counter's name in the dispatcher's statistics
     ("services/gateway/dispatcher.py", "sent"): "the number of jobs handed to pilots",
 }
