@@ -13,6 +13,7 @@ from gateway_support import post_json, run, start_system
 from helpers import wait_until
 
 from core import db
+from projections.queries import partition_snapshot
 from services.harvester import killer
 
 H = "harvester_test_A"
@@ -163,3 +164,26 @@ def test_kill_before_the_worker_is_reported_is_delivered_when_it_is(cfg, backgro
             assert [(c["command"], c["params"]) for c in cmds["data"]] == [("SYNC_WORKERS_KILL", [7])]
 
     run(scenario())
+
+
+def test_the_ledgers_snapshot_remembers_who_put_a_job_into_transferring(cfg, background):
+    """After a restart the ledger judges from the projection: a pilot-made transferring must read back as such."""
+    system = start_system(cfg, background)
+    pid, other = system.activated_jobs(2)
+    api = f"{system.url}/api/v1"
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            _, acq = await post_json(s, f"{api}/pilot/acquire_jobs", {"site_name": "LOCAL", "n_jobs": 2})
+            assert len(acq["data"]["jobs"]) == 2
+            _, up = await post_json(s, f"{api}/pilot/update_jobs_bulk", {"harvester_id": H, "job_list": [
+                update(pid, "running"), update(pid, "transferring"), update(other, "running")]})
+            assert [r["data"]["StatusCode"] for r in up["data"]] == [0, 0, 0]
+
+    run(scenario())
+    system.wait_status([pid], "transferring")
+    system.wait_status([other], "running")
+    with db.connect(cfg) as conn:
+        rows = {r.pandaid: r for p in range(int(cfg.kafka.partitions))
+                for r in partition_snapshot(conn, cfg.kafka.events_topic, p).jobs}
+    assert rows[pid].pilot_transfer is True and rows[other].pilot_transfer is False
