@@ -29,6 +29,7 @@ COMPONENTS: dict[str, str] = {
     "activator": "services.reactors.activator:run_component",
     "gateway": "services.gateway.app:run_component",
     "harvester-killer": "services.harvester.killer:run_component",
+    "event-ranges": "services.eventservice.definer:run_component",
 }
 
 

@@ -1,5 +1,6 @@
-"""OpenAPI rows of Harvester's calls (services/gateway/harvester.py), in ``openapi.V1``'s shape:
-(methods, path under /api/v1, summary, [(name, schema, required, description)], data schema)."""
+"""OpenAPI rows of Harvester's calls (services/gateway/harvester.py) and the event service
+(services/gateway/events.py), in ``openapi.V1``'s shape: (methods, path under /api/v1, summary,
+[(name, schema, required, description)], data schema); LEGACY_EVENTS in ``openapi.LEGACY``'s shape."""
 
 from __future__ import annotations
 
@@ -38,4 +39,31 @@ HARVESTER: list[tuple[tuple[str, ...], str, str, list[tuple[str, dict[str, Any],
      [], _OBJ),
     (("get",), "statistics/active_job_detailed_stats_by_site",
      "The same by {site: {resource_type: {prodSourceLabel: {status: n}}}}", [], _OBJ),
+]
+
+_RANGES = {"type": "array", "items": {"type": "object", "properties": {
+    "eventRangeID": _STR, "startEvent": _INT, "lastEvent": _INT, "LFN": _STR, "GUID": _STR, "scope": _STR}}}
+_UPDATE = {"type": "object", "properties": {"StatusCode": _INT, "Returns": {"type": "array", "items": _BOOL},
+                                            "Commands": _OBJ}}
+_REPORTED = ("JSON list of {eventRangeID, eventStatus} (version 0) or of {zipFile, eventRanges: [...]} (version 1);"
+             " eventStatus running, finished, failed, fatal, cancelled, discarded or corrupted")
+
+EVENTS: list[tuple[tuple[str, ...], str, str, list[tuple[str, dict[str, Any], bool, str]], Any]] = [
+    (("post",), "event/acquire_event_ranges", "Hand out up to n_ranges ready event ranges of the job (each once)", [
+        ("job_id", _INT, True, "PandaID"), ("jobset_id", _INT, False, ""), ("task_id", _INT, False, ""),
+        ("n_ranges", _INT, False, "default 10"), ("scattered", _BOOL, False, "ignored"),
+        ("segment_id", _INT, False, "ignored")],
+     {"type": "object", "properties": {"StatusCode": _INT, "eventRanges": _RANGES}}),
+    (("post",), "event/update_event_ranges", "Report event range statuses; Returns one bool per range", [
+        ("event_ranges", _STR, True, _REPORTED), ("version", _INT, False, "0 or 1")], _UPDATE),
+    (("get",), "event/get_available_event_range_count", "How many ranges of the job are still ready", [
+        ("job_id", _INT, True, "PandaID"), ("jobset_id", _INT, False, ""), ("task_id", _INT, False, "")], _INT),
+]
+
+LEGACY_EVENTS: list[tuple[str, str, list[tuple[str, dict[str, Any], bool, str]], str]] = [
+    ("getEventRanges", "pilot3: hand out up to nRanges ready event ranges of the job", [
+        ("pandaID", _INT, True, ""), ("jobsetID", _INT, False, ""), ("taskID", _INT, False, ""),
+        ("nRanges", _INT, False, "default 10")], "LegacyStatus"),
+    ("updateEventRanges", "pilot3: report event range statuses", [
+        ("eventRanges", _STR, True, _REPORTED), ("version", _INT, False, "0 or 1")], "LegacyStatus"),
 ]

@@ -38,6 +38,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("services/harvester/store.py", "finished"): "a worker that is over",
     ("services/harvester/store.py", "failed"): "the same",
     ("services/harvester/store.py", "cancelled"): "the same",
+    # an event range's statuses (JEDI_Events), not a job's
+    **{("services/eventservice/ranges.py", s): "an event range's status"
+       for s in ("sent", "running", "finished", "failed", "cancelled")},
     # a counter's name in the dispatcher's statistics
     ("services/gateway/dispatcher.py", "sent"): "the number of jobs handed to pilots",
 }
