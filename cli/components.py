@@ -29,6 +29,8 @@ COMPONENTS: dict[str, str] = {
     "setupper": "services.reactors.setupper:run_component",
     "activator": "services.reactors.activator:run_component",
     "gateway": "services.gateway.app:run_component",
+    "harvester-killer": "services.harvester.killer:run_component",
+    "event-ranges": "services.eventservice.definer:run_component",
     "monitor": "services.monitor.app:run_component",
 }
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
-from . import cache, legacy, observe, openapi, v1
+from . import cache, events, harvester, legacy, observe, openapi, v1
 from .backend import Backend
 from .identity import TrustingAuthenticator
 
@@ -78,6 +78,8 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     observe.setup(app)
     legacy.setup(app)
     v1.setup(app)
+    harvester.setup(app)
+    events.setup(app)
     cache.setup(app)
     app.router.add_get("/api/v1/openapi.json", serve_openapi)
     return app
