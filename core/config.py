@@ -56,6 +56,7 @@ class Config:
     sites: settings.SitesSettings
     setupper: settings.SetupperSettings
     activator: settings.ActivatorSettings
+    auth: settings.AuthSettings
 
     def __init__(self, data: Mapping[str, Mapping[str, Any]]):
         missing = set(settings.SECTIONS) - set(data)

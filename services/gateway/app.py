@@ -22,6 +22,8 @@ from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
 from . import cache, legacy, openapi, v1
+from .auth import dev
+from .auth.gate import Gate, authenticate
 from .backend import Backend
 from .identity import TrustingAuthenticator
 
@@ -55,13 +57,19 @@ async def serve_openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app["openapi"])
 
 
+async def serve_dev_jwks(request: web.Request) -> web.Response:
+    """The dev issuer's public keys, for anyone verifying its tokens outside this process."""
+    return web.json_response(dev.jwks(request.app["cfg"]))
+
+
 def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     # auto_decompress off: params.read_params undoes Content-Encoding itself and answers a corrupt body 400
-    app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes), middlewares=[errors],
+    app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes), middlewares=[errors, authenticate],
                           handler_args={"auto_decompress": False})
     app["cfg"] = cfg
     app["backend"] = backend or Backend(cfg)
-    app["authenticator"] = TrustingAuthenticator()
+    app["authenticator"] = TrustingAuthenticator()   # what clients claim: used only with [auth] enabled = false
+    app["gate"] = Gate(cfg)
     app["queue_cache"] = {}
     app["queue_locks"] = {}
     app["openapi"] = openapi.document()
@@ -79,6 +87,8 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     v1.setup(app)
     cache.setup(app)
     app.router.add_get("/api/v1/openapi.json", serve_openapi)
+    if cfg.auth.dev_issuer:
+        app.router.add_get(dev.JWKS_PATH, serve_dev_jwks)
     return app
 
 
