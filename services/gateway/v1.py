@@ -162,7 +162,7 @@ async def submit(request: web.Request, params: dict[str, Any]) -> web.Response:
         if ident is not None:   # the owner is who authenticated; production may submit on behalf of a user
             if job.prodUserID is None or not ident.roles & {policy.PRODUCTION, policy.ADMIN}:
                 changes["prodUserID"] = ident.principal
-            if job.VO is None and ident.vo:
+            if ident.vo:   # a job belongs to the VO its submitter authenticated with (what production acts on)
                 changes["VO"] = ident.vo
         elif job.prodUserID is None and caller.credentials.principal:
             changes["prodUserID"] = caller.credentials.principal

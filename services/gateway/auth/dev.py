@@ -103,6 +103,13 @@ def ensure_tokens(cfg: Config) -> dict[str, Path]:
     return {name: token_file(cfg, name) for name in DEV_IDENTITIES}
 
 
+def headers(cfg: Config, principal: str, roles: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Request headers for a fresh dev token of ``principal`` (benchmarks, tests); empty with auth off."""
+    if not cfg.auth.enabled or not cfg.auth.dev_issuer:
+        return {}
+    return {"Authorization": f"Bearer {mint(cfg, principal, roles)}", "Origin": cfg.auth.dev_vo}
+
+
 def dev_headers(cfg: Config, name: str = "pilot") -> dict[str, str]:
     """What panda-client/pilot3 send with a token: ``Authorization: Bearer`` and ``Origin: <vo>``.
     Empty when auth is off or there is no dev issuer (the caller then goes without)."""
