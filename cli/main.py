@@ -30,7 +30,7 @@ from schemas.messages import Command, Kill, Rejected, Submit, decode_command
 from services import migrations
 
 # Modules that add subcommands: each has ``register(subparsers)``; its commands set ``fn``.
-EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "bench.command"]
+EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "cli.token", "bench.command"]
 
 
 def cfg_for_clients() -> config.Config:
@@ -64,6 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             base = f"http://{cfg.http.host}:{cfg.http.port}"
             print(f"gateway: {base}  (pilots: {base}/server/panda, panda-client: PANDA_URL_SSL={base}/server/panda,"
                   f" queuedata: {base}/cache/schedconfig/LOCAL.all.json)")
+        if "gateway" in names:
+            importlib.import_module("cli.token").announce(cfg)
         print(f"state: {cfg.state_dir}   other shells: .venv/bin/pandaes status|history|submit …")
         print(f"components: {', '.join(names)}   (Ctrl-C stops everything)")
         sup.watch(stop)
