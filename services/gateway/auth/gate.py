@@ -36,7 +36,7 @@ class Gate:
             async def local_jwks() -> dict[str, Any]:
                 return dev.jwks(cfg)
             issuers.append(Issuer(a.dev_vo, dev.ISSUER, dev.AUDIENCE,
-                                  JwksCache(local_jwks, float(a.jwks_cache_seconds), min_refetch=0.0)))
+                                  JwksCache(local_jwks, float(a.jwks_cache_seconds))))
         self.x509 = ProxyX509Authenticator(a.trusted_proxies, a.dn_headers, a.fqans_header, role_map,
                                            a.default_roles)
         self.oidc = OidcAuthenticator(issuers, a.groups_claim, role_map, a.default_roles, float(a.leeway))
