@@ -22,7 +22,7 @@ from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
 from . import cache, legacy, openapi, v1
-from .auth import dev
+from .auth import dev, tls
 from .auth.gate import Gate, authenticate
 from .backend import Backend
 from .identity import TrustingAuthenticator
@@ -100,10 +100,11 @@ async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, 
     await runner.setup()
     host = host or cfg.http.host
     port = int(port if port is not None else cfg.http.port)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    ssl_context = tls.server_context(cfg)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
-        log.info("gateway listening on http://%s:%d", host, port)
+        log.info("gateway listening on %s://%s:%d", "https" if ssl_context else "http", host, port)
         if ready is not None:
             ready.set()
         while not stop.is_set():

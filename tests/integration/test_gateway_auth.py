@@ -112,3 +112,25 @@ def test_auth_off_is_explicit_and_trusts_everyone(cfg, background):
     run(scenario())
     assert system.events(pid)[-1]["actor"] == "anonymous"
     assert auth_headers(system.cfg) == {}
+
+
+def test_https_with_a_dev_certificate(cfg, background):
+    system = start_system(cfg.replace(auth={"tls_cert": "dev"}), background)
+    url = system.url.replace("http://", "https://")
+    (pid,) = system.activated_jobs(1)
+
+    async def scenario():
+        async with system.session(connector=aiohttp.TCPConnector(ssl=False)) as s:
+            async with s.get(f"{url}/api/v1/system/is_alive") as r:
+                assert r.status == 200
+            _, job = await post_form(s, f"{url}/server/panda/getJob", {"siteName": "LOCAL"})
+            assert job["PandaID"] == pid
+        async with aiohttp.ClientSession() as plain:   # plain HTTP to the TLS port does not get through
+            try:
+                async with plain.get(f"{system.url}/api/v1/system/is_alive") as r:
+                    assert r.status >= 400
+            except aiohttp.ClientError:
+                pass
+
+    run(scenario())
+    assert (cfg.state_dir / "auth" / "dev-tls.key").stat().st_mode & 0o077 == 0
