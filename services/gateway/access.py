@@ -8,6 +8,7 @@ every job is allowed. Refusals name what was missing and are counted by the gate
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -58,3 +59,30 @@ async def refused(request: web.Request, caller: Caller, ids: Iterable[int], what
         kind = "binding" if what == "update" else "ownership"
         request.app["gate"].refusals[kind] += len(out)
     return out
+
+
+# ------------------------------------------------------------------------------------ cached files
+def _owner_file(directory: Path, name: str) -> Path:
+    # a leading dot: never a valid cache name, so the record cannot be downloaded or overwritten by an upload
+    return directory / f".owner-{name}"
+
+
+def upload_refused(request: web.Request, directory: Path, name: str) -> str | None:
+    """Why the caller may not (re)place cached file ``name``: another identity uploaded it (admins may)."""
+    ident = request.get("identity")
+    if ident is None or policy.ADMIN in ident.roles:
+        return None
+    try:
+        owner = _owner_file(directory, name).read_text()
+    except FileNotFoundError:
+        return None
+    if owner == ident.principal:
+        return None
+    request.app["gate"].refusals["ownership"] += 1
+    return f"file {name!r} belongs to {owner}; upload under another name"
+
+
+def record_upload(request: web.Request, directory: Path, name: str) -> None:
+    ident = request.get("identity")
+    if ident is not None:
+        _owner_file(directory, name).write_text(ident.principal)

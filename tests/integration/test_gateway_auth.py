@@ -81,6 +81,12 @@ def test_users_kill_their_own_jobs_and_pilots_update_only_theirs(cfg, background
             assert system.status([pid]) == {pid: "defined"}
             _, killed = await post_json(alice, f"{api}/job/kill", {"job_ids": [pid]})
             assert killed["data"] == [True], killed
+            # cached files are owned too: bob cannot replace alice's sandbox, alice can
+            for who, expected in ((alice, 200), (bob, 403), (alice, 200)):
+                form = aiohttp.FormData()
+                form.add_field("file", b"sandbox", filename="sandbox.tgz")
+                async with who.post(f"{api}/file_server/upload_cache_file", data=form) as r:
+                    assert r.status == expected, await r.text()
         ids = system.activated_jobs(1)
         async with system.session("pilot-a", ("pilot",)) as pa, system.session("pilot-b", ("pilot",)) as pb:
             _, job = await post_form(pa, f"{base}/getJob", {"siteName": "LOCAL", "node": "wn-a"})
