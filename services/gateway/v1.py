@@ -210,8 +210,13 @@ async def _descriptions(request: web.Request, ids: list[int]) -> list[dict[str, 
 
 @_v1
 async def get_description(request: web.Request, params: dict[str, Any]) -> web.Response:
-    """Job descriptions (JobSpec dicts, None for unknown IDs); the projection holds archived jobs too."""
-    return envelope(True, "", await _descriptions(request, as_id_list(params, "job_ids")))
+    """Job descriptions (JobSpec dicts, None for unknown IDs); the projection holds archived jobs too.
+    Another user's job reads as None, and the message says why."""
+    ids = as_id_list(params, "job_ids")
+    refused = await access.refused(request, identity.user(request), ids, "read")
+    data = await _descriptions(request, [i for i in ids if i not in refused])
+    shown = dict(zip([i for i in ids if i not in refused], data, strict=True))
+    return envelope(True, "; ".join(refused.values()), [shown.get(i) for i in ids])
 
 
 async def _ask_each(request: web.Request, cmds: list[Any]) -> list[Event | Rejected | None]:

@@ -75,6 +75,8 @@ def test_users_kill_their_own_jobs_and_pilots_update_only_theirs(cfg, background
             system.wait_status([pid], "defined")
             _, desc = await post_json(alice, f"{api}/job/get_description", {"job_ids": [pid]})
             assert desc["data"][0]["prodUserID"] == "alice"       # the owner is who authenticated
+            _, peek = await post_json(bob, f"{api}/job/get_description", {"job_ids": [pid]})
+            assert peek["data"] == [None] and "belongs to alice" in peek["message"], peek
             async with bob.post(f"{api}/job/kill", json={"job_ids": [pid]}) as r:
                 refused = await r.json()
                 assert r.status == 403 and "belongs to alice" in refused["message"], refused
@@ -100,6 +102,7 @@ def test_users_kill_their_own_jobs_and_pilots_update_only_theirs(cfg, background
 
     killed, ran = run(scenario())
     system.wait_status([killed], "cancelled")
+    system.wait_status([ran], "running")
     events = system.events(ran)
     assert [(e["to_state"], e["actor"]) for e in events[2:]] == [("sent", "pilot:pilot-a"),
                                                                  ("running", "pilot:pilot-a")]
