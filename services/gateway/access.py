@@ -48,7 +48,7 @@ async def refused(request: web.Request, caller: Caller, ids: Iterable[int], what
                               owner=ident.principal if ident.principal in owners else None,
                               job_vo=row["vo"], dispatched_to=dispatched):
                 continue
-            if policy.PILOT in ident.roles and not ident.roles - {policy.PILOT, policy.USER}:
+            if what == "update":
                 out[pid] = (f"job {pid} was dispatched to {'pilot:' + dispatched if dispatched else 'no pilot'}, "
                             f"not to {caller.actor}")
             else:

@@ -143,3 +143,18 @@ def test_https_with_a_dev_certificate(cfg, background):
 
     run(scenario())
     assert (cfg.state_dir / "auth" / "dev-tls.key").stat().st_mode & 0o077 == 0
+
+
+def test_x509_from_a_trusted_proxy(cfg, background):
+    system = start_system(cfg.replace(auth={"trusted_proxies": ["127.0.0.1/32"]}), background)
+    (pid,) = system.activated_jobs(1)
+    headers = {"SSL-Client-S-DN": "/DC=ch/CN=Operator/CN=proxy", "X-SSL-Client-FQANs": "/local/Role=production"}
+
+    async def scenario():
+        async with aiohttp.ClientSession(headers=headers) as s:
+            _, killed = await post_json(s, f"{system.url}/api/v1/job/kill", {"job_ids": [pid]})
+            assert killed["data"] == [True], killed
+
+    run(scenario())
+    system.wait_status([pid], "cancelled")
+    assert system.events(pid)[-1]["actor"] == "user:/DC=ch/CN=Operator"   # the bare DN, from the proxy
