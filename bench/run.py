@@ -34,7 +34,7 @@ SIZES: dict[str, dict[str, Any]] = {
              "kill_rate": 200, "backlog": 100_000, "dispatch_levels": (1, 50, 500), "dispatch_seconds": 30,
              "jobs": 4_000, "pilots": 200, "lifecycle_seconds": 200},
 }
-WORKLOADS = ("ceilings", "rebuild", "kill", "dispatch", "lifecycle")
+WORKLOADS = ("ceilings", "rebuild", "kill", "dispatch", "lifecycle", "harvester")
 
 
 def _optional(module: str):

@@ -28,6 +28,8 @@ COMPONENTS: dict[str, str] = {
     "setupper": "services.reactors.setupper:run_component",
     "activator": "services.reactors.activator:run_component",
     "gateway": "services.gateway.app:run_component",
+    "harvester-killer": "services.harvester.killer:run_component",
+    "event-ranges": "services.eventservice.definer:run_component",
 }
 
 

@@ -49,6 +49,7 @@ class CoreRow(NamedTuple):
     command_to_pilot: str | None
     special_handling: str | None
     prod_source_label: str | None
+    pilot_transfer: bool = False   # transferring by the pilot's word (core.states.PILOT_TRANSFERRING)
 
 
 class PartitionSnapshot(NamedTuple):
@@ -132,7 +133,7 @@ class Ledger:
             snap = self.read_snapshot(conn, self.events_topic, partition)
         jobs = {r.pandaid: JobState(PandaID=r.pandaid, state=r.status, seq=r.seq, attempt_nr=r.attempt_nr,
                                     command_to_pilot=r.command_to_pilot, special_handling=r.special_handling,
-                                    label=r.prod_source_label)
+                                    label=r.prod_source_label, pilot_transfer=bool(r.pilot_transfer))
                 for r in snap.jobs}
         return jobs, snap.next_offset
 

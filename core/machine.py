@@ -8,6 +8,8 @@ PanDA's updateJob guard rules and kill codes come from the same module.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import msgspec
 from transitions import Machine, MachineError
 
@@ -45,6 +47,7 @@ class JobState(msgspec.Struct, kw_only=True):
     command_to_pilot: str | None = None
     special_handling: str | None = None
     label: str | None = None          # prodSourceLabel
+    pilot_transfer: bool = False      # in transferring because its pilot said so (core.states.PILOT_TRANSFERRING)
 
     @property
     def debug(self) -> bool:
@@ -128,9 +131,14 @@ class IllegalTransition(Exception):
 MACHINE = StateMachine()
 
 
-def _pilot_outcome(current: JobStatus | str, reported: PilotState | str) -> str | None:
+def _utc(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _pilot_outcome(job: JobState, reported: PilotState | str) -> str | None:
+    current = (S.PILOT_TRANSFERRING, job.state) if job.pilot_transfer else (job.state,)
     for sources, reported_states, outcome in S.PILOT_RULES:
-        if current in sources and reported in reported_states:
+        if reported in reported_states and any(c in sources for c in current):
             return outcome
     return None
 
@@ -212,7 +220,7 @@ def _decide_pilot(job: JobState, cmd: PilotUpdate, src: list[int]) -> Event | Re
     problem = _check_attrs(cmd.attrs)
     if problem:
         return _reject(cmd, "bad_attributes", problem, job, src)
-    outcome = _pilot_outcome(job.state, cmd.state)
+    outcome = _pilot_outcome(job, cmd.state)
     if outcome is None:
         return _reject(cmd, "illegal_transition", f"a pilot cannot report {cmd.state} for a job in "
                        f"{job.state}", job, src, reply=job.pilot_reply())
@@ -223,8 +231,13 @@ def _decide_pilot(job: JobState, cmd: PilotUpdate, src: list[int]) -> Event | Re
                        reply=job.pilot_reply())
     new_state = MACHINE.target(job.state, outcome)
     final = outcome == "pilot_holding"
+    attrs = cmd.attrs
+    if outcome == "pilot_transferring":   # PanDA's mark: the final report is then taken, not alreadydone
+        attrs = {**attrs, "jobDispatcherErrorDiag": f"{S.PILOT_TRANSFER_DIAG} at {_utc(cmd.time)}"}
+    elif final and job.pilot_transfer:     # nulled on the final update
+        attrs = {**attrs, "jobDispatcherErrorDiag": None}
     return _event(
-        cmd, job, outcome, new_state, src, attrs=cmd.attrs, pilot_state=cmd.state,
+        cmd, job, outcome, new_state, src, attrs=attrs, pilot_state=cmd.state,
         report=cmd.report if final else None, metadata=cmd.metadata if final else None,
         reply=job.pilot_reply(),
     )
@@ -272,4 +285,6 @@ def apply(job: JobState | None, event: Event) -> JobState:
         command_to_pilot=attrs.get("commandToPilot", job.command_to_pilot),
         special_handling=attrs.get("specialHandling", job.special_handling),
         label=attrs.get("prodSourceLabel", job.label),
+        pilot_transfer=event.to_state == JobStatus.TRANSFERRING and (
+            event.action == "pilot_transferring" or (job.pilot_transfer and event.from_state == event.to_state)),
     )

@@ -96,6 +96,12 @@ TRANSITIONS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
 # entry state of a new job (Submit.to) → the submit trigger that creates it there
 SUBMIT_TRIGGERS: dict[str, str] = {dest: trig for trig, sources, dest in TRANSITIONS if sources == (NEW,) and dest}
 
+# A job its own pilot (or Harvester) put into transferring: PanDA marks it by jobDispatcherErrorDiag
+# ("set to transferring by the pilot at …") and takes the final report then; a job the SERVER put into
+# transferring (the adder) answers it with alreadydone. Matched before the job's state in PILOT_RULES.
+PILOT_TRANSFERRING = "transferring(pilot)"
+PILOT_TRANSFER_DIAG = "set to transferring by the pilot"
+
 # updateJob guard rules (DBProxy.updateJobStatus), first match wins.
 # (current states, pilot-reported states, outcome). The outcome is a trigger of TRANSITIONS, or a
 # reply to the pilot with no event: "alreadydone" (duplicate final report / job already over),
@@ -105,6 +111,7 @@ PILOT_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = (
                                                                                "alreadydone"),
     (("finished", "cancelled", "closed"), ("holding", "finished", "failed"),   "alreadydone"),
     (("finished", "cancelled", "closed"), ("starting", "running", "transferring"), "tobekilled"),
+    ((PILOT_TRANSFERRING,),        ("holding", "finished", "failed"),          "pilot_holding"),
     (("transferring",),            ("holding", "finished", "failed"),          "alreadydone"),
     (("holding",),                 ("holding", "finished", "failed"),          "alreadydone"),
     (("merging",),                 STATES,                                      "ignore"),

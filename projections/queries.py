@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from core.ledger import CoreRow, PartitionSnapshot
+from core.states import PILOT_TRANSFER_DIAG
 
 # the jobs table's columns (001_core.sql), the only names a caller may pick
 JOB_COLUMNS = (
@@ -40,8 +41,10 @@ POSITION_SQL = ("SELECT next_offset FROM consumer_positions WHERE projection = %
                 " AND partition = %s")
 POSITIONS_SQL = "SELECT projection, partition, next_offset FROM consumer_positions WHERE topic = %s"
 ARCHIVED_SQL = "SELECT count(*) FROM job_events"
-CORE_SQL = ("SELECT pandaid, status, seq, attempt_nr, command_to_pilot, special_handling, prod_source_label"
+CORE_SQL = ("SELECT pandaid, status, seq, attempt_nr, command_to_pilot, special_handling, prod_source_label,"
+            " (status = 'transferring' AND COALESCE(spec->>'jobDispatcherErrorDiag', '') LIKE %s) AS pilot_transfer"
             " FROM jobs")
+_PILOT_TRANSFER_LIKE = PILOT_TRANSFER_DIAG + "%"   # PanDA's mark of a job its pilot put into transferring
 LEDGER_STATE_SQL = CORE_SQL + " WHERE partition = %s"
 # PandaIDs are handed out by the database (001_core.sql), as PanDA's JOBSDEFINED4_PANDAID_SEQ
 NEXT_PANDAIDS_SQL = "SELECT nextval('pandaid_seq') FROM generate_series(1, %s)"
@@ -161,7 +164,7 @@ def positions(conn: psycopg.Connection, topic: str) -> list[tuple[str, int, int]
 
 def core_rows(conn: psycopg.Connection) -> list[CoreRow]:
     """Every job's core state columns (``CoreRow``), as ``verify`` compares them with the state machine's fold."""
-    return [CoreRow._make(r) for r in conn.execute(CORE_SQL)]
+    return [CoreRow._make(r) for r in conn.execute(CORE_SQL, (_PILOT_TRANSFER_LIKE,))]
 
 
 def partition_snapshot(conn: psycopg.Connection, topic: str, partition: int) -> PartitionSnapshot:
@@ -173,7 +176,8 @@ def partition_snapshot(conn: psycopg.Connection, topic: str, partition: int) -> 
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         row = conn.execute(POSITION_SQL, ("jobs", topic, partition)).fetchone()
         start = row[0] if row else 0
-        rows = [CoreRow._make(r) for r in conn.execute(LEDGER_STATE_SQL, (partition,))] if start else []
+        rows = ([CoreRow._make(r) for r in conn.execute(LEDGER_STATE_SQL, (_PILOT_TRANSFER_LIKE, partition))]
+                if start else [])
     return PartitionSnapshot(start, rows)
 
 

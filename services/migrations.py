@@ -26,6 +26,8 @@ MIGRATIONS: tuple[Path, ...] = (
     _ROOT / "services" / "sitedata" / "migrations",  # sites, site_versions
     _ROOT / "services" / "reactors" / "migrations",  # datasets, dataset_files, retries, adder_pending
     _ROOT / "services" / "gateway" / "migrations",   # dispatcher leases
+    _ROOT / "services" / "harvester" / "migrations",  # harvester instances, workers, commands
+    _ROOT / "services" / "eventservice" / "migrations",  # event ranges and their changes
 )
 
 

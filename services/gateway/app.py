@@ -21,7 +21,7 @@ from aiohttp import web
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
-from . import cache, legacy, openapi, v1
+from . import cache, events, harvester, legacy, openapi, v1
 from .auth import dev, tls
 from .auth.gate import Gate, authenticate
 from .backend import Backend
@@ -85,6 +85,8 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     app.on_cleanup.append(stop)
     legacy.setup(app)
     v1.setup(app)
+    harvester.setup(app)
+    events.setup(app)
     cache.setup(app)
     app.router.add_get("/api/v1/openapi.json", serve_openapi)
     if cfg.auth.dev_issuer:

@@ -12,6 +12,8 @@ from typing import Any
 
 from core.states import PILOT_STATES
 
+from .openapi_harvester import EVENTS, HARVESTER, LEGACY_EVENTS
+
 _STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 _IDS = {"oneOf": [{"type": "array", "items": _INT}, _STR], "description": "PandaIDs (list, JSON text or 'a,b')"}
 
@@ -169,7 +171,7 @@ def _envelope(data: Any) -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for name, summary, params, reply in LEGACY:
+    for name, summary, params, reply in [*LEGACY, *LEGACY_EVENTS]:
         op = {"summary": summary, "tags": ["legacy pilot API"], "requestBody": _form_body(params),
               "responses": _json({"$ref": f"#/components/schemas/{reply}"})}
         paths[f"/server/panda/{name}"] = {"post": op, "get": {**op, "requestBody": None, "parameters": _query(params)}}
@@ -177,7 +179,7 @@ def document() -> dict[str, Any]:
     paths["/server/panda/isAlive"] = {"get": {"summary": "Liveness: text 'alive=yes'", "tags": ["legacy pilot API"],
                                               "responses": {"200": {"description": "alive=yes",
                                                                     "content": {"text/plain": {"schema": _STR}}}}}}
-    for methods, path, summary, params, data in V1:
+    for methods, path, summary, params, data in [*V1, *HARVESTER, *EVENTS]:
         item: dict[str, Any] = {}
         for method in methods:
             op: dict[str, Any] = {"summary": summary, "tags": [path.split("/")[0]], "responses": _envelope(data)}

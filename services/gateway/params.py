@@ -13,7 +13,7 @@ import gzip
 import json
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -62,19 +62,37 @@ def _form(body: bytes) -> dict[str, Any]:
         raise BadRequest("form body is not UTF-8 text") from None
     if "=" not in text and text.strip():
         raise BadRequest("body is neither a form (k=v&...) nor a JSON object")
-    return dict(parse_qsl(text, keep_blank_values=True))
+    return multi_dict(parse_qsl(text, keep_blank_values=True))
+
+
+def multi_dict(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Form or query pairs → dict; a name given more than once (``job_ids=1&job_ids=2``, as ``requests``
+    encodes a list parameter) becomes the list of its values, in order, instead of keeping only one."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], _Repeated):
+            out[key].append(value)
+        else:
+            out[key] = _Repeated([out[key], value])
+    return {k: list(v) if isinstance(v, _Repeated) else v for k, v in out.items()}
+
+
+class _Repeated(list):
+    """Marks a list built from repeated names (a value that is itself a list stays one value)."""
 
 
 async def read_params(request: web.Request) -> dict[str, Any]:
     """Query string + body (JSON object, form, or multipart) as one dict; the body wins on clashes."""
-    params: dict[str, Any] = dict(request.query)
+    params: dict[str, Any] = multi_dict(request.query.items())
     ctype = request.content_type
     if ctype.startswith("multipart/"):
         try:
             post = await request.post()
         except ValueError as exc:
             raise BadRequest(f"bad multipart body: {exc}") from None
-        params.update(post)
+        params.update(multi_dict(post.items()))
         return params
     if not request.can_read_body:
         return params

@@ -6,9 +6,10 @@ only adapt names and wrap the result in their envelope. StatusCodes are PanDA's 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -23,6 +24,7 @@ from .params import BadRequest, as_float, as_int, as_str
 from .updates import Update, translate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SC_SUCCESS, SC_TIMEOUT, SC_NOJOBS, SC_FAILED, SC_INVALID, SC_ROLE = 0, 10, 20, 30, 50, 60
 
@@ -111,19 +113,20 @@ async def _send_update(request: web.Request, upd: Update, actor: str) -> dict[st
     return reply
 
 
-async def update_jobs_bulk(request: web.Request, items: list[Any]) -> list[dict[str, Any]]:
-    """Bulk updates (Harvester): one reply per item, bad items answered with StatusCode 50."""
-    out: list[dict[str, Any]] = []
+async def in_job_order(items: list[Any], answer: Callable[[Any], Awaitable[T]]) -> list[T]:
+    """Answer bulk items concurrently across jobs and in order within one job (its updates are a sequence);
+    the answers come back in the items' order."""
+    chains: dict[Any, list[int]] = {}
     for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            out.append({"StatusCode": SC_INVALID, "errorDialog": f"item {i} is not an object"})
-            continue
-        try:
-            out.append(await update_job(request, item))
-        except BadRequest as exc:
-            out.append({"StatusCode": SC_INVALID, "errorDialog": str(exc)})
-        except RetryLater as exc:
-            out.append({"StatusCode": SC_FAILED, "errorDialog": f"not recorded, send again: {exc}"})
+        key = (item.get("jobId", item.get("job_id")) if isinstance(item, dict) else None) or f"#{i}"
+        chains.setdefault(str(key), []).append(i)
+    out: list[Any] = [None] * len(items)
+
+    async def run(indexes: list[int]) -> None:
+        for i in indexes:
+            out[i] = await answer(items[i])
+
+    await asyncio.gather(*(run(ix) for ix in chains.values()))
     return out
 
 
@@ -142,3 +145,17 @@ def _command(command_to_pilot: str | None, special_handling: str | None) -> str:
     if command_to_pilot and command_to_pilot != "NULL":
         parts.append(command_to_pilot)
     return ",".join(parts) or "NULL"
+
+
+async def update_jobs_bulk(request: web.Request, items: list[Any]) -> list[dict[str, Any]]:
+    """Legacy updateJobsInBulk: one updateJob reply per item, bad items answered with StatusCode 50."""
+    async def one(item: Any) -> dict[str, Any]:
+        if not isinstance(item, dict):
+            return {"StatusCode": SC_INVALID, "errorDialog": "item is not an object"}
+        try:
+            return await update_job(request, item)
+        except BadRequest as exc:
+            return {"StatusCode": SC_INVALID, "errorDialog": str(exc)}
+        except RetryLater as exc:
+            return {"StatusCode": SC_FAILED, "errorDialog": f"not recorded, send again: {exc}"}
+    return await in_job_order(items, one)

@@ -82,13 +82,19 @@ async def acquire_jobs(request: web.Request, params: dict[str, Any]) -> web.Resp
     return envelope(False, "No jobs in PanDA", None)
 
 
-@_v1
-async def update_job(request: web.Request, params: dict[str, Any]) -> web.Response:
+async def _update_job_answer(request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
+    """update_job's envelope as a dict: pilot/update_job sends it, update_jobs_bulk lists one per job."""
     try:
         data = await pilot.update_job(request, legacy_names(params))
     except BadRequest as exc:
-        return envelope(False, str(exc), {"StatusCode": pilot.SC_INVALID})
-    return envelope(data["StatusCode"] == pilot.SC_SUCCESS, data.get("errorDialog", ""), data)
+        return {"success": False, "message": str(exc), "data": {"StatusCode": pilot.SC_INVALID}}
+    return {"success": data["StatusCode"] == pilot.SC_SUCCESS, "message": data.get("errorDialog", ""), "data": data}
+
+
+@_v1
+async def update_job(request: web.Request, params: dict[str, Any]) -> web.Response:
+    answer = await _update_job_answer(request, params)
+    return envelope(answer["success"], answer["message"], answer["data"])
 
 
 @_v1
@@ -101,8 +107,18 @@ async def update_jobs_bulk(request: web.Request, params: dict[str, Any]) -> web.
             raise BadRequest("is not valid JSON", field="job_list") from None
     if not isinstance(items, list):
         raise BadRequest("must be a list of updates", field="job_list")
-    renamed = [legacy_names(i) if isinstance(i, dict) else i for i in items]
-    return envelope(True, "", await pilot.update_jobs_bulk(request, renamed))
+    return envelope(True, "", await pilot.in_job_order(items, lambda item: _bulk_item(request, item)))
+
+
+async def _bulk_item(request: web.Request, item: Any) -> dict[str, Any]:
+    """One job of a bulk update, answered as the real server does: update_job's whole envelope."""
+    if not isinstance(item, dict):
+        return {"success": False, "message": "not an object", "data": {"StatusCode": pilot.SC_INVALID}}
+    try:
+        return await _update_job_answer(request, item)
+    except (Unavailable, pilot.RetryLater) as exc:
+        return {"success": False, "message": f"not recorded, send again: {exc}",
+                "data": {"StatusCode": pilot.SC_FAILED, "command": "NULL"}}
 
 
 @_v1

@@ -365,15 +365,18 @@ def test_group_callbacks_commit_committed_and_handover(cfg):
         b = bus.consumer(cfg, group_id=group)
         b.subscribe([topic], **b_calls.callbacks())
 
-        def split() -> bool:
+        everything = {TopicPartition(topic, p) for p in range(n)}
+
+        def split() -> bool:   # both members through the rebalance: disjoint halves covering the topic
             a.poll(timeout_ms=100)
             b.poll(timeout_ms=100)
-            return bool(a_calls.revoked and b_calls.assigned and a.assignment() and b.assignment())
+            mine, theirs = a.assignment(), b.assignment()
+            return bool(a_calls.revoked and b_calls.assigned and mine and theirs
+                        and mine.isdisjoint(theirs) and mine | theirs == everything)
 
-        wait_until(split, 60, 0, "the group to hand partitions to the second member")
-        assert a.assignment().isdisjoint(b.assignment())
-        assert a.assignment() | b.assignment() == {TopicPartition(topic, p) for p in range(n)}
+        wait_until(split, 60, 0, "the group to split the partitions between its two members")
         assert b.assignment() == b_calls.assigned[-1]
+        assert a.assignment() == a_calls.assigned[-1]
     finally:
         a.close()
         if b is not None:

@@ -128,7 +128,10 @@ def test_v1_pilot_calls(cfg, background):
             assert bad["success"] is False and bad["data"] == {"StatusCode": 50}
             _, bulk = await post_json(s, f"{api}/update_jobs_bulk", {"job_list": [
                 {"job_id": ids[1], "job_status": "starting"}, {"job_id": "x"}, 5]})
-            assert bulk["success"] and [r["StatusCode"] for r in bulk["data"]] == [0, 50, 50]
+            # one update_job envelope per job, as the real server answers (Harvester reads each one's data)
+            assert bulk["success"] and [r["data"]["StatusCode"] for r in bulk["data"]] == [0, 50, 50]
+            assert bulk["data"][0] == {"success": True, "message": "", "data": {"StatusCode": 0, "command": "NULL"}}
+            assert [r["success"] for r in bulk["data"]] == [True, False, False]
             _, legacy_bulk = await post_form(s, f"{system.url}/server/panda/updateJobsInBulk", {
                 "jobList": json.dumps([{"jobId": ids[1], "state": "running"}])})
             assert legacy_bulk == [True, [{"StatusCode": 0, "command": "NULL"}]]

@@ -230,3 +230,24 @@ def test_jobstate_reply_joins_debug_and_command():
     assert JobState(PandaID=1, state="running", seq=1).pilot_reply() == "NULL"
     js = JobState(PandaID=1, state="running", seq=1, special_handling="dm", command_to_pilot="tobekilled")
     assert js.pilot_reply() == "debug,tobekilled"
+
+
+def test_final_report_after_the_pilots_own_transferring_moves_on_to_holding():
+    """PanDA's updateJobStatus: a job its pilot (or Harvester) put into transferring takes the final report."""
+    job, outs = run([PilotUpdate(PandaID=PID, state="transferring"),
+                     PilotUpdate(PandaID=PID, state="transferring"),
+                     PilotUpdate(PandaID=PID, state="finished", report='{"files": {}}')], _running())
+    assert outs[0].action == "pilot_transferring" and outs[0].attrs["jobDispatcherErrorDiag"].startswith(
+        S.PILOT_TRANSFER_DIAG)
+    assert outs[1].action == "heartbeat"
+    assert outs[2].action == "pilot_holding" and outs[2].to_state == "holding" and outs[2].report
+    assert outs[2].attrs["jobDispatcherErrorDiag"] is None
+    assert job.state == "holding" and not job.pilot_transfer
+
+
+def test_final_report_for_a_job_the_server_put_into_transferring_is_alreadydone():
+    job, _ = run([PilotUpdate(PandaID=PID, state="finished"), Transition(PandaID=PID, action="transfer")],
+                 _running())
+    assert job.state == "transferring" and not job.pilot_transfer
+    out = decide(job, PilotUpdate(PandaID=PID, state="finished"))
+    assert isinstance(out, Rejected) and out.reply == "alreadydone"

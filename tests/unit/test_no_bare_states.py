@@ -34,6 +34,13 @@ ALLOWED: dict[tuple[str, str], str] = {
     # updateWorkerPilotStatus: a Harvester worker's status (started/finished)
     ("services/gateway/legacy.py", "finished"): "the worker status the handler accepts",
     ("services/gateway/openapi.py", "finished"): "the same, in the API description",
+    # Harvester's WorkSpec statuses (a worker's, not a job's)
+    ("services/harvester/store.py", "finished"): "a worker that is over",
+    ("services/harvester/store.py", "failed"): "the same",
+    ("services/harvester/store.py", "cancelled"): "the same",
+    # an event range's statuses (JEDI_Events), not a job's
+    **{("services/eventservice/ranges.py", s): "an event range's status"
+       for s in ("sent", "running", "finished", "failed", "cancelled")},
     # a counter's name in the dispatcher's statistics
     ("services/gateway/dispatcher.py", "sent"): "the number of jobs handed to pilots",
 }

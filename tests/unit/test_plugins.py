@@ -105,3 +105,23 @@ def test_dummy_always_succeeds(pcfg):
     d.register_outputs(out, "E")
     d.transfer_outputs(out)
     assert d.outputs_arrived(out) == ["o"]
+
+
+def test_local_registration_appends_to_a_dataset_instead_of_rewriting_it(pcfg):
+    """The n-th file of a dataset costs what the first did: the block's header is written once, files appended."""
+    p = LocalPlugin(pcfg.replace(plugins={"local_transfer_delay": 0}))
+    p.prepare_outputs([OutputBlock(name="big", kind="destination", endpoint="SITE_DISK"),
+                       OutputBlock(name="big_sub1", kind="sub", endpoint="SITE_DISK", parent="big")])
+    header = p.root / ".pandaes" / "blocks" / "big.json"
+    before = header.stat().st_ino, header.read_text()
+    for batch in range(20):
+        p.register_outputs([OutputFile(lfn=f"f{batch}.{i}", dataset="big", block="big_sub1",
+                                       destination="SITE_DISK", guid=f"g{batch}.{i}") for i in range(5)], "SITE_DISK")
+    assert (header.stat().st_ino, header.read_text()) == before, "the header was rewritten"
+    files = p.manifest("big")["files"]
+    assert len(files) == 100 and files["f7.3"]["guid"] == "g7.3" and files["f7.3"]["sub"] == "big_sub1"
+    p.register_outputs([OutputFile(lfn="f7.3", dataset="big", block="big_sub1", destination="SITE_DISK",
+                                   guid="g7.3", checksum="ad:9")], "SITE_DISK")
+    assert p.manifest("big")["files"]["f7.3"]["checksum"] == "ad:9", "a later registration updates the entry"
+    p.register_outputs([OutputFile(lfn="x", dataset="big", block="big_sub1", destination="OTHER_DISK")], "SITE_DISK")
+    assert p.manifest("big")["endpoints"] == ["OTHER_DISK", "SITE_DISK"], "a new endpoint changes the header"

@@ -34,6 +34,11 @@ ENDPOINTS: dict[str, frozenset[str]] = {
     "/server/panda/checkJobStatus": frozenset({PILOT, PRODUCTION, ADMIN}),
     "/api/v1/pilot/": frozenset({PILOT, ADMIN}),
     "/api/v1/pilot/get_job_status": frozenset({PILOT, PRODUCTION, ADMIN}),
+    "/server/panda/getEventRanges": frozenset({PILOT, ADMIN}),
+    "/server/panda/updateEventRanges": frozenset({PILOT, ADMIN}),
+    "/api/v1/event/": frozenset({PILOT, ADMIN}),
+    # Harvester: an instance runs with its VO's pilot or production identity
+    "/api/v1/harvester/": frozenset({PILOT, PRODUCTION, ADMIN}),
     # users and production managers: submit, read, act on jobs (which ones: SUBMIT_LABELS, ACTS_ON)
     "/api/v1/job/": frozenset({USER, PRODUCTION, ADMIN}),
     "/api/v1/file_server/": frozenset({USER, PRODUCTION, ADMIN}),
