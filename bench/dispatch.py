@@ -36,13 +36,13 @@ def missing() -> str:
     return ""
 
 
-async def _level(url: str, pilots: int, seconds: float) -> dict[str, Any]:
+async def _level(url: str, pilots: int, seconds: float, headers: dict[str, str]) -> dict[str, Any]:
     from cli.simulated_pilot import SimOptions, SimStats, _Pilot
 
     stats = SimStats()
     opts = SimOptions(url=url, site=stack.SITE)
     stamps: list[float] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
         async def pilot(i: int) -> None:
             p = _Pilot(session, opts, i, stats)
@@ -69,6 +69,8 @@ def _activated(cfg: Config) -> int:
 
 
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
+    from services.gateway.auth import dev  # the bench acts with dev tokens, as clients of `make run` do
+
     cfg = stack.configure(cfg)
     url = f"http://{cfg.http.host}:{cfg.http.port}"
     n = size["backlog"]
@@ -94,7 +96,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         cpu0 = time.process_time()
         total = 0
         for pilots in size["dispatch_levels"]:
-            res = asyncio.run(_level(url, pilots, size["dispatch_seconds"]))
+            res = asyncio.run(_level(url, pilots, size["dispatch_seconds"], dev.headers(cfg, "bench", ("pilot",))))
             total += res["requests"]
             lat = res["latency"]
             log(f"  dispatch: {pilots:>3} pilots: {res['requests_per_s']:,.0f} getJob/s, p50 {lat.get('p50_ms', 0):.1f}"

@@ -100,13 +100,13 @@ def _finished(cfg: Config) -> int:
         return queries.count_by_status(conn, [JobStatus.FINISHED]).get(JobStatus.FINISHED, 0)
 
 
-async def _bulk_phase(url: str, n: int, seconds: float, log) -> dict[str, Any]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=150)) as session:
+async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, str]) -> dict[str, Any]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=150), headers=headers) as session:
         stop_at = time.monotonic() + seconds
         done: list[int] = []
         hs = [Harvester(session, url, f"bench_harvester_{i}") for i in range(INSTANCES)]
         cycles = asyncio.gather(*(h.cycle(stop_at, done) for h in hs))
-        await lifecycle._submit(url, n, log)
+        await lifecycle._submit(url, n, log, headers)
         while sum(done) < n and time.monotonic() < stop_at:
             await asyncio.sleep(0.2)
         cycles.cancel()
@@ -117,12 +117,12 @@ async def _bulk_phase(url: str, n: int, seconds: float, log) -> dict[str, Any]:
     return {"reported_finished": sum(done), "batches": len(done)}
 
 
-async def _kill_phase(url: str, n: int, log) -> list[float]:
+async def _kill_phase(url: str, n: int, log, headers: dict[str, str]) -> list[float]:
     """Kill ``n`` jobs running on known workers, one at a time; seconds from kill answered to command seen."""
     latencies: list[float] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=headers) as session:
         h = Harvester(session, url, "bench_harvester_kill")
-        await lifecycle._submit(url, n, log)
+        await lifecycle._submit(url, n, log, headers)
         jobs: list[dict[str, Any]] = []
         deadline = time.monotonic() + 60
         while len(jobs) < n and time.monotonic() < deadline:
@@ -145,7 +145,10 @@ async def _kill_phase(url: str, n: int, log) -> list[float]:
 
 
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
+    from services.gateway.auth import dev  # Harvester instances act with a dev token (production and pilot)
+
     cfg = stack.configure(cfg)
+    headers = dev.headers(cfg, "bench-harvester", ("production", "pilot"))
     url = f"http://{cfg.http.host}:{cfg.http.port}"
     n, seconds = size["jobs"], size["lifecycle_seconds"]
     with Components(cfg, SERVICES, log_dir / "harvester") as comps:
@@ -153,14 +156,14 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         time.sleep(5)  # consumer groups of the services settle
         comps.check()
         t0 = time.time()
-        bulk = asyncio.run(_bulk_phase(url, n, seconds, log))
+        bulk = asyncio.run(_bulk_phase(url, n, seconds, log, headers))
         deadline = time.monotonic() + 30
         done = _finished(cfg)
         while done < bulk["reported_finished"] and time.monotonic() < deadline:
             time.sleep(0.25)
             done = _finished(cfg)
         elapsed = time.time() - t0
-        kills = asyncio.run(_kill_phase(url, max(5, min(20, n // 4)), log))
+        kills = asyncio.run(_kill_phase(url, max(5, min(20, n // 4)), log, headers))
         comps.check()
     lat = percentiles(kills)
     log(f"  harvester: {done:,}/{n:,} jobs finished in {elapsed:.1f}s = {done / elapsed:,.1f} jobs/s "

@@ -43,7 +43,7 @@ def missing() -> str:
     return ""
 
 
-async def _submit(url: str, n: int, log) -> float:
+async def _submit(url: str, n: int, log, headers: dict[str, str]) -> float:
     """Submit ``n`` jobs in batches, four requests in flight; returns when the last batch is answered."""
     from schemas.jobspec import jobs_to_client_json
 
@@ -55,7 +55,7 @@ async def _submit(url: str, n: int, log) -> float:
         batches.append(jobs_to_client_json(jobs))
     sem = asyncio.Semaphore(4)
     accepted = 0
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300), headers=headers) as session:
         async def one(body: str) -> None:
             nonlocal accepted
             async with sem, session.post(f"{url}/api/v1/job/submit", json={"jobs": body}) as resp:
@@ -69,7 +69,7 @@ async def _submit(url: str, n: int, log) -> float:
     return time.time()
 
 
-async def _drive(url: str, n: int, pilots: int, seconds: float, log) -> dict[str, Any]:
+async def _drive(url: str, n: int, pilots: int, seconds: float, log, headers: dict[str, str]) -> dict[str, Any]:
     """Pilots and the submitter at the same time; pilots stop after ``seconds`` (jobs they hold then are
     not finished and not counted)."""
     from cli.simulated_pilot import SimOptions, SimStats, _Pilot
@@ -92,10 +92,10 @@ async def _drive(url: str, n: int, pilots: int, seconds: float, log) -> dict[str
             await p.run_job(job)
             finished_at.append(time.time())
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=150)) as session:
         sim = asyncio.gather(*(pilot(session, i) for i in range(pilots)))
-        submitted_at = await _submit(url, n, log)
+        submitted_at = await _submit(url, n, log, headers)
         try:
             await asyncio.wait_for(sim, max(1.0, t_end - time.monotonic() + 30))
         except TimeoutError:
@@ -129,6 +129,8 @@ def _from_events(cfg: Config) -> tuple[list[float], list[float], list[float]]:
 
 
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
+    from services.gateway.auth import dev  # the bench acts with dev tokens, as clients of `make run` do
+
     cfg = stack.configure(cfg)
     url = f"http://{cfg.http.host}:{cfg.http.port}"
     n, pilots, seconds = size["jobs"], size["pilots"], size["lifecycle_seconds"]
@@ -140,7 +142,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         meter.start()
         cpu0 = time.process_time()
         t0 = time.time()
-        driven = asyncio.run(_drive(url, n, pilots, seconds, log))
+        driven = asyncio.run(_drive(url, n, pilots, seconds, log, dev.headers(cfg, "bench", ("production", "pilot"))))
         deadline = time.monotonic() + 30   # the last finals through the ledger, the finisher and the projector
         done = _finished(cfg)
         target = driven["pilot"]["finished"]   # what the pilots reported finished must reach the projection

@@ -29,7 +29,7 @@ from schemas.messages import Command, Kill, Rejected, Submit, decode_command
 from services import migrations
 
 # Modules that add subcommands: each has ``register(subparsers)``; its commands set ``fn``.
-EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "bench.command"]
+EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "cli.token", "bench.command"]
 
 
 def cfg_for_clients() -> config.Config:
@@ -70,6 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f" queuedata: {base}/cache/schedconfig/LOCAL.all.json)")
         if "monitor" in names:
             print(f"monitor: http://{cfg.monitor.host}:{cfg.monitor.port}/jobs")
+        if "gateway" in names:
+            importlib.import_module("cli.token").announce(cfg)
         print(f"state: {cfg.state_dir}   other shells: .venv/bin/pandaes status|history|submit …")
         print(f"components: {', '.join(names)}   (Ctrl-C stops everything)")
         sup.watch(stop)

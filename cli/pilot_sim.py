@@ -11,13 +11,14 @@ from core import config
 
 def cmd_pilot_sim(args: argparse.Namespace) -> int:
     from cli.simulated_pilot import SimOptions, simulate
+    from services.gateway.auth import dev
 
-    url = args.url
-    if not url:
-        cfg = config.load()
-        url = f"http://{cfg.http.host}:{cfg.http.port}"
+    cfg = config.load()
+    url = args.url or f"http://{cfg.http.host}:{cfg.http.port}"
+    # the dev issuer's pilot token from the state dir, as `make run` wrote it (none with auth off)
     opts = SimOptions(url=url, site=args.site, pilots=args.pilots, jobs=args.jobs, payload_seconds=args.payload,
-                      heartbeat=args.heartbeat, label=args.label, nojob_retries=args.retries)
+                      heartbeat=args.heartbeat, label=args.label, nojob_retries=args.retries,
+                      headers=dev.dev_headers(cfg, "pilot"))
     stats = asyncio.run(simulate(opts))
     summary = stats.summary()
     print(json.dumps(summary, indent=1))

@@ -40,6 +40,7 @@ class SimOptions:
     nojob_sleep: float = 1.0
     update_retries: int = 5        # resends of an update whose reply is not JSON (pilot3: 10, 120 s apart)
     update_sleep: float = 0.5
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)   # e.g. a pilot token (Authorization, Origin)
 
 
 @dataclasses.dataclass
@@ -175,7 +176,7 @@ async def simulate(opts: SimOptions, session: aiohttp.ClientSession | None = Non
     stats = SimStats()
     own = session is None
     if session is None:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=opts.headers,
                                         timeout=aiohttp.ClientTimeout(total=150))
     try:
         await asyncio.gather(*(_Pilot(session, opts, i, stats).run() for i in range(opts.pilots)))

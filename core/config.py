@@ -56,6 +56,10 @@ class Config:
     sites: settings.SitesSettings
     setupper: settings.SetupperSettings
     activator: settings.ActivatorSettings
+    metrics: settings.MetricsSettings
+    log: settings.LogSettings
+    monitor: settings.MonitorSettings
+    auth: settings.AuthSettings
 
     def __init__(self, data: Mapping[str, Mapping[str, Any]]):
         missing = set(settings.SECTIONS) - set(data)

@@ -216,6 +216,25 @@ class MonitorSettings(_Section):
     db_pool_size: int
 
 
+class AuthSettings(_Section):
+    """[auth]"""
+
+    enabled: bool
+    dev_issuer: bool
+    dev_vo: str
+    issuers: list[str]
+    groups_claim: str
+    role_map: list[str]
+    default_roles: list[str]
+    leeway: float
+    jwks_cache_seconds: float
+    trusted_proxies: list[str]
+    dn_headers: list[str]
+    fqans_header: str
+    tls_cert: str
+    tls_key: str
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "state": StateSettings,
     "kafka": KafkaSettings,
@@ -236,4 +255,5 @@ SECTIONS: dict[str, type[_Section]] = {
     "metrics": MetricsSettings,
     "log": LogSettings,
     "monitor": MonitorSettings,
+    "auth": AuthSettings,
 }

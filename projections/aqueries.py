@@ -26,6 +26,13 @@ async def jobs(conn: AsyncConnection, pandaids: Iterable[int],
         return {r["pandaid"]: r for r in await cur.fetchall()}
 
 
+async def job_bindings(conn: AsyncConnection, pandaids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """PandaID → {prod_user, vo, submitted_by, dispatched_to} (actors as recorded) of the known jobs."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(q.JOB_BINDINGS_SQL, (list(pandaids),))
+        return {r["pandaid"]: r for r in await cur.fetchall()}
+
+
 async def next_pandaids(conn: AsyncConnection, n: int) -> list[int]:
     """``n`` new PandaIDs from the database's sequence."""
     cur = await conn.execute(q.NEXT_PANDAIDS_SQL, (n,))

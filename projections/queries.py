@@ -179,3 +179,14 @@ def partition_snapshot(conn: psycopg.Connection, topic: str, partition: int) -> 
         rows = ([CoreRow._make(r) for r in conn.execute(LEDGER_STATE_SQL, (_PILOT_TRANSFER_LIKE, partition))]
                 if start else [])
     return PartitionSnapshot(start, rows)
+
+
+#: who a job belongs to and who holds it: the actor of its submission, its prodUserID and VO, and the actor
+#: of its latest ``dispatch`` (the pilot it was sent to); read by the gateway's access checks
+JOB_BINDINGS_SQL = (
+    "SELECT j.pandaid, j.spec->>'prodUserID' AS prod_user, j.spec->>'VO' AS vo,"
+    " (SELECT e.actor FROM job_events e WHERE e.pandaid = j.pandaid AND e.seq = 1) AS submitted_by,"
+    " (SELECT e.actor FROM job_events e WHERE e.pandaid = j.pandaid AND e.action = 'dispatch'"
+    "  ORDER BY e.seq DESC LIMIT 1) AS dispatched_to"
+    " FROM jobs j WHERE j.pandaid = ANY(%s)"
+)

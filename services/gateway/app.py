@@ -22,6 +22,8 @@ from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
 from . import cache, events, harvester, legacy, observe, openapi, v1
+from .auth import dev, tls
+from .auth.gate import Gate, authenticate
 from .backend import Backend
 from .identity import TrustingAuthenticator
 
@@ -55,13 +57,20 @@ async def serve_openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app["openapi"])
 
 
+async def serve_dev_jwks(request: web.Request) -> web.Response:
+    """The dev issuer's public keys, for anyone verifying its tokens outside this process."""
+    return web.json_response(dev.jwks(request.app["cfg"]))
+
+
 def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     # auto_decompress off: params.read_params undoes Content-Encoding itself and answers a corrupt body 400
-    app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes), middlewares=[observe.http_metrics, errors],
+    app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes),
+                          middlewares=[observe.http_metrics, errors, authenticate],
                           handler_args={"auto_decompress": False})
     app["cfg"] = cfg
     app["backend"] = backend or Backend(cfg)
-    app["authenticator"] = TrustingAuthenticator()
+    app["authenticator"] = TrustingAuthenticator()   # what clients claim: used only with [auth] enabled = false
+    app["gate"] = Gate(cfg)
     app["queue_cache"] = {}
     app["queue_locks"] = {}
     app["openapi"] = openapi.document()
@@ -82,6 +91,8 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     events.setup(app)
     cache.setup(app)
     app.router.add_get("/api/v1/openapi.json", serve_openapi)
+    if cfg.auth.dev_issuer:
+        app.router.add_get(dev.JWKS_PATH, serve_dev_jwks)
     return app
 
 
@@ -93,10 +104,11 @@ async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, 
     await runner.setup()
     host = host or cfg.http.host
     port = int(port if port is not None else cfg.http.port)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    ssl_context = tls.server_context(cfg)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
-        log.info("gateway listening on http://%s:%d", host, port)
+        log.info("gateway listening on %s://%s:%d", "https" if ssl_context else "http", host, port)
         if ready is not None:
             ready.set()
         while not stop.is_set():

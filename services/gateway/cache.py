@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import BodyPartReader, web
 
-from . import queues
+from . import access, queues
 from .v1 import envelope
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
@@ -65,6 +65,9 @@ async def upload(request: web.Request) -> web.Response:
     if name is None:
         return envelope(False, f"file: invalid file name {(part.filename or '')[:80]!r}", status=400)
     directory = cache_dir(request.app)
+    refused = access.upload_refused(request, directory, name)
+    if refused:
+        return envelope(False, refused, status=403)
     tmp = directory / f".upload-{uuid.uuid4().hex}"
     size = 0
     try:
@@ -75,6 +78,7 @@ async def upload(request: web.Request) -> web.Response:
                     return envelope(False, f"file: larger than the limit of {limit} bytes", status=413)
                 out.write(chunk)
         tmp.replace(directory / name)
+        access.record_upload(request, directory, name)
     finally:
         tmp.unlink(missing_ok=True)
     return envelope(True, f"uploaded {name}", {"file_name": name, "file_size": size})

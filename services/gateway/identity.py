@@ -3,11 +3,10 @@
 Every command the gateway sends records ``actor`` — ``pilot:<pilotID or node>``, ``user:<DN or token
 subject>``, or ``anonymous`` — so ``pandaes history`` shows who asked for each step.
 
-Authentication is not done yet, and that is explicit: ``Credentials.verified`` is False for everything
-read here. The seam is ``Authenticator``: the app holds one (``app["authenticator"]``); today it trusts
-what a TLS-terminating front end puts in the DN headers and the unverified claims of a bearer token.
-A real one (checking the token signature against the issuer's keys, the client certificate chain, the
-VOMS FQANs for the production role) replaces ``TrustingAuthenticator`` without touching any handler.
+With authentication on (``[auth] enabled``, the default) the name is the principal of the identity the
+gate verified (``services/gateway/auth``): never a client-supplied field. Only with auth explicitly off
+does the gateway fall back to what the request claims (``TrustingAuthenticator``: DN headers, unverified
+token claims, pilotID/node), and the gate logs that loudly at start.
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
 from aiohttp import web
+
+from .auth.model import Identity
 
 # Headers a TLS-terminating proxy (Apache mod_ssl / nginx) uses to pass the client certificate's DN.
 DN_HEADERS = ("SSL-Client-S-DN", "X-SSL-Client-S-DN", "X-Client-DN")
@@ -47,6 +48,7 @@ class Caller:
     kind: Literal["anonymous", "pilot", "user"]
     name: str
     credentials: Credentials
+    identity: Identity | None = None     # the verified identity (None only with auth off, or anonymous)
 
     @property
     def actor(self) -> str:
@@ -93,6 +95,12 @@ class TrustingAuthenticator:
 
 def credentials_of(request: web.Request) -> Credentials:
     cached = request.get("credentials")
+    ident: Identity | None = request.get("identity")
+    if cached is None and ident is not None:   # verified by the gate: what every caller of this reads
+        cached = Credentials(dn=ident.principal if ident.method == "x509" else None,
+                             token_subject=ident.principal if ident.method == "oidc" else None,
+                             origin=request.headers.get("Origin"), verified=True)
+        request["credentials"] = cached
     if cached is None:
         auth: Authenticator = request.app.get("authenticator") or TrustingAuthenticator()
         cached = auth.credentials(request)
@@ -109,8 +117,11 @@ def _field(fields: Mapping[str, Any] | None, *names: str) -> str | None:
 
 
 def pilot(request: web.Request, fields: Mapping[str, Any] | None = None) -> Caller:
-    """A pilot: named by its pilotID (updateJob) or node (getJob), else by its credential."""
+    """A pilot: its verified identity; with auth off, its pilotID (updateJob) or node (getJob)."""
     creds = credentials_of(request)
+    ident: Identity | None = request.get("identity")
+    if ident is not None:
+        return Caller("pilot", ident.principal[:200], creds, ident)
     name = _field(fields, "pilotID", "pilot_id", "node", "worker_id") or creds.principal
     if not name:
         return Caller("anonymous", "anonymous", creds)
@@ -118,8 +129,11 @@ def pilot(request: web.Request, fields: Mapping[str, Any] | None = None) -> Call
 
 
 def user(request: web.Request) -> Caller:
-    """A user or operator: named by the certificate DN or the token subject; anonymous otherwise."""
+    """A user or operator: its verified identity; with auth off, the DN or token subject it claims."""
     creds = credentials_of(request)
+    ident: Identity | None = request.get("identity")
+    if ident is not None:
+        return Caller("user", ident.principal[:200], creds, ident)
     if not creds.principal:
         return Caller("anonymous", "anonymous", creds)
     return Caller("user", creds.principal[:200], creds)

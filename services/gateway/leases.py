@@ -30,6 +30,7 @@ _CLAIM = (
 )
 _MARK_SENT = ("UPDATE dispatch_leases SET state = 'sent', expires_at = now() + make_interval(secs => %s)"
               " WHERE pandaid = %s AND command_id = %s")
+_SENT_TO = "SELECT actor FROM dispatch_leases WHERE pandaid = %s AND state = 'sent'"
 _RELEASE = "DELETE FROM dispatch_leases WHERE pandaid = %s AND command_id = %s"
 _EXPIRE = "DELETE FROM dispatch_leases WHERE expires_at < now()"
 _HELD = "SELECT pandaid, seq FROM dispatch_leases"
@@ -50,6 +51,12 @@ async def claim(cur: AsyncCursor, *, pandaid: int, seq: int, site: str, node: st
 async def mark_sent(conn: AsyncConnection, pandaid: int, command_id: str, ttl: float) -> None:
     """The ledger recorded our ``sent``: keep the lease ``ttl`` seconds more, until the projection shows it."""
     await conn.execute(_MARK_SENT, (ttl, pandaid, command_id))
+
+
+async def sent_to(conn: AsyncConnection, pandaid: int) -> str | None:
+    """The actor a job was just dispatched to, while the projection may not show its ``sent`` yet."""
+    row = await (await conn.execute(_SENT_TO, (pandaid,))).fetchone()
+    return row[0] if row else None
 
 
 async def release(conn: AsyncConnection, pandaid: int, command_id: str) -> None:

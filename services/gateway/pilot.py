@@ -17,7 +17,7 @@ from projections import aqueries
 from schemas.messages import Rejected
 from services.gateway.dispatcher import DispatchRequest
 
-from . import identity, queues
+from . import access, identity, queues
 from .backend import Unavailable, VerdictTimeout
 from .jobdict import pilot_job
 from .params import BadRequest, as_float, as_int, as_str
@@ -81,6 +81,10 @@ async def update_job(request: web.Request, fields: Mapping[str, Any]) -> dict[st
     Raises BadRequest for a missing/invalid jobId or state, RetryLater if the log did not take it."""
     upd = translate(fields)
     caller = identity.pilot(request, fields)
+    refused = await access.refused(request, caller, [upd.panda_id], "update")
+    if refused:   # not sent to the ledger: the job stays as its own pilot left it
+        log.warning("refused an update: %s", refused[upd.panda_id])
+        return {"StatusCode": SC_ROLE, "command": "NULL", "errorDialog": refused[upd.panda_id]}
     return await _send_update(request, upd, caller.actor)
 
 

@@ -23,7 +23,8 @@ from projections.wait import ProjectionLag
 from schemas.jobspec import JobSpec, SpecError, job_from_dict, job_to_description, jobs_from_client_json
 from schemas.messages import Event, Kill, Rejected, Submit, Transition
 
-from . import identity, pilot
+from . import access, identity, pilot
+from .auth import policy
 from .backend import Unavailable, VerdictTimeout
 from .params import BadRequest, as_bool, as_id_list, as_int, as_str, read_params
 from .updates import legacy_names
@@ -162,12 +163,24 @@ async def submit(request: web.Request, params: dict[str, Any]) -> web.Response:
         raise BadRequest(f"expected 1 to {limit} jobs, got {len(jobs)}", field="jobs")
     to = JobStatus.PENDING if as_bool(params, "to_pending", default=False) else JobStatus.DEFINED
     caller = identity.user(request)
+    ident = caller.identity
+    if ident is not None:
+        labels = sorted({str(j.prodSourceLabel) for j in jobs if not policy.may_submit(ident.roles, j.prodSourceLabel)})
+        if labels:
+            request.app["gate"].refusals["role"] += 1
+            return envelope(False, f"missing role: {caller.actor} (roles {', '.join(sorted(ident.roles))}) may not "
+                                   f"submit prodSourceLabel {', '.join(labels)}", status=403)
     ids = await _allocate_ids(request, len(jobs))
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     cmds = []
     for pid, job in zip(ids, jobs, strict=True):
         changes: dict[str, Any] = {"PandaID": pid, "creationTime": job.creationTime or now}
-        if job.prodUserID is None and caller.credentials.principal:
+        if ident is not None:   # the owner is who authenticated; production may submit on behalf of a user
+            if job.prodUserID is None or not ident.roles & {policy.PRODUCTION, policy.ADMIN}:
+                changes["prodUserID"] = ident.principal
+            if ident.vo:   # a job belongs to the VO its submitter authenticated with (what production acts on)
+                changes["VO"] = ident.vo
+        elif job.prodUserID is None and caller.credentials.principal:
             changes["prodUserID"] = caller.credentials.principal
         files = [msgspec.structs.replace(f, PandaID=pid) for f in job.Files]
         # to.value, the plain string: a Submit omits its default ``to`` from the message only when it is that string
@@ -213,8 +226,13 @@ async def _descriptions(request: web.Request, ids: list[int]) -> list[dict[str, 
 
 @_v1
 async def get_description(request: web.Request, params: dict[str, Any]) -> web.Response:
-    """Job descriptions (JobSpec dicts, None for unknown IDs); the projection holds archived jobs too."""
-    return envelope(True, "", await _descriptions(request, as_id_list(params, "job_ids")))
+    """Job descriptions (JobSpec dicts, None for unknown IDs); the projection holds archived jobs too.
+    Another user's job reads as None, and the message says why."""
+    ids = as_id_list(params, "job_ids")
+    refused = await access.refused(request, identity.user(request), ids, "read")
+    data = await _descriptions(request, [i for i in ids if i not in refused])
+    shown = dict(zip([i for i in ids if i not in refused], data, strict=True))
+    return envelope(True, "; ".join(refused.values()), [shown.get(i) for i in ids])
 
 
 async def _ask_each(request: web.Request, cmds: list[Any]) -> list[Event | Rejected | None]:
@@ -237,27 +255,40 @@ async def kill(request: web.Request, params: dict[str, Any]) -> web.Response:
     if not isinstance(options, list):
         raise BadRequest("must be a list of strings", field="kill_options")
     sub_status = next((str(o).split("=", 1)[1] for o in options if str(o).startswith("jobSubStatus=")), None)
-    actor = identity.user(request).actor
+    caller = identity.user(request)
+    actor = caller.actor
+    refused = await access.refused(request, caller, ids, "kill")
+    if refused and len(refused) == len(ids):
+        return envelope(False, "; ".join(refused.values()), [False] * len(ids), status=403)
     cmds = [Kill(PandaID=i, actor=actor, code=code, job_sub_status=sub_status, reason=f"killed by {actor}")
-            for i in ids]
-    verdicts = await _ask_each(request, cmds)
-    await _until_projected(request, verdicts)
-    data = [isinstance(v, Event) or (isinstance(v, Rejected) and v.code == "already_requested") for v in verdicts]
-    return envelope(True, "", data)
+            for i in ids if i not in refused]
+    verdicts = iter(await _ask_each(request, cmds))
+    answered = {i: next(verdicts) for i in ids if i not in refused}
+    await _until_projected(request, list(answered.values()))
+    data = [isinstance(v, Event) or (isinstance(v, Rejected) and v.code == "already_requested")
+            for v in (answered.get(i) for i in ids)]
+    return envelope(True, "; ".join(refused.values()), data)
 
 
 @_v1
 async def reassign(request: web.Request, params: dict[str, Any]) -> web.Response:
     """Send jobs back to ``defined`` (PanDA resetJob); PanDA answers success whatever happened."""
     ids = as_id_list(params, "job_ids")
-    actor = identity.user(request).actor
-    await _ask_each(request, [Transition(PandaID=i, action="reset", actor=actor) for i in ids])
+    caller = identity.user(request)
+    refused = await access.refused(request, caller, ids, "reassign")
+    if refused:
+        return envelope(False, "; ".join(refused.values()), None, status=403)
+    await _ask_each(request, [Transition(PandaID=i, action="reset", actor=caller.actor) for i in ids])
     return envelope(True, "", None)
 
 
 async def _set(request: web.Request, panda_id: int, attrs: dict[str, Any]) -> web.Response:
-    actor = identity.user(request).actor
-    (verdict,) = await _ask_each(request, [Transition(PandaID=panda_id, action="set", actor=actor, attrs=attrs)])
+    caller = identity.user(request)
+    refused = await access.refused(request, caller, [panda_id], "change")
+    if refused:
+        return envelope(False, refused[panda_id], None, status=403)
+    (verdict,) = await _ask_each(request, [Transition(PandaID=panda_id, action="set", actor=caller.actor,
+                                                      attrs=attrs)])
     if isinstance(verdict, Event):
         return envelope(True, "done", None)
     if verdict is None:

@@ -20,8 +20,16 @@ from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Submit, Transition
 from services.gateway.app import serve
+from services.gateway.auth import dev
 
 TRF = "http://pandaserver-doma.cern.ch:25080/trf/user/payload.sh"
+#: the identity the gateway tests act as unless a test is about identity: submits, pilots and kills
+OPERATOR = ("test-operator", ("production", "pilot"))
+
+
+def auth_headers(cfg, principal: str = OPERATOR[0], roles: tuple[str, ...] = OPERATOR[1]) -> dict[str, str]:
+    """What a client with a dev-issuer token sends: ``Authorization: Bearer`` and ``Origin: <vo>``."""
+    return dev.headers(cfg, principal, roles)
 
 
 class System:
@@ -29,6 +37,11 @@ class System:
         self.cfg = cfg
         self.url = url
         self.runner = runner
+
+    def session(self, principal: str = OPERATOR[0], roles: tuple[str, ...] = OPERATOR[1],
+                **kw: Any) -> aiohttp.ClientSession:
+        """An HTTP session that authenticates as ``principal`` with ``roles`` (dev issuer tokens)."""
+        return aiohttp.ClientSession(headers=auth_headers(self.cfg, principal, roles), **kw)
 
     def status(self, ids: list[int]) -> dict[int, str]:
         with db.connect(self.cfg) as conn:
@@ -104,4 +117,4 @@ def run(coro):
     return asyncio.run(coro)
 
 
-__all__ = ["System", "start_system", "post_form", "post_json", "run", "time"]
+__all__ = ["OPERATOR", "System", "auth_headers", "start_system", "post_form", "post_json", "run", "time"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiohttp
 from gateway_support import post_form, post_json, run, start_system
 from helpers import wait_until
 
@@ -42,7 +41,7 @@ def test_event_ranges_are_defined_handed_out_once_and_replayable(cfg, background
     api, legacy = f"{system.url}/api/v1", f"{system.url}/server/panda"
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             async with s.get(f"{api}/event/get_available_event_range_count",
                              params={"job_id": pid, "jobset_id": 3, "task_id": 42}) as r:
                 assert (await r.json())["data"] == 12

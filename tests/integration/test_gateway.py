@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import aiohttp
 from gateway_support import post_form, post_json, run, start_system
 
 from services.gateway import openapi
@@ -21,7 +20,7 @@ def test_pilot_flow_getjob_to_finished(cfg, background):
     base = f"{system.url}/server/panda"
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             t0 = time.monotonic()
             status, job = await post_form(s, f"{base}/getJob", {
                 "siteName": "LOCAL", "computingElement": "LOCAL", "prodSourceLabel": "managed",
@@ -60,8 +59,9 @@ def test_pilot_flow_getjob_to_finished(cfg, background):
     events = system.events(pid)
     assert [e["to_state"] for e in events] == ["defined", "activated", "sent", "starting", "running", "running",
                                                "holding"]
-    assert events[2]["actor"] == "pilot:wn1" and events[2]["body"]["attrs"]["modificationHost"] == "wn1"
-    assert all(e["actor"] == "pilot:gtag|PR|3.7.0.36" for e in events[3:])
+    # the actor is the authenticated identity, whatever node or pilotID the pilot sends
+    assert events[2]["actor"] == "pilot:test-operator" and events[2]["body"]["attrs"]["modificationHost"] == "wn1"
+    assert all(e["actor"] == "pilot:test-operator" for e in events[3:])
     last = events[-1]["body"]
     assert last["pilot_state"] == "finished" and json.loads(last["job_output_report"])[f"log.{pid}.tgz"]["fsize"] == 100
     assert last["attrs"]["cpuConsumptionTime"] == 3 and last["attrs"]["maxRSS"] == 1234
@@ -74,7 +74,7 @@ def test_kill_reaches_heartbeat_as_tobekilled(cfg, background):
     base = f"{system.url}/server/panda"
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             _, job = await post_form(s, f"{base}/getJob", {"siteName": "LOCAL", "node": "wn1"})
             assert job["PandaID"] == pid
             hb = {"jobId": pid, "attemptNr": 1, "node": "wn1", "state": "running"}
@@ -102,7 +102,7 @@ def test_kill_reaches_heartbeat_as_tobekilled(cfg, background):
     system.wait_status([pid], "holding")
     events = system.events(pid)
     kill = next(e for e in events if e["action"] == "kill_signal")
-    assert kill["actor"] == "anonymous" and kill["body"]["attrs"]["commandToPilot"] == "tobekilled"
+    assert kill["actor"] == "user:test-operator" and kill["body"]["attrs"]["commandToPilot"] == "tobekilled"
     assert events[-1]["action"] == "pilot_holding" and events[-1]["body"]["pilot_state"] == "failed"
     assert events[-1]["body"]["attrs"]["pilotErrorCode"] == 1144
 
@@ -111,7 +111,7 @@ def test_openapi_served_equals_checked_in(cfg, background):
     system = start_system(cfg, background)
 
     async def fetch():
-        async with aiohttp.ClientSession() as s, s.get(f"{system.url}/api/v1/openapi.json") as resp:
+        async with system.session() as s, s.get(f"{system.url}/api/v1/openapi.json") as resp:
             return resp.status, await resp.json()
 
     status, served = run(fetch())

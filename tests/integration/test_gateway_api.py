@@ -7,7 +7,7 @@ import gzip
 import json
 
 import aiohttp
-from gateway_support import TRF, post_form, post_json, run, start_system
+from gateway_support import TRF, auth_headers, post_form, post_json, run, start_system
 
 from schemas.jobspec import FileSpec, JobSpec, jobs_to_client_json
 
@@ -26,14 +26,14 @@ def client_jobs(n: int) -> str:
 def test_client_api_calls(cfg, background):
     system = start_system(cfg, background)
     api = f"{system.url}/api/v1"
-    token = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ0ZXN0LXVzZXIifQ."   # {"sub": "test-user"}
+    user = auth_headers(cfg, "test-user", ("user",))   # submits; the operator session does the rest
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             async with s.get(f"{api}/system/is_alive", headers={"Accept": "application/json"}) as r:
                 assert r.status == 200 and await r.json() == {"success": True, "message": "alive", "data": None}
             async with s.post(f"{api}/job/submit", json={"jobs": client_jobs(2)},
-                              headers={"Authorization": f"Bearer {token}", "Origin": "test"}) as r:
+                              headers=user) as r:
                 sub = await r.json()
             assert sub["success"] is True and sub["message"] == "", sub
             (p1, d1, x1), (p2, _, _) = sub["data"]
@@ -114,7 +114,7 @@ def test_v1_pilot_calls(cfg, background):
     api = f"{system.url}/api/v1/pilot"
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             _, acq = await post_json(s, f"{api}/acquire_jobs", {"site_name": "LOCAL", "node": "v1node", "n_jobs": 2})
             assert acq["success"] and acq["data"]["StatusCode"] == 0
             got = sorted(j["PandaID"] for j in acq["data"]["jobs"])
@@ -141,7 +141,7 @@ def test_v1_pilot_calls(cfg, background):
 
     run(scenario())
     system.wait_status([ids[0], ids[1]], "running")
-    assert system.events(ids[0])[2]["actor"] == "pilot:v1node"
+    assert system.events(ids[0])[2]["actor"] == "pilot:test-operator"   # the token's identity, not the node
 
 
 def test_bad_requests_never_500(cfg, background):
@@ -151,7 +151,7 @@ def test_bad_requests_never_500(cfg, background):
     api = f"{system.url}/api/v1"
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             async def raw(url, body, ctype="application/x-www-form-urlencoded", method="POST", **headers):
                 async with s.request(method, url, data=body, headers={"Content-Type": ctype, **headers}) as r:
                     return r.status, await r.text()

@@ -6,8 +6,7 @@ import asyncio
 import time
 from collections import Counter
 
-import aiohttp
-from gateway_support import post_json, run, start_system
+from gateway_support import auth_headers, post_json, run, start_system
 
 from cli.simulated_pilot import SimOptions, simulate
 from core import db
@@ -16,7 +15,8 @@ from core import db
 def test_200_pilots_never_share_a_job(cfg, background):
     system = start_system(cfg, background)
     ids = system.activated_jobs(150)
-    opts = SimOptions(url=system.url, site="LOCAL", pilots=200, jobs=2, payload_seconds=0.3, heartbeat=0.2)
+    opts = SimOptions(url=system.url, site="LOCAL", pilots=200, jobs=2, payload_seconds=0.3, heartbeat=0.2,
+                      headers=auth_headers(cfg))
     t0 = time.monotonic()
     stats = run(simulate(opts))
     elapsed = time.monotonic() - t0
@@ -42,7 +42,7 @@ def test_kill_reaches_simulated_pilots(cfg, background):
     opts = SimOptions(url=system.url, site="LOCAL", pilots=4, jobs=1, payload_seconds=8, heartbeat=heartbeat)
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             sim = asyncio.create_task(simulate(opts, s))
             await asyncio.to_thread(system.wait_status, ids, "running", 30)
             t_kill = time.monotonic()

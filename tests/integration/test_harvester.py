@@ -48,7 +48,7 @@ def test_harvester_worker_cycle_and_kill_command(cfg, background):
     measured: dict[str, float] = {}
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             _, hb = await post_json(s, f"{api}/harvester/heartbeat", {
                 "harvester_id": H, "data": {"startTime": "datetime/2026-11-28 19:00:00.000000", "sw_version": "0.6"}})
             assert hb == {"success": True, "message": "", "data": None}
@@ -143,7 +143,7 @@ def test_kill_before_the_worker_is_reported_is_delivered_when_it_is(cfg, backgro
     api = f"{system.url}/api/v1"
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             _, acq = await post_json(s, f"{api}/pilot/acquire_jobs", {"site_name": "LOCAL", "n_jobs": 1})
             assert acq["data"]["jobs"][0]["PandaID"] == pid
             _, up = await post_json(s, f"{api}/pilot/update_jobs_bulk", {"harvester_id": H,
@@ -173,7 +173,7 @@ def test_the_ledgers_snapshot_remembers_who_put_a_job_into_transferring(cfg, bac
     api = f"{system.url}/api/v1"
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             _, acq = await post_json(s, f"{api}/pilot/acquire_jobs", {"site_name": "LOCAL", "n_jobs": 2})
             assert len(acq["data"]["jobs"]) == 2
             _, up = await post_json(s, f"{api}/pilot/update_jobs_bulk", {"harvester_id": H, "job_list": [

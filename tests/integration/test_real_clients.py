@@ -16,7 +16,6 @@ payload) instead of the sum.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -43,6 +42,7 @@ from core.bus import CommandSender
 from core.topics import ensure_topics
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Submit, Transition
+from services.gateway.auth import dev
 
 try:  # the adder turns the pilot's final report (holding) into finished / cancelled
     from services.loop import ServiceLoop
@@ -108,7 +108,8 @@ def submit_pilot_job(system: System, site: str, sleep: int) -> int:
     # GUIDs are declared for the outputs as the setupper does (the generic pilot reports only the log's)
     job = JobSpec(computingSite=site, prodSourceLabel="managed", attemptNr=1, transformation=TRF,
                   jobParameters=f"hello {sleep} 0 out.{pid}.txt", jobName=f"pilot.job.{pid}", taskID=77,
-                  jobsetID=1, jobDefinitionID=1, currentPriority=1000, coreCount=1, VO="test",
+                  jobsetID=1, jobDefinitionID=1, currentPriority=1000, coreCount=1,
+                  VO=system.cfg.auth.dev_vo,   # production managers act on the jobs of their own VO
                   Files=[FileSpec(lfn=f"out.{pid}.txt", type="output", dataset="test.out",
                                   destinationDBlock="test.out_sub01", scope="test", destinationSE=endpoint,
                                   GUID=f"0e1f2a3b-4c5d-4e6f-8a9b-{pid:012d}"),
@@ -136,20 +137,17 @@ def history(system: System, pid: int) -> str:
 
 
 # ------------------------------------------------------------------------------------- panda-client
-def _token(subject: str) -> str:
-    """An unsigned JWT: the gateway does not verify tokens yet, it only takes the subject as the actor."""
-    def part(obj: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': subject, 'iss': 'pandaes-test'})}."
-
-
-def run_client(system: System, subject: str, workdir: Path, *args: str) -> dict[str, Any]:
-    """realclients/client_script.py with panda-client pointed at the gateway, as ``subject`` (OIDC)."""
+def run_client(system: System, subject: str, workdir: Path, *args: str,
+               roles: tuple[str, ...] | None = ("user",)) -> dict[str, Any]:
+    """realclients/client_script.py with panda-client pointed at the gateway, as ``subject`` with ``roles``
+    (an OIDC token of the dev issuer, sent as PANDA_AUTH=oidc sends it: Bearer + Origin); roles None: anonymous."""
     pytest.importorskip("pandaclient", reason="panda-client 2.2.0 comes with the test extra: pip install -e '.[test]'")
     server = f"{system.url}/server/panda"
     env = {**os.environ, "PANDA_URL": server, "PANDA_URL_SSL": server, "PANDACACHE_URL": server,
-           "PANDA_BEHIND_REAL_LB": "1", "PANDA_AUTH": "oidc", "PANDA_AUTH_VO": "test",
-           "PANDA_AUTH_ID_TOKEN": _token(subject), "PANDA_CONFIG_ROOT": str(workdir)}
+           "PANDA_BEHIND_REAL_LB": "1", "PANDA_CONFIG_ROOT": str(workdir)}
+    if roles is not None:
+        env.update(PANDA_AUTH="oidc", PANDA_AUTH_VO=system.cfg.auth.dev_vo,
+                   PANDA_AUTH_ID_TOKEN=dev.mint(system.cfg, subject, roles))
     proc = subprocess.run([sys.executable, str(HERE / "client_script.py"), *args], env=env, cwd=workdir,
                           capture_output=True, text=True, timeout=120)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -182,6 +180,11 @@ def test_panda_client_submit_query_kill(system, tmp_path):
             assert spec["files"] == [[f"log.client.{n}.tgz", "log"]]
     assert res["setDebugMode"][0] == 0
     assert res["killJobs"] == [0, [True]]
+    # another user's kill is refused (HTTP 403 naming the owner; panda-client logs the body and answers
+    # its communication failure, 255) and changes nothing (the status check below)
+    refused = run_client(system, "intruder", tmp_path, "kill", str(ids[1]))["killJobs"]
+    assert refused == [255, None], refused
+    assert run_client(system, "", tmp_path, "kill", str(ids[1]), roles=None)["killJobs"] == [255, None]  # anonymous
 
     system.wait_status(ids[:1], "cancelled", 30)
     assert system.status(ids[1:]) == {ids[1]: "defined"}
@@ -289,15 +292,21 @@ class PilotRun:
 
 def start_pilot(src: Path, harness: Path, run_dir: Path, system: System, queue: str, pid: int,
                 unshare: list[str]) -> PilotRun:
-    """One pilot for one job: PILOT_NOKILL=1 and its own PID namespace, always (see the module docstring)."""
+    """One pilot for one job: PILOT_NOKILL=1 and its own PID namespace, always (see the module docstring).
+    It authenticates as ``pilot-<queue>`` with a dev token file (PANDA_AUTH_TOKEN/PANDA_AUTH_ORIGIN)."""
     base = system.url
     port = base.rsplit(":", 1)[1]
     run_dir.mkdir(parents=True)
+    (run_dir / "auth").mkdir()
+    (run_dir / "auth" / "pilot.token").write_text(dev.mint(system.cfg, f"pilot-{queue}", ("pilot",)))
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PANDA", "HARVESTER", "X509", "OIDC", "PILOT"))}
     env.update(PILOT_NOKILL="1", HARVESTER_PILOT_CONFIG=str(harness / "pilot.cfg"),
                LOCAL_AGIS_SCHEDCONF=str(harness / "schedconf.json"), HARVESTER_WORKDIR=str(harness / "trf"),
-               PILOT_PYTHON=sys.executable, PILOT_SRC=str(src), RUN=str(run_dir))
+               PILOT_PYTHON=sys.executable, PILOT_SRC=str(src), RUN=str(run_dir),
+               # pilot3 reads the token file from dirname(PANDA_AUTH_DIR) and sends Bearer + Origin
+               PANDA_AUTH_TOKEN="pilot.token", PANDA_AUTH_DIR=str(run_dir / "auth" / "pilot.token"),
+               PANDA_AUTH_ORIGIN=system.cfg.auth.dev_vo)
     assert env["PILOT_NOKILL"] == "1" and unshare[:1] == ["unshare"] and "--pid" in unshare
     script = (
         '"$PILOT_PYTHON" "$PILOT_SRC/pilot.py" -q "$0" -w generic --pilot-user generic -j managed -d'
@@ -359,7 +368,8 @@ def pilots(system, request, tmp_path_factory):
                                    for p in (kill.run_dir / "work").rglob("payload.stdout"))
                        or kill.proc.poll() is not None, 60, 0.2, "the kill job's payload running")
             kill_sent["at"] = time.monotonic()   # panda-client's killJobs → POST /api/v1/job/kill
-            kill_sent["reply"] = run_client(system, "operator", client_dir, "kill", str(kill_pid))["killJobs"]
+            kill_sent["reply"] = run_client(system, "operator", client_dir, "kill", str(kill_pid),
+                                            roles=("production",))["killJobs"]
             # the pilot logs the command of each updateJob reply: watch for it (0.2 s resolution)
             wait_until(lambda: "tobekilled" in (kill.run_dir / "pilot.stdout").read_text(errors="replace")
                        or kill.proc.poll() is not None, HEARTBEAT * 3, 0.2, "tobekilled in the pilot log")
@@ -417,11 +427,10 @@ def test_real_pilot_runs_job_to_the_end(pilots):
     assert states[:5] == ["defined", "activated", "sent", "starting", "running"], _show(events)
     last_pilot = states.index("holding")
     assert all(s == "running" for s in states[4:last_pilot]) and last_pilot == len(states) - (Adder is not None) - 1
-    # actors: the submitter, the activator, the pilot by node for getJob and by pilotID for its updates
+    # actors: the submitter, the activator, then the pilot's token identity for getJob and every update
     assert events[0]["actor"] == "user:test-submitter" and events[1]["actor"] == "service:test-activator"
-    assert events[2]["actor"].startswith("pilot:") and events[2]["action"] == "dispatch"
-    pilot_actor = events[3]["actor"]
-    assert pilot_actor.startswith("pilot:") and pilot_actor.endswith(f"|{PILOT_VERSION}"), pilot_actor
+    pilot_actor = f"pilot:pilot-{QUEUE}"
+    assert events[2]["actor"] == pilot_actor and events[2]["action"] == "dispatch", _show(events[:3])
     assert all(e["actor"] == pilot_actor for e in events[3:last_pilot + 1])
     # the final report: both files with the sizes and checksums the pilot measured, and the job report
     body = events[last_pilot]["body"]

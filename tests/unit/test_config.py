@@ -50,3 +50,9 @@ def test_replace_checks_types_and_names():
         cfg.replace(kafka={"partitions": "abc"})
     with pytest.raises(config.ConfigError, match="unknown setting"):
         cfg.replace(kafka={"partition": 3})
+
+
+def test_config_declares_every_section_with_its_type():
+    hints = config.Config.__annotations__
+    assert {name: hints.get(name) for name in settings.SECTIONS} == {
+        name: f"settings.{kind.__name__}" for name, kind in settings.SECTIONS.items()}
