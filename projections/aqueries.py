@@ -33,6 +33,12 @@ async def job_bindings(conn: AsyncConnection, pandaids: Iterable[int]) -> dict[i
         return {r["pandaid"]: r for r in await cur.fetchall()}
 
 
+async def task_jobs(conn: AsyncConnection, jedi_task_id: int) -> list[tuple[int, str]]:
+    """(PandaID, status) of every job of the JEDI task, in PandaID order (archived ones included)."""
+    cur = await conn.execute(q.TASK_JOBS_SQL, (jedi_task_id,))
+    return [(r[0], r[1]) for r in await cur.fetchall()]
+
+
 async def next_pandaids(conn: AsyncConnection, n: int) -> list[int]:
     """``n`` new PandaIDs from the database's sequence."""
     cur = await conn.execute(q.NEXT_PANDAIDS_SQL, (n,))

@@ -183,6 +183,9 @@ def partition_snapshot(conn: psycopg.Connection, topic: str, partition: int) -> 
 
 #: who a job belongs to and who holds it: the actor of its submission, its prodUserID and VO, and the actor
 #: of its latest ``dispatch`` (the pilot it was sent to); read by the gateway's access checks
+#: the jobs of one JEDI task (any state), for the task operations of the gateway (jobs_task index)
+TASK_JOBS_SQL = "SELECT pandaid, status FROM jobs WHERE jedi_task_id = %s ORDER BY pandaid"
+
 JOB_BINDINGS_SQL = (
     "SELECT j.pandaid, j.spec->>'prodUserID' AS prod_user, j.spec->>'VO' AS vo,"
     " (SELECT e.actor FROM job_events e WHERE e.pandaid = j.pandaid AND e.seq = 1) AS submitted_by,"

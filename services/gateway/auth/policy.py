@@ -43,6 +43,11 @@ ENDPOINTS: dict[str, frozenset[str]] = {
     # users and production managers: submit, read, act on jobs (which ones: SUBMIT_LABELS, ACTS_ON)
     "/api/v1/job/": frozenset({USER, PRODUCTION, ADMIN}),
     "/api/v1/file_server/": frozenset({USER, PRODUCTION, ADMIN}),
+    # JEDI's task operations: over the task's jobs, each checked by ACTS_ON (pause/resume/priority: production)
+    "/api/v1/task/": frozenset({USER, PRODUCTION, ADMIN}),
+    "/api/v1/task/change_priority": frozenset({PRODUCTION, ADMIN}),
+    "/api/v1/task/pause": frozenset({PRODUCTION, ADMIN}),
+    "/api/v1/task/resume": frozenset({PRODUCTION, ADMIN}),
     "/cache/": frozenset({USER, PRODUCTION, PILOT, ADMIN}),
 }
 
