@@ -4,6 +4,10 @@ Why a new PandaID: events are immutable and a job's history ends at its final st
 new job (``attemptNr + 1``, ``parentID`` = the failed PandaID, same ``jobsetID``) and the failed one is
 marked with core Kill code 7 (stays failed, taskBufferErrorCode 106 EC_Retried).
 
+JEDI retries its own jobs: a job with a ``jediTaskID`` is never retried here. JEDI reads the failure from
+``panda.job-events`` (docs/events.md, "What JEDI reads") and generates the next attempt itself, as in PanDA,
+where the server's retry module leaves JEDI's jobs to JEDI. Jobs submitted without JEDI keep this retrier.
+
 Rules (``[retry]``): no retry when ``attemptNr >= maxAttempt`` (the job's, else ``default_max_attempt``;
 capped by ``max_attempts``), or when an error code of the job is in ``no_retry``; more memory
 (``minRamCount`` × ``memory_factor``) when one is in ``memory_errors``. Codes are ``"<field>:<code>"``
@@ -100,10 +104,17 @@ def _errors(spec: dict[str, Any]) -> set[tuple[str, int]]:
     return out
 
 
+def from_jedi(spec: dict[str, Any]) -> bool:
+    """Whether the job belongs to a JEDI task (a jediTaskID other than PanDA's empty values)."""
+    return spec.get("jediTaskID") not in (None, "NULL", "", 0, "0")
+
+
 def verdict(spec: dict[str, Any], rules: RetryRules) -> tuple[bool, str]:
     """(retry?, why) for a failed job's JobSpec dict."""
     if not rules.enabled:
         return False, "retries disabled"
+    if from_jedi(spec):
+        return False, f"JEDI retries the jobs of task {spec['jediTaskID']}"
     attempt = int(spec.get("attemptNr") or 0)
     max_attempt = min(int(spec.get("maxAttempt") or rules.default_max_attempt), rules.max_attempts)
     if attempt >= max_attempt:

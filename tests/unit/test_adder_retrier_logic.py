@@ -121,6 +121,17 @@ def test_verdict():
         parse_codes(["foo:1"], "t")
 
 
+def test_jedi_retries_its_own_jobs():
+    ok, why = verdict({"attemptNr": 1, "maxAttempt": 3, "jediTaskID": 4242}, RULES)
+    assert not ok and "JEDI" in why and "4242" in why
+    for empty in (None, "NULL", 0, "0"):   # PanDA's ways of saying "no task": the retrier keeps the job
+        assert verdict({"attemptNr": 1, "maxAttempt": 3, "jediTaskID": empty}, RULES)[0]
+    ev = JobTransitioned(PandaID=PID, seq=5, from_state="running", to_state="failed", command_id="c",
+                         action="fail", attrs={"jobDispatcherErrorCode": 100, "jediTaskID": 31})
+    view = FakeRetrierView(FILES)
+    assert Retrier(RULES).decide(ev, view) == [] and view.claims == {}
+
+
 def test_next_job_resets_runtime_links_and_adds_memory():
     spec = {"attemptNr": 2, "maxAttempt": 5, "minRamCount": 2000, "pilotErrorCode": 1212, "jobsetID": 9,
             "jobStatus": "failed", "pilotID": "p", "jobParameters": "run out.1 --log log.1", "computingSite": "X"}
