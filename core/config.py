@@ -60,6 +60,7 @@ class Config:
     log: settings.LogSettings
     monitor: settings.MonitorSettings
     auth: settings.AuthSettings
+    creds: settings.CredsSettings
 
     def __init__(self, data: Mapping[str, Mapping[str, Any]]):
         missing = set(settings.SECTIONS) - set(data)

@@ -235,6 +235,12 @@ class AuthSettings(_Section):
     tls_key: str
 
 
+class CredsSettings(_Section):
+    """[creds]"""
+
+    dir: str
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "state": StateSettings,
     "kafka": KafkaSettings,
@@ -256,4 +262,5 @@ SECTIONS: dict[str, type[_Section]] = {
     "log": LogSettings,
     "monitor": MonitorSettings,
     "auth": AuthSettings,
+    "creds": CredsSettings,
 }

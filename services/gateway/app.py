@@ -21,7 +21,7 @@ from aiohttp import web
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
-from . import cache, events, harvester, legacy, observe, openapi, tasks, v1
+from . import cache, creds, events, harvester, jedilog, legacy, observe, openapi, tasks, v1
 from .auth import dev, tls
 from .auth.gate import Gate, authenticate
 from .backend import Backend
@@ -90,6 +90,8 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     harvester.setup(app)
     events.setup(app)
     tasks.setup(app)
+    creds.setup(app)
+    jedilog.setup(app)
     cache.setup(app)
     app.router.add_get("/api/v1/openapi.json", serve_openapi)
     if cfg.auth.dev_issuer:

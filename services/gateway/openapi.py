@@ -13,6 +13,7 @@ from typing import Any
 from core.states import PILOT_STATES
 
 from .openapi_harvester import EVENTS, HARVESTER, LEGACY_EVENTS
+from .openapi_tasks import CREDS, JEDI_LOG_UPLOAD, LEGACY_CREDS, TASKS
 
 _STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 _IDS = {"oneOf": [{"type": "array", "items": _INT}, _STR], "description": "PandaIDs (list, JSON text or 'a,b')"}
@@ -171,7 +172,7 @@ def _envelope(data: Any) -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for name, summary, params, reply in [*LEGACY, *LEGACY_EVENTS]:
+    for name, summary, params, reply in [*LEGACY, *LEGACY_EVENTS, *LEGACY_CREDS]:
         op = {"summary": summary, "tags": ["legacy pilot API"], "requestBody": _form_body(params),
               "responses": _json({"$ref": f"#/components/schemas/{reply}"})}
         paths[f"/server/panda/{name}"] = {"post": op, "get": {**op, "requestBody": None, "parameters": _query(params)}}
@@ -179,7 +180,7 @@ def document() -> dict[str, Any]:
     paths["/server/panda/isAlive"] = {"get": {"summary": "Liveness: text 'alive=yes'", "tags": ["legacy pilot API"],
                                               "responses": {"200": {"description": "alive=yes",
                                                                     "content": {"text/plain": {"schema": _STR}}}}}}
-    for methods, path, summary, params, data in [*V1, *HARVESTER, *EVENTS]:
+    for methods, path, summary, params, data in [*V1, *HARVESTER, *EVENTS, *TASKS, *CREDS]:
         item: dict[str, Any] = {}
         for method in methods:
             op: dict[str, Any] = {"summary": summary, "tags": [path.split("/")[0]], "responses": _envelope(data)}
@@ -195,6 +196,9 @@ def document() -> dict[str, Any]:
                   "required": ["file"]}}}},
               "responses": {**_envelope({"type": "object"}), "413": {"description": "file larger than the limit"}}}
     paths["/api/v1/file_server/upload_cache_file"] = {"post": upload, "put": upload}
+    paths["/api/v1/file_server/upload_jedi_log"] = {"post": {**JEDI_LOG_UPLOAD, "responses": {
+        **_envelope(_STR), "403": {"description": "not production, or another identity's log"},
+        "413": {"description": "file larger than the limit"}}}}
     paths["/api/v1/openapi.json"] = {"get": {"summary": "This document", "tags": ["system"],
                                              "responses": _json({"type": "object"})}}
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics of this gateway process", "tags": ["system"],

@@ -48,6 +48,11 @@ ENDPOINTS: dict[str, frozenset[str]] = {
     "/api/v1/task/change_priority": frozenset({PRODUCTION, ADMIN}),
     "/api/v1/task/pause": frozenset({PRODUCTION, ADMIN}),
     "/api/v1/task/resume": frozenset({PRODUCTION, ADMIN}),
+    "/api/v1/file_server/upload_jedi_log": frozenset({PRODUCTION, ADMIN}),
+    # credentials from the configured store (services/gateway/creds.py; a proxy also needs the role it names)
+    "/api/v1/creds/": frozenset({PILOT, PRODUCTION, ADMIN}),
+    "/server/panda/getProxy": frozenset({PILOT, PRODUCTION, ADMIN}),
+    "/server/panda/getKeyPair": frozenset({PILOT, PRODUCTION, ADMIN}),
     "/cache/": frozenset({USER, PRODUCTION, PILOT, ADMIN}),
 }
 
