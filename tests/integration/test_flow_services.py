@@ -277,15 +277,17 @@ def test_finisher_finishes_arrived_outputs_and_fails_after_transfer_timeout(cfg,
 def test_failed_job_is_retried_once_as_a_new_pandaid(cfg, background):
     cfg = cfg.replace(retry={"memory_errors": ["pilot:1212"]})
     start_core(cfg, background)
-    pid, last, nomore = 400, 401, 402
+    pid, last, nomore, jedi = 400, 401, 402, 403
     send(cfg, [*to_running(pid, maxAttempt=3, minRamCount=2000, jobsetID=55),
-               *to_running(last, maxAttempt=1), *to_running(nomore, maxAttempt=3)])
-    wait_states(cfg, {pid: "running", last: "running", nomore: "running"})
+               *to_running(last, maxAttempt=1), *to_running(nomore, maxAttempt=3),
+               *to_running(jedi, maxAttempt=3, jediTaskID=77)])   # JEDI retries its own jobs
+    wait_states(cfg, {pid: "running", last: "running", nomore: "running", jedi: "running"})
     rules = RetryRules.from_config(cfg)
     start_loop(cfg, background, Retrier(rules), SqlRetrierView(cfg), name="retrier")
     send(cfg, [Transition(PandaID=pid, action="fail", actor="test", attrs={"pilotErrorCode": 1212}),
                Transition(PandaID=last, action="fail", actor="test", attrs={"pilotErrorCode": 1212}),
-               Transition(PandaID=nomore, action="fail", actor="test", attrs={"pilotErrorCode": 1244})])
+               Transition(PandaID=nomore, action="fail", actor="test", attrs={"pilotErrorCode": 1244}),
+               Transition(PandaID=jedi, action="fail", actor="test", attrs={"pilotErrorCode": 1212})])
 
     def retried():
         with db.connect(cfg) as conn:
@@ -314,3 +316,5 @@ def test_failed_job_is_retried_once_as_a_new_pandaid(cfg, background):
     assert len(jobs(cfg, range(0, 10**6))) == n_jobs
     marks = [e for e in events(cfg, [pid]) if e["action"] == "mark_retried"]
     assert len(marks) == 1
+    assert jobs(cfg, [jedi])[jedi]["status"] == "failed"          # left to JEDI: no retry, no mark
+    assert not [e for e in events(cfg, [jedi]) if e["action"] == "mark_retried"]
