@@ -197,6 +197,32 @@ def test_panda_client_submit_query_kill(system, tmp_path):
     assert "user:client-tester" in shown and "cancelled" in shown, shown
 
 
+def test_panda_client_task_calls(system, tmp_path):
+    """killTask / getPandaIDsWithTaskID as panda-client sends them (task_id): every job of the task killed
+    through the ledger; a user may kill only a task of jobs they own."""
+    task_id = 6060
+    with db.connect(system.cfg) as conn:
+        ids = [r[0] for r in conn.execute("SELECT nextval('pandaid_seq') FROM generate_series(1, 2)")]
+    sender = CommandSender(system.cfg)
+    try:
+        for pid in ids:
+            sender.send(Submit(PandaID=pid, actor="user:task-owner", job=JobSpec(
+                computingSite="LOCAL", prodSourceLabel="user", attemptNr=1, transformation=TRF, jediTaskID=task_id,
+                prodUserID="task-owner", jobName=f"task.job.{pid}")))
+        sender.flush()
+    finally:
+        sender.close()
+    system.wait_status(ids, "defined")
+    refused = run_client(system, "intruder", tmp_path, "task", str(task_id))
+    assert refused["killTask"] == [255, None], refused   # HTTP 403: none of the jobs is the intruder's
+    assert system.status(ids) == dict.fromkeys(ids, "defined")
+    res = run_client(system, "task-owner", tmp_path, "task", str(task_id))
+    assert res["getPandaIDsWithTaskID"] == [0, ids], res
+    assert res["killTask"] == [0, [True, 0]], res
+    system.wait_status(ids, "cancelled", 30)
+    assert all(e["body"]["kill_code"] == 50 for e in (system.events(pid)[-1] for pid in ids))
+
+
 # -------------------------------------------------------------------------------------- real pilot
 def _pilot_source(cache_dir: Path) -> Path:
     """The pilot sdist from PyPI, unpacked once into the pytest cache (not part of the tree)."""

@@ -2,7 +2,8 @@
 
 The environment names the gateway (PANDA_URL, PANDA_URL_SSL, PANDACACHE_URL, PANDA_BEHIND_REAL_LB) and,
 for an identity, PANDA_AUTH=oidc with PANDA_AUTH_VO and PANDA_AUTH_ID_TOKEN. Prints one JSON object with
-what each client call returned, as the client hands it to its caller. ``kill PANDAID…`` only kills.
+what each client call returned, as the client hands it to its caller. ``kill PANDAID…`` only kills;
+``task JEDITASKID`` lists the task's jobs and kills the task.
 """
 
 from __future__ import annotations
@@ -69,8 +70,17 @@ def kill(ids: list[int]) -> None:
     print("RESULT " + json.dumps({"killJobs": list(Client.killJobs(ids))}, default=str))
 
 
+def task(task_id: int) -> None:
+    """JEDI's task calls through panda-client: the task's PandaIDs, then killTask."""
+    out = {"getPandaIDsWithTaskID": list(Client.getPandaIDsWithTaskID(task_id)),
+           "killTask": list(Client.killTask(task_id))}
+    print("RESULT " + json.dumps(out, default=str))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "kill":   # client_script.py kill PANDAID...
         kill([int(a) for a in sys.argv[2:]])
+    elif sys.argv[1] == "task":   # client_script.py task JEDITASKID
+        task(int(sys.argv[2]))
     else:                       # client_script.py SITE
         main(sys.argv[1])
