@@ -3,6 +3,8 @@ one command per job of the task through the ledger, one verdict per job, ownersh
 
 from __future__ import annotations
 
+import time
+
 from gateway_support import post_json, run, start_system
 
 from core import db
@@ -88,3 +90,20 @@ def test_a_user_acts_only_on_the_jobs_of_a_task_they_own(cfg, background):
             assert status == 403 and k["data"] == 3, k   # none of the task's jobs is carol's
 
     run(scenario())
+
+
+def test_a_task_kill_answers_every_job_of_a_large_task(cfg, background):
+    """One verdict per job for a task of 200 jobs, sent as one batch through the ledger (prints jobs/s)."""
+    system = start_system(cfg, background)
+    ids = system.activated_jobs(200, jediTaskID=904)
+
+    async def scenario():
+        async with system.session() as s:
+            t0 = time.monotonic()
+            _, kt = await post_json(s, f"{system.url}/api/v1/task/kill", {"task_id": 904})
+            return kt, time.monotonic() - t0
+
+    kt, elapsed = run(scenario())
+    print(f"task/kill over {len(ids)} jobs: {elapsed * 1000:.0f} ms, {len(ids) / elapsed:.0f} jobs/s")
+    assert kt["data"] == 0 and [r["job_id"] for r in kt["jobs"]] == ids and all(r["ok"] for r in kt["jobs"]), kt
+    system.wait_status(ids, "cancelled")
