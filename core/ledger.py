@@ -32,6 +32,7 @@ from core.bus import TopicPartition
 from core.config import Config
 from core.machine import JobState, apply, decide
 from schemas.messages import Rejected, decode_command, decode_event, encode, key_of
+from schemas.storable import problem_in_json
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +199,17 @@ class Ledger:
             cmd = decode_command(m.value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             pid = _panda_id_from_key(m.key)
-            out = Rejected(PandaID=pid, actor="ledger", command_id="", command_type="undecodable",
+            command_id, command_type = _identity(m.value)
+            out = Rejected(PandaID=pid, actor="ledger", command_id=command_id, command_type=command_type,
                            code="bad_command", reason=f"cannot decode command: {exc}", src=src)
             self._send_rejection(out)
+            return
+        unstorable = problem_in_json(m.value, cmd)
+        if unstorable is not None:
+            # a value no reader could store would stop every consumer of the event: never write it
+            self._send_rejection(Rejected(
+                PandaID=cmd.PandaID, actor="ledger", correlation_id=cmd.correlation_id, command_id=cmd.id,
+                command_type=cmd.__struct_config__.tag, code="unstorable", reason=str(unstorable), src=src))
             return
         out = decide(jobs.get(cmd.PandaID), cmd, src)
         if isinstance(out, Rejected):
@@ -223,6 +232,19 @@ class Ledger:
             self.consumer.close()
         finally:
             self.producer.close()
+
+
+def _identity(raw: bytes) -> tuple[str, str]:
+    """(id, type) of a command that does not decode, when its JSON says: the sender waits for that id."""
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return "", "undecodable"
+    if not isinstance(obj, dict):
+        return "", "undecodable"
+    cid, tag = obj.get("id"), obj.get("type")
+    return (cid if isinstance(cid, str) and "\x00" not in cid else "",
+            tag if isinstance(tag, str) and tag.isidentifier() else "undecodable")
 
 
 def _panda_id_from_key(key: bytes | None) -> int:

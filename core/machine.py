@@ -13,7 +13,7 @@ from transitions import Machine, MachineError
 
 from core import states as S
 from core.states import JobStatus, PilotState
-from schemas.jobspec import JOB_ATTRIBUTES
+from schemas.jobspec import JOB_ATTRIBUTES, NULL, JobSpec
 from schemas.messages import (
     Command,
     Event,
@@ -139,6 +139,14 @@ def _check_attrs(attrs: dict) -> str | None:
     bad = [k for k in attrs if k not in _JOB_ATTRS or k in _PROTECTED]
     if bad:
         return f"unknown or protected JobSpec attributes: {', '.join(sorted(bad))}"
+    # every value must be what the JobSpec declares (type and range, as numeric text PanDA would convert):
+    # the projections store attrs in typed columns, and a value that does not fit would stop them there
+    values = {k: v for k, v in attrs.items() if v is not None and v != NULL}
+    if values:
+        try:
+            msgspec.convert(values, JobSpec, strict=False)
+        except msgspec.ValidationError as exc:
+            return f"attribute value does not fit the JobSpec: {str(exc).replace('$.', 'attrs.')}"
     return None
 
 

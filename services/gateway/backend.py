@@ -19,6 +19,9 @@ from core import db
 from core.bus import CommandSender, Delivery, OutcomeWaiter
 from core.config import Config
 from schemas.messages import Command, Event, Rejected
+from schemas.storable import problem
+
+from .params import BadRequest
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,11 @@ class Backend:
     async def ask_many(self, cmds: list[Command], timeout: float) -> list[Event | Rejected]:
         """Send commands together; every verdict or the first failure (Unavailable / VerdictTimeout)."""
         assert self.waiter is not None and self.sender is not None, "backend not started"
+        for cmd in cmds:
+            # nothing the readers of the log could not store is written to it (the ledger checks again)
+            unstorable = problem(cmd)
+            if unstorable is not None:
+                raise BadRequest(unstorable.message, field=unstorable.field or None)
         verdicts = [self.waiter.expect(c.id) for c in cmds]
         acks: list[concurrent.futures.Future] = []
         try:

@@ -19,6 +19,8 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from schemas.storable import text_problem
+
 _MISSING = object()
 
 
@@ -103,7 +105,11 @@ def as_str(params: Mapping[str, Any], *names: str, default: Any = _MISSING, max_
         return default
     if isinstance(value, dict | list):
         raise BadRequest("expected a string", field=name)
-    return str(value)[:max_len]
+    text = str(value)
+    problem = text_problem(text)
+    if problem:
+        raise BadRequest(problem, field=name)
+    return text[:max_len]
 
 
 def as_int(params: Mapping[str, Any], *names: str, default: Any = _MISSING) -> Any:

@@ -58,7 +58,8 @@ def dispatch_request(params: Mapping[str, Any], queue: Mapping[str, Any] | None)
 
 async def get_jobs(request: web.Request, params: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]], str]:
     """(StatusCode, pilot job dicts, errorDialog) for a getJob / acquire_jobs call."""
-    queue = await queues.queuedata(request.app, str(params.get("siteName") or ""))
+    site = as_str(params, "siteName", max_len=128)   # checked before it reaches a query
+    queue = await queues.queuedata(request.app, site)
     req = dispatch_request(params, queue)
     caller = identity.pilot(request, params)
     try:
