@@ -26,6 +26,7 @@ MIGRATIONS: tuple[Path, ...] = (
     _ROOT / "services" / "sitedata" / "migrations",  # sites, site_versions
     _ROOT / "services" / "reactors" / "migrations",  # datasets, dataset_files, retries, adder_pending
     _ROOT / "services" / "gateway" / "migrations",   # dispatcher leases
+    _ROOT / "services" / "dead_letters" / "migrations",  # service_dead_letters (services/loop.py)
 )
 
 
