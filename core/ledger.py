@@ -110,9 +110,12 @@ class Ledger:
         last_src = -1
         n = 0
         for rec in bus.read_partition(self.cfg, self.events_topic, p, start):
-            ev = decode_event(rec.value)
+            ev = _decode_for_fold(rec.value, p, rec.offset)
+            if ev is None:
+                continue
             if jobs.get(ev.PandaID) is None or ev.seq == jobs[ev.PandaID].seq + 1:
-                jobs[ev.PandaID] = apply(jobs.get(ev.PandaID), ev)
+                jobs[ev.PandaID] = apply(jobs.get(ev.PandaID), ev) if not isinstance(ev, _Loose) \
+                    else ev.fold(jobs.get(ev.PandaID))
             if ev.src:
                 last_src = max(last_src, ev.src[1])
             n += 1
@@ -150,8 +153,8 @@ class Ledger:
             for rec in bus.read_partition(self.cfg, self.events_topic, partition, start, end):
                 last = rec
             if last is not None:
-                ev = decode_event(last.value)
-                return ev.src[1] if ev.src else -1
+                ev = _decode_for_fold(last.value, partition, last.offset)
+                return ev.src[1] if ev is not None and ev.src else -1
             if start == 0:
                 break
             window *= 4
@@ -232,6 +235,48 @@ class Ledger:
             self.consumer.close()
         finally:
             self.producer.close()
+
+
+class _Loose(msgspec.Struct):
+    """What the fold needs of an event that no longer decodes as the contract (written before a check
+    existed, e.g. a priority beyond 32 bits): its place in the job's sequence and the remembered attributes."""
+
+    PandaID: int
+    seq: int
+    to_state: str
+    attrs: dict = {}
+    job: dict = {}
+    src: list = []
+
+    def fold(self, job: JobState | None) -> JobState:
+        values = {**self.job, **self.attrs}
+        base = job or JobState(PandaID=self.PandaID, state=self.to_state, seq=0)
+
+        def text(name: str, default: str | None) -> str | None:
+            value = values.get(name, default)
+            return value if value is None or isinstance(value, str) else default
+        attempt = values.get("attemptNr", base.attempt_nr)
+        return JobState(PandaID=self.PandaID, state=self.to_state, seq=self.seq,
+                        attempt_nr=attempt if isinstance(attempt, int) else base.attempt_nr,
+                        command_to_pilot=text("commandToPilot", base.command_to_pilot),
+                        special_handling=text("specialHandling", base.special_handling),
+                        label=text("prodSourceLabel", base.label))
+
+
+def _decode_for_fold(raw: bytes, partition: int, offset: int):
+    """An event of the log for the ledger's fold: decoded, loosely decoded, or None (not an event at all)."""
+    try:
+        return decode_event(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        try:
+            loose = msgspec.json.decode(raw, type=_Loose)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.error("partition %d offset %d of the events topic is not an event (%s): not folded", partition,
+                      offset, exc)
+            return None
+        log.error("event at partition %d offset %d (PandaID %d seq %d) does not decode as the contract (%s): "
+                  "folded from its sequence and state only", partition, offset, loose.PandaID, loose.seq, exc)
+        return loose
 
 
 def _identity(raw: bytes) -> tuple[str, str]:
