@@ -234,6 +234,7 @@ def _decide_pilot(job: JobState, cmd: PilotUpdate, src: list[int]) -> Event | Re
     return _event(
         cmd, job, outcome, new_state, src, attrs=cmd.attrs, pilot_state=cmd.state,
         report=cmd.report if final else None, metadata=cmd.metadata if final else None,
+        report_ref=cmd.report_ref if final else None, metadata_ref=cmd.metadata_ref if final else None,
         reply=job.pilot_reply(),
     )
 

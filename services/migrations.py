@@ -22,6 +22,7 @@ from core.config import Config
 _ROOT = Path(__file__).resolve().parent.parent
 
 MIGRATIONS: tuple[Path, ...] = (
+    _ROOT / "core" / "migrations",                  # payloads: large fields beside the events (core/payloads.py)
     _ROOT / "projections" / "migrations",           # read models: jobs, files, job_events, positions
     _ROOT / "services" / "sitedata" / "migrations",  # sites, site_versions
     _ROOT / "services" / "reactors" / "migrations",  # datasets, dataset_files, retries, adder_pending

@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from core import db
 from core.bus import CommandSender, Delivery, OutcomeWaiter
 from core.config import Config
-from schemas.messages import Command, Event, Rejected
+from schemas.messages import Command, Event, Rejected, encode
 from schemas.storable import problem
 
 from .params import BadRequest
@@ -70,6 +70,10 @@ class Backend:
             unstorable = problem(cmd)
             if unstorable is not None:
                 raise BadRequest(unstorable.message, field=unstorable.field or None)
+            size, limit = len(encode(cmd)), int(self.cfg.kafka.max_message_bytes)
+            if size > limit:   # the log would refuse it on every try: a final answer instead of "try again"
+                raise BadRequest(f"the command for PandaID {cmd.PandaID} is {size} bytes, more than the log's "
+                                 f"message limit of {limit} bytes", status=413)
         verdicts = [self.waiter.expect(c.id) for c in cmds]
         acks: list[concurrent.futures.Future] = []
         try:
