@@ -28,5 +28,5 @@ def test_only_outages_are_turned_into_one_line():
         pass
 
     assert "broker is unreachable" in outage.describe(KafkaTimeoutError("no answer"))
-    assert "unreachable" in outage.describe(ConnectionRefusedError("refused"))
+    assert "connection failed" in outage.describe(ConnectionRefusedError("refused"))
     assert outage.describe(KeyError("a bug keeps its traceback")) is None
