@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["INT64", "Unstorable", "find", "problem", "problem_in_json", "text_problem"]
+__all__ = ["INT64", "Unstorable", "encoded", "find", "problem", "problem_in_json", "text_problem"]
 
 INT64 = (-(2**63), 2**63 - 1)
 _NUL_ESCAPE = b"\\u0000"
@@ -100,15 +100,23 @@ def problem_in_json(raw: bytes, message: Any) -> Unstorable | None:
 def problem(message: Any) -> Unstorable | None:
     """What in ``message`` (about to be sent) cannot be stored, or None."""
     try:
+        encoded(message)
+    except Unstorable as exc:
+        return exc
+    return None
+
+
+def encoded(message: Any) -> bytes:
+    """``message`` as the JSON that will be sent; Unstorable (naming the field) if it cannot be stored."""
+    try:
         raw = _encode(message)
     except (UnicodeEncodeError, OverflowError, TypeError):
         hit = find(message)
-        return Unstorable(*hit) if hit else Unstorable("", "cannot be encoded as JSON")
-    if _NUL_ESCAPE in raw:
-        hit = find(message)
-        return Unstorable(*hit) if hit else None
-    hit = _big_int(message)
-    return Unstorable(*hit) if hit else None
+        raise (Unstorable(*hit) if hit else Unstorable("", "cannot be encoded as JSON")) from None
+    hit = find(message) if _NUL_ESCAPE in raw else _big_int(message)
+    if hit:
+        raise Unstorable(*hit)
+    return raw
 
 
 def _big_int(message: Any) -> tuple[str, str] | None:

@@ -25,10 +25,11 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
     OSError,              # ConnectionError, TimeoutError, a storage endpoint away
+    BufferError,          # a Kafka client's local queue full
 )
 #: Transient failures known by class name: the jobs projection behind, the Kafka clients' own errors
 #: (this floor neither imports the projections nor a Kafka client)
-_TRANSIENT_NAMES = frozenset({"ProjectionLag", "KafkaError", "KafkaException"})
+_TRANSIENT_NAMES = frozenset({"ProjectionLag", "KafkaError", "KafkaException", "BrokerUnreachable"})
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -18,8 +18,8 @@ from psycopg_pool import AsyncConnectionPool
 from core import db
 from core.bus import CommandSender, Delivery, OutcomeWaiter
 from core.config import Config
-from schemas.messages import Command, Event, Rejected, encode
-from schemas.storable import problem
+from schemas.messages import Command, Event, Rejected
+from schemas.storable import Unstorable, encoded
 
 from .params import BadRequest
 
@@ -65,12 +65,13 @@ class Backend:
     async def ask_many(self, cmds: list[Command], timeout: float) -> list[Event | Rejected]:
         """Send commands together; every verdict or the first failure (Unavailable / VerdictTimeout)."""
         assert self.waiter is not None and self.sender is not None, "backend not started"
+        limit = int(self.cfg.kafka.max_message_bytes)
         for cmd in cmds:
             # nothing the readers of the log could not store is written to it (the ledger checks again)
-            unstorable = problem(cmd)
-            if unstorable is not None:
-                raise BadRequest(unstorable.message, field=unstorable.field or None)
-            size, limit = len(encode(cmd)), int(self.cfg.kafka.max_message_bytes)
+            try:
+                size = len(encoded(cmd))
+            except Unstorable as exc:
+                raise BadRequest(exc.message, field=exc.field or None) from None
             if size > limit:   # the log would refuse it on every try: a final answer instead of "try again"
                 raise BadRequest(f"the command for PandaID {cmd.PandaID} is {size} bytes, more than the log's "
                                  f"message limit of {limit} bytes", status=413)
