@@ -573,6 +573,8 @@ def jobs_from_client_json(text: str | bytes) -> list[JobSpec]:
         states = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         raise SpecError(f"jobs: invalid JSON: {exc}") from None
+    except UnicodeEncodeError:
+        raise SpecError("jobs: is not valid Unicode (a lone surrogate)") from None
     return jobs_from_client_states(states)
 
 

@@ -65,6 +65,10 @@ def test_the_contract_declares_the_integer_ranges_of_the_columns():
 def test_the_converters_refuse_unstorable_text():
     with pytest.raises(SpecError, match=r"job 0: jobName: expected storable text \(contains a NUL character\)"):
         job_from_dict({"jobName": f"a{NUL}b"})
+    with pytest.raises(SpecError, match="lone surrogate"):
+        job_from_dict({"jobName": "\ud800"})
+    with pytest.raises(SpecError, match="jobs: is not valid Unicode"):
+        jobs_from_client_json('[["\ud800", []]]')
 
 
 def test_the_ledger_rules_check_attrs_against_the_jobspec():
