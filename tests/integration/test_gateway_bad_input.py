@@ -34,6 +34,12 @@ def test_bad_input_is_a_4xx_never_a_5xx(cfg, background):
             async with s.post(f"{legacy}/updateJobsInBulk", data={"jobList": NESTED}) as r:
                 body = await r.json(content_type=None)
                 assert r.status == 400 and body["StatusCode"] == 50, body
+            # a lone surrogate (a JSON escape no UTF-8 text can hold) in a parameter or inside the jobs text
+            for route, body in (("job/set_command", r'{"job_id": 1, "command": "\ud800"}'),
+                                ("job/submit", r'{"jobs": "[[\"\ud800\", []]]"}')):
+                async with s.post(f"{api}/{route}", data=body, headers={"Content-Type": "application/json"}) as r:
+                    reply = await r.json()
+                    assert r.status == 400 and "surrogate" in reply["message"], reply
             # a NUL in getJob's query parameters never reaches the database
             for name in ("siteName", "prodSourceLabel", "computingElement"):
                 params = {"siteName": "LOCAL", name: "A\x00B"}
