@@ -4,6 +4,10 @@ Per poll: group records by partition, decode each once, let every projection app
 has not seen yet, store each projection's next offset — all in one database transaction. Kafka
 group offsets are committed afterwards only to show lag; the database positions are the truth, and
 on (re)assignment the consumer seeks to them.
+
+A batch that fails on a value the database refuses (or an event that does not decode) is applied
+again event by event, each in a savepoint; the event that still fails becomes a dead letter
+(``projections.deadletters``) in the same transaction as the position that moves past it.
 """
 
 from __future__ import annotations
