@@ -68,7 +68,12 @@ def run_in_process(name: str, cfg: Config) -> None:
 
 
 class Supervisor:
-    """Keeps one process per requested component alive; restarts crashed ones with a back-off."""
+    """Keeps one process per requested component alive; restarts crashed ones with a back-off.
+
+    The back-off doubles with each crash in a row (2 s … 30 s) and starts again from the beginning once a
+    component has run ``HEALTHY_AFTER`` seconds: crashes long ago do not slow down the next restart."""
+
+    HEALTHY_AFTER = 60.0   # seconds of uptime after which a component counts as healthy again
 
     def __init__(self, names: list[str], env: dict[str, str], log=print, metrics_ports: dict[str, int] | None = None):
         self.names = names
@@ -77,12 +82,21 @@ class Supervisor:
         self.log = log
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {n: 0 for n in names}
+        self.started: dict[str, float] = {}
 
     def _start(self, name: str) -> None:
         env = dict(self.env)
         if name in self.metrics_ports:
             env["PANDAES_METRICS_PORT"] = str(self.metrics_ports[name])
+        self.started[name] = time.monotonic()
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "cli.main", "component", name], env=env)
+
+    def next_delay(self, name: str, now: float) -> float:
+        """Count the exit of ``name`` (seen at ``now``, monotonic) and return the wait before its restart."""
+        if now - self.started.get(name, now) >= self.HEALTHY_AFTER:
+            self.restarts[name] = 0   # it was healthy: this crash is the first of a new series
+        self.restarts[name] += 1
+        return min(30, 2 ** min(self.restarts[name], 5))
 
     def start(self) -> None:
         for name in self.names:
@@ -95,8 +109,7 @@ class Supervisor:
                 code = proc.poll()
                 if code is None:
                     continue
-                self.restarts[name] += 1
-                delay = min(30, 2 ** min(self.restarts[name], 5))
+                delay = self.next_delay(name, time.monotonic())
                 self.log(f"component {name} exited with {code}; restarting in {delay}s "
                          f"(restart #{self.restarts[name]})")
                 if stop.wait(delay):

@@ -300,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from cli import outage
+        line = outage.describe(exc)
+        if line is None:
+            raise
+        print(f"pandaes {args.command}: {line}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ compares) and ``bench/rebuild_rate.py``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -26,11 +27,13 @@ from cli.logread import count_between, log_bounds, read_log
 from cli.progress import Progress
 from core import db
 from core.config import Config
+from projections import deadletters
 from projections.base import POSITIONS_TABLE, Projection, Record, drop_positions, load_positions, save_position
 from projections.runner import ALL
 from schemas.messages import decode_event
 
 Log = Callable[[str], object]
+log = logging.getLogger(__name__)
 
 
 class RebuildError(RuntimeError):
@@ -103,16 +106,18 @@ def apply_log(cfg: Config, conn: psycopg.Connection, projections: Sequence[Proje
     topic = cfg.kafka.events_topic
     n = since_commit = 0
     for partition, recs in read_log(cfg, start=start, end=end):
-        records = [Record(partition, r.offset, r.value, decode_event(r.value)) for r in recs]
+        records = _decoded(partition, recs)
         if on_event is not None:
             for rec in records:
                 on_event(partition, rec.offset, rec.event)
         for proj in projections:
             limit = (until or {}).get(proj.name, {}).get(partition)
             mine = records if limit is None else [r for r in records if r.offset < limit]
+            read = [r.offset for r in recs if limit is None or r.offset < limit]
             if mine:
-                proj.apply(conn, mine)
-                save_position(conn, proj.name, topic, partition, mine[-1].offset + 1)
+                _apply_skipping_poison(conn, proj, mine)
+            if read:
+                save_position(conn, proj.name, topic, partition, read[-1] + 1)
         n += len(records)
         since_commit += len(records)
         if progress:
@@ -121,6 +126,42 @@ def apply_log(cfg: Config, conn: psycopg.Connection, projections: Sequence[Proje
             conn.commit()
             since_commit = 0
     return n
+
+
+def _decoded(partition: int, recs) -> list[Record]:
+    """The records that decode as events; the others are logged and left out, as the projector does."""
+    out: list[Record] = []
+    for r in recs:
+        try:
+            out.append(Record(partition, r.offset, r.value, decode_event(r.value)))
+        except deadletters.POISON as exc:
+            log.error("partition %d offset %d is not an event (%s): skipped, as the projector did", partition,
+                      r.offset, deadletters.describe(exc))
+    return out
+
+
+def _apply_skipping_poison(conn: psycopg.Connection, proj: Projection, records: list[Record]) -> None:
+    """Apply ``records``; if the database refuses one, apply them one by one and leave that one out (the
+    live projector has it in projection_dead_letters). Plain SAVEPOINT statements: they open no transaction
+    of their own, so the caller's commits (``commit_every``) stay where they were."""
+    if _in_savepoint(conn, lambda: proj.apply(conn, records)):
+        return
+    for rec in records:
+        if not _in_savepoint(conn, lambda rec=rec: proj.apply(conn, [rec])):
+            log.error("%s cannot apply the event at partition %d offset %d (PandaID %s, seq %s): skipped, as "
+                      "the projector did", proj.name, rec.partition, rec.offset, rec.event.PandaID, rec.event.seq)
+
+
+def _in_savepoint(conn: psycopg.Connection, fn: Callable[[], object]) -> bool:
+    """Run ``fn`` inside a savepoint; False (and rolled back to it) if the database refused a value."""
+    conn.execute("SAVEPOINT apply_log")
+    try:
+        fn()
+    except deadletters.POISON:
+        conn.execute("ROLLBACK TO SAVEPOINT apply_log")
+        return False
+    conn.execute("RELEASE SAVEPOINT apply_log")
+    return True
 
 
 @dataclasses.dataclass

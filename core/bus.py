@@ -461,6 +461,10 @@ class _Ref(msgspec.Struct):
 _ref_decoder = msgspec.json.Decoder(_Ref)
 
 
+class BrokerUnreachable(RuntimeError):
+    """The broker did not answer in time (the command line turns this into one line, cli/outage.py)."""
+
+
 class OutcomeWaiter:
     """Resolves futures with the ledger's answer (event or rejection) to a given command id.
 
@@ -479,7 +483,7 @@ class OutcomeWaiter:
         self._thread = threading.Thread(target=self._run, name="outcome-waiter", daemon=True)
         self._thread.start()
         if not self._ready.wait(30):
-            raise RuntimeError("outcome waiter could not reach Kafka within 30 s")
+            raise BrokerUnreachable("outcome waiter could not reach Kafka within 30 s")
 
     def expect(self, command_id: str) -> Future:
         fut: Future = Future()

@@ -32,6 +32,7 @@ from core.bus import TopicPartition
 from core.config import Config
 from core.machine import JobState, apply, decide
 from schemas.messages import Rejected, decode_command, decode_event, encode, key_of
+from schemas.storable import problem_in_json
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,12 @@ class Ledger:
         last_src = -1
         n = 0
         for rec in bus.read_partition(self.cfg, self.events_topic, p, start):
-            ev = decode_event(rec.value)
+            ev = _decode_for_fold(rec.value, p, rec.offset)
+            if ev is None:
+                continue
             if jobs.get(ev.PandaID) is None or ev.seq == jobs[ev.PandaID].seq + 1:
-                jobs[ev.PandaID] = apply(jobs.get(ev.PandaID), ev)
+                jobs[ev.PandaID] = apply(jobs.get(ev.PandaID), ev) if not isinstance(ev, _Loose) \
+                    else ev.fold(jobs.get(ev.PandaID))
             if ev.src:
                 last_src = max(last_src, ev.src[1])
             n += 1
@@ -151,8 +155,8 @@ class Ledger:
             for rec in bus.read_partition(self.cfg, self.events_topic, partition, start, end):
                 last = rec
             if last is not None:
-                ev = decode_event(last.value)
-                return ev.src[1] if ev.src else -1
+                ev = _decode_for_fold(last.value, partition, last.offset)
+                return ev.src[1] if ev is not None and ev.src else -1
             if start == 0:
                 break
             window *= 4
@@ -204,14 +208,22 @@ class Ledger:
             cmd = decode_command(m.value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             pid = _panda_id_from_key(m.key)
-            out = Rejected(PandaID=pid, actor="ledger", command_id="", command_type="undecodable",
+            command_id, command_type = _identity(m.value)
+            out = Rejected(PandaID=pid, actor="ledger", command_id=command_id, command_type=command_type,
                            code="bad_command", reason=f"cannot decode command: {exc}", src=src)
             self._send_rejection(out)
             return
         with logs.bind_message(cmd):
-            self._verdict(partition, cmd, src, jobs)
+            self._verdict(partition, cmd, m.value, src, jobs)
 
-    def _verdict(self, partition: int, cmd, src: list[int], jobs: dict[int, JobState]) -> None:
+    def _verdict(self, partition: int, cmd, raw: bytes, src: list[int], jobs: dict[int, JobState]) -> None:
+        unstorable = problem_in_json(raw, cmd)
+        if unstorable is not None:
+            # a value no reader could store would stop every consumer of the event: never write it
+            self._send_rejection(Rejected(
+                PandaID=cmd.PandaID, actor="ledger", correlation_id=cmd.correlation_id, command_id=cmd.id,
+                command_type=cmd.__struct_config__.tag, code="unstorable", reason=str(unstorable), src=src))
+            return
         out = decide(jobs.get(cmd.PandaID), cmd, src)
         if isinstance(out, Rejected):
             self._send_rejection(out)
@@ -235,6 +247,61 @@ class Ledger:
             self.consumer.close()
         finally:
             self.producer.close()
+
+
+class _Loose(msgspec.Struct):
+    """What the fold needs of an event that no longer decodes as the contract (written before a check
+    existed, e.g. a priority beyond 32 bits): its place in the job's sequence and the remembered attributes."""
+
+    PandaID: int
+    seq: int
+    to_state: str
+    attrs: dict = {}
+    job: dict = {}
+    src: list = []
+
+    def fold(self, job: JobState | None) -> JobState:
+        values = {**self.job, **self.attrs}
+        base = job or JobState(PandaID=self.PandaID, state=self.to_state, seq=0)
+
+        def text(name: str, default: str | None) -> str | None:
+            value = values.get(name, default)
+            return value if value is None or isinstance(value, str) else default
+        attempt = values.get("attemptNr", base.attempt_nr)
+        return JobState(PandaID=self.PandaID, state=self.to_state, seq=self.seq,
+                        attempt_nr=attempt if isinstance(attempt, int) else base.attempt_nr,
+                        command_to_pilot=text("commandToPilot", base.command_to_pilot),
+                        special_handling=text("specialHandling", base.special_handling),
+                        label=text("prodSourceLabel", base.label))
+
+
+def _decode_for_fold(raw: bytes, partition: int, offset: int):
+    """An event of the log for the ledger's fold: decoded, loosely decoded, or None (not an event at all)."""
+    try:
+        return decode_event(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        try:
+            loose = msgspec.json.decode(raw, type=_Loose)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.error("partition %d offset %d of the events topic is not an event (%s): not folded", partition,
+                      offset, exc)
+            return None
+        log.error("event at partition %d offset %d (PandaID %d seq %d) does not decode as the contract (%s): "
+                  "folded from its sequence and state only", partition, offset, loose.PandaID, loose.seq, exc)
+        return loose
+
+
+def _identity(raw: bytes) -> tuple[str, str]:
+    """(id, type) of a command that does not decode, when its JSON says: the sender waits for that id."""
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return "", "undecodable"
+    if not isinstance(obj, dict):
+        return "", "undecodable"
+    cid, tag = obj.get("id"), obj.get("type")
+    return (cid if isinstance(cid, str) and "\x00" not in cid else "",
+            tag if isinstance(tag, str) and tag.isidentifier() else "undecodable")
 
 
 def _panda_id_from_key(key: bytes | None) -> int:

@@ -9,13 +9,15 @@ PanDA's updateJob guard rules and kill codes come from the same module.
 from __future__ import annotations
 
 import datetime as dt
+import typing
+from datetime import datetime
 
 import msgspec
 from transitions import Machine, MachineError
 
 from core import states as S
 from core.states import JobStatus, PilotState
-from schemas.jobspec import JOB_ATTRIBUTES
+from schemas.jobspec import JOB_ATTRIBUTES, NULL, JobSpec
 from schemas.messages import (
     Command,
     Event,
@@ -143,10 +145,48 @@ def _pilot_outcome(job: JobState, reported: PilotState | str) -> str | None:
     return None
 
 
+def _attr_kinds() -> dict[str, tuple[type, int | None, int | None]]:
+    """JobSpec attribute → (base type, lowest, highest) from the contract's annotations."""
+    out: dict[str, tuple[type, int | None, int | None]] = {}
+    for f in msgspec.structs.fields(JobSpec):
+        if f.name == "Files":
+            continue
+        (base,) = (t for t in typing.get_args(f.type) if t is not type(None))
+        meta = next((m for m in getattr(base, "__metadata__", ()) if isinstance(m, msgspec.Meta)), None)
+        out[f.name] = (getattr(base, "__origin__", base), meta.ge if meta else None, meta.le if meta else None)
+    return out
+
+
+_ATTR_KINDS = _attr_kinds()
+
+
+def _fits(name: str, value: object) -> bool:
+    """The fast common case: the value already has the attribute's type (and range)."""
+    base, low, high = _ATTR_KINDS[name]
+    kind = type(value)
+    if kind is base:
+        return low is None or low <= value <= high  # type: ignore[operator]
+    if base is datetime and kind is str:   # pilots' times arrive as ISO text
+        try:
+            datetime.fromisoformat(value)  # type: ignore[arg-type]
+        except ValueError:
+            return False
+        return True
+    return base is float and kind is int
+
+
 def _check_attrs(attrs: dict) -> str | None:
     bad = [k for k in attrs if k not in _JOB_ATTRS or k in _PROTECTED]
     if bad:
         return f"unknown or protected JobSpec attributes: {', '.join(sorted(bad))}"
+    # every value must be what the JobSpec declares (type and range, as numeric text PanDA would convert):
+    # the projections store attrs in typed columns, and a value that does not fit would stop them there
+    values = {k: v for k, v in attrs.items() if v is not None and v != NULL and not _fits(k, v)}
+    if values:
+        try:
+            msgspec.convert(values, JobSpec, strict=False)
+        except msgspec.ValidationError as exc:
+            return f"attribute value does not fit the JobSpec: {str(exc).replace('$.', 'attrs.')}"
     return None
 
 
@@ -239,6 +279,7 @@ def _decide_pilot(job: JobState, cmd: PilotUpdate, src: list[int]) -> Event | Re
     return _event(
         cmd, job, outcome, new_state, src, attrs=attrs, pilot_state=cmd.state,
         report=cmd.report if final else None, metadata=cmd.metadata if final else None,
+        report_ref=cmd.report_ref if final else None, metadata_ref=cmd.metadata_ref if final else None,
         reply=job.pilot_reply(),
     )
 

@@ -45,6 +45,7 @@ class KafkaSettings(_Section):
     session_timeout_ms: int
     heartbeat_interval_ms: int
     transaction_timeout_ms: int
+    max_message_bytes: int
     client: str
 
 
@@ -72,6 +73,7 @@ class GatewaySettings(_Section):
     default_queues: list[str]
     max_body_bytes: int
     submit_max_jobs: int
+    inline_payload_bytes: int
 
 
 class DispatcherSettings(_Section):

@@ -4,6 +4,10 @@ Per poll: group records by partition, decode each once, let every projection app
 has not seen yet, store each projection's next offset — all in one database transaction. Kafka
 group offsets are committed afterwards only to show lag; the database positions are the truth, and
 on (re)assignment the consumer seeks to them.
+
+A batch that fails on a value the database refuses (or an event that does not decode) is applied
+again event by event, each in a savepoint; the event that still fails becomes a dead letter
+(``projections.deadletters``) in the same transaction as the position that moves past it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import psycopg
 
 from core import bus, db, metrics
 from core.config import Config
+from projections import deadletters
 from projections.archive import ArchiveProjection
 from projections.base import Projection, Record, load_positions, save_position
 from projections.files import FilesProjection
@@ -47,6 +52,7 @@ class ProjectionRunner:
         self.on_batch = on_batch
         self.db = self._connection(search_path)
         self.positions: dict[str, dict[int, int]] = {}
+        self.dead_letters = 0      # events set aside since start (also rows of projection_dead_letters)
         self.consumer = bus.consumer(cfg, group_id=self.group_id,
                                      max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)))
         self.consumer.subscribe([self.topic], on_assign=self.seek_to_positions)
@@ -81,21 +87,17 @@ class ProjectionRunner:
         self.lag.observe(polled)
         if not polled:
             return 0
-        n = 0
         started = time.monotonic()
-        with self.conn.transaction():
-            for tp, msgs in polled.items():
-                records = [Record(tp.partition, m.offset, m.value, decode_event(m.value)) for m in msgs]
-                for proj in self.projections:
-                    done = self.positions.setdefault(proj.name, {}).get(tp.partition, 0)
-                    fresh = [r for r in records if r.offset >= done]
-                    if not fresh:
-                        continue
-                    proj.apply(self.conn, fresh)
-                    nxt = fresh[-1].offset + 1
-                    save_position(self.conn, proj.name, self.topic, tp.partition, nxt)
-                    self.positions[proj.name][tp.partition] = nxt
-                n += len(records)
+        before = {name: dict(pos) for name, pos in self.positions.items()}
+        try:
+            n = self._apply(polled, careful=False)
+        except deadletters.POISON as exc:
+            # the whole batch was rolled back: apply it again event by event, so only the event that
+            # cannot be stored is set aside (dead letter) and every other one is applied
+            self.positions = before
+            log.warning("a batch of %d events failed (%s); applying it event by event",
+                        sum(len(m) for m in polled.values()), deadletters.describe(exc))
+            n = self._apply(polled, careful=True)
         metrics.PROJECTION_BATCH.observe(time.monotonic() - started)
         for name, positions in self.positions.items():
             for partition, nxt in positions.items():
@@ -104,6 +106,58 @@ class ProjectionRunner:
         if self.on_batch:
             self.on_batch(n)
         return n
+
+    def _apply(self, polled, *, careful: bool) -> int:
+        n = 0
+        with self.conn.transaction():
+            for tp, msgs in polled.items():
+                records, bad = self._decode(tp.partition, msgs, careful=careful)
+                for proj in self.projections:
+                    done = self.positions.setdefault(proj.name, {}).get(tp.partition, 0)
+                    if msgs[-1].offset < done:
+                        continue
+                    fresh = [r for r in records if r.offset >= done]
+                    if careful:
+                        for m, exc in bad:
+                            if m.offset >= done:
+                                self._dead(proj.name, tp.partition, m.offset, m.value, exc)
+                        for rec in fresh:
+                            self._apply_one(proj, rec)
+                    elif fresh:
+                        proj.apply(self.conn, fresh)
+                    nxt = msgs[-1].offset + 1
+                    save_position(self.conn, proj.name, self.topic, tp.partition, nxt)
+                    self.positions[proj.name][tp.partition] = nxt
+                n += len(records)
+        return n
+
+    @staticmethod
+    def _decode(partition: int, msgs, *, careful: bool) -> tuple[list[Record], list[tuple[object, Exception]]]:
+        if not careful:
+            return [Record(partition, m.offset, m.value, decode_event(m.value)) for m in msgs], []
+        records: list[Record] = []
+        bad: list[tuple[object, Exception]] = []
+        for m in msgs:
+            try:
+                records.append(Record(partition, m.offset, m.value, decode_event(m.value)))
+            except deadletters.POISON as exc:
+                bad.append((m, exc))
+        return records, bad
+
+    def _apply_one(self, proj: Projection, rec: Record) -> None:
+        try:
+            with self.conn.transaction():      # a savepoint: a refused event leaves the others applied
+                proj.apply(self.conn, [rec])
+        except deadletters.POISON as exc:
+            self._dead(proj.name, rec.partition, rec.offset, rec.raw, exc, rec.event)
+
+    def _dead(self, projection: str, partition: int, offset: int, raw: bytes, exc: Exception,
+              event=None) -> None:
+        deadletters.record(self.conn, projection, self.topic, partition, offset, raw, exc, event)
+        self.dead_letters += 1
+        log.error("projection %s cannot apply the event at %s[%d]@%d (PandaID %s, seq %s): %s; recorded in %s "
+                  "and skipped", projection, self.topic, partition, offset, getattr(event, "PandaID", "?"),
+                  getattr(event, "seq", "?"), deadletters.describe(exc), deadletters.TABLE)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -15,9 +15,11 @@ import difflib
 import math
 import re
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
 import msgspec
+
+from schemas.storable import text_problem
 
 __all__ = [
     "CLIENT_FILE_ATTRIBUTES",
@@ -136,6 +138,17 @@ class SpecError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Storable integers. The structs say which range each integer attribute may hold, so msgspec refuses an
+# out-of-range value wherever a JobSpec is decoded (the ledger decoding a command) and the converters below
+# refuse it at the edge. Int32 are the attributes the jobs table keeps in an ``int`` column (projections/
+# migrations/001_core.sql); every other integer fits PostgreSQL's bigint.
+# ----------------------------------------------------------------------------------------------------
+INT32_RANGE = (-(2**31), 2**31 - 1)
+INT64_RANGE = (-(2**63), 2**63 - 1)
+Int32 = Annotated[int, msgspec.Meta(ge=INT32_RANGE[0], le=INT32_RANGE[1])]
+Int64 = Annotated[int, msgspec.Meta(ge=INT64_RANGE[0], le=INT64_RANGE[1])]
+
+# ----------------------------------------------------------------------------------------------------
 # The structs.  Every field is optional (None) because PanDA itself treats every attribute as nullable in
 # memory; omit_defaults keeps Kafka messages small (most of the 126 attributes are unset for most jobs), and
 # forbid_unknown_fields turns a producer/consumer name mismatch into a loud error instead of silent data loss.
@@ -148,8 +161,8 @@ class SpecError(ValueError):
 class FileSpec(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     """One row of PanDA's file table (input, output, log, ...) with the server's 22 attributes."""
 
-    row_ID: int | None = None
-    PandaID: int | None = None
+    row_ID: Int64 | None = None
+    PandaID: Int64 | None = None
     GUID: str | None = None
     lfn: str | None = None
     type: str | None = None
@@ -162,14 +175,14 @@ class FileSpec(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     destinationDBlock: str | None = None
     destinationDBlockToken: str | None = None
     destinationSE: str | None = None
-    fsize: int | None = None
+    fsize: Int64 | None = None
     md5sum: str | None = None
     checksum: str | None = None
     scope: str | None = None
-    jediTaskID: int | None = None
-    datasetID: int | None = None
-    fileID: int | None = None
-    attemptNr: int | None = None
+    jediTaskID: Int64 | None = None
+    datasetID: Int64 | None = None
+    fileID: Int64 | None = None
+    attemptNr: Int32 | None = None
 
 
 class JobSpec(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
@@ -179,8 +192,8 @@ class JobSpec(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     struct can never drift apart.
     """
 
-    PandaID: int | None = None
-    jobDefinitionID: int | None = None
+    PandaID: Int64 | None = None
+    jobDefinitionID: Int64 | None = None
     schedulerID: str | None = None
     pilotID: str | None = None
     creationTime: datetime | None = None
@@ -193,38 +206,38 @@ class JobSpec(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     prodSeriesLabel: str | None = None
     prodSourceLabel: str | None = None
     prodUserID: str | None = None
-    assignedPriority: int | None = None
-    currentPriority: int | None = None
-    attemptNr: int | None = None
-    maxAttempt: int | None = None
+    assignedPriority: Int64 | None = None
+    currentPriority: Int32 | None = None
+    attemptNr: Int32 | None = None
+    maxAttempt: Int64 | None = None
     jobStatus: str | None = None
     jobName: str | None = None
-    maxCpuCount: int | None = None
+    maxCpuCount: Int64 | None = None
     maxCpuUnit: str | None = None
-    maxDiskCount: int | None = None
+    maxDiskCount: Int32 | None = None
     maxDiskUnit: str | None = None
     ipConnectivity: str | None = None
-    minRamCount: int | None = None
+    minRamCount: Int32 | None = None
     minRamUnit: str | None = None
     startTime: datetime | None = None
     endTime: datetime | None = None
-    cpuConsumptionTime: int | None = None
+    cpuConsumptionTime: Int64 | None = None
     cpuConsumptionUnit: str | None = None
     commandToPilot: str | None = None
     transExitCode: str | None = None
-    pilotErrorCode: int | None = None
+    pilotErrorCode: Int64 | None = None
     pilotErrorDiag: str | None = None
-    exeErrorCode: int | None = None
+    exeErrorCode: Int64 | None = None
     exeErrorDiag: str | None = None
-    supErrorCode: int | None = None
+    supErrorCode: Int64 | None = None
     supErrorDiag: str | None = None
-    ddmErrorCode: int | None = None
+    ddmErrorCode: Int64 | None = None
     ddmErrorDiag: str | None = None
-    brokerageErrorCode: int | None = None
+    brokerageErrorCode: Int64 | None = None
     brokerageErrorDiag: str | None = None
-    jobDispatcherErrorCode: int | None = None
+    jobDispatcherErrorCode: Int64 | None = None
     jobDispatcherErrorDiag: str | None = None
-    taskBufferErrorCode: int | None = None
+    taskBufferErrorCode: Int64 | None = None
     taskBufferErrorDiag: str | None = None
     computingSite: str | None = None
     computingElement: str | None = None
@@ -234,71 +247,71 @@ class JobSpec(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     dispatchDBlock: str | None = None
     destinationDBlock: str | None = None
     destinationSE: str | None = None
-    nEvents: int | None = None
+    nEvents: Int64 | None = None
     grid: str | None = None
     cloud: str | None = None
     cpuConversion: float | None = None
     sourceSite: str | None = None
     destinationSite: str | None = None
     transferType: str | None = None
-    taskID: int | None = None
+    taskID: Int64 | None = None
     cmtConfig: str | None = None
     stateChangeTime: datetime | None = None
     prodDBUpdateTime: datetime | None = None
     lockedby: str | None = None
-    relocationFlag: int | None = None
-    jobExecutionID: int | None = None
+    relocationFlag: Int64 | None = None
+    jobExecutionID: Int64 | None = None
     VO: str | None = None
     pilotTiming: str | None = None
     workingGroup: str | None = None
     processingType: str | None = None
     prodUserName: str | None = None
-    nInputFiles: int | None = None
+    nInputFiles: Int64 | None = None
     countryGroup: str | None = None
     batchID: str | None = None
-    parentID: int | None = None
+    parentID: Int64 | None = None
     specialHandling: str | None = None
-    jobsetID: int | None = None
-    coreCount: int | None = None
-    nInputDataFiles: int | None = None
+    jobsetID: Int64 | None = None
+    coreCount: Int32 | None = None
+    nInputDataFiles: Int64 | None = None
     inputFileType: str | None = None
     inputFileProject: str | None = None
-    inputFileBytes: int | None = None
-    nOutputDataFiles: int | None = None
-    outputFileBytes: int | None = None
+    inputFileBytes: Int64 | None = None
+    nOutputDataFiles: Int64 | None = None
+    outputFileBytes: Int64 | None = None
     jobMetrics: str | None = None
-    workQueue_ID: int | None = None
-    jediTaskID: int | None = None
+    workQueue_ID: Int64 | None = None
+    jediTaskID: Int64 | None = None
     jobSubStatus: str | None = None
-    actualCoreCount: int | None = None
-    reqID: int | None = None
-    maxRSS: int | None = None
-    maxVMEM: int | None = None
-    maxSWAP: int | None = None
-    maxPSS: int | None = None
-    avgRSS: int | None = None
-    avgVMEM: int | None = None
-    avgSWAP: int | None = None
-    avgPSS: int | None = None
-    maxWalltime: int | None = None
+    actualCoreCount: Int64 | None = None
+    reqID: Int64 | None = None
+    maxRSS: Int64 | None = None
+    maxVMEM: Int64 | None = None
+    maxSWAP: Int64 | None = None
+    maxPSS: Int64 | None = None
+    avgRSS: Int64 | None = None
+    avgVMEM: Int64 | None = None
+    avgSWAP: Int64 | None = None
+    avgPSS: Int64 | None = None
+    maxWalltime: Int32 | None = None
     nucleus: str | None = None
-    eventService: int | None = None
-    failedAttempt: int | None = None
+    eventService: Int64 | None = None
+    failedAttempt: Int64 | None = None
     # PanDA computes HS06 seconds as a product of CPU time and a power factor: keep the fraction.
     hs06sec: float | None = None
     gshare: str | None = None
-    hs06: int | None = None
-    totRCHAR: int | None = None
-    totWCHAR: int | None = None
-    totRBYTES: int | None = None
-    totWBYTES: int | None = None
-    rateRCHAR: int | None = None
-    rateWCHAR: int | None = None
-    rateRBYTES: int | None = None
-    rateWBYTES: int | None = None
+    hs06: Int64 | None = None
+    totRCHAR: Int64 | None = None
+    totWCHAR: Int64 | None = None
+    totRBYTES: Int64 | None = None
+    totWBYTES: Int64 | None = None
+    rateRCHAR: Int64 | None = None
+    rateWCHAR: Int64 | None = None
+    rateRBYTES: Int64 | None = None
+    rateWBYTES: Int64 | None = None
     resource_type: str | None = None
-    diskIO: int | None = None
-    memory_leak: int | None = None
+    diskIO: Int64 | None = None
+    memory_leak: Int64 | None = None
     memory_leak_x2: float | None = None
     container_name: str | None = None
     job_label: str | None = None
@@ -356,6 +369,9 @@ def _to_float(v: Any) -> float:
 
 def _to_str(v: Any) -> str:
     if isinstance(v, str):
+        problem = text_problem(v)
+        if problem:
+            raise _BadValue(f"storable text ({problem})")
         return v
     # PanDA's database converts numbers bound to varchar columns implicitly (e.g. transExitCode = 0 set by a
     # client script); do the same instead of refusing a job PanDA would have accepted.
@@ -403,13 +419,28 @@ def _to_datetime(v: Any) -> datetime:
 _CONVERTERS = {int: _to_int, float: _to_float, str: _to_str, datetime: _to_datetime}
 
 
+def _int_in(low: int, high: int) -> Any:
+    """An integer converter for one attribute's declared range."""
+    def conv(v: Any) -> int:
+        out = _to_int(v)
+        if not low <= out <= high:
+            bits = "32" if (low, high) == INT32_RANGE else "64"
+            raise _BadValue(f"an integer within signed {bits} bits ({low} to {high})")
+        return out
+    return conv
+
+
 def _converters_for(struct: type[msgspec.Struct], skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Map each field of ``struct`` to the converter for its ``X | None`` annotation."""
+    """Map each field of ``struct`` to the converter for its ``X | None`` annotation (ranges included)."""
     out: dict[str, Any] = {}
     for f in msgspec.structs.fields(struct):
         if f.name in skip:
             continue
         (base,) = (t for t in get_args(f.type) if t is not type(None))
+        meta = [m for m in getattr(base, "__metadata__", ()) if isinstance(m, msgspec.Meta)]
+        if meta:
+            out[f.name] = _int_in(meta[0].ge, meta[0].le)
+            continue
         out[f.name] = _CONVERTERS[base]
     return out
 
@@ -542,6 +573,8 @@ def jobs_from_client_json(text: str | bytes) -> list[JobSpec]:
         states = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         raise SpecError(f"jobs: invalid JSON: {exc}") from None
+    except UnicodeEncodeError:
+        raise SpecError("jobs: is not valid Unicode (a lone surrogate)") from None
     return jobs_from_client_states(states)
 
 

@@ -77,6 +77,9 @@ class PilotUpdate(_Message, tag="pilot_update"):
     attrs: dict[str, Any] = {}
     report: str | None = None        # job_output_report: the pilot's JSON file dict (`xml`)
     metadata: str | None = None      # metaData (jobReport.json)
+    # too large for a message: stored beside the event (core/payloads.py), named by "sha256:<hex>"
+    report_ref: str | None = None
+    metadata_ref: str | None = None
 
 
 class Kill(_Message, tag="kill"):
@@ -113,6 +116,10 @@ class _Change(_Event, kw_only=True):
     pilot_state: str | None = None   # set on pilot updates: the state the pilot reported
     report: str | None = None        # the pilot's final job_output_report (file dict JSON)
     metadata: str | None = None      # the pilot's final metaData
+    # set instead of report/metadata when the text is stored beside the event (core/payloads.py):
+    # "sha256:<hex>" of its UTF-8 bytes
+    report_ref: str | None = msgspec.field(default=None, name="job_output_report_ref")
+    metadata_ref: str | None = None
     reply: str | None = None         # what the pilot was told in answer (updateJob `command`)
 
 

@@ -21,10 +21,12 @@ rebuild tooling) decisions are computed but no command is sent and plugins must 
 Side effects (plugin calls that touch storage, writes to a service's own tables, allocating an id)
 are never done inside ``decide``/``tick``: they return an ``Action`` among their commands. The loop
 runs each action (unless replaying) and then sends the action's ``then`` commands, or ``on_error(exc)``
-if it raised; with no ``on_error`` the exception propagates, nothing of the batch is committed, and
-the events are decided again after the restart (so actions must be idempotent). When a command needs
-what a side effect produced (the retrier's new PandaID), ``then`` is a callable given the last step's
-result. Plain command lists still work.
+if it raised; with no ``on_error`` a transient exception (database or broker away, projection behind)
+propagates, nothing of the batch is committed, and the events are decided again after the restart (so
+actions must be idempotent); any other exception — and an event that does not decode — makes the event a
+dead letter (``services.dead_letters``: a row and an ERROR line) and the loop goes on with the next.
+When a command needs what a side effect produced (the retrier's new PandaID), ``then`` is a callable
+given the last step's result. Plain command lists still work.
 
 Clock rules (``tick``) get ``now`` from whoever runs them, never from a clock of their own. A reactor's
 loop ticks every ``tick_every`` seconds; the clock-driven services (watcher, finisher, the closer's
@@ -45,9 +47,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
+
 from core import bus, logs, metrics
 from core.config import Config
 from schemas.messages import Command, Event, decode_event
+from services.dead_letters import DeadLetterStore, Sink, describe, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +120,8 @@ class ServiceLoop:
     """
 
     def __init__(self, cfg: Config, service: Service, view: Any, *, tick_every: float | None = None,
-                 replay: bool = False, sender: bus.CommandSender | None = None, consume: bool = True):
+                 replay: bool = False, sender: bus.CommandSender | None = None, consume: bool = True,
+                 dead_letters: Sink | None = None):
         self.cfg = cfg
         self.service = service
         self.view = view
@@ -126,7 +132,9 @@ class ServiceLoop:
         self._sender = sender
         self.consumer = bus.consumer(cfg, cfg.kafka.events_topic,
                                      group_id=f"{cfg.kafka.group_prefix}-{service.name}") if consume else None
-        self.stats = {"events": 0, "commands": 0, "ticks": 0, "actions": 0}
+        self.stats = {"events": 0, "commands": 0, "ticks": 0, "actions": 0, "dead_letters": 0}
+        # where an event that cannot be decided on goes (made on first use when not given)
+        self._dead_letters = dead_letters
         self.lag = (metrics.LagTracker(self.consumer, f"{cfg.kafka.group_prefix}-{service.name}")
                     if self.consumer is not None else None)
         # Poll size: as many events as this loop can decide within a quarter of max_poll_interval_ms if
@@ -185,14 +193,20 @@ class ServiceLoop:
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
         t0 = time.monotonic()
         n = wanted = 0
-        for msgs in polled.values():
+        for tp, msgs in polled.items():
             for m in msgs:
-                event = decode_event(m.value)
                 n += 1
-                if self.service.wants(event):
-                    wanted += 1
-                    with logs.bind_message(event):
-                        self._emit(self.service.decide(event, self.view))
+                event = None
+                try:
+                    event = decode_event(m.value)
+                    if self.service.wants(event):
+                        wanted += 1
+                        with logs.bind_message(event):
+                            self._emit(self.service.decide(event, self.view))
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise        # nothing of the batch is committed: decided again after the restart
+                    self._dead(tp, m, exc, event)
         if self.tick_every is not None and time.monotonic() >= self._next_tick:
             self.tick(time.time())
             self._next_tick = time.monotonic() + self.tick_every
@@ -207,6 +221,17 @@ class ServiceLoop:
             self.lag.observe(polled)
         return n
 
+    def _dead(self, tp: bus.TopicPartition, m: Any, exc: Exception, event: Event | None) -> None:
+        """Record an event this service cannot decide on and go on (it would fail the same way forever)."""
+        if self._dead_letters is None:
+            self._dead_letters = DeadLetterStore(self.cfg)
+        self._dead_letters.record(self.service.name, tp.topic, tp.partition, m.offset, m.value, exc, event)
+        self.stats["dead_letters"] += 1
+        log.error("service %s cannot decide on the event at %s[%d]@%d (PandaID %s, seq %s): %s; recorded in "
+                  "service_dead_letters and skipped", self.service.name, tp.topic, tp.partition, m.offset,
+                  getattr(event, "PandaID", "?"), getattr(event, "seq", "?"), describe(exc),
+                  exc_info=not isinstance(exc, msgspec.DecodeError))
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             self.step()
@@ -218,3 +243,5 @@ class ServiceLoop:
         finally:
             if self._own_sender and self._sender is not None:
                 self._sender.close()
+            if isinstance(self._dead_letters, DeadLetterStore):
+                self._dead_letters.close()

@@ -22,12 +22,14 @@ from core.config import Config
 _ROOT = Path(__file__).resolve().parent.parent
 
 MIGRATIONS: tuple[Path, ...] = (
+    _ROOT / "core" / "migrations",                  # payloads: large fields beside the events (core/payloads.py)
     _ROOT / "projections" / "migrations",           # read models: jobs, files, job_events, positions
     _ROOT / "services" / "sitedata" / "migrations",  # sites, site_versions
     _ROOT / "services" / "reactors" / "migrations",  # datasets, dataset_files, retries, adder_pending
     _ROOT / "services" / "gateway" / "migrations",   # dispatcher leases
     _ROOT / "services" / "harvester" / "migrations",  # harvester instances, workers, commands
     _ROOT / "services" / "eventservice" / "migrations",  # event ranges and their changes
+    _ROOT / "services" / "dead_letters" / "migrations",  # service_dead_letters (services/loop.py)
 )
 
 

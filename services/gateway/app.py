@@ -46,6 +46,12 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
         return web.json_response({"StatusCode": 50, "errorDialog": message}, status=exc.status)
     except asyncio.CancelledError:
         raise
+    except RecursionError:
+        # only input nests that deeply (JSON in a form value, a list of lists …): the client's mistake
+        message = "request nested too deeply"
+        if api:
+            return v1.envelope(False, message, status=400)
+        return web.json_response({"StatusCode": 50, "errorDialog": message}, status=400)
     except Exception as exc:
         log.exception("unhandled error in %s %s", request.method, request.path)
         if api:

@@ -20,6 +20,9 @@ from core import db, metrics
 from core.bus import CommandSender, Delivery, OutcomeWaiter
 from core.config import Config
 from schemas.messages import Command, Event, Rejected
+from schemas.storable import Unstorable, encoded
+
+from .params import BadRequest
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,16 @@ class Backend:
     async def ask_many(self, cmds: list[Command], timeout: float) -> list[Event | Rejected]:
         """Send commands together; every verdict or the first failure (Unavailable / VerdictTimeout)."""
         assert self.waiter is not None and self.sender is not None, "backend not started"
+        limit = int(self.cfg.kafka.max_message_bytes)
+        for cmd in cmds:
+            # nothing the readers of the log could not store is written to it (the ledger checks again)
+            try:
+                size = len(encoded(cmd))
+            except Unstorable as exc:
+                raise BadRequest(exc.message, field=exc.field or None) from None
+            if size > limit:   # the log would refuse it on every try: a final answer instead of "try again"
+                raise BadRequest(f"the command for PandaID {cmd.PandaID} is {size} bytes, more than the log's "
+                                 f"message limit of {limit} bytes", status=413)
         verdicts = [self.waiter.expect(c.id) for c in cmds]
         acks: list[concurrent.futures.Future] = []
         try:

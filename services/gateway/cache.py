@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import access, queues
 from .v1 import envelope
@@ -57,8 +58,8 @@ async def upload(request: web.Request) -> web.Response:
         part = await reader.next()
         while part is not None and (not isinstance(part, BodyPartReader) or part.name != "file"):
             part = await reader.next()
-    except ValueError as exc:
-        return envelope(False, f"bad multipart body: {exc}", status=400)
+    except (ValueError, HttpProcessingError) as exc:   # a part header with a control character (a NUL) …
+        return envelope(False, f"file: invalid file name or bad multipart body: {exc!r}"[:300], status=400)
     if part is None:
         return envelope(False, "file: is required", status=400)
     name = safe_name(os.path.basename(part.filename or ""))

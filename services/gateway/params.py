@@ -9,7 +9,6 @@ handler never meets a wrong type and a caller always learns which field was wron
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import zlib
@@ -18,6 +17,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from schemas.storable import text_problem
 
 _MISSING = object()
 
@@ -31,18 +33,24 @@ class BadRequest(Exception):
         self.status = status
 
 
-def _decompress(body: bytes, encoding: str) -> bytes:
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo Content-Encoding, never inflating beyond ``limit`` bytes (a small gzip body can hold gigabytes)."""
     encoding = encoding.lower().strip()
     if not encoding or encoding == "identity":
         return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}", status=415)
+    # wbits: 16 + MAX_WBITS reads a gzip member, MAX_WBITS a zlib stream (what HTTP calls deflate)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS)
     try:
-        if encoding in ("gzip", "x-gzip"):
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, EOFError, zlib.error) as exc:
+        out = inflater.decompress(body, limit + 1)
+        if len(out) > limit:
+            raise BadRequest(f"body inflates beyond the limit of {limit} bytes", status=413)
+        if not inflater.eof:
+            raise BadRequest(f"body is not valid {encoding}: the stream is truncated")
+    except zlib.error as exc:
         raise BadRequest(f"body is not valid {encoding}: {exc}") from None
-    raise BadRequest(f"unsupported Content-Encoding {encoding!r}", status=415)
+    return out
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -50,6 +58,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
     if not isinstance(value, dict):
         raise BadRequest(f"body must be a JSON object, got {type(value).__name__}")
     return value
@@ -90,13 +100,14 @@ async def read_params(request: web.Request) -> dict[str, Any]:
     if ctype.startswith("multipart/"):
         try:
             post = await request.post()
-        except ValueError as exc:
-            raise BadRequest(f"bad multipart body: {exc}") from None
+        except (ValueError, HttpProcessingError) as exc:   # e.g. a part header holding a NUL
+            raise BadRequest(f"bad multipart body: {exc!r}"[:300]) from None
         params.update(multi_dict(post.items()))
         return params
     if not request.can_read_body:
         return params
-    body = _decompress(await request.read(), request.headers.get("Content-Encoding", ""))
+    body = _decompress(await request.read(), request.headers.get("Content-Encoding", ""),
+                       int(request.app["cfg"].gateway.max_body_bytes))
     if not body.strip():
         return params
     if ctype == "application/json" or (ctype != "application/x-www-form-urlencoded" and body.lstrip()[:1] == b"{"):
@@ -121,7 +132,11 @@ def as_str(params: Mapping[str, Any], *names: str, default: Any = _MISSING, max_
         return default
     if isinstance(value, dict | list):
         raise BadRequest("expected a string", field=name)
-    return str(value)[:max_len]
+    text = str(value)
+    problem = text_problem(text)
+    if problem:
+        raise BadRequest(problem, field=name)
+    return text[:max_len]
 
 
 def as_int(params: Mapping[str, Any], *names: str, default: Any = _MISSING) -> Any:

@@ -11,10 +11,13 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+import msgspec
+import psycopg
 from aiohttp import web
 
+from core import payloads
 from projections import aqueries
-from schemas.messages import Rejected
+from schemas.messages import PilotUpdate, Rejected
 from services.gateway.dispatcher import DispatchRequest
 
 from . import access, identity, queues
@@ -60,7 +63,8 @@ def dispatch_request(params: Mapping[str, Any], queue: Mapping[str, Any] | None)
 
 async def get_jobs(request: web.Request, params: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]], str]:
     """(StatusCode, pilot job dicts, errorDialog) for a getJob / acquire_jobs call."""
-    queue = await queues.queuedata(request.app, str(params.get("siteName") or ""))
+    site = as_str(params, "siteName", max_len=128)   # checked before it reaches a query
+    queue = await queues.queuedata(request.app, site)
     req = dispatch_request(params, queue)
     caller = identity.pilot(request, params)
     try:
@@ -88,10 +92,30 @@ async def update_job(request: web.Request, fields: Mapping[str, Any]) -> dict[st
     return await _send_update(request, upd, caller.actor)
 
 
+async def _beside(request: web.Request, cmd: PilotUpdate) -> PilotUpdate:
+    """The command with a report/metaData larger than ``[gateway] inline_payload_bytes`` stored beside the
+    event (core/payloads.py) and named by its digest: a Kafka message holds about 1 MB, a report can be more."""
+    limit = int(request.app["cfg"].gateway.inline_payload_bytes)
+    big = {name: text for name, text in (("report", cmd.report), ("metadata", cmd.metadata))
+           if text is not None and len(text) > limit // 4 and len(text.encode("utf-8")) > limit}
+    if not big:
+        return cmd
+    changes: dict[str, Any] = {}
+    try:
+        async with request.app["backend"].pool.connection() as conn:
+            for name, text in big.items():
+                changes[f"{name}_ref"] = await payloads.aput(conn, text)
+                changes[name] = None
+    except psycopg.OperationalError as exc:
+        raise RetryLater(f"cannot store the report: {exc}") from exc
+    return msgspec.structs.replace(cmd, **changes)
+
+
 async def _send_update(request: web.Request, upd: Update, actor: str) -> dict[str, Any]:
     backend = request.app["backend"]
     try:
-        verdict = await backend.ask(upd.command(actor), float(request.app["cfg"].gateway.verdict_timeout))
+        command = await _beside(request, upd.command(actor))
+        verdict = await backend.ask(command, float(request.app["cfg"].gateway.verdict_timeout))
     except VerdictTimeout:
         # in the log, judged later: the update is not lost, only the command for the pilot is unknown
         return {"StatusCode": SC_TIMEOUT, "command": "NULL", "errorDialog": "ledger verdict timed out"}

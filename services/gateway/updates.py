@@ -19,6 +19,7 @@ from typing import Any
 from core.states import PILOT_STATES, PilotState
 from schemas.jobspec import LIMIT_LENGTH
 from schemas.messages import PilotUpdate
+from schemas.storable import text_problem
 
 from .params import BadRequest, to_int
 
@@ -49,7 +50,11 @@ def _text(limit: int | None = None) -> Callable[[Any], str]:
     def conv(v: Any) -> str:
         if isinstance(v, dict | list):
             v = json.dumps(v)
-        return str(v)[:limit] if limit else str(v)
+        text = str(v)
+        problem = text_problem(text)
+        if problem:   # not storable: the field is dropped and named, the update itself goes on
+            raise ValueError(problem)
+        return text[:limit] if limit else text
     return conv
 
 
@@ -208,7 +213,13 @@ def translate(fields: Mapping[str, Any]) -> Update:
         except (ValueError, OverflowError):
             pass
     final = state in (PilotState.FINISHED, PilotState.FAILED, PilotState.HOLDING)
+    reports: dict[str, str | None] = {"xml": None, "metaData": None}
+    if final:
+        for name in reports:
+            text = _json_text(fields.get(name))
+            if text is not None and text_problem(text):
+                ignored.append(name)
+                continue
+            reports[name] = text
     return Update(panda_id=panda_id, state=state, attempt_nr=attempt_nr, attrs=attrs,
-                  report=_json_text(fields.get("xml")) if final else None,
-                  metadata=_json_text(fields.get("metaData")) if final else None,
-                  ignored=sorted(ignored))
+                  report=reports["xml"], metadata=reports["metaData"], ignored=sorted(ignored))

@@ -35,8 +35,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
 import psycopg
 
+from core import payloads
 from core.config import Config
 from core.states import JobStatus, PilotState
 from plugins.base import DataPlugin, OutputFile, PluginError
@@ -182,6 +184,7 @@ class AdderView(Protocol):
     def done(self, pandaid: int) -> None: ...
     def defer(self, pandaid: int, seq: int, error: str) -> None: ...
     def due(self, now: float) -> list[Event]: ...
+    def payload(self, ref: str) -> str: ...
 
 
 class Adder:
@@ -203,6 +206,8 @@ class Adder:
             return [Action(label=f"adder {event.PandaID} already done",
                            steps=(functools.partial(view.done, event.PandaID),))]
         spec = {**row["spec"], **event.attrs}
+        if event.report is None and event.report_ref is not None:   # stored beside the event (core/payloads.py)
+            event = msgspec.structs.replace(event, report=view.payload(event.report_ref))
         plugin, endpoint = view.placement(spec)
         out = judge(event, spec, view.files(event.PandaID), endpoint, self.merge_tag)
         command = Transition(PandaID=event.PandaID, action=out.action, actor=ACTOR, attrs=out.attrs,
@@ -267,6 +272,10 @@ class SqlAdderView(JobReader):
 
     def placement(self, spec: dict[str, Any]) -> tuple[DataPlugin, str]:
         return placement(self.cfg, self.conn, spec)
+
+    def payload(self, ref: str) -> str:
+        """A report stored beside its event (core/payloads.py), checked against its digest."""
+        return payloads.get(self.conn, ref)
 
     def registered(self, pandaid: int, files: Sequence[OutputFile]) -> None:
         blocks: dict[str, list[str]] = {}

@@ -82,7 +82,7 @@ def observed_state() -> list[Any]:
 def _base(struct: type[msgspec.Struct], name: str) -> type:
     (ftype,) = (f.type for f in msgspec.structs.fields(struct) if f.name == name)
     (base,) = (t for t in get_args(ftype) if t is not type(None))
-    return base
+    return getattr(base, "__origin__", base)   # Int32/Int64 are Annotated[int, Meta(range)]
 
 
 def sample_value(struct: type[msgspec.Struct], name: str, i: int) -> Any:

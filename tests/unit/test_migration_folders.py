@@ -33,7 +33,7 @@ def test_versions_are_ordered_across_folders_and_unique(tmp_path):
 
 def test_every_sql_file_of_the_tree_is_in_a_listed_folder_beside_its_owner():
     listed = {p.resolve() for p in MIGRATIONS}
-    found = {p.parent.resolve() for top in ("projections", "services") for p in (ROOT / top).rglob("*.sql")}
+    found = {p.parent.resolve() for top in ("core", "projections", "services") for p in (ROOT / top).rglob("*.sql")}
     assert found == listed
     where = {p.name: p.parent.relative_to(ROOT).as_posix() for _, p in db.migration_files(MIGRATIONS)}
     assert where["001_core.sql"] == where["201_dispatch_share_index.sql"] == "projections/migrations"
@@ -41,6 +41,9 @@ def test_every_sql_file_of_the_tree_is_in_a_listed_folder_beside_its_owner():
     assert {where[n] for n in ("101_datasets.sql", "150_retries.sql", "151_adder_pending.sql")} == \
         {"services/reactors/migrations"}
     assert where["200_dispatcher.sql"] == "services/gateway/migrations"
+    assert where["002_projection_dead_letters.sql"] == "projections/migrations"
+    assert where["190_service_dead_letters.sql"] == "services/dead_letters/migrations"
+    assert where["003_payloads.sql"] == "core/migrations"
 
 
 def test_migrate_needs_the_folders():
