@@ -218,6 +218,30 @@ def test_partition_count_mismatch_is_an_error(env: Path, tansu: Tansu):
         ensure_topics(odd)
 
 
+def test_events_topic_is_created_forever_and_finite_retention_is_refused(env: Path, tansu: Tansu):
+    """ensure_topics creates the events topic with retention.ms=-1 and refuses one that deletes events.
+    The embedded Tansu reports no topic configuration: then the check can only warn (the decision
+    itself is tested in tests/unit/test_retention.py)."""
+    cfg = _topic_cfg(tansu.bootstrap)
+    finite = _topic_cfg(tansu.bootstrap)
+    admin = bus.admin(finite)
+    try:
+        week = {finite.kafka.events_topic: {"retention.ms": "604800000"}}
+        admin.create_topics({finite.kafka.events_topic: 4}, configs=week)
+        ensure_topics(cfg)
+        configs = admin.topic_configs(cfg.kafka.events_topic)
+        if configs is None:
+            warned: list[str] = []
+            ensure_topics(finite, log=warned.append)
+            assert any("reports no configuration" in w for w in warned)
+            pytest.skip("the embedded Tansu reports no topic configuration: refusal tested as a pure function")
+        assert configs["retention.ms"] == "-1" and configs["retention.bytes"] == "-1"
+        with pytest.raises(TopicError, match="(?s)retention.ms=604800000.*kafka-configs"):
+            ensure_topics(finite)
+    finally:
+        admin.close()
+
+
 # ------------------------------------------------------------------------------------------ broker
 def test_broker_kill_and_restart_on_the_same_port(system: Infra):
     cfg = system.config()
