@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core import bus
-from core.config import Config
+from core.config import Config, ConfigError
 from core.retention import FOREVER, retention_problem
 
 _warned_unknown: set[str] = set()   # topics whose unknown retention was already logged (once per process)
 
 
-class TopicError(RuntimeError):
-    """The topics cannot be used as they are (a partition count that does not match, say)."""
+class TopicError(RuntimeError, ConfigError):
+    """The topics cannot be used as they are (a partition count that does not match, a retention that
+    would delete events). A ConfigError too: the broker's configuration is wrong, and the command line
+    answers it with one line (``configuration error: …``), not a traceback."""
 
 
 def ensure_topics(cfg: Config, *, log: Callable[[str], object] | None = None) -> None:

@@ -242,6 +242,27 @@ def test_events_topic_is_created_forever_and_finite_retention_is_refused(env: Pa
         admin.close()
 
 
+def test_run_refuses_to_start_on_an_events_topic_with_finite_retention(env: Path, tansu: Tansu, monkeypatch, capsys):
+    """`pandaes run` against a broker whose events topic deletes after 7 days: one line, exit 2, nothing started."""
+    from cli import main as cli_main
+    finite = _topic_cfg(tansu.bootstrap)
+    admin = bus.admin(finite)
+    try:
+        week = {finite.kafka.events_topic: {"retention.ms": "604800000"}}
+        admin.create_topics({finite.kafka.events_topic: 4}, configs=week)
+        if admin.topic_configs(finite.kafka.events_topic) is None:
+            pytest.skip("the embedded Tansu reports no topic configuration")
+    finally:
+        admin.close()
+    monkeypatch.setenv("PANDAES_KAFKA", tansu.bootstrap)
+    monkeypatch.setenv("PANDAES_PARTITIONS", "4")
+    for key in ("commands_topic", "events_topic", "rejected_topic"):
+        monkeypatch.setenv(f"PANDAES_KAFKA_{key.upper()}", str(getattr(finite.kafka, key)))
+    assert cli_main.main(["run", "ledger"]) == 2
+    err = capsys.readouterr().err
+    assert "would lose events" in err and "kafka-configs.sh" in err and "Traceback" not in err
+
+
 # ------------------------------------------------------------------------------------------ broker
 def test_broker_kill_and_restart_on_the_same_port(system: Infra):
     cfg = system.config()
