@@ -1,5 +1,8 @@
 """Rebuilding a projection from offset 0 of panda.job-events, side by side or in place.
 
+Where the broker's log starts after offset 0 (trimmed by retention), the events before it are read
+from the PostgreSQL archive (``cli.logread.read_history``).
+
 A rebuild only reads the log (a group-less consumer: no committed offsets, no commands sent), so no
 service sees anything: side effects are off by construction. It writes into the projection's tables
 in another PostgreSQL schema, created with the live tables' columns, constraints and index names.

@@ -1,6 +1,7 @@
 """`pandaes verify`: the log judged on its own, and every projection compared with what it implies.
 
-1. The whole of panda.job-events is folded through the state machine (``cli.fold.LogChecker``).
+1. The whole of panda.job-events is folded through the state machine (``cli.fold.LogChecker``); where
+   the broker's log starts after offset 0, the events before are read from the archive.
 2. In one REPEATABLE READ database snapshot, the projections' positions and rows are read, and the
    same projections are built from the log into a scratch schema of that transaction — each only up
    to its own stored position, so a projector that is merely behind is not a difference. Then
