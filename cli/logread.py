@@ -8,11 +8,13 @@ a job lives in exactly one partition.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from core import bus
-from core.bus import Record, TopicPartition
+from core import bus, db
+from core.bus import Record, RecordTuple, TopicPartition
 from core.config import Config
+from projections import queries
+from projections.base import load_positions
 
 
 def topic_partitions(cfg: Config, topic: str) -> list[int]:
@@ -66,6 +68,57 @@ def read_log(cfg: Config, *, topic: str | None = None, start: dict[int, int] | N
                     c.pause(tp)
     finally:
         c.close()
+
+
+class ArchiveGap(RuntimeError):
+    """The broker's log starts later than the archive reaches: events exist in neither."""
+
+
+ArchiveReader = Callable[[int, int], Iterable[tuple[int, str]]]   # (partition, below offset) → (offset, body)
+LogReader = Callable[[dict[int, int]], Iterator[tuple[int, list[Record]]]]   # start offsets → batches
+
+
+def merge_archive(topic: str, begin: Mapping[int, int], archived_to: Mapping[int, int], archive: ArchiveReader,
+                  log: LogReader, batch: int = 5000) -> Iterator[tuple[int, list[Record]]]:
+    """The whole history of ``topic``: for each partition whose log starts after 0 (``begin``), the
+    archived events below that offset first, then the log from where it starts.
+
+    ``archived_to[p]`` is the archive projection's position (the next offset it would archive): below
+    ``begin[p]`` the archive is the only copy, so it must have reached it, else ``ArchiveGap``. Archive
+    bodies are the log's records as written (JSON), so the caller decodes both alike."""
+    short = {p: (archived_to.get(p, 0), off) for p, off in begin.items() if off > archived_to.get(p, 0)}
+    if short:
+        raise ArchiveGap(f"{topic}: the log starts at {dict(begin)} but the PostgreSQL archive (job_events) only "
+                         f"reaches {dict(archived_to)}; the events in between exist nowhere "
+                         f"(partition: (archived to, log start) = {short})")
+    for p in sorted(begin):
+        if begin[p] <= 0:
+            continue
+        chunk: list[Record] = []
+        for offset, body in archive(p, begin[p]):
+            chunk.append(RecordTuple(topic, p, offset, None, body.encode(), 0))
+            if len(chunk) >= batch:
+                yield p, chunk
+                chunk = []
+        if chunk:
+            yield p, chunk
+    yield from log(dict(begin))
+
+
+def read_history(cfg: Config, *, end: dict[int, int], begin: dict[int, int]) -> Iterator[tuple[int, list[Record]]]:
+    """``read_log`` from offset 0, with what retention deleted (``begin`` > 0) read from the archive."""
+    topic = cfg.kafka.events_topic
+    if not any(begin.values()):
+        yield from read_log(cfg, end=end)
+        return
+    with db.connect(cfg) as conn:
+        archived_to = load_positions(conn, "archive", topic)
+
+        def archive(partition: int, below: int) -> Iterable[tuple[int, str]]:
+            return queries.archived_before(conn, partition, below)
+
+        yield from merge_archive(topic, begin, archived_to, archive,
+                                 lambda start: read_log(cfg, start=start, end=end))
 
 
 def count_between(start: dict[int, int], end: dict[int, int]) -> int:

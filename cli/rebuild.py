@@ -1,5 +1,8 @@
 """Rebuilding a projection from offset 0 of panda.job-events, side by side or in place.
 
+Where the broker's log starts after offset 0 (trimmed by retention), the events before it are read
+from the PostgreSQL archive (``cli.logread.read_history``).
+
 A rebuild only reads the log (a group-less consumer: no committed offsets, no commands sent), so no
 service sees anything: side effects are off by construction. It writes into the projection's tables
 in another PostgreSQL schema, created with the live tables' columns, constraints and index names.
@@ -23,7 +26,7 @@ from collections.abc import Callable, Sequence
 import psycopg
 from psycopg import sql
 
-from cli.logread import count_between, log_bounds, read_log
+from cli.logread import ArchiveGap, count_between, log_bounds, read_history, read_log
 from cli.progress import Progress
 from core import db
 from core.config import Config
@@ -98,14 +101,17 @@ def set_search_path(conn: psycopg.Connection, schema: str) -> None:
 def apply_log(cfg: Config, conn: psycopg.Connection, projections: Sequence[Projection], *,
               end: dict[int, int], start: dict[int, int] | None = None,
               until: dict[str, dict[int, int]] | None = None, progress: Progress | None = None,
-              commit_every: int = 0, on_event: Callable[[int, int, object], None] | None = None) -> int:
+              commit_every: int = 0, on_event: Callable[[int, int, object], None] | None = None,
+              begin: dict[int, int] | None = None) -> int:
     """Apply the log's events in ``[start, end)`` to ``projections`` on ``conn`` (its search_path
     decides where), saving each projection's position with its rows. ``until[name][p]`` stops one
     projection earlier in a partition. ``commit_every`` commits after that many events (0: never,
-    the caller owns the transaction). Returns the number of events read."""
+    the caller owns the transaction). ``begin``: the log's start offsets (without ``start``); where
+    one is past 0 the events before it are read from the archive. Returns the number of events read."""
     topic = cfg.kafka.events_topic
     n = since_commit = 0
-    for partition, recs in read_log(cfg, start=start, end=end):
+    source = read_history(cfg, end=end, begin=begin) if begin and start is None else read_log(cfg, start=start, end=end)
+    for partition, recs in source:
         records = _decoded(partition, recs)
         if on_event is not None:
             for rec in records:
@@ -192,11 +198,13 @@ def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print
         conn.commit()
         begin, end = log_bounds(cfg)
         if any(begin.values()):
-            raise RebuildError(f"the log does not start at offset 0 (retention deleted events: {begin}); a "
-                               "rebuild would be incomplete — restore it first (`pandaes restore`)")
+            log(f"the log starts after offset 0 ({begin}): the events before are read from the archive")
         set_search_path(conn, scratch)
         with Progress(f"rebuild {name}", total=count_between({}, end), enabled=show_progress) as bar:
-            n = apply_log(cfg, conn, [proj], end=end, progress=bar, commit_every=20000)
+            try:
+                n = apply_log(cfg, conn, [proj], end=end, progress=bar, commit_every=20000, begin=begin)
+            except ArchiveGap as exc:
+                raise RebuildError(f"{exc}: a rebuild would be incomplete") from None
         for statement in later:
             conn.execute(statement)
         conn.commit()

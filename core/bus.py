@@ -212,9 +212,12 @@ class Admin(Protocol):
         """Every topic name: a metadata request, also the way to see that a broker answers."""
         ...
 
-    def create_topics(self, partitions: Mapping[str, int]) -> None:
-        """Create topics (name → partition count; replication min(3, brokers)). One that exists
-        already is not an error, whatever its partition count: check ``partition_counts``."""
+    def create_topics(self, partitions: Mapping[str, int],
+                      configs: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        """Create topics (name → partition count; replication min(3, brokers)), with the topic
+        configuration ``configs[name]`` if given (``retention.ms`` …). One that exists already is not
+        an error, whatever its partition count or configuration: check ``partition_counts`` and
+        ``topic_configs``."""
         ...
 
     def partition_counts(self, topics: Iterable[str]) -> dict[str, int]:

@@ -185,6 +185,9 @@ class SetupperSettings(_Section):
 
     configure_at_start: bool
     job_wait: float
+    sweep_every: float
+    sweep_after: float
+    sweep_batch: int
 
 
 class ActivatorSettings(_Section):

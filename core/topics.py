@@ -10,11 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core import bus
-from core.config import Config
+from core.config import Config, ConfigError
+from core.retention import FOREVER, retention_problem
+
+_warned_unknown: set[str] = set()   # topics whose unknown retention was already logged (once per process)
 
 
-class TopicError(RuntimeError):
-    """The topics cannot be used as they are (a partition count that does not match, say)."""
+class TopicError(RuntimeError, ConfigError):
+    """The topics cannot be used as they are (a partition count that does not match, a retention that
+    would delete events). A ConfigError too: the broker's configuration is wrong, and the command line
+    answers it with one line (``configuration error: …``), not a traceback."""
 
 
 def ensure_topics(cfg: Config, *, log: Callable[[str], object] | None = None) -> None:
@@ -24,6 +29,10 @@ def ensure_topics(cfg: Config, *, log: Callable[[str], object] | None = None) ->
     ``cfg.kafka.partitions`` partitions, because the ledger writes each event to the partition number
     of its command: anything else is an error, never silently accepted. Run this before any producer
     touches the topics: Tansu auto-creates a topic a producer writes to, with 4 partitions.
+
+    The events topic is created with infinite retention (``core.retention.FOREVER``); an existing one
+    whose retention would delete events is refused (``TopicError`` with the kafka-configs command). A
+    broker that reports no topic configuration (the embedded Tansu) gets a warning, once.
     """
     want = int(cfg.kafka.partitions)
     if want < 1:
@@ -33,10 +42,11 @@ def ensure_topics(cfg: Config, *, log: Callable[[str], object] | None = None) ->
     try:
         missing = [name for name in names if name not in admin.partition_counts(names)]
         if missing:
-            admin.create_topics(dict.fromkeys(missing, want))
+            admin.create_topics(dict.fromkeys(missing, want), configs={cfg.kafka.events_topic: FOREVER})
             if log:
                 log(f"kafka: created topics {', '.join(missing)} ({want} partitions)")
         _check_partition_counts(admin.partition_counts(names), cfg, log)
+        check_retention(admin, cfg, log)
     finally:
         admin.close()
 
@@ -55,3 +65,24 @@ def _check_partition_counts(counts: dict[str, int], cfg: Config, log: Callable[[
     rejected = cfg.kafka.rejected_topic
     if rejected in counts and counts[rejected] != want and log:
         log(f"kafka: note: {rejected!r} has {counts[rejected]} partitions, not {want} (harmless)")
+
+
+def check_retention(admin: bus.Admin, cfg: Config, log: Callable[[str], object] | None = None) -> None:
+    """Refuse (``TopicError``) an events topic that would lose events; warn once if the broker cannot say."""
+    topic = cfg.kafka.events_topic
+    configs = admin.topic_configs(topic)
+    if configs is None:
+        if topic not in _warned_unknown:
+            _warned_unknown.add(topic)
+            (log or _warn)(f"kafka: warning: the broker reports no configuration for {topic!r}, so its retention "
+                           "cannot be checked (the embedded Tansu keeps memory only: `pandaes restore` re-publishes "
+                           "the log from the archive). On a real cluster it must have retention.ms=-1.")
+        return
+    problem = retention_problem(topic, configs, cfg.kafka.bootstrap)
+    if problem:
+        raise TopicError(problem)
+
+
+def _warn(message: str) -> None:
+    import logging
+    logging.getLogger("pandaes.topics").warning(message)

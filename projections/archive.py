@@ -1,8 +1,10 @@
 """The events archive: every event ever, append-only, queryable by PandaID and time.
 
 It is the history behind ``pandaes history``, and the copy of the log that ``pandaes restore``
-re-publishes when a broker has lost its own (the embedded broker keeps memory only). After such a
-re-publication the offsets are new: ``realign`` maps the archive and every projection's position onto them.
+re-publishes when a broker has lost its own (the embedded broker keeps memory only), and what
+``pandaes verify``/``rebuild`` read below the broker's log start when the log was trimmed
+(``cli.logread``). After such a re-publication the offsets are new: ``realign`` maps the archive and
+every projection's position onto them.
 
 A batch is one ``INSERT … SELECT FROM unnest(…)`` (binary array parameters), not one statement per event.
 """

@@ -133,6 +133,18 @@ def archive_in_log_order(conn: psycopg.Connection, batch: int = 5000) -> Iterato
         yield from cur
 
 
+def archived_before(conn: psycopg.Connection, partition: int, offset: int,
+                    batch: int = 5000) -> Iterator[tuple[int, str]]:
+    """(log offset, body JSON) of the archived events of ``partition`` below ``offset``, in offset order:
+    what replay tools read where the broker's log starts later than 0. Streamed like
+    ``archive_in_log_order`` (``conn`` not in autocommit mode)."""
+    with conn.cursor(name=f"pandaes_archived_before_{partition}") as cur:
+        cur.itersize = batch
+        cur.execute("SELECT kafka_offset, body::text FROM job_events WHERE partition = %s AND kafka_offset < %s"
+                    " ORDER BY kafka_offset, pandaid, seq", (partition, offset))
+        yield from cur
+
+
 def stage_seconds(conn: psycopg.Connection) -> list[tuple[str, float]]:
     """(``from → to (action)``, seconds since the job's previous event) for every event but the first."""
     rows = conn.execute(

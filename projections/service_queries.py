@@ -42,6 +42,21 @@ def assigned_jobs(conn: psycopg.Connection, partitions: set[int] | None, limit: 
     return jobs
 
 
+# ------------------------------------------------------------------------------------------- setupper
+def stale_defined(conn: psycopg.Connection, partitions: set[int] | None, before: float,
+                  limit: int) -> list[tuple[int, int]]:
+    """(PandaID, seq) of jobs ``defined`` since before epoch ``before`` (oldest first, at most ``limit``;
+    only ``partitions`` unless None): the setupper's sweep candidates."""
+    sql = "SELECT pandaid, seq FROM jobs WHERE status = 'defined' AND state_change_time < to_timestamp(%s)"
+    params: list[Any] = [before]
+    if partitions is not None:
+        sql += " AND partition = ANY(%s)"
+        params.append(sorted(partitions))
+    sql += " ORDER BY state_change_time, pandaid LIMIT %s"
+    params.append(limit)
+    return [(pid, seq) for pid, seq in conn.execute(sql, params).fetchall()]
+
+
 # ------------------------------------------------------------------------------ closer, finisher, adder
 def final_jobs(conn: psycopg.Connection, pandaids: Iterable[int]) -> set[int]:
     """Those of ``pandaids`` whose job is in a final state."""

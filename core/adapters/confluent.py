@@ -456,11 +456,13 @@ class Admin:
             counts[name] = len(t.partitions)
         return counts
 
-    def create_topics(self, partitions: Mapping[str, int]) -> None:
+    def create_topics(self, partitions: Mapping[str, int],
+                      configs: Mapping[str, Mapping[str, str]] | None = None) -> None:
         if not partitions:
             return
         replication = min(3, len(self._a.list_topics(timeout=self._timeout).brokers) or 1)
-        futures = self._a.create_topics([NewTopic(name, n, replication) for name, n in partitions.items()],
+        futures = self._a.create_topics([NewTopic(name, n, replication, config=dict((configs or {}).get(name) or {}))
+                                         for name, n in partitions.items()],
                                         operation_timeout=self._timeout)
         for name, fut in futures.items():
             self._result(fut, f"creating Kafka topic {name!r} ({partitions[name]} partitions, replication "

@@ -233,12 +233,14 @@ class Admin:
             counts[topic["name"]] = len(topic["partitions"])
         return counts
 
-    def create_topics(self, partitions: Mapping[str, int]) -> None:
+    def create_topics(self, partitions: Mapping[str, int],
+                      configs: Mapping[str, Mapping[str, str]] | None = None) -> None:
         if not partitions:
             return
         brokers = len(self._a.describe_cluster().get("brokers") or []) or 1
         replication = min(3, brokers)
-        spec = {name: {"num_partitions": n, "replication_factor": replication} for name, n in partitions.items()}
+        spec = {name: {"num_partitions": n, "replication_factor": replication,
+                       "configs": dict((configs or {}).get(name) or {})} for name, n in partitions.items()}
         result = self._a.create_topics(spec, raise_errors=False, wait_for_metadata=True)
         for topic in result.get("topics", []):
             code = topic.get("error_code", 0)

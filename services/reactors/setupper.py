@@ -29,9 +29,11 @@ from typing import Any, Protocol
 
 import msgspec
 
+from core import db
 from core.config import Config
 from core.states import JobStatus
 from plugins import DataPlugin, InputFile, OutputBlock, PluginError, for_queue, spec_for
+from projections import service_queries
 from projections.jobview import JobReader, ProjectionLag
 from schemas.jobspec import FileSpec
 from schemas.messages import Command, Event, JobSubmitted, Transition
@@ -71,6 +73,16 @@ class SetupperView(Protocol):
     @property
     def datasets(self) -> DatasetStore: ...
 
+    def stale_defined(self, partitions: set[int] | None, before: float, limit: int) -> list[tuple[int, int]]:
+        """(PandaID, seq) of jobs ``defined`` since before ``before`` (epoch), oldest first (the sweep)."""
+        ...
+
+    def swept_since(self, since: float) -> set[int]:
+        """Jobs the sweep acted on at or after ``since`` (memory of the view, not of the decision)."""
+        ...
+
+    def mark_swept(self, pandaids: Sequence[int], at: float) -> None: ...
+
 
 def _val(value: Any) -> Any:
     return None if value in _NULLS else value
@@ -90,7 +102,17 @@ def _fail(panda_id: int, attrs: dict[str, Any], reason: str) -> Transition:
 
 
 class Setupper:
+    """``decide`` reacts to each job entering ``defined``; ``tick`` sweeps the ``defined`` jobs no event
+    decision reached (a restore moved the group to the end of the log, a crash between commit and send):
+    those older than ``sweep_after`` seconds, not swept in that long, are decided again from the jobs
+    projection. Both paths are idempotent: the blocks are recorded with ON CONFLICT, the plugin calls are
+    repeatable, and the ledger rejects a transition the job has already made."""
+
     name = NAME
+
+    def __init__(self, sweep_after: float = 60.0, sweep_batch: int = 500):
+        self.sweep_after = sweep_after
+        self.sweep_batch = sweep_batch
 
     def wants(self, event: Event) -> bool:
         if event.to_state != JobStatus.DEFINED:
@@ -110,6 +132,31 @@ class Setupper:
                 return []
             spec, files = found
             spec = {**spec, **event.attrs}
+        return self._plan(pid, spec, files, view, event.correlation_id)
+
+    def tick(self, now: float, view: SetupperView) -> Sequence[Output]:
+        """The sweep: decide again every ``defined`` job of our partitions older than ``sweep_after``."""
+        partitions = getattr(view, "partitions", None)
+        if partitions is not None and not partitions:
+            return []                     # owns no partition (yet): another copy sweeps
+        recent = view.swept_since(now - self.sweep_after)
+        stale = [(pid, seq) for pid, seq in view.stale_defined(partitions, now - self.sweep_after, self.sweep_batch)
+                 if pid not in recent]
+        if not stale:
+            return []
+        log.info("setupper sweep: %d job(s) still defined after %.0fs", len(stale), self.sweep_after)
+        out: list[Output] = [Action(label=f"sweep {len(stale)} defined job(s)",
+                                    steps=(functools.partial(view.mark_swept, [pid for pid, _ in stale], now),))]
+        for pid, seq in stale:
+            found = view.job(pid, seq)
+            if found is None:
+                continue                  # moved on meanwhile
+            spec, files = found
+            out += self._plan(pid, spec, files, view, None)
+        return out
+
+    def _plan(self, pid: int, spec: dict[str, Any], files: list[dict[str, Any]], view: SetupperView,
+              correlation_id: str | None) -> list[Output]:
         queues = view.queues()
         inputs = [InputFile(lfn=f["lfn"], dataset=_val(f.get("dataset")) or _val(f.get("prodDBlock")),
                             scope=_val(f.get("scope")), guid=_val(f.get("GUID")), fsize=_val(f.get("fsize")),
@@ -187,7 +234,7 @@ class Setupper:
             reasons.append(f"{len(inputs)} inputs at {queue.endpoint}" if inputs else "no inputs")
             action = "activate"
         cmd = Transition(PandaID=pid, action=action, actor=ACTOR, attrs=attrs, files=patches,
-                         reason="setupper: " + "; ".join(reasons), correlation_id=event.correlation_id)
+                         reason="setupper: " + "; ".join(reasons), correlation_id=correlation_id)
         rows = [Block(name=b.name, type=b.kind, site=queue.name, endpoint=b.endpoint, parent=b.parent,
                       plugin=plugin_spec, vo=vo) for b in blocks.values()]
         steps: list = []
@@ -251,7 +298,10 @@ class LiveView:
         self.sites = SitesCache(cfg)
         self._datasets = DatasetStore(cfg)
         self._jobs = JobReader(cfg, wait=cfg.setupper.job_wait)
+        self._pg = db.Reconnecting(cfg)
         self._lock = threading.Lock()
+        self.partitions: set[int] | None = None      # set by the loop before each tick
+        self._swept: dict[int, float] = {}
 
     @property
     def datasets(self) -> DatasetStore:
@@ -275,9 +325,21 @@ class LiveView:
                 return None
             return row["spec"], self._jobs.files(panda_id)
 
+    def stale_defined(self, partitions: set[int] | None, before: float, limit: int) -> list[tuple[int, int]]:
+        with self._lock:
+            return service_queries.stale_defined(self._pg.conn, partitions, before, limit)
+
+    def swept_since(self, since: float) -> set[int]:
+        self._swept = {pid: at for pid, at in self._swept.items() if at >= since}
+        return set(self._swept)
+
+    def mark_swept(self, pandaids: Sequence[int], at: float) -> None:
+        self._swept.update(dict.fromkeys(pandaids, at))
+
     def close(self) -> None:
         self._datasets.close()
         self._jobs.close()
+        self._pg.close()
 
 
 def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:
@@ -285,7 +347,8 @@ def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -
     if cfg.setupper.configure_at_start:
         configurator.ensure(cfg, who=NAME)
     view = LiveView(cfg)
-    loop = ServiceLoop(cfg, Setupper(), view, replay=replay)
+    service = Setupper(sweep_after=cfg.setupper.sweep_after, sweep_batch=cfg.setupper.sweep_batch)
+    loop = ServiceLoop(cfg, service, view, tick_every=cfg.setupper.sweep_every, replay=replay)
     try:
         loop.run(stop)
     finally:

@@ -465,3 +465,44 @@ def test_admin_topics_partition_counts_configs_delete(cfg):
         assert admin.partition_counts([a_topic, b_topic]) == {a_topic: 3}
     finally:
         admin.close()
+
+
+def test_admin_creates_a_topic_with_configs_and_reads_them_back(cfg):
+    """The configuration given to create_topics reaches the broker (retention of the events topic)."""
+    topic = f"{cfg.kafka.group_prefix}.admin-configured"
+    admin = bus.admin(cfg)
+    try:
+        admin.create_topics({topic: 2}, configs={topic: {"retention.ms": "86400000", "retention.bytes": "-1"}})
+        assert admin.partition_counts([topic]) == {topic: 2}
+        configs = admin.topic_configs(topic)
+        if configs is None:
+            assert EMBEDDED_TANSU, "a real broker must report the topic's configuration"
+            pytest.skip("the embedded Tansu stores no topic configuration (topic_configs is None)")
+        assert configs["retention.ms"] == "86400000" and configs["retention.bytes"] == "-1"
+    finally:
+        admin.close()
+
+
+def test_beginning_offsets_of_a_fresh_and_a_written_partition(cfg):
+    """The log start offset (what replay tools compare with 0): 0 on a broker that deleted nothing."""
+    topic = f"{cfg.kafka.group_prefix}.begin"
+    admin = bus.admin(cfg)
+    try:
+        admin.create_topics({topic: 2})
+    finally:
+        admin.close()
+    p = bus.producer(cfg)
+    try:
+        for i in range(3):
+            p.send(topic, b"%d" % i, partition=1)
+        p.flush(10)
+    finally:
+        p.close()
+    c = bus.consumer(cfg, group_id=None)
+    try:
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        assert c.beginning_offsets(tps) == {tps[0]: 0, tps[1]: 0}
+        ends = c.end_offsets(tps)
+        assert ends[tps[0]] == 0 and ends[tps[1]] >= 1
+    finally:
+        c.close()

@@ -218,6 +218,51 @@ def test_partition_count_mismatch_is_an_error(env: Path, tansu: Tansu):
         ensure_topics(odd)
 
 
+def test_events_topic_is_created_forever_and_finite_retention_is_refused(env: Path, tansu: Tansu):
+    """ensure_topics creates the events topic with retention.ms=-1 and refuses one that deletes events.
+    The embedded Tansu reports no topic configuration: then the check can only warn (the decision
+    itself is tested in tests/unit/test_retention.py)."""
+    cfg = _topic_cfg(tansu.bootstrap)
+    finite = _topic_cfg(tansu.bootstrap)
+    admin = bus.admin(finite)
+    try:
+        week = {finite.kafka.events_topic: {"retention.ms": "604800000"}}
+        admin.create_topics({finite.kafka.events_topic: 4}, configs=week)
+        ensure_topics(cfg)
+        configs = admin.topic_configs(cfg.kafka.events_topic)
+        if configs is None:
+            warned: list[str] = []
+            ensure_topics(finite, log=warned.append)
+            assert any("reports no configuration" in w for w in warned)
+            pytest.skip("the embedded Tansu reports no topic configuration: refusal tested as a pure function")
+        assert configs["retention.ms"] == "-1" and configs["retention.bytes"] == "-1"
+        with pytest.raises(TopicError, match="(?s)retention.ms=604800000.*kafka-configs"):
+            ensure_topics(finite)
+    finally:
+        admin.close()
+
+
+def test_run_refuses_to_start_on_an_events_topic_with_finite_retention(env: Path, tansu: Tansu, monkeypatch, capsys):
+    """`pandaes run` against a broker whose events topic deletes after 7 days: one line, exit 2, nothing started."""
+    from cli import main as cli_main
+    finite = _topic_cfg(tansu.bootstrap)
+    admin = bus.admin(finite)
+    try:
+        week = {finite.kafka.events_topic: {"retention.ms": "604800000"}}
+        admin.create_topics({finite.kafka.events_topic: 4}, configs=week)
+        if admin.topic_configs(finite.kafka.events_topic) is None:
+            pytest.skip("the embedded Tansu reports no topic configuration")
+    finally:
+        admin.close()
+    monkeypatch.setenv("PANDAES_KAFKA", tansu.bootstrap)
+    monkeypatch.setenv("PANDAES_PARTITIONS", "4")
+    for key in ("commands_topic", "events_topic", "rejected_topic"):
+        monkeypatch.setenv(f"PANDAES_KAFKA_{key.upper()}", str(getattr(finite.kafka, key)))
+    assert cli_main.main(["run", "ledger"]) == 2
+    err = capsys.readouterr().err
+    assert "would lose events" in err and "kafka-configs.sh" in err and "Traceback" not in err
+
+
 # ------------------------------------------------------------------------------------------ broker
 def test_broker_kill_and_restart_on_the_same_port(system: Infra):
     cfg = system.config()

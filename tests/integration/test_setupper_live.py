@@ -7,8 +7,9 @@ from collections import Counter
 
 from helpers import all_events, wait_for_no_lag, wait_until
 
-from core import db
-from core.bus import CommandSender
+from cli.logread import log_bounds
+from core import bus, db
+from core.bus import CommandSender, TopicPartition
 from core.ledger import Ledger
 from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
@@ -170,3 +171,32 @@ def test_replay_decides_but_does_not_act(cfg, tmp_path, background):
         view.close()
     assert loop.stats["commands"] == 0 and loop.stats["actions"] == 0
     assert not (tmp_path / "storage" / "A_DISK" / "user.test.out_sub000300").exists(), "replay touched storage"
+
+
+def test_sweep_sets_up_jobs_whose_events_the_setupper_skipped(cfg, tmp_path, background):
+    """After a restore the setupper's group starts at the end of the log: the jobs submitted before are
+    never decided from their events. The clock-driven sweep finds them in the jobs projection."""
+    cfg, _ = setup_system(cfg, tmp_path, background, setuppers=0, delay=0)
+    ids = list(range(500, 540))
+    sender = CommandSender(cfg)
+    sender.send_many([job(i, "SITE_A") for i in ids])
+    sender.flush()
+    sender.close()
+    wait_until(lambda: Counter(states(cfg).values()) == {"defined": len(ids)}, 60, 0.2, "all defined")
+    # what `pandaes restore` does to every service group: history is not news to them
+    topic = cfg.kafka.events_topic
+    _, end = log_bounds(cfg)
+    group = f"{cfg.kafka.group_prefix}-{Setupper.name}"
+    c = bus.consumer(cfg, group_id=group)
+    try:
+        c.commit({TopicPartition(topic, p): off for p, off in end.items()})
+    finally:
+        c.close()
+    view = setupper.LiveView(cfg)
+    loop = ServiceLoop(cfg, Setupper(sweep_after=0.5, sweep_batch=100), view, tick_every=0.2)
+    background.start(_closing(loop, view), "setupper")
+    wait_until(lambda: Counter(states(cfg).values()) == {"activated": len(ids)}, 60, 0.2, "all activated")
+    assert loop.stats["ticks"] > 0
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-ledger", cfg.kafka.commands_topic)
+    events = [e for _, _, e in all_events(cfg) if e.actor == "service:setupper"]
+    assert Counter(e.PandaID for e in events) == {i: 1 for i in ids}, "one setup per job"

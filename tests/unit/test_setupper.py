@@ -149,3 +149,48 @@ def test_action_without_on_error_propagates():
         pass
     else:
         raise AssertionError("expected the step's error")
+
+
+# ----------------------------------------------------------------------------------------- the sweep
+class SweepView(FakeView):
+    """FakeView plus the sweep's reads: ``defined`` maps PandaID → (seq, defined since)."""
+
+    def __init__(self, *args, defined: dict[int, tuple[int, float]], **kw):
+        super().__init__(*args, **kw)
+        self.defined = defined
+        self.swept: dict[int, float] = {}
+
+    def stale_defined(self, partitions, before, limit):
+        rows = sorted((since, pid, seq) for pid, (seq, since) in self.defined.items() if since < before)
+        return [(pid, seq) for _, pid, seq in rows][:limit]
+
+    def swept_since(self, since):
+        return {pid for pid, at in self.swept.items() if at >= since}
+
+    def mark_swept(self, pandaids, at):
+        self.swept.update(dict.fromkeys(pandaids, at))
+
+
+def test_sweep_decides_old_defined_jobs_once_per_window_from_the_projection():
+    jobs = {pid: ({"PandaID": pid, "computingSite": "SITE"}, [{"lfn": f"log.{pid}", "type": "log"}])
+            for pid in (21, 22, 23)}
+    view = SweepView([queue("SITE")], FakePlugin(), jobs=jobs,
+                     defined={21: (1, 100.0), 22: (1, 150.0), 23: (1, 195.0)})
+    s = Setupper(sweep_after=30.0, sweep_batch=10)
+    out = s.tick(200.0, view)
+    cmds = run_actions(out)
+    assert sorted(c.PandaID for c in cmds) == [21, 22], "only jobs defined for longer than sweep_after"
+    assert all(c.action == "activate" and c.actor == "service:setupper" for c in cmds)
+    assert view.swept == {21: 200.0, 22: 200.0}
+    assert run_actions(s.tick(210.0, view)) == [], "not again before sweep_after has passed"
+    again = run_actions(s.tick(231.0, view))
+    assert sorted(c.PandaID for c in again) == [21, 22, 23], "still defined a window later: decided again"
+
+
+def test_sweep_does_nothing_without_partitions_or_candidates():
+    view = SweepView([queue("SITE")], FakePlugin(), defined={})
+    s = Setupper(sweep_after=1.0)
+    assert s.tick(100.0, view) == []
+    view.defined = {5: (1, 0.0)}
+    view.partitions = set()
+    assert s.tick(100.0, view) == [], "owns no partition: another copy sweeps"
