@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import zlib
 
-import aiohttp
 from gateway_support import run, start_system
 
 NESTED = "[" * 100_000 + "]" * 100_000
@@ -21,7 +20,7 @@ def test_bad_input_is_a_4xx_never_a_5xx(cfg, background):
     limit = int(cfg.gateway.max_body_bytes)
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             # a deeply nested JSON body
             async with s.post(f"{api}/job/submit", data=f'{{"jobs": {NESTED}}}',
                               headers={"Content-Type": "application/json"}) as r:

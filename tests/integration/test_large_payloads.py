@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import aiohttp
 from gateway_support import post_form, post_json, run, start_system
 
 from core import db, payloads
@@ -36,7 +35,7 @@ def test_a_5_mb_report_goes_all_the_way_to_finished(cfg, background):
     padding = "x" * (5 * MB)
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             _, job = await post_form(s, f"{base}/getJob", {"siteName": "LOCAL", "node": "wn1"})
             assert job["StatusCode"] == 0 and job["PandaID"] == pid, job
             common = {"jobId": pid, "attemptNr": 1, "node": "wn1", "siteName": "LOCAL"}
@@ -81,7 +80,7 @@ def test_a_command_over_the_message_limit_is_refused_for_good(cfg, background):
                                             transformation="t", jobParameters="p" * size)])
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             status, body = await post_json(s, f"{system.url}/api/v1/job/submit", {"jobs": jobs(60_000)})
             assert status == 413 and "message limit of 50000 bytes" in body["message"], body
             status, body = await post_json(s, f"{system.url}/api/v1/job/submit", {"jobs": jobs(1_000)})

@@ -9,7 +9,6 @@ loop as dead letters while every other job keeps flowing.
 
 from __future__ import annotations
 
-import aiohttp
 from gateway_support import post_form, post_json, run, start_system
 from helpers import wait_for_no_lag, wait_until
 
@@ -45,7 +44,7 @@ def test_unstorable_values_are_refused_at_the_edge_and_by_the_ledger(cfg, backgr
     before = _row(cfg, p1)["seq"]
 
     async def scenario():
-        async with aiohttp.ClientSession() as s:
+        async with system.session() as s:
             # a pilot's update with a NUL in its diagnostics: the field is dropped and named, the update kept
             status, upd = await post_form(s, f"{system.url}/server/panda/updateJob",
                                           {"jobId": p1, "state": "running", "pilotErrorDiag": f"bad{NUL}diag"})
