@@ -36,6 +36,7 @@ SET_SQL = "UPDATE event_ranges SET status = %s, seq = %s WHERE range_id = %s"
 CHANGES_SQL = ("SELECT range_id, from_status, to_status FROM event_range_changes WHERE pandaid = %s"
                " ORDER BY range_id, seq")
 STATUS_SQL = "SELECT range_id, status FROM event_ranges WHERE pandaid = %s"
+JOBS_OF_SQL = "SELECT DISTINCT pandaid FROM event_ranges WHERE range_id = ANY(%s)"
 
 
 def define(conn: psycopg.Connection, pandaid: int, defs: Sequence[RangeDef], actor: str) -> int:
@@ -80,6 +81,12 @@ async def report(conn: AsyncConnection, range_id: str, status: str, actor: str,
         await conn.execute(CHANGE_SQL, (range_id, seq + 1, pandaid, current, status, actor,
                                         Jsonb(detail) if detail else None))
     return True
+
+
+async def jobs_of(conn: AsyncConnection, range_ids: Sequence[str]) -> list[int]:
+    """The PandaIDs owning these ranges as the table records them (unknown ids add nothing), ascending."""
+    cur = await conn.execute(JOBS_OF_SQL, (list(range_ids),))
+    return sorted(r[0] for r in await cur.fetchall())
 
 
 def changes(conn: psycopg.Connection, pandaid: int) -> list[tuple[str, str | None, str]]:

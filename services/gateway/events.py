@@ -4,6 +4,10 @@
 Answers follow what the callers read: Harvester takes ``data["StatusCode"]`` and ``data["eventRanges"]``
 from acquire_event_ranges and ``data["StatusCode"]``/``data["Returns"]`` from update_event_ranges (one
 bool per reported range, in order); pilot3's legacy calls get the same fields at the top level.
+
+Acquiring and updating a job's ranges are bound like updateJob: only the identity the job was dispatched
+to (or one ``access.refused`` lets update it: admin, production of its VO) may take or report them; anyone
+else gets 403 with StatusCode 60 naming the pilot the job went to, and none of the ranges change.
 """
 
 from __future__ import annotations
@@ -15,22 +19,34 @@ from aiohttp import web
 
 from services.eventservice import ranges, store
 
-from . import identity, legacy, pilot
+from . import access, identity, legacy, pilot
 from .params import BadRequest, as_int, read_params
 from .v1 import Handler, _v1, envelope
 
 MAX_RANGES = 10000
 
 
+class Refused(Exception):
+    """The caller may not act on (some of) these jobs' ranges; the message names the pilot they went to."""
+
+
 def _pool(request: web.Request):
     return request.app["backend"].pool
 
 
-async def _acquire(request: web.Request, pandaid: int, n: int, actor: str) -> list[dict[str, Any]]:
+async def _check(request: web.Request, caller: identity.Caller, pandaids: list[int]) -> None:
+    """Raise Refused unless ``caller`` may update every one of these jobs (the updateJob binding)."""
+    refused = await access.refused(request, caller, pandaids, "update")
+    if refused:
+        raise Refused("; ".join(refused[p] for p in sorted(refused)))
+
+
+async def _acquire(request: web.Request, pandaid: int, n: int, caller: identity.Caller) -> list[dict[str, Any]]:
     if not 0 < n <= MAX_RANGES:
         raise BadRequest(f"must be between 1 and {MAX_RANGES}, got {n}", field="n_ranges")
+    await _check(request, caller, [pandaid])
     async with _pool(request).connection() as conn:
-        return [ranges.pilot_range(r) for r in await store.acquire(conn, pandaid, n, actor)]
+        return [ranges.pilot_range(r) for r in await store.acquire(conn, pandaid, n, caller.actor)]
 
 
 def _reported(raw: Any, field: str) -> list[dict[str, Any]]:
@@ -61,8 +77,13 @@ def _pandaid(range_id: str) -> int | None:
         return None
 
 
-async def _update(request: web.Request, reported: list[dict[str, Any]], actor: str) -> dict[str, Any]:
+async def _update(request: web.Request, reported: list[dict[str, Any]], caller: identity.Caller) -> dict[str, Any]:
+    """Every reported range is checked before any is recorded: one refused job refuses the whole report."""
     returns: list[bool] = []
+    actor = caller.actor
+    async with _pool(request).connection() as conn:
+        owners = await store.jobs_of(conn, [str(r.get("eventRangeID") or "") for r in reported])
+    await _check(request, caller, owners)
     async with _pool(request).connection() as conn:
         for r in reported:
             range_id, status = str(r.get("eventRangeID") or ""), str(r.get("eventStatus") or "")
@@ -78,15 +99,22 @@ async def _update(request: web.Request, reported: list[dict[str, Any]], actor: s
 @_v1
 async def acquire_event_ranges(request: web.Request, params: dict[str, Any]) -> web.Response:
     pandaid = as_int(params, "job_id")
-    actor = identity.pilot(request, params).actor
-    got = await _acquire(request, pandaid, as_int(params, "n_ranges", default=10), actor)
+    try:
+        got = await _acquire(request, pandaid, as_int(params, "n_ranges", default=10),
+                             identity.pilot(request, params))
+    except Refused as exc:
+        return envelope(False, str(exc), {"StatusCode": pilot.SC_ROLE, "eventRanges": []}, status=403)
     return envelope(True, "", {"StatusCode": pilot.SC_SUCCESS, "eventRanges": got})
 
 
 @_v1
 async def update_event_ranges(request: web.Request, params: dict[str, Any]) -> web.Response:
     reported = _reported(params.get("event_ranges"), "event_ranges")
-    return envelope(True, "", await _update(request, reported, identity.pilot(request, params).actor))
+    try:
+        return envelope(True, "", await _update(request, reported, identity.pilot(request, params)))
+    except Refused as exc:
+        return envelope(False, str(exc), {"StatusCode": pilot.SC_ROLE, "Returns": [False] * len(reported)},
+                        status=403)
 
 
 @_v1
@@ -97,14 +125,21 @@ async def get_available_event_range_count(request: web.Request, params: dict[str
 
 
 # --------------------------------------------------------------------------------------- legacy
+def _legacy_refused(exc: Refused) -> web.Response:
+    """PanDA's answer to a missing permission, as the gate gives it on the legacy API."""
+    return legacy.reply({"StatusCode": pilot.SC_ROLE, "errorDialog": str(exc)}, status=403)
+
+
 async def get_event_ranges(request: web.Request) -> web.Response:
     try:
         params = await read_params(request)
         pandaid = as_int(params, "pandaID")
         got = await _acquire(request, pandaid, as_int(params, "nRanges", default=10),
-                             identity.pilot(request, params).actor)
+                             identity.pilot(request, params))
     except BadRequest as exc:
         return legacy.invalid(exc)
+    except Refused as exc:
+        return _legacy_refused(exc)
     return legacy.reply({"StatusCode": pilot.SC_SUCCESS, "eventRanges": got})
 
 
@@ -112,9 +147,11 @@ async def legacy_update_event_ranges(request: web.Request) -> web.Response:
     try:
         params = await read_params(request)
         reported = _reported(params.get("eventRanges"), "eventRanges")
+        return legacy.reply(await _update(request, reported, identity.pilot(request, params)))
     except BadRequest as exc:
         return legacy.invalid(exc)
-    return legacy.reply(await _update(request, reported, identity.pilot(request, params).actor))
+    except Refused as exc:
+        return _legacy_refused(exc)
 
 
 ROUTES: list[tuple[tuple[str, ...], str, Handler]] = [
