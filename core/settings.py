@@ -74,6 +74,7 @@ class GatewaySettings(_Section):
     max_body_bytes: int
     submit_max_jobs: int
     inline_payload_bytes: int
+    monitor_origin: str
 
 
 class DispatcherSettings(_Section):
@@ -219,6 +220,7 @@ class MonitorSettings(_Section):
     host: str
     port: int
     db_pool_size: int
+    gateway_url: str
 
 
 class AuthSettings(_Section):

@@ -21,7 +21,7 @@ from aiohttp import web
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
-from . import cache, creds, events, harvester, jedilog, legacy, observe, openapi, tasks, v1
+from . import cache, cors, creds, events, harvester, jedilog, legacy, observe, openapi, tasks, v1
 from .auth import dev, tls
 from .auth.gate import Gate, authenticate
 from .backend import Backend
@@ -71,7 +71,7 @@ async def serve_dev_jwks(request: web.Request) -> web.Response:
 def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     # auto_decompress off: params.read_params undoes Content-Encoding itself and answers a corrupt body 400
     app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes),
-                          middlewares=[observe.http_metrics, errors, authenticate],
+                          middlewares=[observe.http_metrics, cors.monitor_origin, errors, authenticate],
                           handler_args={"auto_decompress": False})
     app["cfg"] = cfg
     app["backend"] = backend or Backend(cfg)
@@ -80,6 +80,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     app["queue_cache"] = {}
     app["queue_locks"] = {}
     app["openapi"] = openapi.document()
+    cors.setup(app)
 
     async def start(app: web.Application) -> None:
         await app["backend"].start()

@@ -2,7 +2,9 @@
 and the archived events, with a live feed from the event log (``live.EventFeed``).
 
 Read-only on purpose: it holds no producer and sends no command, so any number of copies can run beside
-the gateway. Kill/retry buttons wait for the gateway's identity rules and are not offered here.
+the gateway. The job page's kill button is sent by the browser straight to the gateway with the user's
+own token (the gateway's identity rules decide; services/gateway/cors.py lets this monitor's origin call
+it); retry is not offered.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ async def job(request: web.Request) -> web.Response:
         at = max(1, min(at, history[-1]["seq"]))
         folded = fold_at(history, at, current["partition"] if current else -1)
     return web.Response(text=pages.job_page(
-        pandaid, current, history, at, folded, files_now, request.app["feed"].rejected(pandaid)), content_type=HTML)
+        pandaid, current, history, at, folded, files_now, request.app["feed"].rejected(pandaid),
+        gateway=request.app["gateway_url"]), content_type=HTML)
 
 
 async def job_history(request: web.Request) -> web.Response:
@@ -205,9 +208,17 @@ async def index(request: web.Request) -> web.Response:
     raise web.HTTPFound("/jobs")
 
 
+def gateway_url(cfg: Config) -> str:
+    """Where the browser sends the kill button's call: [monitor] gateway_url, else the gateway of [http]."""
+    if cfg.monitor.gateway_url:
+        return cfg.monitor.gateway_url.rstrip("/")
+    return f"{'https' if cfg.auth.tls_cert else 'http'}://{cfg.http.host}:{int(cfg.http.port)}"
+
+
 def build_app(cfg: Config) -> web.Application:
     app = web.Application(middlewares=[http_metrics])
     app["cfg"] = cfg
+    app["gateway_url"] = gateway_url(cfg)
 
     async def start(app: web.Application) -> None:
         app["pool"] = AsyncConnectionPool(cfg.db.url, min_size=1, max_size=int(cfg.monitor.db_pool_size),

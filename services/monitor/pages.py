@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from core.states import JobStatus
+from core.states import FINAL_STATES, JobStatus
 from schemas.jobspec import JOB_ATTRIBUTES
 
 STATES = [s.value for s in JobStatus]
@@ -130,9 +130,24 @@ def _payload_summary(body: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def kill_box(pandaid: int, gateway: str) -> str:
+    """Sign in (a bearer token kept in the browser's sessionStorage, never sent here) and a kill button.
+
+    The browser sends the kill to the gateway itself (``gateway``/api/v1/job/kill, allowed across origins
+    for this monitor only: services/gateway/cors.py); the gateway decides who may, and its answer is shown.
+    No <form>: a form would send the token to the monitor when scripts are off.
+    """
+    return (f'<div id="kill-box" class="kill" data-gateway="{e(gateway)}" data-pandaid="{pandaid}">'
+            '<span id="signed-out"><label>token <input id="token" type="password" autocomplete="off" '
+            'placeholder="bearer token (pandaes token)"></label> <button id="sign-in" type="button">sign in'
+            '</button></span><span id="signed-in" hidden>signed in <button id="kill" type="button">kill job'
+            '</button> <button id="sign-out" type="button">sign out</button></span> '
+            '<output id="kill-result"></output></div>')
+
+
 def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]],
              at: int | None, folded: Mapping[str, Any] | None, files_now: Sequence[Mapping[str, Any]] = (),
-             rejections: Sequence[Mapping[str, Any]] = ()) -> str:
+             rejections: Sequence[Mapping[str, Any]] = (), gateway: str | None = None) -> str:
     if not history:
         return layout(f"Job {pandaid}", f"<p>no events for PandaID {pandaid}</p>")
     last_seq = history[-1]["seq"]
@@ -166,7 +181,8 @@ def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[
     timeline = ('<h2>Timeline</h2><table id="timeline"><thead><tr><th>seq</th><th>time (UTC)</th><th>actor</th>'
                 '<th>type</th><th>action</th><th>transition</th><th>payload</th></tr></thead>'
                 f'<tbody>{"".join(trows)}</tbody></table>'
-                '<p class="note">Kill and retry are not offered here: the monitor is read-only.</p>')
+                '<p class="note">Kill is sent by your browser to the gateway with your token; the monitor '
+                'itself is read-only. Retry is not offered here.</p>')
     rrows = "".join(f'<tr><td>{e(r["time"])}</td><td>{e(r["command"])}</td>'
                     f'<td>{e(r["state"])}</td><td>{e(r["code"])}</td><td>{e(r["reason"])}</td></tr>'
                     for r in rejections)
@@ -175,7 +191,9 @@ def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[
         f'<th>code</th><th>reason</th></tr></thead><tbody>{rrows}</tbody></table>' if rejections else
         '<p id="norejections" class="note">none on the rejections topic (as far back as the broker keeps it)</p>'))
     body = f'<div class="cols"><div>{spec_table}</div><div>{files_table}{timeline}</div></div>'
-    return layout(f"Job {pandaid}", heading + travel + body, script=True)
+    live = current is not None and current.get("status") not in FINAL_STATES
+    kill = kill_box(pandaid, gateway) if gateway and live else ""
+    return layout(f"Job {pandaid}", heading + kill + travel + body, script=True)
 
 
 def as_of_form(action: str, at: str | None) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_until
-from observed_system import RunningSystem, running_system
+from observed_system import RunningSystem, _job, running_system
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -120,3 +120,61 @@ def test_live_event_appears_without_reload(system: RunningSystem, browser, shots
         By.CSS_SELECTOR, f'#live tr.new[data-pandaid="{target}"]')), 30, 0.2, "the kill event on the live page")
     assert browser.execute_script("return window.__same_page;") == marker   # no reload happened
     browser.save_screenshot(str(shots / "live.png"))
+
+
+def _submit_as(system: RunningSystem, tmp: Path, user: str, name: str) -> int:
+    jobs = tmp / f"{name}.json"
+    jobs.write_text(json.dumps([{**_job(name, "user"), "jediTaskID": 4343}]))
+    out = system.cli("submit", "--user", user, str(jobs))
+    assert out.returncode == 0, out.stdout + out.stderr
+    pid = int(out.stdout.split()[0])
+    wait_until(lambda: json.loads(system.cli("status", "--json", str(pid)).stdout)[0]["status"] == "activated",
+               60, 0.3, f"job {pid} activated")
+    return pid
+
+
+def _token(system: RunningSystem, identity: str, roles: str) -> str:
+    out = system.cli("token", "--identity", identity, "--roles", roles)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout.strip()
+
+
+def _status(system: RunningSystem, pid: int) -> str:
+    return json.loads(system.cli("status", "--json", str(pid)).stdout)[0]["status"]
+
+
+def _sign_in_and_kill(browser, token: str) -> str:
+    if browser.find_element(By.ID, "signed-in").is_displayed():
+        browser.find_element(By.ID, "sign-out").click()
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "sign-in").click()
+    browser.find_element(By.ID, "kill").click()
+    result = browser.find_element(By.ID, "kill-result")
+    wait_until(lambda: result.get_attribute("class") in ("refused", "accepted"), 30, 0.1, "the gateway's answer")
+    return result.get_attribute("class") + ": " + result.text
+
+
+def test_kill_button_refused_for_others_and_done_for_owner_and_production(system: RunningSystem, browser,
+                                                                          shots: Path, tmp_path: Path):
+    mine, theirs = _submit_as(system, tmp_path, "alice", "kill-a"), _submit_as(system, tmp_path, "alice", "kill-b")
+    # a user who does not own the job: the gateway refuses, says why, and the job stays as it was
+    browser.get(f"{system.monitor}/job/{mine}")
+    answer = _sign_in_and_kill(browser, _token(system, "mallory", "user"))
+    assert answer.startswith("refused") and "HTTP 403" in answer and "belongs to alice" in answer, answer
+    assert browser.execute_script("return sessionStorage.getItem('pandaes.token')")   # kept in the browser only
+    browser.save_screenshot(str(shots / "job-kill-refused.png"))
+    assert _status(system, mine) == "activated"
+    # the owner: the kill goes through and the job is cancelled
+    answer = _sign_in_and_kill(browser, _token(system, "alice", "user"))
+    assert answer.startswith("accepted"), answer
+    wait_until(lambda: _status(system, mine) in ("cancelled", "closed"), 30, 0.3, f"job {mine} killed")
+    browser.save_screenshot(str(shots / "job-kill-accepted.png"))
+    browser.refresh()
+    assert "cancelled" in browser.find_element(By.ID, "job-state").text or "closed" in browser.find_element(
+        By.ID, "job-state").text
+    assert not browser.find_elements(By.ID, "kill")        # no kill button on a job that is over
+    # production kills any job of its VO
+    browser.get(f"{system.monitor}/job/{theirs}")
+    answer = _sign_in_and_kill(browser, _token(system, "prod-manager", "user,production"))
+    assert answer.startswith("accepted"), answer
+    wait_until(lambda: _status(system, theirs) in ("cancelled", "closed"), 30, 0.3, f"job {theirs} killed")

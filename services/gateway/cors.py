@@ -1,0 +1,56 @@
+"""The one cross-origin door of the gateway: the monitor's kill button calls ``/api/v1/job/kill`` from the
+browser with the user's own bearer token, so the gateway must let that one origin (``[gateway]
+monitor_origin``) make that one call. Nothing else is opened: other origins and other paths get no CORS
+headers (the browser then keeps their answers from the page), and no cookies are ever accepted.
+
+A browser always sends ``Origin: <scheme>://<host>:<port>`` and a script cannot change it, while PanDA's
+clients use the same header for their VO (``auth/oidc.py``). For the allowed origin the header is taken
+off before the gate looks, so the token's issuer says which VO the caller belongs to.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from core.config import Config
+
+#: the paths a browser on the monitor's origin may call (POST, with Authorization and a JSON body)
+PATHS = frozenset({"/api/v1/job/kill"})
+PREFLIGHT_HEADERS = {
+    "Access-Control-Allow-Methods": "POST",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+
+
+def allowed_origin(cfg: Config) -> str | None:
+    """``[gateway] monitor_origin``; "" is the monitor's own address, "none" turns cross-origin calls off."""
+    configured = cfg.gateway.monitor_origin.strip()
+    if configured.lower() == "none":
+        return None
+    if configured:
+        return configured.rstrip("/")
+    return f"http://{cfg.monitor.host}:{int(cfg.monitor.port)}"
+
+
+def is_cross_origin_call(origin: str | None, allowed: str | None, path: str) -> bool:
+    return origin is not None and allowed is not None and origin == allowed and path in PATHS
+
+
+@web.middleware
+async def monitor_origin(request: web.Request, handler) -> web.StreamResponse:
+    allowed = request.app["cors_origin"]
+    if not is_cross_origin_call(request.headers.get("Origin"), allowed, request.path):
+        return await handler(request)
+    cors = {"Access-Control-Allow-Origin": allowed, "Vary": "Origin"}
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers={**cors, **PREFLIGHT_HEADERS})
+    headers = request.headers.copy()
+    del headers["Origin"]
+    response = await handler(request.clone(headers=headers))
+    response.headers.update(cors)
+    return response
+
+
+def setup(app: web.Application) -> None:
+    app["cors_origin"] = allowed_origin(app["cfg"])
