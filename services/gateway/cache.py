@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -48,8 +50,18 @@ async def ddmendpoints(request: web.Request) -> web.Response:
     return web.json_response(await queues.ddmendpoints(request.app))
 
 
-async def upload(request: web.Request) -> web.Response:
-    """Multipart upload, field ``file`` (panda-client putFile); the stored name is the part's filename."""
+class Uploaded(NamedTuple):
+    name: str
+    size: int
+
+
+async def receive_upload(request: web.Request, directory: Path,
+                         name_of: Callable[[str], str] = os.path.basename) -> Uploaded | web.Response:
+    """The ``file`` part of a multipart body stored in ``directory``; an answer to send instead when refused.
+
+    The one way an upload is taken (panda-client's putFile, JEDI's task logs): the name is checked (``name_of``
+    picks it from the part's filename), the caller must own any file it replaces, the body is streamed to a
+    temporary file and renamed into place, and refused beyond ``[gateway] cache_max_bytes``."""
     if not request.content_type.startswith("multipart/"):
         return envelope(False, "expected a multipart/form-data body with a 'file' field", status=400)
     limit = int(request.app["cfg"].gateway.cache_max_bytes)
@@ -62,10 +74,9 @@ async def upload(request: web.Request) -> web.Response:
         return envelope(False, f"file: invalid file name or bad multipart body: {exc!r}"[:300], status=400)
     if part is None:
         return envelope(False, "file: is required", status=400)
-    name = safe_name(os.path.basename(part.filename or ""))
+    name = safe_name(name_of(part.filename or ""))
     if name is None:
         return envelope(False, f"file: invalid file name {(part.filename or '')[:80]!r}", status=400)
-    directory = cache_dir(request.app)
     refused = access.upload_refused(request, directory, name)
     if refused:
         return envelope(False, refused, status=403)
@@ -82,7 +93,15 @@ async def upload(request: web.Request) -> web.Response:
         access.record_upload(request, directory, name)
     finally:
         tmp.unlink(missing_ok=True)
-    return envelope(True, f"uploaded {name}", {"file_name": name, "file_size": size})
+    return Uploaded(name, size)
+
+
+async def upload(request: web.Request) -> web.Response:
+    """Multipart upload, field ``file`` (panda-client putFile); the stored name is the part's filename."""
+    got = await receive_upload(request, cache_dir(request.app))
+    if isinstance(got, web.Response):
+        return got
+    return envelope(True, f"uploaded {got.name}", {"file_name": got.name, "file_size": got.size})
 
 
 async def download(request: web.Request) -> web.StreamResponse:

@@ -9,14 +9,12 @@ overwritten (admins may). Size: ``[gateway] cache_max_bytes``.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from urllib.parse import unquote
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from . import access
-from .cache import cache_dir, safe_name
+from .cache import cache_dir, receive_upload, safe_name
 from .v1 import envelope
 
 SUBDIR = "jedilog"
@@ -28,46 +26,16 @@ def log_dir(app: web.Application) -> Path:
     return path
 
 
-async def _file_part(request: web.Request) -> BodyPartReader | None:
-    reader = await request.multipart()
-    part = await reader.next()
-    while part is not None and (not isinstance(part, BodyPartReader) or part.name != "file"):
-        part = await reader.next()
-    return part
+def _jedi_name(filename: str) -> str:
+    """PanDA keeps the last path component of the name JEDI sends (clients may percent-encode the slash)."""
+    return os.path.basename(unquote(filename))
 
 
 async def upload(request: web.Request) -> web.Response:
-    if not request.content_type.startswith("multipart/"):
-        return envelope(False, "expected a multipart/form-data body with a 'file' field", status=400)
-    try:
-        part = await _file_part(request)
-    except ValueError as exc:
-        return envelope(False, f"bad multipart body: {exc}", status=400)
-    if part is None:
-        return envelope(False, "file: is required", status=400)
-    # PanDA keeps the last path component of the name JEDI sends (clients may percent-encode the slash)
-    name = safe_name(os.path.basename(unquote(part.filename or "")))
-    if name is None:
-        return envelope(False, f"file: invalid file name {(part.filename or '')[:80]!r}", status=400)
-    directory = log_dir(request.app)
-    refused = access.upload_refused(request, directory, name)
-    if refused:
-        return envelope(False, refused, status=403)
-    limit = int(request.app["cfg"].gateway.cache_max_bytes)
-    tmp = directory / f".upload-{uuid.uuid4().hex}"
-    size = 0
-    try:
-        with tmp.open("wb") as out:
-            while chunk := await part.read_chunk(256 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    return envelope(False, f"file: larger than the limit of {limit} bytes", status=413)
-                out.write(chunk)
-        tmp.replace(directory / name)
-        access.record_upload(request, directory, name)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return envelope(True, "", f"{request.scheme}://{request.host}/cache/{SUBDIR}/{name}")
+    got = await receive_upload(request, log_dir(request.app), _jedi_name)
+    if isinstance(got, web.Response):
+        return got
+    return envelope(True, "", f"{request.scheme}://{request.host}/cache/{SUBDIR}/{got.name}")
 
 
 async def download(request: web.Request) -> web.StreamResponse:
