@@ -193,7 +193,7 @@ class Dispatcher:
         dispatch was never applied, or the job moved on). Fire and forget: nobody waits for its verdict."""
         undo = Transition(PandaID=dispatch.PandaID, action="undispatch", actor=dispatch.actor,
                           correlation_id=dispatch.correlation_id, undoes=dispatch.id,
-                          reason="the dispatch's verdict came after the pilot's wait")
+                          reason=f"the verdict of dispatch {dispatch.id} came after the pilot's wait")
 
         async def send() -> None:
             try:

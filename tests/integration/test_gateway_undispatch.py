@@ -44,3 +44,5 @@ def test_a_dispatch_answered_too_late_is_undone_and_the_job_goes_to_the_next_pil
     assert [(e["action"], e["actor"], e["to_state"]) for e in events[-3:]] == [
         ("dispatch", "pilot-late", "sent"), ("undispatch", "pilot-late", "activated"),
         ("dispatch", "pilot-next", "sent")]
+    dispatch, undo = events[-3]["body"], events[-2]["body"]
+    assert dispatch["command_id"] in undo["reason"], "the undo event names the dispatch it took back"
