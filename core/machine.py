@@ -51,7 +51,7 @@ class JobState(msgspec.Struct, kw_only=True):
     label: str | None = None          # prodSourceLabel
     pilot_transfer: bool = False      # in transferring because its pilot said so (core.states.PILOT_TRANSFERRING)
     # the id of the dispatch command that made the job ``sent`` (while it is); an undispatch must name it.
-    # In memory only: a ledger rebuilt from the jobs table does not know it, and then refuses undispatches
+    # A ledger rebuilt from the jobs table reads it from last_command_id (projections.queries.CORE_SQL)
     dispatch_id: str | None = None
 
     @property
