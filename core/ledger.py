@@ -51,6 +51,7 @@ class CoreRow(NamedTuple):
     special_handling: str | None
     prod_source_label: str | None
     pilot_transfer: bool = False   # transferring by the pilot's word (core.states.PILOT_TRANSFERRING)
+    dispatch_id: str | None = None  # a sent job's last command: its dispatch's id unless a `set` came after
 
 
 class PartitionSnapshot(NamedTuple):
@@ -138,7 +139,8 @@ class Ledger:
             snap = self.read_snapshot(conn, self.events_topic, partition)
         jobs = {r.pandaid: JobState(PandaID=r.pandaid, state=r.status, seq=r.seq, attempt_nr=r.attempt_nr,
                                     command_to_pilot=r.command_to_pilot, special_handling=r.special_handling,
-                                    label=r.prod_source_label, pilot_transfer=bool(r.pilot_transfer))
+                                    label=r.prod_source_label, pilot_transfer=bool(r.pilot_transfer),
+                                    dispatch_id=r.dispatch_id)
                 for r in snap.jobs}
         return jobs, snap.next_offset
 

@@ -50,6 +50,9 @@ class JobState(msgspec.Struct, kw_only=True):
     special_handling: str | None = None
     label: str | None = None          # prodSourceLabel
     pilot_transfer: bool = False      # in transferring because its pilot said so (core.states.PILOT_TRANSFERRING)
+    # the id of the dispatch command that made the job ``sent`` (while it is); an undispatch must name it.
+    # A ledger rebuilt from the jobs table reads it from last_command_id (projections.queries.CORE_SQL)
+    dispatch_id: str | None = None
 
     @property
     def debug(self) -> bool:
@@ -243,6 +246,11 @@ def _decide_transition(job: JobState, cmd: Transition, src: list[int]) -> Event 
     problem = _check_attrs(cmd.attrs)
     if problem:
         return _reject(cmd, "bad_attributes", problem, job, src)
+    if cmd.action == "undispatch" and job.state == JobStatus.SENT and (
+            cmd.undoes is None or cmd.undoes != job.dispatch_id):
+        # only the dispatch it names, and only while that dispatch still holds the job: an undo that
+        # arrives after the job was undone and dispatched again (or for a dispatch never applied) is void
+        return _reject(cmd, "not_this_dispatch", f"the job's dispatch is not {cmd.undoes}", job, src)
     try:
         new_state = MACHINE.target(job.state, cmd.action)
     except IllegalTransition as exc:
@@ -328,4 +336,6 @@ def apply(job: JobState | None, event: Event) -> JobState:
         label=attrs.get("prodSourceLabel", job.label),
         pilot_transfer=event.to_state == JobStatus.TRANSFERRING and (
             event.action == "pilot_transferring" or (job.pilot_transfer and event.from_state == event.to_state)),
+        dispatch_id=None if event.to_state != JobStatus.SENT else
+        event.command_id if event.action == "dispatch" else job.dispatch_id,
     )

@@ -71,6 +71,7 @@ TRANSITIONS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("unthrottle",      ("throttled",),                                         "activated"),
     # JobDispatcher getJob (late binding)
     ("dispatch",        ("activated",),                                         "sent"),
+    ("undispatch",      ("sent",),                                              "activated"),  # verdict came too late
     # pilot updateJob (see PILOT_RULES for how a pilot state becomes one of these)
     ("pilot_starting",  ("sent",),                                              "starting"),
     ("pilot_running",   ("sent", "starting"),                                   "running"),

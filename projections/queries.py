@@ -42,7 +42,10 @@ POSITION_SQL = ("SELECT next_offset FROM consumer_positions WHERE projection = %
 POSITIONS_SQL = "SELECT projection, partition, next_offset FROM consumer_positions WHERE topic = %s"
 ARCHIVED_SQL = "SELECT count(*) FROM job_events"
 CORE_SQL = ("SELECT pandaid, status, seq, attempt_nr, command_to_pilot, special_handling, prod_source_label,"
-            " (status = 'transferring' AND COALESCE(spec->>'jobDispatcherErrorDiag', '') LIKE %s) AS pilot_transfer"
+            " (status = 'transferring' AND COALESCE(spec->>'jobDispatcherErrorDiag', '') LIKE %s) AS pilot_transfer,"
+            # a sent job's dispatch, for an undispatch after a rebuild: if a `set` or kill signal came after
+            # the dispatch this names that command instead, and the undo is refused (the sent timeout remains)
+            " CASE WHEN status = 'sent' THEN last_command_id END AS dispatch_id"
             " FROM jobs")
 _PILOT_TRANSFER_LIKE = PILOT_TRANSFER_DIAG + "%"   # PanDA's mark of a job its pilot put into transferring
 LEDGER_STATE_SQL = CORE_SQL + " WHERE partition = %s"

@@ -67,6 +67,7 @@ class Transition(_Message, tag="transition"):
     attrs: dict[str, Any] = {}
     files: list[FileSpec] = []
     reason: str | None = None
+    undoes: str | None = None        # undispatch: the id of the dispatch command it takes back
 
 
 class PilotUpdate(_Message, tag="pilot_update"):

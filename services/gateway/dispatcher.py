@@ -15,6 +15,7 @@ Selection follows PanDA's ``DBProxy.getJobs``: ``projections.candidates.candidat
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -96,6 +97,7 @@ class Dispatcher:
         self.max_jobs = int(d.max_jobs)
         self.share_order = list(d.share_order)
         self._next_sweep = 0.0
+        self._undos: set[asyncio.Task] = set()
         self.stats: dict[str, float] = {"claims": 0, "lost_races": 0, "sent": 0, "rejected": 0, "timeouts": 0,
                                         "claim_seconds": 0.0, "verdict_seconds": 0.0}
 
@@ -126,7 +128,8 @@ class Dispatcher:
                 self.stats["timeouts"] += 1
                 result.timed_out = True
                 await self._release(panda_id, cmd.id)
-                log.warning("dispatch of %s to %s got no verdict in time", panda_id, actor)
+                log.warning("dispatch of %s to %s got no verdict in time; asking to undo it", panda_id, actor)
+                self._undo(cmd)
                 continue
             except Exception:
                 await self._release(panda_id, cmd.id)
@@ -181,6 +184,29 @@ class Dispatcher:
         async with self.pool.connection() as conn:
             await leases.mark_sent(conn, panda_id, command_id, self.sent_ttl)
             return await aqueries.files(conn, panda_id)
+
+    def _undo(self, dispatch: Transition) -> None:
+        """Take back a dispatch whose verdict did not come in time: the pilot was answered "no job", so if the
+        ledger applies the dispatch late, the job would sit ``sent`` to nobody until the sent timeout. The
+        ``undispatch`` names its dispatch and the ledger judges it (core.machine): it moves the job back to
+        ``activated`` only while that very dispatch holds it, and is refused harmlessly otherwise (the
+        dispatch was never applied, or the job moved on). Fire and forget: nobody waits for its verdict."""
+        undo = Transition(PandaID=dispatch.PandaID, action="undispatch", actor=dispatch.actor,
+                          correlation_id=dispatch.correlation_id, undoes=dispatch.id,
+                          reason=f"the verdict of dispatch {dispatch.id} came after the pilot's wait")
+
+        async def send() -> None:
+            try:
+                with logs.bind_message(undo):
+                    out = await self.ask(undo, max(self.dispatch_timeout, 30.0))
+                    log.info("undo of dispatch %s of %s: %s", dispatch.id, dispatch.PandaID,
+                             out.code if isinstance(out, Rejected) else out.to_state)
+            except Exception as exc:  # the sent timeout is still there behind it
+                log.warning("undo of dispatch %s of %s got no verdict: %s", dispatch.id, dispatch.PandaID, exc)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._undos.add(task)
+        task.add_done_callback(self._undos.discard)
 
     async def _release(self, panda_id: int, command_id: str) -> None:
         try:

@@ -123,6 +123,17 @@ def test_partition_snapshot_is_the_ledgers_view_of_a_partition(cfg, projected):
     assert empty == (0, [])
 
 
+def test_partition_snapshot_knows_a_sent_jobs_dispatch(cfg, projected):
+    """A ledger rebuilt from the snapshot can still judge an undispatch (core.machine)."""
+    dispatches = {pid: Transition(PandaID=pid, action="dispatch", actor="pilot:p") for pid in (10, 11)}
+    projected.project(list(dispatches.values()))
+    with db.connect(cfg) as conn:
+        rows = [r for p in range(PARTITIONS)
+                for r in queries.partition_snapshot(conn, cfg.kafka.events_topic, p).jobs]
+    assert {r.pandaid: r.dispatch_id for r in rows} == {10: dispatches[10].id, 11: dispatches[11].id, 12: None}
+    assert {r.pandaid: r.dispatch_id for r in rows} == {pid: st.dispatch_id for pid, st in projected.states.items()}
+
+
 def test_job_reader_waits_for_the_projection_and_survives_a_lost_connection(cfg, projected):
     reader = JobReader(cfg, wait=0.3)
     try:

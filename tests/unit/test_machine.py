@@ -223,6 +223,7 @@ def test_compiled_lookup_agrees_with_the_transitions_machine_everywhere():
 
 def test_machine_reports_allowed_triggers():
     assert "dispatch" in MACHINE.allowed("activated")
+    assert "undispatch" in MACHINE.allowed("sent")
     assert MACHINE.allowed("finished") == []
 
 
@@ -251,3 +252,48 @@ def test_final_report_for_a_job_the_server_put_into_transferring_is_alreadydone(
     assert job.state == "transferring" and not job.pilot_transfer
     out = decide(job, PilotUpdate(PandaID=PID, state="finished"))
     assert isinstance(out, Rejected) and out.reply == "alreadydone"
+
+
+# --------------------------------------------------------------------------------- undispatch
+def _sent():
+    d1 = Transition(PandaID=PID, action="dispatch")
+    job, _ = run([submitted(), Transition(PandaID=PID, action="activate"), d1])
+    return job, d1
+
+
+def test_undispatch_takes_back_the_dispatch_it_names():
+    job, d1 = _sent()
+    assert job.state == "sent" and job.dispatch_id == d1.id
+    job, outs = run([Transition(PandaID=PID, action="undispatch", undoes=d1.id)], job)
+    assert isinstance(outs[0], JobTransitioned)
+    assert (outs[0].from_state, outs[0].to_state, outs[0].action) == ("sent", "activated", "undispatch")
+    assert job.state == "activated" and job.dispatch_id is None
+
+
+def test_undispatch_of_another_or_no_dispatch_is_refused():
+    job, d1 = _sent()
+    for undoes in ("not-the-dispatch", None):
+        out = decide(job, Transition(PandaID=PID, action="undispatch", undoes=undoes))
+        assert isinstance(out, Rejected) and out.code == "not_this_dispatch"
+    # undone, dispatched again: a second undo of the first dispatch must not take the job from its new pilot
+    d2 = Transition(PandaID=PID, action="dispatch")
+    job, outs = run([Transition(PandaID=PID, action="undispatch", undoes=d1.id), d2,
+                     Transition(PandaID=PID, action="undispatch", undoes=d1.id)], job)
+    assert isinstance(outs[2], Rejected) and outs[2].code == "not_this_dispatch"
+    assert job.state == "sent" and job.dispatch_id == d2.id
+
+
+def test_undispatch_after_the_pilot_spoke_or_before_any_dispatch_is_illegal():
+    job, d1 = _sent()
+    job, outs = run([PilotUpdate(PandaID=PID, state="starting", attempt_nr=1),
+                     Transition(PandaID=PID, action="undispatch", undoes=d1.id)], job)
+    assert isinstance(outs[1], Rejected) and outs[1].code == "illegal_transition" and job.state == "starting"
+    job, _ = run([submitted(), Transition(PandaID=PID, action="activate")])
+    out = decide(job, Transition(PandaID=PID, action="undispatch", undoes=d1.id))
+    assert isinstance(out, Rejected) and out.code == "illegal_transition"
+
+
+def test_dispatch_id_stays_through_internal_updates_while_sent():
+    job, d1 = _sent()
+    job, outs = run([Transition(PandaID=PID, action="set", attrs={"currentPriority": 5})], job)
+    assert job.state == "sent" and job.dispatch_id == d1.id
