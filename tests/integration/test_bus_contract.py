@@ -17,6 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import BOTH_CLIENTS
@@ -368,8 +369,11 @@ def test_group_callbacks_commit_committed_and_handover(cfg):
         everything = {TopicPartition(topic, p) for p in range(n)}
 
         def split() -> bool:   # both members through the rebalance: disjoint halves covering the topic
-            a.poll(timeout_ms=100)
-            b.poll(timeout_ms=100)
+            # polled at the same time: a client may block inside poll() until the whole group has rejoined,
+            # which it cannot while the other member waits its turn in this thread
+            with ThreadPoolExecutor(2) as pool:
+                for done in [pool.submit(a.poll, timeout_ms=100), pool.submit(b.poll, timeout_ms=100)]:
+                    done.result()
             mine, theirs = a.assignment(), b.assignment()
             return bool(a_calls.revoked and b_calls.assigned and mine and theirs
                         and mine.isdisjoint(theirs) and mine | theirs == everything)
