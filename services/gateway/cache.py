@@ -104,14 +104,19 @@ async def upload(request: web.Request) -> web.Response:
     return envelope(True, f"uploaded {got.name}", {"file_name": got.name, "file_size": got.size})
 
 
-async def download(request: web.Request) -> web.StreamResponse:
+def serve_file(request: web.Request, directory: Path, what: str) -> web.StreamResponse:
+    """The file named in the URL from ``directory`` (names checked like uploads), or a 400/404 naming it."""
     name = safe_name(request.match_info["name"])
     if name is None:
         return web.json_response({"error": "invalid file name"}, status=400)
-    path = cache_dir(request.app) / name
+    path = directory / name
     if not path.is_file():
-        return web.json_response({"error": f"no cached file {name!r}"}, status=404)
+        return web.json_response({"error": f"no {what} {name!r}"}, status=404)
     return web.FileResponse(path)
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    return serve_file(request, cache_dir(request.app), "cached file")
 
 
 def setup(app: web.Application) -> None:

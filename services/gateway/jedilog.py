@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from .cache import cache_dir, receive_upload, safe_name
+from .cache import cache_dir, receive_upload, serve_file
 from .v1 import envelope
 
 SUBDIR = "jedilog"
@@ -39,13 +39,7 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    name = safe_name(request.match_info["name"])
-    if name is None:
-        return web.json_response({"error": "invalid file name"}, status=400)
-    path = log_dir(request.app) / name
-    if not path.is_file():
-        return web.json_response({"error": f"no JEDI log {name!r}"}, status=404)
-    return web.FileResponse(path)
+    return serve_file(request, log_dir(request.app), "JEDI log")
 
 
 def setup(app: web.Application) -> None:
