@@ -8,6 +8,7 @@ batch, as the projector does (no broker is needed to read tables).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 from collections import defaultdict
 
@@ -199,5 +200,27 @@ def test_async_queries_candidates_and_lease_sweep(cfg, projected):
                 assert (await cur.fetchone())[0] == 0
         finally:
             await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_as_of_views_count_a_moved_job_where_it_was(cfg):
+    """The monitor's "as of" queue view folds each job's queue from its archived events up to the moment."""
+    from projections import monitor_queries as mq
+
+    proj = Projector(cfg)
+    proj.project([submit(20, site="SITE_A"), activate(20), submit(21, site="SITE_A")])
+    before = dt.datetime.now(dt.UTC)
+    proj.project([Transition(PandaID=20, action="reset", actor="user:test", attrs={"computingSite": "SITE_B"})])
+    after = dt.datetime.now(dt.UTC)
+
+    async def scenario() -> None:
+        conn = await psycopg.AsyncConnection.connect(cfg.db.url, autocommit=True)
+        try:
+            assert await mq.queues_as_of(conn, before) == {"SITE_A": {"activated": 1, "defined": 1}}
+            assert await mq.queues_as_of(conn, after) == {"SITE_A": {"defined": 1}, "SITE_B": {"defined": 1}}
+            assert await mq.queues(conn) == await mq.queues_as_of(conn, after)
+        finally:
+            await conn.close()
 
     asyncio.run(scenario())
