@@ -15,7 +15,7 @@ from aiohttp import web
 from core.config import Config
 
 #: the paths a browser on the monitor's origin may call (POST, with Authorization and a JSON body)
-PATHS = frozenset({"/api/v1/job/kill"})
+PATHS = frozenset({"/api/v1/job/kill", "/api/v1/job/retry"})
 PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Methods": "POST",
     "Access-Control-Allow-Headers": "Authorization, Content-Type",

@@ -125,6 +125,24 @@ def verdict(spec: dict[str, Any], rules: RetryRules) -> tuple[bool, str]:
     return True, f"attempt {attempt + 1} of {max_attempt}"
 
 
+def asked_verdict(status: str | None, spec: dict[str, Any], rules: RetryRules) -> tuple[bool, str]:
+    """(retry?, why) for a retry a person asks for (``/api/v1/job/retry``, the monitor's retry button). Pure.
+
+    Asking overrides the job's ``maxAttempt`` and the ``no_retry`` codes (someone looked at the failure),
+    not the cap ``[retry] max_attempts``; only a failed job that was not retried yet, and not a JEDI job
+    (JEDI makes the next attempt of its jobs)."""
+    if status != JobStatus.FAILED:
+        return False, f"the job is {status or 'unknown'}; only a failed job can be retried"
+    if spec.get("taskBufferErrorCode") in (EC_RETRIED, str(EC_RETRIED)):
+        return False, "the job was already retried"
+    if from_jedi(spec):
+        return False, f"JEDI retries the jobs of task {spec['jediTaskID']}: retry the task"
+    attempt = int(spec.get("attemptNr") or 0)
+    if attempt >= rules.max_attempts:
+        return False, f"attemptNr {attempt} reached [retry] max_attempts {rules.max_attempts}"
+    return True, f"attempt {attempt + 1}, asked for"
+
+
 def _renamed(lfn: str, old_attempt: int, new_attempt: int) -> str:
     base = lfn[: -len(f".{old_attempt}")] if old_attempt and lfn.endswith(f".{old_attempt}") else lfn
     return f"{base}.{new_attempt}"

@@ -11,7 +11,7 @@ from plugins.base import PluginError
 from schemas.messages import JobTransitioned, Kill, Submit, Transition
 from services.loop import Action
 from services.reactors.adder import Adder, judge
-from services.reactors.retrier import Retrier, RetryRules, next_job, parse_codes, verdict
+from services.reactors.retrier import Retrier, RetryRules, asked_verdict, next_job, parse_codes, verdict
 
 PID = 77
 FILES = [
@@ -158,3 +158,13 @@ def test_retrier_sends_submit_and_kill7_once_per_claim():
     assert [type(c) for c in again.execute()] == [Kill]             # redelivered: same PandaID, no new Submit
     assert r.decide(JobTransitioned(PandaID=PID, seq=5, from_state="running", to_state="failed", command_id="c",
                                     action="fail", attrs={"attemptNr": 2}), view) == []
+
+
+def test_a_retry_asked_for_overrides_max_attempt_and_no_retry_codes_but_not_the_cap():
+    rules = RetryRules(no_retry=frozenset({("pilotErrorCode", 1305)}), max_attempts=3)
+    spec = {"attemptNr": 1, "maxAttempt": 1, "pilotErrorCode": 1305}
+    assert asked_verdict("failed", spec, rules) == (True, "attempt 2, asked for")
+    assert asked_verdict("failed", {**spec, "attemptNr": 3}, rules)[0] is False
+    assert "only a failed job" in asked_verdict("running", spec, rules)[1]
+    assert "already retried" in asked_verdict("failed", {**spec, "taskBufferErrorCode": 106}, rules)[1]
+    assert "JEDI" in asked_verdict("failed", {**spec, "jediTaskID": 9}, rules)[1]
