@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 from core.states import EC_RETRIED, FINAL_STATES, JobStatus
 from schemas.jobspec import JOB_ATTRIBUTES
+from services.reactors.retrier import from_jedi
 
 STATES = [s.value for s in JobStatus]
 NAV = (("Jobs", "/jobs"), ("Queues", "/queues"), ("Tasks", "/tasks"), ("Live", "/live"))
@@ -221,8 +222,9 @@ def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[
     status = (current or {}).get("status")
     kill = current is not None and status not in FINAL_STATES
     now_spec = (current or {}).get("spec") or {}
-    retry = status == JobStatus.FAILED and retry_id is None and str(now_spec.get("taskBufferErrorCode")) != str(
-        EC_RETRIED)
+    # the gateway would refuse a JEDI job's retry (JEDI makes its next attempts): no button for one
+    retry = (status == JobStatus.FAILED and retry_id is None and not from_jedi(now_spec)
+             and str(now_spec.get("taskBufferErrorCode")) != str(EC_RETRIED))
     box = actions_box(pandaid, gateway, kill=kill, retry=retry) if gateway and (kill or retry or logs) else ""
     return layout(f"Job {pandaid}", heading + box + travel + body, script=True)
 

@@ -114,6 +114,9 @@ def test_kill_box_on_live_jobs_only_and_the_token_never_in_a_form():
 def test_retry_button_on_a_failed_job_until_it_was_retried():
     failed = pages.job_page(7, {"status": "failed", "spec": {}}, _history(), None, None, gateway="http://gw:1")
     assert 'id="retry"' in failed and 'id="kill"' not in failed
+    jedi = pages.job_page(7, {"status": "failed", "spec": {"jediTaskID": 9}}, _history(), None, None,
+                          gateway="http://gw:1")
+    assert 'id="retry"' not in jedi                # JEDI makes the next attempt of its jobs
     marked = {"status": "failed", "spec": {"taskBufferErrorCode": 106}}
     history = [*_history(), {**_history()[0], "seq": 2, "type": "updated", "action": "mark_retried",
                              "from_state": "failed", "to_state": "failed",
