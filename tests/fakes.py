@@ -242,3 +242,39 @@ class FakeWatcherView:
 
     def remember(self, acted):
         self.memory = acted
+
+
+# ------------------------------------------------------------------------------ services for a host
+class RecordingService:
+    """A service that wants every event and remembers (PandaID, seq) of each decision, in order; sends nothing.
+
+    ``fail_once`` (PandaIDs): the first decision on such an event raises ``error`` (a transient OSError
+    unless told otherwise), later ones succeed. ``crash_when``: the decision on the first event it holds for raises
+    ``HostCrash``, which nothing catches: the host dies there, in the middle of its batch."""
+
+    def __init__(self, name: str, *, fail_once: Sequence[int] = (), error: type[Exception] = OSError,
+                 crash_when: Any = None):
+        self.name = name
+        self.decided: list[tuple[int, int]] = []
+        self.fail_once = set(fail_once)
+        self.error = error
+        self.crash_when = crash_when
+        self._lock = threading.Lock()
+
+    def wants(self, event) -> bool:
+        return True
+
+    def decide(self, event, view) -> list:
+        with self._lock:
+            if event.PandaID in self.fail_once:
+                self.fail_once.discard(event.PandaID)
+                raise self.error(f"{self.name}: {event.PandaID} not yet")
+            if self.crash_when is not None and self.crash_when(event):
+                self.crash_when = None
+                raise HostCrash(f"{self.name} crashes at {event.PandaID}/{event.seq}")
+            self.decided.append((event.PandaID, event.seq))
+        return []
+
+
+class HostCrash(BaseException):
+    """A process dying in the middle of a batch (not an error any loop handles)."""

@@ -46,7 +46,7 @@ from projections import service_queries
 from projections.jobview import JobReader
 from schemas.jobspec import FileSpec
 from schemas.messages import Command, Event, JobTransitioned, Transition, decode_event
-from services.loop import Action
+from services.loop import Action, Member, run_alone
 from services.reactors import datasets, pending_reports
 from services.sitedata import sites
 
@@ -309,14 +309,12 @@ class SqlAdderView(JobReader):
         return pending_reports.rows(self.conn)
 
 
-def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run adder`: the event path plus a tick for deferred reports."""
-    from services.loop import ServiceLoop
-
+def hosted(cfg: Config) -> Member:
+    """The adder: the event path plus a tick for deferred reports."""
     view = SqlAdderView(cfg)
-    loop = ServiceLoop(cfg, Adder(cfg.adder.merge_tag), view, tick_every=float(cfg.adder.tick))
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(Adder(cfg.adder.merge_tag), view, tick_every=float(cfg.adder.tick), close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run adder`: alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg))

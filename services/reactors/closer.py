@@ -30,7 +30,7 @@ from core.config import Config
 from core.states import FINAL_STATES
 from projections import service_queries
 from schemas.messages import Event, JobTransitioned
-from services.loop import Action, ServiceLoop
+from services.loop import Action, Member, ServiceLoop, run_alone
 from services.reactors import datasets
 
 log = logging.getLogger(__name__)
@@ -190,15 +190,15 @@ def run_once(cfg: Config, ctx: Any) -> int:
     return view.closed
 
 
-def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run closer`: the event path, plus a sweep every ``[closer] tick`` seconds."""
+def hosted(cfg: Config) -> Member:
+    """The closer: the event path, plus a sweep every ``[closer] tick`` seconds."""
     view = SqlCloserView(cfg)
-    loop = ServiceLoop(cfg, Closer(), view, tick_every=float(cfg.closer.tick))
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(Closer(), view, tick_every=float(cfg.closer.tick), close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run closer`: alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg))
 
 
 def closed_names(p: Plan) -> Sequence[str]:

@@ -37,7 +37,7 @@ from projections import service_queries
 from projections.jobview import JobReader, ProjectionLag
 from schemas.jobspec import FileSpec
 from schemas.messages import Command, Event, JobSubmitted, Transition
-from services.loop import Action, Output, ServiceLoop
+from services.loop import Action, Member, Output, run_alone
 from services.reactors.datasets import Block, BlockFile, DatasetStore
 from services.sitedata import brokerage, configurator
 from services.sitedata.sites import Queue, SitesCache
@@ -342,15 +342,15 @@ class LiveView:
         self._pg.close()
 
 
-def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:
-    """`pandaes run setupper`: the setupper in its own consumer group."""
+def hosted(cfg: Config) -> Member:
+    """The setupper as the reactors host or `pandaes run setupper` runs it (queues loaded if none yet)."""
     if cfg.setupper.configure_at_start:
         configurator.ensure(cfg, who=NAME)
     view = LiveView(cfg)
     service = Setupper(sweep_after=cfg.setupper.sweep_after, sweep_batch=cfg.setupper.sweep_batch)
-    loop = ServiceLoop(cfg, service, view, tick_every=cfg.setupper.sweep_every, replay=replay)
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(service, view, tick_every=cfg.setupper.sweep_every, close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:
+    """`pandaes run setupper`: the setupper alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg), replay=replay)
