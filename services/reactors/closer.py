@@ -94,6 +94,7 @@ class CloserView(Protocol):
     partitions: set[int] | None
 
     def blocks_of_job(self, pandaid: int) -> Blocks: ...
+    def blocks_of_jobs(self, pandaids: Iterable[int]) -> Blocks: ...
     def open_blocks(self) -> Blocks: ...
     def apply(self, p: Plan) -> None: ...
 
@@ -108,6 +109,13 @@ class Closer:
         blocks = view.blocks_of_job(event.PandaID)
         blocks.final_jobs.add(event.PandaID)        # the projection may not have this event yet
         return self._act(plan(blocks), view, f"closer {event.PandaID}")
+
+    def decide_batch(self, events: Sequence[Event], view: CloserView) -> list[Action]:
+        """The final jobs of a poll: their blocks read once, one plan, one write."""
+        pids = {e.PandaID for e in events}
+        blocks = view.blocks_of_jobs(pids)
+        blocks.final_jobs |= pids
+        return self._act(plan(blocks), view, f"closer {len(pids)} jobs")
 
     def tick(self, now: float, view: CloserView) -> list[Action]:
         if view.partitions is not None and 0 not in view.partitions:
@@ -153,10 +161,18 @@ class SqlCloserView:
     def blocks_of_job(self, pandaid: int) -> Blocks:
         return self._load(datasets.subs_of_job(self.conn, pandaid))
 
+    def blocks_of_jobs(self, pandaids: Iterable[int]) -> Blocks:
+        return self._load(datasets.subs_of_jobs(self.conn, pandaids))
+
     def open_blocks(self) -> Blocks:
         return self._load(datasets.open_subs(self.conn, self.batch))
 
     def apply(self, p: Plan) -> None:
+        """The plan's writes in one transaction."""
+        with self.conn.transaction():
+            self._apply(p)
+
+    def _apply(self, p: Plan) -> None:
         groups: dict[str, list[BlockFile]] = {}
         for f in p.fail:
             groups.setdefault(f.dataset, []).append(f)
