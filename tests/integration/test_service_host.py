@@ -17,6 +17,7 @@ from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import PilotUpdate, Submit, Transition
 from services import host
+from services.dead_letters import dead_letters
 from services.loop import Member
 from services.sitedata import configurator
 
@@ -119,6 +120,26 @@ def test_a_new_host_group_starts_where_its_services_groups_were(cfg, background)
     wait_until(lambda: set(a.decided) >= want, 60, 0.1, "the events from the smallest service position on")
     wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-reactors", cfg.kafka.events_topic)
     assert set(a.decided) == want and set(b.decided) == want
+
+
+def test_an_event_that_does_not_decode_is_a_dead_letter_of_each_service_and_the_rest_flows(cfg, background):
+    background.run(Ledger(cfg, instance="h", snapshot=partition_snapshot), "ledger")
+    a, b = RecordingService("a"), RecordingService("b", fail_once=[4], error=ValueError)   # b cannot decide 4
+    hosting(cfg, background, [a, b])
+    producer = bus.producer(cfg)
+    try:
+        producer.send(cfg.kafka.events_topic, b"not an event", key=b"0", partition=0)
+        producer.flush()
+    finally:
+        producer.close()
+    send(cfg, submits(range(1, 9)))
+    wait_until(lambda: len(a.decided) >= 8 and len(b.decided) >= 7, 60, 0.1, "both went on")
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-reactors", cfg.kafka.events_topic)
+    with db.connect(cfg) as conn:
+        letters = dead_letters(conn)
+    assert Counter(r["service"] for r in letters) == {"a": 1, "b": 2}
+    assert [r["pandaid"] for r in letters if r["service"] == "b" and r["pandaid"] is not None] == [4]
+    assert sorted(a.decided) == [(pid, 1) for pid in range(1, 9)] and (4, 1) not in b.decided
 
 
 # ------------------------------------------------------------------------------- the real reactors
