@@ -254,7 +254,15 @@ class ServiceLoop:
         offset of the first event of each partition not decided yet (a host resumes this service there).
         An event that does not decode or whose decision fails otherwise becomes a dead letter. With
         ``decide_batch`` the wanted events are decided together, and again one by one if that fails."""
-        self.undone: dict[bus.TopicPartition, int] = {}
+        self.undone = {}
+        try:
+            return self._decide_items(items)
+        except Exception as exc:
+            if is_transient(exc) and not self.undone:   # e.g. recording a dead letter failed: all again
+                self._undone([(tp, m) for tp, m, *_ in items])
+            raise
+
+    def _decide_items(self, items: Sequence[Item]) -> int:
         wanted: list[tuple[bus.TopicPartition, Any, Event]] = []
         for i, (tp, m, event, error) in enumerate(items):
             try:
