@@ -31,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -264,8 +264,9 @@ class Adder:
         view.settle(registered, done)
         return commands
 
-    def _decide(self, event: JobTransitioned, row: dict[str, Any], files_of, view: AdderView,
-                placement=None) -> list[Command | Action]:
+    def _decide(self, event: JobTransitioned, row: dict[str, Any], files_of: Callable[[int], list[dict[str, Any]]],
+                view: AdderView, placement: Callable[[dict[str, Any]], tuple[DataPlugin, str]] | None = None,
+                ) -> list[Command | Action]:
         """One report: its Action (``decide``), or with ``placement`` given (``decide_batch``) what to do as a
         ``Registration`` (or ``[]``/the "already done" Action for the batch to forget the pending row)."""
         if row["seq"] >= event.seq and row["status"] != JobStatus.HOLDING:

@@ -177,7 +177,7 @@ class SqlCloserView:
         for f in p.fail:
             groups.setdefault(f.dataset, []).append(f)
         parents = datasets.parents(self.conn, groups)
-        for name, files in groups.items():
+        for name, files in sorted(groups.items()):
             pids, lfns = sorted({f.pandaid for f in files}), sorted({f.lfn for f in files})
             # the same files in the destination block's own rows, if the setupper recorded them there too
             for block in filter(None, (name, parents.get(name))):

@@ -46,9 +46,12 @@ class BlockFile(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _recount(cur: psycopg.Cursor, names: Iterable[str]) -> None:
+    """Recount the blocks' files. Their rows are locked in name order first: a transaction that touches many
+    blocks (a whole poll of the setupper or the adder) then waits for another one instead of deadlocking."""
     names = sorted(set(names))
     if not names:
         return
+    cur.execute("SELECT 1 FROM datasets WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (names,))
     cur.execute(
         "UPDATE datasets d SET nfiles = c.n, nfiles_done = c.done, modification_time = now()"
         " FROM (SELECT ds.name, count(f.lfn) AS n, count(f.lfn) FILTER (WHERE f.status = 'ready') AS done"
