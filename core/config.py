@@ -56,6 +56,7 @@ class Config:
     sites: settings.SitesSettings
     setupper: settings.SetupperSettings
     activator: settings.ActivatorSettings
+    reactors: settings.ReactorsSettings
     metrics: settings.MetricsSettings
     log: settings.LogSettings
     monitor: settings.MonitorSettings

@@ -199,6 +199,12 @@ class ActivatorSettings(_Section):
     resend_after: float
 
 
+class ReactorsSettings(_Section):
+    """[reactors]"""
+
+    services: list[str]
+
+
 class MetricsSettings(_Section):
     """[metrics]"""
 
@@ -265,6 +271,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "sites": SitesSettings,
     "setupper": SetupperSettings,
     "activator": ActivatorSettings,
+    "reactors": ReactorsSettings,
     "metrics": MetricsSettings,
     "log": LogSettings,
     "monitor": MonitorSettings,

@@ -37,7 +37,7 @@ from core.states import JobStatus
 from projections.jobview import JobReader
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Command, Event, JobTransitioned, Kill, Submit
-from services.loop import Action
+from services.loop import Action, Member, run_alone
 from services.reactors import retries
 
 ACTOR = "service:retrier"
@@ -240,14 +240,12 @@ class SqlRetrierView(JobReader):
         return retries.claim(self.conn, old_pandaid, attempt_nr, reason)
 
 
-def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run retrier`."""
-    from services.loop import ServiceLoop
-
+def hosted(cfg: Config) -> Member:
+    """The retrier (event path only)."""
     view = SqlRetrierView(cfg, wait=cfg.adder.projection_wait)
-    loop = ServiceLoop(cfg, Retrier(RetryRules.from_config(cfg)), view)
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(Retrier(RetryRules.from_config(cfg)), view, close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run retrier`: alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg))

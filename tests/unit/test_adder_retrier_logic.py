@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 from fakes import FakeAdderView, FakeRetrierView
 
@@ -98,6 +99,19 @@ def test_adder_registers_before_it_finishes_and_defers_on_temporary_errors():
     [action] = Adder().decide(holding(), view)
     [cmd] = action.execute()
     assert cmd.action == "fail" and cmd.attrs["ddmErrorCode"] == 200
+
+
+def test_adder_batch_registers_job_by_job_then_settles_the_poll_in_one_write():
+    view = FakeAdderView(files=FILES)
+    view.errors = {78: PluginError("storage busy", temporary=True)}
+    events = [holding(), msgspec.structs.replace(holding(), PandaID=78),
+              msgspec.structs.replace(holding(report={"out.1": {"fsize": 1}}), PandaID=79)]
+    [action] = Adder().decide_batch(events, view)
+    assert isinstance(action, Action) and view.calls == []
+    cmds = {c.PandaID: c for c in action.execute()}
+    assert cmds[PID].action == "finish" and cmds[79].action == "fail" and 78 not in cmds   # 78 waits
+    assert ("defer", 78, 6) in view.calls
+    assert view.calls[-1] == ("settle", [PID], [PID, 79])                             # one write at the end
 
 
 def test_adder_skips_jobs_already_decided():
