@@ -242,3 +242,26 @@ class FakeWatcherView:
 
     def remember(self, acted):
         self.memory = acted
+
+
+# ---------------------------------------------------------------------------------------- dispatch sweep
+class FakeSweepView:
+    """The dispatch sweep's leases and job states as plain data; what it marks and forgets is recorded."""
+
+    def __init__(self, leases: list, jobs: dict):
+        self.leases = leases
+        self.job_rows = jobs
+        self.undone: list = []
+        self.forgotten: list = []
+
+    def undelivered(self):
+        return list(self.leases)
+
+    def jobs(self, pandaids):
+        return {p: self.job_rows[p] for p in pandaids if p in self.job_rows}
+
+    def mark_undone(self, pairs):
+        self.undone += pairs
+
+    def forget(self, pairs):
+        self.forgotten += pairs

@@ -93,6 +93,7 @@ class Dispatcher:
         self.dispatch_timeout = float(d.dispatch_timeout)
         self.claim_ttl = float(d.claim_ttl)
         self.sent_ttl = float(d.sent_ttl)
+        self.deliver_grace = float(d.deliver_grace)
         self.max_attempts = int(d.max_attempts)
         self.max_jobs = int(d.max_jobs)
         self.share_order = list(d.share_order)
@@ -114,7 +115,10 @@ class Dispatcher:
                 result.timed_out = True
                 break
             t0 = time.monotonic()
-            claim = await self._claim(req, actor)
+            wait = min(self.dispatch_timeout, remaining)
+            if result.jobs:   # those are answered after this claim and its verdict: tell the dispatch sweep
+                await self._extend([j.event.command_id for j in result.jobs], wait + self.deliver_grace)
+            claim = await self._claim(req, actor, wait + self.deliver_grace)
             self.stats["claim_seconds"] += time.monotonic() - t0
             if claim is None:
                 break  # nothing dispatchable
@@ -123,11 +127,10 @@ class Dispatcher:
             t0 = time.monotonic()
             try:
                 with logs.bind_message(cmd):
-                    outcome = await self.ask(cmd, min(self.dispatch_timeout, remaining))
+                    outcome = await self.ask(cmd, wait)
             except TimeoutError:
                 self.stats["timeouts"] += 1
                 result.timed_out = True
-                await self._release(panda_id, cmd.id)
                 log.warning("dispatch of %s to %s got no verdict in time; asking to undo it", panda_id, actor)
                 self._undo(cmd)
                 continue
@@ -150,7 +153,8 @@ class Dispatcher:
         metrics.GETJOB.labels("job" if result.jobs else "timeout" if result.timed_out else "nojob").inc()
         return result
 
-    async def _claim(self, req: DispatchRequest, actor: str) -> tuple[int, dict[str, Any], Transition] | None:
+    async def _claim(self, req: DispatchRequest, actor: str,
+                     deliver: float) -> tuple[int, dict[str, Any], Transition] | None:
         queries = candidate_queries(req, self.share_order, 1, leases=leases.RELATION)
         async with self.pool.connection() as conn:
             # a lost race (another pilot's lease committed after our snapshot) → read the candidates again;
@@ -164,7 +168,8 @@ class Dispatcher:
                         cmd = Transition(PandaID=row["pandaid"], action="dispatch", actor=actor,
                                          attrs=self._dispatch_attrs(req))
                         if await leases.claim(cur, pandaid=row["pandaid"], seq=row["seq"], site=req.site,
-                                              node=req.node, actor=actor, command_id=cmd.id, ttl=self.claim_ttl):
+                                              node=req.node, actor=actor, command_id=cmd.id, ttl=self.claim_ttl,
+                                              deliver=deliver):
                             self.stats["claims"] += 1
                             return row["pandaid"], row["spec"], cmd
                         self.stats["lost_races"] += 1
@@ -182,15 +187,38 @@ class Dispatcher:
 
     async def _confirm(self, panda_id: int, command_id: str) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
-            await leases.mark_sent(conn, panda_id, command_id, self.sent_ttl)
+            await leases.mark_sent(conn, panda_id, command_id, self.sent_ttl, self.deliver_grace)
             return await aqueries.files(conn, panda_id)
+
+    async def _extend(self, command_ids: list[str], deliver: float) -> None:
+        async with self.pool.connection() as conn:
+            await leases.extend(conn, command_ids, deliver)
+
+    async def delivered(self, jobs: list[Dispatched]) -> None:
+        """The response carrying ``jobs`` was written: their leases are ``delivered``, so the dispatch sweep
+        (services/gateway/undelivered.py) leaves them alone. A lease it already took back (this gateway
+        was slower than ``deliver_by``) is logged: that pilot's updates will be refused."""
+        ids = [j.event.command_id for j in jobs]
+        if not ids:
+            return
+        try:
+            async with self.pool.connection() as conn:
+                marked = await leases.mark_delivered(conn, ids)
+        except Exception:  # the pilot has its jobs; the sweep would take them back: say so loudly
+            log.exception("could not mark dispatches %s delivered", ids)
+            return
+        for job in jobs:
+            if job.event.command_id not in marked:
+                log.error("job %s was answered to its pilot after the dispatch sweep took it back", job.panda_id)
 
     def _undo(self, dispatch: Transition) -> None:
         """Take back a dispatch whose verdict did not come in time: the pilot was answered "no job", so if the
         ledger applies the dispatch late, the job would sit ``sent`` to nobody until the sent timeout. The
         ``undispatch`` names its dispatch and the ledger judges it (core.machine): it moves the job back to
         ``activated`` only while that very dispatch holds it, and is refused harmlessly otherwise (the
-        dispatch was never applied, or the job moved on). Fire and forget: nobody waits for its verdict."""
+        dispatch was never applied, or the job moved on). Fire and forget: nobody waits for its verdict.
+        The lease is released only once the undo was judged: should this gateway die first, the lease is
+        left undelivered and the dispatch sweep (services/gateway/undelivered.py) sends the undo itself."""
         undo = Transition(PandaID=dispatch.PandaID, action="undispatch", actor=dispatch.actor,
                           correlation_id=dispatch.correlation_id, undoes=dispatch.id,
                           reason=f"the verdict of dispatch {dispatch.id} came after the pilot's wait")
@@ -201,8 +229,10 @@ class Dispatcher:
                     out = await self.ask(undo, max(self.dispatch_timeout, 30.0))
                     log.info("undo of dispatch %s of %s: %s", dispatch.id, dispatch.PandaID,
                              out.code if isinstance(out, Rejected) else out.to_state)
-            except Exception as exc:  # the sent timeout is still there behind it
+            except Exception as exc:  # the lease stays: the dispatch sweep sends the undo again
                 log.warning("undo of dispatch %s of %s got no verdict: %s", dispatch.id, dispatch.PandaID, exc)
+                return
+            await self._release(dispatch.PandaID, dispatch.id)
 
         task = asyncio.get_running_loop().create_task(send())
         self._undos.add(task)
