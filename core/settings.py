@@ -86,6 +86,7 @@ class DispatcherSettings(_Section):
     deliver_grace: float
     sweep_period: float
     sweep_batch: int
+    lock_wait: float
     max_attempts: int
     max_jobs: int
     share_order: list[str]

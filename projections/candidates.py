@@ -62,7 +62,8 @@ def label_filter(label: str | None, computing_element: str | None, job_type: str
 
 
 def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
-                    share: str | None = None, *, leases: str | None = None) -> tuple[str, dict[str, Any]]:
+                    share: str | None = None, *, leases: str | None = None,
+                    skip_locked: bool = True) -> tuple[str, dict[str, Any]]:
     """The SELECT that finds and row-locks dispatchable jobs for ``req`` (pure: SQL + parameters).
 
     One row at a time by default: with SKIP LOCKED each concurrent claimer then locks a different job
@@ -74,7 +75,11 @@ def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
     its cost does not grow with the backlog (ordering by a share rank expression sorted every activated
     job of the site for every getJob: 0.4 s at 100k activated jobs).
 
-    ``leases``: the relation of live claims to skip (see the module docstring); None skips none."""
+    ``leases``: the relation of live claims to skip (see the module docstring); None skips none.
+
+    ``skip_locked=False``: wait for a locked row instead of skipping it. A row is locked by another pilot's
+    claim, but also by the projector while it applies another event of that job (a priority change): the
+    dispatcher asks again this way before it answers "no jobs" (services/gateway/dispatcher.py)."""
     where = ["j.status = 'activated'", "j.computing_site = %(site)s"]
     params: dict[str, Any] = {"site": req.site, "limit": limit}
     if share is not None:
@@ -111,13 +116,15 @@ def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
                      " AND l.seq = j.seq AND l.expires_at > now())")
     sql = (
         "SELECT j.pandaid, j.seq, j.spec FROM jobs j WHERE " + " AND ".join(where)
-        + " ORDER BY j.current_priority DESC, j.pandaid LIMIT %(limit)s FOR NO KEY UPDATE OF j SKIP LOCKED"
+        + " ORDER BY j.current_priority DESC, j.pandaid LIMIT %(limit)s FOR NO KEY UPDATE OF j"
+        + (" SKIP LOCKED" if skip_locked else "")
     )
     return sql, params
 
 
 def candidate_queries(req: Criteria, share_order: Sequence[str], limit: int = 1, *,
-                      leases: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+                      leases: str | None = None, skip_locked: bool = True) -> list[tuple[str, dict[str, Any]]]:
     """The candidate queries in the order they are tried: each share of ``share_order``, then the rest."""
-    return [candidate_query(req, share_order, limit, s, leases=leases) for s in dict.fromkeys(share_order)] + [
-        candidate_query(req, share_order, limit, leases=leases)]
+    return [candidate_query(req, share_order, limit, s, leases=leases, skip_locked=skip_locked)
+            for s in dict.fromkeys(share_order)] + [
+        candidate_query(req, share_order, limit, leases=leases, skip_locked=skip_locked)]

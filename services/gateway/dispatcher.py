@@ -23,6 +23,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
+from psycopg import AsyncCursor
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -94,13 +96,14 @@ class Dispatcher:
         self.claim_ttl = float(d.claim_ttl)
         self.sent_ttl = float(d.sent_ttl)
         self.deliver_grace = float(d.deliver_grace)
+        self.lock_wait = float(d.lock_wait)
         self.max_attempts = int(d.max_attempts)
         self.max_jobs = int(d.max_jobs)
         self.share_order = list(d.share_order)
         self._next_sweep = 0.0
         self._undos: set[asyncio.Task] = set()
         self.stats: dict[str, float] = {"claims": 0, "lost_races": 0, "sent": 0, "rejected": 0, "timeouts": 0,
-                                        "claim_seconds": 0.0, "verdict_seconds": 0.0}
+                                        "claim_seconds": 0.0, "verdict_seconds": 0.0, "lock_waits_expired": 0}
 
     async def acquire(self, req: DispatchRequest, actor: str) -> DispatchResult:
         """Up to ``req.n_jobs`` jobs, each confirmed ``sent`` by the ledger for this pilot."""
@@ -156,12 +159,17 @@ class Dispatcher:
     async def _claim(self, req: DispatchRequest, actor: str,
                      deliver: float) -> tuple[int, dict[str, Any], Transition] | None:
         queries = candidate_queries(req, self.share_order, 1, leases=leases.RELATION)
+        waiting = candidate_queries(req, self.share_order, 1, leases=leases.RELATION, skip_locked=False)
         async with self.pool.connection() as conn:
             # a lost race (another pilot's lease committed after our snapshot) → read the candidates again;
             # only an empty candidate list (in every share group) means "no jobs"
             for _ in range(50):
                 async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
                     rows = await aqueries.first_candidates(cur, queries)
+                    if not rows:
+                        # SKIP LOCKED also skips a row the projector is updating (another event of the job, a
+                        # priority change): before "no jobs", wait a little for locked candidates
+                        rows = await self._locked_candidates(cur, waiting)
                     if not rows:
                         return None
                     for row in rows:
@@ -174,6 +182,20 @@ class Dispatcher:
                             return row["pandaid"], row["spec"], cmd
                         self.stats["lost_races"] += 1
         return None
+
+    async def _locked_candidates(self, cur: AsyncCursor, waiting: list[tuple[str, dict[str, Any]]]
+                                 ) -> list[dict[str, Any]]:
+        """The candidates again, waiting up to ``[dispatcher] lock_wait`` seconds for rows other transactions
+        hold; none if the wait runs out (inside a savepoint, so the claim's transaction goes on)."""
+        try:
+            async with cur.connection.transaction():
+                await cur.execute(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}")
+                rows = await aqueries.first_candidates(cur, waiting)
+                await cur.execute("SET LOCAL lock_timeout TO DEFAULT")
+                return rows
+        except psycopg.errors.LockNotAvailable:
+            self.stats["lock_waits_expired"] += 1
+            return []
 
     @staticmethod
     def _dispatch_attrs(req: DispatchRequest) -> dict[str, Any]:
