@@ -248,9 +248,10 @@ class FakeWatcherView:
 class FakeSweepView:
     """The dispatch sweep's leases and job states as plain data; what it marks and forgets is recorded."""
 
-    def __init__(self, leases: list, jobs: dict):
+    def __init__(self, leases: list, jobs: dict, delivered: frozenset = frozenset()):
         self.leases = leases
         self.job_rows = jobs
+        self.delivered = delivered     # (pandaid, command_id) its gateway marks delivered before the sweep marks it
         self.undone: list = []
         self.forgotten: list = []
 
@@ -261,7 +262,9 @@ class FakeSweepView:
         return {p: self.job_rows[p] for p in pandaids if p in self.job_rows}
 
     def mark_undone(self, pairs):
-        self.undone += pairs
+        marked = [p for p in pairs if p not in self.delivered]
+        self.undone += marked
+        return set(marked)
 
     def forget(self, pairs):
         self.forgotten += pairs

@@ -115,7 +115,8 @@ _UNDELIVERED = ("SELECT pandaid, seq, command_id, actor, state, extract(epoch FR
                 " ORDER BY deliver_by LIMIT %s")
 _MARK_UNDONE = ("UPDATE dispatch_leases l SET state = 'undone', expires_at = now(), deliver_by = NULL"
                 " FROM unnest(%s::bigint[], %s::text[]) AS u(pandaid, command_id)"
-                " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id AND l.state IN ('claimed', 'sent')")
+                " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id AND l.state IN ('claimed', 'sent')"
+                " RETURNING l.pandaid, l.command_id")
 _FORGET = ("DELETE FROM dispatch_leases l USING unnest(%s::bigint[], %s::text[]) AS u(pandaid, command_id)"
            " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id AND l.state IN ('claimed', 'sent')")
 
@@ -129,12 +130,14 @@ def undelivered(conn: psycopg.Connection, limit: int, slack: float = 0.0) -> lis
     return [tuple(r) for r in conn.execute(_UNDELIVERED, (slack, limit)).fetchall()]
 
 
-def mark_undone(conn: psycopg.Connection, leases: list[tuple[int, str]]) -> int:
+def mark_undone(conn: psycopg.Connection, leases: list[tuple[int, str]]) -> set[tuple[int, str]]:
     """(pandaid, dispatch command id) pairs whose dispatch is being taken back: inert from now on (the job is
-    free for the next claim: its new dispatch comes after the undo on the job's partition)."""
+    free for the next claim: its new dispatch comes after the undo on the job's partition). The pairs marked:
+    a lease its gateway marked delivered meanwhile is not (``mark_delivered`` and this exclude each other)."""
     if not leases:
-        return 0
-    return conn.execute(_MARK_UNDONE, ([p for p, _ in leases], [c for _, c in leases])).rowcount
+        return set()
+    rows = conn.execute(_MARK_UNDONE, ([p for p, _ in leases], [c for _, c in leases])).fetchall()
+    return {(p, c) for p, c in rows}
 
 
 def forget(conn: psycopg.Connection, leases: list[tuple[int, str]]) -> int:

@@ -65,7 +65,8 @@ class SweepView(Protocol):
     def jobs(self, pandaids: Iterable[int]) -> Mapping[int, tuple[str, int]]:
         """PandaID → (status, seq) in the jobs projection."""
 
-    def mark_undone(self, leases: list[tuple[int, str]]) -> Any: ...
+    def mark_undone(self, leases: list[tuple[int, str]]) -> set[tuple[int, str]]:
+        """Mark them undone; the pairs marked (not those delivered meanwhile)."""
 
     def forget(self, leases: list[tuple[int, str]]) -> Any: ...
 
@@ -106,11 +107,15 @@ class UndeliveredSweep:
         gone = [(lease.pandaid, lease.command_id) for lease in due if not holds(lease, jobs.get(lease.pandaid))]
         out: list[Output] = []
         if taken:
-            # marked first, then sent: if sending fails the job keeps the watcher's sent timeout behind it
+            # marked first, then sent, and only for the leases marked: a gateway that marked its lease
+            # delivered in the meantime keeps its job (if sending fails, the watcher's sent timeout remains)
+            def undos(marked: set[tuple[int, str]]) -> list[Transition]:
+                return [undo(lease) for lease in taken if (lease.pandaid, lease.command_id) in marked]
+
             out.append(Action(label=f"dispatch sweep: {len(taken)} undelivered dispatch(es) taken back",
                               steps=(functools.partial(view.mark_undone,
                                                        [(lease.pandaid, lease.command_id) for lease in taken]),),
-                              then=tuple(undo(lease) for lease in taken)))
+                              then=undos))
         if gone:
             out.append(Action(label=f"dispatch sweep: {len(gone)} lease(s) whose job moved on",
                               steps=(functools.partial(view.forget, gone),)))
@@ -135,7 +140,7 @@ class SqlSweepView:
         self.conn.commit()
         return found
 
-    def mark_undone(self, pairs: list[tuple[int, str]]) -> int:
+    def mark_undone(self, pairs: list[tuple[int, str]]) -> set[tuple[int, str]]:
         with self.conn.transaction():
             return leases.mark_undone(self.conn, pairs)
 

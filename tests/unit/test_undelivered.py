@@ -43,3 +43,9 @@ def test_a_job_that_moved_on_is_never_undone_its_lease_is_forgotten():
 
 def test_nothing_overdue_means_no_output():
     assert UndeliveredSweep().tick(NOW, FakeSweepView([], {})) == []
+
+
+def test_a_lease_delivered_between_the_read_and_the_mark_is_not_undone():
+    view = FakeSweepView([lease(1), lease(2)], {1: ("sent", 4), 2: ("sent", 4)}, delivered=frozenset({(1, "d1")}))
+    cmds = perform(UndeliveredSweep().tick(NOW, view))
+    assert [c.PandaID for c in cmds] == [2] and view.undone == [(2, "d2")]
