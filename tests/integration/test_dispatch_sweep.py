@@ -7,16 +7,23 @@ that kill; a ``set`` in between does not stop the undo, even after a ledger rebu
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
 
-from gateway_support import System, post_form, run, start_system
+from gateway_support import System, auth_headers, post_form, run, start_system
 from helpers import wait_until
 
-from core import db
+from core import bus, db
 from core.bus import CommandSender
 from core.ledger import Ledger
+from devenv.common import free_port
 from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
-from schemas.messages import Kill, Transition
+from schemas.messages import Kill, Transition, decode_command
 from services.clock.daemon import Context
 from services.gateway import undelivered
 from services.gateway.backend import Backend
@@ -193,4 +200,78 @@ def test_a_set_between_dispatch_and_undo_does_not_stop_the_undo_after_a_ledger_r
         _sweep_until(cfg, ctx, lambda: system.status([pid])[pid] == "activated", "undone after the rebuild")
         assert [e["action"] for e in system.events(pid)][-3:] == ["dispatch", "set", "undispatch"]
     finally:
+        ctx.close()
+
+
+def _env(cfg, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for section in ("kafka", "db", "state"):
+        for key, value in getattr(cfg, section).as_dict().items():
+            env[f"PANDAES_{section.upper()}_{key.upper()}"] = str(value)
+    # a verdict is waited for 20 s: the gateway is killed well before its own wait would run out
+    return {**env, "PANDAES_HTTP_HOST": "127.0.0.1", "PANDAES_HTTP_PORT": str(port), "PANDAES_METRICS_ENABLED": "false",
+            "PANDAES_DISPATCHER_DISPATCH_TIMEOUT": "20", "PANDAES_DISPATCHER_DELIVER_GRACE": "1"}
+
+
+def _dispatch_sent(cfg, pid: int) -> bool:
+    for p in bus.partitions(cfg, cfg.kafka.commands_topic):
+        for rec in bus.read_partition(cfg, cfg.kafka.commands_topic, p, 0):
+            cmd = decode_command(rec.value)
+            if cmd.PandaID == pid and getattr(cmd, "action", None) == "dispatch":
+                return True
+    return False
+
+
+def test_a_gateway_process_killed_while_it_waits_for_the_verdict(cfg, background):
+    """The real thing: a gateway process SIGKILLed after it claimed the job and sent its dispatch, while the
+    ledger is down; the ledger comes back and applies the dispatch; the sweep takes it back."""
+    cfg = _cfg(cfg)
+    ledger_stop = background.run(Ledger(cfg, instance="kill-a", snapshot=partition_snapshot), "ledger-a")
+    runner = ProjectionRunner(cfg)
+    background.start(runner.run, "projector")
+    system = System(cfg, "", runner)
+    (pid,) = system.activated_jobs(1)
+    background.stop(ledger_stop)                     # verdicts wait until a ledger runs again
+    port = free_port()
+    gateway = subprocess.Popen([sys.executable, "-m", "cli.main", "component", "gateway"], env=_env(cfg, port))
+    ctx = Context(cfg)
+    try:
+        url = f"http://127.0.0.1:{port}/server/panda"
+
+        def alive() -> bool:
+            try:
+                with urllib.request.urlopen(f"{url}/isAlive", timeout=2) as resp:
+                    return resp.status == 200
+            except OSError:
+                return False
+
+        wait_until(alive, 60, 0.2, "the gateway process listening")
+        answer: list = []
+
+        def pilot() -> None:
+            req = urllib.request.Request(f"{url}/getJob", data=b"siteName=LOCAL&node=wn1", method="POST",
+                                         headers=auth_headers(cfg))
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    answer.append(resp.read())
+            except OSError as exc:          # the connection dies with the gateway
+                answer.append(exc)
+
+        asking = threading.Thread(target=pilot, daemon=True)
+        asking.start()
+        wait_until(lambda: _dispatch_sent(cfg, pid), 30, 0.1, "the gateway's dispatch on the command topic")
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait(30)
+        asking.join(30)
+        assert answer and isinstance(answer[0], OSError), answer     # the pilot never got the job
+        assert _lease(cfg, pid)[0] == "claimed"
+
+        background.run(Ledger(cfg, instance="kill-b", snapshot=partition_snapshot), "ledger-b")
+        system.wait_status([pid], "sent")                              # the dispatch is applied after all …
+        _sweep_until(cfg, ctx, lambda: system.status([pid])[pid] == "activated", "the dispatch taken back")
+        last = system.events(pid)[-1]
+        assert (last["action"], last["actor"]) == ("undispatch", undelivered.ACTOR)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
         ctx.close()
