@@ -32,7 +32,7 @@ from core import logs, metrics
 from core.config import Config
 from core.states import JobStatus
 from projections import aqueries
-from projections.candidates import candidate_queries
+from projections.candidates import candidate_queries, candidate_query
 from schemas.messages import Event, Rejected, Transition
 
 from . import leases
@@ -159,7 +159,8 @@ class Dispatcher:
     async def _claim(self, req: DispatchRequest, actor: str,
                      deliver: float) -> tuple[int, dict[str, Any], Transition] | None:
         queries = candidate_queries(req, self.share_order, 1, leases=leases.RELATION)
-        waiting = candidate_queries(req, self.share_order, 1, leases=leases.RELATION, skip_locked=False)
+        waiting = candidate_queries(req, self.share_order, 1, leases=leases.RELATION, locking="wait")
+        any_at_all = candidate_query(req, [], 1, leases=leases.RELATION, locking="none")
         async with self.pool.connection() as conn:
             # a lost race (another pilot's lease committed after our snapshot) → read the candidates again;
             # only an empty candidate list (in every share group) means "no jobs"
@@ -169,7 +170,7 @@ class Dispatcher:
                     if not rows:
                         # SKIP LOCKED also skips a row the projector is updating (another event of the job, a
                         # priority change): before "no jobs", wait a little for locked candidates
-                        rows = await self._locked_candidates(cur, waiting)
+                        rows = await self._locked_candidates(cur, any_at_all, waiting)
                     if not rows:
                         return None
                     for row in rows:
@@ -183,10 +184,13 @@ class Dispatcher:
                         self.stats["lost_races"] += 1
         return None
 
-    async def _locked_candidates(self, cur: AsyncCursor, waiting: list[tuple[str, dict[str, Any]]]
-                                 ) -> list[dict[str, Any]]:
-        """The candidates again, waiting up to ``[dispatcher] lock_wait`` seconds for rows other transactions
-        hold; none if the wait runs out (inside a savepoint, so the claim's transaction goes on)."""
+    async def _locked_candidates(self, cur: AsyncCursor, any_at_all: tuple[str, dict[str, Any]],
+                                 waiting: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """When none was found unlocked: the candidates again, waiting up to ``[dispatcher] lock_wait`` seconds
+        for rows other transactions hold; none if there is no candidate at all (one plain read: the usual
+        "no jobs" costs one query more) or the wait runs out (in a savepoint: the claim's transaction goes on)."""
+        if not await aqueries.first_candidates(cur, [any_at_all]):
+            return []
         try:
             async with cur.connection.transaction():
                 await cur.execute(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}")
