@@ -11,6 +11,7 @@ from gateway_support import start_system
 from helpers import wait_until
 
 from cli.deadletters import line, parse_ids, retry, rows
+from cli.main import main
 from core import bus, db
 from schemas.messages import JobUpdated, encode, key_of
 from services.loop import ServiceLoop
@@ -44,7 +45,7 @@ def _job(cfg, pid: int) -> dict:
                             " FROM jobs WHERE pandaid = %s", (pid,))[0]
 
 
-def test_dead_letters_are_applied_again_once_fixed_and_keep_their_history(cfg, background):
+def test_dead_letters_are_applied_again_once_fixed_and_keep_their_history(cfg, background, monkeypatch, capsys):
     system = start_system(cfg, background)
     fixable, hopeless, refused = system.activated_jobs(3)
     choosy = _Choosy({refused})
@@ -79,11 +80,20 @@ def test_dead_letters_are_applied_again_once_fixed_and_keep_their_history(cfg, b
                         ("service:choosy", refused)} <= set(dead()), 60, 0.2, "the dead letters")
     assert ("projection:archive", fixable) not in dead()            # the archive has no such constraint
 
-    # nothing is fixed yet: a retry fails again, keeps the row and records the attempt
+    # the command line lists them (p<N>, s<N>)
+    monkeypatch.setenv("PANDAES_DB", cfg.db.url)
+    monkeypatch.setenv("PANDAES_KAFKA", cfg.kafka.bootstrap)
+    assert main(["dead-letters", "list"]) == 0
+    listed = capsys.readouterr().out
     key = dead()[("projection:jobs", fixable)]["key"]
+    assert f"{key}  dead" in listed and "service:choosy" in listed and "projection:archive" in listed, listed
+
+    # nothing is fixed yet: a retry fails again, keeps the row and records the attempt (exit code 1)
+    assert main(["dead-letters", "retry", "--id", key, "--wait", "60"]) == 1
+    assert "no_boom" in capsys.readouterr().out
     got, waiting = retry(cfg, parse_ids([key]), wait=60)
-    assert waiting == [] and [(r["key"], r["resolved_at"], r["attempts"]) for r in got] == [(key, None, 1)]
-    assert len(got[0]["history"]) == 1 and "no_boom" in got[0]["history"][0]["error"]
+    assert waiting == [] and [(r["key"], r["resolved_at"], r["attempts"]) for r in got] == [(key, None, 2)]
+    assert len(got[0]["history"]) == 2 and "no_boom" in got[0]["history"][0]["error"]
 
     # the causes are fixed for two of them: a migration drops the constraint, the service is fixed
     with db.connect(cfg) as conn:
@@ -111,4 +121,4 @@ def test_dead_letters_are_applied_again_once_fixed_and_keep_their_history(cfg, b
     with db.connect(cfg) as conn:
         open_keys = {r["key"] for r in rows(conn)}
     assert key not in open_keys and dead()[("projection:jobs", fixable)]["history"][-1]["resolved"] is True
-    assert len(dead()[("projection:jobs", fixable)]["history"]) == 2
+    assert len(dead()[("projection:jobs", fixable)]["history"]) == 3
