@@ -51,7 +51,8 @@ class CoreRow(NamedTuple):
     special_handling: str | None
     prod_source_label: str | None
     pilot_transfer: bool = False   # transferring by the pilot's word (core.states.PILOT_TRANSFERRING)
-    dispatch_id: str | None = None  # a sent job's last command: its dispatch's id unless a `set` came after
+    dispatch_id: str | None = None  # a sent job's dispatch command (JobState.dispatch_id)
+    kill_code: int | None = None    # a sent job's signalled kill code (JobState.kill_code)
 
 
 class PartitionSnapshot(NamedTuple):
@@ -140,7 +141,7 @@ class Ledger:
         jobs = {r.pandaid: JobState(PandaID=r.pandaid, state=r.status, seq=r.seq, attempt_nr=r.attempt_nr,
                                     command_to_pilot=r.command_to_pilot, special_handling=r.special_handling,
                                     label=r.prod_source_label, pilot_transfer=bool(r.pilot_transfer),
-                                    dispatch_id=r.dispatch_id)
+                                    dispatch_id=r.dispatch_id, kill_code=r.kill_code)
                 for r in snap.jobs}
         return jobs, snap.next_offset
 

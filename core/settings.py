@@ -83,6 +83,10 @@ class DispatcherSettings(_Section):
     dispatch_timeout: float
     claim_ttl: float
     sent_ttl: float
+    deliver_grace: float
+    sweep_period: float
+    sweep_batch: int
+    lock_wait: float
     max_attempts: int
     max_jobs: int
     share_order: list[str]

@@ -87,6 +87,11 @@ class JobsProjection:
     name = "jobs"
     tables = ("jobs",)
 
+    def forget(self, conn: psycopg.Connection, pandaids: Sequence[int]) -> None:
+        """Drop the jobs' rows before they are folded again from all their events (a dead letter applied late:
+        projections.deadletters.reapply)."""
+        conn.execute("DELETE FROM jobs WHERE pandaid = ANY(%s)", (list(pandaids),))
+
     def apply(self, conn: psycopg.Connection, records: Sequence[Record]) -> None:
         inserts: dict[int, dict[str, Any]] = {}
         updates: dict[int, dict[str, Any]] = {}

@@ -43,9 +43,15 @@ POSITIONS_SQL = "SELECT projection, partition, next_offset FROM consumer_positio
 ARCHIVED_SQL = "SELECT count(*) FROM job_events"
 CORE_SQL = ("SELECT pandaid, status, seq, attempt_nr, command_to_pilot, special_handling, prod_source_label,"
             " (status = 'transferring' AND COALESCE(spec->>'jobDispatcherErrorDiag', '') LIKE %s) AS pilot_transfer,"
-            # a sent job's dispatch, for an undispatch after a rebuild: if a `set` or kill signal came after
-            # the dispatch this names that command instead, and the undo is refused (the sent timeout remains)
-            " CASE WHEN status = 'sent' THEN last_command_id END AS dispatch_id"
+            # a sent job's dispatch, for an undispatch after a rebuild: its latest `dispatch` in the archive
+            # (a `set` or kill signal may have come after it), its last command if the archive lacks it
+            " CASE WHEN status = 'sent' THEN COALESCE((SELECT e.command_id FROM job_events e"
+            "  WHERE e.pandaid = jobs.pandaid AND e.action = 'dispatch' AND e.seq <= jobs.seq"
+            "  ORDER BY e.seq DESC LIMIT 1), last_command_id) END AS dispatch_id,"
+            # the code of the kill signalled to a sent job's pilot: an undone dispatch becomes that kill
+            " CASE WHEN status = 'sent' AND command_to_pilot = 'tobekilled' THEN (SELECT (e.body->>'kill_code')::int"
+            "  FROM job_events e WHERE e.pandaid = jobs.pandaid AND e.action = 'kill_signal' AND e.seq <= jobs.seq"
+            "  ORDER BY e.seq DESC LIMIT 1) END AS kill_code"
             " FROM jobs")
 _PILOT_TRANSFER_LIKE = PILOT_TRANSFER_DIAG + "%"   # PanDA's mark of a job its pilot put into transferring
 LEDGER_STATE_SQL = CORE_SQL + " WHERE partition = %s"

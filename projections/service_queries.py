@@ -68,6 +68,15 @@ def final_jobs(conn: psycopg.Connection, pandaids: Iterable[int]) -> set[int]:
     return {r[0] for r in rows}
 
 
+def job_states(conn: psycopg.Connection, pandaids: Iterable[int]) -> dict[int, tuple[str, int]]:
+    """PandaID → (status, seq) of those of ``pandaids`` the jobs projection has (the dispatch sweep's read)."""
+    pids = sorted(set(pandaids))
+    if not pids:
+        return {}
+    rows = conn.execute("SELECT pandaid, status, seq FROM jobs WHERE pandaid = ANY(%s)", (pids,)).fetchall()
+    return {pid: (status, seq) for pid, status, seq in rows}
+
+
 def jobs_among(conn: psycopg.Connection, pandaids: Iterable[int], partitions: set[int] | None) -> set[int]:
     """Those of ``pandaids`` the jobs projection has, in ``partitions`` (any partition if None)."""
     pids = sorted(set(pandaids))

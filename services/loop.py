@@ -64,6 +64,7 @@ from schemas.messages import Command, Event, decode_event
 from services.dead_letters import DeadLetterStore, Sink, describe, is_transient
 
 log = logging.getLogger(__name__)
+RETRY_EVERY = 2.0   # seconds between looks for dead letters asked to be decided again (pandaes dead-letters retry)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class ServiceLoop:
         self.replay = replay
         self.tick_every = tick_every
         self._next_tick = 0.0
+        self._next_retry = 0.0
         self._own_sender = sender is None
         self._sender = sender
         self.consumer = bus.consumer(cfg, cfg.kafka.events_topic,
@@ -236,6 +238,14 @@ class ServiceLoop:
         if self.tick_every is not None and time.monotonic() >= self._next_tick:
             self.tick(time.time())
             self._next_tick = time.monotonic() + self.tick_every
+        if not self.replay and time.monotonic() >= self._next_retry:
+            self._next_retry = time.monotonic() + RETRY_EVERY
+            try:
+                self.retry_dead_letters()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("service %s: dead letters asked to be retried wait: %s", self.service.name, exc)
         if polled:
             if self._sender is not None:
                 self._sender.flush()      # every command of the batch is out before its offsets are committed
@@ -303,11 +313,47 @@ class ServiceLoop:
         for tp, m in rest:
             self.undone.setdefault(tp, m.offset)
 
-    def _dead(self, tp: bus.TopicPartition, m: Any, exc: Exception, event: Event | None) -> None:
-        """Record an event this service cannot decide on and go on (it would fail the same way forever)."""
+    def _store(self) -> Sink:
         if self._dead_letters is None:
             self._dead_letters = DeadLetterStore(self.cfg)
-        self._dead_letters.record(self.service.name, tp.topic, tp.partition, m.offset, m.value, exc, event)
+        return self._dead_letters
+
+    def retry_dead_letters(self) -> tuple[int, int]:
+        """Decide again the dead letters ``pandaes dead-letters retry`` asked for (services.dead_letters): the
+        event as if it had just arrived, its commands sent and flushed before the row is marked resolved; one
+        that fails again keeps the new error. (resolved, failed again)."""
+        store = self._store()
+        take = getattr(store, "take_requested", None)
+        if take is None:
+            return 0, 0
+        done = failed = 0
+        for row in take(self.service.name):
+            event = None
+            try:
+                event = decode_event(bytes(row["raw"]))
+                if self.service.wants(event):
+                    with logs.bind_message(event):
+                        self._emit(self.service.decide(event, self.view))
+                if self._sender is not None:
+                    self._sender.flush()
+            except Exception as exc:
+                if is_transient(exc):
+                    store.request_again(row["id"])
+                    raise
+                store.failed_again(row["id"], exc)
+                failed += 1
+                log.error("service %s: dead letter %s (PandaID %s, seq %s) still cannot be decided on: %s",
+                          self.service.name, row["id"], row["pandaid"], row["seq"], describe(exc))
+                continue
+            store.resolved(row["id"])
+            done += 1
+            log.warning("service %s: dead letter %s (PandaID %s, seq %s) decided again and resolved",
+                        self.service.name, row["id"], row["pandaid"], row["seq"])
+        return done, failed
+
+    def _dead(self, tp: bus.TopicPartition, m: Any, exc: Exception, event: Event | None) -> None:
+        """Record an event this service cannot decide on and go on (it would fail the same way forever)."""
+        self._store().record(self.service.name, tp.topic, tp.partition, m.offset, m.value, exc, event)
         self.stats["dead_letters"] += 1
         log.error("service %s cannot decide on the event at %s[%d]@%d (PandaID %s, seq %s): %s; recorded in "
                   "service_dead_letters and skipped", self.service.name, tp.topic, tp.partition, m.offset,

@@ -297,3 +297,29 @@ class RecordingService:
 
 class HostCrash(BaseException):
     """A process dying in the middle of a batch (not an error any loop handles)."""
+
+
+# ---------------------------------------------------------------------------------------- dispatch sweep
+class FakeSweepView:
+    """The dispatch sweep's leases and job states as plain data; what it marks and forgets is recorded."""
+
+    def __init__(self, leases: list, jobs: dict, delivered: frozenset = frozenset()):
+        self.leases = leases
+        self.job_rows = jobs
+        self.delivered = delivered     # (pandaid, command_id) its gateway marks delivered before the sweep marks it
+        self.undone: list = []
+        self.forgotten: list = []
+
+    def undelivered(self):
+        return list(self.leases)
+
+    def jobs(self, pandaids):
+        return {p: self.job_rows[p] for p in pandaids if p in self.job_rows}
+
+    def mark_undone(self, pairs):
+        marked = [p for p in pairs if p not in self.delivered]
+        self.undone += marked
+        return set(marked)
+
+    def forget(self, pairs):
+        self.forgotten += pairs

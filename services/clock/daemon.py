@@ -1,8 +1,9 @@
 """`pandaes daemon`: PanDA's periodic scripts with PanDA's guarantees (daemons/master.py + daemons/utils.py).
 
 Scripts (``SCRIPTS``; ``[daemon] scripts`` picks which run): the watcher's timeouts, the finisher and
-the closer sweep (PanDA's datasetManager), the configurator (the sites engineer's
-``services.sitedata.configurator:run_once``, skipped if it cannot be imported) and the upload-cache cleanup.
+the closer sweep (PanDA's datasetManager), the dispatch sweep (``services/gateway/undelivered.py``), the
+configurator (the sites engineer's ``services.sitedata.configurator:run_once``, skipped if it cannot be
+imported) and the upload-cache cleanup.
 A script is ``fn(cfg, ctx)`` (or ``fn(cfg)``) where ``ctx`` carries the worker's shared resources.
 
 Guarantees, and how:
@@ -66,6 +67,7 @@ def scripts_from_config(cfg: Config) -> dict[str, Script]:
         "closer": Script("services.reactors.closer:run_once", float(d.closer_period)),
         "configurator": Script(d.configurator, float(d.configurator_period), optional=True),
         "cache_cleanup": Script("services.clock.daemon:cleanup_cache", float(d.cache_cleanup_period), sync=False),
+        "dispatch_sweep": Script("services.gateway.undelivered:run_once", float(cfg.dispatcher.sweep_period)),
     }
     unknown = [n for n in d.scripts if n not in known]
     if unknown:

@@ -191,7 +191,11 @@ def test_async_queries_candidates_and_lease_sweep(cfg, projected):
                     assert await leases.claim(cur, pandaid=10, seq=1, site="SITE", node="n", actor="pilot:b",
                                               command_id="c3", ttl=60)     # a seq the job has left
                     assert [r["pandaid"] for r in await aqueries.first_candidates(cur, queries_)] == [10]
-                # the sweep keeps the live lease and drops the one on a seq the job has left
+                # the sweep keeps the live lease and an undelivered one (the dispatch sweep's), and drops a
+                # delivered one on a seq the job has left
+                assert await leases.sweep(conn) == 0
+                await leases.mark_sent(conn, 10, "c3", 60, 10)
+                assert await leases.mark_delivered(conn, ["c3", "c1"]) == {"c3"}   # c1 never had its verdict
                 assert await leases.sweep(conn) == 1
                 cur = await conn.execute("SELECT pandaid, seq FROM dispatch_leases")
                 assert await cur.fetchall() == [(11, 2)]

@@ -41,6 +41,16 @@ def test_candidate_query_anti_joins_the_lease_relation_it_is_given():
     assert all("FROM gw.leases l" in sql for sql, _ in shares)
 
 
+def test_candidate_query_skips_waits_for_or_ignores_locked_rows():
+    req = DispatchRequest(site="Q")
+    assert candidate_query(req, [])[0].endswith("LIMIT %(limit)s FOR NO KEY UPDATE OF j SKIP LOCKED")
+    assert candidate_query(req, [], locking="wait")[0].endswith("LIMIT %(limit)s FOR NO KEY UPDATE OF j")
+    assert candidate_query(req, [], locking="none")[0].endswith("LIMIT %(limit)s")
+    assert all(sql.endswith(" OF j") for sql, _ in candidate_queries(req, ["A"], locking="wait"))
+    with pytest.raises(ValueError, match="locking"):
+        candidate_query(req, [], locking="nowait")
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 100.0
