@@ -75,7 +75,8 @@ def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
     job of the site for every getJob: 0.4 s at 100k activated jobs).
 
     ``leases``: the relation of live claims to skip (see the module docstring); None skips none."""
-    where = ["j.status = 'activated'", "j.computing_site = %(site)s"]
+    # NOT archived: only the hot partition of jobs (060_jobs_archive.sql), however many jobs are archived
+    where = ["NOT j.archived", "j.status = 'activated'", "j.computing_site = %(site)s"]
     params: dict[str, Any] = {"site": req.site, "limit": limit}
     if share is not None:
         where.append("j.gshare = %(share)s")
