@@ -52,6 +52,7 @@ CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
 # how long a command for a job not in memory waits for the jobs projection to reach the ledger's floor
 # (normally it already has: jobs are let go of only once projected)
 ROW_WAIT_SECONDS = 30.0
+IDLE_LET_GO_SECONDS = 1.0
 
 
 class CoreRow(NamedTuple):
@@ -123,6 +124,7 @@ class Ledger:
         self.keep = max(0, int(cfg.ledger.final_jobs_kept))
         self.db = db.Reconnecting(cfg)    # rows of jobs not held, the projection's position
         self._absent: set[int] = set()   # PandaIDs of this batch the projection has no row of
+        self._idle_let_go_at = 0.0
         self.resume_at: dict[int, int] = {}                   # partition → first command offset to judge
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
         self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0}
@@ -222,6 +224,17 @@ class Ledger:
             del recent[pandaid]
             self.floor[partition] = max(self.floor.get(partition, 0), offset + 1)
 
+    def _let_go_idle(self) -> None:
+        """With no commands to judge, let go in every partition still over ``keep`` (at most once a second):
+        the projection may have applied since the partition's last batch."""
+        now = time.monotonic()
+        if now < self._idle_let_go_at:
+            return
+        self._idle_let_go_at = now + IDLE_LET_GO_SECONDS
+        for partition, recent in list(self.recent.items()):
+            if len(recent) > self.keep:
+                self._let_go(partition)
+
     def _before(self, partition: int, ev) -> JobState | None:
         """The state just before ``ev`` of a job the rebuild's snapshot left out (final then): its row, which
         the projection may have taken past ``ev``, set back to ``ev``'s predecessor (a final job's other fields
@@ -281,6 +294,7 @@ class Ledger:
             polled = {tp: msgs for tp, msgs in polled.items() if tp not in rebuilt}
         self.lag.observe(polled)
         if not polled:
+            self._let_go_idle()
             return 0
         self._absent = set()
         for tp, msgs in polled.items():
