@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple, Protocol
 
 import msgspec
@@ -87,10 +87,10 @@ class SnapshotReader(Protocol):
         """The jobs projection's next offset in the partition."""
         ...
 
-    def rows(self, conn: psycopg.Connection, topic: str, partition: int, pandaids: Iterable[int], *,
-             at_least: int, timeout: float) -> dict[int, CoreRow]:
+    def rows(self, conn: psycopg.Connection, topic: str, pandaids: Iterable[int], *,
+             at_least: Mapping[int, int], timeout: float) -> dict[int, CoreRow]:
         """The rows of ``pandaids`` (final, archived or live; unknown ones absent), once the projection's
-        position in ``partition`` is ≥ ``at_least``; raises if it is not within ``timeout`` seconds."""
+        position in each partition of ``at_least`` is ≥ its offset; raises if not within ``timeout`` seconds."""
         ...
 
 
@@ -125,6 +125,7 @@ class Ledger:
         self.db = db.Reconnecting(cfg)    # rows of jobs not held, the projection's position
         self._absent: set[int] = set()   # PandaIDs of this batch the projection has no row of
         self._idle_let_go_at = 0.0
+        self._projected: dict[int, int] = {}   # partition → a position the jobs projection is known to have reached
         self.resume_at: dict[int, int] = {}                   # partition → first command offset to judge
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
         self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0}
@@ -153,13 +154,14 @@ class Ledger:
         self.jobs.pop(partition, None)
         self.recent.pop(partition, None)
         self.floor.pop(partition, None)
+        self._projected.pop(partition, None)
         self.resume_at.pop(partition, None)
 
     def rebuild_partition(self, tp: TopicPartition) -> None:
         started = time.monotonic()
         p = tp.partition
         jobs, start = self._snapshot(p)
-        self.jobs[p], self.recent[p], self.floor[p] = jobs, OrderedDict(), start
+        self.jobs[p], self.recent[p], self.floor[p], self._projected[p] = jobs, OrderedDict(), start, start
         last_src = -1
         n = 0
         for rec in bus.read_partition(self.cfg, self.events_topic, p, start):
@@ -216,6 +218,7 @@ class Ledger:
         if not recent or len(recent) <= self.keep:
             return
         position = self.db.run(self.read_snapshot.position, self.events_topic, partition)
+        self._projected[partition] = max(self._projected.get(partition, 0), position)
         while len(recent) > self.keep:
             pandaid, oldest = next(iter(recent.items()))
             offset = oldest.event_offset()
@@ -239,8 +242,8 @@ class Ledger:
         """The state just before ``ev`` of a job the rebuild's snapshot left out (final then): its row, which
         the projection may have taken past ``ev``, set back to ``ev``'s predecessor (a final job's other fields
         do not change)."""
-        row = self.db.run(self.read_snapshot.rows, self.events_topic, partition, [ev.PandaID],
-                          at_least=0, timeout=ROW_WAIT_SECONDS).get(ev.PandaID)
+        row = self.db.run(self.read_snapshot.rows, self.events_topic, [ev.PandaID],
+                          at_least={}, timeout=ROW_WAIT_SECONDS).get(ev.PandaID)
         if row is None:
             log.error("ledger %s: event seq %d of PandaID %d in partition %d, but neither the snapshot nor the jobs "
                       "projection has the job: not folded", self.instance, ev.seq, ev.PandaID, partition)
@@ -248,19 +251,25 @@ class Ledger:
         before = row.status if isinstance(ev, _Loose) else ev.from_state   # a loose event sets its state itself
         return msgspec.structs.replace(_state_of(row), state=before, seq=ev.seq - 1)
 
-    def _look_up(self, partition: int, pandaids: Iterable[int]) -> None:
-        """Bring the rows of the jobs of ``pandaids`` not held into memory (one query); note the absent ones."""
-        missing = sorted({pid for pid in pandaids if pid not in self._absent and self._held(partition, pid) is None})
+    def _look_up(self, wanted: Mapping[int, Iterable[int]]) -> None:
+        """Bring the rows of the jobs of ``wanted`` (partition → PandaIDs) not held into memory, in one query
+        (after the projection has reached each partition's floor, which it normally has); note the absent ones."""
+        missing = {pid: p for p, pids in wanted.items() for pid in pids
+                   if pid not in self._absent and self._held(p, pid) is None}
         if not missing:
             return
-        rows = self.db.run(self.read_snapshot.rows, self.events_topic, partition, missing,
-                           at_least=self.floor.get(partition, 0), timeout=ROW_WAIT_SECONDS)
-        for pid in missing:
+        at_least = {p: self.floor.get(p, 0) for p in set(missing.values())
+                    if self.floor.get(p, 0) > self._projected.get(p, 0)}
+        rows = self.db.run(self.read_snapshot.rows, self.events_topic, sorted(missing), at_least=at_least,
+                           timeout=ROW_WAIT_SECONDS)
+        for p, offset in at_least.items():
+            self._projected[p] = max(self._projected.get(p, 0), offset)
+        for pid, p in missing.items():
             row = rows.get(pid)
             if row is None:
                 self._absent.add(pid)
             else:
-                self._hold(partition, _state_of(row), -1)
+                self._hold(p, _state_of(row), -1)
         metrics.LEDGER_ROW_READS.inc(len(missing))
 
     def _last_src_from_tail(self, partition: int) -> int:
@@ -297,9 +306,9 @@ class Ledger:
             self._let_go_idle()
             return 0
         self._absent = set()
-        for tp, msgs in polled.items():
-            floor = self.resume_at.get(tp.partition, 0)
-            self._look_up(tp.partition, (_panda_id_from_key(m.key) for m in msgs if m.offset >= floor))
+        self._look_up({tp.partition: [_panda_id_from_key(m.key) for m in msgs
+                                      if m.offset >= self.resume_at.get(tp.partition, 0)]
+                       for tp, msgs in polled.items()})
         txn_started = time.monotonic()
         self.producer.begin_transaction()
         offsets: dict[TopicPartition, int] = {}
@@ -351,7 +360,7 @@ class Ledger:
                 PandaID=cmd.PandaID, actor="ledger", correlation_id=cmd.correlation_id, command_id=cmd.id,
                 command_type=cmd.__struct_config__.tag, code="unstorable", reason=str(unstorable), src=src))
             return
-        self._look_up(partition, [cmd.PandaID])   # held already unless the command's key is not its PandaID
+        self._look_up({partition: [cmd.PandaID]})   # held already unless the command's key is not its PandaID
         job = self._held(partition, cmd.PandaID)
         out = decide(job, cmd, src)
         if isinstance(out, Rejected):

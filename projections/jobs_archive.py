@@ -92,3 +92,41 @@ class ArchiveSweep:
         if moved:
             log.info("archived %d final jobs (final for more than %.0fs) of partitions %s", moved, self.after, parts)
         return moved
+
+
+def load_archived(conn: psycopg.Connection, first: int, n: int, partitions: int, *,
+                  before: float, log=lambda msg: None) -> None:
+    """Put ``n`` synthetic archived jobs (PandaIDs ``first`` …) straight into the archive partition: the scale
+    bench's way to have millions of finished jobs without running them. The partition is detached, filled
+    without indexes (one INSERT … SELECT FROM generate_series) and attached again, which builds its indexes
+    once instead of row by row. Rows are final, last changed before epoch ``before``; ``conn`` in autocommit."""
+    stamp = dt.datetime.fromtimestamp(before, dt.UTC)
+    conn.execute("SET maintenance_work_mem = '512MB'")
+    conn.execute("ALTER TABLE jobs DETACH PARTITION jobs_archived")
+    for (name,) in conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'jobs_archived'::regclass"
+                                " AND contype IN ('p', 'u')").fetchall():
+        conn.execute(f'ALTER TABLE jobs_archived DROP CONSTRAINT "{name}"')
+    for (name,) in conn.execute("SELECT indexrelid::regclass::text FROM pg_index"
+                                " WHERE indrelid = 'jobs_archived'::regclass").fetchall():
+        conn.execute(f"DROP INDEX {name}")
+    started = time.monotonic()
+    conn.execute(
+        "INSERT INTO jobs_archived (pandaid, partition, seq, status, attempt_nr, computing_site, prod_source_label,"
+        " current_priority, gshare, resource_type, core_count, jedi_task_id, creation_time, modification_time,"
+        " state_change_time, last_command_id, spec, archived)"
+        " SELECT g, g %% %(parts)s, 9, s.status, 1, 'ARCHIVE_SITE_' || (g %% 50), 'managed', 1000, 'Express', 'SCORE',"
+        " 1, 1000000 + g / 5000, t, t, t, 'cmd-' || g,"
+        " jsonb_build_object('PandaID', g, 'jobStatus', s.status, 'computingSite', 'ARCHIVE_SITE_' || (g %% 50),"
+        "   'prodSourceLabel', 'managed', 'jobName', 'scale.' || g, 'prodUserName', 'user' || (g %% 100),"
+        "   'attemptNr', 1, 'transformation', 'run.sh'), true"
+        " FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g,"
+        " LATERAL (SELECT (ARRAY['finished', 'failed', 'cancelled', 'closed'])[1 + g %% 4] AS status,"
+        "          %(stamp)s - make_interval(secs => g %% 2000000) AS t) AS s",
+        {"parts": partitions, "first": first, "last": first + n - 1, "stamp": stamp})
+    log(f"  {n:,} archived rows written in {time.monotonic() - started:.0f}s; attaching (builds the indexes)")
+    started = time.monotonic()
+    conn.execute("ALTER TABLE jobs_archived ADD CONSTRAINT jobs_archived_only CHECK (archived)")  # no scan on attach
+    conn.execute("ALTER TABLE jobs ATTACH PARTITION jobs_archived FOR VALUES IN (true)")
+    conn.execute("ALTER TABLE jobs_archived DROP CONSTRAINT jobs_archived_only")
+    conn.execute("ANALYZE jobs")
+    log(f"  attached and analysed in {time.monotonic() - started:.0f}s")

@@ -11,7 +11,7 @@ database snapshot is the point (``partition_snapshot``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -215,12 +215,13 @@ class PartitionReads:
     def position(self, conn: psycopg.Connection, topic: str, partition: int) -> int:
         return jobs_position(conn, topic, partition)
 
-    def rows(self, conn: psycopg.Connection, topic: str, partition: int, pandaids: Iterable[int], *,
-             at_least: int, timeout: float) -> dict[int, CoreRow]:
+    def rows(self, conn: psycopg.Connection, topic: str, pandaids: Iterable[int], *,
+             at_least: Mapping[int, int], timeout: float) -> dict[int, CoreRow]:
         """The rows of ``pandaids`` (hot or archived; unknown ones absent), read once the jobs projection has
-        applied every event of ``partition`` below ``at_least`` (``projections.wait.wait_position``; its
-        ``PositionLag`` after ``timeout``)."""
-        wait_position(lambda: jobs_position(conn, topic, partition), at_least, timeout)
+        applied every event of each partition of ``at_least`` below its offset there
+        (``projections.wait.wait_position``; its ``PositionLag`` after ``timeout``)."""
+        for partition, offset in at_least.items():
+            wait_position(lambda p=partition: jobs_position(conn, topic, p), offset, timeout)
         return {r[0]: CoreRow._make(r)
                 for r in conn.execute(LEDGER_ROWS_SQL, (_PILOT_TRANSFER_LIKE, sorted(set(pandaids))))}
 
