@@ -53,6 +53,7 @@ CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
 # (normally it already has: jobs are let go of only once projected)
 ROW_WAIT_SECONDS = 30.0
 IDLE_LET_GO_SECONDS = 1.0
+LOOK_UP_RETRY_SECONDS = 1.0
 
 
 class CoreRow(NamedTuple):
@@ -217,7 +218,12 @@ class Ledger:
         recent = self.recent.get(partition)
         if not recent or len(recent) <= self.keep:
             return
-        position = self.db.run(self.read_snapshot.position, self.events_topic, partition)
+        try:
+            position = self.db.run(self.read_snapshot.position, self.events_topic, partition)
+        except psycopg.Error as exc:
+            log.warning("ledger %s: cannot read the jobs projection's position (%s); final jobs kept for now",
+                        self.instance, exc)
+            return
         self._projected[partition] = max(self._projected.get(partition, 0), position)
         while len(recent) > self.keep:
             pandaid, oldest = next(iter(recent.items()))
@@ -306,9 +312,17 @@ class Ledger:
             self._let_go_idle()
             return 0
         self._absent = set()
-        self._look_up({tp.partition: [_panda_id_from_key(m.key) for m in msgs
-                                      if m.offset >= self.resume_at.get(tp.partition, 0)]
-                       for tp, msgs in polled.items()})
+        try:
+            self._look_up({tp.partition: [_panda_id_from_key(m.key) for m in msgs
+                                          if m.offset >= self.resume_at.get(tp.partition, 0)]
+                           for tp, msgs in polled.items()})
+        except (psycopg.Error, RuntimeError) as exc:
+            # the database is down or the projection far behind: judge nothing now, fetch the batch again
+            log.warning("ledger %s: cannot read the jobs it does not hold (%s); the batch waits", self.instance, exc)
+            for tp, msgs in polled.items():
+                self.consumer.seek(tp, max(msgs[0].offset, self.resume_at.get(tp.partition, 0)))
+            time.sleep(LOOK_UP_RETRY_SECONDS)
+            return 0
         txn_started = time.monotonic()
         self.producer.begin_transaction()
         offsets: dict[TopicPartition, int] = {}
