@@ -126,6 +126,7 @@ class Ledger:
         self.db = db.Reconnecting(cfg)    # rows of jobs not held, the projection's position
         self._absent: set[int] = set()   # PandaIDs of this batch the projection has no row of
         self._idle_let_go_at = 0.0
+        self._let_go_at: dict[int, float] = {}   # partition → not before (the projection was behind)
         self._projected: dict[int, int] = {}   # partition → a position the jobs projection is known to have reached
         self.resume_at: dict[int, int] = {}                   # partition → first command offset to judge
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
@@ -156,6 +157,7 @@ class Ledger:
         self.recent.pop(partition, None)
         self.floor.pop(partition, None)
         self._projected.pop(partition, None)
+        self._let_go_at.pop(partition, None)
         self.resume_at.pop(partition, None)
 
     def rebuild_partition(self, tp: TopicPartition) -> None:
@@ -214,9 +216,11 @@ class Ledger:
             live[job.PandaID] = job
 
     def _let_go(self, partition: int) -> None:
-        """Forget the oldest recently final jobs beyond ``keep`` whose last event the projection has applied."""
+        """Forget the oldest recently final jobs beyond ``keep`` whose last event the projection has applied,
+        down to nine tenths of ``keep`` (so the projection's position is read once per keep/10 final jobs, not
+        per batch); after a stop at a job not projected yet, not again for a second."""
         recent = self.recent.get(partition)
-        if not recent or len(recent) <= self.keep:
+        if not recent or len(recent) <= self.keep or time.monotonic() < self._let_go_at.get(partition, 0.0):
             return
         try:
             position = self.db.run(self.read_snapshot.position, self.events_topic, partition)
@@ -225,11 +229,13 @@ class Ledger:
                         self.instance, exc)
             return
         self._projected[partition] = max(self._projected.get(partition, 0), position)
-        while len(recent) > self.keep:
+        low = self.keep - self.keep // 10
+        while len(recent) > low:
             pandaid, oldest = next(iter(recent.items()))
             offset = oldest.event_offset()
-            if offset >= position:
-                break   # not projected yet; the next batch tries again
+            if offset >= position:   # not projected yet
+                self._let_go_at[partition] = time.monotonic() + IDLE_LET_GO_SECONDS
+                break
             del recent[pandaid]
             self.floor[partition] = max(self.floor.get(partition, 0), offset + 1)
 
