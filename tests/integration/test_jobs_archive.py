@@ -164,3 +164,18 @@ def test_a_rebuilt_jobs_table_is_partitioned_and_archives_what_is_old(acfg, back
         parts = conn.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
                              " WHERE i.inhparent = 'jobs'::regclass ORDER BY 1").fetchall()
         assert [p[0] for p in parts] == ["jobs_archived", "jobs_hot"]
+
+
+def test_a_batch_whose_jobs_cannot_be_looked_up_waits_and_is_judged_once(acfg, background):
+    """The database lost while the ledger looks up jobs it does not hold: nothing is judged, the batch is
+    fetched again and judged once the look-up works (each command one verdict, each job's seqs 1..n)."""
+    from fakes import FlakyLedgerReads
+
+    # Reconnecting tries twice per call: 3 failures = two calls fail, the third succeeds
+    reads = FlakyLedgerReads(partition_snapshot, failures=3)
+    ledger = Ledger(acfg, instance="f", snapshot=reads)
+    background.run(ledger, "ledger-f")
+    outs = _ask(acfg, [_submit(50), _submit(51), Transition(PandaID=50, action="activate", actor="test")])
+    assert [o.seq for o in outs] == [1, 1, 2] and reads.calls >= 3
+    events = [(e.PandaID, e.seq) for _, _, e in all_events(acfg)]
+    assert sorted(events) == [(50, 1), (50, 2), (51, 1)]
