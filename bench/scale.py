@@ -12,7 +12,9 @@ Per phase:
 - *ledger rebuild*: a second ledger, in a consumer group of its own, joins, rebuilds every partition
   (snapshot + fold of the log after it) and is stopped before it judges anything; the figure is the sum
   of its ``rebuild_partition`` times, and the snapshot read alone (every partition, best of 3);
-- *getJob*: one simulated pilot in a closed loop for ``dispatch_seconds`` (p50/p95/p99 latency).
+- *getJob*: one simulated pilot in a closed loop for ``dispatch_seconds`` (p50/p95/p99 latency);
+- *plans*: what the snapshot query of one partition and getJob's candidate query read (EXPLAIN ANALYZE
+  BUFFERS: the relations scanned and the buffers touched), which a loaded machine does not blur.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from core.bus import CommandSender, OutcomeWaiter
 from core.config import Config
 from core.ledger import Ledger
 from core.states import JobStatus
-from projections import jobs_archive
+from projections import jobs_archive, queries
+from projections.candidates import candidate_query
 from projections.queries import partition_snapshot
 
 ARCHIVE_FIRST_ID = 1_000_000_000   # archived PandaIDs, far from the live ones
@@ -88,7 +91,18 @@ def _ledger_rebuild(cfg: Config, tag: str) -> dict[str, Any]:
             "live_jobs_held": live, "final_jobs_held": final}
 
 
+def _plans(cfg: Config) -> dict[str, Any]:
+    """What the snapshot of partition 0 and getJob's first candidate query read (relations, buffers)."""
+    from services.gateway.dispatcher import DispatchRequest
+
+    sql, params = candidate_query(DispatchRequest(site=stack.SITE), [], 1)
+    with db.connect(cfg) as conn:
+        return {"snapshot": jobs_archive.plan_reads(conn, *queries.ledger_state_query(0)),
+                "getjob": jobs_archive.plan_reads(conn, sql, params)}
+
+
 def _phase(cfg: Config, url: str, headers: dict[str, str], archived: int, seconds: float, log) -> dict[str, Any]:
+    plans = _plans(cfg)
     snap_s, live = _snapshot_seconds(cfg)
     rebuild = _ledger_rebuild(cfg, f"r{archived}")
     res = asyncio.run(_level(url, 1, seconds, headers))
@@ -97,7 +111,10 @@ def _phase(cfg: Config, url: str, headers: dict[str, str], archived: int, second
         f"{rebuild['seconds'] * 1000:.0f} ms ({rebuild['live_jobs_held']:,} live, {rebuild['final_jobs_held']:,} "
         f"final held); getJob p50/p95/p99 {lat.get('p50_ms', 0):.1f}/{lat.get('p95_ms', 0):.1f}/"
         f"{lat.get('p99_ms', 0):.1f} ms over {res['requests']:,} requests ({res['errors']} errors)")
-    return {"archived": archived, "snapshot_s": snap_s, "live_jobs": live, "ledger_rebuild": rebuild,
+    for name, plan in plans.items():
+        log(f"  scale: {archived:>12,} archived: {name} query reads {', '.join(plan['relations'])}: "
+            f"{plan['buffers']:,} buffers, {plan['rows']:,} rows, {plan['ms']:.1f} ms")
+    return {"archived": archived, "plans": plans, "snapshot_s": snap_s, "live_jobs": live, "ledger_rebuild": rebuild,
             "getjob": {"requests": res["requests"], "jobs": res["jobs"], "no_job": res["no_job"],
                        "errors": res["errors"], "latency": lat}}
 

@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import psycopg
 
@@ -130,3 +131,25 @@ def load_archived(conn: psycopg.Connection, first: int, n: int, partitions: int,
     conn.execute("ALTER TABLE jobs_archived DROP CONSTRAINT jobs_archived_only")
     conn.execute("ANALYZE jobs")
     log(f"  attached and analysed in {time.monotonic() - started:.0f}s")
+
+
+def plan_reads(conn: psycopg.Connection, sql: str, params: Any) -> dict[str, Any]:
+    """What one execution of ``sql`` read: the relations its plan scanned and the shared buffers it touched
+    (EXPLAIN ANALYZE BUFFERS), a figure a loaded machine does not blur. Rolled back (a candidate query
+    locks what it finds); ``conn`` not in autocommit mode."""
+    try:
+        (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params).fetchone()[0]
+    finally:
+        conn.rollback()
+    relations: set[str] = set()
+
+    def walk(node: dict[str, Any]) -> None:
+        if "Relation Name" in node:
+            relations.add(node["Relation Name"])
+        for child in node.get("Plans", ()):
+            walk(child)
+    top = plan["Plan"]
+    walk(top)
+    buffers = top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
+    return {"relations": sorted(relations), "buffers": buffers, "rows": top.get("Actual Rows", 0),
+            "ms": plan.get("Execution Time", 0.0)}

@@ -193,6 +193,12 @@ def jobs_position(conn: psycopg.Connection, topic: str, partition: int) -> int:
     return row[0] if row else 0
 
 
+def ledger_state_query(partition: int) -> tuple[str, tuple[Any, ...]]:
+    """The snapshot's query of the live jobs of ``partition`` and its parameters (pure; the scale bench
+    explains it)."""
+    return LEDGER_STATE_SQL, (_PILOT_TRANSFER_LIKE, partition)
+
+
 class PartitionReads:
     """The ledger's reads of the jobs projection (``core.ledger.SnapshotReader``).
 
