@@ -53,6 +53,7 @@ CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
 # (normally it already has: jobs are let go of only once projected)
 ROW_WAIT_SECONDS = 30.0
 IDLE_LET_GO_SECONDS = 1.0
+_FINAL = frozenset(FINAL_STATES)
 LOOK_UP_RETRY_SECONDS = 1.0
 
 
@@ -198,16 +199,22 @@ class Ledger:
 
     # -------------------------------------------------------------------------- what is held in memory
     def _held(self, partition: int, pandaid: int) -> JobState | None:
-        job = self.jobs.get(partition, {}).get(pandaid)
+        live = self.jobs.get(partition)
+        job = live.get(pandaid) if live is not None else None
         if job is not None:
             return job
-        recent = self.recent.get(partition, {}).get(pandaid)
-        return recent.state if recent is not None else None
+        recent = self.recent.get(partition)
+        entry = recent.get(pandaid) if recent is not None else None
+        return entry.state if entry is not None else None
 
     def _hold(self, partition: int, job: JobState, offset: int | bus.Delivery) -> None:
         """Keep ``job``'s new state: with the live jobs, or (final) as the newest recently final one."""
-        live, recent = self.jobs.setdefault(partition, {}), self.recent.setdefault(partition, OrderedDict())
-        if job.state in FINAL_STATES:
+        live, recent = self.jobs.get(partition), self.recent.get(partition)
+        if live is None:
+            live = self.jobs[partition] = {}
+        if recent is None:
+            recent = self.recent[partition] = OrderedDict()
+        if job.state in _FINAL:
             live.pop(job.PandaID, None)
             recent[job.PandaID] = _Recent(job, offset)
             recent.move_to_end(job.PandaID)
@@ -380,8 +387,10 @@ class Ledger:
                 PandaID=cmd.PandaID, actor="ledger", correlation_id=cmd.correlation_id, command_id=cmd.id,
                 command_type=cmd.__struct_config__.tag, code="unstorable", reason=str(unstorable), src=src))
             return
-        self._look_up({partition: [cmd.PandaID]})   # held already unless the command's key is not its PandaID
         job = self._held(partition, cmd.PandaID)
+        if job is None and cmd.PandaID not in self._absent:   # looked up already unless its key is not its PandaID
+            self._look_up({partition: [cmd.PandaID]})
+            job = self._held(partition, cmd.PandaID)
         out = decide(job, cmd, src)
         if isinstance(out, Rejected):
             self._send_rejection(out)
