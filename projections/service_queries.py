@@ -6,7 +6,9 @@ functions with a connection they hold and turn the plain rows into their own typ
 (datasets, retries, adder_pending, sites) stay with their store modules, so a question that spans both
 is asked in two steps (e.g. the adder's due reports: candidates from its store, jobs and events here).
 
-Every function takes an open connection and returns plain data; none waits or retries.
+Every function takes an open connection and returns plain data; none waits or retries. The services'
+candidate reads of live jobs say ``NOT archived``: they read the hot partition of ``jobs`` only, however many
+final jobs the archive holds (060_jobs_archive.sql, ``projections.jobs_archive``).
 """
 
 from __future__ import annotations
