@@ -43,6 +43,8 @@ class Config:
     state: settings.StateSettings
     kafka: settings.KafkaSettings
     db: settings.DbSettings
+    ledger: settings.LedgerSettings
+    projections: settings.ProjectionsSettings
     http: settings.HttpSettings
     gateway: settings.GatewaySettings
     dispatcher: settings.DispatcherSettings

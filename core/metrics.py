@@ -29,6 +29,9 @@ EVENTS = Counter("pandaes_ledger_events", "Events written by the ledger", ["trig
 REJECTIONS = Counter("pandaes_ledger_rejections", "Commands the ledger rejected", ["reason"])
 LEDGER_BATCH = Histogram("pandaes_ledger_batch_commands", "Commands judged per ledger transaction",
                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
+LEDGER_ROW_READS = Counter("pandaes_ledger_row_reads_total",
+                           "Jobs the ledger looked up in the jobs projection (not held in memory: final long ago, "
+                           "archived, or new)")
 LEDGER_TXN = Histogram("pandaes_ledger_transaction_seconds",
                        "Time from begin to commit of one ledger transaction",
                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

@@ -57,6 +57,20 @@ class DbSettings(_Section):
     pool_size: int
 
 
+class LedgerSettings(_Section):
+    """[ledger]"""
+
+    final_jobs_kept: int
+
+
+class ProjectionsSettings(_Section):
+    """[projections]"""
+
+    archive_after: float
+    archive_every: float
+    archive_batch: int
+
+
 class HttpSettings(_Section):
     """[http]"""
 
@@ -262,6 +276,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "state": StateSettings,
     "kafka": KafkaSettings,
     "db": DbSettings,
+    "ledger": LedgerSettings,
+    "projections": ProjectionsSettings,
     "http": HttpSettings,
     "gateway": GatewaySettings,
     "dispatcher": DispatcherSettings,

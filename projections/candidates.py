@@ -87,7 +87,8 @@ def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
     (services/gateway/dispatcher.py)."""
     if locking not in LOCKING:
         raise ValueError(f"locking: expected one of {', '.join(LOCKING)}, not {locking!r}")
-    where = ["j.status = 'activated'", "j.computing_site = %(site)s"]
+    # NOT archived: only the hot partition of jobs (060_jobs_archive.sql), however many jobs are archived
+    where = ["NOT j.archived", "j.status = 'activated'", "j.computing_site = %(site)s"]
     params: dict[str, Any] = {"site": req.site, "limit": limit}
     if share is not None:
         where.append("j.gshare = %(share)s")

@@ -27,6 +27,7 @@ from projections.archive import ArchiveProjection
 from projections.base import Projection, Record, load_positions, save_position
 from projections.files import FilesProjection
 from projections.jobs import JobsProjection
+from projections.jobs_archive import ArchiveSweep
 from schemas.messages import decode_event
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class ProjectionRunner:
                                      max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)))
         self.consumer.subscribe([self.topic], on_assign=self.seek_to_positions)
         self.lag = metrics.LagTracker(self.consumer, self.group_id)
+        # the jobs projection's owner moves its old final jobs to the archive partition (jobs_archive.py)
+        pc = cfg.projections
+        self.archive = (ArchiveSweep(pc.archive_after, pc.archive_every, pc.archive_batch)
+                        if any(p.name == "jobs" for p in self.projections) else None)
 
     def _connection(self, search_path: str | None) -> db.Reconnecting:
         # Asynchronous commit: rows and positions are committed together, so a commit lost in a
@@ -88,6 +93,8 @@ class ProjectionRunner:
         """One poll and one database transaction; returns the number of records applied."""
         polled = self.consumer.poll(timeout_ms=timeout_ms)
         self.lag.observe(polled)
+        if self.archive is not None and self.archive.due():
+            self.archive.run(self.conn, {tp.partition for tp in self.consumer.assignment()})
         if not polled:
             return 0
         started = time.monotonic()

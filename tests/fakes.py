@@ -323,3 +323,28 @@ class FakeSweepView:
 
     def forget(self, pairs):
         self.forgotten += pairs
+
+
+# ----------------------------------------------------------------------------------------------- ledger
+class FlakyLedgerReads:
+    """The ledger's real reads of the jobs projection, except that the row look-ups of jobs it does not hold
+    fail ``failures`` times first with the error a lost database connection gives (integration tests: the
+    database itself is shared and stays up)."""
+
+    def __init__(self, real, failures: int):
+        self.real, self.failures, self.calls = real, failures, 0
+
+    def __call__(self, conn, topic, partition):
+        return self.real(conn, topic, partition)
+
+    def position(self, conn, topic, partition):
+        return self.real.position(conn, topic, partition)
+
+    def rows(self, conn, topic, pandaids, *, at_least, timeout):
+        import psycopg
+
+        self.calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise psycopg.OperationalError("connection lost (FlakyLedgerReads)")
+        return self.real.rows(conn, topic, pandaids, at_least=at_least, timeout=timeout)
