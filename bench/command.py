@@ -37,6 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="run the benchmarks (table, JSON and plot under bench/results/)")
     p.add_argument("--quick", action="store_true", help="small sizes, under two minutes")
     p.add_argument("--only", help="comma-separated workloads (default: all): ceilings, rebuild, kill, dispatch, "
-                   "lifecycle, harvester")
+                   "lifecycle, harvester, idle")
     p.add_argument("--kafka-client", choices=("kafka-python", "confluent"), help="override [kafka] client")
     p.set_defaults(fn=cmd_bench)
