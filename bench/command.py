@@ -25,7 +25,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(report.table(results))
     for name, why in results["skipped"].items():
         print(f"skipped {name}: {why}")
-    tag = mode + (f"-{results['kafka_client']}" if results["kafka_client"] != "kafka-python" else "")
+    tag = mode + (f"-{results['kafka_client']}" if results["kafka_client"] != "confluent" else "")
     path, png = report.save(results, tag)
     print(f"\nresults: {path}")
     print(f"plot:    {png}" if png else "plot:    none (matplotlib missing: pip install -e '.[bench]')")

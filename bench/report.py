@@ -50,7 +50,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     matching floor (one broker round trip; one database commit)."""
     out: list[tuple[str, str, str, str, str]] = []
     ceil = results.get("ceilings", {})
-    client = results.get("kafka_client", "kafka-python")
+    client = results.get("kafka_client", "confluent")
     prod = ceil.get("produce", {}).get("per_s")
     cons = ceil.get("consume", {}).get("per_s")
     copy = ceil.get("db_insert", {}).get("copy", {}).get("per_s")

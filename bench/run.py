@@ -52,7 +52,7 @@ def run(mode: str = "quick", only: list[str] | None = None, log=print,
     from core import config
 
     results: dict[str, Any] = {"mode": mode, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
-                               "kafka_client": config.load().kafka.get("client", "kafka-python"),
+                               "kafka_client": config.load().kafka.get("client", "confluent"),
                                "sizes": size, "skipped": {}}
     env = BenchEnv(log=log).start()
     results["infra"] = {"kafka": env.kafka, "embedded_broker": env.embedded_broker_pid is not None}

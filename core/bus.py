@@ -3,7 +3,8 @@
 Everything that talks to Kafka goes through here. The Protocols below say what a producer, a
 consumer and an admin client must do for pandaes; ``core/adapters/`` holds one adapter per client
 library, and only those modules import one. ``[kafka] client`` (env ``PANDAES_KAFKA_CLIENT``) picks
-the adapter: ``"kafka-python"`` (default) or ``"confluent"`` (librdkafka, imported only then).
+the adapter: ``"confluent"`` (default: librdkafka, far cheaper per message) or ``"kafka-python"`` (pure Python); an
+adapter's client library is imported only when it is chosen.
 
 The policy every adapter implements, so that it is decided once and not per caller:
 
@@ -282,11 +283,12 @@ class Adapter(Protocol):
 # ------------------------------------------------------------------------------------ factories
 CLIENTS = {"kafka-python": ("core.adapters.kafka_python", "kafka"),
            "confluent": ("core.adapters.confluent", "confluent_kafka")}
+DEFAULT_CLIENT = "confluent"
 
 
 def client_name(cfg: Config) -> str:
-    """The configured Kafka client: "kafka-python" (default) or "confluent"."""
-    name = cfg.kafka.get("client", "kafka-python") or "kafka-python"
+    """The configured Kafka client: "confluent" (default) or "kafka-python"."""
+    name = cfg.kafka.get("client", DEFAULT_CLIENT) or DEFAULT_CLIENT
     if name not in CLIENTS:
         raise ValueError(f"[kafka] client = {name!r}: expected one of {', '.join(CLIENTS)}")
     return name

@@ -93,7 +93,7 @@ def template_db(base_cfg) -> Iterator[str]:
 # Kafka-heavy test modules run with both clients: pytestmark = pytest.mark.parametrize(
 # "kafka_client", BOTH_CLIENTS, indirect=True). Without the parameter a test uses the configured client.
 BOTH_CLIENTS = ["kafka-python", pytest.param("confluent", marks=pytest.mark.skipif(
-    not bus.client_available("confluent"), reason="confluent-kafka not installed (pip install -e '.[confluent]')"))]
+    not bus.client_available("confluent"), reason="confluent-kafka not installed (a dependency: pip install -e .)"))]
 
 
 @pytest.fixture

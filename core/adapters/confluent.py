@@ -1,5 +1,4 @@
-"""confluent-kafka (librdkafka) behind the port of ``core.bus``; imported only with ``[kafka] client =
-"confluent"``.
+"""confluent-kafka (librdkafka) behind the port of ``core.bus``: the default ``[kafka] client``.
 
 Where librdkafka differs from what the port promises, and how this adapter bridges it:
 

@@ -1,4 +1,4 @@
-"""kafka-python behind the port of ``core.bus`` (the default client).
+"""kafka-python behind the port of ``core.bus`` (``[kafka] client = "kafka-python"``; the default is confluent).
 
 Thin: kafka-python already behaves as the port says. Records are kafka-python's own
 ``ConsumerRecord`` tuples, which have the attributes of ``bus.Record``, so polling copies nothing per
