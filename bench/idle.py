@@ -22,7 +22,8 @@ from bench.procs import Components, CpuMeter, database_backends, infra_groups
 from core.config import Config
 from devenv import common
 
-SETTLE_SECONDS = 15   # the consumer groups join (one rebalance timeout) and the first polls find nothing
+SETTLE_SECONDS = 10   # the consumer groups join (one rebalance timeout), then [kafka] idle_after_ms more: consumers
+                      # doze only after that long without records (core/bus.py Consumer.poll)
 
 
 def missing() -> str:
@@ -44,7 +45,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
     dbname = cfg.db.url.rsplit("/", 1)[1].split("?")[0]
     with Components(cfg, names, log_dir / "idle", extra_env=extra) as comps:
         stack.wait_http(url)
-        time.sleep(SETTLE_SECONDS)
+        time.sleep(SETTLE_SECONDS + int(cfg.kafka.idle_after_ms) / 1000)
         comps.check()
         infra = infra_groups()
         server = infra.pop("postgres")

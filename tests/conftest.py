@@ -36,6 +36,7 @@ from services import migrations
 # dropped from its group and every rebalance stalls the test.
 os.environ.setdefault("PANDAES_KAFKA_MAX_POLL_INTERVAL_MS", "30000")
 os.environ.setdefault("PANDAES_KAFKA_SESSION_TIMEOUT_MS", "6000")
+os.environ.setdefault("PANDAES_KAFKA_HEARTBEAT_INTERVAL_MS", "1000")   # a third of the session: rebalances seen soon
 os.environ.setdefault("PANDAES_KAFKA_TRANSACTION_TIMEOUT_MS", "10000")
 # `pandaes run` in a test starts the monitor too: never on its default port (tests run side by side)
 os.environ.setdefault("PANDAES_MONITOR_PORT", str(free_port()))
