@@ -142,8 +142,11 @@ class Producer:
         self._poller.start()
 
     def _serve(self) -> None:
+        # poll returns as soon as a delivery report is there, so the timeout only bounds how long close() waits
+        # for this thread; 0.2 s instead of 0.05 s: an idle producer wakes 5 times a second, not 20 (a third of
+        # its idle CPU, measured)
         while not self._closed.is_set():
-            self._p.poll(0.05)
+            self._p.poll(0.2)
 
     def send(self, topic: str, value: bytes, *, key: bytes | None = None,
              partition: int | None = None) -> _Delivery:
