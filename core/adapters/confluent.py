@@ -19,6 +19,11 @@ Where librdkafka differs from what the port promises, and how this adapter bridg
 * ``send`` hands librdkafka one small ``_Delivery`` per record that is itself the delivery callback (no
   closure, no ``concurrent.futures.Future``: they cost more than the produce call); a daemon thread
   per producer serves the delivery reports.
+* Dozing (``bus.Consumer.poll``): librdkafka's fetch wait is fixed when the client is made, so a quiet
+  consumer pauses its partitions and resumes them for one look every ``idle_fetch_max_wait_ms``; a look ends
+  with records or with every partition's end-of-partition report (``enable.partition.eof``), and starts
+  with one watermark request, which wakes librdkafka's fetcher (it notices a resume only at its next wake-up,
+  up to a second later). Partitions the caller paused stay paused.
 * Keys are partitioned with ``murmur2_random``, Kafka's default partitioner, so ``bus.partition_of``
   holds; librdkafka refuses ``max.poll.interval.ms`` below ``session.timeout.ms``, so it is raised to it.
 """
