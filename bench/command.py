@@ -26,7 +26,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(report.table(results))
     for name, why in results["skipped"].items():
         print(f"skipped {name}: {why}")
-    tag = mode + (f"-{results['kafka_client']}" if results["kafka_client"] != "kafka-python" else "")
+    tag = mode + (f"-{results['kafka_client']}" if results["kafka_client"] != "confluent" else "")
     path, png = report.save(results, tag)
     print(f"\nresults: {path}")
     print(f"plot:    {png}" if png else "plot:    none (matplotlib missing: pip install -e '.[bench]')")
@@ -38,6 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="run the benchmarks (table, JSON and plot under bench/results/)")
     p.add_argument("--quick", action="store_true", help="small sizes, under two minutes")
     p.add_argument("--only", help="comma-separated workloads (default: all): ceilings, rebuild, kill, dispatch, "
-                   "lifecycle, harvester; scale only when named")
+                   "lifecycle, harvester, idle; scale only when named")
     p.add_argument("--kafka-client", choices=("kafka-python", "confluent"), help="override [kafka] client")
     p.set_defaults(fn=cmd_bench)

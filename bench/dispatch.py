@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from bench import stack, workload
-from bench.procs import Components, CpuMeter, postgres_pids
+from bench.procs import Components, CpuMeter, infra_groups
 from bench.stats import percentiles, timeline
 from core import db
 from core.bus import CommandSender, OutcomeWaiter
@@ -91,7 +91,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         stack.wait_http(url)
         comps.check()
         levels = []
-        meter = CpuMeter({**comps.pids(), "postgres": postgres_pids()})
+        meter = CpuMeter({**comps.pids(), **infra_groups()})
         meter.start()
         cpu0 = time.process_time()
         total = 0

@@ -48,6 +48,9 @@ class BenchEnv:
     def start(self) -> BenchEnv:
         self.infra.start()
         self.base = self.infra.config()
+        from bench import procs  # (procs imports this module)
+
+        procs.set_broker_pid(self.embedded_broker_pid)   # the broker's CPU is charged to every workload
         with psycopg.connect(_admin_url(self.base.db.url), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.template}"')
         migrations.migrate(self.base.db.url.rsplit("/", 1)[0] + f"/{self.template}")

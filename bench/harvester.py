@@ -2,7 +2,8 @@
 workers reported with ``harvester/update_workers``, and every state change sent with
 ``pilot/update_jobs_bulk`` (running, then finished with the output report), as Harvester's communicator
 does; the services (setupper, activator, adder, closer…) finish the jobs. Reported beside the single-pilot
-lifecycle as jobs/s.
+lifecycle as jobs/s and CPU per job (every component, the broker and PostgreSQL); the clock stops when the
+gateway reports the jobs ``finished`` (``job/get_status``).
 
 Then the kill path Harvester adds: for jobs running on known workers, the time from ``job/kill`` being
 answered to the kill-worker command being returned by ``harvester/acquire_commands`` (polled every 10 ms;
@@ -21,12 +22,9 @@ from typing import Any
 import aiohttp
 
 from bench import lifecycle, stack
-from bench.procs import Components
+from bench.procs import Components, CpuMeter, infra_groups
 from bench.stats import percentiles
-from core import db
 from core.config import Config
-from core.states import JobStatus
-from projections import queries
 
 SERVICES = lifecycle.SERVICES          # the reactors host runs the Harvester killer too
 BATCH = 50
@@ -95,18 +93,13 @@ class Harvester:
             done.append(len(jobs))
 
 
-def _finished(cfg: Config) -> int:
-    with db.connect(cfg) as conn:
-        return queries.count_by_status(conn, [JobStatus.FINISHED]).get(JobStatus.FINISHED, 0)
-
-
 async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, str]) -> dict[str, Any]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=150), headers=headers) as session:
         stop_at = time.monotonic() + seconds
         done: list[int] = []
         hs = [Harvester(session, url, f"bench_harvester_{i}") for i in range(INSTANCES)]
         cycles = asyncio.gather(*(h.cycle(stop_at, done) for h in hs))
-        await lifecycle._submit(url, n, log, headers)
+        _, ids = await lifecycle._submit(url, n, log, headers)
         while sum(done) < n and time.monotonic() < stop_at:
             await asyncio.sleep(0.2)
         cycles.cancel()
@@ -114,7 +107,7 @@ async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, 
             await cycles
         except asyncio.CancelledError:
             pass
-    return {"reported_finished": sum(done), "batches": len(done)}
+    return {"reported_finished": sum(done), "batches": len(done), "ids": ids}
 
 
 async def _kill_phase(url: str, n: int, log, headers: dict[str, str]) -> list[float]:
@@ -155,14 +148,15 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         stack.wait_http(url)
         time.sleep(5)  # consumer groups of the services settle
         comps.check()
+        meter = CpuMeter({**comps.pids(), **infra_groups()})
+        meter.start()
+        cpu0 = time.process_time()
         t0 = time.time()
         bulk = asyncio.run(_bulk_phase(url, n, seconds, log, headers))
-        deadline = time.monotonic() + 30
-        done = _finished(cfg)
-        while done < bulk["reported_finished"] and time.monotonic() < deadline:
-            time.sleep(0.25)
-            done = _finished(cfg)
+        # the clock stops when the gateway reports finished what the instances reported finished
+        done = lifecycle.wait_finished(url, bulk.pop("ids"), bulk["reported_finished"], 30, headers)
         elapsed = time.time() - t0
+        cpu = {**meter.stop(), "bench (harvester instances, submit)": time.process_time() - cpu0}
         kills = asyncio.run(_kill_phase(url, max(5, min(20, n // 4)), log, headers))
         comps.check()
     lat = percentiles(kills)
@@ -170,4 +164,6 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         f"(batches of {BATCH}, {INSTANCES} instances); kill → command p50 {lat.get('p50_ms', 0):.0f} ms, "
         f"p95 {lat.get('p95_ms', 0):.0f} ms over {len(kills)} kills")
     return {"jobs": n, "finished": done, "seconds": elapsed, "jobs_per_s": done / elapsed, "batch": BATCH,
-            "instances": INSTANCES, **bulk, "kill_to_command": lat}
+            "instances": INSTANCES, **bulk, "kill_to_command": lat, "cpu_s": cpu,
+            "cpu_us_per_job": {k: 1e6 * v / max(done, 1) for k, v in cpu.items()},
+            "finished_as": "job/get_status through the gateway"}

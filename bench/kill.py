@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import workload
-from bench.procs import Components, CpuMeter
+from bench.procs import Components, CpuMeter, infra_groups
 from bench.stack import backlog, ledger_ready, wait_all
 from bench.stats import percentiles, timeline
 from core.bus import CommandSender, OutcomeWaiter
@@ -33,7 +33,7 @@ def run(cfg: Config, *, n_kills: int, rate: float, log_dir: Path, log=print) -> 
             pids = list(range(workload.FIRST_ID, workload.FIRST_ID + n_kills))
             backlog(waiter, sender, pids, [JobStatus.ACTIVATED, JobStatus.RUNNING], log=log)
             comps.check()
-            meter = CpuMeter(comps.pids())
+            meter = CpuMeter({**comps.pids(), **infra_groups()})
             latencies: list[float] = []
             done_at: list[float] = []
             answers = {"event": 0, "rejected": 0}

@@ -7,7 +7,8 @@ Jobs go to the ``BENCH`` queue (``bench/queues.toml``: the ``dummy`` data plugin
 nothing and what is measured is pandaes). Pilots are ``cli.simulated_pilot``'s, speaking the legacy
 protocol over HTTP: getJob, updateJob starting, running (heartbeat), finished with an output report.
 Submission (``/api/v1/job/submit`` in batches, as panda-client sends them) and the pilots run at the
-same time; the clock stops when the jobs projection shows every job ``finished``. Times per job
+same time; the clock stops when the gateway reports every job the pilots ran ``finished`` (``job/get_status``,
+as a client asks). Times per job
 (submit → finished) come from the events themselves (``job_events``).
 """
 
@@ -23,7 +24,7 @@ import aiohttp
 import msgspec
 
 from bench import stack, workload
-from bench.procs import Components, CpuMeter, postgres_pids
+from bench.procs import Components, CpuMeter, infra_groups
 from bench.stats import percentiles, steady_rate, timeline
 from cli import components
 from core import db
@@ -35,6 +36,7 @@ from projections import queries
 # daemon's clock scripts and the monitor, which do no work for this workload
 SERVICES = [name for name in components.DEFAULT if name not in ("daemon", "monitor")]
 SUBMIT_BATCH = 500
+STATUS_BATCH = 2000   # PandaIDs per job/get_status call
 
 
 def missing() -> str:
@@ -47,8 +49,9 @@ def missing() -> str:
     return ""
 
 
-async def _submit(url: str, n: int, log, headers: dict[str, str]) -> float:
-    """Submit ``n`` jobs in batches, four requests in flight; returns when the last batch is answered."""
+async def _submit(url: str, n: int, log, headers: dict[str, str]) -> tuple[float, list[int]]:
+    """Submit ``n`` jobs in batches, four requests in flight; returns when the last batch is answered, with the
+    PandaIDs the gateway accepted."""
     from schemas.jobspec import jobs_to_client_json
 
     rng = random.Random(workload.SEED)
@@ -58,19 +61,43 @@ async def _submit(url: str, n: int, log, headers: dict[str, str]) -> float:
                 for i in range(start, min(n, start + SUBMIT_BATCH))]
         batches.append(jobs_to_client_json(jobs))
     sem = asyncio.Semaphore(4)
-    accepted = 0
+    accepted: list[int] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300), headers=headers) as session:
         async def one(body: str) -> None:
-            nonlocal accepted
             async with sem, session.post(f"{url}/api/v1/job/submit", json={"jobs": body}) as resp:
                 reply = await resp.json(content_type=None)
                 if not reply.get("success"):
                     raise RuntimeError(f"job/submit failed: {str(reply)[:300]}")
-                accepted += sum(1 for row in reply["data"] if row[0] is not None)
+                accepted.extend(int(row[0]) for row in reply["data"] if row[0] is not None)
 
         await asyncio.gather(*(one(b) for b in batches))
-    log(f"  lifecycle: {accepted:,}/{n:,} jobs accepted by job/submit")
-    return time.time()
+    log(f"  lifecycle: {len(accepted):,}/{n:,} jobs accepted by job/submit")
+    return time.time(), accepted
+
+
+async def finished_by_gateway(url: str, ids: list[int], headers: dict[str, str]) -> int:
+    """How many of ``ids`` the gateway reports ``finished`` (``job/get_status``, as a client asks): the clock
+    stops on what a user would read, not on a database row."""
+    done = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=headers) as session:
+        for start in range(0, len(ids), STATUS_BATCH):
+            chunk = ids[start:start + STATUS_BATCH]
+            async with session.post(f"{url}/api/v1/job/get_status", json={"job_ids": chunk}) as resp:
+                reply = await resp.json(content_type=None)
+            if not reply.get("success"):
+                raise RuntimeError(f"job/get_status failed: {str(reply)[:300]}")
+            done += sum(1 for row in reply["data"] if row.get("status") == JobStatus.FINISHED)
+    return done
+
+
+def wait_finished(url: str, ids: list[int], target: int, seconds: float, headers: dict[str, str]) -> int:
+    """Ask the gateway every 0.25 s until ``target`` of ``ids`` are finished or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    done = asyncio.run(finished_by_gateway(url, ids, headers))
+    while done < target and time.monotonic() < deadline:
+        time.sleep(0.25)
+        done = asyncio.run(finished_by_gateway(url, ids, headers))
+    return done
 
 
 async def _drive(url: str, n: int, pilots: int, seconds: float, log, headers: dict[str, str]) -> dict[str, Any]:
@@ -99,18 +126,13 @@ async def _drive(url: str, n: int, pilots: int, seconds: float, log, headers: di
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=150)) as session:
         sim = asyncio.gather(*(pilot(session, i) for i in range(pilots)))
-        submitted_at = await _submit(url, n, log, headers)
+        submitted_at, ids = await _submit(url, n, log, headers)
         try:
             await asyncio.wait_for(sim, max(1.0, t_end - time.monotonic() + 30))
         except TimeoutError:
             log("  lifecycle: pilots still busy 30 s after the time box; stopped")
-    return {"submitted_at": submitted_at, "pilot": stats.summary(), "pilot_errors": stats.errors[:5],
+    return {"submitted_at": submitted_at, "ids": ids, "pilot": stats.summary(), "pilot_errors": stats.errors[:5],
             "pilot_finished_at": finished_at}
-
-
-def _finished(cfg: Config) -> int:
-    with db.connect(cfg) as conn:
-        return queries.count_by_status(conn, [JobStatus.FINISHED]).get(JobStatus.FINISHED, 0)
 
 
 def _stages(cfg: Config) -> dict[str, dict[str, float]]:
@@ -142,17 +164,15 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         stack.wait_http(url)
         time.sleep(5)  # consumer groups of the services settle (a join waits one rebalance timeout)
         comps.check()
-        meter = CpuMeter({**comps.pids(), "postgres": postgres_pids()})
+        meter = CpuMeter({**comps.pids(), **infra_groups()})
         meter.start()
         cpu0 = time.process_time()
         t0 = time.time()
-        driven = asyncio.run(_drive(url, n, pilots, seconds, log, dev.headers(cfg, "bench", ("production", "pilot"))))
-        deadline = time.monotonic() + 30   # the last finals through the ledger, the finisher and the projector
-        done = _finished(cfg)
-        target = driven["pilot"]["finished"]   # what the pilots reported finished must reach the projection
-        while done < target and time.monotonic() < deadline:
-            time.sleep(0.25)
-            done = _finished(cfg)
+        headers = dev.headers(cfg, "bench", ("production", "pilot"))
+        driven = asyncio.run(_drive(url, n, pilots, seconds, log, headers))
+        # the last finals through the ledger, the services and the projector: what the pilots reported finished
+        # must be reported finished by the gateway
+        done = wait_finished(url, driven["ids"], driven["pilot"]["finished"], 30, headers)
         t_end = time.time()
         cpu = {**meter.stop(), "bench (pilots, submit)": time.process_time() - cpu0}
         comps.check()
@@ -170,6 +190,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         "steady_jobs_per_s": steady_rate(series), "events": events, "transitions_per_s": events / elapsed,
         "steady_transitions_per_s": steady_rate(timeline(event_times, t0)),
         "latency": percentiles(e2e), "stages": stages, "pilot": driven["pilot"], "pilot_errors": driven["pilot_errors"],
+        "finished_as": "job/get_status through the gateway",
         "cpu_s": cpu, "cpu_us_per_job": {k: 1e6 * v / max(done, 1) for k, v in cpu.items()},
         "timeline": series,
     }

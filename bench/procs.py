@@ -35,6 +35,42 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+#: the embedded broker's process, set by ``bench.env.BenchEnv`` when it started one; None: an outside broker,
+#: whose CPU this machine cannot see (the table says "broker not measured")
+BROKER_PID: int | None = None
+
+
+def set_broker_pid(pid: int | None) -> None:
+    global BROKER_PID
+    BROKER_PID = pid
+
+
+def infra_groups() -> dict[str, list[int]]:
+    """The broker (when embedded) and PostgreSQL as CPU groups, beside a workload's components: CPU per job
+    is the whole machine's, not only our Python's."""
+    groups = {"postgres": postgres_pids()}
+    if BROKER_PID is not None:
+        groups["broker"] = [BROKER_PID]
+    return groups
+
+
+def database_backends(dbname: str) -> list[int]:
+    """The live PostgreSQL backends connected to database ``dbname``: what one system costs the server when
+    other databases share it. A backend's title is ``postgres: [cluster:] user database host state``."""
+    out = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if (p.info["name"] or "").startswith("postgres"):
+            words = " ".join(p.info["cmdline"] or ()).split()
+            if not words or words[0] != "postgres:":
+                continue
+            words = words[1:]
+            if words and words[0].endswith(":"):   # the cluster name, e.g. "15/main:"
+                words = words[1:]
+            if len(words) >= 2 and words[1] == dbname:
+                out.append(p.pid)
+    return out
+
+
 def postgres_pids() -> list[int]:
     """The postmaster(s) of this machine: a PostgreSQL process whose parent is not one."""
     pids = []

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from bench import ceilings, workload
-from bench.procs import CpuMeter, postgres_pids
+from bench.procs import CpuMeter, infra_groups
 from bench.stats import timeline
 from core import bus
 from core.config import Config
@@ -124,7 +124,7 @@ def run(cfg: Config, *, n_events: int, method: str = "auto", log=print) -> dict[
     produced = write_log(cfg, n_events, log)
     log(f"  rebuild: log written at {produced['per_s']:,.0f} records/s ({produced['writer']}); reading it back raw …")
     consumed = ceilings.consume(cfg, produced["records"])
-    meter = CpuMeter({"postgres": postgres_pids()})
+    meter = CpuMeter(infra_groups())
     meter.start()
     cpu0 = time.process_time()
     got = _with_replay_tool(cfg) if method in ("auto", "replay") else None

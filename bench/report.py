@@ -50,7 +50,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     matching floor (one broker round trip; one database commit)."""
     out: list[tuple[str, str, str, str, str]] = []
     ceil = results.get("ceilings", {})
-    client = results.get("kafka_client", "kafka-python")
+    client = results.get("kafka_client", "confluent")
     prod = ceil.get("produce", {}).get("per_s")
     cons = ceil.get("consume", {}).get("per_s")
     copy = ceil.get("db_insert", {}).get("copy", {}).get("per_s")
@@ -116,7 +116,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         kc = hv.get("kill_to_command") or {}
         if kc.get("n"):
             out.append(("harvester", "kill → kill-worker command (p50/p95/p99)", _ms(kc), "", ""))
-    for wl, key, unit in (("lifecycle", "cpu_us_per_job", "job"), ("kill", "cpu_us_per_kill", "kill"),
+    for wl, key, unit in (("lifecycle", "cpu_us_per_job", "job"), ("harvester", "cpu_us_per_job", "job"),
+                          ("kill", "cpu_us_per_kill", "kill"),
                           ("dispatch", "cpu_us_per_request", "getJob"), ("rebuild", "cpu_us_per_event", "event")):
         per = (results.get(wl) or {}).get(key)
         if per:
@@ -125,8 +126,18 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             top = max(per, key=per.get)
             cores = (results.get("machine") or {}).get("nproc") or 1
             bound = f"; {cores} cores / total → ≤ {cores * 1e6 / total:,.0f} {unit}s/s" if total else ""
+            if "broker" not in per:
+                text += ", broker not measured (outside this machine's view)"
             out.append((wl, f"CPU µs per {unit} (total {total:,.0f})", text,
                         f"top: {top.split(' ')[0]} {per[top] / total:.0%}{bound}" if total else "", ""))
+    idle = results.get("idle")
+    if idle:
+        pct = idle["cpu_pct_of_core"]
+        text = ", ".join(f"{k} {v:.2f}" for k, v in sorted(pct.items(), key=lambda kv: -kv[1]))
+        if not idle.get("broker_measured"):
+            text += ", broker not measured"
+        out.append(("idle", f"CPU % of one core, whole system idle {idle['seconds']:.0f} s "
+                    f"(total {idle['total_pct']:.2f}%)", text, "postgres: this system's sessions", "< 2%"))
     return out
 
 

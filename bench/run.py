@@ -29,17 +29,18 @@ from bench.report import RESULTS, machine
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"records": 2_000, "rows": 1_000, "rtt": 20, "rebuild_events": 4_000, "kills": 40, "kill_rate": 50,
               "backlog": 300, "dispatch_levels": (1, 5), "dispatch_seconds": 2, "jobs": 40, "pilots": 10,
-              "lifecycle_seconds": 60, "scale_live": 200, "scale_small": 1_000, "scale_large": 20_000},
+              "lifecycle_seconds": 60, "idle_seconds": 5,
+              "scale_live": 200, "scale_small": 1_000, "scale_large": 20_000},
     "quick": {"records": 20_000, "rows": 10_000, "rtt": 100, "rebuild_events": 100_000, "kills": 300,
               "kill_rate": 100, "backlog": 4_000, "dispatch_levels": (1, 50, 500), "dispatch_seconds": 5,
-              "jobs": 400, "pilots": 50, "lifecycle_seconds": 45,
+              "jobs": 400, "pilots": 50, "lifecycle_seconds": 45, "idle_seconds": 20,
               "scale_live": 2_000, "scale_small": 10_000, "scale_large": 1_000_000},
     "full": {"records": 200_000, "rows": 100_000, "rtt": 500, "rebuild_events": 1_000_000, "kills": 3_000,
              "kill_rate": 200, "backlog": 100_000, "dispatch_levels": (1, 50, 500), "dispatch_seconds": 30,
-             "jobs": 4_000, "pilots": 200, "lifecycle_seconds": 200,
+             "jobs": 4_000, "pilots": 200, "lifecycle_seconds": 200, "idle_seconds": 60,
              "scale_live": 10_000, "scale_small": 10_000, "scale_large": 10_000_000},
 }
-WORKLOADS = ("ceilings", "rebuild", "kill", "dispatch", "lifecycle", "harvester")
+WORKLOADS = ("ceilings", "rebuild", "kill", "dispatch", "lifecycle", "harvester", "idle")
 # run only when named (`--only scale`): loading 10 million archived jobs takes longer than the rest together
 ON_REQUEST = ("scale",)
 
@@ -59,7 +60,7 @@ def run(mode: str = "quick", only: list[str] | None = None, log=print,
     from core import config
 
     results: dict[str, Any] = {"mode": mode, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
-                               "kafka_client": config.load().kafka.get("client", "kafka-python"),
+                               "kafka_client": config.load().kafka.get("client", "confluent"),
                                "sizes": size, "skipped": {}}
     env = BenchEnv(log=log).start()
     results["infra"] = {"kafka": env.kafka, "embedded_broker": env.embedded_broker_pid is not None}

@@ -3,7 +3,8 @@
 Everything that talks to Kafka goes through here. The Protocols below say what a producer, a
 consumer and an admin client must do for pandaes; ``core/adapters/`` holds one adapter per client
 library, and only those modules import one. ``[kafka] client`` (env ``PANDAES_KAFKA_CLIENT``) picks
-the adapter: ``"kafka-python"`` (default) or ``"confluent"`` (librdkafka, imported only then).
+the adapter: ``"confluent"`` (default: librdkafka, far cheaper per message) or ``"kafka-python"`` (pure Python); an
+adapter's client library is imported only when it is chosen.
 
 The policy every adapter implements, so that it is decided once and not per caller:
 
@@ -26,6 +27,7 @@ import importlib.util
 import logging
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, NamedTuple, Protocol, overload
@@ -163,7 +165,14 @@ class Consumer(Protocol):
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> Mapping[TopicPartition, Sequence[Record]]:
         """Records of the assigned partitions, in offset order per partition (no empty lists); returns as
         soon as some are there, at most ``max_records`` (default: ``max_poll_records``), else ``{}``
-        after ``timeout_ms``."""
+        after ``timeout_ms`` (or earlier).
+
+        A consumer whose polls found nothing for ``idle_after_ms`` **dozes**: it asks the broker for new
+        records only every ``idle_fetch_max_wait_ms`` instead of every ``fetch_max_wait_ms``, until records
+        come; then it reads at its own pace again. What it returns does not change, only when: the first
+        records after a quiet spell can come up to about ``idle_fetch_max_wait_ms`` later. (On Apache Kafka a
+        fetch returns as soon as records arrive; Tansu answers a fetch only after its whole wait, so without
+        dozing a waiting consumer would cost the broker one fetch every few milliseconds, forever.)"""
         ...
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
@@ -185,7 +194,11 @@ class Consumer(Protocol):
         ...
 
     def pause(self, *partitions: TopicPartition) -> None:
-        """Stop fetching these partitions (a reader done with them)."""
+        """Stop fetching these partitions (a reader done with them, or one with nobody to read for)."""
+        ...
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        """Fetch paused partitions again, from where they stopped (nothing skipped, nothing read twice)."""
         ...
 
     def commit(self, offsets: Offsets, *, asynchronous: bool = False) -> None:
@@ -261,6 +274,8 @@ class ConsumerSettings:
     session_timeout_ms: int
     heartbeat_interval_ms: int
     client_id: str = "pandaes"
+    idle_after_ms: int = 0            # 0: never doze (see Consumer.poll)
+    idle_fetch_max_wait_ms: int = 1000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -282,11 +297,12 @@ class Adapter(Protocol):
 # ------------------------------------------------------------------------------------ factories
 CLIENTS = {"kafka-python": ("core.adapters.kafka_python", "kafka"),
            "confluent": ("core.adapters.confluent", "confluent_kafka")}
+DEFAULT_CLIENT = "confluent"
 
 
 def client_name(cfg: Config) -> str:
-    """The configured Kafka client: "kafka-python" (default) or "confluent"."""
-    name = cfg.kafka.get("client", "kafka-python") or "kafka-python"
+    """The configured Kafka client: "confluent" (default) or "kafka-python"."""
+    name = cfg.kafka.get("client", DEFAULT_CLIENT) or DEFAULT_CLIENT
     if name not in CLIENTS:
         raise ValueError(f"[kafka] client = {name!r}: expected one of {', '.join(CLIENTS)}")
     return name
@@ -329,7 +345,8 @@ def consumer(cfg: Config, *topics: str, group_id: str | None, fetch_max_wait_ms:
         fetch_max_wait_ms=int(k.fetch_max_wait_ms if fetch_max_wait_ms is None else fetch_max_wait_ms),
         max_poll_records=int(k.max_poll_records if max_poll_records is None else max_poll_records),
         max_poll_interval_ms=int(k.max_poll_interval_ms), session_timeout_ms=int(k.session_timeout_ms),
-        heartbeat_interval_ms=int(k.heartbeat_interval_ms))
+        heartbeat_interval_ms=int(k.heartbeat_interval_ms),
+        idle_after_ms=int(k.idle_after_ms), idle_fetch_max_wait_ms=int(k.idle_fetch_max_wait_ms))
     c = adapter(cfg).consumer(settings)
     if topics:
         c.subscribe(list(topics))
@@ -474,6 +491,10 @@ class OutcomeWaiter:
     Reads panda.job-events and the rejected topic from their ends in a background thread, so
     ``expect()`` must be called before the command is sent. Used by the gateway (getJob waits for
     `sent`, updateJob for the verdict), the CLI and the tests.
+
+    A waiter nobody has expected anything from for ``idle_after_ms`` (and without ``on_event``) pauses its
+    partitions: it asks the broker nothing until the next ``expect()``, then goes on from where it stopped
+    (so nothing written meanwhile is missed).
     """
 
     def __init__(self, cfg: Config, on_event: Callable[[Event | Rejected], None] | None = None):
@@ -483,6 +504,7 @@ class OutcomeWaiter:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._on_event = on_event
+        self._wanted = threading.Event()     # set by expect(): a paused waiter reads again
         self._thread = threading.Thread(target=self._run, name="outcome-waiter", daemon=True)
         self._thread.start()
         if not self._ready.wait(30):
@@ -492,6 +514,7 @@ class OutcomeWaiter:
         fut: Future = Future()
         with self._lock:
             self._waiting[command_id] = fut
+        self._wanted.set()
         return fut
 
     def forget(self, command_id: str) -> None:
@@ -507,7 +530,25 @@ class OutcomeWaiter:
             c.assign(tps)
             c.seek_to_end(*tps)   # resolved now: nothing sent after ready is missed
             self._ready.set()
+            idle_after = int(self.cfg.kafka.idle_after_ms) / 1000 if self._on_event is None else 0.0
+            last_wanted, paused = time.monotonic(), False
             while not self._stop.is_set():
+                if idle_after > 0:
+                    with self._lock:
+                        wanted = bool(self._waiting)
+                    now = time.monotonic()
+                    if wanted:
+                        last_wanted = now
+                    elif not paused and now - last_wanted >= idle_after:
+                        c.pause(*tps)
+                        paused = True
+                    if paused:
+                        if not wanted:
+                            self._wanted.wait(1.0)
+                            self._wanted.clear()
+                            continue
+                        c.resume(*tps)
+                        paused = False
                 for records in c.poll(timeout_ms=200).values():
                     for rec in records:
                         self._deliver(rec.value)
@@ -543,4 +584,5 @@ class OutcomeWaiter:
 
     def close(self) -> None:
         self._stop.set()
+        self._wanted.set()
         self._thread.join(5)

@@ -102,21 +102,26 @@ def watch_pool(name: str, stats: Callable[[], Mapping[str, int]]) -> None:
 
 class LagTracker:
     """Keeps a consumer's position and lag gauges up to date, asking the broker for the log end at most
-    every ``every`` seconds (the positions are local and cheap, the end offsets are a round trip)."""
+    every ``every`` seconds while records come (the positions are local and cheap, the end offsets are a
+    round trip per partition), and every ``quiet_every`` seconds while none do: on an idle system those
+    requests were a large part of what the broker did."""
 
-    def __init__(self, consumer, group: str, every: float = 2.0):
+    def __init__(self, consumer, group: str, every: float = 2.0, quiet_every: float = 30.0):
         self.consumer = consumer
         self.group = group
         self.every = every
-        self._next = 0.0
+        self.quiet_every = quiet_every
+        self._last = float("-inf")
+        self._got = True     # records since the last reading (the first reading comes at once)
 
     def observe(self, polled: Mapping | None = None, now: float | None = None) -> None:
         if polled:
             CONSUMED.labels(self.group).inc(sum(len(m) for m in polled.values()))
+            self._got = True
         now = time.monotonic() if now is None else now
-        if now < self._next:
+        if now < self._last + (self.every if self._got else self.quiet_every):
             return
-        self._next = now + self.every
+        self._last, self._got = now, False
         try:
             assignment = list(self.consumer.assignment())
             if not assignment:

@@ -40,6 +40,8 @@ class KafkaSettings(_Section):
     linger_ms: int
     fetch_max_wait_ms: int
     urgent_fetch_max_wait_ms: int
+    idle_after_ms: int
+    idle_fetch_max_wait_ms: int
     max_poll_records: int
     max_poll_interval_ms: int
     session_timeout_ms: int

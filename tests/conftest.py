@@ -36,6 +36,7 @@ from services import migrations
 # dropped from its group and every rebalance stalls the test.
 os.environ.setdefault("PANDAES_KAFKA_MAX_POLL_INTERVAL_MS", "30000")
 os.environ.setdefault("PANDAES_KAFKA_SESSION_TIMEOUT_MS", "6000")
+os.environ.setdefault("PANDAES_KAFKA_HEARTBEAT_INTERVAL_MS", "1000")   # a third of the session: rebalances seen soon
 os.environ.setdefault("PANDAES_KAFKA_TRANSACTION_TIMEOUT_MS", "10000")
 # `pandaes run` in a test starts the monitor too: never on its default port (tests run side by side)
 os.environ.setdefault("PANDAES_MONITOR_PORT", str(free_port()))
@@ -93,7 +94,7 @@ def template_db(base_cfg) -> Iterator[str]:
 # Kafka-heavy test modules run with both clients: pytestmark = pytest.mark.parametrize(
 # "kafka_client", BOTH_CLIENTS, indirect=True). Without the parameter a test uses the configured client.
 BOTH_CLIENTS = ["kafka-python", pytest.param("confluent", marks=pytest.mark.skipif(
-    not bus.client_available("confluent"), reason="confluent-kafka not installed (pip install -e '.[confluent]')"))]
+    not bus.client_available("confluent"), reason="confluent-kafka not installed (a dependency: pip install -e .)"))]
 
 
 @pytest.fixture

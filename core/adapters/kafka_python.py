@@ -1,6 +1,7 @@
-"""kafka-python behind the port of ``core.bus`` (the default client).
+"""kafka-python behind the port of ``core.bus`` (``[kafka] client = "kafka-python"``; the default is confluent).
 
-Thin: kafka-python already behaves as the port says. Records are kafka-python's own
+Thin: kafka-python already behaves as the port says (dozing, see ``bus.Consumer.poll``, changes the fetch
+wait of its fetcher). Records are kafka-python's own
 ``ConsumerRecord`` tuples, which have the attributes of ``bus.Record``, so polling copies nothing per
 record; only partition keys are turned into ``bus.TopicPartition`` (a few per poll). ``crc32c`` is a
 dependency so kafka-python's record CRC checks run in C.
@@ -8,6 +9,7 @@ dependency so kafka-python's record CRC checks run in C.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -147,6 +149,14 @@ class Consumer:
             max_poll_records=s.max_poll_records, max_poll_interval_ms=s.max_poll_interval_ms,
             session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms,
             fetch_max_wait_ms=s.fetch_max_wait_ms, max_partition_fetch_bytes=8 * 1024 * 1024)
+        # dozing (bus.Consumer.poll): the fetch wait of the next fetch requests is the fetcher's config value
+        # (read for every request it builds), so a dozing consumer just asks with the longer wait
+        self._fetch_config: dict[str, Any] | None = getattr(getattr(self._c, "_fetcher", None), "config", None)
+        self._busy_wait = s.fetch_max_wait_ms
+        self._idle_wait = max(s.idle_fetch_max_wait_ms, s.fetch_max_wait_ms)
+        self._idle_after = s.idle_after_ms / 1000 if s.idle_after_ms > 0 and self._fetch_config is not None else None
+        self._last_records = time.monotonic()
+        self._dozing = False
 
     def subscribe(self, topics: Sequence[str], *,
                   on_assign: Callable[[set[TopicPartition]], None] | None = None,
@@ -155,16 +165,35 @@ class Consumer:
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         self._c.assign([_k(tp) for tp in partitions])
+        self._wake()
+
+    def _wake(self) -> None:
+        """A new start (assign, seek): read at the busy pace until the quiet spell comes again."""
+        self._last_records = time.monotonic()
+        if self._dozing:
+            self._dozing = False
+            self._fetch_config["fetch_max_wait_ms"] = self._busy_wait  # type: ignore[index]
 
     def assignment(self) -> set[TopicPartition]:
         return _ours(self._c.assignment())
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
         polled = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
+        if self._idle_after is not None:
+            self._doze(bool(polled))
         return {TopicPartition(tp.topic, tp.partition): recs for tp, recs in polled.items()} if polled else {}
+
+    def _doze(self, got: bool) -> None:
+        now = time.monotonic()
+        if got:
+            self._wake()
+        elif not self._dozing and now - self._last_records >= self._idle_after:  # type: ignore[operator]
+            self._dozing = True
+            self._fetch_config["fetch_max_wait_ms"] = self._idle_wait  # type: ignore[index]
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._c.seek(_k(partition), offset)
+        self._wake()
 
     def seek_to_end(self, *partitions: TopicPartition) -> None:
         tps = [_k(tp) for tp in partitions] or list(self._c.assignment())
@@ -183,6 +212,10 @@ class Consumer:
 
     def pause(self, *partitions: TopicPartition) -> None:
         self._c.pause(*[_k(tp) for tp in partitions])
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._c.resume(*[_k(tp) for tp in partitions])
+        self._wake()
 
     def commit(self, offsets: Offsets, *, asynchronous: bool = False) -> None:
         if asynchronous:

@@ -311,7 +311,7 @@ def test_seek_position_and_end_offsets(cfg):
         c.close()
 
 
-def test_pause_stops_a_partition(cfg):
+def test_pause_stops_a_partition_and_resume_goes_on_from_there(cfg):
     topic = cfg.kafka.commands_topic
     _write(cfg, topic, [b"a"], partition=0)
     _write(cfg, topic, [b"b"], partition=1)
@@ -321,8 +321,49 @@ def test_pause_stops_a_partition(cfg):
         got = _drain(c, 1)
         assert [(r.partition, r.value) for r in got] == [(1, b"b")]
         assert not c.poll(timeout_ms=500)
+        c.pause(tp1)
+        _write(cfg, topic, [b"a2"], partition=0)
+        _write(cfg, topic, [b"b2"], partition=1)
+        assert not c.poll(timeout_ms=500)
+        c.resume(tp0, tp1)
+        got = _drain(c, 3)
+        assert sorted((r.partition, r.value) for r in got) == [(0, b"a"), (0, b"a2"), (1, b"b2")]
     finally:
         c.close()
+
+
+def test_a_dozing_consumer_wakes_for_new_records_and_loses_none(cfg):
+    """After ``idle_after_ms`` without records a consumer dozes (asks the broker only every
+    ``idle_fetch_max_wait_ms``); what is written meanwhile all comes, in order, to a group member and to an
+    assign()-style reader, again after a second quiet spell, and a partition the caller paused stays paused."""
+    quick = cfg.replace(kafka={"idle_after_ms": 300, "idle_fetch_max_wait_ms": 400})
+    topic = cfg.kafka.commands_topic
+    member = bus.consumer(quick, topic, group_id=f"{cfg.kafka.group_prefix}-doze")
+    reader, tps = _reader(quick, topic, [0, 1, 2])
+    reader.pause(tps[2])
+    try:
+        _write(quick, topic, [b"first"], partition=0)
+        assert [r.value for r in _drain(member, 1)] == [b"first"]
+        assert [r.value for r in _drain(reader, 1)] == [b"first"]
+        for round_ in (b"1", b"2"):
+            quiet_until = time.monotonic() + 2.0   # long enough to doze and to look at least once
+            while time.monotonic() < quiet_until:
+                assert not member.poll(timeout_ms=100)
+                assert not reader.poll(timeout_ms=100)
+            _write(quick, topic, [b"a" + round_, b"b" + round_], partition=0)
+            _write(quick, topic, [b"c" + round_], partition=1)
+            _write(quick, topic, [b"d" + round_], partition=2)
+            got = _drain(member, 4)
+            assert sorted((r.partition, r.value) for r in got) == [
+                (0, b"a" + round_), (0, b"b" + round_), (1, b"c" + round_), (2, b"d" + round_)]
+            assert [r.value for r in got if r.partition == 0] == [b"a" + round_, b"b" + round_]
+            seen = _drain(reader, 3)
+            assert sorted((r.partition, r.value) for r in seen) == [
+                (0, b"a" + round_), (0, b"b" + round_), (1, b"c" + round_)]
+        assert not reader.poll(timeout_ms=500)   # partition 2: still paused by the caller
+    finally:
+        member.close()
+        reader.close()
 
 
 # ------------------------------------------------------------------------------------------ groups

@@ -143,8 +143,11 @@ def test_watcher_applies_each_timeout_rule(cfg, background):
             sender.close()
     last_beat = PilotUpdate(PandaID=1, state="running", attempt_nr=1, actor="pilot:t")
     t0 = last_beat.time     # the heartbeat's own time is what the watcher measures from
-    send(cfg, [last_beat])
+    # job 2 ran since the commands above (seconds ago on a loaded machine): its first heartbeat must be in the
+    # projection before the watcher's first pass, whenever the heartbeat thread gets going
+    send(cfg, [last_beat, PilotUpdate(PandaID=2, state="running", attempt_nr=1, actor="pilot:t")])
     background.start(heartbeat, "heartbeat")
+    wait_until(lambda: jobs(cfg, [2])[2]["seq"] >= 5, 30, 0.1, "job 2's first heartbeat in the projection")
     period = 0.5
     start_script(cfg, background, watcher.run_once, period, "watcher")
     final = wait_states(cfg, {1: "failed", 3: "failed", 4: "failed", 5: "failed", 6: "closed", 7: "closed",

@@ -11,6 +11,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from cryptography.hazmat.primitives.asymmetric import rsa
+from helpers import wait_until
 
 from core import config
 from services.gateway.auth import dev, policy
@@ -180,3 +181,31 @@ def test_role_table():
     assert not policy.may_act(frozenset({"production"}), owner=None, **{**args, "job_vo": "cms"})
     assert policy.may_act(frozenset({"pilot"}), owner=None, **{**args, "dispatched_to": "alice"})
     assert not policy.may_act(frozenset({"pilot"}), owner=None, **{**args, "dispatched_to": "bob"})
+
+
+def test_a_verified_token_is_remembered_but_still_expires_and_loses_a_removed_key():
+    key, new = _key(), _key()
+    keys = _Keys((key, "k1"))
+    auth = _auth(keys, leeway=0)
+    token = _token(key, exp=time.time() + 1.5)
+    assert _verify(auth, token).principal == "alice"
+    assert _verify(auth, token).principal == "alice"                          # remembered: no new signature check
+    assert "Origin VO 'cms'" in _refusal(auth, token, origin="cms")          # the Origin is checked every time
+    assert _verify(auth, token).principal == "alice"
+    keys.doc = {"keys": [_jwk(new, "k2")]}                                    # the issuer drops k1 ...
+    assert _verify(auth, _token(new, kid="k2")).principal == "alice"         # ... and the JWKS is refetched
+    assert "not among the issuer's keys" in _refusal(auth, token)            # not outliving its key
+    keys.doc = {"keys": [_jwk(key, "k1")]}
+    auth = _auth(keys, leeway=0)
+    assert _verify(auth, token).principal == "alice"
+
+
+    def refused_as_expired() -> bool:                                         # exp is checked on every request
+        try:
+            _verify(auth, token)
+        except Refused as exc:
+            assert "expired" in exc.missing
+            return True
+        return False
+
+    wait_until(refused_as_expired, 10, 0.1, "the remembered token to expire")

@@ -15,3 +15,24 @@ def test_bulk_workload_has_its_rows_and_goal():
     bulk = ("harvester", "397/400 jobs bulk (batches of 50, 2 instances)")
     assert by_workload[bulk] == ("8.8 jobs/s", "≥ 1,000 jobs/s")
     assert by_workload[("harvester", "kill → kill-worker command (p50/p95/p99)")][0] == "10/32/40 ms"
+
+
+def test_cpu_tables_name_the_broker_or_say_it_is_not_measured():
+    per_job = {"gateway": 9000.0, "postgres": 12000.0, "broker": 3000.0}
+    rows = report.rows({"machine": {"nproc": 2},
+                        "lifecycle": {"finished": 10, "jobs": 10, "pilots": 5, "jobs_per_s": 5.0,
+                                      "cpu_us_per_job": per_job},
+                        "harvester": {"finished": 10, "jobs": 10, "batch": 50, "instances": 2, "jobs_per_s": 5.0,
+                                      "cpu_us_per_job": {"gateway": 2000.0, "postgres": 1000.0}}})
+    cpu = {wl: value for wl, figure, value, _, _ in rows if figure.startswith("CPU µs per job")}
+    assert "broker 3,000" in cpu["lifecycle"] and "not measured" not in cpu["lifecycle"]
+    assert "broker not measured" in cpu["harvester"]
+
+
+def test_idle_reading_lists_every_component_against_its_goal():
+    rows = report.rows({"idle": {"seconds": 20.0, "total_pct": 1.5, "broker_measured": True,
+                                 "cpu_pct_of_core": {"ledger": 0.5, "broker": 0.75, "postgres": 0.25}}})
+    (idle,) = [r for r in rows if r[0] == "idle"]
+    assert idle[1] == "CPU % of one core, whole system idle 20 s (total 1.50%)"
+    assert idle[2] == "broker 0.75, ledger 0.50, postgres 0.25"
+    assert idle[4] == "< 2%"

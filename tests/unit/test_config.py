@@ -22,7 +22,7 @@ def test_sections_are_typed():
     assert isinstance(cfg.kafka, settings.KafkaSettings)
     assert isinstance(cfg.kafka.partitions, int)
     assert isinstance(cfg.watcher.heartbeat_timeout, float)
-    assert cfg.kafka.get("client") == "kafka-python"
+    assert cfg.kafka.get("client") == "confluent"
     assert cfg.as_dict()["http"]["port"] == cfg.http.port
 
 

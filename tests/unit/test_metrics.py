@@ -38,6 +38,23 @@ def test_lag_tracker_sets_position_and_lag_and_counts_records():
     assert REGISTRY.get_sample_value("pandaes_consumer_lag", labels) == 0
 
 
+def test_lag_tracker_asks_the_broker_rarely_while_no_records_come():
+    tp = TopicPartition("t-quiet", 1)
+    labels = {"group": "g-quiet", "topic": "t-quiet", "partition": "1"}
+    tracker = metrics.LagTracker(FakeConsumer({tp: 10}, {tp: 10}), "g-quiet", every=2, quiet_every=30)
+    tracker.observe({tp: [object()]}, now=100.0)
+    assert REGISTRY.get_sample_value("pandaes_consumer_lag", labels) == 0
+    tracker.consumer.ends[tp] = 14
+    tracker.observe(None, now=103.0)          # no records since the last reading: not before 130
+    assert REGISTRY.get_sample_value("pandaes_consumer_lag", labels) == 0
+    tracker.observe(None, now=131.0)
+    assert REGISTRY.get_sample_value("pandaes_consumer_lag", labels) == 4
+    tracker.consumer.ends[tp] = 20
+    tracker.observe({tp: [object()]}, now=132.0)   # records again: every 2 s
+    tracker.observe(None, now=133.5)
+    assert REGISTRY.get_sample_value("pandaes_consumer_lag", labels) == 10
+
+
 def test_event_labels_are_trigger_and_destination():
     from schemas.messages import JobTransitioned, encode
     ev = JobTransitioned(PandaID=1, seq=2, from_state="defined", to_state="assigned", command_id="c",

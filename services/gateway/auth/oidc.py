@@ -5,6 +5,14 @@ issuer, its signature verifies against one of the issuer's keys (JWKS, fetched o
 a ``kid`` not in the cache triggers one refetch, which is how a key rotation is picked up), its ``aud``
 is the issuer's configured audience and ``exp``/``nbf`` hold within a small leeway. Groups from the
 configured claim are mapped to PanDA roles (``roles.py``). Only asymmetric algorithms are accepted.
+
+A pilot or client sends the same token with every request; checking its signature again each time was
+the largest single cost of a request (docs/performance.md). A verified token is remembered with what it
+proved, and a later request with the same token is believed only while everything that can change still
+holds: ``exp`` (with the leeway), the Origin's VO, and the very key that verified it still being the
+issuer's key for its ``kid`` (a JWKS refresh or rotation makes it verify again; a removed key refuses it).
+``iss``, ``aud``, ``nbf``/``iat`` and the signature are properties of the token's bytes and of a moment
+already past, so they cannot turn false later.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from .roles import roles_of
 
 log = logging.getLogger(__name__)
 
+VERIFIED_MAX = 10_000   # tokens remembered as verified (oldest forgotten first)
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 MIN_REFETCH = 10.0      # seconds between two fetches triggered by unknown kids (a flood of made-up kids)
 
@@ -122,6 +131,8 @@ class OidcAuthenticator:
         self.vos = {i.vo for i in issuers}
         self.groups_claim, self.role_map = groups_claim, role_map
         self.default_roles, self.leeway = tuple(default_roles), leeway
+        # token → (issuer, kid, the key that verified it, exp, identity)
+        self._verified: dict[str, tuple[Issuer, str | None, jwt.PyJWK, float, Identity]] = {}
 
     async def identify(self, request: web.Request) -> Identity | None:
         auth = request.headers.get("Authorization", "")
@@ -130,6 +141,14 @@ class OidcAuthenticator:
         return await self.verify(auth[7:].strip(), request.headers.get("Origin"))
 
     async def verify(self, token: str, origin: str | None) -> Identity:
+        known = self._verified.get(token)
+        if known is not None:
+            issuer, kid, key, exp, ident = known
+            vo = origin_vo(origin, self.vos)
+            if (vo is None or vo == issuer.vo) and time.time() < exp + self.leeway \
+                    and await issuer.keys.key(kid) is key:
+                return ident
+            self._verified.pop(token, None)   # verified again below, with the reason if it is refused now
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -164,4 +183,9 @@ class OidcAuthenticator:
             groups = groups.split()
         groups = tuple(str(g) for g in groups)
         roles = roles_of(groups, self.role_map, self.default_roles)
-        return Identity(str(claims["sub"]), "oidc", issuer.vo, roles, groups)
+        ident = Identity(str(claims["sub"]), "oidc", issuer.vo, roles, groups)
+        if isinstance(claims.get("exp"), int | float):
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[token] = (issuer, header.get("kid"), key, float(claims["exp"]), ident)
+        return ident
