@@ -215,6 +215,16 @@ def serve(cfg: Config, component: str) -> int | None:
     if not cfg.metrics.enabled or component == "gateway":
         return None
     port = int(cfg.metrics.port) or free_port(cfg.metrics.host)
-    start_http_server(port, addr=cfg.metrics.host, registry=EXPOSED)
+    try:
+        start_http_server(port, addr=cfg.metrics.host, registry=EXPOSED)
+    except OSError as exc:
+        # the port was free when `pandaes run` chose it, but another process may hold it by the time this
+        # component (re)starts: a component must not crash-loop over its metrics, so it serves them elsewhere
+        taken = port
+        port = free_port(cfg.metrics.host)
+        start_http_server(port, addr=cfg.metrics.host, registry=EXPOSED)
+        log.error("%s metrics: port %d is not available (%s); serving them on http://%s:%d/metrics instead",
+                  component, taken, exc, cfg.metrics.host, port)
+        return port
     log.info("%s metrics on http://%s:%d/metrics", component, cfg.metrics.host, port)
     return port

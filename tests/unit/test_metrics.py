@@ -74,6 +74,21 @@ def test_metrics_ports_fixed_base_and_free():
     assert urls["ledger"] == f"http://127.0.0.1:{free['ledger']}/metrics"
 
 
+def test_a_component_whose_metrics_port_is_taken_serves_them_on_another():
+    import socket
+    import urllib.request
+
+    with socket.socket() as holder:   # another process took the port `pandaes run` chose for the component
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        cfg = config.load().replace(metrics={"port": taken})
+        port = metrics.serve(cfg, "unit-component")
+        assert port is not None and port != taken
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "pandaes_" in body
+
+
 def test_pool_gauges_read_when_scraped():
     stats = {"pool_size": 4, "pool_available": 1, "requests_waiting": 2, "pool_max": 16}
     metrics.watch_pool("unit", lambda: stats)
