@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SC_SUCCESS, SC_TIMEOUT, SC_NOJOBS, SC_FAILED, SC_INVALID, SC_ROLE = 0, 10, 20, 30, 50, 60
-DISPATCHED = "pandaes.dispatched"   # request key: the jobs a getJob dispatched (``deliver`` marks them)
+# request key: the jobs a getJob dispatched (``deliver`` marks them); a typed key, as aiohttp asks
+DISPATCHED: web.RequestKey[list] = web.RequestKey("pandaes.dispatched", list)
 
 
 class RetryLater(Exception):
