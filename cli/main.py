@@ -29,7 +29,8 @@ from schemas.messages import Command, Kill, Rejected, Submit, decode_command
 from services import migrations
 
 # Modules that add subcommands: each has ``register(subparsers)``; its commands set ``fn``.
-EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "cli.token", "bench.command"]
+EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "cli.token", "cli.chaos",
+                         "bench.command"]
 
 
 def cfg_for_clients() -> config.Config:
