@@ -232,6 +232,7 @@ class Chaos:
         cfg = config.load()
         self.system = stack.Infra(cfg, log=self.log, prefer_local=False if a.embedded_db else None).start()
         database = cfg.db.database
+        shared_server = self.system.postgres is None   # the run's database is on a server it did not start
         ok = False
         try:
             cfg = self.system.config()
@@ -277,7 +278,7 @@ class Chaos:
             if self.sup is not None:
                 self.sup.stop()
             self.system.stop()
-            if ok and not a.keep:
+            if ok and not a.keep and shared_server:
                 self.drop(database)
         return 0 if ok else 1
 
@@ -301,10 +302,10 @@ class Chaos:
 
     def drop(self, database: str) -> None:
         """A passing run drops its database from a server it did not start (an embedded one keeps it in the
-        run's state folder)."""
+        run's state folder); a failing one keeps it for a look."""
         assert self.system is not None
         admin = self.system.db_url.rsplit("/", 1)[0] + "/postgres" if self.system.db_url else ""
-        if admin and self.system.postgres is None:
+        if admin:
             try:
                 with psycopg.connect(admin, autocommit=True) as conn:
                     conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
