@@ -178,7 +178,8 @@ class Chaos:
             self.system.tansu.kill()
             self.log(f"chaos: KILL -9 broker (pid {pid}): its log is gone; stopping the components to restore it")
             self.stop_watch()
-            self.sup.stop()
+            for proc in self.sup.procs.values():   # their state is in-flight only: no need to wait for a SIGTERM
+                faults.kill_tree(proc)
             self.system.restart_broker(kill=True)
             result = restore(cfg, log=self.log, show_progress=False)
             self.sup.start()
@@ -280,6 +281,9 @@ class Chaos:
             self.system.stop()
             if ok and not a.keep and shared_server:
                 self.drop(database)
+            elif not ok:
+                self.log(f"chaos: kept for a look: database {database}"
+                         f"{' (embedded, in the state folder)' if not shared_server else ''}, logs in {state / 'logs'}")
         return 0 if ok else 1
 
     def report(self, cfg) -> bool:
