@@ -258,11 +258,14 @@ class Chaos:
             self.t0 = time.monotonic()
             self.submitter.start()
             self.pilots.start()
+            shift = 0.0   # time the kills themselves took (a broker kill waits for a quiet point): kept apart
             for k in plan:
-                while time.monotonic() - self.t0 < k.at:
+                while time.monotonic() - self.t0 < k.at + shift:
                     self.progress(cfg)
                     time.sleep(0.2)
+                began = time.monotonic()
                 self.kill(k.target)
+                shift += time.monotonic() - began
             deadline = time.monotonic() + a.finish_timeout
             while not self.finished(cfg) and time.monotonic() < deadline:
                 self.progress(cfg)
