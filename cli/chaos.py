@@ -332,7 +332,8 @@ def register(subparsers) -> None:
         description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--jobs", type=int, default=1000, help="jobs submitted (default 1000)")
     p.add_argument("--kills", type=int, default=30, help="SIGKILLs during --duration (default 30)")
-    p.add_argument("--duration", type=float, default=300, help="seconds over which the kills are spread (default 300)")
+    p.add_argument("--duration", type=float, default=300,
+                   help="seconds over which the kills are spread, plus the time the kills take (default 300)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the kill plan (default 1)")
     p.add_argument("--targets", default="", help="comma-separated components, 'broker', 'database' "
                    "(default: every component, and the broker and database where this run started them)")
