@@ -2,6 +2,7 @@
 #   make run    start broker, database and every component on the embedded defaults
 #   make test   install what the tests need and run both floors: tests/unit and tests/integration
 #               (the latter against a real broker and database); make test-unit runs the fast floor only
+#   make chaos  kill components, the embedded broker and database under load, then check the invariants
 PYTHON ?= python3
 # tests mostly wait on the broker (group joins, timeouts): three workers overlap that waiting
 PYTEST_ARGS ?= -n 3 --dist loadfile

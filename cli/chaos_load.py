@@ -124,7 +124,8 @@ class Submitter(threading.Thread):
                                job=msgspec.structs.replace(chaos_job(i + j), PandaID=pid, creationTime=now))
                         for j, pid in enumerate(ids)]
                     futures = [waiter.expect(c.id) for c in cmds]
-                    self._send(sender, cmds)
+                    if not self._send(sender, cmds):
+                        break
                     self.sent += ids
                     i += k
                     deadline = time.monotonic() + 30
@@ -143,18 +144,19 @@ class Submitter(threading.Thread):
                     client.close()
             self.done.set()
 
-    def _send(self, sender: CommandSender, cmds: list[Command]) -> None:
-        """Send until the broker took every command (the same ids each time: the ledger judges each once)."""
+    def _send(self, sender: CommandSender, cmds: list[Command]) -> bool:
+        """Send until the broker took every command (the same ids each time: the ledger judges each once);
+        False if the run stopped first."""
         while True:
             try:
                 sender.send_many(cmds)
                 sender.flush()
-                return
+                return True
             except Exception as exc:  # noqa: BLE001 - a broker outage: send again
                 self.retries += 1
                 self.log(f"submitter: sending again after {type(exc).__name__}: {str(exc)[:120]}")
                 if self.stop.wait(1.0):
-                    return
+                    return False
 
 
 class _GatedPilot(_Pilot):
