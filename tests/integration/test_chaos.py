@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ def state_dir():
 
 @pytest.mark.timeout(420)   # about 70 s on a quiet machine; a loaded one starts twelve processes slowly
 def test_short_chaos_run_keeps_every_invariant(state_dir: Path):
-    env = {**os.environ, "PANDAES_DB_DATABASE": f"pandaes_chaos_{uuid.uuid4().hex[:8]}"}
+    env = dict(os.environ)   # the run names its own database, state folder and ports
     for var in ("PANDAES_KAFKA", "PANDAES_DB", "PANDAES_CONFIG"):
         env.pop(var, None)
     targets = "ledger,projector,gateway,setupper,adder,database"
