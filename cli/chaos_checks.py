@@ -18,9 +18,15 @@ from collections.abc import Mapping, Sequence
 
 from core import db
 from core.config import Config
-from core.states import FINAL_STATES, JobStatus
+from core.states import FINAL_STATES
 from projections import invariant_queries as iq
 from projections import queries
+from services.clock.watcher import ACTOR as WATCHER
+from services.clock.watcher import EC_HOLDING, EC_SEND_ERROR, EC_TRANSFERRING, EC_WATCHER
+
+# the watcher's jobDispatcherErrorCodes: which timeout failed the job
+TIMEOUT_NAMES = {str(EC_WATCHER): "lost heartbeat", str(EC_SEND_ERROR): "sent timeout",
+                 str(EC_HOLDING): "holding timeout", str(EC_TRANSFERRING): "transferring timeout"}
 
 
 @dataclasses.dataclass
@@ -75,6 +81,13 @@ def judge_verify(report) -> Check:
                  (report.problems + report.differences)[:10])
 
 
+def timeouts_note(by_code: Mapping[str, int]) -> str:
+    if not by_code:
+        return "jobs failed by the watcher's timeouts: none"
+    return "jobs failed by the watcher's timeouts: " + ", ".join(
+        f"{n} {TIMEOUT_NAMES.get(code, 'code ' + code)}" for code, n in sorted(by_code.items()))
+
+
 def run_checks(cfg: Config, sent: Sequence[int],
                received: Mapping[int, Sequence[int]]) -> tuple[list[Check], list[str]]:
     """Every invariant, and notes (what the faults left to the clock) that are not failures."""
@@ -87,9 +100,7 @@ def run_checks(cfg: Config, sent: Sequence[int],
         anomalies = iq.seq_anomalies(conn)
         actions = iq.action_counts(conn, ("dispatch", "undispatch"))
         distinct, dups = iq.distinct_commands(conn), iq.duplicate_commands(conn)
-        notes = [f"jobs failed by the watcher's timeouts: {iq.timed_out(conn, JobStatus.SENT)} from sent, "
-                 f"{iq.timed_out(conn, JobStatus.RUNNING)} from running, {iq.timed_out(conn, JobStatus.STARTING)} "
-                 f"from starting, {iq.timed_out(conn, JobStatus.HOLDING)} from holding"]
+        notes = [timeouts_note(iq.timed_out(conn, WATCHER))]
     checks = [judge_final(by_status, missing, len(sent)), judge_seqs(events, jobs, anomalies),
               judge_dispatch(received, actions.get("dispatch", 0), actions.get("undispatch", 0)),
               judge_commands(distinct, dups), judge_verify(verify(cfg, show_progress=False))]

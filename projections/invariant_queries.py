@@ -26,8 +26,10 @@ DISTINCT_COMMANDS_SQL = "SELECT count(DISTINCT command_id) FROM job_events"
 # dispatches by action, from the log: `dispatch` (activated → sent) and its undo (`undispatch`)
 ACTION_COUNTS_SQL = "SELECT action, count(*) FROM job_events WHERE action = ANY(%s) GROUP BY action"
 MISSING_SQL = "SELECT x FROM unnest(%s::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE pandaid = x)"
-TIMED_OUT_SQL = ("SELECT count(*) FROM job_events WHERE action = 'fail' AND actor LIKE 'service:watcher%%'"
-                 " AND from_state = %s")
+# the watcher's fails by the jobDispatcherErrorCode it set (its timeout rule), not by the state the job had
+# by the time the ledger judged them
+TIMED_OUT_SQL = ("SELECT COALESCE(body->'attrs'->>'jobDispatcherErrorCode', '?'), count(*) FROM job_events"
+                 " WHERE action = 'fail' AND actor = %s GROUP BY 1 ORDER BY 1")
 
 
 def seq_anomalies(conn: psycopg.Connection, limit: int = 20) -> list[tuple]:
@@ -60,6 +62,6 @@ def missing(conn: psycopg.Connection, pandaids: Iterable[int]) -> list[int]:
     return [r[0] for r in conn.execute(MISSING_SQL, (list(pandaids),)).fetchall()]
 
 
-def timed_out(conn: psycopg.Connection, from_state: str) -> int:
-    """Jobs the watcher failed from ``from_state`` (its timeouts): work a fault left to the clock."""
-    return int(conn.execute(TIMED_OUT_SQL, (from_state,)).fetchone()[0])
+def timed_out(conn: psycopg.Connection, actor: str) -> dict[str, int]:
+    """jobDispatcherErrorCode → jobs ``actor`` (the watcher) failed with it: work a fault left to the clock."""
+    return {code: int(n) for code, n in conn.execute(TIMED_OUT_SQL, (actor,)).fetchall()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-from cli.chaos_checks import judge_commands, judge_dispatch, judge_final, judge_seqs, judge_verify
+from cli.chaos_checks import judge_commands, judge_dispatch, judge_final, judge_seqs, judge_verify, timeouts_note
 from cli.chaos_faults import schedule
 
 
@@ -57,3 +57,9 @@ def test_duplicate_command_and_verify():
     bad = SimpleNamespace(ok=False, events=5, jobs=1, counted=1, problems=[], differences=["jobs [pandaid=1]: x"])
     assert judge_verify(ok).ok
     assert not judge_verify(bad).ok and judge_verify(bad).examples == ["jobs [pandaid=1]: x"]
+
+
+def test_timeouts_note_names_the_watcher_rule():
+    assert timeouts_note({}) == "jobs failed by the watcher's timeouts: none"
+    assert timeouts_note({"102": 3, "100": 1, "7": 2}) == ("jobs failed by the watcher's timeouts: 1 lost heartbeat, "
+                                                          "3 sent timeout, 2 code 7")
