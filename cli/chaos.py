@@ -37,6 +37,9 @@ from devenv.common import free_port
 from projections import invariant_queries, queries
 from services import migrations
 
+# what a job needs to get from submission to finished (the watcher in the daemon: a lost dispatch's timeout)
+FLOW = ("ledger", "projector", "setupper", "activator", "gateway", "adder", "daemon")
+
 
 class Chaos:
     def __init__(self, args: argparse.Namespace, log=print):
@@ -53,6 +56,13 @@ class Chaos:
         self.skipped: list[str] = []
         self.t0 = time.monotonic()
         self._last_progress = 0.0
+        self.names = [n.strip() for n in args.components.split(",") if n.strip()] if args.components \
+            else list(components.COMPONENTS)
+        for name in self.names:
+            components.resolve(name)   # a typo stops the run before anything starts
+        missing = [n for n in FLOW if n not in self.names]
+        if missing:
+            raise SystemExit(f"--components: jobs cannot finish without {', '.join(missing)}")
 
     # ----------------------------------------------------------------------------------- set-up
     def environment(self) -> Path:
@@ -80,8 +90,7 @@ class Chaos:
 
     def targets(self) -> list[str]:
         assert self.system is not None
-        wanted = self.args.targets.split(",") if self.args.targets else [*components.COMPONENTS, faults.BROKER,
-                                                                           faults.DATABASE]
+        wanted = self.args.targets.split(",") if self.args.targets else [*self.names, faults.BROKER, faults.DATABASE]
         out = []
         for t in (w.strip() for w in wanted if w.strip()):
             if t == faults.BROKER and self.system.tansu is None:
@@ -89,11 +98,11 @@ class Chaos:
             elif t == faults.DATABASE and not (self.system.postgres and self.system.postgres.origin == "started"):
                 self.log("chaos: the database server was not started by this run (it answered on 127.0.0.1:5432); "
                          "it is not killed — PANDAES_FORCE_EMBEDDED_DB=1 or --embedded-db starts one to kill")
-            elif t in (faults.BROKER, faults.DATABASE) or t in components.COMPONENTS:
+            elif t in (faults.BROKER, faults.DATABASE) or t in self.names:
                 out.append(t)
             else:
-                raise SystemExit(f"--targets: unknown target {t!r}; known: "
-                                 f"{', '.join([*components.COMPONENTS, faults.BROKER, faults.DATABASE])}")
+                raise SystemExit(f"--targets: {t!r} is not one of the run's components, broker or database: "
+                                 f"{', '.join([*self.names, faults.BROKER, faults.DATABASE])}")
         return out
 
     def start_watch(self) -> None:
@@ -243,7 +252,7 @@ class Chaos:
             self.log(f"chaos: state {state} (component logs in {state / 'logs'}), database {database}, gateway {url}; "
                      f"sent timeout {a.sent_timeout:g}s "
                      f"(watcher every 5 s), seed {a.seed}")
-            self.sup = components.Supervisor(list(components.COMPONENTS), components.child_env(cfg), log=self.log,
+            self.sup = components.Supervisor(self.names, components.child_env(cfg), log=self.log,
                                             log_dir=state / "logs")
             self.sup.start()
             self.start_watch()
@@ -335,6 +344,9 @@ def register(subparsers) -> None:
     p.add_argument("--duration", type=float, default=300,
                    help="seconds over which the kills are spread, plus the time the kills take (default 300)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the kill plan (default 1)")
+    p.add_argument("--components", default="",
+                   help="comma-separated components to run (default: all, as `pandaes run`); those of the job flow "
+                   "are required")
     p.add_argument("--targets", default="", help="comma-separated components, 'broker', 'database' "
                    "(default: every component, and the broker and database where this run started them)")
     p.add_argument("--pilots", type=int, default=20, help="concurrent simulated pilots (default 20)")
