@@ -52,7 +52,7 @@ class Chaos:
         self.sup: components.Supervisor | None = None
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self.done: list[str] = []       # "target (how)" per kill made
+        self.done: list[str] = []       # the target of each kill made, in order
         self.skipped: list[str] = []
         self.t0 = time.monotonic()
         self._last_progress = 0.0
