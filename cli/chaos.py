@@ -259,7 +259,10 @@ class Chaos:
             self.wait_gateway(url)
             from services.gateway.auth import dev
 
-            self.submitter = Submitter(cfg, a.jobs, a.batch, a.submit_every, self.gate, self.stop, self.log)
+            # by default the submissions are spread over most of the kill window: the faults meet work in every state
+            every = a.submit_every if a.submit_every is not None else \
+                max(0.1, 0.8 * a.duration * a.batch / max(a.jobs, 1))
+            self.submitter = Submitter(cfg, a.jobs, a.batch, every, self.gate, self.stop, self.log)
             self.pilots = Pilots(url, a.pilots, dev.headers(cfg, "chaos-pilot", ("pilot",)), self.gate, self.stop,
                                  payload=a.payload)
             plan = faults.schedule(self.rng, a.kills, targets, a.duration)
@@ -351,7 +354,8 @@ def register(subparsers) -> None:
                    "(default: every component, and the broker and database where this run started them)")
     p.add_argument("--pilots", type=int, default=20, help="concurrent simulated pilots (default 20)")
     p.add_argument("--batch", type=int, default=25, help="jobs per submission (default 25)")
-    p.add_argument("--submit-every", type=float, default=1.0, help="seconds between submissions (default 1)")
+    p.add_argument("--submit-every", type=float, default=None,
+                   help="seconds between submissions (default: spread over 80%% of --duration)")
     p.add_argument("--payload", type=float, default=0.5, help="seconds a simulated payload runs (default 0.5)")
     p.add_argument("--sent-timeout", type=float, default=120,
                    help="watcher's sent timeout for the run (a dispatch whose answer a killed gateway lost)")
