@@ -24,10 +24,12 @@ INVARIANTS = ("every job final", "per-job seqs exactly 1..n", "no double dispatc
 @pytest.fixture
 def state_dir():
     """Not under pytest's tmp_path: pytest sets its base folder back to 0700 whenever another session starts,
-    which locks the embedded PostgreSQL's own account out of its files in the middle of the run."""
+    which locks the embedded PostgreSQL's own account out of its files in the middle of the run. Removed when
+    the run passed; a failed run's folder (component logs, the database) is kept and named in the failure."""
     path = Path(tempfile.mkdtemp(prefix="pandaes-chaos-"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if (path / "passed").exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.timeout(600)   # about 70 s on a quiet machine; a loaded one restarts processes slowly
@@ -46,7 +48,7 @@ def test_short_chaos_run_keeps_every_invariant(state_dir: Path):
          "--progress", "10"],
         env=env, capture_output=True, text=True, timeout=560)
     out = run.stdout
-    assert run.returncode == 0, out[-6000:] + run.stderr[-3000:]
+    assert run.returncode == 0, f"(state and component logs kept in {state_dir})\n" + out[-6000:] + run.stderr[-3000:]
     for name in INVARIANTS:
         assert f"PASS  {name}:" in out, out[-4000:]
     assert "FAIL" not in out
@@ -56,3 +58,4 @@ def test_short_chaos_run_keeps_every_invariant(state_dir: Path):
     assert sorted(kills) == sorted(targets.split(","))
     assert "chaos t=" in out                     # progress lines while it ran
     assert "database back on its port" in out
+    (state_dir / "passed").touch()
