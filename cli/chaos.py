@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import threading
 import time
 import urllib.request
@@ -332,9 +333,14 @@ class Chaos:
                 self.log(f"chaos: could not drop database {database}: {exc}")
 
 
+def _interrupted(*_: object) -> None:
+    raise KeyboardInterrupt   # SIGTERM as Ctrl-C: the run stops what it started on the way out
+
+
 def cmd_chaos(args: argparse.Namespace) -> int:
     if args.kills and args.duration <= 0:
         raise SystemExit("--duration must be positive when --kills > 0")
+    signal.signal(signal.SIGTERM, _interrupted)
     return Chaos(args, log=lambda line: print(line, flush=True)).run()
 
 
