@@ -16,9 +16,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bench import report, run
 
     only = [w.strip() for w in args.only.split(",")] if args.only else None
-    unknown = set(only or ()) - set(run.WORKLOADS)
+    known = (*run.WORKLOADS, *run.ON_REQUEST)
+    unknown = set(only or ()) - set(known)
     if unknown:
-        raise SystemExit(f"unknown workload(s) {', '.join(sorted(unknown))}; known: {', '.join(run.WORKLOADS)}")
+        raise SystemExit(f"unknown workload(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
     mode = "quick" if args.quick else "full"
     results = run.run(mode, only)
     print()
@@ -37,6 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="run the benchmarks (table, JSON and plot under bench/results/)")
     p.add_argument("--quick", action="store_true", help="small sizes, under two minutes")
     p.add_argument("--only", help="comma-separated workloads (default: all): ceilings, rebuild, kill, dispatch, "
-                   "lifecycle, harvester")
+                   "lifecycle, harvester; scale only when named")
     p.add_argument("--kafka-client", choices=("kafka-python", "confluent"), help="override [kafka] client")
     p.set_defaults(fn=cmd_bench)

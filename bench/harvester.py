@@ -28,7 +28,7 @@ from core.config import Config
 from core.states import JobStatus
 from projections import queries
 
-SERVICES = [*lifecycle.SERVICES, "harvester-killer"]
+SERVICES = lifecycle.SERVICES          # the reactors host runs the Harvester killer too
 BATCH = 50
 INSTANCES = 2
 

@@ -1,6 +1,7 @@
 """The full lifecycle: N jobs submitted in bulk through the gateway, run by simulated pilots, finished by
-the services, with every component on (ledger, projector, setupper, activator, adder, closer, retrier,
-gateway) — each its own process, so each one's CPU time per job is known.
+the services, with the components `pandaes run` starts (ledger, projector, the reactors host with setupper,
+activator, adder, closer, retrier …, gateway) — each its own process, so each one's CPU time per job is
+known (the reactors' split by service is in their log, ``bench/results/logs/lifecycle/reactors.log``).
 
 Jobs go to the ``BENCH`` queue (``bench/queues.toml``: the ``dummy`` data plugin, so storage costs
 nothing and what is measured is pandaes). Pilots are ``cli.simulated_pilot``'s, speaking the legacy
@@ -24,12 +25,15 @@ import msgspec
 from bench import stack, workload
 from bench.procs import Components, CpuMeter, postgres_pids
 from bench.stats import percentiles, steady_rate, timeline
+from cli import components
 from core import db
 from core.config import Config
 from core.states import JobStatus
 from projections import queries
 
-SERVICES = ["ledger", "projector", "setupper", "activator", "adder", "closer", "retrier", "gateway"]
+# the components as `pandaes run` starts them (the reactors in one process over one consumer), without the
+# daemon's clock scripts and the monitor, which do no work for this workload
+SERVICES = [name for name in components.DEFAULT if name not in ("daemon", "monitor")]
 SUBMIT_BATCH = 500
 
 

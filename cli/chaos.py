@@ -38,8 +38,10 @@ from devenv.common import free_port
 from projections import invariant_queries, queries
 from services import migrations
 
-# what a job needs to get from submission to finished (the watcher in the daemon: a lost dispatch's timeout)
-FLOW = ("ledger", "projector", "setupper", "activator", "gateway", "adder", "daemon")
+# what a job needs to get from submission to finished (the watcher in the daemon: a lost dispatch's timeout),
+# the reactors either hosted together (`reactors`) or each alone
+FLOW = ("ledger", "projector", "gateway", "daemon")
+FLOW_REACTORS = ("setupper", "activator", "adder")
 
 
 class Chaos:
@@ -58,10 +60,12 @@ class Chaos:
         self.t0 = time.monotonic()
         self._last_progress = 0.0
         self.names = [n.strip() for n in args.components.split(",") if n.strip()] if args.components \
-            else list(components.COMPONENTS)
+            else list(components.DEFAULT)
         for name in self.names:
             components.resolve(name)   # a typo stops the run before anything starts
         missing = [n for n in FLOW if n not in self.names]
+        if "reactors" not in self.names:
+            missing += [n for n in FLOW_REACTORS if n not in self.names]
         if missing:
             raise SystemExit(f"--components: jobs cannot finish without {', '.join(missing)}")
 
@@ -354,10 +358,10 @@ def register(subparsers) -> None:
                    help="seconds over which the kills are spread, plus the time the kills take (default 300)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the kill plan (default 1)")
     p.add_argument("--components", default="",
-                   help="comma-separated components to run (default: all, as `pandaes run`); those of the job flow "
-                   "are required")
+                   help="comma-separated components to run (default: those `pandaes run` starts); the job "
+                   "flow's are required")
     p.add_argument("--targets", default="", help="comma-separated components, 'broker', 'database' "
-                   "(default: every component, and the broker and database where this run started them)")
+                   "(default: every component run, and the broker and database where this run started them)")
     p.add_argument("--pilots", type=int, default=20, help="concurrent simulated pilots (default 20)")
     p.add_argument("--batch", type=int, default=25, help="jobs per submission (default 25)")
     p.add_argument("--submit-every", type=float, default=None,

@@ -3,6 +3,11 @@
 Each component is ``module:function`` with the signature ``fn(cfg, stop: threading.Event)``; it runs
 until ``stop`` is set. `pandaes run` starts each in its own process (so a crash is contained and a
 component can be scaled by running more copies) and restarts it if it exits unexpectedly.
+
+`pandaes run` without names starts ``DEFAULT``: the event reactors (setupper, activator, adder, closer,
+retrier, Harvester killer, event-range definer) in one ``reactors`` process over one consumer
+(``services/host.py``). Each of them is also a component of its own (`pandaes run adder`), in its own
+consumer group, to scale one of them out or look at it alone.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from core.config import Config
 COMPONENTS: dict[str, str] = {
     "ledger": "cli.components:run_ledger",
     "projector": "projections.runner:run_component",
+    "reactors": "services.host:run_component",
     "adder": "services.reactors.adder:run_component",
     "closer": "services.reactors.closer:run_component",
     "retrier": "services.reactors.retrier:run_component",
@@ -34,6 +40,9 @@ COMPONENTS: dict[str, str] = {
     "event-ranges": "services.eventservice.definer:run_component",
     "monitor": "services.monitor.app:run_component",
 }
+
+#: What `pandaes run` starts when given no names (the reactors together in one process).
+DEFAULT: list[str] = ["ledger", "projector", "reactors", "daemon", "gateway", "monitor"]
 
 
 def run_ledger(cfg: Config, stop: threading.Event) -> None:

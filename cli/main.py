@@ -29,8 +29,8 @@ from schemas.messages import Command, Kill, Rejected, Submit, decode_command
 from services import migrations
 
 # Modules that add subcommands: each has ``register(subparsers)``; its commands set ``fn``.
-EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "cli.token", "cli.chaos",
-                         "bench.command"]
+EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "cli.token", "cli.deadletters",
+                         "cli.chaos", "bench.command"]
 
 
 def cfg_for_clients() -> config.Config:
@@ -43,7 +43,7 @@ def cfg_for_clients() -> config.Config:
 
 # ------------------------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
-    names = args.components or list(components.COMPONENTS)
+    names = args.components or list(components.DEFAULT)
     for name in names:
         components.resolve(name)
     stop = threading.Event()
@@ -250,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pandaes", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="start broker, database and components (all by default)")
-    p.add_argument("components", nargs="*", help=f"any of: {', '.join(components.COMPONENTS)}")
+    p = sub.add_parser("run", help="start broker, database and components (the default set without names)")
+    p.add_argument("components", nargs="*", help=f"any of: {', '.join(components.COMPONENTS)} "
+                   f"(default: {' '.join(components.DEFAULT)})")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("component")  # internal: `pandaes run` starts each component this way (no help: hidden)

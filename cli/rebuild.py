@@ -30,7 +30,7 @@ from cli.logread import ArchiveGap, count_between, log_bounds, read_history, rea
 from cli.progress import Progress
 from core import db
 from core.config import Config
-from projections import deadletters
+from projections import deadletters, jobs_archive
 from projections.base import POSITIONS_TABLE, Projection, Record, drop_positions, load_positions, save_position
 from projections.runner import ALL
 from schemas.messages import decode_event
@@ -68,10 +68,15 @@ def clone_tables(conn: psycopg.Connection, tables: Sequence[str], src: str, dst:
     """
     later: list[str] = []
     for t in tables:
+        rel = f"{_quote(src)}.{_quote(t)}"
+        partitioned = partition_key(conn, rel)
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
                              " INCLUDING GENERATED INCLUDING IDENTITY INCLUDING STORAGE)")
-                     .format(_ident(dst, t), _ident(src, t)))
-        rel = f"{_quote(src)}.{_quote(t)}"
+                     .format(_ident(dst, t), _ident(src, t))
+                     + (sql.SQL(" PARTITION BY ") + sql.SQL(partitioned) if partitioned else sql.SQL("")))
+        for part, bound in partitions(conn, rel):   # the same partitions, by the same names
+            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} ").format(_ident(dst, part), _ident(dst, t))
+                         + sql.SQL(bound))
         for name, definition in conn.execute(
                 "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
                 " AND contype IN ('p', 'u', 'x') ORDER BY conname", (rel,)).fetchall():
@@ -83,8 +88,22 @@ def clone_tables(conn: psycopg.Connection, tables: Sequence[str], src: str, dst:
                 "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = %s::regclass"
                 " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)"
                 " ORDER BY i.indexrelid", (rel,)).fetchall():
+            definition = definition.replace(f" ON ONLY {rel} ", f" ON {rel} ", 1)   # a partitioned table's
             later.append(definition.replace(f" ON {rel} ", f" ON {_quote(dst)}.{_quote(t)} ", 1))
     return later
+
+
+def partition_key(conn: psycopg.Connection, rel: str) -> str | None:
+    """``LIST (archived)``: how the table ``rel`` (schema.table) is partitioned, None if it is not."""
+    row = conn.execute("SELECT pg_get_partkeydef(%s::regclass)", (rel,)).fetchone()
+    return row[0] if row else None
+
+
+def partitions(conn: psycopg.Connection, rel: str) -> list[tuple[str, str]]:
+    """(name, ``FOR VALUES …``) of the partitions of the table ``rel`` (none if it is not partitioned)."""
+    return [tuple(r) for r in conn.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = %s::regclass ORDER BY c.relname", (rel,)).fetchall()]
 
 
 def _quote(name: str) -> str:
@@ -205,6 +224,8 @@ def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print
                 n = apply_log(cfg, conn, [proj], end=end, progress=bar, commit_every=20000, begin=begin)
             except ArchiveGap as exc:
                 raise RebuildError(f"{exc}: a rebuild would be incomplete") from None
+        if name == "jobs":   # what the live sweep would have archived by now (projections.jobs_archive)
+            jobs_archive.sweep(conn, before=time.time() - cfg.projections.archive_after)
         for statement in later:
             conn.execute(statement)
         conn.commit()
@@ -250,9 +271,12 @@ def _switch(cfg: Config, conn: psycopg.Connection, proj: Projection, live: str, 
                 caught = apply_log(cfg, conn, [proj], start=behind,
                                    end={p: live_pos[p] for p in behind})
             for t in reversed(proj.tables):
-                conn.execute(sql.SQL("DROP TABLE {}").format(_ident(live, t)))
+                conn.execute(sql.SQL("DROP TABLE {}").format(_ident(live, t)))   # with its partitions
             for t in proj.tables:
+                parts = partitions(conn, f"{_quote(scratch)}.{_quote(t)}")
                 conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(_ident(scratch, t), _ident(live)))
+                for part, _ in parts:
+                    conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(_ident(scratch, part), _ident(live)))
             final = {**live_pos, **load_positions(conn, proj.name, topic)}
             set_search_path(conn, live)
             drop_positions(conn, proj.name, topic)

@@ -43,6 +43,8 @@ class Config:
     state: settings.StateSettings
     kafka: settings.KafkaSettings
     db: settings.DbSettings
+    ledger: settings.LedgerSettings
+    projections: settings.ProjectionsSettings
     http: settings.HttpSettings
     gateway: settings.GatewaySettings
     dispatcher: settings.DispatcherSettings
@@ -56,6 +58,7 @@ class Config:
     sites: settings.SitesSettings
     setupper: settings.SetupperSettings
     activator: settings.ActivatorSettings
+    reactors: settings.ReactorsSettings
     metrics: settings.MetricsSettings
     log: settings.LogSettings
     monitor: settings.MonitorSettings

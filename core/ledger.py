@@ -8,12 +8,20 @@ rejections and the consumed offsets are committed in ONE Kafka transaction.
 Recovery, on start and on every partition assignment:
   1. fencing: ``init_transactions`` with a stable transactional id aborts what a crashed
      predecessor with the same id left open;
-  2. state: the jobs projection gives a snapshot of the partition's jobs and the event offset it
-     reached (read in one database snapshot); the events after that offset are folded on top;
+  2. state: the jobs projection gives a snapshot of the partition's *live* jobs and the event offset
+     it reached (read in one database snapshot); the events after that offset are folded on top;
   3. position: commands resume at the group's committed offset — or just after the command of
      the last event in the log, if that is later. Brokers that expose aborted transactional records
      to read_committed readers (Tansu does) thereby cannot make the ledger emit a second event for
      one command: whatever event is visible in the log counts, exactly once.
+
+Memory stays bounded by the live jobs: a job that reaches a final state moves to a small per-partition
+list of recently final jobs (``[ledger] final_jobs_kept``, oldest out first, and only once the jobs
+projection has applied its last event). A command for a job the ledger does not hold — final long ago,
+archived, or never seen — is judged on the jobs projection's row (hot or archived), read once the
+projection has applied every event below ``floor``: the position below which everything the ledger let go
+of lies. Final states are never left, so such a row is the job's whole state. The commands of a batch
+that miss are looked up in one query before the batch's transaction begins.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple, Protocol
 
 import msgspec
@@ -31,6 +41,7 @@ from core import bus, db, logs, metrics
 from core.bus import TopicPartition
 from core.config import Config
 from core.machine import JobState, apply, decide
+from core.states import FINAL_STATES
 from schemas.messages import Rejected, decode_command, decode_event, encode, key_of
 from schemas.storable import problem_in_json
 
@@ -38,6 +49,12 @@ log = logging.getLogger(__name__)
 
 # Crash hook for the exactly-once test: exit right after producing the Nth batch, before commit.
 CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
+# how long a command for a job not in memory waits for the jobs projection to reach the ledger's floor
+# (normally it already has: jobs are let go of only once projected)
+ROW_WAIT_SECONDS = 30.0
+IDLE_LET_GO_SECONDS = 1.0
+_FINAL = frozenset(FINAL_STATES)
+LOOK_UP_RETRY_SECONDS = 1.0
 
 
 class CoreRow(NamedTuple):
@@ -51,7 +68,8 @@ class CoreRow(NamedTuple):
     special_handling: str | None
     prod_source_label: str | None
     pilot_transfer: bool = False   # transferring by the pilot's word (core.states.PILOT_TRANSFERRING)
-    dispatch_id: str | None = None  # a sent job's last command: its dispatch's id unless a `set` came after
+    dispatch_id: str | None = None  # a sent job's dispatch command (JobState.dispatch_id)
+    kill_code: int | None = None    # a sent job's signalled kill code (JobState.kill_code)
 
 
 class PartitionSnapshot(NamedTuple):
@@ -60,12 +78,38 @@ class PartitionSnapshot(NamedTuple):
 
 
 class SnapshotReader(Protocol):
-    """The jobs of one partition and the event offset they reflect, read in ONE database snapshot.
+    """What the ledger reads of the jobs projection. The projection owns these reads
+    (``projections.queries.partition_snapshot``); the ledger is handed them by whoever starts it, so core
+    does not reach up into the projections."""
 
-    The jobs projection owns that read (``projections.queries.partition_snapshot``); the ledger is handed
-    it by whoever starts it, so core does not reach up into the projections."""
+    def __call__(self, conn: psycopg.Connection, topic: str, partition: int) -> PartitionSnapshot:
+        """The live (non-final) jobs of one partition and the event offset they reflect, in ONE snapshot."""
+        ...
 
-    def __call__(self, conn: psycopg.Connection, topic: str, partition: int) -> PartitionSnapshot: ...
+    def position(self, conn: psycopg.Connection, topic: str, partition: int) -> int:
+        """The jobs projection's next offset in the partition."""
+        ...
+
+    def rows(self, conn: psycopg.Connection, topic: str, pandaids: Iterable[int], *,
+             at_least: Mapping[int, int], timeout: float) -> dict[int, CoreRow]:
+        """The rows of ``pandaids`` (final, archived or live; unknown ones absent), once the projection's
+        position in each partition of ``at_least`` is ≥ its offset; raises if not within ``timeout`` seconds."""
+        ...
+
+
+class _Recent:
+    """A recently final job: its state, and the offset of its last event (a pending delivery until the
+    batch that wrote it is committed; -1 when read from the projection, which has it already)."""
+
+    __slots__ = ("state", "offset")
+
+    def __init__(self, state: JobState, offset: int | bus.Delivery):
+        self.state, self.offset = state, offset
+
+    def event_offset(self) -> int:
+        if not isinstance(self.offset, int):
+            self.offset = self.offset.result().offset
+        return self.offset
 
 
 class Ledger:
@@ -77,7 +121,15 @@ class Ledger:
         self.commands_topic = cfg.kafka.commands_topic
         self.events_topic = cfg.kafka.events_topic
         self.rejected_topic = cfg.kafka.rejected_topic
-        self.jobs: dict[int, dict[int, JobState]] = {}     # partition → PandaID → state
+        self.jobs: dict[int, dict[int, JobState]] = {}     # partition → PandaID → state of its live jobs
+        self.recent: dict[int, OrderedDict[int, _Recent]] = {}   # partition → recently final jobs, oldest first
+        self.floor: dict[int, int] = {}   # partition → every job not held has all its events below this offset
+        self.keep = max(0, int(cfg.ledger.final_jobs_kept))
+        self.db = db.Reconnecting(cfg)    # rows of jobs not held, the projection's position
+        self._absent: set[int] = set()   # PandaIDs of this batch the projection has no row of
+        self._idle_let_go_at = 0.0
+        self._let_go_at: dict[int, float] = {}   # partition → not before (the projection was behind)
+        self._projected: dict[int, int] = {}   # partition → a position the jobs projection is known to have reached
         self.resume_at: dict[int, int] = {}                   # partition → first command offset to judge
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
         self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0}
@@ -104,45 +156,141 @@ class Ledger:
     def drop_partition(self, partition: int) -> None:
         self.to_rebuild = {tp for tp in self.to_rebuild if tp.partition != partition}
         self.jobs.pop(partition, None)
+        self.recent.pop(partition, None)
+        self.floor.pop(partition, None)
+        self._projected.pop(partition, None)
+        self._let_go_at.pop(partition, None)
         self.resume_at.pop(partition, None)
 
     def rebuild_partition(self, tp: TopicPartition) -> None:
         started = time.monotonic()
         p = tp.partition
         jobs, start = self._snapshot(p)
+        self.jobs[p], self.recent[p], self.floor[p], self._projected[p] = jobs, OrderedDict(), start, start
         last_src = -1
         n = 0
         for rec in bus.read_partition(self.cfg, self.events_topic, p, start):
             ev = _decode_for_fold(rec.value, p, rec.offset)
             if ev is None:
                 continue
-            if jobs.get(ev.PandaID) is None or ev.seq == jobs[ev.PandaID].seq + 1:
-                jobs[ev.PandaID] = apply(jobs.get(ev.PandaID), ev) if not isinstance(ev, _Loose) \
-                    else ev.fold(jobs.get(ev.PandaID))
+            job = self._held(p, ev.PandaID)
+            if job is None and ev.seq > 1:
+                job = self._before(p, ev)   # final when the snapshot was taken: its row is the state
+            if (job is None and ev.seq == 1) or (job is not None and ev.seq == job.seq + 1):
+                self._hold(p, apply(job, ev) if not isinstance(ev, _Loose) else ev.fold(job), rec.offset)
             if ev.src:
                 last_src = max(last_src, ev.src[1])
             n += 1
         if last_src < 0:
             last_src = self._last_src_from_tail(p)
-        self.jobs[p] = jobs
+        self._let_go(p)
         committed = self.consumer.committed(tp) or 0
         resume = max(committed, last_src + 1)
         self.resume_at[p] = resume
         self.consumer.seek(tp, resume)
-        log.info("ledger %s: partition %d rebuilt: %d jobs, %d events replayed, commands from offset %d "
-                 "(committed %d) in %.2fs", self.instance, p, len(jobs), n, resume, committed,
-                 time.monotonic() - started)
+        log.info("ledger %s: partition %d rebuilt: %d live and %d recently final jobs, %d events replayed, "
+                 "commands from offset %d (committed %d) in %.2fs", self.instance, p, len(jobs), len(self.recent[p]),
+                 n, resume, committed, time.monotonic() - started)
 
     def _snapshot(self, partition: int) -> tuple[dict[int, JobState], int]:
-        """The partition's jobs and the event offset they reflect, from one database snapshot."""
+        """The partition's live jobs and the event offset they reflect, from one database snapshot."""
         with db.connect(self.cfg) as conn:
             snap = self.read_snapshot(conn, self.events_topic, partition)
-        jobs = {r.pandaid: JobState(PandaID=r.pandaid, state=r.status, seq=r.seq, attempt_nr=r.attempt_nr,
-                                    command_to_pilot=r.command_to_pilot, special_handling=r.special_handling,
-                                    label=r.prod_source_label, pilot_transfer=bool(r.pilot_transfer),
-                                    dispatch_id=r.dispatch_id)
-                for r in snap.jobs}
-        return jobs, snap.next_offset
+        return {r.pandaid: _state_of(r) for r in snap.jobs}, snap.next_offset
+
+    # -------------------------------------------------------------------------- what is held in memory
+    def _held(self, partition: int, pandaid: int) -> JobState | None:
+        live = self.jobs.get(partition)
+        job = live.get(pandaid) if live is not None else None
+        if job is not None:
+            return job
+        recent = self.recent.get(partition)
+        entry = recent.get(pandaid) if recent is not None else None
+        return entry.state if entry is not None else None
+
+    def _hold(self, partition: int, job: JobState, offset: int | bus.Delivery) -> None:
+        """Keep ``job``'s new state: with the live jobs, or (final) as the newest recently final one."""
+        live, recent = self.jobs.get(partition), self.recent.get(partition)
+        if live is None:
+            live = self.jobs[partition] = {}
+        if recent is None:
+            recent = self.recent[partition] = OrderedDict()
+        if job.state in _FINAL:
+            live.pop(job.PandaID, None)
+            recent[job.PandaID] = _Recent(job, offset)
+            recent.move_to_end(job.PandaID)
+        else:
+            recent.pop(job.PandaID, None)
+            live[job.PandaID] = job
+
+    def _let_go(self, partition: int) -> None:
+        """Forget the oldest recently final jobs beyond ``keep`` whose last event the projection has applied,
+        down to nine tenths of ``keep`` (so the projection's position is read once per keep/10 final jobs, not
+        per batch); after a stop at a job not projected yet, not again for a second."""
+        recent = self.recent.get(partition)
+        if not recent or len(recent) <= self.keep or time.monotonic() < self._let_go_at.get(partition, 0.0):
+            return
+        try:
+            position = self.db.run(self.read_snapshot.position, self.events_topic, partition)
+        except psycopg.Error as exc:
+            log.warning("ledger %s: cannot read the jobs projection's position (%s); final jobs kept for now",
+                        self.instance, exc)
+            return
+        self._projected[partition] = max(self._projected.get(partition, 0), position)
+        low = self.keep - self.keep // 10
+        while len(recent) > low:
+            pandaid, oldest = next(iter(recent.items()))
+            offset = oldest.event_offset()
+            if offset >= position:   # not projected yet
+                self._let_go_at[partition] = time.monotonic() + IDLE_LET_GO_SECONDS
+                break
+            del recent[pandaid]
+            self.floor[partition] = max(self.floor.get(partition, 0), offset + 1)
+
+    def _let_go_idle(self) -> None:
+        """With no commands to judge, let go in every partition still over ``keep`` (at most once a second):
+        the projection may have applied since the partition's last batch."""
+        now = time.monotonic()
+        if now < self._idle_let_go_at:
+            return
+        self._idle_let_go_at = now + IDLE_LET_GO_SECONDS
+        for partition, recent in list(self.recent.items()):
+            if len(recent) > self.keep:
+                self._let_go(partition)
+
+    def _before(self, partition: int, ev) -> JobState | None:
+        """The state just before ``ev`` of a job the rebuild's snapshot left out (final then): its row, which
+        the projection may have taken past ``ev``, set back to ``ev``'s predecessor (a final job's other fields
+        do not change)."""
+        row = self.db.run(self.read_snapshot.rows, self.events_topic, [ev.PandaID],
+                          at_least={}, timeout=ROW_WAIT_SECONDS).get(ev.PandaID)
+        if row is None:
+            log.error("ledger %s: event seq %d of PandaID %d in partition %d, but neither the snapshot nor the jobs "
+                      "projection has the job: not folded", self.instance, ev.seq, ev.PandaID, partition)
+            return None
+        before = row.status if isinstance(ev, _Loose) else ev.from_state   # a loose event sets its state itself
+        return msgspec.structs.replace(_state_of(row), state=before, seq=ev.seq - 1)
+
+    def _look_up(self, wanted: Mapping[int, Iterable[int]]) -> None:
+        """Bring the rows of the jobs of ``wanted`` (partition → PandaIDs) not held into memory, in one query
+        (after the projection has reached each partition's floor, which it normally has); note the absent ones."""
+        missing = {pid: p for p, pids in wanted.items() for pid in pids
+                   if pid not in self._absent and self._held(p, pid) is None}
+        if not missing:
+            return
+        at_least = {p: self.floor.get(p, 0) for p in set(missing.values())
+                    if self.floor.get(p, 0) > self._projected.get(p, 0)}
+        rows = self.db.run(self.read_snapshot.rows, self.events_topic, sorted(missing), at_least=at_least,
+                           timeout=ROW_WAIT_SECONDS)
+        for p, offset in at_least.items():
+            self._projected[p] = max(self._projected.get(p, 0), offset)
+        for pid, p in missing.items():
+            row = rows.get(pid)
+            if row is None:
+                self._absent.add(pid)
+            else:
+                self._hold(p, _state_of(row), -1)
+        metrics.LEDGER_ROW_READS.inc(len(missing))
 
     def _last_src_from_tail(self, partition: int) -> int:
         """Source command offset of the partition's last event (when the replay read none).
@@ -175,6 +323,19 @@ class Ledger:
             polled = {tp: msgs for tp, msgs in polled.items() if tp not in rebuilt}
         self.lag.observe(polled)
         if not polled:
+            self._let_go_idle()
+            return 0
+        self._absent = set()
+        try:
+            self._look_up({tp.partition: [_panda_id_from_key(m.key) for m in msgs
+                                          if m.offset >= self.resume_at.get(tp.partition, 0)]
+                           for tp, msgs in polled.items()})
+        except (psycopg.Error, RuntimeError) as exc:
+            # the database is down or the projection far behind: judge nothing now, fetch the batch again
+            log.warning("ledger %s: cannot read the jobs it does not hold (%s); the batch waits", self.instance, exc)
+            for tp, msgs in polled.items():
+                self.consumer.seek(tp, max(msgs[0].offset, self.resume_at.get(tp.partition, 0)))
+            time.sleep(LOOK_UP_RETRY_SECONDS)
             return 0
         txn_started = time.monotonic()
         self.producer.begin_transaction()
@@ -182,12 +343,11 @@ class Ledger:
         n = 0
         for tp, msgs in polled.items():
             p = tp.partition
-            jobs = self.jobs.setdefault(p, {})
             floor = self.resume_at.get(p, 0)
             for m in msgs:
                 if m.offset < floor:
                     continue
-                self._judge(p, m, jobs)
+                self._judge(p, m)
                 n += 1
             offsets[tp] = msgs[-1].offset + 1
         # the full group metadata (generation, member id) lets the broker fence a ledger that lost its
@@ -201,9 +361,11 @@ class Ledger:
         self.producer.commit_transaction()
         metrics.LEDGER_TXN.observe(time.monotonic() - txn_started)
         metrics.LEDGER_BATCH.observe(n)
+        for tp in polled:
+            self._let_go(tp.partition)
         return n
 
-    def _judge(self, partition: int, m, jobs: dict[int, JobState]) -> None:
+    def _judge(self, partition: int, m) -> None:
         self.stats["commands"] += 1
         src = [partition, m.offset]
         try:
@@ -216,9 +378,9 @@ class Ledger:
             self._send_rejection(out)
             return
         with logs.bind_message(cmd):
-            self._verdict(partition, cmd, m.value, src, jobs)
+            self._verdict(partition, cmd, m.value, src)
 
-    def _verdict(self, partition: int, cmd, raw: bytes, src: list[int], jobs: dict[int, JobState]) -> None:
+    def _verdict(self, partition: int, cmd, raw: bytes, src: list[int]) -> None:
         unstorable = problem_in_json(raw, cmd)
         if unstorable is not None:
             # a value no reader could store would stop every consumer of the event: never write it
@@ -226,12 +388,17 @@ class Ledger:
                 PandaID=cmd.PandaID, actor="ledger", correlation_id=cmd.correlation_id, command_id=cmd.id,
                 command_type=cmd.__struct_config__.tag, code="unstorable", reason=str(unstorable), src=src))
             return
-        out = decide(jobs.get(cmd.PandaID), cmd, src)
+        job = self._held(partition, cmd.PandaID)
+        if job is None and cmd.PandaID not in self._absent:   # looked up already unless its key is not its PandaID
+            self._look_up({partition: [cmd.PandaID]})
+            job = self._held(partition, cmd.PandaID)
+        out = decide(job, cmd, src)
         if isinstance(out, Rejected):
             self._send_rejection(out)
             return
-        jobs[cmd.PandaID] = apply(jobs.get(cmd.PandaID), out)
-        self.producer.send(self.events_topic, key=key_of(cmd.PandaID), value=encode(out), partition=partition)
+        delivery = self.producer.send(self.events_topic, key=key_of(cmd.PandaID), value=encode(out),
+                                      partition=partition)
+        self._hold(partition, apply(job, out), delivery)
         self.stats["events"] += 1
         metrics.count_event(out)
 
@@ -248,7 +415,10 @@ class Ledger:
         try:
             self.consumer.close()
         finally:
-            self.producer.close()
+            try:
+                self.producer.close()
+            finally:
+                self.db.close()
 
 
 class _Loose(msgspec.Struct):
@@ -275,6 +445,13 @@ class _Loose(msgspec.Struct):
                         command_to_pilot=text("commandToPilot", base.command_to_pilot),
                         special_handling=text("specialHandling", base.special_handling),
                         label=text("prodSourceLabel", base.label))
+
+
+def _state_of(r: CoreRow) -> JobState:
+    return JobState(PandaID=r.pandaid, state=r.status, seq=r.seq, attempt_nr=r.attempt_nr,
+                    command_to_pilot=r.command_to_pilot, special_handling=r.special_handling,
+                    label=r.prod_source_label, pilot_transfer=bool(r.pilot_transfer), dispatch_id=r.dispatch_id,
+                    kill_code=r.kill_code)
 
 
 def _decode_for_fold(raw: bytes, partition: int, offset: int):

@@ -51,8 +51,11 @@ class JobState(msgspec.Struct, kw_only=True):
     label: str | None = None          # prodSourceLabel
     pilot_transfer: bool = False      # in transferring because its pilot said so (core.states.PILOT_TRANSFERRING)
     # the id of the dispatch command that made the job ``sent`` (while it is); an undispatch must name it.
-    # A ledger rebuilt from the jobs table reads it from last_command_id (projections.queries.CORE_SQL)
+    # A ledger rebuilt from the jobs table reads it from the archive (projections.queries.CORE_SQL)
     dispatch_id: str | None = None
+    # the code of the kill signalled to the job's pilot (commandToPilot=tobekilled): if the dispatch is undone,
+    # no pilot ever held the job, and the undo becomes that kill (``_undo_signalled_kill``)
+    kill_code: int | None = None
 
     @property
     def debug(self) -> bool:
@@ -251,11 +254,26 @@ def _decide_transition(job: JobState, cmd: Transition, src: list[int]) -> Event 
         # only the dispatch it names, and only while that dispatch still holds the job: an undo that
         # arrives after the job was undone and dispatched again (or for a dispatch never applied) is void
         return _reject(cmd, "not_this_dispatch", f"the job's dispatch is not {cmd.undoes}", job, src)
+    if cmd.action == "undispatch" and job.state == JobStatus.SENT and job.command_to_pilot == "tobekilled":
+        return _undo_signalled_kill(job, cmd, src)
     try:
         new_state = MACHINE.target(job.state, cmd.action)
     except IllegalTransition as exc:
         return _reject(cmd, "illegal_transition", str(exc), job, src)
     return _event(cmd, job, cmd.action, new_state, src, attrs=cmd.attrs, files=cmd.files, reason=cmd.reason)
+
+
+def _undo_signalled_kill(job: JobState, cmd: Transition, src: list[int]) -> Event:
+    """The undo of a dispatch whose job was told to be killed meanwhile: no pilot ever held the job, so the
+    kill is the one it would have been for a job nobody holds (its code's destination, as ``_decide_kill``),
+    instead of putting a job back in the queue whose next pilot would only be told to kill it."""
+    trigger, error_code, sub_status = S.KILL_CODES.get(job.kill_code, S.KILL_CODES[None])
+    attrs: dict[str, typing.Any] = {"taskBufferErrorCode": error_code}
+    if sub_status:
+        attrs["jobSubStatus"] = sub_status
+    reason = f"dispatch {cmd.undoes} never reached a pilot and the job was to be killed"
+    return _event(cmd, job, trigger, MACHINE.target(job.state, trigger), src, attrs=attrs, reason=reason,
+                  kill_code=job.kill_code)
 
 
 def _decide_pilot(job: JobState, cmd: PilotUpdate, src: list[int]) -> Event | Rejected:
@@ -338,4 +356,6 @@ def apply(job: JobState | None, event: Event) -> JobState:
             event.action == "pilot_transferring" or (job.pilot_transfer and event.from_state == event.to_state)),
         dispatch_id=None if event.to_state != JobStatus.SENT else
         event.command_id if event.action == "dispatch" else job.dispatch_id,
+        kill_code=event.kill_code if event.action == "kill_signal" else
+        job.kill_code if event.to_state in S.PILOT_OWNED else None,
     )

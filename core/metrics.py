@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
 
 from core.config import Config
 
@@ -28,6 +29,9 @@ EVENTS = Counter("pandaes_ledger_events", "Events written by the ledger", ["trig
 REJECTIONS = Counter("pandaes_ledger_rejections", "Commands the ledger rejected", ["reason"])
 LEDGER_BATCH = Histogram("pandaes_ledger_batch_commands", "Commands judged per ledger transaction",
                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
+LEDGER_ROW_READS = Counter("pandaes_ledger_row_reads_total",
+                           "Jobs the ledger looked up in the jobs projection (not held in memory: final long ago, "
+                           "archived, or new)")
 LEDGER_TXN = Histogram("pandaes_ledger_transaction_seconds",
                        "Time from begin to commit of one ledger transaction",
                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -57,6 +61,10 @@ VERDICT_LATENCY = Histogram("pandaes_command_verdict_seconds",
                             "From sending a command to the ledger's verdict, seen by the gateway",
                             ["command"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20))
 DB_POOL = Gauge("pandaes_db_pool_connections", "Database pool connections", ["pool", "kind"])
+
+# --------------------------------------------------------------------------------------------- daemon
+DAEMON_RUNS = Counter("pandaes_daemon_script_runs", "Daemon script runs by outcome, counted in the worker process "
+                      "that ran them", ["script", "status"])   # ok | skipped | busy | locked | error
 
 
 def event_labels(event) -> tuple[str, str]:
@@ -123,6 +131,52 @@ class LagTracker:
             log.debug("lag metrics of %s not updated: %s", self.group, exc)
 
 
+class Exposed:
+    """What a component's /metrics shows: this process's registry and the collectors added to it, with the
+    families of one name merged into one (the daemon and its workers declare the same metrics, and a
+    scrape must not see a family twice); a sample present in both is summed."""
+
+    def __init__(self) -> None:
+        self.extra: list[Any] = []
+
+    def add(self, collector: Any) -> None:
+        self.extra.append(collector)
+
+    def remove(self, collector: Any) -> None:
+        if collector in self.extra:
+            self.extra.remove(collector)
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[str, Metric] = {}
+        for source in (REGISTRY, *list(self.extra)):
+            for family in source.collect():
+                into = merged.get(family.name)
+                if into is None:
+                    merged[family.name] = family
+                    continue
+                index = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(into.samples)}
+                for sample in family.samples:
+                    i = index.get((sample.name, tuple(sorted(sample.labels.items()))))
+                    if i is None:
+                        into.samples.append(sample)
+                    else:
+                        into.samples[i] = into.samples[i]._replace(value=into.samples[i].value + sample.value)
+        return list(merged.values())
+
+    def restricted_registry(self, names: Iterable[str]) -> Any:
+        """For ``/metrics?name[]=…`` (prometheus_client's handler asks the registry for it)."""
+        wanted = set(names)
+        parent = self
+
+        class Restricted:
+            def collect(self) -> Iterable[Metric]:
+                return [m for m in (f._restricted_metric(wanted) for f in parent.collect()) if m]
+        return Restricted()
+
+
+EXPOSED = Exposed()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -156,6 +210,6 @@ def serve(cfg: Config, component: str) -> int | None:
     if not cfg.metrics.enabled or component == "gateway":
         return None
     port = int(cfg.metrics.port) or free_port(cfg.metrics.host)
-    start_http_server(port, addr=cfg.metrics.host, registry=REGISTRY)
+    start_http_server(port, addr=cfg.metrics.host, registry=EXPOSED)
     log.info("%s metrics on http://%s:%d/metrics", component, cfg.metrics.host, port)
     return port

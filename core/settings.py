@@ -57,6 +57,20 @@ class DbSettings(_Section):
     pool_size: int
 
 
+class LedgerSettings(_Section):
+    """[ledger]"""
+
+    final_jobs_kept: int
+
+
+class ProjectionsSettings(_Section):
+    """[projections]"""
+
+    archive_after: float
+    archive_every: float
+    archive_batch: int
+
+
 class HttpSettings(_Section):
     """[http]"""
 
@@ -83,6 +97,10 @@ class DispatcherSettings(_Section):
     dispatch_timeout: float
     claim_ttl: float
     sent_ttl: float
+    deliver_grace: float
+    sweep_period: float
+    sweep_batch: int
+    lock_wait: float
     max_attempts: int
     max_jobs: int
     share_order: list[str]
@@ -199,6 +217,12 @@ class ActivatorSettings(_Section):
     resend_after: float
 
 
+class ReactorsSettings(_Section):
+    """[reactors]"""
+
+    services: list[str]
+
+
 class MetricsSettings(_Section):
     """[metrics]"""
 
@@ -252,6 +276,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "state": StateSettings,
     "kafka": KafkaSettings,
     "db": DbSettings,
+    "ledger": LedgerSettings,
+    "projections": ProjectionsSettings,
     "http": HttpSettings,
     "gateway": GatewaySettings,
     "dispatcher": DispatcherSettings,
@@ -265,6 +291,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "sites": SitesSettings,
     "setupper": SetupperSettings,
     "activator": ActivatorSettings,
+    "reactors": ReactorsSettings,
     "metrics": MetricsSettings,
     "log": LogSettings,
     "monitor": MonitorSettings,

@@ -23,6 +23,9 @@ ANALYSIS_LABELS = ("user", "panda", "install")
 PRODUCTION_LABELS = ("managed", "test", "prod_test", "install")
 UNIFIED_LABELS = ("managed", "test", "prod_test", "install", "user", "panda")
 
+# how the candidate rows are locked (``candidate_query(locking=...)``)
+LOCKING = {"skip": " FOR NO KEY UPDATE OF j SKIP LOCKED", "wait": " FOR NO KEY UPDATE OF j", "none": ""}
+
 _RELATION = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
 
 
@@ -62,7 +65,8 @@ def label_filter(label: str | None, computing_element: str | None, job_type: str
 
 
 def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
-                    share: str | None = None, *, leases: str | None = None) -> tuple[str, dict[str, Any]]:
+                    share: str | None = None, *, leases: str | None = None,
+                    locking: str = "skip") -> tuple[str, dict[str, Any]]:
     """The SELECT that finds and row-locks dispatchable jobs for ``req`` (pure: SQL + parameters).
 
     One row at a time by default: with SKIP LOCKED each concurrent claimer then locks a different job
@@ -74,8 +78,17 @@ def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
     its cost does not grow with the backlog (ordering by a share rank expression sorted every activated
     job of the site for every getJob: 0.4 s at 100k activated jobs).
 
-    ``leases``: the relation of live claims to skip (see the module docstring); None skips none."""
-    where = ["j.status = 'activated'", "j.computing_site = %(site)s"]
+    ``leases``: the relation of live claims to skip (see the module docstring); None skips none.
+
+    ``locking``: ``"skip"`` locks the rows found and skips rows others hold; ``"wait"`` waits for a locked
+    row instead; ``"none"`` only reads. A row is locked by another pilot's claim, but also by the projector
+    while it applies another event of that job (a priority change): before it answers "no jobs", the
+    dispatcher looks whether any candidate exists at all and, if so, asks again waiting for the lock
+    (services/gateway/dispatcher.py)."""
+    if locking not in LOCKING:
+        raise ValueError(f"locking: expected one of {', '.join(LOCKING)}, not {locking!r}")
+    # NOT archived: only the hot partition of jobs (060_jobs_archive.sql), however many jobs are archived
+    where = ["NOT j.archived", "j.status = 'activated'", "j.computing_site = %(site)s"]
     params: dict[str, Any] = {"site": req.site, "limit": limit}
     if share is not None:
         where.append("j.gshare = %(share)s")
@@ -111,13 +124,14 @@ def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
                      " AND l.seq = j.seq AND l.expires_at > now())")
     sql = (
         "SELECT j.pandaid, j.seq, j.spec FROM jobs j WHERE " + " AND ".join(where)
-        + " ORDER BY j.current_priority DESC, j.pandaid LIMIT %(limit)s FOR NO KEY UPDATE OF j SKIP LOCKED"
+        + " ORDER BY j.current_priority DESC, j.pandaid LIMIT %(limit)s" + LOCKING[locking]
     )
     return sql, params
 
 
 def candidate_queries(req: Criteria, share_order: Sequence[str], limit: int = 1, *,
-                      leases: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+                      leases: str | None = None, locking: str = "skip") -> list[tuple[str, dict[str, Any]]]:
     """The candidate queries in the order they are tried: each share of ``share_order``, then the rest."""
-    return [candidate_query(req, share_order, limit, s, leases=leases) for s in dict.fromkeys(share_order)] + [
-        candidate_query(req, share_order, limit, leases=leases)]
+    return [candidate_query(req, share_order, limit, s, leases=leases, locking=locking)
+            for s in dict.fromkeys(share_order)] + [
+        candidate_query(req, share_order, limit, leases=leases, locking=locking)]

@@ -84,6 +84,11 @@ class FilesProjection:
     name = "files"
     tables = ("files",)
 
+    def forget(self, conn: psycopg.Connection, pandaids: Sequence[int]) -> None:
+        """Drop the jobs' files before they are folded again from all their events (a dead letter applied late:
+        projections.deadletters.reapply)."""
+        conn.execute("DELETE FROM files WHERE pandaid = ANY(%s)", (list(pandaids),))
+
     def apply(self, conn: psycopg.Connection, records: Sequence[Record]) -> None:
         events = [rec.event for rec in records if _touches_files(rec.event)]
         if not events:

@@ -2,12 +2,14 @@
 
 Why here: it is a read model of one job, built only from events (``core.machine.apply`` for the state),
 used by ``pandaes state-at`` (folding the log) and by the monitor's time travel (folding the archived
-events of ``job_events``), so both show the same job at the same event.
+events of ``job_events``), so both show the same job at the same event. ``placements`` folds many jobs
+at once for the monitor's "as of" views: each job's state, queue and task at a past moment.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -59,3 +61,47 @@ class JobView:
                                             "actor": ev.actor, "from": ev.from_state, "to": ev.to_state},
             "core": msgspec.to_builtins(self.state), "job": self.spec, "files": self.files,
         }
+
+
+# ------------------------------------------------------------------------------------------- as of
+class Placement(NamedTuple):
+    """Where a job stood at a past moment: its state, and the queue and task its events had named by then."""
+
+    state: str
+    queue: str | None
+    task: int | None
+
+
+def _task(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "", "NULL") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def placements(rows: Iterable[Sequence[Any]]) -> dict[int, Placement]:
+    """PandaID → its Placement after the events of ``rows``, each ``(PandaID, seq, to_state, computingSite,
+    jediTaskID)`` with the site and task the event itself named (the submitted JobSpec's, or its attrs';
+    None when it named none), a job's rows in seq order.
+
+    Why a fold and not the job's row: a job moves (brokerage, a reassignment to another site), so the queue
+    of a past moment is the last one its events had named by then, not the one the jobs table shows now.
+    """
+    out: dict[int, Placement] = {}
+    for pandaid, _seq, state, site, task in rows:
+        before = out.get(pandaid)
+        out[pandaid] = Placement(state, site if site is not None else (before.queue if before else None),
+                                 _task(task) if _task(task) is not None else (before.task if before else None))
+    return out
+
+
+def counts_by(places: Iterable[Placement], key: str) -> dict[Any, dict[str, int]]:
+    """``key`` ("queue" or "task") → state → jobs; jobs without a task are left out of the task view."""
+    out: dict[Any, dict[str, int]] = {}
+    for p in places:
+        k = getattr(p, key)
+        if key == "task" and k is None:
+            continue
+        row = out.setdefault(k if k is not None else "", {})
+        row[p.state] = row.get(p.state, 0) + 1
+    return out

@@ -58,10 +58,13 @@ _SQL_TYPE = {
 _PY_TYPE = {"int": int, "bigint": int, "text": str}
 _INSERT_COLS = ("pandaid", "partition", "seq", "status", *COLUMNS.values(), "creation_time", "modification_time",
                 "state_change_time", "last_command_id", "spec")
+# The jobs table is partitioned by ``archived`` (060_jobs_archive.sql), so its key is (pandaid, archived):
+# a job already there, hot or archived, is found by PandaID, not by the conflict
 _INSERT_SQL = (
     f"INSERT INTO jobs ({', '.join(_INSERT_COLS)}) SELECT * FROM unnest("
     + ", ".join(f"%b::{'text' if c == 'spec' else _SQL_TYPE[c]}[]" for c in _INSERT_COLS[:-1])
-    + ", %b::text[]::jsonb[]) ON CONFLICT (pandaid) DO NOTHING"
+    + f", %b::text[]::jsonb[]) AS v({', '.join(_INSERT_COLS)})"
+    " WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.pandaid = v.pandaid) ON CONFLICT DO NOTHING"
 )
 
 
@@ -86,6 +89,11 @@ def _typed(col: str, values: list[Any]) -> bool:
 class JobsProjection:
     name = "jobs"
     tables = ("jobs",)
+
+    def forget(self, conn: psycopg.Connection, pandaids: Sequence[int]) -> None:
+        """Drop the jobs' rows before they are folded again from all their events (a dead letter applied late:
+        projections.deadletters.reapply)."""
+        conn.execute("DELETE FROM jobs WHERE pandaid = ANY(%s)", (list(pandaids),))
 
     def apply(self, conn: psycopg.Connection, records: Sequence[Record]) -> None:
         inserts: dict[int, dict[str, Any]] = {}
@@ -145,9 +153,12 @@ class JobsProjection:
             arrays.append([_dumps(r["spec"]).decode() for r in rows])
             cur.execute(_INSERT_SQL, arrays)
             return
+        known = {r[0] for r in cur.execute("SELECT pandaid FROM jobs WHERE pandaid = ANY(%s)",
+                                             ([r["pandaid"] for r in rows],)).fetchall()}
         sql = (f"INSERT INTO jobs ({', '.join(_INSERT_COLS)}) VALUES ({', '.join(['%s'] * len(_INSERT_COLS))})"
-               " ON CONFLICT (pandaid) DO NOTHING")
-        cur.executemany(sql, [[Jsonb(r[c], _dumps) if c == "spec" else r[c] for c in _INSERT_COLS] for r in rows])
+               " ON CONFLICT DO NOTHING")
+        cur.executemany(sql, [[Jsonb(r[c], _dumps) if c == "spec" else r[c] for c in _INSERT_COLS]
+                              for r in rows if r["pandaid"] not in known])
 
     @staticmethod
     def _update(cur: psycopg.Cursor, updates: dict[int, dict[str, Any]]) -> None:

@@ -41,6 +41,15 @@ class JobReader:
         """The jobs row once its seq is ≥ ``at_least``; ProjectionLag after ``wait`` seconds."""
         return wait_projected(self._rows, {pandaid: at_least}, self.wait)[pandaid]
 
+    def jobs(self, at_least: dict[int, int]) -> dict[int, dict[str, Any]]:
+        """The jobs rows once each has reached its ``seq`` (PandaID → at least), read together; ProjectionLag
+        after ``wait`` seconds."""
+        return wait_projected(self._rows, at_least, self.wait)
+
+    def files_of(self, pandaids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """PandaID → the job's FileSpec dicts, for several jobs in one read."""
+        return self.db.run(queries.files_of, pandaids)
+
     def _rows(self, pandaids: list[int]) -> dict[int, dict[str, Any]]:
         try:
             return self.db.run(queries.jobs, pandaids)

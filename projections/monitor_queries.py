@@ -16,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from projections import queries as q
+from projections.fold import Placement, counts_by, placements
 
 # the monitor's sort keys → SQL (ties broken by pandaid so pages do not overlap)
 SORTS = {"pandaid": "pandaid", "modified": "modification_time", "created": "creation_time", "status": "status",
@@ -173,35 +174,31 @@ async def recent_events(conn: AsyncConnection, n: int = 50) -> list[dict[str, An
 
 
 # ------------------------------------------------------------------------------------------- as of
-# A job's state at a past moment is the destination of its last archived event at or before it (the
-# archive is the log's copy, folded the same way: the last event's to_state is the fold's state).
-_AS_OF = ("SELECT DISTINCT ON (e.pandaid) e.pandaid, e.to_state FROM job_events e{join}"
-          " WHERE e.time <= %s{extra} ORDER BY e.pandaid, e.seq DESC")
-QUEUES_AS_OF_SQL = ("SELECT j.computing_site, s.to_state, count(*) FROM (" + _AS_OF.format(join="", extra="")
-                    + ") s JOIN jobs j ON j.pandaid = s.pandaid GROUP BY 1, 2")
-TASKS_AS_OF_SQL = ("SELECT j.jedi_task_id, s.to_state, count(*) FROM (" + _AS_OF.format(join="", extra="")
-                   + ") s JOIN jobs j ON j.pandaid = s.pandaid WHERE j.jedi_task_id IS NOT NULL GROUP BY 1, 2")
-TASK_AS_OF_SQL = ("SELECT s.to_state, count(*) FROM (" + _AS_OF.format(
-    join=" JOIN jobs j ON j.pandaid = e.pandaid", extra=" AND j.jedi_task_id = %s") + ") s GROUP BY 1")
+# A view at a past moment is folded from the archived events up to it (projections.fold.placements): each
+# job's state is its last event's destination, and its queue and task the last ones its events had named
+# by then, so a job that moved counts where it was, not where the jobs table has it now.
+_NAMED = "COALESCE(body->'attrs'->>'{0}', body->'job'->>'{0}')"
+AS_OF_EVENTS_SQL = (f"SELECT pandaid, seq, to_state, {_NAMED.format('computingSite')}, {_NAMED.format('jediTaskID')}"
+                    " FROM job_events WHERE time <= %s ORDER BY pandaid, seq")
+
+
+async def placements_as_of(conn: AsyncConnection, when: dt.datetime) -> dict[int, Placement]:
+    """PandaID → state, queue and task at ``when`` (jobs submitted later are absent), streamed and folded."""
+    async with conn.cursor() as cur:
+        return placements([row async for row in cur.stream(AS_OF_EVENTS_SQL, (when,))])
 
 
 async def queues_as_of(conn: AsyncConnection, when: dt.datetime) -> dict[str, dict[str, int]]:
-    """Queue → state → jobs as they were at ``when`` (jobs submitted later are absent)."""
-    out: dict[str, dict[str, int]] = {}
-    for site, status, n in await (await conn.execute(QUEUES_AS_OF_SQL, (when,))).fetchall():
-        out.setdefault(site or "", {})[status] = n
-    return out
+    """Queue → state → jobs as they were at ``when``."""
+    return counts_by((await placements_as_of(conn, when)).values(), "queue")
 
 
 async def tasks_as_of(conn: AsyncConnection, when: dt.datetime) -> dict[int, dict[str, int]]:
-    out: dict[int, dict[str, int]] = {}
-    for tid, status, n in await (await conn.execute(TASKS_AS_OF_SQL, (when,))).fetchall():
-        out.setdefault(tid, {})[status] = n
-    return out
+    return counts_by((await placements_as_of(conn, when)).values(), "task")
 
 
 async def task_as_of(conn: AsyncConnection, task_id: int, when: dt.datetime) -> dict[str, int]:
-    return {s: n for s, n in await (await conn.execute(TASK_AS_OF_SQL, (when, task_id))).fetchall()}
+    return counts_by((await placements_as_of(conn, when)).values(), "task").get(task_id, {})
 
 
 # ------------------------------------------------------------------------------------ queue detail

@@ -11,7 +11,7 @@ database snapshot is the point (``partition_snapshot``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 
 from core.ledger import CoreRow, PartitionSnapshot
 from core.states import PILOT_TRANSFER_DIAG
+from projections.wait import wait_position
 
 # the jobs table's columns (001_core.sql), the only names a caller may pick
 JOB_COLUMNS = (
@@ -43,12 +44,22 @@ POSITIONS_SQL = "SELECT projection, partition, next_offset FROM consumer_positio
 ARCHIVED_SQL = "SELECT count(*) FROM job_events"
 CORE_SQL = ("SELECT pandaid, status, seq, attempt_nr, command_to_pilot, special_handling, prod_source_label,"
             " (status = 'transferring' AND COALESCE(spec->>'jobDispatcherErrorDiag', '') LIKE %s) AS pilot_transfer,"
-            # a sent job's dispatch, for an undispatch after a rebuild: if a `set` or kill signal came after
-            # the dispatch this names that command instead, and the undo is refused (the sent timeout remains)
-            " CASE WHEN status = 'sent' THEN last_command_id END AS dispatch_id"
+            # a sent job's dispatch, for an undispatch after a rebuild: its latest `dispatch` in the archive
+            # (a `set` or kill signal may have come after it), its last command if the archive lacks it
+            " CASE WHEN status = 'sent' THEN COALESCE((SELECT e.command_id FROM job_events e"
+            "  WHERE e.pandaid = jobs.pandaid AND e.action = 'dispatch' AND e.seq <= jobs.seq"
+            "  ORDER BY e.seq DESC LIMIT 1), last_command_id) END AS dispatch_id,"
+            # the code of the kill signalled to a sent job's pilot: an undone dispatch becomes that kill
+            " CASE WHEN status = 'sent' AND command_to_pilot = 'tobekilled' THEN (SELECT (e.body->>'kill_code')::int"
+            "  FROM job_events e WHERE e.pandaid = jobs.pandaid AND e.action = 'kill_signal' AND e.seq <= jobs.seq"
+            "  ORDER BY e.seq DESC LIMIT 1) END AS kill_code"
             " FROM jobs")
 _PILOT_TRANSFER_LIKE = PILOT_TRANSFER_DIAG + "%"   # PanDA's mark of a job its pilot put into transferring
-LEDGER_STATE_SQL = CORE_SQL + " WHERE partition = %s"
+# the live jobs of a partition: the hot table only, final jobs left out (jobs_live_partition, 060)
+LEDGER_STATE_SQL = (CORE_SQL + " WHERE partition = %s AND NOT archived"
+                    " AND status NOT IN ('finished', 'failed', 'cancelled', 'closed')")
+# jobs by PandaID wherever they live (hot or archived): the ledger's late commands
+LEDGER_ROWS_SQL = CORE_SQL + " WHERE pandaid = ANY(%s)"
 # PandaIDs are handed out by the database (001_core.sql), as PanDA's JOBSDEFINED4_PANDAID_SEQ
 NEXT_PANDAIDS_SQL = "SELECT nextval('pandaid_seq') FROM generate_series(1, %s)"
 ARCHIVE_IN_LOG_ORDER_SQL = ("SELECT partition, pandaid, seq, body::text FROM job_events"
@@ -182,18 +193,54 @@ def core_rows(conn: psycopg.Connection) -> list[CoreRow]:
     return [CoreRow._make(r) for r in conn.execute(CORE_SQL, (_PILOT_TRANSFER_LIKE,))]
 
 
-def partition_snapshot(conn: psycopg.Connection, topic: str, partition: int) -> PartitionSnapshot:
-    """The jobs projection's rows of one partition and its position there, read in ONE database snapshot.
+def jobs_position(conn: psycopg.Connection, topic: str, partition: int) -> int:
+    """The jobs projection's next offset in ``partition`` of ``topic`` (0: it has applied nothing there)."""
+    row = conn.execute(POSITION_SQL, ("jobs", topic, partition)).fetchone()
+    return row[0] if row else 0
 
-    The ledger folds the log's events from ``next_offset`` on top of the rows; read apart, a projector
-    batch committed in between would be applied twice or skipped. ``conn`` must not be in a transaction."""
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        row = conn.execute(POSITION_SQL, ("jobs", topic, partition)).fetchone()
-        start = row[0] if row else 0
-        rows = ([CoreRow._make(r) for r in conn.execute(LEDGER_STATE_SQL, (_PILOT_TRANSFER_LIKE, partition))]
-                if start else [])
-    return PartitionSnapshot(start, rows)
+
+def ledger_state_query(partition: int) -> tuple[str, tuple[Any, ...]]:
+    """The snapshot's query of the live jobs of ``partition`` and its parameters (pure; the scale bench
+    explains it)."""
+    return LEDGER_STATE_SQL, (_PILOT_TRANSFER_LIKE, partition)
+
+
+class PartitionReads:
+    """The ledger's reads of the jobs projection (``core.ledger.SnapshotReader``).
+
+    Called, it is the snapshot of a partition the ledger rebuilds from: the *live* jobs (final ones left
+    out, archived ones never read) and the position they reflect. ``rows`` and ``position`` serve the
+    ledger's commands for jobs it no longer holds in memory (final and evicted, or never seen)."""
+
+    def __call__(self, conn: psycopg.Connection, topic: str, partition: int) -> PartitionSnapshot:
+        """The jobs projection's live rows of one partition and its position there, in ONE database snapshot.
+
+        The ledger folds the log's events from ``next_offset`` on top of the rows; read apart, a projector
+        batch committed in between would be applied twice or skipped. ``conn`` must not be in a transaction."""
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            start = jobs_position(conn, topic, partition)
+            rows = ([CoreRow._make(r) for r in conn.execute(LEDGER_STATE_SQL, (_PILOT_TRANSFER_LIKE, partition))]
+                    if start else [])
+        return PartitionSnapshot(start, rows)
+
+    def position(self, conn: psycopg.Connection, topic: str, partition: int) -> int:
+        return jobs_position(conn, topic, partition)
+
+    def rows(self, conn: psycopg.Connection, topic: str, pandaids: Iterable[int], *,
+             at_least: Mapping[int, int], timeout: float) -> dict[int, CoreRow]:
+        """The rows of ``pandaids`` (hot or archived; unknown ones absent), read once the jobs projection has
+        applied every event of each partition of ``at_least`` below its offset there
+        (``projections.wait.wait_position``; its ``PositionLag`` after ``timeout``)."""
+        for partition, offset in at_least.items():
+            wait_position(lambda p=partition: jobs_position(conn, topic, p), offset, timeout)
+        return {r[0]: CoreRow._make(r)
+                for r in conn.execute(LEDGER_ROWS_SQL, (_PILOT_TRANSFER_LIKE, sorted(set(pandaids))))}
+
+
+#: the ledger's reads (``Ledger(cfg, snapshot=partition_snapshot)``); ``partition_snapshot(conn, topic, p)``
+#: is the snapshot itself
+partition_snapshot = PartitionReads()
 
 
 #: who a job belongs to and who holds it: the actor of its submission, its prodUserID and VO, and the actor

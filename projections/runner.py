@@ -27,6 +27,7 @@ from projections.archive import ArchiveProjection
 from projections.base import Projection, Record, load_positions, save_position
 from projections.files import FilesProjection
 from projections.jobs import JobsProjection
+from projections.jobs_archive import ArchiveSweep
 from schemas.messages import decode_event
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 POLL_RECORDS = 10_000
 
 ALL = {p.name: p for p in (JobsProjection(), FilesProjection(), ArchiveProjection())}
+
+
+RETRY_EVERY = 2.0   # seconds between looks for dead letters asked to be applied again
 
 
 class ProjectionRunner:
@@ -57,6 +61,10 @@ class ProjectionRunner:
                                      max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)))
         self.consumer.subscribe([self.topic], on_assign=self.seek_to_positions)
         self.lag = metrics.LagTracker(self.consumer, self.group_id)
+        # the jobs projection's owner moves its old final jobs to the archive partition (jobs_archive.py)
+        pc = cfg.projections
+        self.archive = (ArchiveSweep(pc.archive_after, pc.archive_every, pc.archive_batch)
+                        if any(p.name == "jobs" for p in self.projections) else None)
 
     def _connection(self, search_path: str | None) -> db.Reconnecting:
         # Asynchronous commit: rows and positions are committed together, so a commit lost in a
@@ -85,6 +93,8 @@ class ProjectionRunner:
         """One poll and one database transaction; returns the number of records applied."""
         polled = self.consumer.poll(timeout_ms=timeout_ms)
         self.lag.observe(polled)
+        if self.archive is not None and self.archive.due():
+            self.archive.run(self.conn, {tp.partition for tp in self.consumer.assignment()})
         if not polled:
             return 0
         started = time.monotonic()
@@ -159,10 +169,40 @@ class ProjectionRunner:
                   "and skipped", projection, self.topic, partition, offset, getattr(event, "PandaID", "?"),
                   getattr(event, "seq", "?"), deadletters.describe(exc), deadletters.TABLE)
 
+    def retry_dead_letters(self) -> tuple[int, int]:
+        """Apply again the dead letters ``pandaes dead-letters retry`` asked for, of the partitions this
+        runner owns (so no other runner writes those jobs meanwhile), in one transaction with a savepoint
+        each: (resolved, failed again). See projections.deadletters."""
+        partitions = [tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic]
+        by_name = {p.name: p for p in self.projections}
+        done = failed = 0
+        if not partitions:
+            return done, failed
+        with self.conn.transaction():
+            for row in deadletters.take_requested(self.conn, list(by_name), partitions):
+                try:
+                    with self.conn.transaction():
+                        seqs = deadletters.reapply(self.conn, by_name[row["projection"]], row)
+                except deadletters.POISON as exc:
+                    deadletters.failed_again(self.conn, row["id"], exc)
+                    failed += 1
+                    log.error("dead letter %s (%s, PandaID %s seq %s) still cannot be applied: %s", row["id"],
+                              row["projection"], row["pandaid"], row["seq"], deadletters.describe(exc))
+                    continue
+                deadletters.resolved(self.conn, row["projection"], row["pandaid"], seqs, [row["id"]])
+                done += 1
+                log.warning("dead letter %s (%s, PandaID %s seq %s) applied and resolved", row["id"],
+                            row["projection"], row["pandaid"], row["seq"])
+        return done, failed
+
     def run(self, stop: threading.Event) -> None:
+        next_retry = 0.0
         while not stop.is_set():
             try:
                 self.step()
+                if self.search_path is None and time.monotonic() >= next_retry:
+                    next_retry = time.monotonic() + RETRY_EVERY
+                    self.retry_dead_letters()
             except psycopg.OperationalError:
                 log.exception("database error; positions are in the database, resuming from them")
                 self.db.reset()

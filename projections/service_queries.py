@@ -6,7 +6,9 @@ functions with a connection they hold and turn the plain rows into their own typ
 (datasets, retries, adder_pending, sites) stay with their store modules, so a question that spans both
 is asked in two steps (e.g. the adder's due reports: candidates from its store, jobs and events here).
 
-Every function takes an open connection and returns plain data; none waits or retries.
+Every function takes an open connection and returns plain data; none waits or retries. The services'
+candidate reads of live jobs say ``NOT archived``: they read the hot partition of ``jobs`` only, however many
+final jobs the archive holds (060_jobs_archive.sql, ``projections.jobs_archive``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def assigned_jobs(conn: psycopg.Connection, partitions: set[int] | None, limit: 
     sql = ("SELECT j.pandaid, f.dispatch_dblock, f.lfn FROM jobs j"
            " LEFT JOIN files f ON f.pandaid = j.pandaid AND f.type = 'input'"
            "  AND f.dispatch_dblock IS NOT NULL AND f.status IS DISTINCT FROM 'ready'"
-           " WHERE j.pandaid IN (SELECT pandaid FROM jobs WHERE status = 'assigned'")
+           " WHERE NOT j.archived"
+           " AND j.pandaid IN (SELECT pandaid FROM jobs WHERE NOT archived AND status = 'assigned'")
     params: list[Any] = []
     if partitions is not None:
         sql += " AND partition = ANY(%s)"
@@ -47,7 +50,8 @@ def stale_defined(conn: psycopg.Connection, partitions: set[int] | None, before:
                   limit: int) -> list[tuple[int, int]]:
     """(PandaID, seq) of jobs ``defined`` since before epoch ``before`` (oldest first, at most ``limit``;
     only ``partitions`` unless None): the setupper's sweep candidates."""
-    sql = "SELECT pandaid, seq FROM jobs WHERE status = 'defined' AND state_change_time < to_timestamp(%s)"
+    sql = ("SELECT pandaid, seq FROM jobs WHERE NOT archived AND status = 'defined'"
+           " AND state_change_time < to_timestamp(%s)")
     params: list[Any] = [before]
     if partitions is not None:
         sql += " AND partition = ANY(%s)"
@@ -66,6 +70,15 @@ def final_jobs(conn: psycopg.Connection, pandaids: Iterable[int]) -> set[int]:
     rows = conn.execute("SELECT pandaid FROM jobs WHERE pandaid = ANY(%s) AND status = ANY(%s)",
                         (pids, list(FINAL_STATES))).fetchall()
     return {r[0] for r in rows}
+
+
+def job_states(conn: psycopg.Connection, pandaids: Iterable[int]) -> dict[int, tuple[str, int]]:
+    """PandaID → (status, seq) of those of ``pandaids`` the jobs projection has (the dispatch sweep's read)."""
+    pids = sorted(set(pandaids))
+    if not pids:
+        return {}
+    rows = conn.execute("SELECT pandaid, status, seq FROM jobs WHERE pandaid = ANY(%s)", (pids,)).fetchall()
+    return {pid: (status, seq) for pid, status, seq in rows}
 
 
 def jobs_among(conn: psycopg.Connection, pandaids: Iterable[int], partitions: set[int] | None) -> set[int]:
@@ -102,7 +115,7 @@ def adder_transferring(conn: psycopg.Connection, limit: int) -> list[dict[str, A
         "       j.prod_source_label, j.spec,"
         "       (SELECT coalesce(jsonb_agg(f.spec), '[]') FROM files f"
         "         WHERE f.pandaid = j.pandaid AND f.type IN ('output', 'log'))"
-        "  FROM jobs j WHERE j.status = 'transferring'"
+        "  FROM jobs j WHERE NOT j.archived AND j.status = 'transferring'"
         "   AND NOT EXISTS (SELECT 1 FROM job_events e WHERE e.pandaid = j.pandaid AND e.seq ="
         "       (SELECT max(seq) FROM job_events x WHERE x.pandaid = j.pandaid AND x.to_state = 'transferring'"
         "          AND x.from_state <> 'transferring') AND e.action = 'pilot_transferring')"
@@ -127,7 +140,7 @@ SELECT j.pandaid, j.status, j.seq, j.prod_source_label, j.current_priority, j.je
          WHERE e.pandaid = j.pandaid AND e.to_state = j.status AND e.from_state <> e.to_state
          ORDER BY e.seq DESC LIMIT 1)
   FROM jobs j
- WHERE j.status = ANY(%(states)s)
+ WHERE NOT j.archived AND j.status = ANY(%(states)s)
    AND (j.modification_time < %(cut)s OR j.state_change_time < %(cut)s OR j.creation_time < %(cut)s)
  ORDER BY j.pandaid
  LIMIT %(limit)s

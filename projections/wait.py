@@ -114,3 +114,28 @@ async def await_projected(read: AsyncRead, want: Mapping[int, int], timeout: flo
         if delay is None:
             raise ProjectionLag(lagging, want)
         await sleep(delay)
+
+
+def wait_position(read: Callable[[], int], at_least: int, timeout: float, *, most: float = MAX_DELAY,
+                  sleep: Callable[[float], None] = time.sleep,
+                  clock: Callable[[], float] = time.monotonic) -> int:
+    """The jobs projection's position in one partition once it is ≥ ``at_least``; ``ProjectionLag`` after
+    ``timeout``. For a reader that needs every event below an offset applied, whichever jobs they touched
+    (the ledger judging a job it no longer holds in memory). ``read()`` returns the position."""
+    backoff = Backoff(timeout, most=most, clock=clock)
+    while True:
+        position = read()
+        if position >= at_least:
+            return position
+        delay = backoff.next_delay()
+        if delay is None:
+            raise PositionLag(position, at_least)
+        sleep(delay)
+
+
+class PositionLag(RuntimeError):
+    """The jobs projection has not applied every event below an offset of a partition."""
+
+    def __init__(self, position: int, at_least: int):
+        self.position, self.at_least = position, at_least
+        super().__init__(f"jobs projection is at offset {position} of the partition, need ≥ {at_least}")

@@ -28,6 +28,15 @@ dead letter (``services.dead_letters``: a row and an ERROR line) and the loop go
 When a command needs what a side effect produced (the retrier's new PandaID), ``then`` is a callable
 given the last step's result. Plain command lists still work.
 
+A service may also define ``decide_batch(events, view)``: the decisions on every wanted event of one
+poll at once (one read and one write for the batch instead of one per event). The loop calls it when
+a poll holds more than one wanted event; if it raises anything but a transient error, the batch is
+decided again event by event, so only the event that fails becomes a dead letter.
+
+Several services can share one consumer: ``services.host.ServiceHost`` decodes each event once and
+hands it to every hosted service, each through a ``ServiceLoop(..., consume=False)`` (its own Actions,
+dead letters, stats and clock), keeping per-service positions (docs/architecture.md, Components).
+
 Clock rules (``tick``) get ``now`` from whoever runs them, never from a clock of their own. A reactor's
 loop ticks every ``tick_every`` seconds; the clock-driven services (watcher, finisher, the closer's
 sweep) are run by the daemon's scripts through ``ServiceLoop(..., consume=False).tick(now)``, so their
@@ -43,7 +52,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,6 +64,7 @@ from schemas.messages import Command, Event, decode_event
 from services.dead_letters import DeadLetterStore, Sink, describe, is_transient
 
 log = logging.getLogger(__name__)
+RETRY_EVERY = 2.0   # seconds between looks for dead letters asked to be decided again (pandaes dead-letters retry)
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,35 @@ class Service(Protocol):
     def decide(self, event: Event, view: Any) -> Sequence[Output]: ...
 
 
+@dataclass
+class Member:
+    """A service ready to run: the decision, what it reads, how often its clock ticks, and what to close.
+
+    Each service module builds its own (``hosted(cfg)``); ``run_alone`` runs one in its own consumer
+    group, ``services.host.ServiceHost`` several over one consumer."""
+
+    service: Any
+    view: Any
+    tick_every: float | None = None
+    close: Callable[[], None] | None = None
+
+
+#: One polled record as a loop decides on it: where it was, the record, and the event or why it did not decode.
+Item = tuple[bus.TopicPartition, Any, Event | None, Exception | None]
+
+
+def decode_polled(polled: Mapping[bus.TopicPartition, Sequence[Any]]) -> list[Item]:
+    """Every record of a poll decoded once, in poll order (a record that does not decode keeps its error)."""
+    items: list[Item] = []
+    for tp, msgs in polled.items():
+        for m in msgs:
+            try:
+                items.append((tp, m, decode_event(m.value), None))
+            except Exception as exc:       # a dead letter for whoever decides on it
+                items.append((tp, m, None, exc))
+    return items
+
+
 class ServiceLoop:
     """Runs one service over the event log; also runs its ``tick`` every ``tick_every`` seconds.
 
@@ -128,11 +167,13 @@ class ServiceLoop:
         self.replay = replay
         self.tick_every = tick_every
         self._next_tick = 0.0
+        self._next_retry = 0.0
         self._own_sender = sender is None
         self._sender = sender
         self.consumer = bus.consumer(cfg, cfg.kafka.events_topic,
                                      group_id=f"{cfg.kafka.group_prefix}-{service.name}") if consume else None
         self.stats = {"events": 0, "commands": 0, "ticks": 0, "actions": 0, "dead_letters": 0}
+        self.undone: dict[bus.TopicPartition, int] = {}     # see decide_items
         # where an event that cannot be decided on goes (made on first use when not given)
         self._dead_letters = dead_letters
         self.lag = (metrics.LagTracker(self.consumer, f"{cfg.kafka.group_prefix}-{service.name}")
@@ -192,40 +233,127 @@ class ServiceLoop:
         assert self.consumer is not None, "a loop made with consume=False is ticked, not stepped"
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
         t0 = time.monotonic()
-        n = wanted = 0
-        for tp, msgs in polled.items():
-            for m in msgs:
-                n += 1
-                event = None
-                try:
-                    event = decode_event(m.value)
-                    if self.service.wants(event):
-                        wanted += 1
-                        with logs.bind_message(event):
-                            self._emit(self.service.decide(event, self.view))
-                except Exception as exc:
-                    if is_transient(exc):
-                        raise        # nothing of the batch is committed: decided again after the restart
-                    self._dead(tp, m, exc, event)
+        items = decode_polled(polled)
+        wanted = self.decide_items(items)
         if self.tick_every is not None and time.monotonic() >= self._next_tick:
             self.tick(time.time())
             self._next_tick = time.monotonic() + self.tick_every
+        if not self.replay and time.monotonic() >= self._next_retry:
+            self._next_retry = time.monotonic() + RETRY_EVERY
+            try:
+                self.retry_dead_letters()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("service %s: dead letters asked to be retried wait: %s", self.service.name, exc)
         if polled:
             if self._sender is not None:
                 self._sender.flush()      # every command of the batch is out before its offsets are committed
             self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()})
             self._cost = max((time.monotonic() - t0) / max(wanted, 1), 0.9 * self._cost)
             self._max_records = max(1, min(self._max_poll, int(self._poll_budget_s / max(self._cost, 1e-6))))
-        self.stats["events"] += n
+        self.stats["events"] += len(items)
         if self.lag is not None:
             self.lag.observe(polled)
-        return n
+        return len(items)
+
+    def decide_items(self, items: Sequence[Item]) -> int:
+        """Decide on decoded records (in order) and run/send what the decisions ask; the number wanted.
+
+        A transient error propagates (nothing of the batch may be committed), leaving in ``undone`` the
+        offset of the first event of each partition not decided yet (a host resumes this service there).
+        An event that does not decode or whose decision fails otherwise becomes a dead letter. With
+        ``decide_batch`` the wanted events are decided together, and again one by one if that fails."""
+        self.undone = {}
+        try:
+            return self._decide_items(items)
+        except Exception as exc:
+            if is_transient(exc) and not self.undone:   # e.g. recording a dead letter failed: all again
+                self._undone([(tp, m) for tp, m, *_ in items])
+            raise
+
+    def _decide_items(self, items: Sequence[Item]) -> int:
+        wanted: list[tuple[bus.TopicPartition, Any, Event]] = []
+        for i, (tp, m, event, error) in enumerate(items):
+            try:
+                if error is not None:
+                    raise error
+                assert event is not None
+                if self.service.wants(event):
+                    wanted.append((tp, m, event))
+            except Exception as exc:
+                if is_transient(exc):
+                    self._undone([(t, r) for t, r, *_ in wanted] + [(t, r) for t, r, *_ in items[i:]])
+                    raise
+                self._dead(tp, m, exc, event)
+        batch: Callable[[Sequence[Event], Any], Sequence[Output]] | None = getattr(self.service, "decide_batch",
+                                                                                    None)
+        if batch is not None and len(wanted) > 1:
+            try:
+                self._emit(batch([event for _, _, event in wanted], self.view))
+                return len(wanted)
+            except Exception as exc:
+                if is_transient(exc):
+                    self._undone([(t, r) for t, r, _ in wanted])
+                    raise
+                log.warning("service %s: a batch of %d events failed (%s); deciding them one by one",
+                            self.service.name, len(wanted), describe(exc))
+        for i, (tp, m, event) in enumerate(wanted):
+            try:
+                with logs.bind_message(event):
+                    self._emit(self.service.decide(event, self.view))
+            except Exception as exc:
+                if is_transient(exc):
+                    self._undone([(t, r) for t, r, _ in wanted[i:]])
+                    raise        # nothing of the batch is committed: decided again after the restart
+                self._dead(tp, m, exc, event)
+        return len(wanted)
+
+    def _undone(self, rest: Sequence[tuple[bus.TopicPartition, Any]]) -> None:
+        for tp, m in rest:
+            self.undone.setdefault(tp, m.offset)
+
+    def _store(self) -> Sink:
+        if self._dead_letters is None:
+            self._dead_letters = DeadLetterStore(self.cfg)
+        return self._dead_letters
+
+    def retry_dead_letters(self) -> tuple[int, int]:
+        """Decide again the dead letters ``pandaes dead-letters retry`` asked for (services.dead_letters): the
+        event as if it had just arrived, its commands sent and flushed before the row is marked resolved; one
+        that fails again keeps the new error. (resolved, failed again)."""
+        store = self._store()
+        take = getattr(store, "take_requested", None)
+        if take is None:
+            return 0, 0
+        done = failed = 0
+        for row in take(self.service.name):
+            event = None
+            try:
+                event = decode_event(bytes(row["raw"]))
+                if self.service.wants(event):
+                    with logs.bind_message(event):
+                        self._emit(self.service.decide(event, self.view))
+                if self._sender is not None:
+                    self._sender.flush()
+            except Exception as exc:
+                if is_transient(exc):
+                    store.request_again(row["id"])
+                    raise
+                store.failed_again(row["id"], exc)
+                failed += 1
+                log.error("service %s: dead letter %s (PandaID %s, seq %s) still cannot be decided on: %s",
+                          self.service.name, row["id"], row["pandaid"], row["seq"], describe(exc))
+                continue
+            store.resolved(row["id"])
+            done += 1
+            log.warning("service %s: dead letter %s (PandaID %s, seq %s) decided again and resolved",
+                        self.service.name, row["id"], row["pandaid"], row["seq"])
+        return done, failed
 
     def _dead(self, tp: bus.TopicPartition, m: Any, exc: Exception, event: Event | None) -> None:
         """Record an event this service cannot decide on and go on (it would fail the same way forever)."""
-        if self._dead_letters is None:
-            self._dead_letters = DeadLetterStore(self.cfg)
-        self._dead_letters.record(self.service.name, tp.topic, tp.partition, m.offset, m.value, exc, event)
+        self._store().record(self.service.name, tp.topic, tp.partition, m.offset, m.value, exc, event)
         self.stats["dead_letters"] += 1
         log.error("service %s cannot decide on the event at %s[%d]@%d (PandaID %s, seq %s): %s; recorded in "
                   "service_dead_letters and skipped", self.service.name, tp.topic, tp.partition, m.offset,
@@ -245,3 +373,16 @@ class ServiceLoop:
                 self._sender.close()
             if isinstance(self._dead_letters, DeadLetterStore):
                 self._dead_letters.close()
+
+
+def run_alone(cfg: Config, stop: threading.Event, member: Member, *, replay: bool = False) -> None:
+    """One service in its own consumer group ``<prefix>-<name>`` (`pandaes run <name>`), until ``stop``."""
+    loop = ServiceLoop(cfg, member.service, member.view, tick_every=member.tick_every, replay=replay)
+    try:
+        loop.run(stop)
+    finally:
+        try:
+            loop.close()
+        finally:
+            if member.close is not None:
+                member.close()

@@ -19,15 +19,17 @@ from services.sitedata.sites import Queue
 
 # ---------------------------------------------------------------------------------------------- plugins
 class FakePlugin(DataPlugin):
-    """Inputs live where ``replicas`` says; ``fail`` makes every action raise PluginError."""
+    """Inputs live where ``replicas`` says; ``fail`` makes every action raise PluginError, ``refuse`` only
+    the preparation of these output blocks."""
 
     name = "fake"
 
     def __init__(self, replicas: dict[str, set[str]] | None = None, ready: set[str] | None = None,
-                 fail: str | None = None):
+                 fail: str | None = None, refuse: set[str] | None = None):
         self.replicas = replicas or {}
         self.ready = ready or set()
         self.fail = fail
+        self.refuse = refuse or set()
         self.calls: list[tuple[str, Any]] = []
 
     def locate(self, files):
@@ -48,6 +50,9 @@ class FakePlugin(DataPlugin):
         self._act("prepare_dispatch", (block, endpoint, [f.lfn for f in files]))
 
     def prepare_outputs(self, blocks):
+        refused = sorted(self.refuse & {b.name for b in blocks})
+        if refused:
+            raise PluginError(f"cannot create {', '.join(refused)}")
         self._act("prepare_outputs", [b.name for b in blocks])
 
     def register_outputs(self, files, endpoint):
@@ -181,6 +186,13 @@ class FakeAdderView:
     def files(self, pid):
         return self._files
 
+    def jobs(self, at_least):
+        assert set(at_least.values()) == {self._at_least}
+        return {pid: self.row for pid in at_least}
+
+    def files_of(self, pids):
+        return {pid: [{**f, "PandaID": pid} for f in self._files] for pid in pids}
+
     def placement(self, spec):
         return self, "EP"
 
@@ -189,6 +201,13 @@ class FakeAdderView:
         self.calls.append(("register", endpoint, sorted(f.lfn for f in files)))
         if getattr(self, "error", None):
             raise self.error
+        errors = getattr(self, "errors", {})          # PandaID → what its registration raises
+        for f in files:
+            if f.pandaid in errors:
+                raise errors[f.pandaid]
+
+    def settle(self, registered, done):
+        self.calls.append(("settle", sorted({pid for pid, _ in registered}), sorted(done)))
 
     def transfer_outputs(self, files):
         self.calls.append(("transfer",))
@@ -242,3 +261,90 @@ class FakeWatcherView:
 
     def remember(self, acted):
         self.memory = acted
+
+
+# ------------------------------------------------------------------------------ services for a host
+class RecordingService:
+    """A service that wants every event and remembers (PandaID, seq) of each decision, in order; sends nothing.
+
+    ``fail_once`` (PandaIDs): the first decision on such an event raises ``error`` (a transient OSError
+    unless told otherwise), later ones succeed. ``crash_when``: the decision on the first event it holds for raises
+    ``HostCrash``, which nothing catches: the host dies there, in the middle of its batch."""
+
+    def __init__(self, name: str, *, fail_once: Sequence[int] = (), error: type[Exception] = OSError,
+                 crash_when: Any = None):
+        self.name = name
+        self.decided: list[tuple[int, int]] = []
+        self.fail_once = set(fail_once)
+        self.error = error
+        self.crash_when = crash_when
+        self._lock = threading.Lock()
+
+    def wants(self, event) -> bool:
+        return True
+
+    def decide(self, event, view) -> list:
+        with self._lock:
+            if event.PandaID in self.fail_once:
+                self.fail_once.discard(event.PandaID)
+                raise self.error(f"{self.name}: {event.PandaID} not yet")
+            if self.crash_when is not None and self.crash_when(event):
+                self.crash_when = None
+                raise HostCrash(f"{self.name} crashes at {event.PandaID}/{event.seq}")
+            self.decided.append((event.PandaID, event.seq))
+        return []
+
+
+class HostCrash(BaseException):
+    """A process dying in the middle of a batch (not an error any loop handles)."""
+
+
+# ---------------------------------------------------------------------------------------- dispatch sweep
+class FakeSweepView:
+    """The dispatch sweep's leases and job states as plain data; what it marks and forgets is recorded."""
+
+    def __init__(self, leases: list, jobs: dict, delivered: frozenset = frozenset()):
+        self.leases = leases
+        self.job_rows = jobs
+        self.delivered = delivered     # (pandaid, command_id) its gateway marks delivered before the sweep marks it
+        self.undone: list = []
+        self.forgotten: list = []
+
+    def undelivered(self):
+        return list(self.leases)
+
+    def jobs(self, pandaids):
+        return {p: self.job_rows[p] for p in pandaids if p in self.job_rows}
+
+    def mark_undone(self, pairs):
+        marked = [p for p in pairs if p not in self.delivered]
+        self.undone += marked
+        return set(marked)
+
+    def forget(self, pairs):
+        self.forgotten += pairs
+
+
+# ----------------------------------------------------------------------------------------------- ledger
+class FlakyLedgerReads:
+    """The ledger's real reads of the jobs projection, except that the row look-ups of jobs it does not hold
+    fail ``failures`` times first with the error a lost database connection gives (integration tests: the
+    database itself is shared and stays up)."""
+
+    def __init__(self, real, failures: int):
+        self.real, self.failures, self.calls = real, failures, 0
+
+    def __call__(self, conn, topic, partition):
+        return self.real(conn, topic, partition)
+
+    def position(self, conn, topic, partition):
+        return self.real.position(conn, topic, partition)
+
+    def rows(self, conn, topic, pandaids, *, at_least, timeout):
+        import psycopg
+
+        self.calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise psycopg.OperationalError("connection lost (FlakyLedgerReads)")
+        return self.real.rows(conn, topic, pandaids, at_least=at_least, timeout=timeout)

@@ -1,8 +1,9 @@
 """`pandaes daemon`: PanDA's periodic scripts with PanDA's guarantees (daemons/master.py + daemons/utils.py).
 
 Scripts (``SCRIPTS``; ``[daemon] scripts`` picks which run): the watcher's timeouts, the finisher and
-the closer sweep (PanDA's datasetManager), the configurator (the sites engineer's
-``services.sitedata.configurator:run_once``, skipped if it cannot be imported) and the upload-cache cleanup.
+the closer sweep (PanDA's datasetManager), the dispatch sweep (``services/gateway/undelivered.py``), the
+configurator (the sites engineer's ``services.sitedata.configurator:run_once``, skipped if it cannot be
+imported) and the upload-cache cleanup.
 A script is ``fn(cfg, ctx)`` (or ``fn(cfg)``) where ``ctx`` carries the worker's shared resources.
 
 Guarantees, and how:
@@ -16,6 +17,10 @@ Guarantees, and how:
 * **cluster-wide exclusivity** (``sync`` scripts, ``[daemon] cluster_lock``) — the worker runs the
   script only if ``pg_try_advisory_lock`` on the script's key succeeds, released right after; another
   host holding it means "skipped", not "wait" (PanDA's JEDI_Process_Lock idea without a lease table).
+* **worker metrics on the daemon's endpoint** — counters a script moves live in a worker process, which
+  serves nothing; the workers run in prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
+  a folder of this master's, emptied at start) and the master's ``/metrics`` adds them
+  (``WorkerMetrics``), so a worker that retires keeps its counts.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import socket
 import threading
 import time
@@ -37,6 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import multiprocess
+
+from core import metrics  # prometheus_client is loaded here, before a worker's folder is ever in the environment
 from core.config import Config
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,7 @@ def scripts_from_config(cfg: Config) -> dict[str, Script]:
         "closer": Script("services.reactors.closer:run_once", float(d.closer_period)),
         "configurator": Script(d.configurator, float(d.configurator_period), optional=True),
         "cache_cleanup": Script("services.clock.daemon:cleanup_cache", float(d.cache_cleanup_period), sync=False),
+        "dispatch_sweep": Script("services.gateway.undelivered:run_once", float(cfg.dispatcher.sweep_period)),
     }
     unknown = [n for n in d.scripts if n not in known]
     if unknown:
@@ -181,6 +191,13 @@ def run_script(cfg: Config, ctx: Context, name: str, script: Script, lock_dir: P
             return "error", f"{type(exc).__name__}: {exc}"
 
 
+def counted_run(cfg: Config, ctx: Context, name: str, script: Script, lock_dir: Path) -> tuple[str, str]:
+    """``run_script``, counted in ``pandaes_daemon_script_runs`` (in a worker: its multiprocess files)."""
+    status, detail = run_script(cfg, ctx, name, script, lock_dir)
+    metrics.DAEMON_RUNS.labels(name, status).inc()
+    return status, detail
+
+
 def _worker(cfg_data: dict, scripts: dict[str, Script], lock_dir: str, tasks: Any, results: Any,
             lifetime: float) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s daemon-worker %(levelname)s %(message)s")
@@ -197,10 +214,75 @@ def _worker(cfg_data: dict, scripts: dict[str, Script], lock_dir: str, tasks: An
             if name is None:
                 break
             started = time.time()
-            status, detail = run_script(cfg, ctx, name, scripts[name], Path(lock_dir))
+            status, detail = counted_run(cfg, ctx, name, scripts[name], Path(lock_dir))
             results.put((name, status, started, time.time(), detail, os.getpid()))
     finally:
         ctx.close()
+
+
+# ------------------------------------------------------------------------------------ worker metrics
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_spawn_env = threading.Lock()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WorkerMetrics:
+    """The worker processes' metrics, shown on the master's ``/metrics`` (``core.metrics.EXPOSED``).
+
+    Why multiprocess mode: a worker is a spawned process with its own registry that nobody scrapes, and it
+    retires after ``proc_lifetime``. prometheus_client's multiprocess mode has each worker write its values
+    to files in one folder, and ``MultiProcessCollector`` reads them all at scrape time (counters of dead
+    workers included). The folder is this master's own, ``<lock dir>/worker-metrics/<pid>.<n>``: emptied
+    at start, removed at close, and folders left by masters whose process is gone are removed too.
+
+    The variable is put in the environment only while a worker is spawned (a spawned child reads it at
+    birth, before it imports prometheus_client); the master itself keeps ordinary in-memory metrics.
+    """
+
+    def __init__(self, lock_dir: Path):
+        parent = lock_dir / "worker-metrics"
+        parent.mkdir(parents=True, exist_ok=True)
+        for old in parent.iterdir():
+            pid = old.name.split(".", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        self.path = parent / f"{os.getpid()}.{id(self):x}"
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir()
+        self.collector = multiprocess.MultiProcessCollector(None, path=str(self.path))
+        metrics.EXPOSED.add(self.collector)
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        """The environment of a worker being spawned: the folder it writes its metrics to."""
+        with _spawn_env:
+            before = os.environ.get(MULTIPROC_ENV)
+            os.environ[MULTIPROC_ENV] = str(self.path)
+            try:
+                yield
+            finally:
+                if before is None:
+                    os.environ.pop(MULTIPROC_ENV, None)
+                else:
+                    os.environ[MULTIPROC_ENV] = before
+
+    def dead(self, pid: int | None) -> None:
+        """A worker is gone: its live gauges go (its counters stay, as counters must)."""
+        if pid:
+            multiprocess.mark_process_dead(pid, str(self.path))
+
+    def close(self) -> None:
+        metrics.EXPOSED.remove(self.collector)
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 # -------------------------------------------------------------------------------------------- master
@@ -235,17 +317,22 @@ class DaemonMaster:
         self.workers: list[Any] = []
         self.in_flight: set[str] = set()
         self.next_run: dict[str, float] = {name: 0.0 for name in self.scripts}
+        self.worker_metrics = WorkerMetrics(self.lock_dir)
 
     def _spawn(self) -> None:
         p = self._ctx.Process(
             target=_worker, name="pandaes-daemon-worker", daemon=True,
             args=(self.cfg.as_dict(), self.scripts, str(self.lock_dir), self.tasks, self.results,
                   float(self.cfg.daemon.proc_lifetime)))
-        p.start()
+        with self.worker_metrics.spawning():
+            p.start()
         self.workers.append(p)
 
     def _keep_workers(self) -> None:
         alive = [p for p in self.workers if p.is_alive()]
+        for p in self.workers:
+            if p not in alive:
+                self.worker_metrics.dead(p.pid)
         if len(alive) < len(self.workers):
             # a worker died, maybe mid-script, and will never report: forget what was in flight (the
             # per-host flock still keeps a script that is really running from starting twice)
@@ -300,6 +387,7 @@ class DaemonMaster:
                 self.history.append(Run(*self.results.get_nowait()))
             except (queue.Empty, OSError, ValueError):
                 break
+        self.worker_metrics.close()
 
 
 def run_component(cfg: Config, stop: threading.Event) -> None:

@@ -14,7 +14,7 @@ from typing import Protocol
 from core import db
 from core.config import Config
 from schemas.messages import Event, JobSubmitted
-from services.loop import Action
+from services.loop import Action, Member, run_alone
 
 from . import ranges, store
 
@@ -51,14 +51,12 @@ class SqlDefinerView:
         self.db.close()
 
 
-def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run event-ranges`."""
-    from services.loop import ServiceLoop
-
+def hosted(cfg: Config) -> Member:
+    """The event-range definer (event path only)."""
     view = SqlDefinerView(cfg)
-    loop = ServiceLoop(cfg, RangeDefiner(), view)
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(RangeDefiner(), view, close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run event-ranges`: alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg))

@@ -21,7 +21,7 @@ from aiohttp import web
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
-from . import cache, cors, creds, events, harvester, jedilog, legacy, observe, openapi, tasks, v1
+from . import cache, cors, creds, events, harvester, jedilog, legacy, observe, openapi, retry, tasks, v1
 from .auth import dev, tls
 from .auth.gate import Gate, authenticate
 from .backend import Backend
@@ -94,6 +94,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     observe.setup(app)
     legacy.setup(app)
     v1.setup(app)
+    retry.setup(app)
     harvester.setup(app)
     events.setup(app)
     tasks.setup(app)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from core.config import Config
 
 from . import access, queues
 from .v1 import envelope
@@ -25,10 +27,22 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
+def cache_path(cfg: Config) -> Path:
+    """``<state dir>/cache``: the one folder every copy of the gateway serves the file cache from."""
+    return cfg.state_dir / "cache"
+
+
 def cache_dir(app: web.Application) -> Path:
-    path = app["cfg"].state_dir / "cache"
+    path = cache_path(app["cfg"])
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def uploaded(cfg: Config, names: Iterable[str]) -> list[str]:
+    """Which of ``names`` are in the file cache now, so ``/cache/<name>`` serves them (the monitor links a
+    job's log files that were really uploaded). Names are checked like downloads; nothing is created."""
+    folder = cache_path(cfg)
+    return [n for n in names if safe_name(n) == n and (folder / n).is_file()]
 
 
 def safe_name(name: str) -> str | None:

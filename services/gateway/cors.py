@@ -1,7 +1,9 @@
-"""The one cross-origin door of the gateway: the monitor's kill button calls ``/api/v1/job/kill`` from the
-browser with the user's own bearer token, so the gateway must let that one origin (``[gateway]
-monitor_origin``) make that one call. Nothing else is opened: other origins and other paths get no CORS
-headers (the browser then keeps their answers from the page), and no cookies are ever accepted.
+"""The one cross-origin door of the gateway: the monitor's job page calls the gateway from the browser with
+the user's own bearer token — its kill and retry buttons (``/api/v1/job/kill``, ``/api/v1/job/retry``) and
+its log links (a GET of ``/cache/<file>``, readable by any signed-in user anyway) — so the gateway must let
+that one origin (``[gateway] monitor_origin``) make those calls. Nothing else is opened: other origins and
+other paths get no CORS headers (the browser then keeps their answers from the page), and no cookies are
+ever accepted.
 
 A browser always sends ``Origin: <scheme>://<host>:<port>`` and a script cannot change it, while PanDA's
 clients use the same header for their VO (``auth/oidc.py``). For the allowed origin the header is taken
@@ -15,9 +17,11 @@ from aiohttp import web
 from core.config import Config
 
 #: the paths a browser on the monitor's origin may call (POST, with Authorization and a JSON body)
-PATHS = frozenset({"/api/v1/job/kill"})
+PATHS = frozenset({"/api/v1/job/kill", "/api/v1/job/retry"})
+#: and the files it may read (GET, with Authorization): uploaded files and logs of the file cache
+READ_PREFIX = "/cache/"
 PREFLIGHT_HEADERS = {
-    "Access-Control-Allow-Methods": "POST",
+    "Access-Control-Allow-Methods": "GET, POST",
     "Access-Control-Allow-Headers": "Authorization, Content-Type",
     "Access-Control-Max-Age": "600",
 }
@@ -33,14 +37,18 @@ def allowed_origin(cfg: Config) -> str | None:
     return f"http://{cfg.monitor.host}:{int(cfg.monitor.port)}"
 
 
-def is_cross_origin_call(origin: str | None, allowed: str | None, path: str) -> bool:
-    return origin is not None and allowed is not None and origin == allowed and path in PATHS
+def is_cross_origin_call(origin: str | None, allowed: str | None, path: str, method: str = "POST") -> bool:
+    """Whether this request is one the monitor's page may make (``OPTIONS``: the browser's preflight)."""
+    if origin is None or allowed is None or origin != allowed:
+        return False
+    reads = path.startswith(READ_PREFIX)
+    return {"POST": path in PATHS, "GET": reads, "HEAD": reads, "OPTIONS": path in PATHS or reads}.get(method, False)
 
 
 @web.middleware
 async def monitor_origin(request: web.Request, handler) -> web.StreamResponse:
     allowed = request.app["cors_origin"]
-    if not is_cross_origin_call(request.headers.get("Origin"), allowed, request.path):
+    if not is_cross_origin_call(request.headers.get("Origin"), allowed, request.path, request.method):
         return await handler(request)
     cors = {"Access-Control-Allow-Origin": allowed, "Vary": "Origin"}
     if request.method == "OPTIONS":

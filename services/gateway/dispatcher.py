@@ -23,6 +23,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
+from psycopg import AsyncCursor
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -30,7 +32,7 @@ from core import logs, metrics
 from core.config import Config
 from core.states import JobStatus
 from projections import aqueries
-from projections.candidates import candidate_queries
+from projections.candidates import candidate_queries, candidate_query
 from schemas.messages import Event, Rejected, Transition
 
 from . import leases
@@ -93,13 +95,15 @@ class Dispatcher:
         self.dispatch_timeout = float(d.dispatch_timeout)
         self.claim_ttl = float(d.claim_ttl)
         self.sent_ttl = float(d.sent_ttl)
+        self.deliver_grace = float(d.deliver_grace)
+        self.lock_wait = float(d.lock_wait)
         self.max_attempts = int(d.max_attempts)
         self.max_jobs = int(d.max_jobs)
         self.share_order = list(d.share_order)
         self._next_sweep = 0.0
         self._undos: set[asyncio.Task] = set()
         self.stats: dict[str, float] = {"claims": 0, "lost_races": 0, "sent": 0, "rejected": 0, "timeouts": 0,
-                                        "claim_seconds": 0.0, "verdict_seconds": 0.0}
+                                        "claim_seconds": 0.0, "verdict_seconds": 0.0, "lock_waits_expired": 0}
 
     async def acquire(self, req: DispatchRequest, actor: str) -> DispatchResult:
         """Up to ``req.n_jobs`` jobs, each confirmed ``sent`` by the ledger for this pilot."""
@@ -114,7 +118,10 @@ class Dispatcher:
                 result.timed_out = True
                 break
             t0 = time.monotonic()
-            claim = await self._claim(req, actor)
+            wait = min(self.dispatch_timeout, remaining)
+            if result.jobs:   # those are answered after this claim and its verdict: tell the dispatch sweep
+                await self._extend([j.event.command_id for j in result.jobs], wait + self.deliver_grace)
+            claim = await self._claim(req, actor, wait + self.deliver_grace)
             self.stats["claim_seconds"] += time.monotonic() - t0
             if claim is None:
                 break  # nothing dispatchable
@@ -123,11 +130,10 @@ class Dispatcher:
             t0 = time.monotonic()
             try:
                 with logs.bind_message(cmd):
-                    outcome = await self.ask(cmd, min(self.dispatch_timeout, remaining))
+                    outcome = await self.ask(cmd, wait)
             except TimeoutError:
                 self.stats["timeouts"] += 1
                 result.timed_out = True
-                await self._release(panda_id, cmd.id)
                 log.warning("dispatch of %s to %s got no verdict in time; asking to undo it", panda_id, actor)
                 self._undo(cmd)
                 continue
@@ -150,8 +156,11 @@ class Dispatcher:
         metrics.GETJOB.labels("job" if result.jobs else "timeout" if result.timed_out else "nojob").inc()
         return result
 
-    async def _claim(self, req: DispatchRequest, actor: str) -> tuple[int, dict[str, Any], Transition] | None:
+    async def _claim(self, req: DispatchRequest, actor: str,
+                     deliver: float) -> tuple[int, dict[str, Any], Transition] | None:
         queries = candidate_queries(req, self.share_order, 1, leases=leases.RELATION)
+        waiting = candidate_queries(req, self.share_order, 1, leases=leases.RELATION, locking="wait")
+        any_at_all = candidate_query(req, [], 1, leases=leases.RELATION, locking="none")
         async with self.pool.connection() as conn:
             # a lost race (another pilot's lease committed after our snapshot) → read the candidates again;
             # only an empty candidate list (in every share group) means "no jobs"
@@ -159,16 +168,38 @@ class Dispatcher:
                 async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
                     rows = await aqueries.first_candidates(cur, queries)
                     if not rows:
+                        # SKIP LOCKED also skips a row the projector is updating (another event of the job, a
+                        # priority change): before "no jobs", wait a little for locked candidates
+                        rows = await self._locked_candidates(cur, any_at_all, waiting)
+                    if not rows:
                         return None
                     for row in rows:
                         cmd = Transition(PandaID=row["pandaid"], action="dispatch", actor=actor,
                                          attrs=self._dispatch_attrs(req))
                         if await leases.claim(cur, pandaid=row["pandaid"], seq=row["seq"], site=req.site,
-                                              node=req.node, actor=actor, command_id=cmd.id, ttl=self.claim_ttl):
+                                              node=req.node, actor=actor, command_id=cmd.id, ttl=self.claim_ttl,
+                                              deliver=deliver):
                             self.stats["claims"] += 1
                             return row["pandaid"], row["spec"], cmd
                         self.stats["lost_races"] += 1
         return None
+
+    async def _locked_candidates(self, cur: AsyncCursor, any_at_all: tuple[str, dict[str, Any]],
+                                 waiting: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """When none was found unlocked: the candidates again, waiting up to ``[dispatcher] lock_wait`` seconds
+        for rows other transactions hold; none if there is no candidate at all (one plain read: the usual
+        "no jobs" costs one query more) or the wait runs out (in a savepoint: the claim's transaction goes on)."""
+        if not await aqueries.first_candidates(cur, [any_at_all]):
+            return []
+        try:
+            async with cur.connection.transaction():
+                await cur.execute(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}")
+                rows = await aqueries.first_candidates(cur, waiting)
+                await cur.execute("SET LOCAL lock_timeout TO DEFAULT")
+                return rows
+        except psycopg.errors.LockNotAvailable:
+            self.stats["lock_waits_expired"] += 1
+            return []
 
     @staticmethod
     def _dispatch_attrs(req: DispatchRequest) -> dict[str, Any]:
@@ -182,15 +213,38 @@ class Dispatcher:
 
     async def _confirm(self, panda_id: int, command_id: str) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
-            await leases.mark_sent(conn, panda_id, command_id, self.sent_ttl)
+            await leases.mark_sent(conn, panda_id, command_id, self.sent_ttl, self.deliver_grace)
             return await aqueries.files(conn, panda_id)
+
+    async def _extend(self, command_ids: list[str], deliver: float) -> None:
+        async with self.pool.connection() as conn:
+            await leases.extend(conn, command_ids, deliver)
+
+    async def delivered(self, jobs: list[Dispatched]) -> None:
+        """The response carrying ``jobs`` was written: their leases are ``delivered``, so the dispatch sweep
+        (services/gateway/undelivered.py) leaves them alone. A lease it already took back (this gateway
+        was slower than ``deliver_by``) is logged: that pilot's updates will be refused."""
+        ids = [j.event.command_id for j in jobs]
+        if not ids:
+            return
+        try:
+            async with self.pool.connection() as conn:
+                marked = await leases.mark_delivered(conn, ids)
+        except Exception:  # the pilot has its jobs; the sweep would take them back: say so loudly
+            log.exception("could not mark dispatches %s delivered", ids)
+            return
+        for job in jobs:
+            if job.event.command_id not in marked:
+                log.error("job %s was answered to its pilot after the dispatch sweep took it back", job.panda_id)
 
     def _undo(self, dispatch: Transition) -> None:
         """Take back a dispatch whose verdict did not come in time: the pilot was answered "no job", so if the
         ledger applies the dispatch late, the job would sit ``sent`` to nobody until the sent timeout. The
         ``undispatch`` names its dispatch and the ledger judges it (core.machine): it moves the job back to
         ``activated`` only while that very dispatch holds it, and is refused harmlessly otherwise (the
-        dispatch was never applied, or the job moved on). Fire and forget: nobody waits for its verdict."""
+        dispatch was never applied, or the job moved on). Fire and forget: nobody waits for its verdict.
+        The lease is released only once the undo was judged: should this gateway die first, the lease is
+        left undelivered and the dispatch sweep (services/gateway/undelivered.py) sends the undo itself."""
         undo = Transition(PandaID=dispatch.PandaID, action="undispatch", actor=dispatch.actor,
                           correlation_id=dispatch.correlation_id, undoes=dispatch.id,
                           reason=f"the verdict of dispatch {dispatch.id} came after the pilot's wait")
@@ -201,8 +255,10 @@ class Dispatcher:
                     out = await self.ask(undo, max(self.dispatch_timeout, 30.0))
                     log.info("undo of dispatch %s of %s: %s", dispatch.id, dispatch.PandaID,
                              out.code if isinstance(out, Rejected) else out.to_state)
-            except Exception as exc:  # the sent timeout is still there behind it
+            except Exception as exc:  # the lease stays: the dispatch sweep sends the undo again
                 log.warning("undo of dispatch %s of %s got no verdict: %s", dispatch.id, dispatch.PandaID, exc)
+                return
+            await self._release(dispatch.PandaID, dispatch.id)
 
         task = asyncio.get_running_loop().create_task(send())
         self._undos.add(task)

@@ -40,10 +40,11 @@ async def get_job(request: web.Request) -> web.Response:
     except BadRequest as exc:
         return invalid(exc)
     if "nJobs" in params:  # the multi-job form: a list under "jobs"
-        return reply({"StatusCode": code, "jobs": jobs, **({"errorDialog": dialog} if dialog else {})})
+        return await pilot.deliver(request, reply({"StatusCode": code, "jobs": jobs,
+                                                   **({"errorDialog": dialog} if dialog else {})}))
     if code != pilot.SC_SUCCESS:
         return reply({"StatusCode": code, "errorDialog": dialog})
-    return reply({"StatusCode": pilot.SC_SUCCESS, **jobs[0]})
+    return await pilot.deliver(request, reply({"StatusCode": pilot.SC_SUCCESS, **jobs[0]}))
 
 
 async def update_job(request: web.Request) -> web.Response:

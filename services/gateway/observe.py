@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core import metrics
 
@@ -34,7 +34,7 @@ async def http_metrics(request: web.Request, handler) -> web.StreamResponse:
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=generate_latest(metrics.EXPOSED), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def setup(app: web.Application, pool_name: str = "gateway") -> None:

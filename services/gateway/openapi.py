@@ -110,6 +110,9 @@ V1: list[tuple[tuple[str, ...], str, str, list[P], Any]] = [
         ("kill_options", {"type": "array", "items": _STR}, False, "jobSubStatus=<x>"),
     ], {"type": "array", "items": _BOOL}),
     (("post",), "job/reassign", "Send jobs back to defined", [("job_ids", _IDS, True, "")], None),
+    (("post",), "job/retry", "Retry failed jobs as new PandaIDs (pandaes; the monitor's retry button); data: the "
+     "new PandaID per ID, null when not retried (the message says why)", [("job_ids", _IDS, True, "")],
+     {"type": "array", "items": {"oneOf": [_INT, {"type": "null"}]}}),
     (("post",), "job/set_command", "Set commandToPilot", [("job_id", _INT, True, ""), ("command", _STR, True, "")],
      None),
     (("post",), "job/set_debug_mode", "Debug mode on/off", [("job_id", _INT, True, ""), ("mode", _BOOL, True, "")],

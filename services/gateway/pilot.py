@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SC_SUCCESS, SC_TIMEOUT, SC_NOJOBS, SC_FAILED, SC_INVALID, SC_ROLE = 0, 10, 20, 30, 50, 60
+DISPATCHED = "pandaes.dispatched"   # request key: the jobs a getJob dispatched (``deliver`` marks them)
 
 
 class RetryLater(Exception):
@@ -72,11 +73,33 @@ async def get_jobs(request: web.Request, params: Mapping[str, Any]) -> tuple[int
     except Unavailable as exc:
         return SC_TIMEOUT, [], f"database or log unavailable: {exc}"
     if result.jobs:
+        request[DISPATCHED] = result.jobs   # marked delivered by ``deliver`` once the answer is written
         endpoint = (queue or {}).get("default_ddm_endpoint")
         return SC_SUCCESS, [pilot_job(j.spec, j.files, endpoint) for j in result.jobs], ""
     if result.timed_out:
         return SC_TIMEOUT, [], "dispatch timed out"
     return SC_NOJOBS, [], "no jobs in PanDA"
+
+
+async def deliver(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Write the answer carrying the jobs ``get_jobs`` dispatched, then mark their leases delivered.
+
+    Why here and not after the handler: only once the response is written can the gateway say its pilot was
+    answered. A dispatch whose answer was never written (this process died, the pilot hung up) keeps an
+    undelivered lease and the dispatch sweep (services/gateway/undelivered.py) takes it back within seconds,
+    instead of the job sitting ``sent`` to nobody until the 30-minute sent timeout."""
+    jobs = request.get(DISPATCHED)
+    if not jobs:
+        return response
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        log.warning("the pilot went away before jobs %s were written; the dispatch sweep takes them back",
+                    [j.panda_id for j in jobs])
+        return response
+    await request.app["dispatcher"].delivered(jobs)
+    return response
 
 
 async def update_job(request: web.Request, fields: Mapping[str, Any]) -> dict[str, Any]:

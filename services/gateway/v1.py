@@ -76,7 +76,7 @@ async def acquire_jobs(request: web.Request, params: dict[str, Any]) -> web.Resp
     legacy = {_ACQUIRE_NAMES.get(k, k): v for k, v in params.items()}
     code, jobs, dialog = await pilot.get_jobs(request, legacy)
     if code == pilot.SC_SUCCESS:
-        return envelope(True, "", {"StatusCode": 0, "jobs": jobs})
+        return await pilot.deliver(request, envelope(True, "", {"StatusCode": 0, "jobs": jobs}))
     if code == pilot.SC_TIMEOUT:
         return envelope(False, "Timed out", None)
     return envelope(False, "No jobs in PanDA", None)

@@ -25,7 +25,7 @@ from core.config import Config
 from core.states import JobStatus
 from projections import aqueries
 from schemas.messages import Event
-from services.loop import Action
+from services.loop import Action, Member, run_alone
 
 from . import store
 
@@ -108,14 +108,12 @@ async def kill_late_mapped(conn: AsyncConnection, harvester_id: str, workers: Se
     return queued
 
 
-def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run harvester-killer`."""
-    from services.loop import ServiceLoop
-
+def hosted(cfg: Config) -> Member:
+    """The Harvester worker killer (event path only)."""
     view = SqlKillerView(cfg)
-    loop = ServiceLoop(cfg, WorkerKiller(), view)
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(WorkerKiller(), view, close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run harvester-killer`: alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg))

@@ -2,9 +2,11 @@
 and the archived events, with a live feed from the event log (``live.EventFeed``).
 
 Read-only on purpose: it holds no producer and sends no command, so any number of copies can run beside
-the gateway. The job page's kill button is sent by the browser straight to the gateway with the user's
-own token (the gateway's identity rules decide; services/gateway/cors.py lets this monitor's origin call
-it); retry is not offered.
+the gateway. The job page's kill and retry buttons are sent by the browser straight to the gateway with the
+user's own token (the gateway's identity rules decide; services/gateway/cors.py lets this monitor's origin
+call it). Its log links point at the gateway's file cache (``/cache/<name>``) for the job's log files that
+are there: which ones is asked of the cache's owner (``services.gateway.cache.uploaded``), whose folder
+every copy of the gateway, and so the monitor beside them, shares.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from core.states import JobStatus
 from projections import monitor_queries as mq
 from projections.fold import JobView
 from schemas.messages import decode_event
+from services.gateway import cache
 from services.gateway.observe import http_metrics
 
 from . import pages
@@ -96,9 +99,10 @@ async def job(request: web.Request) -> web.Response:
     if at is not None and history:
         at = max(1, min(at, history[-1]["seq"]))
         folded = fold_at(history, at, current["partition"] if current else -1)
+    logs = cache.uploaded(request.app["cfg"], [f["lfn"] for f in files_now if f.get("type") == "log" and f.get("lfn")])
     return web.Response(text=pages.job_page(
         pandaid, current, history, at, folded, files_now, request.app["feed"].rejected(pandaid),
-        gateway=request.app["gateway_url"]), content_type=HTML)
+        gateway=request.app["gateway_url"], logs=logs), content_type=HTML)
 
 
 async def job_history(request: web.Request) -> web.Response:
@@ -209,7 +213,7 @@ async def index(request: web.Request) -> web.Response:
 
 
 def gateway_url(cfg: Config) -> str:
-    """Where the browser sends the kill button's call: [monitor] gateway_url, else the gateway of [http]."""
+    """Where the browser sends the kill/retry calls and reads logs: [monitor] gateway_url, else [http]'s."""
     if cfg.monitor.gateway_url:
         return cfg.monitor.gateway_url.rstrip("/")
     return f"{'https' if cfg.auth.tls_cert else 'http'}://{cfg.http.host}:{int(cfg.http.port)}"

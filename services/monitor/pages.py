@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from core.states import FINAL_STATES, JobStatus
+from core.states import EC_RETRIED, FINAL_STATES, JobStatus
 from schemas.jobspec import JOB_ATTRIBUTES
+from services.reactors.retrier import from_jedi
 
 STATES = [s.value for s in JobStatus]
 NAV = (("Jobs", "/jobs"), ("Queues", "/queues"), ("Tasks", "/tasks"), ("Live", "/live"))
@@ -130,24 +132,47 @@ def _payload_summary(body: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def kill_box(pandaid: int, gateway: str) -> str:
-    """Sign in (a bearer token kept in the browser's sessionStorage, never sent here) and a kill button.
+def actions_box(pandaid: int, gateway: str, *, kill: bool, retry: bool) -> str:
+    """Sign in (a bearer token kept in the browser's sessionStorage, never sent here), the kill button (a job
+    still running) or the retry button (a failed job not retried yet); signed in, the log links use the token.
 
-    The browser sends the kill to the gateway itself (``gateway``/api/v1/job/kill, allowed across origins
-    for this monitor only: services/gateway/cors.py); the gateway decides who may, and its answer is shown.
-    No <form>: a form would send the token to the monitor when scripts are off.
+    The browser sends these to the gateway itself (``gateway``/api/v1/job/kill and job/retry, GET /cache/…,
+    allowed across origins for this monitor only: services/gateway/cors.py); the gateway decides who may,
+    and its answer is shown. No <form>: a form would send the token to the monitor when scripts are off.
     """
-    return (f'<div id="kill-box" class="kill" data-gateway="{e(gateway)}" data-pandaid="{pandaid}">'
+    buttons = ('<button id="kill" type="button">kill job</button> ' if kill else "") + (
+        '<button id="retry" type="button">retry job</button> ' if retry else "")
+    return (f'<div id="actions" class="actions" data-gateway="{e(gateway)}" data-pandaid="{pandaid}">'
             '<span id="signed-out"><label>token <input id="token" type="password" autocomplete="off" '
             'placeholder="bearer token (pandaes token)"></label> <button id="sign-in" type="button">sign in'
-            '</button></span><span id="signed-in" hidden>signed in <button id="kill" type="button">kill job'
-            '</button> <button id="sign-out" type="button">sign out</button></span> '
-            '<output id="kill-result"></output></div>')
+            f'</button></span><span id="signed-in" hidden>signed in {buttons}<button id="sign-out" type="button">'
+            'sign out</button></span> <output id="action-result"></output></div>')
+
+
+def logs_section(names: Sequence[str], gateway: str | None) -> str:
+    """Links to the job's log files that are in the gateway's file cache (``/cache/<name>``); signed in, the
+    page reads them with the token and shows text logs below the list."""
+    if not names or not gateway:
+        return ('<h2>Logs</h2><p id="nologs" class="note">no log file of this job is in the gateway\'s file '
+                'cache</p>')
+    items = "".join(f'<li><a class="log" href="{e(gateway)}/cache/{e(n)}" data-name="{e(n)}">{e(n)}</a></li>'
+                    for n in names)
+    return f'<h2>Logs</h2><ul id="logs">{items}</ul><pre id="log-view" hidden></pre>'
+
+
+def retried_as(history: Sequence[Mapping[str, Any]]) -> int | None:
+    """The PandaID a failed job was retried as (the reason of its ``mark_retried`` event), if it was."""
+    for h in reversed(history):
+        if h.get("action") == "mark_retried":
+            found = re.search(r"retried as (\d+)", str(h["body"].get("reason") or ""))
+            return int(found.group(1)) if found else None
+    return None
 
 
 def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]],
              at: int | None, folded: Mapping[str, Any] | None, files_now: Sequence[Mapping[str, Any]] = (),
-             rejections: Sequence[Mapping[str, Any]] = (), gateway: str | None = None) -> str:
+             rejections: Sequence[Mapping[str, Any]] = (), gateway: str | None = None,
+             logs: Sequence[str] = ()) -> str:
     if not history:
         return layout(f"Job {pandaid}", f"<p>no events for PandaID {pandaid}</p>")
     last_seq = history[-1]["seq"]
@@ -159,9 +184,11 @@ def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[
               f'<input id="at" name="at" type="range" min="1" max="{last_seq}" value="{shown_seq}" '
               f'data-autosubmit="1"> <output id="at-value">{shown_seq}</output> of {last_seq}</label>'
               f' <a id="now" href="/job/{pandaid}">latest</a></form>')
+    retry_id = retried_as(history)
+    retried = f' · retried as <a id="retried-as" href="/job/{retry_id}">{retry_id}</a>' if retry_id else ""
     heading = (f'<p id="job-state">{state_badge(state or "?")} '
                f'{"as it was at seq " + str(shown_seq) if at is not None else "now"} · '
-               f'queue {e(spec.get("computingSite"))} · task {_task_link(spec.get("jediTaskID"))}</p>')
+               f'queue {e(spec.get("computingSite"))} · task {_task_link(spec.get("jediTaskID"))}{retried}</p>')
     attrs = "".join(f"<tr><th>{a}</th><td>{e(spec[a])}</td></tr>" for a in JOB_ATTRIBUTES
                     if spec.get(a) not in (None, "NULL", ""))
     spec_table = f'<details open><summary>JobSpec</summary><table id="spec">{attrs}</table></details>'
@@ -181,8 +208,8 @@ def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[
     timeline = ('<h2>Timeline</h2><table id="timeline"><thead><tr><th>seq</th><th>time (UTC)</th><th>actor</th>'
                 '<th>type</th><th>action</th><th>transition</th><th>payload</th></tr></thead>'
                 f'<tbody>{"".join(trows)}</tbody></table>'
-                '<p class="note">Kill is sent by your browser to the gateway with your token; the monitor '
-                'itself is read-only. Retry is not offered here.</p>')
+                '<p class="note">Kill and retry are sent by your browser to the gateway with your token, and '
+                'the gateway decides who may; the monitor itself is read-only.</p>')
     rrows = "".join(f'<tr><td>{e(r["time"])}</td><td>{e(r["command"])}</td>'
                     f'<td>{e(r["state"])}</td><td>{e(r["code"])}</td><td>{e(r["reason"])}</td></tr>'
                     for r in rejections)
@@ -190,10 +217,16 @@ def job_page(pandaid: int, current: Mapping[str, Any] | None, history: Sequence[
         '<table id="rejections"><thead><tr><th>time (UTC)</th><th>command</th><th>state then</th>'
         f'<th>code</th><th>reason</th></tr></thead><tbody>{rrows}</tbody></table>' if rejections else
         '<p id="norejections" class="note">none on the rejections topic (as far back as the broker keeps it)</p>'))
-    body = f'<div class="cols"><div>{spec_table}</div><div>{files_table}{timeline}</div></div>'
-    live = current is not None and current.get("status") not in FINAL_STATES
-    kill = kill_box(pandaid, gateway) if gateway and live else ""
-    return layout(f"Job {pandaid}", heading + kill + travel + body, script=True)
+    body = (f'<div class="cols"><div>{spec_table}</div><div>{files_table}{logs_section(logs, gateway)}{timeline}'
+            '</div></div>')
+    status = (current or {}).get("status")
+    kill = current is not None and status not in FINAL_STATES
+    now_spec = (current or {}).get("spec") or {}
+    # the gateway would refuse a JEDI job's retry (JEDI makes its next attempts): no button for one
+    retry = (status == JobStatus.FAILED and retry_id is None and not from_jedi(now_spec)
+             and str(now_spec.get("taskBufferErrorCode")) != str(EC_RETRIED))
+    box = actions_box(pandaid, gateway, kill=kill, retry=retry) if gateway and (kill or retry or logs) else ""
+    return layout(f"Job {pandaid}", heading + box + travel + body, script=True)
 
 
 def as_of_form(action: str, at: str | None) -> str:

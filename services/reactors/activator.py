@@ -35,7 +35,7 @@ from plugins import DataPlugin, for_queue, load
 from projections import service_queries
 from schemas.jobspec import FileSpec
 from schemas.messages import Event, JobTransitioned, Transition
-from services.loop import Action, Output, ServiceLoop
+from services.loop import Action, Member, Output, run_alone
 from services.reactors.datasets import DatasetStore
 
 log = logging.getLogger(__name__)
@@ -198,13 +198,13 @@ class LiveView:
         self._pg.close()
 
 
-def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:
-    """`pandaes run activator`: events and a clock in one consumer group."""
+def hosted(cfg: Config) -> Member:
+    """The activator: the event path and its clock (``[activator] period``)."""
     view = LiveView(cfg)
     service = Activator(resend_after=cfg.activator.resend_after, batch=cfg.activator.batch)
-    loop = ServiceLoop(cfg, service, view, tick_every=cfg.activator.period, replay=replay)
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(service, view, tick_every=cfg.activator.period, close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:
+    """`pandaes run activator`: events and a clock alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg), replay=replay)

@@ -31,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,7 +46,7 @@ from projections import service_queries
 from projections.jobview import JobReader
 from schemas.jobspec import FileSpec
 from schemas.messages import Command, Event, JobTransitioned, Transition, decode_event
-from services.loop import Action
+from services.loop import Action, Member, run_alone
 from services.reactors import datasets, pending_reports
 from services.sitedata import sites
 
@@ -173,12 +173,27 @@ def judge(event: JobTransitioned, spec: dict[str, Any], files: Sequence[dict[str
     return Outcome(action, files=patches, register=reg, transfer=moving, reason=f"{len(reg)} file(s) registered")
 
 
+@dataclass(frozen=True)
+class Registration:
+    """One report of a batch as decided: the outcome and its command (None: already decided, only forget the
+    pending row), with the plugin and endpoint the Action's step registers with."""
+
+    event: JobTransitioned
+    outcome: Outcome | None
+    command: Transition | None
+    endpoint: str
+    plugin: DataPlugin | None
+
+
 # ---------------------------------------------------------------------------------------------- service
 class AdderView(Protocol):
     partitions: set[int] | None
 
     def job(self, pandaid: int, at_least: int) -> dict[str, Any]: ...
+    def jobs(self, at_least: dict[int, int]) -> dict[int, dict[str, Any]]: ...
     def files(self, pandaid: int) -> list[dict[str, Any]]: ...
+    def files_of(self, pandaids: list[int]) -> dict[int, list[dict[str, Any]]]: ...
+    def settle(self, registered: Sequence[tuple[int, OutputFile]], done: Sequence[int]) -> None: ...
     def placement(self, spec: dict[str, Any]) -> tuple[DataPlugin, str]: ...
     def registered(self, pandaid: int, files: Sequence[OutputFile]) -> None: ...
     def done(self, pandaid: int) -> None: ...
@@ -199,19 +214,76 @@ class Adder:
 
     def decide(self, event: Event, view: AdderView) -> list[Command | Action]:
         assert isinstance(event, JobTransitioned)
-        row = view.job(event.PandaID, event.seq - 1)
+        return self._decide(event, view.job(event.PandaID, event.seq - 1), view.files, view)
+
+    def decide_batch(self, events: Sequence[Event], view: AdderView) -> list[Command | Action]:
+        """The reports of a poll: the jobs and their files read together, the plugin calls job by job, then
+        the registrations and the pending rows of all of them in one transaction (``_settle_all``)."""
+        pids = [e.PandaID for e in events]
+        if len(set(pids)) != len(pids):      # one job twice in a poll (a redelivery): one by one, in order
+            return [out for e in events for out in self.decide(e, view)]
+        rows = view.jobs({e.PandaID: e.seq - 1 for e in events})
+        files = view.files_of(pids)
+        places: dict[tuple[Any, Any], tuple[DataPlugin, str]] = {}
+
+        def placement(spec: dict[str, Any]) -> tuple[DataPlugin, str]:
+            key = (spec.get("computingSite"), spec.get("VO"))
+            if key not in places:
+                places[key] = view.placement(spec)
+            return places[key]
+
+        work: list[Registration] = []
+        for e in events:
+            assert isinstance(e, JobTransitioned)
+            decided = self._decide(e, rows[e.PandaID], lambda pid: files.get(pid, []), view, placement)
+            work.append(decided if isinstance(decided, Registration) else Registration(e, None, None, "", None))
+        return [Action(label=f"adder: {len(work)} reports", steps=(functools.partial(self._settle_all, work, view),),
+                       then=list)]
+
+    def _settle_all(self, work: Sequence[Registration], view: AdderView) -> list[Command]:
+        """Each report's plugin calls (a refusal defers or fails that job only), then every registration and
+        every forgotten pending report in one transaction; the commands of the jobs that got through."""
+        commands: list[Command] = []
+        registered: list[tuple[int, OutputFile]] = []
+        done: list[int] = []
+        for w in work:
+            if w.command is None:            # already decided: only forget the pending row
+                done.append(w.event.PandaID)
+                continue
+            try:
+                if w.outcome.register:
+                    w.plugin.register_outputs(list(w.outcome.register), w.endpoint)
+                if w.outcome.transfer:
+                    w.plugin.transfer_outputs(list(w.outcome.transfer))
+            except Exception as exc:
+                commands += self._on_error(w.event, view, exc)
+                continue
+            registered += [(w.event.PandaID, f) for f in w.outcome.register]
+            done.append(w.event.PandaID)
+            commands.append(w.command)
+        view.settle(registered, done)
+        return commands
+
+    def _decide(self, event: JobTransitioned, row: dict[str, Any], files_of: Callable[[int], list[dict[str, Any]]],
+                view: AdderView, placement: Callable[[dict[str, Any]], tuple[DataPlugin, str]] | None = None,
+                ) -> list[Command | Action]:
+        """One report: its Action (``decide``), or with ``placement`` given (``decide_batch``) what to do as a
+        ``Registration`` (or ``[]``/the "already done" Action for the batch to forget the pending row)."""
         if row["seq"] >= event.seq and row["status"] != JobStatus.HOLDING:
             # already decided (a redelivered event, or a pending report another adder finished): only
             # forget the pending row, if any
             return [Action(label=f"adder {event.PandaID} already done",
                            steps=(functools.partial(view.done, event.PandaID),))]
         spec = {**row["spec"], **event.attrs}
+        original = event
         if event.report is None and event.report_ref is not None:   # stored beside the event (core/payloads.py)
             event = msgspec.structs.replace(event, report=view.payload(event.report_ref))
-        plugin, endpoint = view.placement(spec)
-        out = judge(event, spec, view.files(event.PandaID), endpoint, self.merge_tag)
+        plugin, endpoint = (placement or view.placement)(spec)
+        out = judge(event, spec, files_of(event.PandaID), endpoint, self.merge_tag)
         command = Transition(PandaID=event.PandaID, action=out.action, actor=ACTOR, attrs=out.attrs,
                              files=list(out.files), reason=out.reason, correlation_id=event.correlation_id)
+        if placement is not None:
+            return Registration(original, out, command, endpoint, plugin)   # type: ignore[return-value]
         steps: list[Any] = []
         if out.register:
             steps.append(functools.partial(plugin.register_outputs, list(out.register), endpoint))
@@ -288,6 +360,14 @@ class SqlAdderView(JobReader):
     def done(self, pandaid: int) -> None:
         pending_reports.done(self.conn, pandaid)
 
+    def settle(self, registered: Sequence[tuple[int, OutputFile]], done: Sequence[int]) -> None:
+        """A poll's registrations (files ready in their sub and destination blocks) and its reports dealt
+        with, in one transaction."""
+        rows = [(name, pid, f.lfn) for pid, f in registered for name in {f.block, f.dataset}]
+        with self.conn.transaction():
+            datasets.set_files_status_many(self.conn, rows, "ready")
+            pending_reports.done_many(self.conn, done)
+
     def defer(self, pandaid: int, seq: int, error: str) -> None:
         """An action's error path (never a decision): the schedule starts from this host's clock now."""
         attempts, delay = pending_reports.defer(self.conn, pandaid, seq, error, now=time.time(),
@@ -309,14 +389,12 @@ class SqlAdderView(JobReader):
         return pending_reports.rows(self.conn)
 
 
-def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run adder`: the event path plus a tick for deferred reports."""
-    from services.loop import ServiceLoop
-
+def hosted(cfg: Config) -> Member:
+    """The adder: the event path plus a tick for deferred reports."""
     view = SqlAdderView(cfg)
-    loop = ServiceLoop(cfg, Adder(cfg.adder.merge_tag), view, tick_every=float(cfg.adder.tick))
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(Adder(cfg.adder.merge_tag), view, tick_every=float(cfg.adder.tick), close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run adder`: alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg))

@@ -30,7 +30,7 @@ from core.config import Config
 from core.states import FINAL_STATES
 from projections import service_queries
 from schemas.messages import Event, JobTransitioned
-from services.loop import Action, ServiceLoop
+from services.loop import Action, Member, ServiceLoop, run_alone
 from services.reactors import datasets
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class CloserView(Protocol):
     partitions: set[int] | None
 
     def blocks_of_job(self, pandaid: int) -> Blocks: ...
+    def blocks_of_jobs(self, pandaids: Iterable[int]) -> Blocks: ...
     def open_blocks(self) -> Blocks: ...
     def apply(self, p: Plan) -> None: ...
 
@@ -108,6 +109,13 @@ class Closer:
         blocks = view.blocks_of_job(event.PandaID)
         blocks.final_jobs.add(event.PandaID)        # the projection may not have this event yet
         return self._act(plan(blocks), view, f"closer {event.PandaID}")
+
+    def decide_batch(self, events: Sequence[Event], view: CloserView) -> list[Action]:
+        """The final jobs of a poll: their blocks read once, one plan, one write."""
+        pids = {e.PandaID for e in events}
+        blocks = view.blocks_of_jobs(pids)
+        blocks.final_jobs |= pids
+        return self._act(plan(blocks), view, f"closer {len(pids)} jobs")
 
     def tick(self, now: float, view: CloserView) -> list[Action]:
         if view.partitions is not None and 0 not in view.partitions:
@@ -153,15 +161,23 @@ class SqlCloserView:
     def blocks_of_job(self, pandaid: int) -> Blocks:
         return self._load(datasets.subs_of_job(self.conn, pandaid))
 
+    def blocks_of_jobs(self, pandaids: Iterable[int]) -> Blocks:
+        return self._load(datasets.subs_of_jobs(self.conn, pandaids))
+
     def open_blocks(self) -> Blocks:
         return self._load(datasets.open_subs(self.conn, self.batch))
 
     def apply(self, p: Plan) -> None:
+        """The plan's writes in one transaction."""
+        with self.conn.transaction():
+            self._apply(p)
+
+    def _apply(self, p: Plan) -> None:
         groups: dict[str, list[BlockFile]] = {}
         for f in p.fail:
             groups.setdefault(f.dataset, []).append(f)
         parents = datasets.parents(self.conn, groups)
-        for name, files in groups.items():
+        for name, files in sorted(groups.items()):
             pids, lfns = sorted({f.pandaid for f in files}), sorted({f.lfn for f in files})
             # the same files in the destination block's own rows, if the setupper recorded them there too
             for block in filter(None, (name, parents.get(name))):
@@ -190,15 +206,15 @@ def run_once(cfg: Config, ctx: Any) -> int:
     return view.closed
 
 
-def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run closer`: the event path, plus a sweep every ``[closer] tick`` seconds."""
+def hosted(cfg: Config) -> Member:
+    """The closer: the event path, plus a sweep every ``[closer] tick`` seconds."""
     view = SqlCloserView(cfg)
-    loop = ServiceLoop(cfg, Closer(), view, tick_every=float(cfg.closer.tick))
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(Closer(), view, tick_every=float(cfg.closer.tick), close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run closer`: alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg))
 
 
 def closed_names(p: Plan) -> Sequence[str]:

@@ -46,9 +46,12 @@ class BlockFile(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _recount(cur: psycopg.Cursor, names: Iterable[str]) -> None:
+    """Recount the blocks' files. Their rows are locked in name order first: a transaction that touches many
+    blocks (a whole poll of the setupper or the adder) then waits for another one instead of deadlocking."""
     names = sorted(set(names))
     if not names:
         return
+    cur.execute("SELECT 1 FROM datasets WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (names,))
     cur.execute(
         "UPDATE datasets d SET nfiles = c.n, nfiles_done = c.done, modification_time = now()"
         " FROM (SELECT ds.name, count(f.lfn) AS n, count(f.lfn) FILTER (WHERE f.status = 'ready') AS done"
@@ -60,22 +63,32 @@ def _recount(cur: psycopg.Cursor, names: Iterable[str]) -> None:
 
 
 def record(conn: psycopg.Connection, blocks: Sequence[Block], files: Sequence[BlockFile], actor: str) -> None:
-    """Create blocks (existing ones keep their status) and the files they expect; one transaction."""
+    """Create blocks (existing ones keep their status) and the files they expect; one transaction of three
+    statements however many jobs they are for (the setupper records a whole poll at once). Rows go in in key
+    order, so two setuppers recording the same blocks wait for each other instead of deadlocking."""
     for b in blocks:
         if b.type not in TYPES:
             raise ValueError(f"dataset {b.name}: type {b.type!r} is not one of {TYPES}")
+    by_name = sorted({b.name: b for b in reversed(blocks)}.values(), key=lambda b: b.name)
+    by_key = sorted({(f.dataset, f.pandaid, f.lfn): f for f in reversed(files)}.items())
     with conn.transaction(), conn.cursor() as cur:
-        if blocks:
-            cur.executemany(
+        if by_name:
+            cur.execute(
                 "INSERT INTO datasets (name, type, site, endpoint, parent, plugin, vo, created_by)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
-                [(b.name, b.type, b.site, b.endpoint, b.parent, b.plugin, b.vo, actor) for b in blocks],
+                " SELECT n, t, s, e, p, pl, v, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::text[]) AS b(n, t, s, e, p, pl, v) ORDER BY n"
+                " ON CONFLICT (name) DO NOTHING",
+                (actor, *([getattr(b, col) for b in by_name]
+                          for col in ("name", "type", "site", "endpoint", "parent", "plugin", "vo"))),
             )
-        if files:
-            cur.executemany(
-                "INSERT INTO dataset_files (dataset, pandaid, lfn, type, status) VALUES (%s, %s, %s, %s, %s)"
+        if by_key:
+            rows = [f for _, f in by_key]
+            cur.execute(
+                "INSERT INTO dataset_files (dataset, pandaid, lfn, type, status)"
+                " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[])"
                 " ON CONFLICT (dataset, pandaid, lfn) DO NOTHING",
-                [(f.dataset, f.pandaid, f.lfn, f.type, f.status) for f in files],
+                ([f.dataset for f in rows], [f.pandaid for f in rows], [f.lfn for f in rows], [f.type for f in rows],
+                 [f.status for f in rows]),
             )
         _recount(cur, [b.name for b in blocks] + [f.dataset for f in files])
 
@@ -94,6 +107,20 @@ def set_files_status(conn: psycopg.Connection, dataset: str, status: str, *, pan
         cur.execute(f"UPDATE dataset_files SET status = %s WHERE {where} AND status <> %s",
                     [status, *params, status])
         _recount(cur, [dataset])
+
+
+def set_files_status_many(conn: psycopg.Connection, files: Iterable[tuple[str, int, str]], status: str) -> None:
+    """Mark files given as (dataset, pandaid, lfn) — of any blocks and jobs — and recount their blocks, in two
+    statements (the adder's registrations of a whole poll)."""
+    rows = sorted(set(files))
+    if not rows:
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("UPDATE dataset_files f SET status = %s FROM unnest(%s::text[], %s::bigint[], %s::text[])"
+                    " AS k(dataset, pandaid, lfn) WHERE f.dataset = k.dataset AND f.pandaid = k.pandaid"
+                    " AND f.lfn = k.lfn AND f.status <> %s",
+                    (status, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], status))
+        _recount(cur, [r[0] for r in rows])
 
 
 def set_status(conn: psycopg.Connection, names: Sequence[str], status: str) -> int:
@@ -162,6 +189,13 @@ def subs_of_job(conn: psycopg.Connection, pandaid: int) -> list[str]:
     """The sub blocks that expect a file of this job."""
     rows = conn.execute("SELECT DISTINCT f.dataset FROM dataset_files f JOIN datasets d ON d.name = f.dataset"
                         " WHERE f.pandaid = %s AND d.type = 'sub'", (pandaid,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def subs_of_jobs(conn: psycopg.Connection, pandaids: Iterable[int]) -> list[str]:
+    """The sub blocks that expect a file of any of these jobs."""
+    rows = conn.execute("SELECT DISTINCT f.dataset FROM dataset_files f JOIN datasets d ON d.name = f.dataset"
+                        " WHERE f.pandaid = ANY(%s) AND d.type = 'sub'", (sorted(set(pandaids)),)).fetchall()
     return [r[0] for r in rows]
 
 

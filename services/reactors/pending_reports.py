@@ -43,6 +43,13 @@ def done(conn: psycopg.Connection, pandaid: int) -> None:
     conn.execute("DELETE FROM adder_pending WHERE pandaid = %s", (pandaid,))
 
 
+def done_many(conn: psycopg.Connection, pandaids: Iterable[int]) -> None:
+    """The reports of these jobs are dealt with (one statement for a poll's jobs)."""
+    pids = sorted(set(pandaids))
+    if pids:
+        conn.execute("DELETE FROM adder_pending WHERE pandaid = ANY(%s)", (pids,))
+
+
 def due(conn: psycopg.Connection, now: float) -> list[tuple[int, int]]:
     """(PandaID, seq) of the reports due at ``now`` and not leased by anyone."""
     stamp = _stamp(now)

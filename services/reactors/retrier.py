@@ -37,7 +37,7 @@ from core.states import JobStatus
 from projections.jobview import JobReader
 from schemas.jobspec import FileSpec, JobSpec
 from schemas.messages import Command, Event, JobTransitioned, Kill, Submit
-from services.loop import Action
+from services.loop import Action, Member, run_alone
 from services.reactors import retries
 
 ACTOR = "service:retrier"
@@ -123,6 +123,24 @@ def verdict(spec: dict[str, Any], rules: RetryRules) -> tuple[bool, str]:
     if blocked:
         return False, "no retry for " + ", ".join(f"{a}={c}" for a, c in blocked)
     return True, f"attempt {attempt + 1} of {max_attempt}"
+
+
+def asked_verdict(status: str | None, spec: dict[str, Any], rules: RetryRules) -> tuple[bool, str]:
+    """(retry?, why) for a retry a person asks for (``/api/v1/job/retry``, the monitor's retry button). Pure.
+
+    Asking overrides the job's ``maxAttempt`` and the ``no_retry`` codes (someone looked at the failure),
+    not the cap ``[retry] max_attempts``; only a failed job that was not retried yet, and not a JEDI job
+    (JEDI makes the next attempt of its jobs)."""
+    if status != JobStatus.FAILED:
+        return False, f"the job is {status or 'unknown'}; only a failed job can be retried"
+    if spec.get("taskBufferErrorCode") in (EC_RETRIED, str(EC_RETRIED)):
+        return False, "the job was already retried"
+    if from_jedi(spec):
+        return False, f"JEDI retries the jobs of task {spec['jediTaskID']}: retry the task"
+    attempt = int(spec.get("attemptNr") or 0)
+    if attempt >= rules.max_attempts:
+        return False, f"attemptNr {attempt} reached [retry] max_attempts {rules.max_attempts}"
+    return True, f"attempt {attempt + 1}, asked for"
 
 
 def _renamed(lfn: str, old_attempt: int, new_attempt: int) -> str:
@@ -222,14 +240,12 @@ class SqlRetrierView(JobReader):
         return retries.claim(self.conn, old_pandaid, attempt_nr, reason)
 
 
-def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run retrier`."""
-    from services.loop import ServiceLoop
-
+def hosted(cfg: Config) -> Member:
+    """The retrier (event path only)."""
     view = SqlRetrierView(cfg, wait=cfg.adder.projection_wait)
-    loop = ServiceLoop(cfg, Retrier(RetryRules.from_config(cfg)), view)
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(Retrier(RetryRules.from_config(cfg)), view, close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run retrier`: alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg))

@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import psycopg
 
+CLAIM_SQL = ("INSERT INTO retries (old_pandaid, new_pandaid, attempt_nr, reason)"
+             " VALUES (%s, nextval('pandaid_seq'), %s, %s) ON CONFLICT (old_pandaid) DO NOTHING RETURNING new_pandaid")
+RECORDED_SQL = "SELECT new_pandaid FROM retries WHERE old_pandaid = %s"
+
 
 def claim(conn: psycopg.Connection, old_pandaid: int, attempt_nr: int, reason: str) -> int:
     """The PandaID of the retry of ``old_pandaid``: allocated from ``pandaid_seq`` and recorded the first
     time, the recorded one every later time."""
-    row = conn.execute(
-        "INSERT INTO retries (old_pandaid, new_pandaid, attempt_nr, reason)"
-        " VALUES (%s, nextval('pandaid_seq'), %s, %s) ON CONFLICT (old_pandaid) DO NOTHING RETURNING new_pandaid",
-        (old_pandaid, attempt_nr, reason)).fetchone()
+    row = conn.execute(CLAIM_SQL, (old_pandaid, attempt_nr, reason)).fetchone()
     if row is None:
-        row = conn.execute("SELECT new_pandaid FROM retries WHERE old_pandaid = %s", (old_pandaid,)).fetchone()
+        row = conn.execute(RECORDED_SQL, (old_pandaid,)).fetchone()
+    return int(row[0])
+
+
+async def aclaim(conn: psycopg.AsyncConnection, old_pandaid: int, attempt_nr: int, reason: str) -> int:
+    """``claim`` for the gateway's asyncio connections (a retry asked for through ``/api/v1/job/retry``):
+    the same row, so a job is retried once whether the retrier or a person got there first."""
+    row = await (await conn.execute(CLAIM_SQL, (old_pandaid, attempt_nr, reason))).fetchone()
+    if row is None:
+        row = await (await conn.execute(RECORDED_SQL, (old_pandaid,))).fetchone()
     return int(row[0])
 

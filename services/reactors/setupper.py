@@ -24,7 +24,8 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -37,7 +38,7 @@ from projections import service_queries
 from projections.jobview import JobReader, ProjectionLag
 from schemas.jobspec import FileSpec
 from schemas.messages import Command, Event, JobSubmitted, Transition
-from services.loop import Action, Output, ServiceLoop
+from services.loop import Action, Member, Output, run_alone
 from services.reactors.datasets import Block, BlockFile, DatasetStore
 from services.sitedata import brokerage, configurator
 from services.sitedata.sites import Queue, SitesCache
@@ -84,6 +85,18 @@ class SetupperView(Protocol):
     def mark_swept(self, pandaids: Sequence[int], at: float) -> None: ...
 
 
+@dataclass(frozen=True)
+class Setup:
+    """One job's setup as decided: plugin calls (built, not run), its datasets rows, then its command."""
+
+    pid: int
+    label: str
+    command: Transition
+    steps: tuple[Callable[[], Any], ...] = ()
+    blocks: tuple[Block, ...] = ()
+    files: tuple[BlockFile, ...] = ()
+
+
 def _val(value: Any) -> Any:
     return None if value in _NULLS else value
 
@@ -121,6 +134,16 @@ class Setupper:
 
     # ---------------------------------------------------------------------------------- decision
     def decide(self, event: Event, view: SetupperView) -> Sequence[Output]:
+        plan = self._plan_event(event, view)
+        return [] if plan is None else self._outputs([plan], view)
+
+    def decide_batch(self, events: Sequence[Event], view: SetupperView) -> Sequence[Output]:
+        """Every job of a poll: the plugin calls job by job, then the datasets rows of all of them in one
+        transaction, then the commands (``_setup_all``)."""
+        plans = [plan for plan in (self._plan_event(e, view) for e in events) if plan is not None]
+        return self._outputs(plans, view)
+
+    def _plan_event(self, event: Event, view: SetupperView) -> Command | Setup | None:
         pid = event.PandaID
         if isinstance(event, JobSubmitted):
             spec = {k: v for k, v in _builtins(event.job).items() if k != "Files"}
@@ -129,10 +152,51 @@ class Setupper:
             found = view.job(pid, event.seq)
             if found is None:
                 log.warning("setupper: job %d was reset but is not in the jobs projection; skipped", pid)
-                return []
+                return None
             spec, files = found
             spec = {**spec, **event.attrs}
         return self._plan(pid, spec, files, view, event.correlation_id)
+
+    def _outputs(self, plans: Sequence[Command | Setup], view: SetupperView) -> list[Output]:
+        """The outputs of planned jobs: commands as they are; one job's setup as one Action (its plugin
+        calls, its rows, then its command); several jobs' setups as one Action for all of them."""
+        out: list[Output] = [p for p in plans if not isinstance(p, Setup)]
+        setups = [p for p in plans if isinstance(p, Setup)]
+        if len(setups) == 1:
+            s = setups[0]
+            steps = list(s.steps)
+            if s.blocks or s.files:
+                steps.append(functools.partial(view.datasets.record, list(s.blocks), list(s.files), ACTOR))
+            if not steps:
+                return [*out, s.command]
+            out.append(Action(label=s.label, steps=tuple(steps), then=(s.command,),
+                              on_error=functools.partial(self._on_error, s.pid)))
+        elif setups:
+            out.append(Action(label=f"setup {len(setups)} jobs", steps=(functools.partial(
+                self._setup_all, setups, view),), then=list))
+        return out
+
+    def _setup_all(self, setups: Sequence[Setup], view: SetupperView) -> list[Command]:
+        """The side effects of several jobs' setups (an Action's step): each job's plugin calls (a job whose
+        plugin refuses fails, ddm 100), then the datasets rows of the others in one transaction; their commands."""
+        commands: list[Command] = []
+        blocks: dict[str, Block] = {}
+        files: dict[tuple[str, int, str], BlockFile] = {}
+        for s in setups:
+            try:
+                for step in s.steps:
+                    step()
+            except PluginError as exc:
+                commands.append(self._ddm_failure(s.pid, exc))
+                continue
+            commands.append(s.command)
+            for b in s.blocks:
+                blocks.setdefault(b.name, b)
+            for f in s.files:
+                files.setdefault((f.dataset, f.pandaid, f.lfn), f)
+        if blocks or files:
+            view.datasets.record(list(blocks.values()), list(files.values()), ACTOR)
+        return commands
 
     def tick(self, now: float, view: SetupperView) -> Sequence[Output]:
         """The sweep: decide again every ``defined`` job of our partitions older than ``sweep_after``."""
@@ -147,16 +211,17 @@ class Setupper:
         log.info("setupper sweep: %d job(s) still defined after %.0fs", len(stale), self.sweep_after)
         out: list[Output] = [Action(label=f"sweep {len(stale)} defined job(s)",
                                     steps=(functools.partial(view.mark_swept, [pid for pid, _ in stale], now),))]
+        plans: list[Command | Setup] = []
         for pid, seq in stale:
             found = view.job(pid, seq)
             if found is None:
                 continue                  # moved on meanwhile
             spec, files = found
-            out += self._plan(pid, spec, files, view, None)
-        return out
+            plans.append(self._plan(pid, spec, files, view, None))
+        return out + self._outputs(plans, view)
 
     def _plan(self, pid: int, spec: dict[str, Any], files: list[dict[str, Any]], view: SetupperView,
-              correlation_id: str | None) -> list[Output]:
+              correlation_id: str | None) -> Command | Setup:
         queues = view.queues()
         inputs = [InputFile(lfn=f["lfn"], dataset=_val(f.get("dataset")) or _val(f.get("prodDBlock")),
                             scope=_val(f.get("scope")), guid=_val(f.get("GUID")), fsize=_val(f.get("fsize")),
@@ -181,7 +246,7 @@ class Setupper:
 
             choice = brokerage.choose(needs, queues.values(), local_count)
             if choice.queue is None:
-                return [_fail(pid, brokerage.failure_attrs(choice), choice.reason)]
+                return _fail(pid, brokerage.failure_attrs(choice), choice.reason)
             queue = choice.queue
             attrs["computingSite"] = queue.name
             if queue.cloud:
@@ -189,8 +254,8 @@ class Setupper:
             reasons.append(choice.reason)
         elif site not in queues:
             reason = f"brokerage: unknown queue {site} (known: {', '.join(sorted(queues)) or 'none'})"
-            return [_fail(pid, {"brokerageErrorCode": brokerage.EC_NO_QUEUE,
-                                "brokerageErrorDiag": reason[:250]}, reason)]
+            return _fail(pid, {"brokerageErrorCode": brokerage.EC_NO_QUEUE,
+                               "brokerageErrorDiag": reason[:250]}, reason)
         else:
             queue = queues[site]
 
@@ -200,7 +265,7 @@ class Setupper:
         try:
             missing = set(plugin.missing_inputs(queue.endpoint, inputs)) if inputs else set()
         except PluginError as exc:
-            return [self._ddm_failure(pid, exc)]
+            return self._ddm_failure(pid, exc)
         key = job_set_key(spec, pid)
         dis = f"panda.dis.{key}.{queue.name}" if missing else None
         patches: list[FileSpec] = []
@@ -245,12 +310,8 @@ class Setupper:
                               plugin=plugin_spec, vo=vo))
             steps.append(functools.partial(plugin.prepare_dispatch, dis, queue.endpoint,
                                            [f for f in inputs if f.lfn in missing]))
-        if rows or block_files:
-            steps.append(functools.partial(view.datasets.record, rows, block_files, ACTOR))
-        if not steps:
-            return [cmd]
-        return [Action(label=f"setup {pid} at {queue.name}", steps=tuple(steps), then=(cmd,),
-                       on_error=functools.partial(self._on_error, pid))]
+        return Setup(pid=pid, label=f"setup {pid} at {queue.name}", command=cmd, steps=tuple(steps),
+                     blocks=tuple(rows), files=tuple(block_files))
 
     @staticmethod
     def _output_blocks(f: dict[str, Any], spec: dict[str, Any], key: int, pid: int) -> tuple[str, str]:
@@ -342,15 +403,15 @@ class LiveView:
         self._pg.close()
 
 
-def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:
-    """`pandaes run setupper`: the setupper in its own consumer group."""
+def hosted(cfg: Config) -> Member:
+    """The setupper as the reactors host or `pandaes run setupper` runs it (queues loaded if none yet)."""
     if cfg.setupper.configure_at_start:
         configurator.ensure(cfg, who=NAME)
     view = LiveView(cfg)
     service = Setupper(sweep_after=cfg.setupper.sweep_after, sweep_batch=cfg.setupper.sweep_batch)
-    loop = ServiceLoop(cfg, service, view, tick_every=cfg.setupper.sweep_every, replay=replay)
-    try:
-        loop.run(stop)
-    finally:
-        loop.close()
-        view.close()
+    return Member(service, view, tick_every=cfg.setupper.sweep_every, close=view.close)
+
+
+def run_component(cfg: Config, stop: threading.Event, *, replay: bool = False) -> None:
+    """`pandaes run setupper`: the setupper alone in its own consumer group."""
+    run_alone(cfg, stop, hosted(cfg), replay=replay)

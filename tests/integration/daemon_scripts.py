@@ -17,3 +17,11 @@ def slow(cfg, ctx) -> int:
 
 def boom(cfg) -> int:
     raise RuntimeError("a script that fails must not stop the daemon")
+
+
+def count(cfg) -> int:
+    """Moves a counter inside the worker process (which serves no metrics of its own)."""
+    from core import metrics
+
+    metrics.SERVICE_COMMANDS.labels("daemon-test").inc(3)
+    return os.getpid()

@@ -1,5 +1,5 @@
 """`pandaes chaos` as an operator runs it: a short run (100 jobs; kills of the ledger, the projector, the
-gateway, the setupper, the activator and the embedded database) must end with every invariant PASS.
+gateway, the reactors' host, the daemon and the embedded database) must end with every invariant PASS.
 
 The broker kill is left to the long run (docs/reliability.md): waiting for a quiet point and restarting every
 component after the restore takes about a minute on a loaded machine, more than this test may take."""
@@ -37,12 +37,9 @@ def test_short_chaos_run_keeps_every_invariant(state_dir: Path):
     env = dict(os.environ)   # the run names its own database, state folder and ports
     for var in ("PANDAES_KAFKA", "PANDAES_DB", "PANDAES_CONFIG"):
         env.pop(var, None)
-    # not the adder: killed around a database outage it can stay stuck with every job in holding (docs/reliability.md,
-    # "Not done yet"); `pandaes chaos --targets adder,database` shows it
-    targets = "ledger,projector,gateway,setupper,activator,database"
-    # the components a job's way needs (not the monitor, the Harvester killer, the event-range definer): fewer
-    # processes to start again on a loaded machine
-    flow = "ledger,projector,setupper,activator,gateway,adder,closer,retrier,daemon"
+    # what `pandaes run` starts but the monitor: the reactors (setupper, activator, adder …) hosted in one process
+    flow = "ledger,projector,reactors,daemon,gateway"
+    targets = "ledger,projector,gateway,reactors,daemon,database"
     run = subprocess.run(
         [sys.executable, "-m", "cli.main", "chaos", "--jobs", "100", "--kills", "6", "--duration", "35",
          "--components", flow, "--targets", targets, "--pilots", "8", "--batch", "20", "--seed", "7",

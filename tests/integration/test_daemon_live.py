@@ -3,10 +3,16 @@ cluster-wide exclusivity, shared connections (its cache clean-up and lock keys: 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import urllib.request
 
-from core import db
+from helpers import wait_until
+from prometheus_client import start_http_server
+
+from core import db, metrics
+from core.metrics import free_port
 from services.clock.daemon import DaemonMaster, Script
 
 
@@ -63,3 +69,46 @@ def test_per_host_lock_without_cluster_lock(cfg, tmp_path):
     rows = runs(cfg)
     assert len(rows) >= 3 and not overlaps(rows), rows
     assert "busy" in {r.status for r in a.history + b.history}
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
+
+
+def _value(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_worker_process_counters_show_on_the_daemons_metrics_endpoint(cfg, tmp_path):
+    # a folder left by a master that is gone is removed at start
+    stale = tmp_path / "worker-metrics" / "999999999.1"
+    stale.mkdir(parents=True)
+    (stale / "counter_1.db").write_bytes(b"")
+    master = DaemonMaster(cfg, {"count": Script("daemon_scripts:count", period=0.2, sync=False)}, n_proc=1,
+                          lock_dir=tmp_path)
+    assert not stale.exists() and list(master.worker_metrics.path.iterdir()) == []
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.EXPOSED)
+    stop = threading.Event()
+    runner = threading.Thread(target=master.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        moved = 'pandaes_service_commands_total{service="daemon-test"}'
+        wait_until(lambda: _value(_scrape(url), moved) >= 6, 30, 0.2, "two runs' counts on the daemon's /metrics")
+        text = _scrape(url)
+        worker_pids = {r.pid for r in master.history if r.name == "count"}
+        assert worker_pids and os.getpid() not in worker_pids     # counted in the worker, not in this process
+        assert _value(text, 'pandaes_daemon_script_runs_total{script="count",status="ok"}') >= 2
+        assert text.count("# TYPE pandaes_service_commands_total counter") <= 1   # one family, merged
+    finally:
+        stop.set()
+        runner.join(30)
+        server.shutdown()
+        thread.join(5)
+    assert not master.worker_metrics.path.exists()
+    assert master.worker_metrics.collector not in metrics.EXPOSED.extra

@@ -38,7 +38,7 @@ def test_a_5_mb_report_goes_all_the_way_to_finished(cfg, background):
 
     async def scenario():
         async with system.session() as s:
-            for _ in range(5):   # as pilot3 does: "no jobs" (a dispatch verdict late on a loaded machine) → ask again
+            for _ in range(5):   # as pilot3 does: "no jobs" → ask again (test_getjob_locked_row.py: the cause, fixed)
                 _, job = await post_form(s, f"{base}/getJob", {"siteName": "LOCAL", "node": "wn1"})
                 if job["StatusCode"] != 20:
                     break

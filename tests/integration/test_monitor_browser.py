@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,9 +123,13 @@ def test_live_event_appears_without_reload(system: RunningSystem, browser, shots
     browser.save_screenshot(str(shots / "live.png"))
 
 
-def _submit_as(system: RunningSystem, tmp: Path, user: str, name: str) -> int:
+def _submit_as(system: RunningSystem, tmp: Path, user: str, name: str, jediTaskID: int | None = 4343,
+               log: str | None = None) -> int:
+    job = {**_job(name, "user"), "jediTaskID": jediTaskID}
+    if log:
+        job["Files"] = [f if f["type"] != "log" else {**f, "lfn": log} for f in job["Files"]]
     jobs = tmp / f"{name}.json"
-    jobs.write_text(json.dumps([{**_job(name, "user"), "jediTaskID": 4343}]))
+    jobs.write_text(json.dumps([job]))
     out = system.cli("submit", "--user", user, str(jobs))
     assert out.returncode == 0, out.stdout + out.stderr
     pid = int(out.stdout.split()[0])
@@ -143,13 +148,17 @@ def _status(system: RunningSystem, pid: int) -> str:
     return json.loads(system.cli("status", "--json", str(pid)).stdout)[0]["status"]
 
 
-def _sign_in_and_kill(browser, token: str) -> str:
+def _sign_in(browser, token: str) -> None:
     if browser.find_element(By.ID, "signed-in").is_displayed():
         browser.find_element(By.ID, "sign-out").click()
     browser.find_element(By.ID, "token").send_keys(token)
     browser.find_element(By.ID, "sign-in").click()
-    browser.find_element(By.ID, "kill").click()
-    result = browser.find_element(By.ID, "kill-result")
+
+
+def _sign_in_and_kill(browser, token: str, button: str = "kill") -> str:
+    _sign_in(browser, token)
+    browser.find_element(By.ID, button).click()
+    result = browser.find_element(By.ID, "action-result")
     wait_until(lambda: result.get_attribute("class") in ("refused", "accepted"), 30, 0.1, "the gateway's answer")
     return result.get_attribute("class") + ": " + result.text
 
@@ -178,3 +187,57 @@ def test_kill_button_refused_for_others_and_done_for_owner_and_production(system
     answer = _sign_in_and_kill(browser, _token(system, "prod-manager", "user,production"))
     assert answer.startswith("accepted"), answer
     wait_until(lambda: _status(system, theirs) in ("cancelled", "closed"), 30, 0.3, f"job {theirs} killed")
+
+
+def _upload(system: RunningSystem, token: str, name: str, content: bytes) -> None:
+    """The owner puts the job's log in the gateway's file cache (panda-client's putFile call)."""
+    boundary = "pandaes-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: text/plain\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{system.url}/api/v1/file_server/upload_cache_file", data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert json.loads(resp.read())["success"] is True
+
+
+def test_retry_button_refused_for_others_and_done_for_the_owner_and_log_links(system: RunningSystem, browser,
+                                                                            shots: Path, tmp_path: Path):
+    # a job of no JEDI task and no attempt left: the retrier leaves it failed, a person may still retry it
+    log_name = "log.retry-a.txt"
+    pid = _submit_as(system, tmp_path, "alice", "retry-a", jediTaskID=None, log=log_name)
+    failed = system.cli("send", "-", timeout=60, stdin=json.dumps(
+        {"type": "transition", "PandaID": pid, "action": "fail", "actor": "service:test",
+         "attrs": {"pilotErrorCode": 1305, "pilotErrorDiag": "payload exited with 1"}}))
+    assert failed.returncode == 0, failed.stdout + failed.stderr
+    wait_until(lambda: _status(system, pid) == "failed", 30, 0.3, f"job {pid} failed")
+    alice = _token(system, "alice", "user")
+    browser.get(f"{system.monitor}/job/{pid}")
+    assert browser.find_elements(By.ID, "nologs")            # nothing uploaded yet: no link
+    _upload(system, alice, log_name, b"pilot log of the first attempt\npayload exited with 1\n")
+    browser.refresh()
+    (link,) = browser.find_elements(By.CSS_SELECTOR, "#logs a.log")
+    assert link.text == log_name and link.get_attribute("href") == f"{system.url}/cache/{log_name}"
+    # another user: the retry is refused with the gateway's reason and nothing happens to the job
+    answer = _sign_in_and_kill(browser, _token(system, "mallory", "user"), button="retry")
+    assert answer.startswith("refused") and "HTTP 403" in answer and "belongs to alice" in answer, answer
+    browser.save_screenshot(str(shots / "job-retry-refused.png"))
+    assert _status(system, pid) == "failed" and "retried as" not in browser.find_element(By.ID, "job-state").text
+    # the owner reads the log through the link (with the token) and retries the job
+    _sign_in(browser, alice)
+    link.click()
+    view = browser.find_element(By.ID, "log-view")
+    wait_until(lambda: "first attempt" in view.text, 20, 0.1, "the log shown on the page")
+    browser.save_screenshot(str(shots / "job-retry-and-logs.png"))   # the README's picture of the job page
+    browser.find_element(By.ID, "retry").click()
+    result = browser.find_element(By.ID, "action-result")
+    wait_until(lambda: result.get_attribute("class") in ("refused", "accepted"), 30, 0.1, "the gateway's answer")
+    assert result.get_attribute("class") == "accepted", result.text
+    new = int(browser.find_element(By.ID, "retry-link").text.split()[-1])
+    assert new != pid
+    wait_until(lambda: _status(system, new) in ("defined", "assigned", "activated"), 30, 0.3, f"retry {new}")
+    history = json.loads(system.cli("history", "--json", str(pid)).stdout)
+    assert (history[-1]["action"], history[-1]["actor"]) == ("mark_retried", "user:alice")
+    browser.refresh()
+    assert browser.find_element(By.ID, "retried-as").text == str(new) and not browser.find_elements(By.ID, "retry")
+    browser.save_screenshot(str(shots / "job-retried.png"))

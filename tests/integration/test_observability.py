@@ -35,8 +35,7 @@ def total(samples: dict, name: str, **labels: str) -> float:
 
 def test_run_prints_and_records_every_components_metrics(system: RunningSystem):
     where = system.endpoints["metrics"]
-    assert {"ledger", "projector", "setupper", "activator", "adder", "closer", "retrier", "daemon",
-            "gateway", "monitor"} <= set(where)
+    assert {"ledger", "projector", "reactors", "daemon", "gateway", "monitor"} <= set(where)
     assert where["gateway"] == f"{system.url}/metrics"
     text = system.log_path.read_text()
     assert "metrics: " in text and where["ledger"] in text
@@ -71,9 +70,9 @@ def test_counters_move_with_the_work(system: RunningSystem):
     assert total(projector, "pandaes_projection_position", projection="jobs") >= events
     wait_until(lambda: total(scrape(projector_url), "pandaes_consumer_lag", group="pandaes-projector") == 0,
                30, 0.5, "projector lag 0")
-    setupper = scrape(where["setupper"])
-    assert total(setupper, "pandaes_service_commands_total", service="setupper") >= 3
-    assert total(setupper, "pandaes_consumer_position", group="pandaes-setupper") >= events - 20
+    reactors = scrape(where["reactors"])      # the setupper and the other reactors, over one consumer
+    assert total(reactors, "pandaes_service_commands_total", service="setupper") >= 3
+    assert total(reactors, "pandaes_consumer_position", group="pandaes-reactors") >= events - 20
 
 
 def test_component_logs_are_json_lines_with_context(system: RunningSystem):

@@ -8,6 +8,7 @@ batch, as the projector does (no broker is needed to read tables).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 from collections import defaultdict
 
@@ -190,7 +191,11 @@ def test_async_queries_candidates_and_lease_sweep(cfg, projected):
                     assert await leases.claim(cur, pandaid=10, seq=1, site="SITE", node="n", actor="pilot:b",
                                               command_id="c3", ttl=60)     # a seq the job has left
                     assert [r["pandaid"] for r in await aqueries.first_candidates(cur, queries_)] == [10]
-                # the sweep keeps the live lease and drops the one on a seq the job has left
+                # the sweep keeps the live lease and an undelivered one (the dispatch sweep's), and drops a
+                # delivered one on a seq the job has left
+                assert await leases.sweep(conn) == 0
+                await leases.mark_sent(conn, 10, "c3", 60, 10)
+                assert await leases.mark_delivered(conn, ["c3", "c1"]) == {"c3"}   # c1 never had its verdict
                 assert await leases.sweep(conn) == 1
                 cur = await conn.execute("SELECT pandaid, seq FROM dispatch_leases")
                 assert await cur.fetchall() == [(11, 2)]
@@ -199,5 +204,27 @@ def test_async_queries_candidates_and_lease_sweep(cfg, projected):
                 assert (await cur.fetchone())[0] == 0
         finally:
             await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_as_of_views_count_a_moved_job_where_it_was(cfg):
+    """The monitor's "as of" queue view folds each job's queue from its archived events up to the moment."""
+    from projections import monitor_queries as mq
+
+    proj = Projector(cfg)
+    proj.project([submit(20, site="SITE_A"), activate(20), submit(21, site="SITE_A")])
+    before = dt.datetime.now(dt.UTC)
+    proj.project([Transition(PandaID=20, action="reset", actor="user:test", attrs={"computingSite": "SITE_B"})])
+    after = dt.datetime.now(dt.UTC)
+
+    async def scenario() -> None:
+        conn = await psycopg.AsyncConnection.connect(cfg.db.url, autocommit=True)
+        try:
+            assert await mq.queues_as_of(conn, before) == {"SITE_A": {"activated": 1, "defined": 1}}
+            assert await mq.queues_as_of(conn, after) == {"SITE_A": {"defined": 1}, "SITE_B": {"defined": 1}}
+            assert await mq.queues(conn) == await mq.queues_as_of(conn, after)
+        finally:
+            await conn.close()
 
     asyncio.run(scenario())

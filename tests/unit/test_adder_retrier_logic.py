@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 from fakes import FakeAdderView, FakeRetrierView
 
@@ -11,7 +12,7 @@ from plugins.base import PluginError
 from schemas.messages import JobTransitioned, Kill, Submit, Transition
 from services.loop import Action
 from services.reactors.adder import Adder, judge
-from services.reactors.retrier import Retrier, RetryRules, next_job, parse_codes, verdict
+from services.reactors.retrier import Retrier, RetryRules, asked_verdict, next_job, parse_codes, verdict
 
 PID = 77
 FILES = [
@@ -100,6 +101,19 @@ def test_adder_registers_before_it_finishes_and_defers_on_temporary_errors():
     assert cmd.action == "fail" and cmd.attrs["ddmErrorCode"] == 200
 
 
+def test_adder_batch_registers_job_by_job_then_settles_the_poll_in_one_write():
+    view = FakeAdderView(files=FILES)
+    view.errors = {78: PluginError("storage busy", temporary=True)}
+    events = [holding(), msgspec.structs.replace(holding(), PandaID=78),
+              msgspec.structs.replace(holding(report={"out.1": {"fsize": 1}}), PandaID=79)]
+    [action] = Adder().decide_batch(events, view)
+    assert isinstance(action, Action) and view.calls == []
+    cmds = {c.PandaID: c for c in action.execute()}
+    assert cmds[PID].action == "finish" and cmds[79].action == "fail" and 78 not in cmds   # 78 waits
+    assert ("defer", 78, 6) in view.calls
+    assert view.calls[-1] == ("settle", [PID], [PID, 79])                             # one write at the end
+
+
 def test_adder_skips_jobs_already_decided():
     view = FakeAdderView(status="finished", seq=7, files=FILES)
     [action] = Adder().decide(holding(), view)
@@ -158,3 +172,13 @@ def test_retrier_sends_submit_and_kill7_once_per_claim():
     assert [type(c) for c in again.execute()] == [Kill]             # redelivered: same PandaID, no new Submit
     assert r.decide(JobTransitioned(PandaID=PID, seq=5, from_state="running", to_state="failed", command_id="c",
                                     action="fail", attrs={"attemptNr": 2}), view) == []
+
+
+def test_a_retry_asked_for_overrides_max_attempt_and_no_retry_codes_but_not_the_cap():
+    rules = RetryRules(no_retry=frozenset({("pilotErrorCode", 1305)}), max_attempts=3)
+    spec = {"attemptNr": 1, "maxAttempt": 1, "pilotErrorCode": 1305}
+    assert asked_verdict("failed", spec, rules) == (True, "attempt 2, asked for")
+    assert asked_verdict("failed", {**spec, "attemptNr": 3}, rules)[0] is False
+    assert "only a failed job" in asked_verdict("running", spec, rules)[1]
+    assert "already retried" in asked_verdict("failed", {**spec, "taskBufferErrorCode": 106}, rules)[1]
+    assert "JEDI" in asked_verdict("failed", {**spec, "jediTaskID": 9}, rules)[1]

@@ -22,6 +22,7 @@ def test_scripts_cache_cleanup_and_lock_keys(tmp_path):
 
     os.utime(old, (past, past))
     assert cleanup_cache(cfg) == 1 and not old.exists() and new.exists()
-    assert set(scripts_from_config(cfg)) == {"watcher", "finisher", "closer", "configurator", "cache_cleanup"}
+    assert set(scripts_from_config(cfg)) == {"watcher", "finisher", "closer", "configurator", "cache_cleanup",
+                                             "dispatch_sweep"}
     assert lock_key("watcher") == lock_key("watcher") != lock_key("finisher")
     assert -(2**63) <= lock_key("x") < 2**63

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import psycopg
+import pytest
 
 from projections import deadletters
 from projections.wait import ProjectionLag
@@ -42,3 +43,12 @@ def test_the_ledger_folds_an_event_that_no_longer_decodes_from_its_sequence_and_
     state = loose.fold(None)
     assert (state.seq, state.state, state.attempt_nr, state.label, loose.src) == (1, "defined", 2, "user", [0, 3])
     assert _decode_for_fold(b"\xff not an event", 0, 2) is None
+
+
+def test_dead_letter_ids_on_the_command_line():
+    from cli.deadletters import parse_ids
+
+    assert parse_ids(["p3", "S12", "p4"]) == {"p": [3, 4], "s": [12]}
+    for bad in ("3", "x3", "p", "p-1"):
+        with pytest.raises(ValueError, match="p<N>"):
+            parse_ids([bad])

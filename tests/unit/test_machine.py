@@ -297,3 +297,25 @@ def test_dispatch_id_stays_through_internal_updates_while_sent():
     job, d1 = _sent()
     job, outs = run([Transition(PandaID=PID, action="set", attrs={"currentPriority": 5})], job)
     assert job.state == "sent" and job.dispatch_id == d1.id
+
+
+def test_undo_of_a_dispatch_whose_job_was_told_to_be_killed_is_that_kill():
+    # no pilot ever held the job: the kill its pilot was to carry out happens now, with the kill's own code
+    job, d1 = _sent()
+    job, outs = run([Kill(PandaID=PID, code=51, actor="jedi"),
+                     Transition(PandaID=PID, action="undispatch", undoes=d1.id)], job)
+    assert outs[0].action == "kill_signal" and job.state == "closed"
+    undo = outs[1]
+    assert isinstance(undo, JobTransitioned) and (undo.action, undo.to_state) == ("kill_close", "closed")
+    assert undo.kill_code == 51 and undo.attrs["jobSubStatus"] == "toreassign" and d1.id in undo.reason
+    job, d1 = _sent()
+    job, outs = run([Kill(PandaID=PID, actor="user"), Transition(PandaID=PID, action="undispatch", undoes=d1.id)],
+                    job)
+    assert (outs[1].action, outs[1].to_state, outs[1].attrs["taskBufferErrorCode"]) == ("kill", "cancelled", 100)
+
+
+def test_undispatch_after_a_set_takes_the_job_back_with_its_new_attributes():
+    job, d1 = _sent()
+    job, outs = run([Transition(PandaID=PID, action="set", attrs={"currentPriority": 5}),
+                     Transition(PandaID=PID, action="undispatch", undoes=d1.id)], job)
+    assert (outs[1].action, outs[1].to_state) == ("undispatch", "activated")

@@ -9,7 +9,15 @@ import pytest
 
 from projections import queries
 from projections.candidates import candidate_queries, candidate_query
-from projections.wait import Backoff, ProjectionLag, await_projected, behind, wait_projected
+from projections.wait import (
+    Backoff,
+    PositionLag,
+    ProjectionLag,
+    await_projected,
+    behind,
+    wait_position,
+    wait_projected,
+)
 from services.gateway.dispatcher import DispatchRequest
 
 
@@ -39,6 +47,16 @@ def test_candidate_query_anti_joins_the_lease_relation_it_is_given():
     shares = candidate_queries(req, ["A", "B", "A"], leases="gw.leases")
     assert [p.get("share") for _, p in shares] == ["A", "B", None]
     assert all("FROM gw.leases l" in sql for sql, _ in shares)
+
+
+def test_candidate_query_skips_waits_for_or_ignores_locked_rows():
+    req = DispatchRequest(site="Q")
+    assert candidate_query(req, [])[0].endswith("LIMIT %(limit)s FOR NO KEY UPDATE OF j SKIP LOCKED")
+    assert candidate_query(req, [], locking="wait")[0].endswith("LIMIT %(limit)s FOR NO KEY UPDATE OF j")
+    assert candidate_query(req, [], locking="none")[0].endswith("LIMIT %(limit)s")
+    assert all(sql.endswith(" OF j") for sql, _ in candidate_queries(req, ["A"], locking="wait"))
+    with pytest.raises(ValueError, match="locking"):
+        candidate_query(req, [], locking="nowait")
 
 
 class FakeClock:
@@ -113,3 +131,36 @@ def test_await_projected_is_the_same_logic_on_the_event_loop():
     assert rows == {5: {"seq": 3}} and clock.slept == [0.02, 0.02]
     with pytest.raises(ProjectionLag):
         asyncio.run(await_projected(read, {5: 10**6}, 0.1, sleep=clock.asleep, clock=clock))
+
+
+def test_wait_position_polls_until_the_projection_reaches_the_offset():
+    clock = FakeClock()
+    positions = iter([3, 5, 9])
+    assert wait_position(lambda: next(positions), 8, 5.0, sleep=clock.sleep, clock=clock) == 9
+    assert clock.slept == [0.02, 0.04]
+    with pytest.raises(PositionLag) as err:
+        wait_position(lambda: 4, 8, 1.0, sleep=clock.sleep, clock=clock)
+    assert (err.value.position, err.value.at_least) == (4, 8) and "need ≥ 8" in str(err.value)
+
+
+def test_hot_only_readers_say_not_archived():
+    """The readers that must stay fast with millions of archived jobs read the hot partition only."""
+    from projections import service_queries
+
+    sql, _ = candidate_query(DispatchRequest(site="Q"), [])
+    assert "NOT j.archived" in sql
+    assert "NOT j.archived" in service_queries.WATCH_CANDIDATES
+    assert "NOT archived" in queries.LEDGER_STATE_SQL and "NOT IN ('finished', 'failed', 'cancelled', 'closed')" \
+        in queries.LEDGER_STATE_SQL
+    assert "archived" not in queries.JOB_SQL and "archived" not in queries.HISTORY_SQL
+
+
+def test_archive_sweep_is_due_every_period_and_never_when_off():
+    from projections.jobs_archive import ArchiveSweep
+
+    clock = FakeClock()
+    sweep = ArchiveSweep(after=3600, every=60, batch=10, clock=clock)
+    assert not sweep.due()
+    clock.now += 5
+    assert sweep.due()
+    assert not ArchiveSweep(after=3600, every=0, batch=10, clock=clock).due()

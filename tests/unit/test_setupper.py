@@ -194,3 +194,19 @@ def test_sweep_does_nothing_without_partitions_or_candidates():
     view.defined = {5: (1, 0.0)}
     view.partitions = set()
     assert s.tick(100.0, view) == [], "owns no partition: another copy sweeps"
+
+
+def test_a_batch_sets_up_every_job_with_one_datasets_write_and_fails_only_the_refused_one():
+    plugin = FakePlugin(replicas={f"in.{i}": {"SITE_DISK"} for i in (1, 2, 3)}, refuse={"user.out_sub000002"})
+    view = FakeView([queue("SITE")], plugin)
+    out = Setupper().decide_batch([submitted(i, computingSite="SITE") for i in (1, 2, 3)], view)
+    assert len(out) == 1 and isinstance(out[0], Action) and plugin.calls == [], "decide only plans"
+    cmds = {c.PandaID: c for c in run_actions(out)}
+    assert cmds[1].action == cmds[3].action == "activate"
+    assert cmds[2].action == "fail" and cmds[2].attrs["ddmErrorCode"] == 100
+    [(blocks, files, actor)] = view.datasets.records           # one write for the poll
+    assert actor == "service:setupper"
+    assert {f.pandaid for f in files} == {1, 3}
+    names = [b.name for b in blocks]
+    assert len(names) == len(set(names)) and {"user.out", "user.log", "user.out_sub000001"} <= set(names)
+    assert "user.out_sub000002" not in names

@@ -1,0 +1,299 @@
+"""Several services over one consumer: each event is read and decoded once, then decided by every service.
+
+Why: the reactors (setupper, activator, adder, closer, retrier, the Harvester killer, the event-range
+definer) all read panda.job-events, and each wants a small part of it. Each in its own process and
+consumer group, every one of them fetched and decoded every event, and its process, producer, database
+connections and idle polling cost CPU of their own (docs/performance.md). ``ServiceHost`` runs them in
+one process over one consumer in the group ``<prefix>-reactors``: one fetch and one decode per event, one
+command producer, one offset commit per poll. The decisions stay what they are: each service runs in its
+own ``ServiceLoop(..., consume=False)`` (its Actions, replay skip, dead letters under its own name, stats,
+metrics and clock), fed the decoded events by the host. A service can still run alone in its own group
+(`pandaes run setupper`, ``services.loop.run_alone``), for scaling or debugging.
+
+Positions (at least once, per service):
+
+* each hosted service has its own position per partition, kept in memory: the next offset it has
+  decided on, with its Actions run and its commands handed to the producer;
+* after a poll the host flushes the producer, then commits, per partition, the *smallest* position of
+  its services, so a committed offset never passes an event some service has not acted on;
+* a service that hits a transient error (the database away, the jobs projection behind) stops at that
+  event (its position in each partition: the first event it has not decided); the others go on with
+  the poll. The host seeks the partition back to the smallest position and
+  waits a little (a back-off): the next poll delivers the events again, and a service skips those below
+  its own position, so the others do not decide them twice;
+* a crash of the host redelivers from the committed offsets: a service may decide again an event it had
+  acted on (exactly as a service alone does after its crash), which its Actions tolerate (idempotent
+  writes, the retrier's recorded PandaID) and the ledger answers (a transition already made is rejected);
+* positions of partitions assigned anew (a rebalance) are forgotten: they start from the group's commit.
+
+Moving from one group per service to the host: the first time the ``reactors`` group has no offsets,
+it starts each partition at the smallest offset the hosted services' own groups had committed, so
+neither history is decided again nor an event skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from core import bus, metrics
+from core.config import Config
+from services.dead_letters import describe, is_transient
+from services.loop import Member, ServiceLoop, decode_polled
+
+log = logging.getLogger(__name__)
+
+NAME = "reactors"
+
+#: The services a host can run: name → ``module:function`` building its ``Member`` from the configuration.
+HOSTABLE: dict[str, str] = {
+    "setupper": "services.reactors.setupper:hosted",
+    "activator": "services.reactors.activator:hosted",
+    "adder": "services.reactors.adder:hosted",
+    "closer": "services.reactors.closer:hosted",
+    "retrier": "services.reactors.retrier:hosted",
+    "harvester-killer": "services.harvester.killer:hosted",
+    "event-ranges": "services.eventservice.definer:hosted",
+}
+
+
+def member(cfg: Config, name: str) -> Member:
+    """The hostable service ``name``, built for ``cfg``."""
+    try:
+        target = HOSTABLE[name]
+    except KeyError:
+        raise ValueError(f"[reactors] services: {name!r} is not a service a host can run "
+                         f"(known: {', '.join(HOSTABLE)})") from None
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(cfg)
+
+
+class _Hosted:
+    """One service inside the host: its loop, its positions and its clock."""
+
+    def __init__(self, member: Member, loop: ServiceLoop):
+        self.member = member
+        self.loop = loop
+        self.name: str = member.service.name
+        self.pos: dict[bus.TopicPartition, int] = {}     # next offset this service has to decide on
+        self.next_tick = 0.0
+        self.cpu = 0.0                                    # seconds of this thread's CPU spent deciding/acting
+
+
+class ServiceHost:
+    """Runs ``members`` over one consumer of the events topic in the group ``<prefix>-<name>``."""
+
+    def __init__(self, cfg: Config, members: Sequence[Member], *, name: str = NAME, replay: bool = False,
+                 sender: bus.CommandSender | None = None, backoff_max: float = 30.0):
+        if not members:
+            raise ValueError("a service host needs at least one service")
+        names = [m.service.name for m in members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a service host runs each service once, not {names}")
+        self.cfg = cfg
+        self.name = name
+        self.topic = cfg.kafka.events_topic
+        self.group = f"{cfg.kafka.group_prefix}-{name}"
+        self._own_sender = sender is None
+        self.sender = sender if sender is not None else bus.CommandSender(cfg)
+        self.hosted = [_Hosted(m, ServiceLoop(cfg, m.service, m.view, replay=replay, sender=self.sender,
+                                              consume=False)) for m in members]
+        self.consumer = bus.consumer(cfg, group_id=self.group)
+        self._adopt_service_offsets()
+        self._lock = threading.Lock()
+        self._reassigned: set[bus.TopicPartition] = set()
+        self.consumer.subscribe([self.topic], on_assign=self._moved, on_revoke=self._moved)
+        self.lag = metrics.LagTracker(self.consumer, self.group)
+        self._committed: dict[bus.TopicPartition, int] = {}
+        self.blocked = False                               # the last step left a service behind (transient)
+        self.backoff_max = backoff_max
+        self._backoff = 0.5
+        self.stats = {"events": 0, "polls": 0, "blocked": 0}
+        self.cpu_decode = 0.0                              # seconds of CPU decoding events (once for all)
+        self._next_report = time.monotonic() + 60
+        # poll size: as ServiceLoop, from the slowest recent cost per wanted event of all services together
+        self._max_poll = int(cfg.kafka.max_poll_records)
+        self._poll_budget_s = int(cfg.kafka.max_poll_interval_ms) / 4000
+        self._cost = 0.0
+        self._max_records = min(self._max_poll, 100)
+
+    # ------------------------------------------------------------------------------------- positions
+    def _adopt_service_offsets(self) -> None:
+        """Start a new host group where the hosted services' own groups were (moving to the host)."""
+        try:
+            admin = bus.admin(self.cfg)
+        except Exception as exc:  # noqa: BLE001 - the group then starts as any new group does
+            log.warning("%s: could not read the services' group offsets: %s", self.group, describe(exc))
+            return
+        try:
+            if admin.committed_offsets(self.group):
+                return
+            start: dict[bus.TopicPartition, int] = {}
+            for h in self.hosted:
+                for tp, offset in admin.committed_offsets(f"{self.cfg.kafka.group_prefix}-{h.name}").items():
+                    if tp.topic == self.topic:
+                        start[tp] = min(offset, start.get(tp, offset))
+            if start:
+                self.consumer.commit(start)
+                log.info("%s starts where its services' own groups were: %s", self.group,
+                         ", ".join(f"{tp.partition}@{off}" for tp, off in sorted(start.items())))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: could not start from the services' group offsets: %s", self.group, describe(exc))
+        finally:
+            admin.close()
+
+    def _moved(self, partitions: set[bus.TopicPartition]) -> None:
+        """Assignment or revocation (may run on the client's thread): forget those partitions' positions."""
+        with self._lock:
+            self._reassigned |= set(partitions)
+
+    def _forget_moved(self) -> None:
+        with self._lock:
+            moved, self._reassigned = self._reassigned, set()
+        for tp in moved:
+            self._committed.pop(tp, None)
+            for h in self.hosted:
+                h.pos.pop(tp, None)
+
+    def owned_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
+
+    # ------------------------------------------------------------------------------------------ work
+    def step(self, timeout_ms: int = 200) -> int:
+        """One poll decided by every service, their clocks, one flush and one commit; the records polled."""
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
+        self._forget_moved()
+        t0 = time.monotonic()
+        c0 = time.thread_time()
+        items = decode_polled(polled)
+        self.cpu_decode += time.thread_time() - c0
+        ends = {tp: msgs[-1].offset + 1 for tp, msgs in polled.items()}
+        sent_before = self._commands_sent()
+        wanted = 0
+        blocked = False
+        for h in self.hosted:
+            mine = [it for it in items if it[1].offset >= h.pos.get(it[0], -1)]
+            if not mine:
+                continue
+            c0 = time.thread_time()
+            try:
+                wanted += h.loop.decide_items(mine)
+                for tp, end in ends.items():
+                    h.pos[tp] = max(h.pos.get(tp, end), end)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                blocked = True
+                for tp, end in ends.items():      # done up to its first undecided event of each partition
+                    h.pos[tp] = h.loop.undone.get(tp, max(h.pos.get(tp, end), end))
+                log.warning("%s: service %s stopped at a transient error, the events from there are decided "
+                            "again after a back-off: %s", self.group, h.name, describe(exc))
+            finally:
+                h.cpu += time.thread_time() - c0
+                h.loop.stats["events"] += len(mine)
+        self._tick()
+        if polled:
+            if self._commands_sent() > sent_before:
+                self.sender.flush()       # every command of the poll is out before its offsets are committed
+            self._commit(ends)
+            self._cost = max((time.monotonic() - t0) / max(wanted, 1), 0.9 * self._cost)
+            self._max_records = max(1, min(self._max_poll, int(self._poll_budget_s / max(self._cost, 1e-6))))
+        self.blocked = blocked
+        self.stats["events"] += len(items)
+        self.stats["polls"] += 1
+        self.stats["blocked"] += blocked
+        self.lag.observe(polled)
+        if time.monotonic() >= self._next_report:
+            self._next_report = time.monotonic() + 60
+            log.info("%s: %s", self.group, self.cpu_report())
+        return len(items)
+
+    def _commands_sent(self) -> int:
+        return sum(h.loop.stats["commands"] for h in self.hosted)
+
+    def _commit(self, ends: dict[bus.TopicPartition, int]) -> None:
+        """Commit each polled partition at the smallest position of the services; seek back to it if a
+        service is behind the poll (its events come again; the others skip what they did)."""
+        offsets: dict[bus.TopicPartition, int] = {}
+        for tp, end in ends.items():
+            low = min(h.pos.get(tp, end) for h in self.hosted)
+            if low < end:
+                self.consumer.seek(tp, low)
+            if low > self._committed.get(tp, -1):
+                offsets[tp] = low
+        if offsets:
+            self.consumer.commit(offsets)
+            self._committed.update(offsets)
+
+    def _tick(self) -> None:
+        """Each service's clock rules when due, told the partitions this host owns."""
+        due = [h for h in self.hosted if h.member.tick_every is not None and time.monotonic() >= h.next_tick]
+        if not due:
+            return
+        owned = self.owned_partitions()
+        for h in due:
+            if hasattr(h.member.view, "partitions"):
+                h.member.view.partitions = set(owned)
+            c0 = time.thread_time()
+            try:
+                h.loop.tick(time.time())
+            except Exception as exc:   # one service's clock must not stop the others: its next tick tries again
+                if is_transient(exc):
+                    log.warning("%s: clock rules of %s failed, tried again at the next tick: %s", self.group,
+                                h.name, describe(exc))
+                else:
+                    log.exception("%s: clock rules of %s failed", self.group, h.name)
+            finally:
+                h.cpu += time.thread_time() - c0
+                h.next_tick = time.monotonic() + float(h.member.tick_every or 0)
+
+    def cpu_report(self) -> str:
+        """This thread's CPU by service since start (the rest of the process is polling and the clients)."""
+        parts = [f"decode {self.cpu_decode:.2f}s"] + [f"{h.name} {h.cpu:.2f}s" for h in self.hosted]
+        return "CPU " + ", ".join(parts) + f", {self.stats['events']} events"
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.step()
+            if self.blocked:
+                stop.wait(self._backoff)
+                self._backoff = min(self.backoff_max, self._backoff * 2)
+            else:
+                self._backoff = 0.5
+
+    def close(self) -> None:
+        log.info("%s stopping: %s", self.group, self.cpu_report())
+        try:
+            self.consumer.close()
+        finally:
+            for h in self.hosted:
+                try:
+                    h.loop.close()
+                finally:
+                    if h.member.close is not None:
+                        h.member.close()
+            if self._own_sender:
+                self.sender.close()
+
+
+def run_component(cfg: Config, stop: threading.Event) -> None:
+    """`pandaes run reactors`: the services of ``[reactors] services`` over one consumer."""
+    members: list[Any] = []
+    host = None
+    try:
+        for name in cfg.reactors.services:
+            members.append(member(cfg, name))
+        host = ServiceHost(cfg, members)
+        log.info("%s hosts %s", host.group, ", ".join(h.name for h in host.hosted))
+        host.run(stop)
+    finally:
+        if host is not None:
+            host.close()
+        else:
+            for m in members:
+                if m.close is not None:
+                    m.close()
