@@ -2,6 +2,7 @@
 #   make run    start broker, database and every component on the embedded defaults
 #   make test   install what the tests need and run both floors: tests/unit and tests/integration
 #               (the latter against a real broker and database); make test-unit runs the fast floor only
+#   make chaos  kill components, the embedded broker and database under load, then check the invariants
 PYTHON ?= python3
 # tests mostly wait on the broker (group joins, timeouts): three workers overlap that waiting
 PYTEST_ARGS ?= -n 3 --dist loadfile
@@ -9,7 +10,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test test-unit lint bench clean browser
+.PHONY: run test test-unit lint bench chaos clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/pandaes bench $(if $(QUICK),--quick,)
+
+# kill random components, the embedded broker and the embedded database under load, then check the
+# invariants (docs/reliability.md); e.g. make chaos CHAOS_ARGS="--jobs 100 --kills 5 --duration 40"
+CHAOS_ARGS ?= --jobs 1000 --kills 30 --duration 300 --embedded-db
+chaos: $(STAMP)
+	$(VENV)/bin/pandaes chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .state

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from core import metrics
 from core.config import Config
@@ -84,8 +85,10 @@ class Supervisor:
 
     HEALTHY_AFTER = 60.0   # seconds of uptime after which a component counts as healthy again
 
-    def __init__(self, names: list[str], env: dict[str, str], log=print, metrics_ports: dict[str, int] | None = None):
+    def __init__(self, names: list[str], env: dict[str, str], log=print, metrics_ports: dict[str, int] | None = None,
+                 log_dir: Path | None = None):
         self.names = names
+        self.log_dir = log_dir   # None: components write to this process's output; else <log_dir>/<name>.log
         self.env = env
         self.metrics_ports = metrics_ports or {}   # component → its /metrics port (PANDAES_METRICS_PORT)
         self.log = log
@@ -98,7 +101,16 @@ class Supervisor:
         if name in self.metrics_ports:
             env["PANDAES_METRICS_PORT"] = str(self.metrics_ports[name])
         self.started[name] = time.monotonic()
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "cli.main", "component", name], env=env)
+        out = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it; closed below
+        try:
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "cli.main", "component", name], env=env,
+                                                stdout=out, stderr=subprocess.STDOUT if out else None)
+        finally:
+            if out is not None:
+                out.close()
 
     def next_delay(self, name: str, now: float) -> float:
         """Count the exit of ``name`` (seen at ``now``, monotonic) and return the wait before its restart."""

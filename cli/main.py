@@ -30,7 +30,7 @@ from services import migrations
 
 # Modules that add subcommands: each has ``register(subparsers)``; its commands set ``fn``.
 EXTENSIONS: list[str] = ["cli.daemon", "cli.configure", "cli.pilot_sim", "cli.replay", "cli.token", "cli.deadletters",
-                         "bench.command"]
+                         "cli.chaos", "bench.command"]
 
 
 def cfg_for_clients() -> config.Config:

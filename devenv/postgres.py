@@ -89,6 +89,34 @@ class EmbeddedPostgres:
         info = _postmaster_info(self.data_dir)
         return info[0] if info else None
 
+    def kill(self) -> list[int]:
+        """SIGKILL the server and every process of it (postmaster and backends), as if its machine died;
+        only a server this process owns. Returns the pids killed. ``restart()`` brings it back on its port,
+        recovering from the WAL as after any crash."""
+        if not self.owned:
+            raise InfraError(f"{self!r} was not started by this process: not killing it")
+        import psutil
+
+        pid = self.pid()
+        if pid is None:
+            return []
+        try:
+            master = psutil.Process(pid)
+            procs = [master, *master.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(procs, timeout=10)
+        return [p.pid for p in procs]
+
+    def restart(self) -> None:
+        """Start the server again on the same port (clients keep their URL) after ``kill()``."""
+        with file_lock(self.root / ".lock"):
+            if _postmaster_info(self.data_dir) is None:
+                _pg_ctl_start(self.root, self.port, _run_as())
+
     def stop(self) -> None:
         """Fast shutdown (rolls back open transactions) if we own it; otherwise nothing."""
         if not self.owned:

@@ -125,6 +125,19 @@ class Infra:
             ensure_topics(self._kafka_cfg(), log=self.log)
         return self.tansu
 
+    # -- database loss, for the chaos run
+    def kill_database(self) -> list[int]:
+        """SIGKILL the embedded PostgreSQL this Infra started (every process of it); the pids killed."""
+        if self.postgres is None or not self.postgres.owned:
+            raise InfraError("kill_database(): this Infra did not start an embedded PostgreSQL")
+        return self.postgres.kill()
+
+    def restart_database(self) -> None:
+        """Start the killed embedded PostgreSQL again on its port; it recovers from its WAL."""
+        if self.postgres is None:
+            raise InfraError("restart_database(): this Infra did not start an embedded PostgreSQL")
+        self.postgres.restart()
+
     # -- parts
     def _kafka_cfg(self) -> Config:
         return self.cfg.replace(kafka={"bootstrap": self.kafka_bootstrap})
