@@ -216,7 +216,7 @@ def fill(cfg: Config, conn: psycopg.Connection, proj: Projection, *, end: dict[i
 
 
 def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: object, *, end: dict[int, int],
-               begin: dict[int, int], progress: Progress | None = None, flush_every: int = BULK_FLUSH_EVENTS,
+               begin: dict[int, int], progress: Progress | None = None, flush_every: int | None = None,
                processes: int | None = None) -> int:
     """The whole log (``begin`` as ``apply_log``'s) folded by ``bulk`` (``proj.bulk()``) and written at
     every ``flush_every`` events with the positions reached, one transaction each. The records the fold
@@ -228,6 +228,7 @@ def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: ob
     its own connection into the same schema, with its own transactions. A job lives in one partition, so
     the shares' rows are disjoint, and each transaction still holds a partition's rows with its position.
     Logs partly read from the archive are loaded by this process alone."""
+    flush_every = flush_every or BULK_FLUSH_EVENTS
     if processes is None:
         processes = min(BULK_PROCESSES, os.cpu_count() or 1)
     parts = sorted(p for p, off in end.items() if off > 0)
