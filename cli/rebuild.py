@@ -227,7 +227,8 @@ def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: ob
     out: this process loads one share on ``conn``, each other share is loaded by a process of its own on
     its own connection into the same schema, with its own transactions. A job lives in one partition, so
     the shares' rows are disjoint, and each transaction still holds a partition's rows with its position.
-    Logs partly read from the archive are loaded by this process alone."""
+    Logs partly read from the archive are loaded by this process alone. The other processes are spawned,
+    so a script that calls this needs the usual ``if __name__ == "__main__":`` guard."""
     flush_every = flush_every or BULK_FLUSH_EVENTS
     if processes is None:
         processes = min(BULK_PROCESSES, os.cpu_count() or 1)
