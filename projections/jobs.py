@@ -208,7 +208,12 @@ _INT4, _INT8 = 2**31, 2**63
 _RANGE = {"int": _INT4, "bigint": _INT8}
 _EMPTY_ROW = {col: _column_value(col, None) for col in COLUMNS.values()}   # a JobSpec that sets none of them
 _EPOCH_RANGE = (-62_135_596_800.0, 253_402_300_800.0)   # what datetime can hold (years 1 to 9999)
-_COPY_SQL = f"COPY jobs ({', '.join(_INSERT_COLS)}) FROM STDIN"
+# COPY's binary format: half the client's CPU per row of the text format, and less of the server's. A binary
+# field carries no type: the server reads it with the column's own receive function, and jsonb's binary form
+# is a version byte (1) followed by the JSON text, so the spec is written as those bytes (dumped as bytea).
+_COPY_SQL = f"COPY jobs ({', '.join(_INSERT_COLS)}) FROM STDIN (FORMAT BINARY)"
+_BINARY = {"int": "int4", "bigint": "int8", "text": "text", "timestamptz": "timestamptz", "jsonb": "bytea"}
+_COPY_TYPES = [_BINARY[_SQL_TYPE[c]] for c in _INSERT_COLS]
 
 
 def _fits(col: str, value: Any) -> bool:
@@ -320,11 +325,12 @@ class JobsBulk:
             if rows:
                 ts = _ts
                 with cur.copy(_COPY_SQL) as copy:
+                    copy.set_types(_COPY_TYPES)
                     write = copy.write_row
                     for r in rows.values():
                         write((r["pandaid"], r["partition"], r["seq"], r["status"], *(r[c] for c in COLUMNS.values()),
                                ts(r["creation_time"]), ts(r["modification_time"]), ts(r["state_change_time"]),
-                               r["last_command_id"], _dumps(r["spec"]).decode()))
+                               r["last_command_id"], b"\x01" + _dumps(r["spec"])))
             if changes:
                 for u in changes.values():
                     u["modification_time"] = _ts(u["modification_time"])
