@@ -25,6 +25,7 @@ compares) and ``bench/rebuild_rate.py``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -194,14 +195,14 @@ def reader_config(cfg: Config) -> Config:
 
 
 def fill(cfg: Config, conn: psycopg.Connection, proj: Projection, *, end: dict[int, int], begin: dict[int, int],
-         progress: Progress | None = None) -> int:
+         progress: Progress | None = None, pool: concurrent.futures.Executor | None = None) -> int:
     """Load ``proj``'s empty tables (search_path) with the whole log: its bulk fold when it has one,
     else ``apply_log``. Returns the number of events applied."""
     bulk = getattr(proj, "bulk", None)
     if bulk is None:
         return apply_log(cfg, conn, [proj], end=end, progress=progress, commit_every=20000, begin=begin)
     try:
-        return apply_bulk(cfg, conn, proj, bulk(), end=end, begin=begin, progress=progress)
+        return apply_bulk(cfg, conn, proj, bulk(), end=end, begin=begin, progress=progress, pool=pool)
     except deadletters.POISON as exc:
         conn.rollback()
         log.warning("%s: the bulk load was refused (%s); rebuilding through apply() instead", proj.name,
@@ -217,7 +218,7 @@ def fill(cfg: Config, conn: psycopg.Connection, proj: Projection, *, end: dict[i
 
 def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: object, *, end: dict[int, int],
                begin: dict[int, int], progress: Progress | None = None, flush_every: int | None = None,
-               processes: int | None = None) -> int:
+               processes: int | None = None, pool: concurrent.futures.Executor | None = None) -> int:
     """The whole log (``begin`` as ``apply_log``'s) folded by ``bulk`` (``proj.bulk()``) and written at
     every ``flush_every`` events with the positions reached, one transaction each. The records the fold
     leaves out go through ``proj.apply`` right after each write, dead letters skipped as ``apply_log``
@@ -228,7 +229,8 @@ def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: ob
     its own connection into the same schema, with its own transactions. A job lives in one partition, so
     the shares' rows are disjoint, and each transaction still holds a partition's rows with its position.
     Logs partly read from the archive are loaded by this process alone. The other processes are spawned,
-    so a script that calls this needs the usual ``if __name__ == "__main__":`` guard."""
+    so a script that calls this needs the usual ``if __name__ == "__main__":`` guard; ``pool``: processes
+    started earlier (``loaders``)."""
     flush_every = flush_every or BULK_FLUSH_EVENTS
     if processes is None:
         processes = min(BULK_PROCESSES, os.cpu_count() or 1)
@@ -238,8 +240,7 @@ def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: ob
                            progress, flush_every)
     shares = [parts[i::processes] for i in range(min(processes, len(parts)))]
     schema = current_schema(conn)
-    spawn = multiprocessing.get_context("spawn")   # no fork: the caller may hold threads, sockets, a broker client
-    with concurrent.futures.ProcessPoolExecutor(len(shares) - 1, mp_context=spawn) as pool:
+    with contextlib.nullcontext(pool) if pool is not None else _pool(len(shares) - 1) as pool:
         others = [pool.submit(_load_share, cfg, schema, proj.name, {p: end[p] for p in share}, flush_every)
                   for share in shares[1:]]
         mine = {p: end[p] for p in shares[0]}
@@ -254,6 +255,28 @@ def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: ob
 
 
 BULK_PROCESSES = 2
+
+
+def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    spawn = multiprocessing.get_context("spawn")   # no fork: the caller may hold threads, sockets, a broker client
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn)
+
+
+def loaders(proj: Projection) -> contextlib.AbstractContextManager[concurrent.futures.Executor | None]:
+    """The processes that will load shares of the partitions (``apply_bulk``), started now so that their
+    imports (a third of a second of CPU each) overlap the preparation of the schema; none for a projection
+    without a bulk fold, or on one core."""
+    workers = min(BULK_PROCESSES, os.cpu_count() or 1) - 1
+    if workers < 1 or getattr(proj, "bulk", None) is None:
+        return contextlib.nullcontext()
+    pool = _pool(workers)
+    for _ in range(workers):
+        pool.submit(_ready)
+    return pool
+
+
+def _ready() -> None:
+    """Nothing: a worker imports this module to run it, which is the point (see ``loaders``)."""
 
 
 def _load_share(cfg: Config, schema: str, name: str, end: dict[int, int], flush_every: int) -> int:
@@ -359,7 +382,7 @@ def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print
     proj = projection(name)
     topic = cfg.kafka.events_topic
     started = time.monotonic()
-    with db.connect(cfg) as conn:
+    with loaders(proj) as pool, db.connect(cfg) as conn:
         live = current_schema(conn)
         if into == live:
             raise RebuildError(f"--into {into}: that is the live schema; omit --into to rebuild in place")
@@ -373,12 +396,14 @@ def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print
         set_search_path(conn, scratch)
         with Progress(f"rebuild {name}", total=count_between({}, end), enabled=show_progress) as bar:
             try:
-                n = fill(cfg, conn, proj, end=end, begin=begin, progress=bar)
+                n = fill(cfg, conn, proj, end=end, begin=begin, progress=bar, pool=pool)
             except ArchiveGap as exc:
                 raise RebuildError(f"{exc}: a rebuild would be incomplete") from None
+        indexed = time.monotonic()
         for statement in later:
             conn.execute(statement)
         conn.commit()
+        indexed = time.monotonic() - indexed
         if into is None:
             n += _switch(cfg, conn, proj, live, scratch)
         conn.execute(sql.SQL("SET search_path TO {}").format(_ident(live)))
@@ -387,7 +412,7 @@ def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print
     where = into or live
     log(f"rebuilt {name} into schema {where}: {n} events in {seconds:.2f}s ({n / seconds if seconds else 0:,.0f}"
         f" events/s){'' if into else ', switched atomically'}; positions in {where}.consumer_positions "
-        f"(topic {topic})")
+        f"(topic {topic}); {len(later)} indexes built in {indexed:.2f}s")
     return RebuildResult(name, where, n, seconds)
 
 
