@@ -244,8 +244,11 @@ def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: ob
         others = [pool.submit(_load_share, cfg, schema, proj.name, {p: end[p] for p in share}, flush_every)
                   for share in shares[1:]]
         mine = {p: end[p] for p in shares[0]}
-        n = _timed_bulk(cfg, conn, proj, bulk, read_log(reader_config(cfg), end=mine, partitions=list(mine)),
-                        progress, flush_every)
+        try:
+            n = _timed_bulk(cfg, conn, proj, bulk, read_log(reader_config(cfg), end=mine, partitions=list(mine)),
+                            progress, flush_every)
+        finally:
+            concurrent.futures.wait(others)   # none still loading when the caller starts over or gives up
         for done in others:
             got = done.result()
             n += got
@@ -364,6 +367,29 @@ def _decode_all(partition: int, recs) -> tuple[list[int], list[bytes], list[obje
     return offsets, raws, events
 
 
+def build_indexes(cfg: Config, conn: psycopg.Connection, statements: Sequence[str]) -> None:
+    """Run ``statements`` (CREATE INDEX on loaded tables), two at a time where there are two cores: each
+    index is one sort on one core of PostgreSQL. The other half runs on a connection of its own, committed
+    before this returns; ``conn``'s half is the caller's to commit. The load must be committed first (an
+    open write on ``conn`` would make the other connection wait for it, and this one for the other)."""
+    if len(statements) < 2 or (os.cpu_count() or 1) < 2:
+        for statement in statements:
+            conn.execute(statement)
+        return
+
+    def other_half() -> None:
+        with db.connect(cfg) as own:
+            for statement in statements[1::2]:
+                own.execute(statement)
+            own.commit()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as helper:
+        done = helper.submit(other_half)
+        for statement in statements[0::2]:
+            conn.execute(statement)
+        done.result()
+
+
 @dataclasses.dataclass
 class RebuildResult:
     projection: str
@@ -399,9 +425,9 @@ def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print
                 n = fill(cfg, conn, proj, end=end, begin=begin, progress=bar, pool=pool)
             except ArchiveGap as exc:
                 raise RebuildError(f"{exc}: a rebuild would be incomplete") from None
+        conn.commit()   # the load: an index built on another connection must see it, and wait for no lock
         indexed = time.monotonic()
-        for statement in later:
-            conn.execute(statement)
+        build_indexes(cfg, conn, later)
         conn.commit()
         indexed = time.monotonic() - indexed
         if into is None:
