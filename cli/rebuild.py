@@ -201,15 +201,18 @@ def fill(cfg: Config, conn: psycopg.Connection, proj: Projection, *, end: dict[i
     bulk = getattr(proj, "bulk", None)
     if bulk is None:
         return apply_log(cfg, conn, [proj], end=end, progress=progress, commit_every=20000, begin=begin)
+    schema = current_schema(conn)
     try:
         return apply_bulk(cfg, conn, proj, bulk(), end=end, begin=begin, progress=progress, pool=pool)
     except deadletters.POISON as exc:
         conn.rollback()
         log.warning("%s: the bulk load was refused (%s); rebuilding through apply() instead", proj.name,
                     deadletters.describe(exc))
+    set_search_path(conn, schema)   # the rollback may have undone the caller's SET (and this is not the live one)
     for t in proj.tables:
-        conn.execute(sql.SQL("TRUNCATE {}").format(_ident(t)))
-    conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(_ident(POSITIONS_TABLE)), (proj.name,))
+        conn.execute(sql.SQL("TRUNCATE {}").format(_ident(schema, t)))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(_ident(schema, POSITIONS_TABLE)),
+                 (proj.name,))
     conn.commit()
     if progress is not None:
         progress.done = 0

@@ -11,12 +11,13 @@ batches fell; the bulk fold hands such an event to apply() alone, where the seq 
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from bench.rebuild_rate import events
 from cli import rebuild
 from core import bus, db
-from projections.jobs import JobsProjection
+from projections.jobs import JobsBulk, JobsProjection
 from schemas.jobspec import JobSpec
 from schemas.messages import Event, JobSubmitted, JobUpdated, encode, key_of
 
@@ -101,3 +102,24 @@ def test_bulk_rebuild_gives_apply_s_rows_and_positions(cfg, monkeypatch, process
     by_pid = {r[0]: r for r in rows}
     assert 7_000_000 in by_pid and ODD_SITE in by_pid[7_000_000]
     assert len(rows) > 400 and positions
+
+
+def test_a_refused_bulk_write_starts_over_through_apply(cfg, monkeypatch):
+    _write(cfg, _log(500))
+    monkeypatch.setattr(rebuild, "BULK_PROCESSES", 1)
+    real = JobsBulk.flush
+    refused = []
+
+    def flush(self, conn):
+        if not refused:
+            refused.append(1)
+            raise psycopg.errors.NumericValueOutOfRange("refused, as PostgreSQL might")
+        return real(self, conn)
+
+    monkeypatch.setattr(JobsBulk, "flush", flush)
+    restarted = rebuild.rebuild(cfg, "jobs", into="restarted", log=lambda *_: None, show_progress=False)
+    monkeypatch.setattr(JobsBulk, "flush", real)
+    bulk = rebuild.rebuild(cfg, "jobs", into="bulk", log=lambda *_: None, show_progress=False)
+    assert refused and restarted.events == bulk.events
+    assert _dump(cfg, "restarted") == _dump(cfg, "bulk")
+    assert _dump(cfg, "public")[0] == [], "the live table was left alone"
