@@ -12,28 +12,40 @@ in another PostgreSQL schema, created with the live tables' columns, constraints
   whatever the live projector applied meanwhile, drop the live tables, move the rebuilt ones in and
   take over the positions. Readers see the old rows or the new ones, never a mix.
 
+A projection with a ``bulk()`` fold (jobs) is loaded through it: each job's events folded in memory,
+its row written once with COPY, a commit with the positions every ``BULK_FLUSH_EVENTS`` events; the
+log is read with confluent-kafka when it is installed (several times cheaper per record than
+kafka-python). Should the database still refuse what the fold wrote, the rebuild starts over through
+``apply`` as before.
+
 ``apply_log`` and ``clone_tables`` are shared with ``verify`` (which builds what the log implies and
 compares) and ``bench/rebuild_rate.py``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import gc
 import logging
+import multiprocessing
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
+import msgspec
 import psycopg
 from psycopg import sql
 
 from cli.logread import ArchiveGap, count_between, log_bounds, read_history, read_log
 from cli.progress import Progress
-from core import db
+from core import bus, db
 from core.config import Config
 from projections import deadletters, jobs_archive
 from projections.base import POSITIONS_TABLE, Projection, Record, drop_positions, load_positions, save_position
 from projections.runner import ALL
-from schemas.messages import decode_event
+from schemas.messages import SCHEMA_VERSION, Event, decode_event
 
 Log = Callable[[str], object]
 log = logging.getLogger(__name__)
@@ -189,6 +201,217 @@ def _in_savepoint(conn: psycopg.Connection, fn: Callable[[], object]) -> bool:
     return True
 
 
+BULK_FLUSH_EVENTS = 200_000   # events folded in memory between two COPYs (and commits)
+_decoder = msgspec.json.Decoder(Event)
+
+
+def reader_config(cfg: Config) -> Config:
+    """``cfg`` reading with confluent-kafka when it is installed: a whole-log read is where the client's
+    cost per record shows most, and both adapters keep the same contract."""
+    if bus.client_name(cfg) != "confluent" and bus.client_available("confluent"):
+        return cfg.replace(kafka={"client": "confluent"})
+    return cfg
+
+
+def fill(cfg: Config, conn: psycopg.Connection, proj: Projection, *, end: dict[int, int], begin: dict[int, int],
+         progress: Progress | None = None, pool: concurrent.futures.Executor | None = None) -> int:
+    """Load ``proj``'s empty tables (search_path) with the whole log: its bulk fold when it has one,
+    else ``apply_log``. Returns the number of events applied."""
+    bulk = getattr(proj, "bulk", None)
+    if bulk is None:
+        return apply_log(cfg, conn, [proj], end=end, progress=progress, commit_every=20000, begin=begin)
+    schema = current_schema(conn)
+    try:
+        return apply_bulk(cfg, conn, proj, bulk(), end=end, begin=begin, progress=progress, pool=pool)
+    except deadletters.POISON as exc:
+        conn.rollback()
+        log.warning("%s: the bulk load was refused (%s); rebuilding through apply() instead", proj.name,
+                    deadletters.describe(exc))
+    set_search_path(conn, schema)   # the rollback may have undone the caller's SET (and this is not the live one)
+    for t in proj.tables:
+        conn.execute(sql.SQL("TRUNCATE {}").format(_ident(schema, t)))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(_ident(schema, POSITIONS_TABLE)),
+                 (proj.name,))
+    conn.commit()
+    if progress is not None:
+        progress.done = 0
+    return apply_log(cfg, conn, [proj], end=end, progress=progress, commit_every=20000, begin=begin)
+
+
+def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: object, *, end: dict[int, int],
+               begin: dict[int, int], progress: Progress | None = None, flush_every: int | None = None,
+               processes: int | None = None, pool: concurrent.futures.Executor | None = None) -> int:
+    """The whole log (``begin`` as ``apply_log``'s) folded by ``bulk`` (``proj.bulk()``) and written at
+    every ``flush_every`` events with the positions reached, one transaction each. The records the fold
+    leaves out go through ``proj.apply`` right after each write, dead letters skipped as ``apply_log``
+    skips them.
+
+    With ``processes`` > 1 (default: one per core, at most ``BULK_PROCESSES``) the partitions are shared
+    out: this process loads one share on ``conn``, each other share is loaded by a process of its own on
+    its own connection into the same schema, with its own transactions. A job lives in one partition, so
+    the shares' rows are disjoint, and each transaction still holds a partition's rows with its position.
+    Logs partly read from the archive are loaded by this process alone. The other processes are spawned,
+    so a script that calls this needs the usual ``if __name__ == "__main__":`` guard; ``pool``: processes
+    started earlier (``loaders``)."""
+    flush_every = flush_every or BULK_FLUSH_EVENTS
+    if processes is None:
+        processes = min(BULK_PROCESSES, os.cpu_count() or 1)
+    parts = sorted(p for p, off in end.items() if off > 0)
+    if processes < 2 or len(parts) < 2 or any(begin.values()):
+        return _timed_bulk(cfg, conn, proj, bulk, read_history(reader_config(cfg), end=end, begin=begin),
+                           progress, flush_every)
+    shares = [parts[i::processes] for i in range(min(processes, len(parts)))]
+    schema = current_schema(conn)
+    with contextlib.nullcontext(pool) if pool is not None else _pool(len(shares) - 1) as pool:
+        others = [pool.submit(_load_share, cfg, schema, proj.name, {p: end[p] for p in share}, flush_every)
+                  for share in shares[1:]]
+        mine = {p: end[p] for p in shares[0]}
+        try:
+            n = _timed_bulk(cfg, conn, proj, bulk, read_log(reader_config(cfg), end=mine, partitions=list(mine)),
+                            progress, flush_every)
+        finally:
+            concurrent.futures.wait(others)   # none still loading when the caller starts over or gives up
+        for done in others:
+            got = done.result()
+            n += got
+            if progress:
+                progress.update(got)
+    return n
+
+
+BULK_PROCESSES = 2
+
+
+def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    spawn = multiprocessing.get_context("spawn")   # no fork: the caller may hold threads, sockets, a broker client
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn)
+
+
+def loaders(proj: Projection) -> contextlib.AbstractContextManager[concurrent.futures.Executor | None]:
+    """The processes that will load shares of the partitions (``apply_bulk``), started now so that their
+    imports (a third of a second of CPU each) overlap the preparation of the schema; none for a projection
+    without a bulk fold, or on one core."""
+    workers = min(BULK_PROCESSES, os.cpu_count() or 1) - 1
+    if workers < 1 or getattr(proj, "bulk", None) is None:
+        return contextlib.nullcontext()
+    pool = _pool(workers)
+    for _ in range(workers):
+        pool.submit(_ready)
+    return pool
+
+
+def _ready() -> None:
+    """Nothing: a worker imports this module to run it, which is the point (see ``loaders``)."""
+
+
+def _load_share(cfg: Config, schema: str, name: str, end: dict[int, int], flush_every: int) -> int:
+    """One share of ``apply_bulk``'s partitions, in a process of its own. Errors come back as text (a
+    database error does not always cross processes): a refused value as ValueError, so the caller
+    starts over through apply() as it would for its own share."""
+    proj = projection(name)
+    try:
+        with db.connect(cfg) as conn:
+            set_search_path(conn, schema)
+            return _timed_bulk(cfg, conn, proj, proj.bulk(),  # type: ignore[attr-defined]
+                               read_log(reader_config(cfg), end=end, partitions=list(end)), None, flush_every)
+    except deadletters.POISON as exc:
+        raise ValueError(deadletters.describe(exc)) from None
+    except Exception as exc:
+        raise RebuildError(f"loading partitions {sorted(end)}: {type(exc).__name__}: {exc}") from None
+
+
+def _timed_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: object,
+                source: Iterable[tuple[int, list]], progress: Progress | None, flush_every: int) -> int:
+    """Fold ``source`` with the cyclic garbage collector off: the fold's millions of short-lived objects
+    form no cycles, and the collections they trigger would scan the whole fold, again and again (half
+    the CPU of a load with it on)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(cfg, conn, proj, bulk, source, progress, flush_every)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _load(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: object,
+          source: Iterable[tuple[int, list]], progress: Progress | None, flush_every: int) -> int:
+    topic = cfg.kafka.events_topic
+    n = since = 0
+    upto: dict[int, int] = {}
+    add = bulk.add  # type: ignore[attr-defined]
+    for partition, recs in source:
+        offsets, raws, events = _decode_all(partition, recs)
+        add(partition, offsets, raws, events)
+        upto[partition] = recs[-1].offset + 1
+        n += len(events)
+        since += len(events)
+        if progress:
+            progress.update(len(events))
+        if since >= flush_every:
+            _flush(conn, proj, bulk, topic, upto)
+            since = 0
+    _flush(conn, proj, bulk, topic, upto)
+    return n
+
+
+def _flush(conn: psycopg.Connection, proj: Projection, bulk: object, topic: str, upto: dict[int, int]) -> None:
+    for recs in bulk.flush(conn).values():  # type: ignore[attr-defined]
+        _apply_skipping_poison(conn, proj, recs)
+    for partition, offset in upto.items():   # a share's partitions only: the other shares save theirs
+        save_position(conn, proj.name, topic, partition, offset)
+    conn.commit()
+
+
+def _decode_all(partition: int, recs) -> tuple[list[int], list[bytes], list[object]]:
+    """``_decoded`` in three lists, with one decoder call for a current event (``decode_event`` for the
+    others: older versions, and the errors it reports)."""
+    offsets: list[int] = []
+    raws: list[bytes] = []
+    events: list[object] = []
+    decode = _decoder.decode
+    for r in recs:
+        raw = r.value
+        try:
+            ev = decode(raw)
+            if ev.v != SCHEMA_VERSION or b'"v":' not in raw:
+                ev = decode_event(raw)
+        except Exception:   # noqa: BLE001 - decode_event says what it is, or raises it again
+            try:
+                ev = decode_event(raw)
+            except deadletters.POISON as exc:
+                log.error("partition %d offset %d is not an event (%s): skipped, as the projector did", partition,
+                          r.offset, deadletters.describe(exc))
+                continue
+        offsets.append(r.offset)
+        raws.append(raw)
+        events.append(ev)
+    return offsets, raws, events
+
+
+def build_indexes(cfg: Config, conn: psycopg.Connection, statements: Sequence[str]) -> None:
+    """Run ``statements`` (CREATE INDEX on loaded tables), two at a time where there are two cores: each
+    index is one sort on one core of PostgreSQL. The other half runs on a connection of its own, committed
+    before this returns; ``conn``'s half is the caller's to commit. The load must be committed first (an
+    open write on ``conn`` would make the other connection wait for it, and this one for the other)."""
+    if len(statements) < 2 or (os.cpu_count() or 1) < 2:
+        for statement in statements:
+            conn.execute(statement)
+        return
+
+    def other_half() -> None:
+        with db.connect(cfg) as own:
+            for statement in statements[1::2]:
+                own.execute(statement)
+            own.commit()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as helper:
+        done = helper.submit(other_half)
+        for statement in statements[0::2]:
+            conn.execute(statement)
+        done.result()
+
+
 @dataclasses.dataclass
 class RebuildResult:
     projection: str
@@ -207,7 +430,7 @@ def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print
     proj = projection(name)
     topic = cfg.kafka.events_topic
     started = time.monotonic()
-    with db.connect(cfg) as conn:
+    with loaders(proj) as pool, db.connect(cfg) as conn:
         live = current_schema(conn)
         if into == live:
             raise RebuildError(f"--into {into}: that is the live schema; omit --into to rebuild in place")
@@ -221,14 +444,16 @@ def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print
         set_search_path(conn, scratch)
         with Progress(f"rebuild {name}", total=count_between({}, end), enabled=show_progress) as bar:
             try:
-                n = apply_log(cfg, conn, [proj], end=end, progress=bar, commit_every=20000, begin=begin)
+                n = fill(cfg, conn, proj, end=end, begin=begin, progress=bar, pool=pool)
             except ArchiveGap as exc:
                 raise RebuildError(f"{exc}: a rebuild would be incomplete") from None
         if name == "jobs":   # what the live sweep would have archived by now (projections.jobs_archive)
             jobs_archive.sweep(conn, before=time.time() - cfg.projections.archive_after)
-        for statement in later:
-            conn.execute(statement)
+        conn.commit()   # the load: an index built on another connection must see it, and wait for no lock
+        indexed = time.monotonic()
+        build_indexes(cfg, conn, later)
         conn.commit()
+        indexed = time.monotonic() - indexed
         if into is None:
             n += _switch(cfg, conn, proj, live, scratch)
         conn.execute(sql.SQL("SET search_path TO {}").format(_ident(live)))
@@ -237,7 +462,7 @@ def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print
     where = into or live
     log(f"rebuilt {name} into schema {where}: {n} events in {seconds:.2f}s ({n / seconds if seconds else 0:,.0f}"
         f" events/s){'' if into else ', switched atomically'}; positions in {where}.consumer_positions "
-        f"(topic {topic})")
+        f"(topic {topic}); {len(later)} indexes built in {indexed:.2f}s")
     return RebuildResult(name, where, n, seconds)
 
 
