@@ -41,9 +41,15 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
         message = f"{exc.reason}: {request.method} {request.path}"
         if exc.status == 413:
             message = f"request body too large (limit {request.app['cfg'].gateway.max_body_bytes} bytes)"
+        # a 405 keeps its Allow header (RFC 9110: the methods the resource does support)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         if api:
-            return v1.envelope(False, message, status=exc.status)
-        return web.json_response({"StatusCode": 50, "errorDialog": message}, status=exc.status)
+            response = v1.envelope(False, message, status=exc.status)
+        else:
+            response = web.json_response({"StatusCode": 50, "errorDialog": message}, status=exc.status)
+        if headers:
+            response.headers.update(headers)
+        return response
     except asyncio.CancelledError:
         raise
     except RecursionError:

@@ -21,7 +21,7 @@ from projections import harvester_queries
 from services.harvester import killer, store
 
 from . import identity
-from .params import BadRequest, as_int, as_str
+from .params import BadRequest, as_int, as_str, to_int
 from .v1 import Handler, _v1, envelope
 
 log = logging.getLogger(__name__)
@@ -164,11 +164,7 @@ async def acquire_commands(request: web.Request, params: dict[str, Any]) -> web.
 
 @_v1
 async def acknowledge_commands(request: web.Request, params: dict[str, Any]) -> web.Response:
-    ids = _list(params, "command_ids")
-    try:
-        command_ids = [int(i) for i in ids]
-    except (TypeError, ValueError):
-        raise BadRequest("must be a list of integers", field="command_ids") from None
+    command_ids = [to_int(i, f"command_ids[{n}]") for n, i in enumerate(_list(params, "command_ids"))]
     async with _pool(request).connection() as conn:
         await store.acknowledge_commands(conn, command_ids)
     return envelope(True)

@@ -44,7 +44,7 @@ def test_bad_input_is_a_4xx_never_a_5xx(cfg, background):
                 params = {"siteName": "LOCAL", name: "A\x00B"}
                 async with s.get(f"{legacy}/getJob", params=params) as r:
                     body = await r.json(content_type=None)
-                    assert r.status == 200 and body["StatusCode"] == 50 and name in body["errorDialog"], body
+                    assert r.status == 400 and body["StatusCode"] == 50 and name in body["errorDialog"], body
             # an upload whose name holds a NUL: refused, and the reply is a well-formed response
             # (built by hand: aiohttp's client refuses to write such a header itself)
             for filename in (b"a\x00b.txt", b"ok.txt\x00", b"\x00"):
