@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from schemas import storable
 from schemas.storable import text_problem
 
 _MISSING = object()
@@ -235,3 +236,13 @@ def as_id_list(params: Mapping[str, Any], *names: str, limit: int = 5500) -> lis
     if len(value) > limit:
         raise BadRequest(f"at most {limit} IDs per call, got {len(value)}", field=name)
     return [to_int(v, f"{name}[{i}]") for i, v in enumerate(value)]
+
+
+def storable_value(value: Any, name: str) -> Any:
+    """``value`` (free-form JSON a handler stores as it is) if the database can hold every part of it, else
+    BadRequest naming the part: ``metrics[0][1].<key>: contains a NUL character``."""
+    hit = storable.find(value, name)
+    if hit:
+        path, problem = hit
+        raise BadRequest(f"{path}: {problem}", field=None)
+    return value

@@ -26,7 +26,7 @@ from schemas.messages import Event, Kill, Rejected, Submit, Transition
 from . import access, identity, pilot
 from .auth import policy
 from .backend import Unavailable, VerdictTimeout
-from .params import BadRequest, as_bool, as_id_list, as_int, as_str, read_params
+from .params import BadRequest, as_bool, as_id_list, as_int, as_str, read_params, storable_value
 from .updates import V1_NAMES, legacy_names
 
 log = logging.getLogger(__name__)
@@ -271,6 +271,7 @@ async def kill(request: web.Request, params: dict[str, Any]) -> web.Response:
         options = [o for o in options.split(",") if o]
     if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
         raise BadRequest("must be a list of strings", field="kill_options")
+    storable_value(options, "kill_options")
     sub_status = next((str(o).split("=", 1)[1] for o in options if str(o).startswith("jobSubStatus=")), None)
     caller = identity.user(request)
     actor = caller.actor
