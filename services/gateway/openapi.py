@@ -12,6 +12,7 @@ from typing import Any
 
 from core.states import PILOT_STATES
 
+from .auth import policy
 from .openapi_harvester import EVENTS, HARVESTER, LEGACY_EVENTS
 from .openapi_tasks import CREDS, JEDI_LOG_UPLOAD, LEGACY_CREDS, TASKS
 from .openapi_types import (
@@ -25,6 +26,7 @@ from .openapi_types import (
     LEGACY_ERROR,
     NUM,
     PLAIN_ERROR,
+    QUERY_IDS,
     STR,
     errors,
     optional,
@@ -177,6 +179,7 @@ def _body(params: list[P], media: str) -> dict[str, Any]:
 
 
 def _query(params: list[P]) -> list[dict[str, Any]]:
+    params = [(n, QUERY_IDS if s is IDS else s, r, d) for n, s, r, d in params]
     return [{"name": n, "in": "query", "required": r, "schema": s if r else optional(s),
              **({"description": d} if d else {})} for n, s, r, d in params]
 
@@ -263,9 +266,33 @@ def document() -> dict[str, Any]:
                                 "reason (the parameter named): an envelope with success false on /api/v1, "
                                 "StatusCode 50 and errorDialog on /server/panda. 503 means nothing was "
                                 "recorded and the call may be sent again."},
-        "paths": paths,
-        "components": {"schemas": SCHEMAS},
+        "paths": _secured(paths),
+        "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
     }
+
+
+SECURITY_SCHEMES = {"token": {
+    "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+    "description": "an OIDC token of a configured issuer, sent with 'Origin: <vo>' (docs/auth.md); a client "
+                   "certificate through a trusted proxy is the other way in"}}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Each operation's security and roles from the gate's table (auth/policy.py::ENDPOINTS), so the document
+    cannot drift from what the gate enforces: public routes need nothing; the others a token, and the roles."""
+    for path, item in paths.items():
+        roles = policy.endpoint_roles(path.replace("{queue}", "Q").replace("{file}", "f"))
+        for op in item.values():
+            if roles is policy.PUBLIC:
+                op["security"] = []
+                for code in ("401", "403"):
+                    op["responses"].pop(code, None)
+                continue
+            op["security"] = [{"token": []}]
+            needs = "any authenticated caller" if roles is policy.AUTHENTICATED else \
+                f"a caller with one of the roles {', '.join(sorted(roles))}"
+            op["description"] = f"Needs {needs} (401 without credentials, 403 without the role)."
+    return paths
 
 
 def text() -> str:

@@ -26,6 +26,9 @@ BOOL: dict[str, Any] = {"anyOf": [{"type": "boolean"}, {"enum": [0, 1, "0", "1",
 ANY: dict[str, Any] = {"description": "accepted and ignored"}
 IDS: dict[str, Any] = {"anyOf": [{"type": "array", "items": INT, "maxItems": 5500}, INT, STR],
                        "description": "PandaIDs: a list, one integer, JSON text of a list, or 'a,b' / 'a b' / 'a+b'"}
+#: the same in a query string: the HTTP server takes a request line of at most 8190 bytes (a 400 in plain text
+#: beyond it), which holds about 250 IDs; a longer list goes in a POST body
+QUERY_IDS: dict[str, Any] = {**IDS, "anyOf": [{"type": "array", "items": INT, "maxItems": 200}, INT, STR]}
 
 
 def soft(schema: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ to a real gateway (ledger, projector, broker, database) and holds every answer t
 
 Asserted, for every generated request: no 5xx; the status code, content type, headers and body are the
 ones the document declares for that route; a request that violates the document is refused with a 4xx
-(whose declared body carries the reason); a method the route does not have is 405 with ``Allow``.
+(whose declared body carries the reason); a method the route does not have is 405 with ``Allow``; a route
+the document says needs a token refuses a request without one (or with a bad one).
 Not asserted: that every schema-valid request is accepted (the document cannot say that a PandaID must
 exist or that ``jobs`` must hold 126 JobSpec values).
 
@@ -33,7 +34,7 @@ EXAMPLES = int(os.environ.get("PANDAES_FUZZ_EXAMPLES", "8"))
 SEED = os.environ.get("PANDAES_FUZZ_SEED")
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_headers_conformance", "response_schema_conformance", "negative_data_rejection",
-          "unsupported_method", "missing_required_header")
+          "unsupported_method", "missing_required_header", "ignored_auth")
 #: per request: generous, a loaded machine may take seconds to answer a dispatch or a submit
 REQUEST_TIMEOUT = 60
 
