@@ -61,7 +61,9 @@ def _pool(request: web.Request):
 async def heartbeat(request: web.Request, params: dict[str, Any]) -> web.Response:
     """harvesterIsAlive: records the instance, its owner and host, and the metadata it sends."""
     hid = _harvester_id(params)
-    data = params.get("data") or {}
+    data = params.get("data")
+    if data is None or data in ("", "NULL", "None"):   # not given (false, 0 or [] are not an object)
+        data = {}
     if isinstance(data, str):
         try:
             data = json.loads(data)

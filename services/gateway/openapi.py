@@ -29,6 +29,7 @@ from .openapi_types import (
     QUERY_IDS,
     STR,
     errors,
+    mandatory,
     optional,
     soft,
 )
@@ -171,7 +172,7 @@ _LONG_URL = {"text/plain": {"schema": {"type": "string", "description": "the req
 
 
 def _body(params: list[P], media: str) -> dict[str, Any]:
-    props = {name: {**(schema if req else optional(schema)), **({"description": d} if d else {})}
+    props = {name: {**(mandatory(schema) if req else optional(schema)), **({"description": d} if d else {})}
              for name, schema, req, d in params}
     required = [name for name, _, req, _ in params if req]
     schema = {"type": "object", "properties": props, **({"required": required} if required else {})}
@@ -180,7 +181,7 @@ def _body(params: list[P], media: str) -> dict[str, Any]:
 
 def _query(params: list[P]) -> list[dict[str, Any]]:
     params = [(n, QUERY_IDS if s is IDS else s, r, d) for n, s, r, d in params]
-    return [{"name": n, "in": "query", "required": r, "schema": s if r else optional(s),
+    return [{"name": n, "in": "query", "required": r, "schema": mandatory(s) if r else optional(s),
              **({"description": d} if d else {})} for n, s, r, d in params]
 
 

@@ -42,6 +42,11 @@ def soft(schema: dict[str, Any]) -> dict[str, Any]:
 NOT_GIVEN: dict[str, Any] = {"enum": [None, "", "NULL", "None"]}
 
 
+def mandatory(schema: dict[str, Any]) -> dict[str, Any]:
+    """A required parameter: an empty string means "not given" too, so text must not be empty."""
+    return {**schema, "minLength": 1} if schema.get("type") == "string" else schema
+
+
 def optional(schema: dict[str, Any]) -> dict[str, Any]:
     """An optional parameter: its type, or one of the spellings of "not given"."""
     if not {"type", "anyOf", "enum"} & schema.keys():

@@ -218,6 +218,7 @@ def test_bad_requests_never_500(cfg, background):
                 ("job/set_command", json.dumps({"job_id": pid, "command": 12}).encode(), "application/json"),
                 ("job/get_status", json.dumps({"job_ids": [2**63]}).encode(), "application/json"),
                 ("harvester/acknowledge_commands", json.dumps({"command_ids": [True]}).encode(), "application/json"),
+                ("harvester/heartbeat", json.dumps({"harvester_id": "h", "data": False}).encode(), "application/json"),
             ]
             for path, body, ctype in v1_cases:
                 status, text = await raw(f"{api}/{path}", body, ctype)
