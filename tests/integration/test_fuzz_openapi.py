@@ -38,7 +38,7 @@ CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conform
 #: per request: generous, a loaded machine may take seconds to answer a dispatch or a submit
 REQUEST_TIMEOUT = 60
 
-#: the whole run: about 80 s alone on a loaded machine, far more while the rest of the suite runs beside it
+#: the whole run: 80-95 s alone on a loaded machine, far more while the rest of the suite runs beside it
 BUDGET = max(1100, 25 * EXAMPLES)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUDGET + 100)]
 
