@@ -5,9 +5,10 @@ Nothing else is kept between requests (the queuedata cache is a few seconds of m
 can run side by side on other ports or hosts.
 
 Error policy (the middleware): a handler never answers 500. Routing errors become 404/405 with a JSON
-body naming the problem; an unexpected exception is logged with its traceback and answered 503 —
-JSON envelope on /api/v1, plain text elsewhere so that pilot3 (which retries only on non-JSON
-replies) sends its update again rather than losing it.
+body naming the problem; a value the database refuses (psycopg's DataError) is a 400; an unexpected
+exception is logged with its traceback and answered 503 — JSON envelope on /api/v1, plain text
+elsewhere so that pilot3 (which retries only on non-JSON replies) sends its update again rather than
+losing it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import logging
 import threading
 
+import psycopg
 from aiohttp import web
 
 from core.config import Config
@@ -41,11 +43,25 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
         message = f"{exc.reason}: {request.method} {request.path}"
         if exc.status == 413:
             message = f"request body too large (limit {request.app['cfg'].gateway.max_body_bytes} bytes)"
+        # a 405 keeps its Allow header (RFC 9110: the methods the resource does support)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         if api:
-            return v1.envelope(False, message, status=exc.status)
-        return web.json_response({"StatusCode": 50, "errorDialog": message}, status=exc.status)
+            response = v1.envelope(False, message, status=exc.status)
+        else:
+            response = web.json_response({"StatusCode": 50, "errorDialog": message}, status=exc.status)
+        if headers:
+            response.headers.update(headers)
+        return response
     except asyncio.CancelledError:
         raise
+    except psycopg.DataError as exc:
+        # a value the database refused (a NUL, a number out of its column's range …) that no check at the
+        # edge caught: the request's fault, so a 4xx; logged, because the check belongs at the edge
+        log.warning("the database refused a value of %s %s: %s", request.method, request.path, exc)
+        message = f"a value cannot be stored: {exc.diag.message_primary or type(exc).__name__}"[:300]
+        if api:
+            return v1.envelope(False, message, status=400)
+        return web.json_response({"StatusCode": 50, "errorDialog": message}, status=400)
     except RecursionError:
         # only input nests that deeply (JSON in a form value, a list of lists …): the client's mistake
         message = "request nested too deeply"

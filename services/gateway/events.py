@@ -20,7 +20,7 @@ from aiohttp import web
 from services.eventservice import ranges, store
 
 from . import access, identity, legacy, pilot
-from .params import BadRequest, as_int, read_params
+from .params import INT64_LIMIT, BadRequest, as_int, read_params, storable_value
 from .v1 import Handler, _v1, envelope
 
 MAX_RANGES = 10000
@@ -66,15 +66,16 @@ def _reported(raw: Any, field: str) -> list[dict[str, Any]]:
             flat.append(item)
         else:
             raise BadRequest("items must be objects", field=field)
-    return flat
+    return storable_value(flat, field)
 
 
 def _pandaid(range_id: str) -> int | None:
     parts = range_id.split("-")
     try:
-        return int(parts[1]) if len(parts) >= 5 else None
+        pandaid = int(parts[1]) if len(parts) >= 5 else None
     except ValueError:
         return None
+    return pandaid if pandaid is not None and 0 < pandaid < INT64_LIMIT else None
 
 
 async def _update(request: web.Request, reported: list[dict[str, Any]], caller: identity.Caller) -> dict[str, Any]:

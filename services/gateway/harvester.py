@@ -21,7 +21,7 @@ from projections import harvester_queries
 from services.harvester import killer, store
 
 from . import identity
-from .params import BadRequest, as_int, as_str
+from .params import BadRequest, as_int, as_str, storable_value, to_int
 from .v1 import Handler, _v1, envelope
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ MAX_COMMANDS = 1000
 
 
 def _list(params: dict[str, Any], name: str) -> list[Any]:
+    """A list (or its JSON text) whose every part the database can store."""
     value = params.get(name)
     if isinstance(value, str):
         try:
@@ -45,7 +46,7 @@ def _list(params: dict[str, Any], name: str) -> list[Any]:
             raise BadRequest("is not valid JSON", field=name) from None
     if not isinstance(value, list):
         raise BadRequest("must be a list", field=name)
-    return value
+    return storable_value(value, name)
 
 
 def _harvester_id(params: dict[str, Any]) -> str:
@@ -60,7 +61,9 @@ def _pool(request: web.Request):
 async def heartbeat(request: web.Request, params: dict[str, Any]) -> web.Response:
     """harvesterIsAlive: records the instance, its owner and host, and the metadata it sends."""
     hid = _harvester_id(params)
-    data = params.get("data") or {}
+    data = params.get("data")
+    if data is None or data in ("", "NULL", "None"):   # not given (false, 0 or [] are not an object)
+        data = {}
     if isinstance(data, str):
         try:
             data = json.loads(data)
@@ -68,6 +71,7 @@ async def heartbeat(request: web.Request, params: dict[str, Any]) -> web.Respons
             raise BadRequest("is not valid JSON", field="data") from None
     if not isinstance(data, dict):
         raise BadRequest("must be an object", field="data")
+    storable_value(data, "data")
     caller = identity.user(request)
     async with _pool(request).connection() as conn:
         await store.heartbeat(conn, hid, caller.credentials.principal, request.remote, data)
@@ -109,6 +113,7 @@ async def report_worker_statistics(request: web.Request, params: dict[str, Any])
         raise BadRequest("is not valid JSON", field="statistics") from None
     if not isinstance(stats, dict):
         raise BadRequest("must be a JSON object {jobType: {resourceType: {status: n}}}", field="statistics")
+    storable_value(stats, "statistics")
     try:
         async with _pool(request).connection() as conn:
             await store.report_worker_stats(conn, hid, queue, stats)
@@ -164,11 +169,7 @@ async def acquire_commands(request: web.Request, params: dict[str, Any]) -> web.
 
 @_v1
 async def acknowledge_commands(request: web.Request, params: dict[str, Any]) -> web.Response:
-    ids = _list(params, "command_ids")
-    try:
-        command_ids = [int(i) for i in ids]
-    except (TypeError, ValueError):
-        raise BadRequest("must be a list of integers", field="command_ids") from None
+    command_ids = [to_int(i, f"command_ids[{n}]") for n, i in enumerate(_list(params, "command_ids"))]
     async with _pool(request).connection() as conn:
         await store.acknowledge_commands(conn, command_ids)
     return envelope(True)

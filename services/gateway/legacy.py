@@ -1,8 +1,9 @@
 """PanDA's legacy pilot API, ``/server/panda/<method>``, as pilot3 3.7 speaks it.
 
 Requests are form-encoded (JSON bodies tolerated); every reply is a JSON object with PanDA's
-``StatusCode`` — pilot3 runs ``json.loads`` on it and gives up on anything else. Two deliberate
-exceptions: ``isAlive`` answers PanDA's plain ``alive=yes``, and an update that could not be written to
+``StatusCode`` — pilot3 runs ``json.loads`` on it and gives up on anything else. A malformed request is
+HTTP 400 with StatusCode 50 and the field in ``errorDialog`` (pilot3 parses the body whatever the status).
+Two deliberate exceptions: ``isAlive`` answers PanDA's plain ``alive=yes``, and an update that could not be written to
 the log is answered with a non-JSON 503, because that is the only answer that makes pilot3's
 ``send_update`` try again (it ignores StatusCode).
 """
@@ -26,7 +27,10 @@ def reply(data: dict[str, Any], status: int = 200) -> web.Response:
 
 
 def invalid(exc: BadRequest) -> web.Response:
-    return reply({"StatusCode": pilot.SC_INVALID, "errorDialog": str(exc)})
+    """A request that cannot be acted on: HTTP 4xx (400 unless the cause says otherwise) with PanDA's
+    StatusCode 50 and the field in ``errorDialog``. pilot3 runs curl without ``--fail`` and parses the JSON
+    body whatever the status, so it reads this exactly as it would read the same body with a 200."""
+    return reply({"StatusCode": pilot.SC_INVALID, "errorDialog": str(exc)}, status=exc.status)
 
 
 def retry_later(exc: Exception) -> web.Response:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-_STR, _INT, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
+from .openapi_types import BOOL, INT, STR
+
+_STR, _INT, _BOOL = STR, INT, BOOL
 _TASK = ("task_id", _INT, True, "jediTaskID")
 _RC = {"type": "integer", "description": "PanDA's return code: 0 registered, 2 task not found, 3 permission denied"}
 
@@ -19,13 +21,16 @@ TASKS: list[tuple[tuple[str, ...], str, str, list[tuple[str, dict[str, Any], boo
     (("post",), "task/reassign", "Queued jobs back to defined (to site if given); running ones killed with "
      "code 51 unless mode is soft or nokill", [
         _TASK, ("site", _STR, False, "computingSite for the reset jobs"), ("cloud", _STR, False, "ignored"),
-        ("nucleus", _STR, False, "ignored"), ("mode", _STR, False, "kill (default), soft or nokill")], _RC),
+        ("nucleus", _STR, False, "ignored"),
+        ("mode", {"enum": ["kill", "soft", "nokill"]}, False, "kill (default), soft or nokill"),
+        ("soft", _BOOL, False, "true: mode soft")], _RC),
     (("post",), "task/change_priority", "Set currentPriority of every unfinished job (production)", [
         _TASK, ("priority", _INT, True, "")], None),
     (("post",), "task/pause", "Throttle the task's activated jobs (production)", [_TASK], _RC),
     (("post",), "task/resume", "Activate the task's throttled jobs again (production)", [_TASK], _RC),
     (("post",), "task/finish", "Close the task's queued (soft) or unfinished jobs with code 55", [
-        _TASK, ("soft", _BOOL, False, "only jobs not yet dispatched"), ("broadcast", _BOOL, False, "ignored")],
+        _TASK, ("soft", _BOOL, False, "only jobs not yet dispatched"),
+        ("broadcast", _BOOL, False, "accepted; not used")],
      _RC),
     (("get",), "task/get_job_ids", "PandaIDs of the task's jobs, in any state", [_TASK],
      {"type": "array", "items": _INT}),

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from schemas import storable
 from schemas.storable import text_problem
 
 _MISSING = object()
@@ -130,13 +131,19 @@ def as_str(params: Mapping[str, Any], *names: str, default: Any = _MISSING, max_
         if default is _MISSING:
             raise BadRequest("is required", field=name)
         return default
-    if isinstance(value, dict | list):
-        raise BadRequest("expected a string", field=name)
-    text = str(value)
+    if not isinstance(value, str):   # a JSON number, boolean, list or object where text is expected
+        raise BadRequest(f"expected a string, got {_json_type(value)}", field=name)
+    text = value
     problem = text_problem(text)
     if problem:
         raise BadRequest(problem, field=name)
     return text[:max_len]
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    return {bool: "boolean", int: "integer", float: "number", dict: "object", list: "array"}.get(
+        type(value), type(value).__name__)
 
 
 def as_int(params: Mapping[str, Any], *names: str, default: Any = _MISSING) -> Any:
@@ -149,16 +156,31 @@ def as_int(params: Mapping[str, Any], *names: str, default: Any = _MISSING) -> A
 
 
 def to_int(value: Any, name: str) -> int:
-    if isinstance(value, bool):
-        raise BadRequest(f"expected an integer, got {value!r}", field=name)
+    """An integer within 64 bits (what a PostgreSQL bigint holds): 12, "12", 12.0 and "1e3" are integers,
+    True, 1.5, "abc" and 2**63 are not. Decimal text is read exactly (a float would round 2**63 - 1 up)."""
+    if isinstance(value, bool) or isinstance(value, dict | list):
+        raise BadRequest(f"expected an integer, got {_json_type(value)}", field=name)
     if isinstance(value, int):
-        return value
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise BadRequest(f"expected an integer, got {str(value)[:40]!r}", field=name) from None
-    if not math.isfinite(number) or number != int(number) or abs(number) >= 2**63:
-        raise BadRequest(f"expected an integer, got {str(value)[:40]!r}", field=name)
+        number = value
+    else:
+        text = str(value).strip()
+        try:
+            number = int(text) if text.lstrip("+-").isdigit() and text.isascii() else _integral(text)
+        except ValueError:
+            raise BadRequest(f"expected an integer, got {text[:40]!r}", field=name) from None
+    if abs(number) >= INT64_LIMIT:
+        raise BadRequest(f"expected an integer within 64 bits, got {str(value)[:40]!r}", field=name)
+    return number
+
+
+#: integers are refused from this magnitude on (PostgreSQL bigint: -2**63 + 1 … 2**63 - 1 here)
+INT64_LIMIT = 2**63
+
+
+def _integral(text: str) -> int:
+    number = float(text)
+    if not math.isfinite(number) or number != int(number):
+        raise ValueError(text)
     return int(number)
 
 
@@ -214,3 +236,13 @@ def as_id_list(params: Mapping[str, Any], *names: str, limit: int = 5500) -> lis
     if len(value) > limit:
         raise BadRequest(f"at most {limit} IDs per call, got {len(value)}", field=name)
     return [to_int(v, f"{name}[{i}]") for i, v in enumerate(value)]
+
+
+def storable_value(value: Any, name: str) -> Any:
+    """``value`` (free-form JSON a handler stores as it is) if the database can hold every part of it, else
+    BadRequest naming the part: ``metrics[0][1].<key>: contains a NUL character``."""
+    hit = storable.find(value, name)
+    if hit:
+        path, problem = hit
+        raise BadRequest(f"{path}: {problem}", field=None)
+    return value

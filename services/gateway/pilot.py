@@ -199,11 +199,11 @@ async def update_jobs_bulk(request: web.Request, items: list[Any]) -> list[dict[
     """Legacy updateJobsInBulk: one updateJob reply per item, bad items answered with StatusCode 50."""
     async def one(item: Any) -> dict[str, Any]:
         if not isinstance(item, dict):
-            return {"StatusCode": SC_INVALID, "errorDialog": "item is not an object"}
+            return {"StatusCode": SC_INVALID, "command": "NULL", "errorDialog": "item is not an object"}
         try:
             return await update_job(request, item)
         except BadRequest as exc:
-            return {"StatusCode": SC_INVALID, "errorDialog": str(exc)}
+            return {"StatusCode": SC_INVALID, "command": "NULL", "errorDialog": str(exc)}
         except RetryLater as exc:
-            return {"StatusCode": SC_FAILED, "errorDialog": f"not recorded, send again: {exc}"}
+            return {"StatusCode": SC_FAILED, "command": "NULL", "errorDialog": f"not recorded, send again: {exc}"}
     return await in_job_order(items, one)

@@ -162,6 +162,8 @@ async def reassign(request: web.Request, params: dict[str, Any]) -> web.Response
     for name in ("cloud", "nucleus"):   # a task-level choice for JEDI's brokerage; jobs carry only a site
         as_str(params, name, default=None, max_len=128)
     mode = as_str(params, "mode", default=None, max_len=16)
+    if mode is not None and mode not in REASSIGN_MODES:   # refused whether or not the task exists
+        raise BadRequest(f"must be one of {', '.join(REASSIGN_MODES)}, got {mode[:40]!r}", field="mode")
     if as_bool(params, "soft", default=False) and mode is None:
         mode = "soft"
     return await _coded(request, params, "reassign", site=site or None, mode=mode)

@@ -26,8 +26,8 @@ from schemas.messages import Event, Kill, Rejected, Submit, Transition
 from . import access, identity, pilot
 from .auth import policy
 from .backend import Unavailable, VerdictTimeout
-from .params import BadRequest, as_bool, as_id_list, as_int, as_str, read_params
-from .updates import legacy_names
+from .params import BadRequest, as_bool, as_id_list, as_int, as_str, read_params, storable_value
+from .updates import V1_NAMES, legacy_names
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +82,30 @@ async def acquire_jobs(request: web.Request, params: dict[str, Any]) -> web.Resp
     return envelope(False, "No jobs in PanDA", None)
 
 
+_LEGACY_TO_V1 = {legacy: v1 for v1, legacy in V1_NAMES.items()}
+
+
+def _v1_named(exc: BadRequest) -> BadRequest:
+    """The same refusal naming the parameter as the v1 caller sent it (job_id, not jobId)."""
+    if exc.field is None or exc.field not in _LEGACY_TO_V1:
+        return exc
+    message = str(exc).removeprefix(f"{exc.field}: ")
+    return BadRequest(message, field=_LEGACY_TO_V1[exc.field], status=exc.status)
+
+
 async def _update_job_answer(request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
-    """update_job's envelope as a dict: pilot/update_job sends it, update_jobs_bulk lists one per job."""
+    """update_job's envelope as a dict: pilot/update_job sends it, update_jobs_bulk lists one per job.
+    Raises BadRequest (v1 names) for a missing or invalid job_id / job_status."""
     try:
         data = await pilot.update_job(request, legacy_names(params))
     except BadRequest as exc:
-        return {"success": False, "message": str(exc), "data": {"StatusCode": pilot.SC_INVALID}}
+        raise _v1_named(exc) from None
     return {"success": data["StatusCode"] == pilot.SC_SUCCESS, "message": data.get("errorDialog", ""), "data": data}
 
 
 @_v1
 async def update_job(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """A malformed update (no job_id, an unknown job_status) is a 400 naming the parameter."""
     answer = await _update_job_answer(request, params)
     return envelope(answer["success"], answer["message"], answer["data"])
 
@@ -116,6 +129,8 @@ async def _bulk_item(request: web.Request, item: Any) -> dict[str, Any]:
         return {"success": False, "message": "not an object", "data": {"StatusCode": pilot.SC_INVALID}}
     try:
         return await _update_job_answer(request, item)
+    except BadRequest as exc:   # one bad item is answered in its place; the others are recorded
+        return {"success": False, "message": str(exc), "data": {"StatusCode": pilot.SC_INVALID}}
     except (Unavailable, pilot.RetryLater) as exc:
         return {"success": False, "message": f"not recorded, send again: {exc}",
                 "data": {"StatusCode": pilot.SC_FAILED, "command": "NULL"}}
@@ -249,11 +264,14 @@ async def kill(request: web.Request, params: dict[str, Any]) -> web.Response:
     """Kill jobs with an optional PanDA kill code; data is one bool per ID (True: killed or signalled)."""
     ids = as_id_list(params, "job_ids")
     code = as_int(params, "code", default=None)
-    options = params.get("kill_options") or []
+    options = params.get("kill_options")
+    if options is None or options in ("", "NULL", "None"):
+        options = []
     if isinstance(options, str):
         options = [o for o in options.split(",") if o]
-    if not isinstance(options, list):
+    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
         raise BadRequest("must be a list of strings", field="kill_options")
+    storable_value(options, "kill_options")
     sub_status = next((str(o).split("=", 1)[1] for o in options if str(o).startswith("jobSubStatus=")), None)
     caller = identity.user(request)
     actor = caller.actor

@@ -124,8 +124,8 @@ def test_v1_pilot_calls(cfg, background):
             _, up = await post_json(s, f"{api}/update_job", {"job_id": ids[0], "job_status": "running",
                                                              "attempt_nr": 1, "start_time": "2026-11-22 19:00:00"})
             assert up == {"success": True, "message": "", "data": {"StatusCode": 0, "command": "NULL"}}
-            _, bad = await post_json(s, f"{api}/update_job", {"job_id": ids[0], "job_status": "exploded"})
-            assert bad["success"] is False and bad["data"] == {"StatusCode": 50}
+            status, bad = await post_json(s, f"{api}/update_job", {"job_id": ids[0], "job_status": "exploded"})
+            assert status == 400 and bad["success"] is False and bad["message"].startswith("job_status: "), bad
             _, bulk = await post_json(s, f"{api}/update_jobs_bulk", {"job_list": [
                 {"job_id": ids[1], "job_status": "starting"}, {"job_id": "x"}, 5]})
             # one update_job envelope per job, as the real server answers (Harvester reads each one's data)
@@ -176,7 +176,7 @@ def test_bad_requests_never_500(cfg, background):
             ]
             for fn, body, ctype in legacy_cases:
                 status, text = await raw(f"{base}/{fn}", body, ctype)
-                assert status == 200, (fn, body, status, text)
+                assert status == 400, (fn, body, status, text)
                 reply = json.loads(text)
                 assert reply["StatusCode"] == 50 and reply["errorDialog"], (fn, body, reply)
             # gzip-compressed JSON is read; corrupt gzip is a 4xx
@@ -184,7 +184,7 @@ def test_bad_requests_never_500(cfg, background):
                                      **{"Content-Encoding": "gzip"})
             assert status == 200 and json.loads(text)["StatusCode"] == 20
             status, text = await raw(f"{base}/getJob", b"not gzip", "application/json", **{"Content-Encoding": "gzip"})
-            assert status == 200 and json.loads(text)["StatusCode"] == 50
+            assert status == 400 and json.loads(text)["StatusCode"] == 50
             # an unknown PandaID is told to stop, a wrong attempt too; bad optional fields are dropped, not fatal
             _, r = await post_form(s, f"{base}/updateJob", {"jobId": 987654321, "state": "running"})
             assert r["StatusCode"] == 0 and r["command"] == "tobekilled" and "unknown_job" in r["errorDialog"]
@@ -213,14 +213,26 @@ def test_bad_requests_never_500(cfg, background):
                 ("pilot/acquire_jobs", json.dumps({"site_name": "LOCAL", "n_jobs": 0}).encode(), "application/json"),
                 ("pilot/update_jobs_bulk", json.dumps({"job_list": "nope"}).encode(), "application/json"),
                 ("file_server/upload_cache_file", b"plain", "text/plain"),
+                # found by the schema fuzzer: each used to be accepted (200) or answered in band
+                ("pilot/update_job", json.dumps({"job_id": pid}).encode(), "application/json"),
+                ("job/set_command", json.dumps({"job_id": pid, "command": 12}).encode(), "application/json"),
+                ("job/get_status", json.dumps({"job_ids": [2**63]}).encode(), "application/json"),
+                ("harvester/acknowledge_commands", json.dumps({"command_ids": [True]}).encode(), "application/json"),
+                ("harvester/heartbeat", json.dumps({"harvester_id": "h", "data": False}).encode(), "application/json"),
             ]
             for path, body, ctype in v1_cases:
                 status, text = await raw(f"{api}/{path}", body, ctype)
                 reply = json.loads(text)
                 assert status == 400 and reply["success"] is False and reply["message"], (path, body, status, text)
                 assert set(reply) == {"success", "message", "data"}
-            status, text = await raw(f"{api}/job/kill", b"", "application/json", method="GET")
-            assert status == 405 and json.loads(text)["success"] is False
+            # the parameter is named as the v1 caller spells it
+            _, r = await post_json(s, f"{api}/pilot/update_job", {"job_id": pid})
+            assert r["message"].startswith("job_status: must be one of"), r
+            async with s.get(f"{api}/job/kill") as r:   # a 405 names the methods the route has (RFC 9110)
+                assert r.status == 405 and (await r.json())["success"] is False and r.headers["Allow"] == "POST"
+            async with s.request("TRACE", f"{base}/getJob") as r:
+                assert r.status == 405 and (await r.json())["StatusCode"] == 50, await r.text()
+                assert {"GET", "POST"} <= set(r.headers["Allow"].split(",")), r.headers["Allow"]
             status, text = await raw(f"{api}/no/such", b"", "application/json")
             assert status == 404 and json.loads(text)["success"] is False
             _, r = await post_json(s, f"{api}/job/set_debug_mode", {"job_id": 424242, "mode": True})

@@ -44,7 +44,7 @@ def test_bad_input_is_a_4xx_never_a_5xx(cfg, background):
                 params = {"siteName": "LOCAL", name: "A\x00B"}
                 async with s.get(f"{legacy}/getJob", params=params) as r:
                     body = await r.json(content_type=None)
-                    assert r.status == 200 and body["StatusCode"] == 50 and name in body["errorDialog"], body
+                    assert r.status == 400 and body["StatusCode"] == 50 and name in body["errorDialog"], body
             # an upload whose name holds a NUL: refused, and the reply is a well-formed response
             # (built by hand: aiohttp's client refuses to write such a header itself)
             for filename in (b"a\x00b.txt", b"ok.txt\x00", b"\x00"):
@@ -72,5 +72,22 @@ def test_bad_input_is_a_4xx_never_a_5xx(cfg, background):
             async with s.post(f"{api}/job/get_status", data=_gzip(b'{"job_ids": [1]}')[:-12],
                               headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}) as r:
                 assert r.status == 400, await r.text()
+            # found by the schema fuzzer: free-form JSON a handler stores, and kill options, holding text the
+            # database cannot store (a 503 "try again" for ever before), and event range IDs beyond 64 bits
+            for route, body, part in (
+                    ("harvester/update_service_metrics",
+                     r'{"harvester_id": "h", "metrics": [["2026-11-28", "host", {"k": "a\u0000"}]]}',
+                     "metrics[0][2].k"),
+                    ("harvester/heartbeat", r'{"harvester_id": "h", "data": {"\ud800": 1}}', "data.<key>"),
+                    ("harvester/add_dialogs", r'{"harvester_id": "h", "dialogs": [{"diagID": 1, "m": "\u0000"}]}',
+                     "dialogs[0].m"),
+                    ("job/kill", r'{"job_ids": [1], "kill_options": "jobSubStatus=a\u0000"}', "kill_options[0]")):
+                async with s.post(f"{api}/{route}", data=body, headers={"Content-Type": "application/json"}) as r:
+                    reply = await r.json()
+                    assert r.status == 400 and reply["message"].startswith(f"{part}: "), (route, reply)
+            ranges = '[{"eventRangeID": "x-99999999999999999999999-1-1-1", "eventStatus": "finished"}]'
+            async with s.post(f"{api}/event/update_event_ranges", json={"event_ranges": ranges}) as r:
+                reply = await r.json()
+                assert r.status == 200 and reply["data"]["Returns"] == [False], reply
 
     run(scenario())

@@ -64,7 +64,7 @@ def test_unstorable_values_are_refused_at_the_edge_and_by_the_ledger(cfg, backgr
             assert status == 400 and "currentPriority" in sub["message"] and "32 bits" in sub["message"], sub
             # a NUL in getJob's site name never reaches a query
             status, gj = await post_form(s, f"{system.url}/server/panda/getJob", {"siteName": f"LOC{NUL}AL"})
-            assert status == 200 and gj["StatusCode"] == 50 and "siteName" in gj["errorDialog"], gj
+            assert status == 400 and gj["StatusCode"] == 50 and "siteName" in gj["errorDialog"], gj
 
     run(scenario())
     # what another road brings straight to the command topic is rejected by the ledger, naming the field
