@@ -162,11 +162,14 @@ def set_status(conn: psycopg.Connection, names: Sequence[str], status: str) -> i
 
 
 def complete_dispatch(conn: psycopg.Connection, names: Sequence[str]) -> None:
-    """Dispatch blocks whose inputs arrived: files ready, block completed (PanDA's Activator)."""
+    """Dispatch blocks whose inputs arrived: files ready, block completed (PanDA's Activator). Only the files
+    not settled are read (index ``dataset_files_unsettled``), so a block completed again by a later job of
+    its job set costs nothing per file it already holds; a file someone marked failed stays failed."""
     with conn.transaction(), conn.cursor() as cur:
         _lock(cur, names)
         _transition(cur, "ready", "SELECT f.dataset, f.pandaid, f.lfn, f.status FROM dataset_files f"
-                    " WHERE f.dataset = ANY(%(names)s)", {"names": list(names)})
+                    " WHERE f.dataset = ANY(%(names)s) AND f.status NOT IN ('ready', 'failed')",
+                    {"names": list(names)})
         cur.execute("UPDATE datasets SET status = 'completed', modification_time = now()"
                     " WHERE name = ANY(%s) AND type = 'dispatch' AND status = 'defined'", (list(names),))
 
