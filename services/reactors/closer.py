@@ -181,15 +181,12 @@ class SqlCloserView:
             self._apply(p)
 
     def _apply(self, p: Plan) -> None:
-        groups: dict[str, list[BlockFile]] = {}
-        for f in p.fail:
-            groups.setdefault(f.dataset, []).append(f)
-        parents = datasets.parents(self.conn, groups)
-        for name, files in sorted(groups.items()):
-            pids, lfns = sorted({f.pandaid for f in files}), sorted({f.lfn for f in files})
-            # the same files in the destination block's own rows, if the setupper recorded them there too
-            for block in filter(None, (name, parents.get(name))):
-                datasets.set_files_status(self.conn, block, "failed", pandaids=pids, lfns=lfns)
+        # the failed files in their sub block and in the destination block's own rows (the setupper records
+        # them in both), in one statement whose blocks are locked in name order, as the adder's registrations
+        parents = datasets.parents(self.conn, {f.dataset for f in p.fail})
+        datasets.set_files_status_many(
+            self.conn, [(block, f.pandaid, f.lfn) for f in p.fail
+                        for block in filter(None, (f.dataset, parents.get(f.dataset)))], "failed")
         if p.close_subs:
             datasets.set_status(self.conn, list(p.close_subs), "closed")
         if p.close_destinations:

@@ -154,8 +154,10 @@ def set_files_status_many(conn: psycopg.Connection, files: Iterable[tuple[str, i
 
 
 def set_status(conn: psycopg.Connection, names: Sequence[str], status: str) -> int:
-    """Set the status of blocks; returns how many rows changed."""
+    """Set the status of blocks; returns how many rows changed. The rows are locked in name order first, as
+    every other write here does, so a closer and an adder touching the same blocks never deadlock."""
     with conn.transaction(), conn.cursor() as cur:
+        _lock(cur, names)
         cur.execute("UPDATE datasets SET status = %s, modification_time = now()"
                     " WHERE name = ANY(%s) AND status <> %s", (status, list(names), status))
         return cur.rowcount
