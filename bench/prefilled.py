@@ -2,7 +2,8 @@
 
 A task's outputs all go to one destination dataset, which over the task's life holds tens of thousands of
 files; a cost that grows with them makes a running system slower as it ages. Two destination blocks are
-pre-filled straight in the database (generate_series, counters set as the services would have left them):
+pre-filled straight in the database (``datasets.load_history``: generate_series, counters set as the
+services would have left them):
 ``small`` with ``prefill_small`` registered files, ``large`` with ``prefill_large``, each also with its
 open sub block holding as many registered files (the tail of one long job set) and a closed sub block per
 hundred files (earlier job sets). One after the other: ``small`` is filled and measured on an almost empty
@@ -74,23 +75,6 @@ class Buffers:
         self.total[self.label] += plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
 
 
-def _prefill(conn, dest: str, n: int, first_id: int) -> str:
-    """A destination block and its open sub block with ``n`` registered files each, plus ``n // 100`` closed
-    sub blocks; returns the open sub's name."""
-    sub = f"{dest}_sub000001"
-    conn.execute("INSERT INTO datasets (name, type, created_by, nfiles, nfiles_done) VALUES (%s, 'destination',"
-                 " 'bench', %s, %s), (%s, 'sub', 'bench', %s, %s)", (dest, n, n, sub, n, n))
-    conn.execute("UPDATE datasets SET parent = %s WHERE name = %s", (dest, sub))
-    conn.execute("INSERT INTO datasets (name, type, status, parent, created_by)"
-                 " SELECT %s || '_sub' || lpad((i + 1)::text, 6, '0'), 'sub', 'closed', %s, 'bench'"
-                 " FROM generate_series(1, %s) i", (dest, dest, n // 100))
-    for block in (dest, sub):
-        conn.execute("INSERT INTO dataset_files (dataset, pandaid, lfn, type, status)"
-                     " SELECT %s, %s + i, 'old.' || i || '.root', 'output', 'ready' FROM generate_series(1, %s) i",
-                     (block, first_id, n))
-    return sub
-
-
 def run(cfg: Config, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
     sizes = {"small": size.get("prefill_small", 10), "large": size.get("prefill_large", 100_000)}
     n_jobs, poll = size.get("prefill_jobs", 200), size.get("prefill_poll", 50)
@@ -108,9 +92,7 @@ def run(cfg: Config, size: dict[str, Any], log_dir: Path, log=print) -> dict[str
             for j, (case, n) in enumerate(sizes.items()):
                 t0 = time.perf_counter()
                 dest = f"bench.prefilled.{case}"
-                blocks[case] = (dest, sub := _prefill(conn, dest, n, first_id=j * 1_000_000))
-                conn.execute("ANALYZE datasets")
-                conn.execute("ANALYZE dataset_files")
+                blocks[case] = (dest, sub := datasets.load_history(conn, dest, n, j * 1_000_000, "bench"))
                 log(f"  {case}: pre-filled {n:,} files in {time.perf_counter() - t0:.1f}s")
 
                 def job_files(start: int, end: int, j=j, dest=dest) -> tuple[list[int], list[tuple[int, str, str]]]:
@@ -150,7 +132,8 @@ def run(cfg: Config, size: dict[str, Any], log_dir: Path, log=print) -> dict[str
             for case, n in sizes.items():
                 dest, sub = blocks[case]
                 st = datasets.statuses(conn, [dest, sub])
-                counts = conn.execute("SELECT nfiles, nfiles_done FROM datasets WHERE name = %s", (sub,)).fetchone()
+                row = datasets.get(conn, sub) or {}
+                counts = (row.get("nfiles"), row.get("nfiles_done"))
                 out[case] = {
                     "prefilled_files": n,
                     "record_us_per_file": statistics.median(times[case]["record"]) * 1e6,

@@ -246,6 +246,29 @@ def open_subs(conn: psycopg.Connection, limit: int) -> list[str]:
     return [r[0] for r in rows]
 
 
+# ------------------------------------------------------------------------- history, for benchmarks and tools
+def load_history(conn: psycopg.Connection, destination: str, n: int, first_pandaid: int, actor: str) -> str:
+    """A destination block and its open sub block ``<destination>_sub000001`` holding ``n`` registered files
+    each (counters set as the services would have left them), and ``n // 100`` closed sub blocks of earlier
+    job sets, written straight in (generate_series), then the tables analyzed; returns the open sub's name.
+    What a dataset looks like after a long task, without running the jobs (``bench/prefilled.py``)."""
+    sub = f"{destination}_sub000001"
+    with conn.transaction():
+        conn.execute("INSERT INTO datasets (name, type, parent, created_by, nfiles, nfiles_done)"
+                     " VALUES (%s, 'destination', NULL, %s, %s, %s), (%s, 'sub', %s, %s, %s, %s)",
+                     (destination, actor, n, n, sub, destination, actor, n, n))
+        conn.execute("INSERT INTO datasets (name, type, status, parent, created_by)"
+                     " SELECT %s || '_sub' || lpad((i + 1)::text, 6, '0'), 'sub', 'closed', %s, %s"
+                     " FROM generate_series(1, %s) i", (destination, destination, actor, n // 100))
+        for block in (destination, sub):
+            conn.execute("INSERT INTO dataset_files (dataset, pandaid, lfn, type, status)"
+                         " SELECT %s, %s + i, 'old.' || i || '.root', 'output', 'ready'"
+                         " FROM generate_series(1, %s) i", (block, first_pandaid, n))
+    conn.execute("ANALYZE datasets")
+    conn.execute("ANALYZE dataset_files")
+    return sub
+
+
 class DatasetStore:
     """A service's handle on the tables: one ``core.db.Reconnecting`` connection (calls serialised).
 
