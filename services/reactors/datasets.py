@@ -11,8 +11,9 @@ files not settled yet and the sub blocks not closed yet (partial indexes), so re
 block of 100,000 files costs what it costs in one of 10.
 
 Used by: the setupper (``record`` new blocks), the activator (``complete_dispatch``, ``get``), the adder
-(``set_files_status`` on registration) and the closer (``set_status``, ``set_files_status`` and the
-reads after ``subs_of``). No other module names these tables in SQL.
+(``set_files_status_many`` on registration), the closer (``set_status``, ``set_files_status_many`` and the
+reads after ``subs_of_jobs`` / ``open_subs``) and the bench (``load_history``). No other module names these
+tables in SQL.
 """
 
 from __future__ import annotations
