@@ -38,6 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="run the benchmarks (table, JSON and plot under bench/results/)")
     p.add_argument("--quick", action="store_true", help="small sizes, under two minutes")
     p.add_argument("--only", help="comma-separated workloads (default: all): ceilings, rebuild, kill, dispatch, "
-                   "lifecycle, harvester, idle; scale only when named")
+                   "lifecycle, harvester, idle, prefilled; scale only when named")
     p.add_argument("--kafka-client", choices=("kafka-python", "confluent"), help="override [kafka] client")
     p.set_defaults(fn=cmd_bench)

@@ -138,6 +138,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             text += ", broker not measured"
         out.append(("idle", f"CPU % of one core, whole system idle {idle['seconds']:.0f} s "
                     f"(total {idle['total_pct']:.2f}%)", text, "postgres: this system's sessions", "< 2%"))
+    pf = results.get("prefilled")
+    if pf:
+        small, large = pf["small"], pf["large"]
+        key = "buffers_ratio_large_small" if pf.get("buffers_counted") else "ratio_large_small"
+        text = ", ".join(f"{step} ×{pf[f'{step}_{key}']:.2f}" for step in ("record", "register", "close"))
+        text += " (DB buffers)" if pf.get("buffers_counted") else " (wall time)"
+        out.append(("prefilled", f"data path cost, {large['prefilled_files']:,} vs {small['prefilled_files']:,} files "
+                    f"already in the dataset (large/small)", text,
+                    f"register {large['register_us_per_file']:.0f} µs/file, close {large['close_us_per_job']:.0f} "
+                    f"µs/job", "×1"))
     return out
 
 

@@ -7,7 +7,9 @@ lifecycle are time-boxed (``dispatch_seconds`` per level, ``lifecycle_seconds``)
 does not grow when the machine is slow or loaded; what they report is what got done in that time.
 
 ``scale`` (bench/scale.py: the ledger's rebuild and getJob with 10 thousand and with 10 million archived
-jobs; 1 million in quick mode) runs only when named: ``pandaes bench --only scale``.
+jobs; 1 million in quick mode) runs only when named: ``pandaes bench --only scale``. ``prefilled``
+(bench/prefilled.py: the data path's cost per file with 10 and with 100,000 files already in the output
+dataset) takes seconds and runs by default.
 
 The load average is recorded before and after every workload: on a shared machine it says how much of
 the CPU the figures actually had.
@@ -30,17 +32,20 @@ SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"records": 2_000, "rows": 1_000, "rtt": 20, "rebuild_events": 4_000, "kills": 40, "kill_rate": 50,
               "backlog": 300, "dispatch_levels": (1, 5), "dispatch_seconds": 2, "jobs": 40, "pilots": 10,
               "lifecycle_seconds": 60, "idle_seconds": 5,
-              "scale_live": 200, "scale_small": 1_000, "scale_large": 20_000},
+              "scale_live": 200, "scale_small": 1_000, "scale_large": 20_000,
+              "prefill_small": 10, "prefill_large": 2_000, "prefill_jobs": 20, "prefill_poll": 10},
     "quick": {"records": 20_000, "rows": 10_000, "rtt": 100, "rebuild_events": 100_000, "kills": 300,
               "kill_rate": 100, "backlog": 4_000, "dispatch_levels": (1, 50, 500), "dispatch_seconds": 5,
               "jobs": 400, "pilots": 50, "lifecycle_seconds": 45, "idle_seconds": 20,
-              "scale_live": 2_000, "scale_small": 10_000, "scale_large": 1_000_000},
+              "scale_live": 2_000, "scale_small": 10_000, "scale_large": 1_000_000,
+              "prefill_small": 10, "prefill_large": 100_000, "prefill_jobs": 400, "prefill_poll": 40},
     "full": {"records": 200_000, "rows": 100_000, "rtt": 500, "rebuild_events": 1_000_000, "kills": 3_000,
              "kill_rate": 200, "backlog": 100_000, "dispatch_levels": (1, 50, 500), "dispatch_seconds": 30,
              "jobs": 4_000, "pilots": 200, "lifecycle_seconds": 200, "idle_seconds": 60,
-             "scale_live": 10_000, "scale_small": 10_000, "scale_large": 10_000_000},
+             "scale_live": 10_000, "scale_small": 10_000, "scale_large": 10_000_000,
+             "prefill_small": 10, "prefill_large": 100_000, "prefill_jobs": 1_000, "prefill_poll": 100},
 }
-WORKLOADS = ("ceilings", "rebuild", "kill", "dispatch", "lifecycle", "harvester", "idle")
+WORKLOADS = ("ceilings", "rebuild", "kill", "dispatch", "lifecycle", "harvester", "idle", "prefilled")
 # run only when named (`--only scale`): loading 10 million archived jobs takes longer than the rest together
 ON_REQUEST = ("scale",)
 

@@ -58,13 +58,18 @@ class Plan:
 
 @dataclass
 class Blocks:
-    """What ``plan`` reads: sub blocks (name → (parent, status)), their files, and which jobs are over."""
+    """What ``plan`` reads: sub blocks (name → (parent, status)), their files, and which jobs are over.
+
+    ``files`` need only hold the files not settled yet when ``nfiles`` gives each sub's file count, and
+    ``siblings`` only the subs not closed yet (a destination with none left maps to ``{}``): that is what
+    the SQL view loads, so the closer's reads do not grow with the files and closed subs a block has."""
 
     subs: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     files: list[BlockFile] = field(default_factory=list)
     final_jobs: set[int] = field(default_factory=set)
     siblings: dict[str, dict[str, str]] = field(default_factory=dict)   # destination → {sub: status}
     destinations: dict[str, str] = field(default_factory=dict)          # destination → status
+    nfiles: dict[str, int] = field(default_factory=dict)                # sub → files expected (else len of files)
 
 
 def plan(b: Blocks) -> Plan:
@@ -76,14 +81,14 @@ def plan(b: Blocks) -> Plan:
     close_subs = []
     for name, (_parent, status) in sorted(b.subs.items()):
         files = by_block.get(name, [])
-        if status in OPEN or not files:
+        if status in OPEN or not b.nfiles.get(name, len(files)):
             continue
         if all(f.status in SETTLED or f.pandaid in b.final_jobs for f in files):
             close_subs.append(name)
     closed = set(close_subs)
     close_dest = []
     for dest, subs in sorted(b.siblings.items()):
-        if b.destinations.get(dest, "defined") in OPEN or not subs:
+        if b.destinations.get(dest, "defined") in OPEN:
             continue
         if all(status == "closed" or sub in closed for sub, status in subs.items()):
             close_dest.append(dest)
@@ -147,14 +152,17 @@ class SqlCloserView:
     def _load(self, sub_names: Iterable[str]) -> Blocks:
         b = Blocks()
         c = self.conn
-        b.subs = datasets.subs_named(c, sub_names)
-        if not b.subs:
+        subs = datasets.subs_named(c, sub_names)
+        if not subs:
             return b
-        b.files = [BlockFile(*r) for r in datasets.output_files(c, b.subs)]
-        b.final_jobs = service_queries.final_jobs(c, {f.pandaid for f in b.files if f.status not in SETTLED})
+        b.subs = {name: (parent, status) for name, (parent, status, _) in subs.items()}
+        b.nfiles = {name: n for name, (_, _, n) in subs.items()}
+        b.files = [BlockFile(*r) for r in datasets.unsettled_files(c, b.subs)]
+        b.final_jobs = service_queries.final_jobs(c, {f.pandaid for f in b.files})
         parents = sorted({p for p, _ in b.subs.values() if p})
-        for name, parent, status in datasets.subs_of_parents(c, parents):
-            b.siblings.setdefault(parent, {})[name] = status
+        b.siblings = {p: {} for p in parents}      # each has a sub (one of b.subs); only unclosed ones are read
+        for name, parent, status in datasets.unclosed_subs_of_parents(c, parents):
+            b.siblings[parent][name] = status
         b.destinations = datasets.statuses(c, parents)
         return b
 
@@ -173,15 +181,12 @@ class SqlCloserView:
             self._apply(p)
 
     def _apply(self, p: Plan) -> None:
-        groups: dict[str, list[BlockFile]] = {}
-        for f in p.fail:
-            groups.setdefault(f.dataset, []).append(f)
-        parents = datasets.parents(self.conn, groups)
-        for name, files in sorted(groups.items()):
-            pids, lfns = sorted({f.pandaid for f in files}), sorted({f.lfn for f in files})
-            # the same files in the destination block's own rows, if the setupper recorded them there too
-            for block in filter(None, (name, parents.get(name))):
-                datasets.set_files_status(self.conn, block, "failed", pandaids=pids, lfns=lfns)
+        # the failed files in their sub block and in the destination block's own rows (the setupper records
+        # them in both), in one statement whose blocks are locked in name order, as the adder's registrations
+        parents = datasets.parents(self.conn, {f.dataset for f in p.fail})
+        datasets.set_files_status_many(
+            self.conn, [(block, f.pandaid, f.lfn) for f in p.fail
+                        for block in filter(None, (f.dataset, parents.get(f.dataset)))], "failed")
         if p.close_subs:
             datasets.set_status(self.conn, list(p.close_subs), "closed")
         if p.close_destinations:

@@ -2,12 +2,18 @@
 
 Why a service-owned table and not a projection: blocks change for reasons that are not job events
 (a transfer finished, a closer decided), exactly as PanDA's ``datasets`` table is written by Setupper,
-Activator, Adder and Closer. Every write here is idempotent (upserts, counts recomputed from
-``dataset_files``), so an action repeated after a crash leaves the same rows.
+Activator, Adder and Closer. Every write here is idempotent (upserts, and counters moved only by the file
+rows a statement actually changed), so an action repeated after a crash leaves the same rows.
+
+Cost does not grow with history (migration 155): a block's counters (``nfiles``, ``nfiles_done``,
+``nfiles_failed``) are kept in step in the transaction that writes its files, and the closer reads only the
+files not settled yet and the sub blocks not closed yet (partial indexes), so registering or closing in a
+block of 100,000 files costs what it costs in one of 10.
 
 Used by: the setupper (``record`` new blocks), the activator (``complete_dispatch``, ``get``), the adder
-(``set_files_status`` on registration) and the closer (``set_status``, ``set_files_status`` and the
-reads after ``subs_of``). No other module names these tables in SQL.
+(``set_files_status_many`` on registration), the closer (``set_status``, ``set_files_status_many`` and the
+reads after ``subs_of_jobs`` / ``open_subs``) and the bench (``load_history``). No other module names these
+tables in SQL.
 """
 
 from __future__ import annotations
@@ -45,20 +51,43 @@ class BlockFile(msgspec.Struct, frozen=True, kw_only=True):
     status: str                    # pending / ready (inputs); unknown / ready / failed (outputs)
 
 
-def _recount(cur: psycopg.Cursor, names: Iterable[str]) -> None:
-    """Recount the blocks' files. Their rows are locked in name order first: a transaction that touches many
-    blocks (a whole poll of the setupper or the adder) then waits for another one instead of deadlocking."""
+def _lock(cur: psycopg.Cursor, names: Iterable[str]) -> None:
+    """Lock the blocks' rows in name order before any of their files is touched: a transaction that touches
+    many blocks (a whole poll of the setupper or the adder) then waits for another one instead of
+    deadlocking, and the counters below are changed by one transaction at a time."""
     names = sorted(set(names))
-    if not names:
-        return
-    cur.execute("SELECT 1 FROM datasets WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (names,))
+    if names:
+        cur.execute("SELECT 1 FROM datasets WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (names,))
+
+
+# The counters move by the file rows a statement actually changed, never by a recount: the cost of
+# registering or failing a file is the same in a block of 10 files as in one of 100,000, and a repeated
+# statement (a redelivered poll) changes no row, so it counts nothing twice. ``_CHANGED`` is the
+# tail of both writes: ``changed`` holds (dataset, old status, new status) of each row written
+# (old NULL for a new row).
+_CHANGED = (
+    " UPDATE datasets d SET nfiles = d.nfiles + c.added,"
+    "  nfiles_done = d.nfiles_done + c.to_ready - c.from_ready,"
+    "  nfiles_failed = d.nfiles_failed + c.to_failed - c.from_failed, modification_time = now()"
+    " FROM (SELECT dataset, count(*) FILTER (WHERE old IS NULL) AS added,"
+    "        count(*) FILTER (WHERE new = 'ready') AS to_ready, count(*) FILTER (WHERE old = 'ready') AS from_ready,"
+    "        count(*) FILTER (WHERE new = 'failed') AS to_failed,"
+    "        count(*) FILTER (WHERE old = 'failed') AS from_failed"
+    "       FROM changed GROUP BY dataset) c"
+    " WHERE d.name = c.dataset"
+)
+
+
+def _transition(cur: psycopg.Cursor, status: str, rows_sql: str, params: dict) -> None:
+    """Set ``status`` on the file rows ``rows_sql`` selects (``f.dataset, f.pandaid, f.lfn, f.status`` of
+    ``dataset_files f``, named parameters ``params``) and move their blocks' counters by the rows that
+    changed, in one statement. The caller holds the blocks' locks (``_lock``)."""
     cur.execute(
-        "UPDATE datasets d SET nfiles = c.n, nfiles_done = c.done, modification_time = now()"
-        " FROM (SELECT ds.name, count(f.lfn) AS n, count(f.lfn) FILTER (WHERE f.status = 'ready') AS done"
-        "       FROM unnest(%s::text[]) AS ds(name) LEFT JOIN dataset_files f ON f.dataset = ds.name"
-        "       GROUP BY ds.name) c"
-        " WHERE d.name = c.name AND (d.nfiles, d.nfiles_done) IS DISTINCT FROM (c.n, c.done)",
-        (names,),
+        f"WITH o AS ({rows_sql} AND f.status <> %(status)s FOR UPDATE OF f),"
+        " changed AS (UPDATE dataset_files f SET status = %(status)s FROM o"
+        "   WHERE f.dataset = o.dataset AND f.pandaid = o.pandaid AND f.lfn = o.lfn"
+        "   RETURNING f.dataset, o.status AS old, f.status AS new)" + _CHANGED,
+        {**params, "status": status},
     )
 
 
@@ -81,62 +110,69 @@ def record(conn: psycopg.Connection, blocks: Sequence[Block], files: Sequence[Bl
                 (actor, *([getattr(b, col) for b in by_name]
                           for col in ("name", "type", "site", "endpoint", "parent", "plugin", "vo"))),
             )
+        _lock(cur, [b.name for b in blocks] + [f.dataset for f in files])
         if by_key:
             rows = [f for _, f in by_key]
             cur.execute(
-                "INSERT INTO dataset_files (dataset, pandaid, lfn, type, status)"
+                "WITH changed AS (INSERT INTO dataset_files (dataset, pandaid, lfn, type, status)"
                 " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[])"
-                " ON CONFLICT (dataset, pandaid, lfn) DO NOTHING",
+                " ON CONFLICT (dataset, pandaid, lfn) DO NOTHING RETURNING dataset, NULL::text AS old, status AS new)"
+                + _CHANGED,
                 ([f.dataset for f in rows], [f.pandaid for f in rows], [f.lfn for f in rows], [f.type for f in rows],
                  [f.status for f in rows]),
             )
-        _recount(cur, [b.name for b in blocks] + [f.dataset for f in files])
 
 
 def set_files_status(conn: psycopg.Connection, dataset: str, status: str, *, pandaids: Sequence[int] | None = None,
                      lfns: Sequence[str] | None = None) -> None:
-    """Mark a block's files (all, or those of some jobs / some lfns) and recount the block."""
-    where, params = "dataset = %s", [dataset]
+    """Mark a block's files (all, or those of some jobs / some lfns); its counters follow."""
+    where, params = "f.dataset = %(dataset)s", {"dataset": dataset}
     if pandaids is not None:
-        where += " AND pandaid = ANY(%s)"
-        params.append(list(pandaids))
+        where += " AND f.pandaid = ANY(%(pandaids)s)"
+        params["pandaids"] = list(pandaids)
     if lfns is not None:
-        where += " AND lfn = ANY(%s)"
-        params.append(list(lfns))
+        where += " AND f.lfn = ANY(%(lfns)s)"
+        params["lfns"] = list(lfns)
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(f"UPDATE dataset_files SET status = %s WHERE {where} AND status <> %s",
-                    [status, *params, status])
-        _recount(cur, [dataset])
+        _lock(cur, [dataset])
+        _transition(cur, status, f"SELECT f.dataset, f.pandaid, f.lfn, f.status FROM dataset_files f WHERE {where}",
+                    params)
 
 
 def set_files_status_many(conn: psycopg.Connection, files: Iterable[tuple[str, int, str]], status: str) -> None:
-    """Mark files given as (dataset, pandaid, lfn) — of any blocks and jobs — and recount their blocks, in two
-    statements (the adder's registrations of a whole poll)."""
+    """Mark files given as (dataset, pandaid, lfn) — of any blocks and jobs — and move their blocks'
+    counters, in two statements (the adder's registrations of a whole poll)."""
     rows = sorted(set(files))
     if not rows:
         return
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("UPDATE dataset_files f SET status = %s FROM unnest(%s::text[], %s::bigint[], %s::text[])"
-                    " AS k(dataset, pandaid, lfn) WHERE f.dataset = k.dataset AND f.pandaid = k.pandaid"
-                    " AND f.lfn = k.lfn AND f.status <> %s",
-                    (status, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], status))
-        _recount(cur, [r[0] for r in rows])
+        _lock(cur, [r[0] for r in rows])
+        _transition(cur, status,
+                    "SELECT f.dataset, f.pandaid, f.lfn, f.status FROM dataset_files f"
+                    " JOIN unnest(%(ds)s::text[], %(pids)s::bigint[], %(lfns)s::text[]) AS k(dataset, pandaid, lfn)"
+                    " ON f.dataset = k.dataset AND f.pandaid = k.pandaid AND f.lfn = k.lfn WHERE true",
+                    {"ds": [r[0] for r in rows], "pids": [r[1] for r in rows], "lfns": [r[2] for r in rows]})
 
 
 def set_status(conn: psycopg.Connection, names: Sequence[str], status: str) -> int:
-    """Set the status of blocks; returns how many rows changed."""
+    """Set the status of blocks; returns how many rows changed. The rows are locked in name order first, as
+    every other write here does, so a closer and an adder touching the same blocks never deadlock."""
     with conn.transaction(), conn.cursor() as cur:
+        _lock(cur, names)
         cur.execute("UPDATE datasets SET status = %s, modification_time = now()"
                     " WHERE name = ANY(%s) AND status <> %s", (status, list(names), status))
         return cur.rowcount
 
 
 def complete_dispatch(conn: psycopg.Connection, names: Sequence[str]) -> None:
-    """Dispatch blocks whose inputs arrived: files ready, block completed (PanDA's Activator)."""
+    """Dispatch blocks whose inputs arrived: files ready, block completed (PanDA's Activator). Only the files
+    not settled are read (index ``dataset_files_unsettled``), so a block completed again by a later job of
+    its job set costs nothing per file it already holds; a file someone marked failed stays failed."""
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("UPDATE dataset_files SET status = 'ready' WHERE dataset = ANY(%s) AND status <> 'ready'",
-                    (list(names),))
-        _recount(cur, names)
+        _lock(cur, names)
+        _transition(cur, "ready", "SELECT f.dataset, f.pandaid, f.lfn, f.status FROM dataset_files f"
+                    " WHERE f.dataset = ANY(%(names)s) AND f.status NOT IN ('ready', 'failed')",
+                    {"names": list(names)})
         cur.execute("UPDATE datasets SET status = 'completed', modification_time = now()"
                     " WHERE name = ANY(%s) AND type = 'dispatch' AND status = 'defined'", (list(names),))
 
@@ -151,25 +187,30 @@ def subs_of(conn: psycopg.Connection, destination: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- the closer's reads
-def subs_named(conn: psycopg.Connection, names: Iterable[str]) -> dict[str, tuple[str | None, str]]:
-    """Sub blocks among ``names``: name → (parent, status)."""
+def subs_named(conn: psycopg.Connection, names: Iterable[str]) -> dict[str, tuple[str | None, str, int]]:
+    """Sub blocks among ``names``: name → (parent, status, nfiles)."""
     names = sorted(set(names))
     if not names:
         return {}
-    rows = conn.execute("SELECT name, parent, status FROM datasets WHERE name = ANY(%s) AND type = 'sub'", (names,))
-    return {name: (parent, status) for name, parent, status in rows.fetchall()}
+    rows = conn.execute("SELECT name, parent, status, nfiles FROM datasets WHERE name = ANY(%s) AND type = 'sub'",
+                        (names,))
+    return {name: (parent, status, n) for name, parent, status, n in rows.fetchall()}
 
 
-def output_files(conn: psycopg.Connection, blocks: Iterable[str]) -> list[tuple[str, int, str, str]]:
-    """(dataset, pandaid, lfn, status) of the output and log files the blocks expect."""
+def unsettled_files(conn: psycopg.Connection, blocks: Iterable[str]) -> list[tuple[str, int, str, str]]:
+    """(dataset, pandaid, lfn, status) of the output and log files of the blocks that are neither ready nor
+    failed: the only ones the closer must look at (index ``dataset_files_unsettled``, however many files
+    the blocks already hold)."""
     return conn.execute("SELECT dataset, pandaid, lfn, status FROM dataset_files WHERE dataset = ANY(%s)"
-                        " AND type IN ('output', 'log')", (sorted(blocks),)).fetchall()
+                        " AND status NOT IN ('ready', 'failed') AND type IN ('output', 'log')",
+                        (sorted(blocks),)).fetchall()
 
 
-def subs_of_parents(conn: psycopg.Connection, parents: Sequence[str]) -> list[tuple[str, str, str]]:
-    """(name, parent, status) of every sub block of these destination blocks."""
-    return conn.execute("SELECT name, parent, status FROM datasets WHERE type = 'sub' AND parent = ANY(%s)",
-                        (list(parents),)).fetchall()
+def unclosed_subs_of_parents(conn: psycopg.Connection, parents: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(name, parent, status) of the sub blocks of these destination blocks that are not closed (index
+    ``datasets_unclosed_subs``: closed subs of earlier job sets are never read again)."""
+    return conn.execute("SELECT name, parent, status FROM datasets WHERE type = 'sub' AND parent = ANY(%s)"
+                        " AND status <> 'closed'", (list(parents),)).fetchall()
 
 
 def statuses(conn: psycopg.Connection, names: Sequence[str]) -> dict[str, str]:
@@ -204,6 +245,29 @@ def open_subs(conn: psycopg.Connection, limit: int) -> list[str]:
     rows = conn.execute("SELECT name FROM datasets WHERE type = 'sub' AND status NOT IN ('closed', 'failed')"
                         " ORDER BY modification_time LIMIT %s", (limit,)).fetchall()
     return [r[0] for r in rows]
+
+
+# ------------------------------------------------------------------------- history, for benchmarks and tools
+def load_history(conn: psycopg.Connection, destination: str, n: int, first_pandaid: int, actor: str) -> str:
+    """A destination block and its open sub block ``<destination>_sub000001`` holding ``n`` registered files
+    each (counters set as the services would have left them), and ``n // 100`` closed sub blocks of earlier
+    job sets, written straight in (generate_series), then the tables analyzed; returns the open sub's name.
+    What a dataset looks like after a long task, without running the jobs (``bench/prefilled.py``)."""
+    sub = f"{destination}_sub000001"
+    with conn.transaction():
+        conn.execute("INSERT INTO datasets (name, type, parent, created_by, nfiles, nfiles_done)"
+                     " VALUES (%s, 'destination', NULL, %s, %s, %s), (%s, 'sub', %s, %s, %s, %s)",
+                     (destination, actor, n, n, sub, destination, actor, n, n))
+        conn.execute("INSERT INTO datasets (name, type, status, parent, created_by)"
+                     " SELECT %s || '_sub' || lpad((i + 1)::text, 6, '0'), 'sub', 'closed', %s, %s"
+                     " FROM generate_series(1, %s) i", (destination, destination, actor, n // 100))
+        for block in (destination, sub):
+            conn.execute("INSERT INTO dataset_files (dataset, pandaid, lfn, type, status)"
+                         " SELECT %s, %s + i, 'old.' || i || '.root', 'output', 'ready'"
+                         " FROM generate_series(1, %s) i", (block, first_pandaid, n))
+    conn.execute("ANALYZE datasets")
+    conn.execute("ANALYZE dataset_files")
+    return sub
 
 
 class DatasetStore:
