@@ -58,7 +58,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from core import bus, logs, metrics
+from core import bus, logs, metrics, watchdog
 from core.config import Config
 from schemas.messages import Command, Event, decode_event
 from services.dead_letters import DeadLetterStore, Sink, describe, is_transient
@@ -178,6 +178,9 @@ class ServiceLoop:
         self._dead_letters = dead_letters
         self.lag = (metrics.LagTracker(self.consumer, f"{cfg.kafka.group_prefix}-{service.name}")
                     if self.consumer is not None else None)
+        # no progress while events wait (a group that never settles, a poll that never returns): exit
+        self.watchdog = (watchdog.for_consumer(cfg, self.consumer, f"{cfg.kafka.group_prefix}-{service.name}",
+                                               cfg.kafka.events_topic) if self.consumer is not None else None)
         # Poll size: as many events as this loop can decide within a quarter of max_poll_interval_ms if
         # every one of them were a wanted event at the slowest recent cost per wanted event (actions write to
         # the database per event), so a burst of slow events cannot keep it from polling long enough to be
@@ -255,6 +258,8 @@ class ServiceLoop:
         self.stats["events"] += len(items)
         if self.lag is not None:
             self.lag.observe(polled)
+        if self.watchdog is not None:
+            self.watchdog.step(polled)
         return len(items)
 
     def decide_items(self, items: Sequence[Item]) -> int:
@@ -361,10 +366,14 @@ class ServiceLoop:
                   exc_info=not isinstance(exc, msgspec.DecodeError))
 
     def run(self, stop: threading.Event) -> None:
+        if self.watchdog is not None:
+            self.watchdog.start()
         while not stop.is_set():
             self.step()
 
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.close()
         try:
             if self.consumer is not None:
                 self.consumer.close()
