@@ -206,10 +206,22 @@ class ProjectionRunner:
                 if self.search_path is None and time.monotonic() >= next_retry:
                     next_retry = time.monotonic() + RETRY_EVERY
                     self.retry_dead_letters()
-            except psycopg.OperationalError:
-                log.exception("database error; positions are in the database, resuming from them")
-                self.db.reset()
+            except psycopg.OperationalError as exc:
+                log.warning("database error; positions are in the database, resuming from them: %s", exc)
+                self._resume(stop)
+
+    def _resume(self, stop: threading.Event) -> None:
+        """Seek back to the positions the database has, waiting (backing off) while it is away."""
+        backoff = 0.5
+        while not stop.is_set():
+            self.db.reset()
+            try:
                 self.seek_to_positions(self.consumer.assignment())
+                return
+            except psycopg.OperationalError as exc:
+                log.warning("database still away, trying again in %.1fs: %s", backoff, exc)
+                stop.wait(backoff)
+                backoff = min(30.0, backoff * 2)
 
     def caught_up(self) -> bool:
         """True when every assigned partition has been applied up to the current end of the log."""
