@@ -15,7 +15,9 @@ tells its ``Watchdog`` after each step what it did, and
   looks) → the ERROR line and the metric, and the process ends at once (``os._exit``): that thread
   cannot be made to raise.
 
-The decision is ``stuck`` (pure: progress time, lag, now, bound); the rest gathers its inputs.
+The decision is ``stuck`` (pure: progress time, lag, now, bound); the rest gathers its inputs. A spare
+copy (more copies than partitions) has no assignment and counts its group's lag: it is restarted only if
+the whole group is stuck that long, which a restart does not hurt.
 """
 
 from __future__ import annotations
@@ -141,4 +143,7 @@ def for_consumer(cfg, consumer, group: str, topic: str) -> Watchdog:
         finally:
             admin.close()
 
-    return Watchdog(group, float(cfg.kafka.stuck_after_s), lambda: consumer_lag(consumer, topic, committed))
+    bound = float(cfg.kafka.stuck_after_s)
+    # an idle consumer asks the broker for the log ends only this often (they were much of an idle broker's work)
+    return Watchdog(group, bound, lambda: consumer_lag(consumer, topic, committed),
+                    check_every=min(30.0, max(1.0, bound / 4)))
