@@ -42,6 +42,8 @@ CONSUMER_POSITION = Gauge("pandaes_consumer_position", "Next offset a consumer g
 CONSUMER_LAG = Gauge("pandaes_consumer_lag", "Records between a consumer group's position and the log end",
                      ["group", "topic", "partition"])
 CONSUMED = Counter("pandaes_consumer_records", "Records consumed", ["group"])
+WATCHDOG_STUCK = Counter("pandaes_watchdog_stuck", "Loops found stuck by their watchdog (no progress while records "
+                         "waited, or a step that never ended); the process then exits to be restarted", ["loop"])
 
 # ----------------------------------------------------------------------------------------- projections
 PROJECTION_POSITION = Gauge("pandaes_projection_position", "Next event offset a projection will apply",

@@ -46,6 +46,7 @@ class KafkaSettings(_Section):
     max_poll_interval_ms: int
     session_timeout_ms: int
     heartbeat_interval_ms: int
+    stuck_after_s: float
     transaction_timeout_ms: int
     max_message_bytes: int
     client: str

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 
-from core import bus, db, metrics
+from core import bus, db, metrics, watchdog
 from core.config import Config
 from projections import deadletters
 from projections.archive import ArchiveProjection
@@ -61,6 +61,7 @@ class ProjectionRunner:
                                      max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)))
         self.consumer.subscribe([self.topic], on_assign=self.seek_to_positions)
         self.lag = metrics.LagTracker(self.consumer, self.group_id)
+        self.watchdog = watchdog.for_consumer(cfg, self.consumer, self.group_id, self.topic)
         # the jobs projection's owner moves its old final jobs to the archive partition (jobs_archive.py)
         pc = cfg.projections
         self.archive = (ArchiveSweep(pc.archive_after, pc.archive_every, pc.archive_batch)
@@ -93,6 +94,7 @@ class ProjectionRunner:
         """One poll and one database transaction; returns the number of records applied."""
         polled = self.consumer.poll(timeout_ms=timeout_ms)
         self.lag.observe(polled)
+        self.watchdog.step(polled)
         if self.archive is not None and self.archive.due():
             self.archive.run(self.conn, {tp.partition for tp in self.consumer.assignment()})
         if not polled:
@@ -196,6 +198,7 @@ class ProjectionRunner:
         return done, failed
 
     def run(self, stop: threading.Event) -> None:
+        self.watchdog.start()
         next_retry = 0.0
         while not stop.is_set():
             try:
@@ -203,10 +206,22 @@ class ProjectionRunner:
                 if self.search_path is None and time.monotonic() >= next_retry:
                     next_retry = time.monotonic() + RETRY_EVERY
                     self.retry_dead_letters()
-            except psycopg.OperationalError:
-                log.exception("database error; positions are in the database, resuming from them")
-                self.db.reset()
+            except psycopg.OperationalError as exc:
+                log.warning("database error; positions are in the database, resuming from them: %s", exc)
+                self._resume(stop)
+
+    def _resume(self, stop: threading.Event) -> None:
+        """Seek back to the positions the database has, waiting (backing off) while it is away."""
+        backoff = 0.5
+        while not stop.is_set():
+            self.db.reset()
+            try:
                 self.seek_to_positions(self.consumer.assignment())
+                return
+            except psycopg.OperationalError as exc:
+                log.warning("database still away, trying again in %.1fs: %s", backoff, exc)
+                stop.wait(backoff)
+                backoff = min(30.0, backoff * 2)
 
     def caught_up(self) -> bool:
         """True when every assigned partition has been applied up to the current end of the log."""
@@ -217,6 +232,7 @@ class ProjectionRunner:
         return all(self.consumer.position(tp) >= end for tp, end in ends.items())
 
     def close(self) -> None:
+        self.watchdog.close()
         self.consumer.close()
         self.db.close()
 

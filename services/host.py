@@ -40,7 +40,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from core import bus, metrics
+from core import bus, metrics, watchdog
 from core.config import Config
 from services.dead_letters import describe, is_transient
 from services.loop import Member, ServiceLoop, decode_polled
@@ -108,6 +108,7 @@ class ServiceHost:
         self._reassigned: set[bus.TopicPartition] = set()
         self.consumer.subscribe([self.topic], on_assign=self._moved, on_revoke=self._moved)
         self.lag = metrics.LagTracker(self.consumer, self.group)
+        self.watchdog = watchdog.for_consumer(cfg, self.consumer, self.group, self.topic)
         self._committed: dict[bus.TopicPartition, int] = {}
         self.blocked = False                               # the last step left a service behind (transient)
         self.backoff_max = backoff_max
@@ -207,6 +208,7 @@ class ServiceHost:
         self.stats["polls"] += 1
         self.stats["blocked"] += blocked
         self.lag.observe(polled)
+        self.watchdog.step(polled)
         if time.monotonic() >= self._next_report:
             self._next_report = time.monotonic() + 60
             log.info("%s: %s", self.group, self.cpu_report())
@@ -257,6 +259,7 @@ class ServiceHost:
         return "CPU " + ", ".join(parts) + f", {self.stats['events']} events"
 
     def run(self, stop: threading.Event) -> None:
+        self.watchdog.start()
         while not stop.is_set():
             self.step()
             if self.blocked:
@@ -267,6 +270,7 @@ class ServiceHost:
 
     def close(self) -> None:
         log.info("%s stopping: %s", self.group, self.cpu_report())
+        self.watchdog.close()
         try:
             self.consumer.close()
         finally:

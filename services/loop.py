@@ -22,8 +22,9 @@ Side effects (plugin calls that touch storage, writes to a service's own tables,
 are never done inside ``decide``/``tick``: they return an ``Action`` among their commands. The loop
 runs each action (unless replaying) and then sends the action's ``then`` commands, or ``on_error(exc)``
 if it raised; with no ``on_error`` a transient exception (database or broker away, projection behind)
-propagates, nothing of the batch is committed, and the events are decided again after the restart (so
-actions must be idempotent); any other exception — and an event that does not decode — makes the event a
+stops the batch: nothing of it is committed, the loop seeks back to its first events and decides them again
+after a back-off (up to 30 s), riding out a database or broker outage in process (so actions must be
+idempotent); any other exception — and an event that does not decode — makes the event a
 dead letter (``services.dead_letters``: a row and an ERROR line) and the loop goes on with the next.
 When a command needs what a side effect produced (the retrier's new PandaID), ``then`` is a callable
 given the last step's result. Plain command lists still work.
@@ -58,7 +59,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from core import bus, logs, metrics
+from core import bus, logs, metrics, watchdog
 from core.config import Config
 from schemas.messages import Command, Event, decode_event
 from services.dead_letters import DeadLetterStore, Sink, describe, is_transient
@@ -178,6 +179,9 @@ class ServiceLoop:
         self._dead_letters = dead_letters
         self.lag = (metrics.LagTracker(self.consumer, f"{cfg.kafka.group_prefix}-{service.name}")
                     if self.consumer is not None else None)
+        # no progress while events wait (a group that never settles, a poll that never returns): exit
+        self.watchdog = (watchdog.for_consumer(cfg, self.consumer, f"{cfg.kafka.group_prefix}-{service.name}",
+                                               cfg.kafka.events_topic) if self.consumer is not None else None)
         # Poll size: as many events as this loop can decide within a quarter of max_poll_interval_ms if
         # every one of them were a wanted event at the slowest recent cost per wanted event (actions write to
         # the database per event), so a burst of slow events cannot keep it from polling long enough to be
@@ -186,6 +190,9 @@ class ServiceLoop:
         self._poll_budget_s = int(cfg.kafka.max_poll_interval_ms) / 4000
         self._cost = 0.0                                  # seconds per wanted event, decaying maximum
         self._max_records = min(self._max_poll, 100)
+        self.blocked = False                              # the last step stopped at a transient error
+        self.backoff_max = 30.0
+        self._backoff = 0.5
 
     @property
     def sender(self) -> bus.CommandSender:
@@ -234,10 +241,32 @@ class ServiceLoop:
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
         t0 = time.monotonic()
         items = decode_polled(polled)
-        wanted = self.decide_items(items)
+        self.blocked = False
+        try:
+            wanted = self.decide_items(items)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # the database or the broker away: nothing of the poll is committed, its events come again
+            for tp, msgs in polled.items():
+                self.consumer.seek(tp, msgs[0].offset)
+            self.blocked = True
+            log.warning("service %s stopped at a transient error, the events from there are decided again "
+                        "after a back-off: %s", self.service.name, describe(exc))
+            if self.lag is not None:
+                self.lag.observe({})
+            if self.watchdog is not None:
+                self.watchdog.step(polled)
+            return 0
         if self.tick_every is not None and time.monotonic() >= self._next_tick:
-            self.tick(time.time())
             self._next_tick = time.monotonic() + self.tick_every
+            try:
+                self.tick(time.time())
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("service %s: clock rules failed, tried again at the next tick: %s", self.service.name,
+                            describe(exc))
         if not self.replay and time.monotonic() >= self._next_retry:
             self._next_retry = time.monotonic() + RETRY_EVERY
             try:
@@ -255,6 +284,8 @@ class ServiceLoop:
         self.stats["events"] += len(items)
         if self.lag is not None:
             self.lag.observe(polled)
+        if self.watchdog is not None:
+            self.watchdog.step(polled)
         return len(items)
 
     def decide_items(self, items: Sequence[Item]) -> int:
@@ -361,10 +392,19 @@ class ServiceLoop:
                   exc_info=not isinstance(exc, msgspec.DecodeError))
 
     def run(self, stop: threading.Event) -> None:
+        if self.watchdog is not None:
+            self.watchdog.start()
         while not stop.is_set():
             self.step()
+            if self.blocked:             # the database (or broker) away: ride it out, back off
+                stop.wait(self._backoff)
+                self._backoff = min(self.backoff_max, self._backoff * 2)
+            else:
+                self._backoff = 0.5
 
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.close()
         try:
             if self.consumer is not None:
                 self.consumer.close()

@@ -26,6 +26,11 @@ Where librdkafka differs from what the port promises, and how this adapter bridg
   up to a second later). Partitions the caller paused stay paused.
 * Keys are partitioned with ``murmur2_random``, Kafka's default partitioner, so ``bus.partition_of``
   holds; librdkafka refuses ``max.poll.interval.ms`` below ``session.timeout.ms``, so it is raised to it.
+* A group member does not leave in the middle of a join: ``close`` first lets a join under way finish
+  (polling, records dropped, no callbacks), for at most ``session.timeout.ms`` + 10 s. A member that left
+  while the embedded Tansu broker was gathering a join left the group without an assignment for good: every
+  later member waited in the join and got nothing (a component restarted during a database outage exits
+  seconds after it joined; docs/reliability.md). ``on_assign`` raising still applies the assignment.
 """
 
 from __future__ import annotations
@@ -227,6 +232,8 @@ class Consumer:
             "enable.partition.eof": True, "logger": _rdkafka_log})
         self._max_records = s.max_poll_records
         self._grouped = s.group_id is not None
+        self._joining = False          # subscribed (or revoked) and no assignment since: a join under way
+        self._settle_s = s.session_timeout_ms / 1000 + 10
         self._on_assign: Callable[[set[TopicPartition]], None] | None = None
         self._on_revoke: Callable[[set[TopicPartition]], None] | None = None
         self._assigned: set[TopicPartition] = set()
@@ -254,19 +261,21 @@ class Consumer:
                   on_assign: Callable[[set[TopicPartition]], None] | None = None,
                   on_revoke: Callable[[set[TopicPartition]], None] | None = None) -> None:
         self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._joining = True
         self._c.subscribe(list(topics), on_assign=self._assigned_cb, on_revoke=self._revoked_cb,
                           on_lost=self._revoked_cb)
 
     def _assigned_cb(self, _c: Any, parts: list[ck.TopicPartition]) -> None:
         tps = _ours(parts)
         self._pending = {}
-        if self._on_assign is not None:
-            self._in_assign = True
-            try:
+        try:
+            if self._on_assign is not None:
+                self._in_assign = True
                 self._on_assign(set(tps))
-            finally:
-                self._in_assign = False
-        self._c.assign([_ctp(tp, self._pending.get(tp, ck.OFFSET_INVALID)) for tp in sorted(tps)])
+        finally:   # applied even if on_assign raised: librdkafka's join is over only once it is
+            self._in_assign = False
+            self._joining = False
+            self._c.assign([_ctp(tp, self._pending.get(tp, ck.OFFSET_INVALID)) for tp in sorted(tps)])
         self._assigned = tps
         for tp in tps:
             self._pos.pop(tp, None)
@@ -282,6 +291,7 @@ class Consumer:
                 self._on_revoke(set(tps))
         finally:
             self._c.unassign()
+            self._joining = self._grouped      # the group rejoins after a revocation
             self._active()
             self._assigned -= tps
             for tp in tps:
@@ -523,9 +533,21 @@ class Consumer:
 
     def close(self) -> None:
         try:
+            self._settle()
             self._c.close()
         except RuntimeError:   # already closed
             pass
+
+    def _settle(self) -> None:
+        """Let a join under way finish before leaving (module docstring): poll, dropping what comes."""
+        if not self._joining:
+            return
+        self._on_assign = self._on_revoke = None
+        deadline = time.monotonic() + self._settle_s
+        while self._joining and time.monotonic() < deadline:
+            self._c.poll(0.2)
+        if self._joining:
+            log.warning("consumer: leaving its group with a join still under way after %.0fs", self._settle_s)
 
 
 def consumer(settings: ConsumerSettings) -> Consumer:

@@ -1,0 +1,79 @@
+"""The watchdog's decision (pure) and the Watchdog fed a clock and a lag by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import watchdog
+from core.watchdog import Stuck, Watchdog, hung, stuck
+
+
+def test_stuck_only_with_records_waiting_and_no_progress_past_the_bound():
+    assert stuck(progress_at=0.0, lag=5, now=121.0, bound=120.0)
+    assert not stuck(progress_at=0.0, lag=5, now=119.0, bound=120.0)     # within the bound
+    assert not stuck(progress_at=0.0, lag=0, now=1000.0, bound=120.0)    # nothing waits: idle, not stuck
+    assert not stuck(progress_at=0.0, lag=None, now=1000.0, bound=120.0)  # not known: not stuck
+    assert not stuck(progress_at=0.0, lag=5, now=1000.0, bound=0.0)      # switched off
+
+
+def test_hung_when_no_step_ended_past_the_bound():
+    assert hung(beat_at=10.0, now=131.0, bound=120.0)
+    assert not hung(beat_at=10.0, now=129.0, bound=120.0)
+    assert not hung(beat_at=0.0, now=1e9, bound=0.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_watchdog_raises_stuck_when_records_wait_and_none_come():
+    clock, lag = Clock(), {"n": 3}
+    dog = Watchdog("g", 60.0, lambda: lag["n"], check_every=5.0, clock=clock)
+    for t in range(0, 60, 5):
+        clock.now = float(t)
+        dog.step({})
+    clock.now = 66.0
+    with pytest.raises(Stuck, match="3 record"):
+        dog.step({})
+
+
+def test_records_received_or_nothing_to_do_are_progress():
+    clock, lag = Clock(), {"n": 3}
+    dog = Watchdog("g", 60.0, lambda: lag["n"], check_every=5.0, clock=clock)
+    clock.now = 50.0
+    dog.step({"tp": [object()]})          # records came
+    clock.now = 100.0
+    dog.step({})                          # 50 s since: within the bound
+    lag["n"] = 0
+    clock.now = 200.0
+    dog.step({})                          # idle: nothing waits
+    lag["n"] = 2
+    clock.now = 250.0
+    dog.step({})
+    clock.now = 261.0
+    with pytest.raises(Stuck):
+        dog.step({})
+
+
+def test_lag_not_known_is_not_stuck():
+    clock = Clock()
+
+    def broken() -> int:
+        raise OSError("broker away")
+
+    dog = Watchdog("g", 10.0, broken, check_every=1.0, clock=clock)
+    clock.now = 1000.0
+    dog.step({})                          # no exception
+
+
+def test_guard_exits_a_loop_whose_step_never_ends():
+    clock, exits = Clock(), []
+    dog = Watchdog("g", 10.0, lambda: 0, check_every=0.01, clock=clock, exit=exits.append)
+    clock.now = 11.0                      # the loop started at 0 and never finished a step
+    dog.start()
+    dog._thread.join(5)
+    assert exits == [watchdog.EXIT_CODE]
