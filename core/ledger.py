@@ -22,6 +22,14 @@ archived, or never seen — is judged on the jobs projection's row (hot or archi
 projection has applied every event below ``floor``: the position below which everything the ledger let go
 of lies. Final states are never left, so such a row is the job's whole state. The commands of a batch
 that miss are looked up in one query before the batch's transaction begins.
+
+A database outage is ridden out, never judged through: a partition whose snapshot cannot be read stays
+unrebuilt (none of its commands judged) and is rebuilt again after a back-off; a batch whose look-ups fail
+is fetched again after a back-off; a look-up that fails inside a batch's transaction aborts it, and the
+batch's partitions are rebuilt (state and position from the projection and the log, as after a crash), so
+no event of the aborted transaction is counted twice. The back-off doubles from ``BACKOFF_MIN`` to
+``BACKOFF_MAX`` seconds. The watchdog (``core.watchdog``) ends a ledger that gets no commands while some
+wait, or whose step never returns.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from typing import NamedTuple, Protocol
 import msgspec
 import psycopg
 
-from core import bus, db, logs, metrics
+from core import bus, db, logs, metrics, watchdog
 from core.bus import TopicPartition
 from core.config import Config
 from core.machine import JobState, apply, decide
@@ -54,7 +62,12 @@ CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
 ROW_WAIT_SECONDS = 30.0
 IDLE_LET_GO_SECONDS = 1.0
 _FINAL = frozenset(FINAL_STATES)
-LOOK_UP_RETRY_SECONDS = 1.0
+# the waits of a ledger whose database is away (doubling from the first to the last, reset by a good step)
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 30.0
+# what a database away raises here: psycopg's errors, and the projection not reaching a position in time
+# (projections.wait.PositionLag, a RuntimeError; core does not import projections)
+_DB_AWAY: tuple[type[BaseException], ...] = (psycopg.Error, RuntimeError)
 
 
 class CoreRow(NamedTuple):
@@ -132,7 +145,9 @@ class Ledger:
         self._projected: dict[int, int] = {}   # partition → a position the jobs projection is known to have reached
         self.resume_at: dict[int, int] = {}                   # partition → first command offset to judge
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
-        self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0}
+        self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0, "aborted": 0}
+        self.blocked = False     # the last step could not reach the database: back off before the next
+        self._backoff = BACKOFF_MIN
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
         self.producer.init_transactions()                     # fences a crashed predecessor
         # commands are answered while a caller waits (getJob, updateJob, kill): fetch with a short wait
@@ -144,6 +159,7 @@ class Ledger:
                                 on_revoke=self._drop_partitions)
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
         self.lag = metrics.LagTracker(self.consumer, self.group_id)
+        self.watchdog = watchdog.for_consumer(cfg, self.consumer, self.group_id, self.commands_topic)
 
     # ------------------------------------------------------------------------------------ recovery
     def _note_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -194,8 +210,7 @@ class Ledger:
 
     def _snapshot(self, partition: int) -> tuple[dict[int, JobState], int]:
         """The partition's live jobs and the event offset they reflect, from one database snapshot."""
-        with db.connect(self.cfg) as conn:
-            snap = self.read_snapshot(conn, self.events_topic, partition)
+        snap = self.db.run(self.read_snapshot, self.events_topic, partition)
         return {r.pandaid: _state_of(r) for r in snap.jobs}, snap.next_offset
 
     # -------------------------------------------------------------------------- what is held in memory
@@ -235,6 +250,7 @@ class Ledger:
         except psycopg.Error as exc:
             log.warning("ledger %s: cannot read the jobs projection's position (%s); final jobs kept for now",
                         self.instance, exc)
+            self._let_go_at[partition] = time.monotonic() + BACKOFF_MAX   # the database away: not every second
             return
         self._projected[partition] = max(self._projected.get(partition, 0), position)
         low = self.keep - self.keep // 10
@@ -315,11 +331,17 @@ class Ledger:
     # ---------------------------------------------------------------------------------- processing
     def step(self, timeout_ms: int = 200) -> int:
         polled = self.consumer.poll(timeout_ms=timeout_ms)
+        self.blocked = False
+        n = self._handle(polled)
+        self.watchdog.step(polled)
+        return n
+
+    def _handle(self, polled) -> int:
         if self.to_rebuild:
             rebuilt, self.to_rebuild = self.to_rebuild, set()
-            for tp in sorted(rebuilt, key=lambda t: t.partition):
-                self.rebuild_partition(tp)
-            # records fetched before the rebuild's seek are fetched again from the right offset
+            self._rebuild(rebuilt)
+            # records fetched before the rebuild's seek are fetched again from the right offset; those of a
+            # partition not rebuilt (the database away) are not judged
             polled = {tp: msgs for tp, msgs in polled.items() if tp not in rebuilt}
         self.lag.observe(polled)
         if not polled:
@@ -330,26 +352,30 @@ class Ledger:
             self._look_up({tp.partition: [_panda_id_from_key(m.key) for m in msgs
                                           if m.offset >= self.resume_at.get(tp.partition, 0)]
                            for tp, msgs in polled.items()})
-        except (psycopg.Error, RuntimeError) as exc:
+        except _DB_AWAY as exc:
             # the database is down or the projection far behind: judge nothing now, fetch the batch again
             log.warning("ledger %s: cannot read the jobs it does not hold (%s); the batch waits", self.instance, exc)
             for tp, msgs in polled.items():
                 self.consumer.seek(tp, max(msgs[0].offset, self.resume_at.get(tp.partition, 0)))
-            time.sleep(LOOK_UP_RETRY_SECONDS)
+            self.blocked = True
             return 0
         txn_started = time.monotonic()
         self.producer.begin_transaction()
         offsets: dict[TopicPartition, int] = {}
         n = 0
-        for tp, msgs in polled.items():
-            p = tp.partition
-            floor = self.resume_at.get(p, 0)
-            for m in msgs:
-                if m.offset < floor:
-                    continue
-                self._judge(p, m)
-                n += 1
-            offsets[tp] = msgs[-1].offset + 1
+        try:
+            for tp, msgs in polled.items():
+                p = tp.partition
+                floor = self.resume_at.get(p, 0)
+                for m in msgs:
+                    if m.offset < floor:
+                        continue
+                    self._judge(p, m)
+                    n += 1
+                offsets[tp] = msgs[-1].offset + 1
+        except _DB_AWAY as exc:
+            self._abort(polled, exc)
+            return 0
         # the full group metadata (generation, member id) lets the broker fence a ledger that lost its
         # partitions in a rebalance but still tries to commit (KIP-447)
         self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
@@ -364,6 +390,37 @@ class Ledger:
         for tp in polled:
             self._let_go(tp.partition)
         return n
+
+    def _rebuild(self, partitions: set[TopicPartition]) -> None:
+        """Rebuild ``partitions``; with the database away, those not rebuilt wait for the next step (after a
+        back-off), holding nothing meanwhile."""
+        pending = sorted(partitions, key=lambda t: t.partition)
+        try:
+            while pending:
+                self.rebuild_partition(pending[0])
+                pending.pop(0)
+        except _DB_AWAY as exc:
+            for tp in pending:
+                self.drop_partition(tp.partition)
+            self.to_rebuild.update(pending)
+            self.blocked = True
+            log.warning("ledger %s: cannot rebuild partition(s) %s from the jobs projection (%s); none of their "
+                        "commands is judged, tried again after a back-off", self.instance,
+                        ", ".join(str(tp.partition) for tp in pending), exc)
+
+    def _abort(self, polled, exc: BaseException) -> None:
+        """A look-up failed inside the batch's transaction: abort it and rebuild the batch's partitions (the
+        state held was moved on by the aborted events; the rebuild seeks back to the committed position, or
+        past the last event in the log, exactly as after a crash)."""
+        self.producer.abort_transaction()
+        self.stats["aborted"] += 1
+        for tp in polled:
+            self.drop_partition(tp.partition)
+        self.to_rebuild.update(polled)
+        self.blocked = True
+        log.warning("ledger %s: a look-up failed inside a batch (%s); its transaction is aborted and partition(s) "
+                    "%s are rebuilt after a back-off", self.instance, exc,
+                    ", ".join(str(tp.partition) for tp in polled))
 
     def _judge(self, partition: int, m) -> None:
         self.stats["commands"] += 1
@@ -408,10 +465,17 @@ class Ledger:
         metrics.count_rejection(out.code)
 
     def run(self, stop: threading.Event) -> None:
+        self.watchdog.start()
         while not stop.is_set():
             self.step()
+            if self.blocked:             # the database away: ride it out, backing off
+                stop.wait(self._backoff)
+                self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+            else:
+                self._backoff = BACKOFF_MIN
 
     def close(self) -> None:
+        self.watchdog.close()
         try:
             self.consumer.close()
         finally:

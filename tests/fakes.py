@@ -327,24 +327,40 @@ class FakeSweepView:
 
 # ----------------------------------------------------------------------------------------------- ledger
 class FlakyLedgerReads:
-    """The ledger's real reads of the jobs projection, except that the row look-ups of jobs it does not hold
-    fail ``failures`` times first with the error a lost database connection gives (integration tests: the
-    database itself is shared and stays up)."""
+    """The ledger's real reads of the jobs projection, except that some fail first with the error a lost
+    database connection gives (integration tests: the database itself is shared and stays up): the row
+    look-ups ``failures`` times, the partition snapshots ``snapshot_failures`` times, and the look-ups that
+    include one of ``fail_for`` (PandaID → times) that many times."""
 
-    def __init__(self, real, failures: int):
+    def __init__(self, real, failures: int = 0, *, snapshot_failures: int = 0, fail_for: dict | None = None):
         self.real, self.failures, self.calls = real, failures, 0
+        self.snapshot_failures, self.snapshot_calls = snapshot_failures, 0
+        self.fail_for = dict(fail_for or {})
+
+    @staticmethod
+    def _lost():
+        import psycopg
+
+        return psycopg.OperationalError("connection lost (FlakyLedgerReads)")
 
     def __call__(self, conn, topic, partition):
+        self.snapshot_calls += 1
+        if self.snapshot_failures > 0:
+            self.snapshot_failures -= 1
+            raise self._lost()
         return self.real(conn, topic, partition)
 
     def position(self, conn, topic, partition):
         return self.real.position(conn, topic, partition)
 
     def rows(self, conn, topic, pandaids, *, at_least, timeout):
-        import psycopg
-
         self.calls += 1
+        pandaids = list(pandaids)
         if self.failures > 0:
             self.failures -= 1
-            raise psycopg.OperationalError("connection lost (FlakyLedgerReads)")
+            raise self._lost()
+        for pid in pandaids:
+            if self.fail_for.get(pid, 0) > 0:
+                self.fail_for[pid] -= 1
+                raise self._lost()
         return self.real.rows(conn, topic, pandaids, at_least=at_least, timeout=timeout)
