@@ -364,3 +364,24 @@ class FlakyLedgerReads:
                 self.fail_for[pid] -= 1
                 raise self._lost()
         return self.real.rows(conn, topic, pandaids, at_least=at_least, timeout=timeout)
+
+
+class HangingLedgerReads:
+    """The ledger's real reads, except that the partition snapshot hangs (a database call that never returns)
+    until ``release`` is set: what the watchdog's hung-thread check is for."""
+
+    def __init__(self, real):
+        import threading
+
+        self.real, self.release, self.entered = real, threading.Event(), threading.Event()
+
+    def __call__(self, conn, topic, partition):
+        self.entered.set()
+        self.release.wait()
+        return self.real(conn, topic, partition)
+
+    def position(self, conn, topic, partition):
+        return self.real.position(conn, topic, partition)
+
+    def rows(self, conn, topic, pandaids, *, at_least, timeout):
+        return self.real.rows(conn, topic, pandaids, at_least=at_least, timeout=timeout)

@@ -107,3 +107,31 @@ def test_a_look_up_failing_inside_a_batch_aborts_it_and_each_command_is_judged_o
     events = _exactly_once(cfg, first + batch)
     assert sorted((e.PandaID, e.seq) for e in events) == [(80, 1), (80, 2), (81, 1), (81, 2), (82, 1)]
     assert not stop.is_set() and not background.errors
+
+
+def test_a_ledger_step_that_never_returns_meets_its_watchdog(cfg, background):
+    """A database call that hangs in the ledger's loop: the watchdog's guard reports it (the metric) and ends
+    the process (here: the exit it was given records the code) so that the supervisor restarts it."""
+    from fakes import HangingLedgerReads
+
+    from core import metrics, watchdog
+
+    cfg = cfg.replace(kafka={"stuck_after_s": 3.0})
+    reads = HangingLedgerReads(partition_snapshot)
+    ledger = Ledger(cfg, instance="h", snapshot=reads)
+    exits: list[int] = []
+    ledger.watchdog._exit = exits.append      # not os._exit: the test process goes on
+    before = metrics.WATCHDOG_STUCK.labels(ledger.group_id)._value.get()
+    background.run(ledger, "ledger-h")
+    try:
+        sender = CommandSender(cfg)
+        sender.send_many([_submit(90)])
+        sender.flush()
+        sender.close()
+        wait_until(reads.entered.is_set, 90, 0.2, "the ledger's snapshot read")
+        wait_until(lambda: exits, 60, 0.2, "the watchdog ending the hung ledger")
+    finally:
+        ledger.watchdog.bound = 0.0   # a real process has ended by now: this one's thread just stops
+        reads.release.set()
+    assert exits == [watchdog.EXIT_CODE]
+    assert metrics.WATCHDOG_STUCK.labels(ledger.group_id)._value.get() == before + 1
