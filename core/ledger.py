@@ -62,6 +62,7 @@ CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
 ROW_WAIT_SECONDS = 30.0
 IDLE_LET_GO_SECONDS = 1.0
 _FINAL = frozenset(FINAL_STATES)
+ALIVE_EVERY = 10_000   # events folded in a rebuild between two signs of life to the watchdog
 # the waits of a ledger whose database is away (doubling from the first to the last, reset by a good step)
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
@@ -197,6 +198,8 @@ class Ledger:
             if ev.src:
                 last_src = max(last_src, ev.src[1])
             n += 1
+            if n % ALIVE_EVERY == 0:
+                self.watchdog.alive()     # a long fold is moving: the hung-step check must not end it
         if last_src < 0:
             last_src = self._last_src_from_tail(p)
         self._let_go(p)
@@ -399,6 +402,7 @@ class Ledger:
             while pending:
                 self.rebuild_partition(pending[0])
                 pending.pop(0)
+                self.watchdog.alive()
         except _DB_AWAY as exc:
             for tp in pending:
                 self.drop_partition(tp.partition)
@@ -466,13 +470,16 @@ class Ledger:
 
     def run(self, stop: threading.Event) -> None:
         self.watchdog.start()
-        while not stop.is_set():
-            self.step()
-            if self.blocked:             # the database away: ride it out, backing off
-                stop.wait(self._backoff)
-                self._backoff = min(BACKOFF_MAX, self._backoff * 2)
-            else:
-                self._backoff = BACKOFF_MIN
+        try:
+            while not stop.is_set():
+                self.step()
+                if self.blocked:             # the database away: ride it out, backing off
+                    stop.wait(self._backoff)
+                    self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+                else:
+                    self._backoff = BACKOFF_MIN
+        finally:
+            self.watchdog.close()   # a loop that ended (a caller that never closes the ledger) is not hung
 
     def close(self) -> None:
         self.watchdog.close()

@@ -91,6 +91,10 @@ class Watchdog:
             raise Stuck(f"{self.name}: no progress for {now - self.progress_at:.0f}s with {lag} record(s) "
                         "waiting; exiting so that it is restarted")
 
+    def alive(self) -> None:
+        """A long step (the ledger's partition rebuild) is still moving: not hung. Progress it is not."""
+        self.beat_at = self._clock()
+
     def _report(self, why: str) -> None:
         metrics.WATCHDOG_STUCK.labels(self.name).inc()
         log.error("watchdog: %s is stuck (%s); exiting so that it is restarted", self.name, why)

@@ -77,3 +77,13 @@ def test_guard_exits_a_loop_whose_step_never_ends():
     dog.start()
     dog._thread.join(5)
     assert exits == [watchdog.EXIT_CODE]
+
+
+def test_a_long_step_that_says_it_is_alive_is_not_hung():
+    clock, exits = Clock(), []
+    dog = Watchdog("g", 10.0, lambda: 0, clock=clock, exit=exits.append)
+    clock.now = 9.0
+    dog.alive()
+    clock.now = 15.0
+    assert not hung(beat_at=dog.beat_at, now=clock.now, bound=dog.bound)
+    assert dog.progress_at == 0.0        # a sign of life is not progress
