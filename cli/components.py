@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core import metrics
+from core import metrics, watchdog
 from core.config import Config
 
 COMPONENTS: dict[str, str] = {
@@ -74,6 +74,7 @@ def run_in_process(name: str, cfg: Config) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     fn = resolve(name)
     metrics.serve(cfg, name)
+    watchdog.allow_exit()   # this process is the component: a loop hung inside a call may end it
     fn(cfg, stop)
 
 

@@ -35,6 +35,22 @@ log = logging.getLogger(__name__)
 
 EXIT_CODE = 70   # os._exit of a loop stuck inside a call (EX_SOFTWARE): the supervisor restarts it
 
+# Only a component's own process (cli.components.run_in_process) may be ended by a guard: a loop used as a
+# library (tests, the bench, a tool) shares its process with other work, which an exit would take down too.
+_exit_allowed = False
+
+
+def allow_exit() -> None:
+    """This process is one component: a loop stuck inside a call may end it (the supervisor restarts it)."""
+    global _exit_allowed
+    _exit_allowed = True
+
+
+def _exit_if_component(code: int) -> None:
+    if _exit_allowed:
+        os._exit(code)
+    log.error("watchdog: not a component's own process; not exiting (the loop stays stuck)")
+
 
 class Stuck(RuntimeError):
     """The loop made no progress for longer than its bound while work waited for it."""
@@ -58,7 +74,7 @@ class Watchdog:
     ``lag`` returns the records waiting for the loop (``consumer_lag`` is the usual one)."""
 
     def __init__(self, name: str, bound: float, lag: Callable[[], int | None], *, check_every: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, exit: Callable[[int], None] = os._exit):
+                 clock: Callable[[], float] = time.monotonic, exit: Callable[[int], None] = _exit_if_component):
         self.name = name
         self.bound = float(bound)
         self._lag = lag
@@ -100,8 +116,12 @@ class Watchdog:
         log.error("watchdog: %s is stuck (%s); exiting so that it is restarted", self.name, why)
 
     def start(self) -> None:
-        if self.bound <= 0 or self._thread is not None:
+        """Start the guard thread (again, after ``close``: a loop's ``run`` may be called more than once)."""
+        if self.bound <= 0 or (self._thread is not None and self._thread.is_alive()):
             return
+        if self._thread is not None:      # started again: the rest in between was no hung step
+            self.beat_at = self._clock()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._guard, name=f"watchdog-{self.name}", daemon=True)
         self._thread.start()
 

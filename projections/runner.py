@@ -200,15 +200,18 @@ class ProjectionRunner:
     def run(self, stop: threading.Event) -> None:
         self.watchdog.start()
         next_retry = 0.0
-        while not stop.is_set():
-            try:
-                self.step()
-                if self.search_path is None and time.monotonic() >= next_retry:
-                    next_retry = time.monotonic() + RETRY_EVERY
-                    self.retry_dead_letters()
-            except psycopg.OperationalError as exc:
-                log.warning("database error; positions are in the database, resuming from them: %s", exc)
-                self._resume(stop)
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                    if self.search_path is None and time.monotonic() >= next_retry:
+                        next_retry = time.monotonic() + RETRY_EVERY
+                        self.retry_dead_letters()
+                except psycopg.OperationalError as exc:
+                    log.warning("database error; positions are in the database, resuming from them: %s", exc)
+                    self._resume(stop)
+        finally:   # a loop that stopped stepping is not a hung one
+            self.watchdog.close()
 
     def _resume(self, stop: threading.Event) -> None:
         """Seek back to the positions the database has, waiting (backing off) while it is away."""

@@ -260,13 +260,16 @@ class ServiceHost:
 
     def run(self, stop: threading.Event) -> None:
         self.watchdog.start()
-        while not stop.is_set():
-            self.step()
-            if self.blocked:
-                stop.wait(self._backoff)
-                self._backoff = min(self.backoff_max, self._backoff * 2)
-            else:
-                self._backoff = 0.5
+        try:
+            while not stop.is_set():
+                self.step()
+                if self.blocked:
+                    stop.wait(self._backoff)
+                    self._backoff = min(self.backoff_max, self._backoff * 2)
+                else:
+                    self._backoff = 0.5
+        finally:   # a loop that stopped stepping is not a hung one
+            self.watchdog.close()
 
     def close(self) -> None:
         log.info("%s stopping: %s", self.group, self.cpu_report())

@@ -394,13 +394,17 @@ class ServiceLoop:
     def run(self, stop: threading.Event) -> None:
         if self.watchdog is not None:
             self.watchdog.start()
-        while not stop.is_set():
-            self.step()
-            if self.blocked:             # the database (or broker) away: ride it out, back off
-                stop.wait(self._backoff)
-                self._backoff = min(self.backoff_max, self._backoff * 2)
-            else:
-                self._backoff = 0.5
+        try:
+            while not stop.is_set():
+                self.step()
+                if self.blocked:             # the database (or broker) away: ride it out, back off
+                    stop.wait(self._backoff)
+                    self._backoff = min(self.backoff_max, self._backoff * 2)
+                else:
+                    self._backoff = 0.5
+        finally:                             # a loop that stopped stepping is not a hung one
+            if self.watchdog is not None:
+                self.watchdog.close()
 
     def close(self) -> None:
         if self.watchdog is not None:

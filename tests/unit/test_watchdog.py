@@ -87,3 +87,28 @@ def test_a_long_step_that_says_it_is_alive_is_not_hung():
     clock.now = 15.0
     assert not hung(beat_at=dog.beat_at, now=clock.now, bound=dog.bound)
     assert dog.progress_at == 0.0        # a sign of life is not progress
+
+
+def test_a_closed_guard_exits_nothing_and_can_start_again():
+    clock, exits = Clock(), []
+    dog = Watchdog("g", 10.0, lambda: 0, check_every=0.01, clock=clock, exit=exits.append)
+    dog.start()
+    dog.close()                           # the loop's run() returned: it is not hung, however long it rests
+    dog._thread.join(5)
+    clock.now = 100.0
+    assert exits == [] and not dog._thread.is_alive()
+    dog.start()                           # run() again: the guard watches again, from now
+    clock.now = 200.0
+    dog._thread.join(5)
+    assert exits == [watchdog.EXIT_CODE]
+
+
+def test_only_a_components_own_process_is_ended_by_a_guard(monkeypatch):
+    ended = []
+    monkeypatch.setattr(watchdog.os, "_exit", ended.append)
+    monkeypatch.setattr(watchdog, "_exit_allowed", False)
+    watchdog._exit_if_component(watchdog.EXIT_CODE)   # a loop used as a library (tests, the bench): no exit
+    assert ended == []
+    watchdog.allow_exit()
+    watchdog._exit_if_component(watchdog.EXIT_CODE)
+    assert ended == [watchdog.EXIT_CODE]
