@@ -12,7 +12,6 @@ else gets 403 with StatusCode 60 naming the pilot the job went to, and none of t
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +19,7 @@ from aiohttp import web
 from services.eventservice import ranges, store
 
 from . import access, identity, legacy, pilot
-from .params import INT64_LIMIT, BadRequest, as_int, read_params, storable_value
+from .params import INT64_LIMIT, BadRequest, as_int, json_or_value, read_params, storable_value
 from .v1 import Handler, _v1, envelope
 
 MAX_RANGES = 10000
@@ -51,13 +50,7 @@ async def _acquire(request: web.Request, pandaid: int, n: int, caller: identity.
 
 def _reported(raw: Any, field: str) -> list[dict[str, Any]]:
     """Version 0 (a list of ranges) or 1 (a list of {zipFile…, eventRanges: [...]}) → the ranges, in order."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raise BadRequest("is not valid JSON", field=field) from None
-    if not isinstance(raw, list):
-        raise BadRequest("must be a list", field=field)
+    raw = json_or_value(raw, field, list, "must be a list")
     flat: list[dict[str, Any]] = []
     for item in raw:
         if isinstance(item, dict) and isinstance(item.get("eventRanges"), list):

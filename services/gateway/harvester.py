@@ -11,7 +11,6 @@ are the jobs projection's (``projections.harvester_queries``).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -21,7 +20,7 @@ from projections import harvester_queries
 from services.harvester import killer, store
 
 from . import identity
-from .params import BadRequest, as_int, as_str, storable_value, to_int
+from .params import BadRequest, as_int, as_str, json_or_value, storable_value, to_int
 from .v1 import Handler, _v1, envelope
 
 log = logging.getLogger(__name__)
@@ -38,15 +37,7 @@ MAX_COMMANDS = 1000
 
 def _list(params: dict[str, Any], name: str) -> list[Any]:
     """A list (or its JSON text) whose every part the database can store."""
-    value = params.get(name)
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise BadRequest("is not valid JSON", field=name) from None
-    if not isinstance(value, list):
-        raise BadRequest("must be a list", field=name)
-    return storable_value(value, name)
+    return storable_value(json_or_value(params.get(name), name, list, "must be a list"), name)
 
 
 def _harvester_id(params: dict[str, Any]) -> str:
@@ -64,14 +55,7 @@ async def heartbeat(request: web.Request, params: dict[str, Any]) -> web.Respons
     data = params.get("data")
     if data is None or data in ("", "NULL", "None"):   # not given (false, 0 or [] are not an object)
         data = {}
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except ValueError:
-            raise BadRequest("is not valid JSON", field="data") from None
-    if not isinstance(data, dict):
-        raise BadRequest("must be an object", field="data")
-    storable_value(data, "data")
+    data = storable_value(json_or_value(data, "data", dict, "must be an object"), "data")
     caller = identity.user(request)
     async with _pool(request).connection() as conn:
         await store.heartbeat(conn, hid, caller.credentials.principal, request.remote, data)
@@ -106,14 +90,8 @@ async def get_current_worker_id(request: web.Request, params: dict[str, Any]) ->
 async def report_worker_statistics(request: web.Request, params: dict[str, Any]) -> web.Response:
     hid = _harvester_id(params)
     queue = as_str(params, "panda_queue", max_len=128)
-    raw = params.get("statistics")
-    try:
-        stats = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
-        raise BadRequest("is not valid JSON", field="statistics") from None
-    if not isinstance(stats, dict):
-        raise BadRequest("must be a JSON object {jobType: {resourceType: {status: n}}}", field="statistics")
-    storable_value(stats, "statistics")
+    stats = storable_value(json_or_value(params.get("statistics"), "statistics", dict,
+                                         "must be a JSON object {jobType: {resourceType: {status: n}}}"), "statistics")
     try:
         async with _pool(request).connection() as conn:
             await store.report_worker_stats(conn, hid, queue, stats)

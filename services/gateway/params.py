@@ -238,6 +238,19 @@ def as_id_list(params: Mapping[str, Any], *names: str, limit: int = 5500) -> lis
     return [to_int(v, f"{name}[{i}]") for i, v in enumerate(value)]
 
 
+def json_or_value(value: Any, name: str, expect: type, must: str) -> Any:
+    """``value``, or the value of its JSON text (PanDA's clients send structured parameters either way),
+    which must be an ``expect`` (else a 400 naming ``name``: ``must``)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise BadRequest("is not valid JSON", field=name) from None
+    if not isinstance(value, expect):
+        raise BadRequest(must, field=name)
+    return value
+
+
 def storable_value(value: Any, name: str) -> Any:
     """``value`` (free-form JSON a handler stores as it is) if the database can hold every part of it, else
     BadRequest naming the part: ``metrics[0][1].<key>: contains a NUL character``."""

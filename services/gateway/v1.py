@@ -26,7 +26,7 @@ from schemas.messages import Event, Kill, Rejected, Submit, Transition
 from . import access, identity, pilot
 from .auth import policy
 from .backend import Unavailable, VerdictTimeout
-from .params import BadRequest, as_bool, as_id_list, as_int, as_str, read_params, storable_value
+from .params import BadRequest, as_bool, as_id_list, as_int, as_str, json_or_value, read_params, storable_value
 from .updates import V1_NAMES, legacy_names
 
 log = logging.getLogger(__name__)
@@ -112,14 +112,7 @@ async def update_job(request: web.Request, params: dict[str, Any]) -> web.Respon
 
 @_v1
 async def update_jobs_bulk(request: web.Request, params: dict[str, Any]) -> web.Response:
-    items = params.get("job_list")
-    if isinstance(items, str):
-        try:
-            items = json.loads(items)
-        except ValueError:
-            raise BadRequest("is not valid JSON", field="job_list") from None
-    if not isinstance(items, list):
-        raise BadRequest("must be a list of updates", field="job_list")
+    items = json_or_value(params.get("job_list"), "job_list", list, "must be a list of updates")
     return envelope(True, "", await pilot.in_job_order(items, lambda item: _bulk_item(request, item)))
 
 
