@@ -33,6 +33,11 @@ _NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan"
 
 
+class ReadModelBehind(RuntimeError):
+    """A read that waited for a read model to reach a position, and it did not in time (raised by
+    projections.wait; declared here so that core can tell it from a bug without importing projections)."""
+
+
 def connect(cfg_or_url: Config | str, **kwargs) -> psycopg.Connection:
     url = cfg_or_url if isinstance(cfg_or_url, str) else cfg_or_url.db.url
     kwargs["options"] = f"{SESSION_OPTIONS} {kwargs.get('options', '')}".strip()

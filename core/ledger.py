@@ -67,8 +67,8 @@ ALIVE_EVERY = 10_000   # events folded in a rebuild between two signs of life to
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 # what a database away raises here: psycopg's errors, and the projection not reaching a position in time
-# (projections.wait.PositionLag, a RuntimeError; core does not import projections)
-_DB_AWAY: tuple[type[BaseException], ...] = (psycopg.Error, RuntimeError)
+# (projections.wait.PositionLag); any other error is a bug and ends the ledger
+_DB_AWAY: tuple[type[BaseException], ...] = (psycopg.Error, db.ReadModelBehind)
 
 
 class CoreRow(NamedTuple):

@@ -19,6 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from core import db
+
 Row = Mapping[str, Any]
 Read = Callable[[list[int]], Mapping[int, Row]]
 AsyncRead = Callable[[list[int]], Awaitable[Mapping[int, Row]]]
@@ -27,7 +29,7 @@ FIRST_DELAY = 0.02
 MAX_DELAY = 0.5
 
 
-class ProjectionLag(RuntimeError):
+class ProjectionLag(db.ReadModelBehind):
     """The jobs projection has not reached the event a caller is acting on."""
 
     def __init__(self, lagging: Mapping[int, int | None], want: Mapping[int, int]):
@@ -133,7 +135,7 @@ def wait_position(read: Callable[[], int], at_least: int, timeout: float, *, mos
         sleep(delay)
 
 
-class PositionLag(RuntimeError):
+class PositionLag(db.ReadModelBehind):
     """The jobs projection has not applied every event below an offset of a partition."""
 
     def __init__(self, position: int, at_least: int):
