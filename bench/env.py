@@ -76,12 +76,14 @@ class BenchEnv:
             conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{self.template}"')
         self.databases.append(dbname)
         kafka = {"commands_topic": f"{tag}.job-commands", "events_topic": f"{tag}.job-events",
-                 "rejected_topic": f"{tag}.job-commands.rejected", "group_prefix": tag}
+                 "rejected_topic": f"{tag}.job-commands.rejected", "replies_topic": f"{tag}.job-replies",
+                 "group_prefix": tag}
         kafka.update(changes.pop("kafka", {}))
         cfg = self.base.replace(kafka=kafka, db={"url": self.base.db.url.rsplit("/", 1)[0] + f"/{dbname}"},
                                 **changes)
         ensure_topics(cfg)
-        self.topics += [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
+        self.topics += [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic,
+                        cfg.kafka.replies_topic]
         return cfg
 
     def close(self) -> None:

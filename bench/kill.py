@@ -4,7 +4,9 @@ Half of the target jobs are activated (the kill cancels them), half running (the
 ``kill_signal`` for the pilot): PanDA's two kill paths. Kills are sent at a fixed rate whatever the
 answers do, so a slow ledger shows up as latency instead of being hidden by a waiting sender
 (coordinated omission). The latency is measured where a caller would see the outcome: on an
-``OutcomeWaiter`` reading the events topic read_committed, i.e. after the ledger's transaction commit.
+``OutcomeWaiter`` reading read_committed, i.e. after the ledger's transaction commit — like the gateway, on a
+partition of the replies topic the kills name (``reply_to``), or with ``[gateway] replies = false`` on the
+events and rejected topics.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def run(cfg: Config, *, n_kills: int, rate: float, log_dir: Path, log=print) -> 
     with Components(cfg, ["ledger", "projector"], log_dir / "kill") as comps:
         waiter = OutcomeWaiter(cfg)
         sender = CommandSender(cfg)
+        reply_to = 0 if cfg.gateway.replies else None
+        kill_waiter = OutcomeWaiter(cfg, reply_partition=reply_to) if reply_to is not None else waiter
         try:
             ledger_ready(waiter, sender, workload.FIRST_ID - 1)
             pids = list(range(workload.FIRST_ID, workload.FIRST_ID + n_kills))
@@ -53,7 +57,8 @@ def run(cfg: Config, *, n_kills: int, rate: float, log_dir: Path, log=print) -> 
                 if pause > 0:
                     time.sleep(pause)
                 cmd = workload.kill(pid)
-                fut = waiter.expect(cmd.id)
+                cmd.reply_to = reply_to
+                fut = kill_waiter.expect(cmd.id)
                 sent = time.perf_counter()
                 fut.add_done_callback(lambda f, s=sent: record(f, s))
                 sender.send(cmd)
@@ -65,11 +70,14 @@ def run(cfg: Config, *, n_kills: int, rate: float, log_dir: Path, log=print) -> 
         finally:
             sender.close()
             waiter.close()
+            if kill_waiter is not waiter:
+                kill_waiter.close()
     lat = percentiles(latencies)
     log(f"  kill: {len(latencies):,} answers at {rate:g}/s offered: p50 {lat.get('p50_ms', 0):.1f} ms, "
         f"p95 {lat.get('p95_ms', 0):.1f} ms, p99 {lat.get('p99_ms', 0):.1f} ms")
     return {
-        "kills": len(pids), "offered_per_s": rate, "answered": answered, "answers": answers,
+        "kills": len(pids), "offered_per_s": rate, "reply_path": reply_to is not None, "answered": answered,
+        "answers": answers,
         "seconds": elapsed, "latency": lat, "cpu_s": cpu,
         "cpu_us_per_kill": {k: 1e6 * v / max(len(pids), 1) for k, v in cpu.items()},
         "timeline": timeline(done_at, t0),

@@ -85,6 +85,7 @@ class Chaos:
             env.update({"PANDAES_KAFKA_COMMANDS_TOPIC": f"chaos{tag}.job-commands",
                         "PANDAES_KAFKA_EVENTS_TOPIC": f"chaos{tag}.job-events",
                         "PANDAES_KAFKA_REJECTED_TOPIC": f"chaos{tag}.job-commands.rejected",
+                        "PANDAES_KAFKA_REPLIES_TOPIC": f"chaos{tag}.job-replies",
                         "PANDAES_KAFKA_GROUP_PREFIX": f"chaos{tag}"})
         if base.db.url:
             raise SystemExit("pandaes chaos makes its own database: unset PANDAES_DB / [db] url "

@@ -489,26 +489,39 @@ class OutcomeWaiter:
     """Resolves futures with the ledger's answer (event or rejection) to a given command id.
 
     Reads panda.job-events and the rejected topic from their ends in a background thread, so
-    ``expect()`` must be called before the command is sent. Used by the gateway (getJob waits for
-    `sent`, updateJob for the verdict), the CLI and the tests.
+    ``expect()`` must be called before the command is sent. Used by the CLI, the bench and the tests.
+
+    With ``reply_partition`` it reads only that partition of the replies topic instead: the answers to
+    commands sent with ``reply_to`` = that partition, which the ledger writes there (keyed by command id) in
+    the transaction of the event or rejection. The gateway waits this way (getJob for `sent`, updateJob for
+    the verdict): one partition fetched instead of every partition of two topics, and a record for another
+    waiter that shares the partition is passed over by its key, without parsing its value. Commands sent
+    without ``reply_to`` are never answered there.
 
     A waiter nobody has expected anything from for ``idle_after_ms`` (and without ``on_event``) pauses its
     partitions: it asks the broker nothing until the next ``expect()``, then goes on from where it stopped
     (so nothing written meanwhile is missed).
     """
 
-    def __init__(self, cfg: Config, on_event: Callable[[Event | Rejected], None] | None = None):
+    def __init__(self, cfg: Config, on_event: Callable[[Event | Rejected], None] | None = None, *,
+                 reply_partition: int | None = None):
+        if reply_partition is not None and on_event is not None:
+            raise ValueError("OutcomeWaiter: on_event sees every outcome; a reply partition holds only some")
         self.cfg = cfg
+        self.reply_partition = reply_partition
         self._waiting: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._failed: BaseException | None = None   # why the reading thread could not start
         self._on_event = on_event
         self._wanted = threading.Event()     # set by expect(): a paused waiter reads again
         self._thread = threading.Thread(target=self._run, name="outcome-waiter", daemon=True)
         self._thread.start()
         if not self._ready.wait(30):
             raise BrokerUnreachable("outcome waiter could not reach Kafka within 30 s")
+        if self._failed is not None:
+            raise self._failed
 
     def expect(self, command_id: str) -> Future:
         fut: Future = Future()
@@ -525,8 +538,13 @@ class OutcomeWaiter:
         c = consumer(self.cfg, group_id=None, fetch_max_wait_ms=self.cfg.kafka.urgent_fetch_max_wait_ms)
         try:
             tps = []
-            for topic in (self.cfg.kafka.events_topic, self.cfg.kafka.rejected_topic):
-                tps += [TopicPartition(topic, p) for p in c.partitions(topic)]
+            if self.reply_partition is not None:
+                tps = [TopicPartition(self.cfg.kafka.replies_topic, self.reply_partition)]
+                if self.reply_partition not in c.partitions(tps[0].topic):
+                    raise ValueError(f"Kafka topic {tps[0].topic!r} has no partition {self.reply_partition}")
+            else:
+                for topic in (self.cfg.kafka.events_topic, self.cfg.kafka.rejected_topic):
+                    tps += [TopicPartition(topic, p) for p in c.partitions(topic)]
             c.assign(tps)
             c.seek_to_end(*tps)   # resolved now: nothing sent after ready is missed
             self._ready.set()
@@ -550,12 +568,35 @@ class OutcomeWaiter:
                         c.resume(*tps)
                         paused = False
                 for records in c.poll(timeout_ms=200).values():
+                    if self.reply_partition is not None:
+                        self._deliver_replies(records)
+                        continue
                     for rec in records:
                         self._deliver(rec.value)
-        except Exception:  # pragma: no cover - surfaced through the futures timing out
+        except Exception as exc:  # pragma: no cover - surfaced through the futures timing out
+            if not self._ready.is_set():   # could not start: the constructor raises it
+                self._failed = exc
+                self._ready.set()
+                return
             log.exception("outcome waiter stopped")
         finally:
             c.close()
+
+    def _deliver_replies(self, records: Sequence[Record]) -> None:
+        # the key is the command id: a reply for another waiter on the partition is not parsed at all
+        for rec in records:
+            try:
+                command_id = rec.key.decode() if rec.key else ""
+            except UnicodeDecodeError:
+                continue
+            with self._lock:
+                fut = self._waiting.pop(command_id, None)
+            if fut is None or fut.done():
+                continue
+            try:
+                fut.set_result(decode_outcome(rec.value))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("undecodable reply to command %s skipped", command_id)
 
     def _deliver(self, raw: bytes) -> None:
         # Most outcomes are for other callers: read just the command id, decode fully only on a match.

@@ -3,7 +3,9 @@
 It consumes panda.job-commands partition by partition. For each command it asks
 ``core.machine.decide`` for the verdict and writes either the event (to the *same partition number*
 of panda.job-events, so a job's commands and events share a shard) or a rejection. Events,
-rejections and the consumed offsets are committed in ONE Kafka transaction.
+rejections and the consumed offsets are committed in ONE Kafka transaction. A command that names a
+``reply_to`` partition also gets its verdict (the same bytes, keyed by the command's id) on that partition of
+the replies topic, in the same transaction: its waiting caller reads one partition, and only committed answers.
 
 Recovery, on start and on every partition assignment:
   1. fencing: ``init_transactions`` with a stable transactional id aborts what a crashed
@@ -61,6 +63,7 @@ CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
 # (normally it already has: jobs are let go of only once projected)
 ROW_WAIT_SECONDS = 30.0
 IDLE_LET_GO_SECONDS = 1.0
+REPLY_TOPIC_REFRESH = 10.0   # seconds between reads of the replies topic's partitions when one is missing
 _FINAL = frozenset(FINAL_STATES)
 ALIVE_EVERY = 10_000   # events folded in a rebuild between two signs of life to the watchdog
 # the waits of a ledger whose database is away (doubling from the first to the last, reset by a good step)
@@ -135,6 +138,9 @@ class Ledger:
         self.commands_topic = cfg.kafka.commands_topic
         self.events_topic = cfg.kafka.events_topic
         self.rejected_topic = cfg.kafka.rejected_topic
+        self.replies_topic = cfg.kafka.replies_topic
+        self._reply_partitions = 0        # of the replies topic, read from the broker when a reply needs it
+        self._reply_partitions_read_at = -REPLY_TOPIC_REFRESH
         self.jobs: dict[int, dict[int, JobState]] = {}     # partition → PandaID → state of its live jobs
         self.recent: dict[int, OrderedDict[int, _Recent]] = {}   # partition → recently final jobs, oldest first
         self.floor: dict[int, int] = {}   # partition → every job not held has all its events below this offset
@@ -433,10 +439,10 @@ class Ledger:
             cmd = decode_command(m.value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             pid = _panda_id_from_key(m.key)
-            command_id, command_type = _identity(m.value)
+            command_id, command_type, reply_to = _identity(m.value)
             out = Rejected(PandaID=pid, actor="ledger", command_id=command_id, command_type=command_type,
                            code="bad_command", reason=f"cannot decode command: {exc}", src=src)
-            self._send_rejection(out)
+            self._send_rejection(out, reply_to)
             return
         with logs.bind_message(cmd):
             self._verdict(partition, cmd, m.value, src)
@@ -447,7 +453,8 @@ class Ledger:
             # a value no reader could store would stop every consumer of the event: never write it
             self._send_rejection(Rejected(
                 PandaID=cmd.PandaID, actor="ledger", correlation_id=cmd.correlation_id, command_id=cmd.id,
-                command_type=cmd.__struct_config__.tag, code="unstorable", reason=str(unstorable), src=src))
+                command_type=cmd.__struct_config__.tag, code="unstorable", reason=str(unstorable), src=src),
+                cmd.reply_to)
             return
         job = self._held(partition, cmd.PandaID)
         if job is None and cmd.PandaID not in self._absent:   # looked up already unless its key is not its PandaID
@@ -455,18 +462,47 @@ class Ledger:
             job = self._held(partition, cmd.PandaID)
         out = decide(job, cmd, src)
         if isinstance(out, Rejected):
-            self._send_rejection(out)
+            self._send_rejection(out, cmd.reply_to)
             return
-        delivery = self.producer.send(self.events_topic, key=key_of(cmd.PandaID), value=encode(out),
-                                      partition=partition)
+        value = encode(out)
+        delivery = self.producer.send(self.events_topic, key=key_of(cmd.PandaID), value=value, partition=partition)
+        self._reply(cmd.reply_to, cmd.id, value)
         self._hold(partition, apply(job, out), delivery)
         self.stats["events"] += 1
         metrics.count_event(out)
 
-    def _send_rejection(self, out: Rejected) -> None:
-        self.producer.send(self.rejected_topic, key=key_of(out.PandaID), value=encode(out))
+    def _send_rejection(self, out: Rejected, reply_to: int | None = None) -> None:
+        value = encode(out)
+        self.producer.send(self.rejected_topic, key=key_of(out.PandaID), value=value)
+        self._reply(reply_to, out.command_id, value)
         self.stats["rejections"] += 1
         metrics.count_rejection(out.code)
+
+    def _reply(self, reply_to: int | None, command_id: str, value: bytes) -> None:
+        """The verdict once more, for the caller waiting on partition ``reply_to`` of the replies topic: in the
+        batch's transaction, so it is read (read_committed) only once the event or rejection is committed. A
+        partition the topic does not have is skipped (its caller times out, as without a reply path) rather
+        than sent: the send would fail the whole transaction, every time the batch is judged again."""
+        if reply_to is None or not command_id:
+            return
+        if not self._has_reply_partition(reply_to):
+            log.warning("ledger %s: command %s asks for its verdict on partition %d of %s, which does not exist: "
+                        "not answered there", self.instance, command_id, reply_to, self.replies_topic)
+            return
+        self.producer.send(self.replies_topic, key=command_id.encode(), value=value, partition=reply_to)
+
+    def _has_reply_partition(self, reply_to: int) -> bool:
+        if 0 <= reply_to < self._reply_partitions:
+            return True
+        now = time.monotonic()
+        if now - self._reply_partitions_read_at >= REPLY_TOPIC_REFRESH:   # new topic, or partitions added
+            self._reply_partitions_read_at = now
+            try:
+                self._reply_partitions = len(self.producer.partitions(self.replies_topic))
+            except Exception as exc:   # noqa: BLE001 - whatever the client raises: the topic is not usable
+                log.warning("ledger %s: cannot read the partitions of %s (%s)", self.instance, self.replies_topic, exc)
+                self._reply_partitions = 0
+        return 0 <= reply_to < self._reply_partitions
 
     def run(self, stop: threading.Event) -> None:
         self.watchdog.start()
@@ -541,17 +577,19 @@ def _decode_for_fold(raw: bytes, partition: int, offset: int):
         return loose
 
 
-def _identity(raw: bytes) -> tuple[str, str]:
-    """(id, type) of a command that does not decode, when its JSON says: the sender waits for that id."""
+def _identity(raw: bytes) -> tuple[str, str, int | None]:
+    """(id, type, reply_to) of a command that does not decode, when its JSON says: the sender waits for that
+    id, perhaps on that reply partition."""
     try:
         obj = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        return "", "undecodable"
+        return "", "undecodable", None
     if not isinstance(obj, dict):
-        return "", "undecodable"
-    cid, tag = obj.get("id"), obj.get("type")
+        return "", "undecodable", None
+    cid, tag, reply_to = obj.get("id"), obj.get("type"), obj.get("reply_to")
     return (cid if isinstance(cid, str) and "\x00" not in cid else "",
-            tag if isinstance(tag, str) and tag.isidentifier() else "undecodable")
+            tag if isinstance(tag, str) and tag.isidentifier() else "undecodable",
+            reply_to if type(reply_to) is int and reply_to >= 0 else None)
 
 
 def _panda_id_from_key(key: bytes | None) -> int:

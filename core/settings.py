@@ -36,6 +36,8 @@ class KafkaSettings(_Section):
     commands_topic: str
     events_topic: str
     rejected_topic: str
+    replies_topic: str
+    reply_partitions: int
     group_prefix: str
     linger_ms: int
     fetch_max_wait_ms: int
@@ -92,6 +94,7 @@ class GatewaySettings(_Section):
     submit_max_jobs: int
     inline_payload_bytes: int
     monitor_origin: str
+    replies: bool
 
 
 class DispatcherSettings(_Section):

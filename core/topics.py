@@ -1,4 +1,4 @@
-"""The three pandaes topics on whatever broker runs: created when missing, partition counts checked.
+"""The pandaes topics on whatever broker runs: created when missing, partition counts checked.
 
 Production needs this as much as the developer bootstrap: ``pandaes restore`` re-creates the topics
 of a broker that lost them, and a new cluster gets them on first start. Done through the Kafka
@@ -23,7 +23,8 @@ class TopicError(RuntimeError, ConfigError):
 
 
 def ensure_topics(cfg: Config, *, log: Callable[[str], object] | None = None) -> None:
-    """Create the commands, events and rejected topics with ``cfg.kafka.partitions`` partitions.
+    """Create the commands, events and rejected topics with ``cfg.kafka.partitions`` partitions, and the
+    replies topic with ``cfg.kafka.reply_partitions``.
 
     Idempotent and safe against concurrent creators. Existing commands/events topics must have exactly
     ``cfg.kafka.partitions`` partitions, because the ledger writes each event to the partition number
@@ -33,18 +34,28 @@ def ensure_topics(cfg: Config, *, log: Callable[[str], object] | None = None) ->
     The events topic is created with infinite retention (``core.retention.FOREVER``); an existing one
     whose retention would delete events is refused (``TopicError`` with the kafka-configs command). A
     broker that reports no topic configuration (the embedded Tansu) gets a warning, once.
+
+    The replies topic carries verdicts addressed to a waiting caller (a command's ``reply_to`` partition):
+    answers in flight like the rejected topic, so the broker's default retention suits it; its partition
+    count is free (the ledger and the gateways read it from the broker), a different one is only noted.
     """
     want = int(cfg.kafka.partitions)
     if want < 1:
         raise TopicError(f"[kafka] partitions = {want}: must be at least 1")
-    names = [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
+    replies = cfg.kafka.replies_topic
+    reply_partitions = int(cfg.kafka.reply_partitions)
+    if reply_partitions < 1:
+        raise TopicError(f"[kafka] reply_partitions = {reply_partitions}: must be at least 1")
+    names = [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic, replies]
     admin = bus.admin(cfg)
     try:
         missing = [name for name in names if name not in admin.partition_counts(names)]
         if missing:
-            admin.create_topics(dict.fromkeys(missing, want), configs={cfg.kafka.events_topic: FOREVER})
+            admin.create_topics({name: reply_partitions if name == replies else want for name in missing},
+                                configs={cfg.kafka.events_topic: FOREVER})
             if log:
-                log(f"kafka: created topics {', '.join(missing)} ({want} partitions)")
+                log(f"kafka: created topics {', '.join(missing)} ({want} partitions"
+                    f"{f', {reply_partitions} for the replies' if replies in missing else ''})")
         _check_partition_counts(admin.partition_counts(names), cfg, log)
         check_retention(admin, cfg, log)
     finally:
@@ -65,6 +76,9 @@ def _check_partition_counts(counts: dict[str, int], cfg: Config, log: Callable[[
     rejected = cfg.kafka.rejected_topic
     if rejected in counts and counts[rejected] != want and log:
         log(f"kafka: note: {rejected!r} has {counts[rejected]} partitions, not {want} (harmless)")
+    replies, reply_partitions = cfg.kafka.replies_topic, int(cfg.kafka.reply_partitions)
+    if replies in counts and counts[replies] != reply_partitions and log:
+        log(f"kafka: note: {replies!r} has {counts[replies]} partitions, not {reply_partitions} (used as it is)")
 
 
 def check_retention(admin: bus.Admin, cfg: Config, log: Callable[[str], object] | None = None) -> None:

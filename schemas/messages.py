@@ -15,7 +15,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -53,14 +53,22 @@ class _Message(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type
 
 
 # ------------------------------------------------------------------------------------------ commands
-class Submit(_Message, tag="submit"):
+class _Command(_Message, kw_only=True):
+    # Where the sender reads its verdict: a partition of the replies topic ([kafka] replies_topic). The ledger
+    # then also writes the event or rejection there, keyed by the command's id, in the same transaction, so a
+    # waiting caller reads one small partition instead of every partition of the events and rejected topics.
+    # None (other senders, messages written before it existed): the verdict is only on those topics.
+    reply_to: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class Submit(_Command, tag="submit"):
     """Store a new job. ``to`` picks PanDA's entry state (direct submission, JEDI pending, co-jumbo)."""
 
     job: JobSpec
     to: Literal["defined", "pending", "waiting"] = "defined"
 
 
-class Transition(_Message, tag="transition"):
+class Transition(_Command, tag="transition"):
     """A service or operator moves the job: ``action`` is a trigger of core.states.TRANSITIONS."""
 
     action: str
@@ -70,7 +78,7 @@ class Transition(_Message, tag="transition"):
     undoes: str | None = None        # undispatch: the id of the dispatch command it takes back
 
 
-class PilotUpdate(_Message, tag="pilot_update"):
+class PilotUpdate(_Command, tag="pilot_update"):
     """updateJob from a pilot: a state the pilot reports, checked against PanDA's guard rules."""
 
     state: str
@@ -83,7 +91,7 @@ class PilotUpdate(_Message, tag="pilot_update"):
     metadata_ref: str | None = None
 
 
-class Kill(_Message, tag="kill"):
+class Kill(_Command, tag="kill"):
     """Kill a job with a PanDA kill code (None = plain user kill)."""
 
     code: int | None = None

@@ -114,7 +114,8 @@ def cfg(base_cfg, template_db, kafka_client) -> Iterator[config.Config]:
         conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{template_db}"')
     c = base_cfg.replace(
         kafka={"commands_topic": f"{tag}.job-commands", "events_topic": f"{tag}.job-events",
-               "rejected_topic": f"{tag}.job-commands.rejected", "group_prefix": tag, "client": kafka_client},
+               "rejected_topic": f"{tag}.job-commands.rejected", "replies_topic": f"{tag}.job-replies",
+               "group_prefix": tag, "client": kafka_client},
         db={"url": admin.rsplit("/", 1)[0] + f"/{dbname}"},
     )
     ensure_topics(c)

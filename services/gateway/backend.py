@@ -5,6 +5,11 @@ concurrent.futures Future on its own thread, ``asyncio.wrap_future`` hands it to
 distinction that matters to a pilot is whether the command reached the log: ``Unavailable`` (it did
 not — the caller must retry, so the pilot gets a non-JSON 503 and its send_update loop tries again) versus
 ``VerdictTimeout`` (it is in the log and will be judged; only the answer is late).
+
+Every command names the process's partition of the replies topic (``reply_to``, claimed in ``replies.py``),
+and the waiter reads only that partition: the ledger writes each verdict there in the transaction of the
+event or rejection. ``[gateway] replies = false`` (or a broker without the replies topic) waits on the events
+and rejected topics instead, as every other caller does.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import time
 from psycopg_pool import AsyncConnectionPool
 
 from core import db, metrics
-from core.bus import CommandSender, Delivery, OutcomeWaiter
+from core.bus import CommandSender, Delivery, OutcomeWaiter, partitions
 from core.config import Config
 from schemas.messages import Command, Event, Rejected
 from schemas.storable import Unstorable, encoded
 
+from . import replies
 from .params import BadRequest
 
 log = logging.getLogger(__name__)
@@ -41,12 +47,15 @@ class Backend:
         self.pool: AsyncConnectionPool | None = None
         self.sender: CommandSender | None = None
         self.waiter: OutcomeWaiter | None = None
+        self.reply_claim: replies.ReplyClaim | None = None
 
     async def start(self) -> None:
         self.pool = AsyncConnectionPool(self.cfg.db.url, min_size=1, max_size=int(self.cfg.gateway.db_pool_size),
                                         open=False, kwargs={"autocommit": True, "options": db.SESSION_OPTIONS})
         await self.pool.open(wait=True, timeout=30)
-        self.waiter = await asyncio.to_thread(OutcomeWaiter, self.cfg)
+        self.reply_claim = await self._claim_reply_partition()
+        self.waiter = await asyncio.to_thread(
+            OutcomeWaiter, self.cfg, reply_partition=self.reply_claim.partition if self.reply_claim else None)
         self.sender = await asyncio.to_thread(CommandSender, self.cfg)
         # fetch the topic metadata now so the first send does not block on it
         await asyncio.to_thread(self.sender.warm_up)
@@ -56,8 +65,22 @@ class Backend:
             await asyncio.to_thread(self.sender.close)
         if self.waiter is not None:
             await asyncio.to_thread(self.waiter.close)
+        if self.reply_claim is not None:
+            await self.reply_claim.release()
         if self.pool is not None:
             await self.pool.close()
+
+    async def _claim_reply_partition(self) -> replies.ReplyClaim | None:
+        if not self.cfg.gateway.replies:
+            return None
+        topic = self.cfg.kafka.replies_topic
+        try:
+            count = len(await asyncio.to_thread(partitions, self.cfg, topic))
+        except Exception as exc:  # noqa: BLE001 - whatever the client raises: no replies topic to read
+            log.warning("gateway: no replies topic %r (%s): waiting for verdicts on the events and rejected topics "
+                        "(`pandaes run` or `pandaes restore` creates it)", topic, exc)
+            return None
+        return await replies.claim(self.cfg, count)
 
     async def ask(self, cmd: Command, timeout: float) -> Event | Rejected:
         """Send ``cmd`` and return the ledger's event or rejection for it."""
@@ -67,7 +90,9 @@ class Backend:
         """Send commands together; every verdict or the first failure (Unavailable / VerdictTimeout)."""
         assert self.waiter is not None and self.sender is not None, "backend not started"
         limit = int(self.cfg.kafka.max_message_bytes)
+        reply_to = self.reply_claim.partition if self.reply_claim is not None else None
         for cmd in cmds:
+            cmd.reply_to = reply_to   # the verdict comes on this process's reply partition
             # nothing the readers of the log could not store is written to it (the ledger checks again)
             try:
                 size = len(encoded(cmd))

@@ -11,12 +11,13 @@ import pytest
 from conftest import BOTH_CLIENTS
 from helpers import all_events, wait_until
 
+from core import bus
 from core.bus import CommandSender, OutcomeWaiter
 from core.ledger import CRASH_ENV, Ledger
 from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from schemas.jobspec import JobSpec
-from schemas.messages import JobSubmitted, Rejected, Submit, Transition
+from schemas.messages import JobSubmitted, Kill, Rejected, Submit, Transition, decode_outcome, encode
 
 # every test here runs with kafka-python and with confluent-kafka behind core.bus
 pytestmark = pytest.mark.parametrize("kafka_client", BOTH_CLIENTS, indirect=True)
@@ -63,6 +64,56 @@ def test_commands_become_events_and_illegal_ones_rejections(cfg, background):
     assert isinstance(outs[4], Rejected) and outs[4].code == "unknown_job"
     events = all_events(cfg)
     assert sorted((e.PandaID, e.seq) for _, _, e in events) == [(1, 1), (1, 2), (2, 1)]
+
+
+def test_a_command_with_reply_to_gets_its_verdict_on_that_reply_partition(cfg, background):
+    """The verdict (event or rejection, the same bytes) also goes, keyed by command id, to the reply partition the
+    command names, in the ledger's transaction; commands without reply_to, or naming a partition the replies topic
+    does not have, are answered on the events and rejected topics only (and the ledger goes on)."""
+    start_ledger(cfg, background)
+    mine, shared = OutcomeWaiter(cfg, reply_partition=1), OutcomeWaiter(cfg, reply_partition=1)
+    everything = OutcomeWaiter(cfg)
+    sender = CommandSender(cfg)
+    producer = bus.producer(cfg)
+    try:
+        ok, other = submits([1, 2])
+        ok.reply_to = other.reply_to = 1
+        illegal = Transition(PandaID=2, action="dispatch", actor="test", reply_to=1)   # defined: rejected
+        nowhere = Kill(PandaID=1, actor="test", reply_to=999)        # no such reply partition
+        plain = Transition(PandaID=1, action="activate", actor="test")
+        futs = [mine.expect(ok.id), shared.expect(other.id), mine.expect(illegal.id),
+                everything.expect(nowhere.id), everything.expect(plain.id), everything.expect(ok.id)]
+        bad_id = "f" * 32   # a command that does not decode still gets its rejection where it asked
+        bad = mine.expect(bad_id)
+        for cmd in (ok, other, illegal, nowhere):
+            sender.send(cmd)
+        sender.flush()
+        raw = b'{"type":"kill","PandaID":"x","id":"%s","reply_to":1}' % bad_id.encode()
+        producer.send(cfg.kafka.commands_topic, raw, key=b"3")
+        producer.flush()
+        outs = [f.result(60) for f in futs[:4]]
+        sender.send(plain)      # after the kill: judged on the killed job
+        sender.flush()
+        outs += [f.result(60) for f in futs[4:]]
+        out_bad = bad.result(60)
+    finally:
+        producer.close()
+        sender.close()
+        for w in (mine, shared, everything):
+            w.close()
+    assert isinstance(outs[0], JobSubmitted) and outs[0].command_id == ok.id and outs[0] == outs[5]
+    assert isinstance(outs[1], JobSubmitted) and outs[1].PandaID == 2
+    assert isinstance(outs[2], Rejected) and outs[2].code == "illegal_transition"
+    assert outs[3].command_id == nowhere.id and outs[3].to_state == "cancelled"
+    assert isinstance(outs[4], Rejected) and outs[4].command_id == plain.id
+    assert isinstance(out_bad, Rejected) and out_bad.code == "bad_command"
+    replies = {p: list(bus.read_partition(cfg, cfg.kafka.replies_topic, p, 0))
+               for p in bus.partitions(cfg, cfg.kafka.replies_topic)}
+    assert {p for p, recs in replies.items() if recs} == {1}
+    by_key = {rec.key.decode(): rec.value for rec in replies[1]}
+    assert set(by_key) == {ok.id, other.id, illegal.id, bad_id}
+    assert decode_outcome(by_key[ok.id]) == outs[0]
+    assert encode(decode_outcome(by_key[illegal.id])) == encode(outs[2])
 
 
 def _send(cfg, cmds):

@@ -66,3 +66,12 @@ def test_pilot_job_format():
     assert job["logFile"] == "log1" and job["logGUID"] == "lg" and job["ddmEndPointOut"] == "EP,EP"
     assert job["realDatasets"] == "ds.out,ds.log" and job["destinationDblock"] == "sub,NULL"
     assert job["swRelease"] == "NULL" and job["maxCpuCount"] == 0
+
+
+def test_reply_partitions_are_tried_from_the_process_id_onwards():
+    from services.gateway import replies
+    assert replies.order(4, 6) == [2, 3, 0, 1]
+    assert replies.order(1, 12345) == [0]
+    with pytest.raises(ValueError, match="0 partitions"):
+        replies.order(0, 1)
+    assert 0 < replies.lock_space("panda.job-replies") < 2**31

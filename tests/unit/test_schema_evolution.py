@@ -1,4 +1,5 @@
-"""The event contract: stored samples of every schema version decode, and the JSON Schema is current."""
+"""The event contract: stored samples of every schema version decode, and the JSON Schema is current; stored
+commands of every version decode too (a command's optional reply_to included)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,19 @@ import msgspec
 import pytest
 
 from schemas import jsonschema
-from schemas.messages import SCHEMA_VERSION, JobTransitioned, VersionError, decode_event, encode
+from schemas.messages import (
+    SCHEMA_VERSION,
+    JobTransitioned,
+    Kill,
+    PilotUpdate,
+    VersionError,
+    decode_command,
+    decode_event,
+    encode,
+)
 
 SAMPLES = Path(__file__).parent / "samples" / "events"
+COMMANDS = Path(__file__).parent / "samples" / "commands"
 
 
 def _samples(version: int) -> list[Path]:
@@ -64,3 +75,30 @@ def test_an_invalid_current_message_still_fails_with_the_decoders_error():
 def test_checked_in_json_schema_is_what_the_code_generates():
     assert jsonschema.SCHEMA_PATH.read_text() == jsonschema.render(), \
         "docs/job-events.schema.json is stale: run `python -m schemas.jsonschema`"
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_every_stored_command_decodes_as_the_current_version(version):
+    paths = sorted((COMMANDS / f"v{version}").glob("*.json"))
+    assert paths, f"no command samples for schema version {version}"
+    for path in paths:
+        assert decode_command(path.read_bytes()).v == SCHEMA_VERSION, path.name
+    for path in paths if version < SCHEMA_VERSION else ():
+        assert decode_command(path.read_bytes()) == decode_command((COMMANDS / f"v{SCHEMA_VERSION}" / path.name)
+                                                                   .read_bytes()), path.name
+
+
+def test_current_command_samples_are_canonical():
+    for path in sorted((COMMANDS / f"v{SCHEMA_VERSION}").glob("*.json")):
+        assert json.loads(encode(decode_command(path.read_bytes()))) == json.loads(path.read_text()), path.name
+
+
+def test_reply_to_is_optional_and_never_negative():
+    old = decode_command((COMMANDS / "v1" / "kill.json").read_bytes())
+    assert isinstance(old, Kill) and old.reply_to is None and "reply_to" not in json.loads(encode(old))
+    new = decode_command((COMMANDS / f"v{SCHEMA_VERSION}" / "pilot_update_reply_to.json").read_bytes())
+    assert isinstance(new, PilotUpdate) and new.reply_to == 3
+    body = json.loads((COMMANDS / f"v{SCHEMA_VERSION}" / "pilot_update_reply_to.json").read_text())
+    body["reply_to"] = -1
+    with pytest.raises(msgspec.ValidationError, match="reply_to"):
+        decode_command(json.dumps(body).encode())
