@@ -31,11 +31,14 @@ def run(cfg: Config, *, n_kills: int, rate: float, log_dir: Path, log=print) -> 
         waiter = OutcomeWaiter(cfg)
         sender = CommandSender(cfg)
         reply_to = 0 if cfg.gateway.replies else None
-        kill_waiter = OutcomeWaiter(cfg, reply_partition=reply_to) if reply_to is not None else waiter
+        kill_waiter = waiter
         try:
             ledger_ready(waiter, sender, workload.FIRST_ID - 1)
             pids = list(range(workload.FIRST_ID, workload.FIRST_ID + n_kills))
             backlog(waiter, sender, pids, [JobStatus.ACTIVATED, JobStatus.RUNNING], log=log)
+            if reply_to is not None:   # the kills are answered on a reply partition: one waiter reads, as in a gateway
+                kill_waiter = OutcomeWaiter(cfg, reply_partition=reply_to)
+                waiter.close()
             comps.check()
             meter = CpuMeter({**comps.pids(), **infra_groups()})
             latencies: list[float] = []
@@ -70,8 +73,7 @@ def run(cfg: Config, *, n_kills: int, rate: float, log_dir: Path, log=print) -> 
         finally:
             sender.close()
             waiter.close()
-            if kill_waiter is not waiter:
-                kill_waiter.close()
+            kill_waiter.close()
     lat = percentiles(latencies)
     log(f"  kill: {len(latencies):,} answers at {rate:g}/s offered: p50 {lat.get('p50_ms', 0):.1f} ms, "
         f"p95 {lat.get('p95_ms', 0):.1f} ms, p99 {lat.get('p99_ms', 0):.1f} ms")

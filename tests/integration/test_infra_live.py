@@ -180,7 +180,8 @@ def _topic_cfg(bootstrap: str, partitions: int = 4) -> config.Config:
     tag = uuid.uuid4().hex[:8]
     return config.load().replace(kafka={"bootstrap": bootstrap, "partitions": partitions,
                                         "commands_topic": f"{tag}.cmd", "events_topic": f"{tag}.evt",
-                                        "rejected_topic": f"{tag}.rej"})
+                                        "rejected_topic": f"{tag}.rej", "replies_topic": f"{tag}.rep",
+                                        "reply_partitions": 3})
 
 
 def test_ensure_topics_is_idempotent_and_race_safe(env: Path, tansu: Tansu):
@@ -201,7 +202,8 @@ def test_ensure_topics_is_idempotent_and_race_safe(env: Path, tansu: Tansu):
     assert errors == []
     ensure_topics(cfg)
     names = [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic]
-    assert _partitions(tansu.bootstrap, names) == {name: 4 for name in names}
+    assert _partitions(tansu.bootstrap, [*names, cfg.kafka.replies_topic]) == {
+        **{name: 4 for name in names}, cfg.kafka.replies_topic: 3}
 
 
 def test_partition_count_mismatch_is_an_error(env: Path, tansu: Tansu):
