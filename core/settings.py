@@ -92,6 +92,7 @@ class GatewaySettings(_Section):
     submit_max_jobs: int
     inline_payload_bytes: int
     monitor_origin: str
+    binding_memory: int
 
 
 class DispatcherSettings(_Section):

@@ -23,10 +23,11 @@ from aiohttp import web
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
-from . import cache, cors, creds, events, harvester, jedilog, legacy, observe, openapi, retry, tasks, v1
+from . import access, cache, cors, creds, events, harvester, jedilog, legacy, observe, openapi, retry, tasks, v1
 from .auth import dev, tls
 from .auth.gate import Gate, authenticate
 from .backend import Backend
+from .bindings import Bindings
 from .identity import TrustingAuthenticator
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     app["backend"] = backend or Backend(cfg)
     app["authenticator"] = TrustingAuthenticator()   # what clients claim: used only with [auth] enabled = false
     app["gate"] = Gate(cfg)
+    app[access.BINDINGS] = Bindings(int(cfg.gateway.binding_memory))
     app["queue_cache"] = {}
     app["queue_locks"] = {}
     app["openapi"] = openapi.document()

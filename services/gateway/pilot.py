@@ -21,6 +21,7 @@ from schemas.messages import PilotUpdate, Rejected
 from services.gateway.dispatcher import DispatchRequest
 
 from . import access, identity, queues
+from .access import BINDINGS
 from .backend import Unavailable, VerdictTimeout
 from .jobdict import pilot_job
 from .params import BadRequest, as_float, as_int, as_str
@@ -99,7 +100,9 @@ async def deliver(request: web.Request, response: web.Response) -> web.StreamRes
         log.warning("the pilot went away before jobs %s were written; the dispatch sweep takes them back",
                     [j.panda_id for j in jobs])
         return response
-    await request.app["dispatcher"].delivered(jobs)
+    bindings = request.app[BINDINGS]
+    for job in await request.app["dispatcher"].delivered(jobs):
+        bindings.remember(job.panda_id, job.event.actor)
     return response
 
 
