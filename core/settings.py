@@ -93,6 +93,7 @@ class GatewaySettings(_Section):
     inline_payload_bytes: int
     monitor_origin: str
     binding_memory: int
+    processes: int
 
 
 class DispatcherSettings(_Section):

@@ -85,7 +85,7 @@ async def serve_dev_jwks(request: web.Request) -> web.Response:
     return web.json_response(dev.jwks(request.app["cfg"]))
 
 
-def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
+def build_app(cfg: Config, backend: Backend | None = None, metrics_dir: str | None = None) -> web.Application:
     # auto_decompress off: params.read_params undoes Content-Encoding itself and answers a corrupt body 400
     app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes),
                           middlewares=[observe.http_metrics, cors.monitor_origin, errors, authenticate],
@@ -109,7 +109,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
-    observe.setup(app)
+    observe.setup(app, metrics_dir=metrics_dir)
     legacy.setup(app)
     v1.setup(app)
     retry.setup(app)
@@ -126,15 +126,18 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
 
 
 async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, port: int | None = None,
-                ready: threading.Event | None = None) -> None:
-    """Serve until ``stop`` is set; ``ready`` is set once the port accepts requests."""
-    app = build_app(cfg)
+                ready: threading.Event | None = None, reuse_port: bool = False,
+                metrics_dir: str | None = None) -> None:
+    """Serve until ``stop`` is set; ``ready`` is set once the port accepts requests. ``reuse_port``: one of
+    several processes on the port (workers.py), whose metrics are in multiprocess folder ``metrics_dir``."""
+    app = build_app(cfg, metrics_dir=metrics_dir)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host = host or cfg.http.host
     port = int(port if port is not None else cfg.http.port)
     ssl_context = tls.server_context(cfg)
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None,
+                       ssl_context=ssl_context)
     try:
         await site.start()
         log.info("gateway listening on %s://%s:%d", "https" if ssl_context else "http", host, port)
@@ -147,5 +150,11 @@ async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, 
 
 
 def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run gateway`: one gateway process on [http] host:port."""
-    asyncio.run(serve(cfg, stop))
+    """`pandaes run gateway`: ``[gateway] processes`` gateway processes on [http] host:port (one: this one)."""
+    n = int(cfg.gateway.processes)
+    if n > 1:
+        from . import workers
+
+        workers.run(cfg, stop, n)
+    else:
+        asyncio.run(serve(cfg, stop))

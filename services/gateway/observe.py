@@ -48,12 +48,20 @@ async def http_metrics(request: web.Request, handler) -> web.StreamResponse:
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(metrics.EXPOSED), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = generate_latest(request.app.get(EXPOSITION) or metrics.EXPOSED)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def setup(app: web.Application, pool_name: str = "gateway") -> None:
-    """Add /metrics and report the backend pool once it is open."""
+#: what /metrics shows when it is not this process's registry (several gateway processes: workers.py)
+EXPOSITION: web.AppKey[Any] = web.AppKey("pandaes.exposition", object)
+
+
+def setup(app: web.Application, pool_name: str = "gateway", metrics_dir: str | None = None) -> None:
+    """Add /metrics and report the backend pool once it is open; with ``metrics_dir`` (one of several
+    processes on the port, in multiprocess mode) /metrics shows all of them."""
     app.router.add_get("/metrics", serve_metrics)
+    if metrics_dir:
+        app[EXPOSITION] = metrics.SharedAcrossProcesses(metrics_dir)
 
     async def watch(app: web.Application) -> None:
         pool = getattr(app["backend"], "pool", None)
