@@ -39,7 +39,7 @@ async def refused(request: web.Request, caller: Caller, ids: Iterable[int], what
         return {}
     if policy.PILOT in ident.roles:
         # jobs this process delivered to this very pilot: their binding is fixed (bindings.py), no query
-        known = request.app[BINDINGS].known_for(ids, ident.principal)
+        known = await request.app[BINDINGS].confirmed_for(ids, ident.principal)
         if known:
             ids = [pid for pid in ids if pid not in known]
             if not ids:

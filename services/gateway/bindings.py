@@ -17,23 +17,76 @@ does not know, and asks.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
+from collections.abc import Iterable
+
+#: how long a pilot's update waits for the delivery mark of its job's answer before it asks the database
+PENDING_WAIT = 5.0
+
+
+def _pilot_principal(actor: str) -> str | None:
+    kind, _, principal = actor.partition(":")
+    return principal if kind == "pilot" and principal else None
 
 
 class Bindings:
-    """A bounded map of jobs this process delivered → the principal they went to."""
+    """A bounded map of jobs this process delivered → the principal they went to.
+
+    A pilot often sends its first update while the answer that carried the job is still being marked
+    delivered (the answer is written first, then the lease is marked). Such an update waits for that mark
+    (``pending``) instead of asking the database: the binding counts only once the mark succeeded, as for
+    every other remembered job."""
 
     def __init__(self, size: int):
         self.size = max(0, int(size))
         self._to: OrderedDict[int, str] = OrderedDict()
+        self._pending: dict[int, tuple[str, asyncio.Future[set[int]]]] = {}
         self.hits = 0
+
+    def delivering(self, jobs: Iterable[tuple[int, str]]) -> asyncio.Future[set[int]]:
+        """(PandaID, actor) of an answer about to be written; ``settle`` the returned future afterwards."""
+        fut: asyncio.Future[set[int]] = asyncio.get_running_loop().create_future()
+        if self.size:
+            for pid, actor in jobs:
+                principal = _pilot_principal(actor)
+                if principal is not None:
+                    self._pending[pid] = (principal, fut)
+        return fut
+
+    def settle(self, fut: asyncio.Future[set[int]], marked: Iterable[tuple[int, str]]) -> None:
+        """The delivery marks are done: ``marked`` (PandaID, actor) are bound for good, the rest are not."""
+        done = set()
+        for pid, actor in marked:
+            self.remember(pid, actor)
+            done.add(pid)
+        for pid in [pid for pid, (_, f) in self._pending.items() if f is fut]:
+            del self._pending[pid]
+        if not fut.done():
+            fut.set_result(done)
+
+    async def confirmed_for(self, ids: list[int], principal: str, wait: float = PENDING_WAIT) -> set[int]:
+        """``known_for``, and the jobs whose answer to ``principal`` is being marked delivered right now
+        once that mark succeeded (no longer than ``wait`` seconds: then the caller asks the database)."""
+        found = self.known_for(ids, principal)
+        waiting = {pid: entry[1] for pid in ids if pid not in found
+                   and (entry := self._pending.get(pid)) is not None and entry[0] == principal}
+        for pid, fut in waiting.items():
+            try:
+                marked = await asyncio.wait_for(asyncio.shield(fut), wait)
+            except TimeoutError:
+                continue
+            if pid in marked:
+                found.add(pid)
+                self.hits += 1
+        return found
 
     def remember(self, panda_id: int, actor: str) -> None:
         """The answer carrying ``panda_id`` was written and its lease marked delivered to ``actor``."""
         if self.size == 0:
             return
-        kind, _, principal = actor.partition(":")
-        if kind != "pilot" or not principal:
+        principal = _pilot_principal(actor)
+        if principal is None:
             return
         self._to[panda_id] = principal
         self._to.move_to_end(panda_id)

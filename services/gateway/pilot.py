@@ -93,16 +93,20 @@ async def deliver(request: web.Request, response: web.Response) -> web.StreamRes
     jobs = request.get(DISPATCHED)
     if not jobs:
         return response
-    try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
-        log.warning("the pilot went away before jobs %s were written; the dispatch sweep takes them back",
-                    [j.panda_id for j in jobs])
-        return response
     bindings = request.app[BINDINGS]
-    for job in await request.app["dispatcher"].delivered(jobs):
-        bindings.remember(job.panda_id, job.event.actor)
+    pending = bindings.delivering((j.panda_id, j.event.actor) for j in jobs)   # the pilot may answer at once
+    marked: list = []
+    try:
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            log.warning("the pilot went away before jobs %s were written; the dispatch sweep takes them back",
+                        [j.panda_id for j in jobs])
+            return response
+        marked = await request.app["dispatcher"].delivered(jobs)
+    finally:   # only what was marked delivered is bound for good (bindings.py)
+        bindings.settle(pending, ((j.panda_id, j.event.actor) for j in marked))
     return response
 
 

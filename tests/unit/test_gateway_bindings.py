@@ -104,3 +104,42 @@ def test_only_the_jobs_not_remembered_are_asked(projection):
     req = _Request(b)
     assert asyncio.run(access.refused(req, _pilot("alice"), [7, 8], "update")) == {}
     assert projection == [[7]]
+
+
+def test_an_update_during_the_delivery_mark_waits_for_it(projection):
+    async def scenario(marked: bool) -> tuple[dict[int, str], int]:
+        b = Bindings(10)
+        req = _Request(b)
+        pending = b.delivering([(7, "pilot:alice")])
+        asking = asyncio.ensure_future(access.refused(req, _pilot("alice"), [7], "update"))
+        await asyncio.sleep(0)
+        assert not asking.done()            # waits for the mark rather than asking the database
+        b.settle(pending, [(7, "pilot:alice")] if marked else [])
+        return await asking, req.pool.used
+
+    assert asyncio.run(scenario(marked=True)) == ({}, 0)
+    assert projection == []
+    # not marked (the sweep took the dispatch back first): decided by the query
+    assert asyncio.run(scenario(marked=False)) == ({}, 1)
+    assert projection == [[7]]
+
+
+def test_another_pilot_does_not_wait_for_a_delivery_mark(projection):
+    async def scenario() -> dict[int, str]:
+        b = Bindings(10)
+        pending = b.delivering([(7, "pilot:alice")])
+        try:
+            return await access.refused(_Request(b), _pilot("mallory"), [7], "update")
+        finally:
+            b.settle(pending, [(7, "pilot:alice")])
+
+    assert "dispatched to pilot:alice" in asyncio.run(scenario())[7]
+
+
+def test_a_delivery_mark_that_never_comes_falls_back_to_the_query(projection):
+    async def scenario() -> set[int]:
+        b = Bindings(10)
+        b.delivering([(7, "pilot:alice")])
+        return await b.confirmed_for([7], "alice", wait=0.01)
+
+    assert asyncio.run(scenario()) == set()
