@@ -200,9 +200,6 @@ class SharedAcrossProcesses:
         own = [f for f in REGISTRY.collect() if f.name in self.local]
         return [f for f in self.shared.collect() if f.name not in self.local] + own
 
-    def restricted_registry(self, names: Iterable[str]) -> Any:
-        return EXPOSED.restricted_registry.__func__(self, names)   # the same filter over this collect()
-
 
 def mark_process_dead(pid: int | None, path: str) -> None:
     """A process writing to multiprocess folder ``path`` is gone: its live gauges go, its counters stay."""
