@@ -191,6 +191,8 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         "steady_transitions_per_s": steady_rate(timeline(event_times, t0)),
         "latency": percentiles(e2e), "stages": stages, "pilot": driven["pilot"], "pilot_errors": driven["pilot_errors"],
         "finished_as": "job/get_status through the gateway",
+        # [gateway] processes: the gateway's CPU row is its supervisor and every serving process (their children)
+        "gateway_processes": int(cfg.gateway.processes),
         "cpu_s": cpu, "cpu_us_per_job": {k: 1e6 * v / max(done, 1) for k, v in cpu.items()},
         "timeline": series,
     }

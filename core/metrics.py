@@ -184,6 +184,31 @@ class Exposed:
 EXPOSED = Exposed()
 
 
+class SharedAcrossProcesses:
+    """What ``/metrics`` of one of several processes serving the same port shows (the gateway's
+    ``[gateway] processes``): every family the processes write to the multiprocess folder ``path``, summed
+    over them by prometheus_client's ``MultiProcessCollector`` (dead processes' counters included), and the
+    ``local`` families (read when scraped, e.g. a pool's gauges) of the answering process only."""
+
+    def __init__(self, path: str, local: Iterable[str] = ("pandaes_db_pool_connections",)):
+        from prometheus_client import multiprocess
+
+        self.shared = multiprocess.MultiProcessCollector(None, path=path)
+        self.local = frozenset(local)
+
+    def collect(self) -> Iterable[Metric]:
+        own = [f for f in REGISTRY.collect() if f.name in self.local]
+        return [f for f in self.shared.collect() if f.name not in self.local] + own
+
+
+def mark_process_dead(pid: int | None, path: str) -> None:
+    """A process writing to multiprocess folder ``path`` is gone: its live gauges go, its counters stay."""
+    if pid:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

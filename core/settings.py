@@ -95,6 +95,8 @@ class GatewaySettings(_Section):
     inline_payload_bytes: int
     monitor_origin: str
     replies: bool
+    binding_memory: int
+    processes: int
 
 
 class DispatcherSettings(_Section):

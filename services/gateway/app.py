@@ -23,10 +23,11 @@ from aiohttp import web
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
-from . import cache, cors, creds, events, harvester, jedilog, legacy, observe, openapi, retry, tasks, v1
+from . import access, cache, cors, creds, events, harvester, jedilog, legacy, observe, openapi, retry, tasks, v1
 from .auth import dev, tls
 from .auth.gate import Gate, authenticate
 from .backend import Backend
+from .bindings import Bindings
 from .identity import TrustingAuthenticator
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ async def serve_dev_jwks(request: web.Request) -> web.Response:
     return web.json_response(dev.jwks(request.app["cfg"]))
 
 
-def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
+def build_app(cfg: Config, backend: Backend | None = None, metrics_dir: str | None = None) -> web.Application:
     # auto_decompress off: params.read_params undoes Content-Encoding itself and answers a corrupt body 400
     app = web.Application(client_max_size=int(cfg.gateway.max_body_bytes),
                           middlewares=[observe.http_metrics, cors.monitor_origin, errors, authenticate],
@@ -93,6 +94,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
     app["backend"] = backend or Backend(cfg)
     app["authenticator"] = TrustingAuthenticator()   # what clients claim: used only with [auth] enabled = false
     app["gate"] = Gate(cfg)
+    app[access.BINDINGS] = Bindings(int(cfg.gateway.binding_memory))
     app["queue_cache"] = {}
     app["queue_locks"] = {}
     app["openapi"] = openapi.document()
@@ -107,7 +109,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
-    observe.setup(app)
+    observe.setup(app, metrics_dir=metrics_dir)
     legacy.setup(app)
     v1.setup(app)
     retry.setup(app)
@@ -124,15 +126,18 @@ def build_app(cfg: Config, backend: Backend | None = None) -> web.Application:
 
 
 async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, port: int | None = None,
-                ready: threading.Event | None = None) -> None:
-    """Serve until ``stop`` is set; ``ready`` is set once the port accepts requests."""
-    app = build_app(cfg)
+                ready: threading.Event | None = None, reuse_port: bool = False,
+                metrics_dir: str | None = None) -> None:
+    """Serve until ``stop`` is set; ``ready`` is set once the port accepts requests. ``reuse_port``: one of
+    several processes on the port (workers.py), whose metrics are in multiprocess folder ``metrics_dir``."""
+    app = build_app(cfg, metrics_dir=metrics_dir)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host = host or cfg.http.host
     port = int(port if port is not None else cfg.http.port)
     ssl_context = tls.server_context(cfg)
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None,
+                       ssl_context=ssl_context)
     try:
         await site.start()
         log.info("gateway listening on %s://%s:%d", "https" if ssl_context else "http", host, port)
@@ -145,5 +150,11 @@ async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, 
 
 
 def run_component(cfg: Config, stop: threading.Event) -> None:
-    """`pandaes run gateway`: one gateway process on [http] host:port."""
-    asyncio.run(serve(cfg, stop))
+    """`pandaes run gateway`: ``[gateway] processes`` gateway processes on [http] host:port (one: this one)."""
+    n = int(cfg.gateway.processes)
+    if n > 1:
+        from . import workers
+
+        workers.run(cfg, stop, n)
+    else:
+        asyncio.run(serve(cfg, stop))

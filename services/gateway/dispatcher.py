@@ -220,22 +220,24 @@ class Dispatcher:
         async with self.pool.connection() as conn:
             await leases.extend(conn, command_ids, deliver)
 
-    async def delivered(self, jobs: list[Dispatched]) -> None:
+    async def delivered(self, jobs: list[Dispatched]) -> list[Dispatched]:
         """The response carrying ``jobs`` was written: their leases are ``delivered``, so the dispatch sweep
         (services/gateway/undelivered.py) leaves them alone. A lease it already took back (this gateway
-        was slower than ``deliver_by``) is logged: that pilot's updates will be refused."""
+        was slower than ``deliver_by``) is logged: that pilot's updates will be refused. Returns the jobs
+        marked delivered (their pilot binding is now fixed: services/gateway/bindings.py)."""
         ids = [j.event.command_id for j in jobs]
         if not ids:
-            return
+            return []
         try:
             async with self.pool.connection() as conn:
                 marked = await leases.mark_delivered(conn, ids)
         except Exception:  # the pilot has its jobs; the sweep would take them back: say so loudly
             log.exception("could not mark dispatches %s delivered", ids)
-            return
+            return []
         for job in jobs:
             if job.event.command_id not in marked:
                 log.error("job %s was answered to its pilot after the dispatch sweep took it back", job.panda_id)
+        return [job for job in jobs if job.event.command_id in marked]
 
     def _undo(self, dispatch: Transition) -> None:
         """Take back a dispatch whose verdict did not come in time: the pilot was answered "no job", so if the

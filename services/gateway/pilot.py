@@ -21,6 +21,7 @@ from schemas.messages import PilotUpdate, Rejected
 from services.gateway.dispatcher import DispatchRequest
 
 from . import access, identity, queues
+from .access import BINDINGS
 from .backend import Unavailable, VerdictTimeout
 from .jobdict import pilot_job
 from .params import BadRequest, as_float, as_int, as_str
@@ -92,14 +93,20 @@ async def deliver(request: web.Request, response: web.Response) -> web.StreamRes
     jobs = request.get(DISPATCHED)
     if not jobs:
         return response
+    bindings = request.app[BINDINGS]
+    pending = bindings.delivering((j.panda_id, j.event.actor) for j in jobs)   # the pilot may answer at once
+    marked: list = []
     try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
-        log.warning("the pilot went away before jobs %s were written; the dispatch sweep takes them back",
-                    [j.panda_id for j in jobs])
-        return response
-    await request.app["dispatcher"].delivered(jobs)
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            log.warning("the pilot went away before jobs %s were written; the dispatch sweep takes them back",
+                        [j.panda_id for j in jobs])
+            return response
+        marked = await request.app["dispatcher"].delivered(jobs)
+    finally:   # only what was marked delivered is bound for good (bindings.py)
+        bindings.settle(pending, ((j.panda_id, j.event.actor) for j in marked))
     return response
 
 

@@ -83,6 +83,9 @@ class JwksCache:
         self.fetches += 1
 
     async def key(self, kid: str | None) -> jwt.PyJWK:
+        found = self.keys.get(kid)
+        if found is not None and self.fetched_at is not None and self.clock() - self.fetched_at <= self.max_age:
+            return found   # the usual case, every request: a known kid of fresh keys needs no lock
         async with self._lock:
             now = self.clock()
             stale = self.fetched_at is None or now - self.fetched_at > self.max_age

@@ -8,6 +8,7 @@ every request before its handler; handlers apply the job rules (SUBMIT_LABELS, A
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 PUBLIC: frozenset[str] = frozenset()       # anyone, even without credentials
@@ -76,7 +77,9 @@ ACTS_ON: dict[str, Scope] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def endpoint_roles(path: str) -> frozenset[str]:
+    # cached: asked on every request, and a request's path decides it alone (ENDPOINTS is fixed)
     best = max((p for p in ENDPOINTS if path.startswith(p)), key=len, default=None)
     return ENDPOINTS[best] if best is not None else AUTHENTICATED
 
