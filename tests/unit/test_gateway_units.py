@@ -66,3 +66,15 @@ def test_pilot_job_format():
     assert job["logFile"] == "log1" and job["logGUID"] == "lg" and job["ddmEndPointOut"] == "EP,EP"
     assert job["realDatasets"] == "ds.out,ds.log" and job["destinationDblock"] == "sub,NULL"
     assert job["swRelease"] == "NULL" and job["maxCpuCount"] == 0
+
+
+def test_bulk_rounds_keep_each_jobs_updates_in_order_and_put_jobs_side_by_side():
+    from services.gateway.pilot import job_rounds
+
+    items = [{"job_id": 1, "job_status": "running"}, {"jobId": 2}, {"job_id": 1, "job_status": "transferring"},
+             "not an object", {"job_id": 3}, {"job_id": 1, "job_status": "finished"}, {"no": "id"}, {"job_id": "2"}]
+    rounds = job_rounds(items)
+    assert rounds == [[0, 1, 3, 4, 6], [2, 7], [5]]
+    # every item once; within a job, the items' own order
+    assert sorted(i for r in rounds for i in r) == list(range(len(items)))
+    assert job_rounds([]) == []
