@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 import zlib
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,36 @@ async def _kill_phase(url: str, n: int, log, headers: dict[str, str]) -> list[fl
     return latencies
 
 
+def _verdict_sums(url: str, headers: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """command type → (seconds, count) the gateway has waited for the ledger's verdicts (its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers=headers), timeout=10) as r:
+        text = r.read().decode()
+    sums: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "pandaes_command_verdict_seconds":
+            continue
+        for sample in family.samples:
+            both = sums.setdefault(sample.labels.get("command", "?"), [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                both[0] = sample.value
+            elif sample.name.endswith("_count"):
+                both[1] = sample.value
+    return {k: (v[0], v[1]) for k, v in sums.items()}
+
+
+def _verdict_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Mean verdict wait per command type between two readings (a dispatch waits alone; a bulk's updates wait
+    together, each counted with the wait of its round)."""
+    out: dict[str, Any] = {}
+    for cmd, (total, n) in after.items():
+        t0, n0 = before.get(cmd, (0.0, 0.0))
+        if n > n0:
+            out[cmd] = {"n": int(n - n0), "mean_ms": 1000 * (total - t0) / (n - n0)}
+    return out
+
+
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
     from services.gateway.auth import dev  # Harvester instances act with a dev token (production and pilot)
 
@@ -159,11 +190,13 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         meter.start()
         cpu0 = time.process_time()
         t0 = time.time()
+        verdicts0 = _verdict_sums(url, headers)
         bulk = asyncio.run(_bulk_phase(url, n, seconds, log, headers))
         # the clock stops when the gateway reports finished what the instances reported finished
         done = lifecycle.wait_finished(url, bulk.pop("ids"), bulk["reported_finished"], 30, headers)
         elapsed = time.time() - t0
         cpu = {**meter.stop(), "bench (harvester instances, submit)": time.process_time() - cpu0}
+        verdicts = _verdict_means(verdicts0, _verdict_sums(url, headers))
         kills = asyncio.run(_kill_phase(url, max(5, min(20, n // 4)), log, headers))
         comps.check()
     lat = percentiles(kills)
@@ -175,11 +208,14 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         f"(batches of {BATCH} asked, {per_acquire:.0f} handed out on average; {INSTANCES} instances); "
         f"kill → command p50 {lat.get('p50_ms', 0):.0f} ms, "
         f"p95 {lat.get('p95_ms', 0):.0f} ms over {len(kills)} kills")
+    log("    ledger verdict wait seen by the gateway, mean: " + ", ".join(
+        f"{cmd} {v['mean_ms']:.0f} ms (n={v['n']})" for cmd, v in sorted(verdicts.items())))
     for step, p in bulk["call_latency"].items():
         log(f"    {step}: {p.get('n', 0)} calls, p50 {p.get('p50_ms', 0):.0f} ms, p95 {p.get('p95_ms', 0):.0f} ms, "
             f"mean {p.get('mean_ms', 0):.0f} ms")
     return {"jobs": n, "finished": done, "seconds": elapsed, "jobs_per_s": done / elapsed, "batch": BATCH,
             "instances": INSTANCES, "jobs_per_acquire": per_acquire, **bulk, "kill_to_command": lat, "stages": stages,
+            "verdict_wait": verdicts,
             "cpu_s": cpu,
             "cpu_us_per_job": {k: 1e6 * v / max(done, 1) for k, v in cpu.items()},
             "finished_as": "job/get_status through the gateway"}
