@@ -230,3 +230,32 @@ def test_a_bulk_update_answers_each_item_in_place_with_one_binding_read_per_roun
     assert system.status([theirs]) == {theirs: "sent"}
     assert [(e["action"], e["actor"]) for e in system.events(mine)][-2:] == [
         ("pilot_running", "pilot:harv-a"), ("pilot_transferring", "pilot:harv-a")]
+
+
+def test_update_workers_records_a_batch_in_order_and_answers_each_worker(cfg):
+    """The workers of one call are written together: a worker listed twice ends as its last record says, a record
+    without a usable workerID is answered False in its place and the others are recorded."""
+    import asyncio
+
+    import psycopg
+
+    from services.harvester import store
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        conn = await psycopg.AsyncConnection.connect(cfg.db.url, autocommit=True)
+        try:
+            got = await store.upsert_workers(conn, "hb", [
+                {"workerID": 1, "status": "submitted", "pandaid_list": [11]},
+                {"workerID": "x", "status": "running"},
+                {"workerID": 2, "status": "running", "pandaid_list": [12, "13", None]},
+                {"workerID": 1, "status": "running", "pandaid_list": [11, 14]}])
+            return got, await store.upsert_workers(conn, "hb", [])
+        finally:
+            await conn.close()
+
+    assert asyncio.run(scenario()) == ([True, False, True, True], [])
+    with db.connect(cfg) as conn:
+        assert conn.execute("SELECT worker_id, status FROM harvester_workers WHERE harvester_id = 'hb'"
+                            " ORDER BY worker_id").fetchall() == [(1, "running"), (2, "running")]
+        assert conn.execute("SELECT worker_id, pandaid FROM harvester_worker_jobs WHERE harvester_id = 'hb'"
+                            " ORDER BY worker_id, pandaid").fetchall() == [(1, 11), (1, 14), (2, 12), (2, 13)]
