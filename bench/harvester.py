@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from bench import lifecycle, stack
-from bench.procs import Components, CpuMeter, infra_groups
+from bench.procs import Components, CpuMeter, cpu_seconds, database_backends, infra_groups
 from bench.stats import percentiles
 from core.config import Config
 
@@ -175,6 +175,21 @@ def _verdict_means(before: dict[str, tuple[float, float]], after: dict[str, tupl
     return out
 
 
+class _DatabaseCpu:
+    """CPU of this system's own PostgreSQL backends (the server's figure includes every database on it, and other
+    work shares this machine's server). Backends opened during the run count whole; one that ended during the run
+    is lost (the components keep their connections, so that is rare; ``ended`` says how many)."""
+
+    def __init__(self, dbname: str):
+        self.dbname = dbname
+        self.start = {pid: cpu_seconds(pid) for pid in database_backends(dbname)}
+
+    def stop(self) -> tuple[float, int]:
+        now = {pid: cpu_seconds(pid) for pid in database_backends(self.dbname)}
+        used = sum(max(0.0, cpu - self.start.get(pid, 0.0)) for pid, cpu in now.items())
+        return used, len(set(self.start) - set(now))
+
+
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
     from services.gateway.auth import dev  # Harvester instances act with a dev token (production and pilot)
 
@@ -189,6 +204,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         meter = CpuMeter({**comps.pids(), **infra_groups()})
         meter.start()
         cpu0 = time.process_time()
+        own_db = _DatabaseCpu(cfg.db.url.rsplit("/", 1)[1].split("?")[0])
         t0 = time.time()
         verdicts0 = _verdict_sums(url, headers)
         bulk = asyncio.run(_bulk_phase(url, n, seconds, log, headers))
@@ -197,6 +213,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         elapsed = time.time() - t0
         cpu = {**meter.stop(), "bench (harvester instances, submit)": time.process_time() - cpu0}
         verdicts = _verdict_means(verdicts0, _verdict_sums(url, headers))
+        db_cpu, db_ended = own_db.stop()
         kills = asyncio.run(_kill_phase(url, max(5, min(20, n // 4)), log, headers))
         comps.check()
     lat = percentiles(kills)
@@ -208,6 +225,8 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         f"(batches of {BATCH} asked, {per_acquire:.0f} handed out on average; {INSTANCES} instances); "
         f"kill → command p50 {lat.get('p50_ms', 0):.0f} ms, "
         f"p95 {lat.get('p95_ms', 0):.0f} ms over {len(kills)} kills")
+    log(f"    PostgreSQL, this database's backends only: {1e6 * db_cpu / max(done, 1):,.0f} µs per job"
+        f"{f' ({db_ended} backends ended during the run, not counted)' if db_ended else ''}")
     log("    ledger verdict wait seen by the gateway, mean: " + ", ".join(
         f"{cmd} {v['mean_ms']:.0f} ms (n={v['n']})" for cmd, v in sorted(verdicts.items())))
     for step, p in bulk["call_latency"].items():
@@ -215,7 +234,8 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
             f"mean {p.get('mean_ms', 0):.0f} ms")
     return {"jobs": n, "finished": done, "seconds": elapsed, "jobs_per_s": done / elapsed, "batch": BATCH,
             "instances": INSTANCES, "jobs_per_acquire": per_acquire, **bulk, "kill_to_command": lat, "stages": stages,
-            "verdict_wait": verdicts,
+            "verdict_wait": verdicts, "postgres_this_db_us_per_job": 1e6 * db_cpu / max(done, 1),
+            "postgres_backends_ended": db_ended,
             "cpu_s": cpu,
             "cpu_us_per_job": {k: 1e6 * v / max(done, 1) for k, v in cpu.items()},
             "finished_as": "job/get_status through the gateway"}
