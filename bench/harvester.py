@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 import zlib
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from bench import lifecycle, stack
-from bench.procs import Components, CpuMeter, infra_groups
+from bench.procs import Components, CpuMeter, cpu_seconds, database_backends, infra_groups
 from bench.stats import percentiles
 from core.config import Config
 
@@ -47,13 +48,17 @@ def _report(job: dict[str, Any]) -> str:
 class Harvester:
     """One Harvester instance's cycle over the v1 API."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, hid: str):
+    def __init__(self, session: aiohttp.ClientSession, url: str, hid: str,
+                 calls: dict[str, list[float]] | None = None):
         self.s, self.api, self.hid = session, f"{url}/api/v1", hid
         self.next_worker = 1
+        self.calls = calls if calls is not None else {}   # step → seconds each call took (where a cycle's time goes)
 
-    async def post(self, path: str, body: dict[str, Any]) -> Any:
+    async def post(self, path: str, body: dict[str, Any], step: str | None = None) -> Any:
+        started = time.monotonic()
         async with self.s.post(f"{self.api}/{path}", json=body) as r:
             reply = await r.json(content_type=None)
+        self.calls.setdefault(step or path, []).append(time.monotonic() - started)
         if not reply.get("success") and path != "pilot/acquire_jobs":
             raise RuntimeError(f"{path}: {str(reply)[:200]}")
         return reply["data"]
@@ -72,13 +77,14 @@ class Harvester:
         await self.post("harvester/update_workers", {"harvester_id": self.hid, "workers": [
             {"workerID": j["_worker"], "status": status, "computingSite": stack.SITE, "nCore": 1,
              "jobType": "managed", "resourceType": "SCORE", "nJobs": 1, "pandaid_list": [j["PandaID"]]}
-            for j in jobs]})
+            for j in jobs]}, step=f"harvester/update_workers {status}")
 
     async def bulk(self, jobs: list[dict[str, Any]], status: str, **extra: Any) -> list[dict[str, Any]]:
         items = [{"job_id": j["PandaID"], "job_status": status, "site_name": stack.SITE,
                   "attempt_nr": j.get("attemptNr"), "core_count": 1, **extra,
                   **({"job_output_report": _report(j)} if status == "finished" else {})} for j in jobs]
-        return await self.post("pilot/update_jobs_bulk", {"harvester_id": self.hid, "job_list": items})
+        return await self.post("pilot/update_jobs_bulk", {"harvester_id": self.hid, "job_list": items},
+                               step=f"pilot/update_jobs_bulk {status}")
 
     async def cycle(self, stop_at: float, done: list[int]) -> None:
         while time.monotonic() < stop_at:
@@ -97,7 +103,8 @@ async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=150), headers=headers) as session:
         stop_at = time.monotonic() + seconds
         done: list[int] = []
-        hs = [Harvester(session, url, f"bench_harvester_{i}") for i in range(INSTANCES)]
+        calls: dict[str, list[float]] = {}
+        hs = [Harvester(session, url, f"bench_harvester_{i}", calls) for i in range(INSTANCES)]
         cycles = asyncio.gather(*(h.cycle(stop_at, done) for h in hs))
         _, ids = await lifecycle._submit(url, n, log, headers)
         while sum(done) < n and time.monotonic() < stop_at:
@@ -107,7 +114,8 @@ async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, 
             await cycles
         except asyncio.CancelledError:
             pass
-    return {"reported_finished": sum(done), "batches": len(done), "ids": ids}
+    return {"reported_finished": sum(done), "batches": len(done), "ids": ids,
+            "call_latency": {step: percentiles(xs) for step, xs in sorted(calls.items())}}
 
 
 async def _kill_phase(url: str, n: int, log, headers: dict[str, str]) -> list[float]:
@@ -137,6 +145,51 @@ async def _kill_phase(url: str, n: int, log, headers: dict[str, str]) -> list[fl
     return latencies
 
 
+def _verdict_sums(url: str, headers: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """command type → (seconds, count) the gateway has waited for the ledger's verdicts (its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers=headers), timeout=10) as r:
+        text = r.read().decode()
+    sums: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "pandaes_command_verdict_seconds":
+            continue
+        for sample in family.samples:
+            both = sums.setdefault(sample.labels.get("command", "?"), [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                both[0] = sample.value
+            elif sample.name.endswith("_count"):
+                both[1] = sample.value
+    return {k: (v[0], v[1]) for k, v in sums.items()}
+
+
+def _verdict_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Mean verdict wait per command type between two readings (a dispatch waits alone; a bulk's updates wait
+    together, each counted with the wait of its round)."""
+    out: dict[str, Any] = {}
+    for cmd, (total, n) in after.items():
+        t0, n0 = before.get(cmd, (0.0, 0.0))
+        if n > n0:
+            out[cmd] = {"n": int(n - n0), "mean_ms": 1000 * (total - t0) / (n - n0)}
+    return out
+
+
+class _DatabaseCpu:
+    """CPU of this system's own PostgreSQL backends (the server's figure includes every database on it, and other
+    work shares this machine's server). Backends opened during the run count whole; one that ended during the run
+    is lost (the components keep their connections, so that is rare; ``ended`` says how many)."""
+
+    def __init__(self, dbname: str):
+        self.dbname = dbname
+        self.start = {pid: cpu_seconds(pid) for pid in database_backends(dbname)}
+
+    def stop(self) -> tuple[float, int]:
+        now = {pid: cpu_seconds(pid) for pid in database_backends(self.dbname)}
+        used = sum(max(0.0, cpu - self.start.get(pid, 0.0)) for pid, cpu in now.items())
+        return used, len(set(self.start) - set(now))
+
+
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
     from services.gateway.auth import dev  # Harvester instances act with a dev token (production and pilot)
 
@@ -151,19 +204,38 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         meter = CpuMeter({**comps.pids(), **infra_groups()})
         meter.start()
         cpu0 = time.process_time()
+        own_db = _DatabaseCpu(cfg.db.url.rsplit("/", 1)[1].split("?")[0])
         t0 = time.time()
+        verdicts0 = _verdict_sums(url, headers)
         bulk = asyncio.run(_bulk_phase(url, n, seconds, log, headers))
         # the clock stops when the gateway reports finished what the instances reported finished
         done = lifecycle.wait_finished(url, bulk.pop("ids"), bulk["reported_finished"], 30, headers)
         elapsed = time.time() - t0
         cpu = {**meter.stop(), "bench (harvester instances, submit)": time.process_time() - cpu0}
+        verdicts = _verdict_means(verdicts0, _verdict_sums(url, headers))
+        db_cpu, db_ended = own_db.stop()
         kills = asyncio.run(_kill_phase(url, max(5, min(20, n // 4)), log, headers))
         comps.check()
     lat = percentiles(kills)
+    per_acquire = bulk["reported_finished"] / max(1, bulk["batches"])   # [dispatcher] max_jobs caps a batch
+    stages = lifecycle._stages(cfg)   # where a job's time went between its events (waits on a service, the ledger)
+    log("  harvester: time before each event, p50/p95 s: " + "; ".join(
+        f"{k} {v['p50_ms'] / 1000:.2f}/{v['p95_ms'] / 1000:.2f}" for k, v in stages.items() if v.get("n")))
     log(f"  harvester: {done:,}/{n:,} jobs finished in {elapsed:.1f}s = {done / elapsed:,.1f} jobs/s "
-        f"(batches of {BATCH}, {INSTANCES} instances); kill → command p50 {lat.get('p50_ms', 0):.0f} ms, "
+        f"(batches of {BATCH} asked, {per_acquire:.0f} handed out on average; {INSTANCES} instances); "
+        f"kill → command p50 {lat.get('p50_ms', 0):.0f} ms, "
         f"p95 {lat.get('p95_ms', 0):.0f} ms over {len(kills)} kills")
+    log(f"    PostgreSQL, this database's backends only: {1e6 * db_cpu / max(done, 1):,.0f} µs per job"
+        f"{f' ({db_ended} backends ended during the run, not counted)' if db_ended else ''}")
+    log("    ledger verdict wait seen by the gateway, mean: " + ", ".join(
+        f"{cmd} {v['mean_ms']:.0f} ms (n={v['n']})" for cmd, v in sorted(verdicts.items())))
+    for step, p in bulk["call_latency"].items():
+        log(f"    {step}: {p.get('n', 0)} calls, p50 {p.get('p50_ms', 0):.0f} ms, p95 {p.get('p95_ms', 0):.0f} ms, "
+            f"mean {p.get('mean_ms', 0):.0f} ms")
     return {"jobs": n, "finished": done, "seconds": elapsed, "jobs_per_s": done / elapsed, "batch": BATCH,
-            "instances": INSTANCES, **bulk, "kill_to_command": lat, "cpu_s": cpu,
+            "instances": INSTANCES, "jobs_per_acquire": per_acquire, **bulk, "kill_to_command": lat, "stages": stages,
+            "verdict_wait": verdicts, "postgres_this_db_us_per_job": 1e6 * db_cpu / max(done, 1),
+            "postgres_backends_ended": db_ended,
+            "cpu_s": cpu,
             "cpu_us_per_job": {k: 1e6 * v / max(done, 1) for k, v in cpu.items()},
             "finished_as": "job/get_status through the gateway"}

@@ -111,8 +111,13 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                         ", ".join(f"{k.split(' (')[0]} {v['p50_ms'] / 1000:.1f} s" for k, v in slow), "", ""))
     hv = results.get("harvester")
     if hv:   # the bulk workload, beside the single-pilot lifecycle
-        out.append(("harvester", f"{hv['finished']:,}/{hv['jobs']:,} jobs bulk (batches of {hv['batch']}, "
+        got = f", {hv['jobs_per_acquire']:.0f} handed out" if "jobs_per_acquire" in hv else ""
+        out.append(("harvester", f"{hv['finished']:,}/{hv['jobs']:,} jobs bulk (batches of {hv['batch']}{got}, "
                     f"{hv['instances']} instances)", f"{hv['jobs_per_s']:,.1f} jobs/s", "", "≥ 1,000 jobs/s"))
+        calls = hv.get("call_latency") or {}
+        if calls:   # where a cycle's time goes
+            out.append(("harvester", "cycle: p50 of each call", ", ".join(
+                f"{step.split('/', 1)[-1]} {p['p50_ms']:.0f} ms" for step, p in calls.items() if p.get("n")), "", ""))
         kc = hv.get("kill_to_command") or {}
         if kc.get("n"):
             out.append(("harvester", "kill → kill-worker command (p50/p95/p99)", _ms(kc), "", ""))

@@ -30,7 +30,10 @@ _NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 # psycopg prepares a statement after a few executions, and PostgreSQL may then settle on a generic plan.
 # A plan chosen while a table was empty (every projection starts so) stays a sequential scan as the table
 # grows: seen as 15 s lookups of `files WHERE pandaid = ANY(...)` at 100k jobs. Plan every execution.
-SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan"
+# No JIT: with the statistics of a fast-growing projection not analyzed yet, a read of 20 jobs by PandaID was
+# estimated above jit_above_cost and PostgreSQL spent 1.65 s compiling it for 1 ms of execution (the gateway's
+# bulk updates, the ledger's look-ups); these are all short reads and writes, where JIT never pays.
+SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan -c jit=off"
 
 
 class ReadModelBehind(RuntimeError):

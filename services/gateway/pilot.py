@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import psycopg
@@ -28,7 +28,6 @@ from .params import BadRequest, as_float, as_int, as_str
 from .updates import Update, translate
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 SC_SUCCESS, SC_TIMEOUT, SC_NOJOBS, SC_FAILED, SC_INVALID, SC_ROLE = 0, 10, 20, 30, 50, 60
 # request key: the jobs a getJob dispatched (``deliver`` marks them); a typed key, as aiohttp asks
@@ -168,21 +167,64 @@ async def _send_update(request: web.Request, upd: Update, actor: str) -> dict[st
     return reply
 
 
-async def in_job_order(items: list[Any], answer: Callable[[Any], Awaitable[T]]) -> list[T]:
-    """Answer bulk items concurrently across jobs and in order within one job (its updates are a sequence);
-    the answers come back in the items' order."""
-    chains: dict[Any, list[int]] = {}
+def job_rounds(items: list[Any]) -> list[list[int]]:
+    """The items' indexes in rounds: round k holds the k-th item of every job (its updates are a sequence, so
+    one job's items go one round after another; different jobs share each round). Items without a job id
+    are each a job of their own. Pure, so the order rule is tested without a server."""
+    chains: dict[str, list[int]] = {}
     for i, item in enumerate(items):
         key = (item.get("jobId", item.get("job_id")) if isinstance(item, dict) else None) or f"#{i}"
         chains.setdefault(str(key), []).append(i)
-    out: list[Any] = [None] * len(items)
+    rounds: list[list[int]] = []
+    for chain in chains.values():
+        for k, i in enumerate(chain):
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(i)
+    return [sorted(r) for r in rounds]
 
-    async def run(indexes: list[int]) -> None:
+
+async def update_many(request: web.Request, items: list[Any]) -> list[dict[str, Any] | Exception]:
+    """A bulk of updateJob items: per item the updateJob reply dict, or the BadRequest / RetryLater that
+    update_job would have raised for it (the bulk routes answer those in the item's place).
+
+    Why not update_job per item: a Harvester batch is 50+ jobs, and update_job reads each job's binding (who
+    it was dispatched to) with a query of its own. Here each round of the bulk (``job_rounds``: the next item
+    of every job) is checked with one read per caller and its commands are sent together; the ledger judges
+    each command on its own exactly as before, and each item gets its own verdict, timeout or error."""
+    out: list[dict[str, Any] | Exception | None] = [None] * len(items)
+    for indexes in job_rounds(items):
+        todo: list[tuple[int, Update, Any]] = []
         for i in indexes:
-            out[i] = await answer(items[i])
-
-    await asyncio.gather(*(run(ix) for ix in chains.values()))
-    return out
+            item = items[i]
+            if not isinstance(item, dict):
+                out[i] = BadRequest("item is not an object")
+                continue
+            try:
+                todo.append((i, translate(item), identity.pilot(request, item)))
+            except BadRequest as exc:
+                out[i] = exc
+        by_caller: dict[str, tuple[Any, list[int]]] = {}
+        for _, upd, caller in todo:
+            by_caller.setdefault(caller.actor, (caller, []))[1].append(upd.panda_id)
+        refused: dict[tuple[str, int], str] = {}
+        for actor, (caller, ids) in by_caller.items():
+            for pid, why in (await access.refused(request, caller, ids, "update")).items():
+                refused[(actor, pid)] = why
+        sends = []
+        for i, upd, caller in todo:
+            why = refused.get((caller.actor, upd.panda_id))
+            if why is not None:   # not sent to the ledger: the job stays as its own pilot left it
+                log.warning("refused an update: %s", why)
+                out[i] = {"StatusCode": SC_ROLE, "command": "NULL", "errorDialog": why}
+            else:
+                sends.append((i, _send_update(request, upd, caller.actor)))
+        answers = await asyncio.gather(*(send for _, send in sends), return_exceptions=True)
+        for (i, _), answer in zip(sends, answers, strict=True):
+            if isinstance(answer, BaseException) and not isinstance(answer, RetryLater | BadRequest):
+                raise answer
+            out[i] = answer
+    return out  # type: ignore[return-value]
 
 
 async def job_rows(request: web.Request, ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -204,13 +246,13 @@ def _command(command_to_pilot: str | None, special_handling: str | None) -> str:
 
 async def update_jobs_bulk(request: web.Request, items: list[Any]) -> list[dict[str, Any]]:
     """Legacy updateJobsInBulk: one updateJob reply per item, bad items answered with StatusCode 50."""
-    async def one(item: Any) -> dict[str, Any]:
-        if not isinstance(item, dict):
-            return {"StatusCode": SC_INVALID, "command": "NULL", "errorDialog": "item is not an object"}
-        try:
-            return await update_job(request, item)
-        except BadRequest as exc:
-            return {"StatusCode": SC_INVALID, "command": "NULL", "errorDialog": str(exc)}
-        except RetryLater as exc:
-            return {"StatusCode": SC_FAILED, "command": "NULL", "errorDialog": f"not recorded, send again: {exc}"}
-    return await in_job_order(items, one)
+    out: list[dict[str, Any]] = []
+    for answer in await update_many(request, items):
+        if isinstance(answer, BadRequest):
+            out.append({"StatusCode": SC_INVALID, "command": "NULL", "errorDialog": str(answer)})
+        elif isinstance(answer, RetryLater):
+            out.append({"StatusCode": SC_FAILED, "command": "NULL",
+                        "errorDialog": f"not recorded, send again: {answer}"})
+        else:
+            out.append(answer)
+    return out

@@ -112,21 +112,21 @@ async def update_job(request: web.Request, params: dict[str, Any]) -> web.Respon
 
 @_v1
 async def update_jobs_bulk(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """One answer per item, as the real server gives it: update_job's whole envelope; an item that is not a
+    valid update is answered in its place and the others are recorded (``pilot.update_many``)."""
     items = json_or_value(params.get("job_list"), "job_list", list, "must be a list of updates")
-    return envelope(True, "", await pilot.in_job_order(items, lambda item: _bulk_item(request, item)))
+    items = [legacy_names(item) if isinstance(item, dict) else item for item in items]
+    return envelope(True, "", [_bulk_answer(a) for a in await pilot.update_many(request, items)])
 
 
-async def _bulk_item(request: web.Request, item: Any) -> dict[str, Any]:
-    """One job of a bulk update, answered as the real server does: update_job's whole envelope."""
-    if not isinstance(item, dict):
-        return {"success": False, "message": "not an object", "data": {"StatusCode": pilot.SC_INVALID}}
-    try:
-        return await _update_job_answer(request, item)
-    except BadRequest as exc:   # one bad item is answered in its place; the others are recorded
-        return {"success": False, "message": str(exc), "data": {"StatusCode": pilot.SC_INVALID}}
-    except (Unavailable, pilot.RetryLater) as exc:
-        return {"success": False, "message": f"not recorded, send again: {exc}",
+def _bulk_answer(answer: dict[str, Any] | Exception) -> dict[str, Any]:
+    if isinstance(answer, BadRequest):
+        return {"success": False, "message": str(_v1_named(answer)), "data": {"StatusCode": pilot.SC_INVALID}}
+    if isinstance(answer, Exception):   # RetryLater: not in the log
+        return {"success": False, "message": f"not recorded, send again: {answer}",
                 "data": {"StatusCode": pilot.SC_FAILED, "command": "NULL"}}
+    return {"success": answer["StatusCode"] == pilot.SC_SUCCESS, "message": answer.get("errorDialog", ""),
+            "data": answer}
 
 
 @_v1

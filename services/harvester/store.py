@@ -103,20 +103,27 @@ async def heartbeat(conn: AsyncConnection, harvester_id: str, owner: str | None,
 
 async def upsert_workers(conn: AsyncConnection, harvester_id: str, workers: Sequence[Mapping[str, Any]]) -> list[bool]:
     """Record the workers and their jobs in one transaction; one True per worker recorded, False for a
-    worker record that cannot be (no workerID)."""
+    worker record that cannot be (no workerID). Two statements sent as batches (psycopg pipelines an
+    executemany), not two round trips per worker: Harvester reports its workers fifty and more at a time."""
     results: list[bool] = []
-    async with conn.transaction(), conn.cursor() as cur:
-        for worker in workers:
-            try:
-                row = worker_row(harvester_id, worker)
-            except BadWorker:
-                results.append(False)
-                continue
-            await cur.execute(WORKER_SQL, row)
-            ids = [i for i in (as_id(p) for p in worker.get("pandaid_list") or []) if i is not None]
-            if ids:
-                await cur.executemany(WORKER_JOB_SQL, [(harvester_id, row[1], pid) for pid in ids])
-            results.append(True)
+    rows: list[tuple[Any, ...]] = []
+    job_rows: list[tuple[str, int, int]] = []
+    for worker in workers:
+        try:
+            row = worker_row(harvester_id, worker)
+        except BadWorker:
+            results.append(False)
+            continue
+        rows.append(row)
+        job_rows += [(harvester_id, row[1], pid) for pid in (as_id(p) for p in worker.get("pandaid_list") or [])
+                     if pid is not None]
+        results.append(True)
+    if rows:
+        # in the workers' order: a worker listed twice ends as its last record says, as before
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(WORKER_SQL, rows)
+            if job_rows:
+                await cur.executemany(WORKER_JOB_SQL, job_rows)
     return results
 
 

@@ -187,3 +187,75 @@ def test_the_ledgers_snapshot_remembers_who_put_a_job_into_transferring(cfg, bac
         rows = {r.pandaid: r for p in range(int(cfg.kafka.partitions))
                 for r in partition_snapshot(conn, cfg.kafka.events_topic, p).jobs}
     assert rows[pid].pilot_transfer is True and rows[other].pilot_transfer is False
+
+
+def test_a_bulk_update_answers_each_item_in_place_with_one_binding_read_per_round(cfg, background, monkeypatch):
+    """A bulk mixing good, foreign, malformed and repeated items: each answered in its place, the job's own
+    items in order, and who-may-update read once per round of the bulk instead of once per item."""
+    from services.gateway import access
+
+    system = start_system(cfg, background)
+    system.activated_jobs(2)
+    api = f"{system.url}/api/v1"
+    reads: list[list[int]] = []
+    real = access.refused
+
+    async def counted(request, caller, ids, what):
+        reads.append(sorted(ids))
+        return await real(request, caller, ids, what)
+
+    monkeypatch.setattr(access, "refused", counted)
+
+    async def scenario():
+        async with system.session("harv-a", ("pilot",)) as a, system.session("harv-b", ("pilot",)) as b:
+            _, got_a = await post_json(a, f"{api}/pilot/acquire_jobs", {"site_name": "LOCAL", "n_jobs": 1})
+            _, got_b = await post_json(b, f"{api}/pilot/acquire_jobs", {"site_name": "LOCAL", "n_jobs": 1})
+            mine, theirs = got_a["data"]["jobs"][0]["PandaID"], got_b["data"]["jobs"][0]["PandaID"]
+            reads.clear()
+            _, bulk = await post_json(a, f"{api}/pilot/update_jobs_bulk", {"harvester_id": H, "job_list": [
+                update(mine, "running"), update(theirs, "running"), {"job_status": "running"}, "junk",
+                update(mine, "transferring")]})
+            return mine, theirs, bulk
+
+    mine, theirs, bulk = run(scenario())
+    answers = bulk["data"]
+    assert bulk["success"] and len(answers) == 5
+    assert answers[0] == {"success": True, "message": "", "data": {"StatusCode": 0, "command": "NULL"}}
+    assert answers[1]["data"]["StatusCode"] == 60 and "dispatched to pilot:harv-b" in answers[1]["message"]
+    assert answers[2]["data"]["StatusCode"] == 50 and "job_id" in answers[2]["message"]
+    assert answers[3]["data"]["StatusCode"] == 50 and "not an object" in answers[3]["message"]
+    assert answers[4] == answers[0]
+    assert reads == [sorted([mine, theirs]), [mine]]   # one read per round, not one per item
+    system.wait_status([mine], "transferring")
+    assert system.status([theirs]) == {theirs: "sent"}
+    assert [(e["action"], e["actor"]) for e in system.events(mine)][-2:] == [
+        ("pilot_running", "pilot:harv-a"), ("pilot_transferring", "pilot:harv-a")]
+
+
+def test_update_workers_records_a_batch_in_order_and_answers_each_worker(cfg):
+    """The workers of one call are written together: a worker listed twice ends as its last record says, a record
+    without a usable workerID is answered False in its place and the others are recorded."""
+    import asyncio
+
+    import psycopg
+
+    from services.harvester import store
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        conn = await psycopg.AsyncConnection.connect(cfg.db.url, autocommit=True)
+        try:
+            got = await store.upsert_workers(conn, "hb", [
+                {"workerID": 1, "status": "submitted", "pandaid_list": [11]},
+                {"workerID": "x", "status": "running"},
+                {"workerID": 2, "status": "running", "pandaid_list": [12, "13", None]},
+                {"workerID": 1, "status": "running", "pandaid_list": [11, 14]}])
+            return got, await store.upsert_workers(conn, "hb", [])
+        finally:
+            await conn.close()
+
+    assert asyncio.run(scenario()) == ([True, False, True, True], [])
+    with db.connect(cfg) as conn:
+        assert conn.execute("SELECT worker_id, status FROM harvester_workers WHERE harvester_id = 'hb'"
+                            " ORDER BY worker_id").fetchall() == [(1, "running"), (2, "running")]
+        assert conn.execute("SELECT worker_id, pandaid FROM harvester_worker_jobs WHERE harvester_id = 'hb'"
+                            " ORDER BY worker_id, pandaid").fetchall() == [(1, 11), (1, 14), (2, 12), (2, 13)]

@@ -228,3 +228,21 @@ def test_as_of_views_count_a_moved_job_where_it_was(cfg):
             await conn.close()
 
     asyncio.run(scenario())
+
+
+def test_every_session_plans_each_execution_and_never_compiles_with_jit(cfg):
+    """core.db's session options reach every kind of connection the components open (plain, pooled, the
+    gateway's asyncio pool): a batched read whose estimate crossed jit_above_cost spent seconds compiling."""
+    with db.connect(cfg) as conn:
+        assert conn.execute("SHOW jit").fetchone()[0] == "off"
+        assert conn.execute("SHOW plan_cache_mode").fetchone()[0] == "force_custom_plan"
+    with db.pool(cfg, min_size=1, max_size=1) as pool, pool.connection() as conn:
+        assert conn.execute("SHOW jit").fetchone()[0] == "off"
+
+    async def pooled() -> str:
+        async with AsyncConnectionPool(cfg.db.url, min_size=1, max_size=1, open=False,
+                                       kwargs={"options": db.SESSION_OPTIONS}) as apool:
+            async with apool.connection() as conn:
+                return (await (await conn.execute("SHOW jit")).fetchone())[0]
+
+    assert asyncio.run(pooled()) == "off"

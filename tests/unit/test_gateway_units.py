@@ -75,3 +75,15 @@ def test_reply_partitions_are_tried_from_the_process_id_onwards():
     with pytest.raises(ValueError, match="0 partitions"):
         replies.order(0, 1)
     assert 0 < replies.lock_space("panda.job-replies") < 2**31
+
+
+def test_bulk_rounds_keep_each_jobs_updates_in_order_and_put_jobs_side_by_side():
+    from services.gateway.pilot import job_rounds
+
+    items = [{"job_id": 1, "job_status": "running"}, {"jobId": 2}, {"job_id": 1, "job_status": "transferring"},
+             "not an object", {"job_id": 3}, {"job_id": 1, "job_status": "finished"}, {"no": "id"}, {"job_id": "2"}]
+    rounds = job_rounds(items)
+    assert rounds == [[0, 1, 3, 4, 6], [2, 7], [5]]
+    # every item once; within a job, the items' own order
+    assert sorted(i for r in rounds for i in r) == list(range(len(items)))
+    assert job_rounds([]) == []
