@@ -218,7 +218,6 @@ def _update_rows(cur: psycopg.Cursor, colnames: tuple[str, ...], members: list[t
 # apply()'s per-batch INSERT/UPDATE; the fold is apply()'s, event by event, so the rows are the same.
 _INT4, _INT8 = 2**31, 2**63
 _RANGE = {"int": _INT4, "bigint": _INT8}
-_EMPTY_ROW = {col: _column_value(col, None) for col in COLUMNS.values()}   # a JobSpec that sets none of them
 _EPOCH_RANGE = (-62_135_596_800.0, 253_402_300_800.0)   # what datetime can hold (years 1 to 9999)
 # COPY's binary format: half the client's CPU per row of the text format, and less of the server's. A binary
 # field carries no type: the server reads it with the column's own receive function, and jsonb's binary form
