@@ -58,7 +58,7 @@ def read_log(cfg: Config, *, topic: str | None = None, start: dict[int, int] | N
                 if tp.partition not in todo:
                     continue
                 stop = end[tp.partition]
-                batch = [r for r in recs if r.offset < stop]
+                batch = recs if recs and recs[-1].offset < stop else [r for r in recs if r.offset < stop]
                 if batch:
                     yield tp.partition, batch
             # transaction markers take offsets but are never returned: the position says when we are done

@@ -34,7 +34,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-import msgspec
 import psycopg
 from psycopg import sql
 
@@ -45,7 +44,7 @@ from core.config import Config
 from projections import deadletters, jobs_archive
 from projections.base import POSITIONS_TABLE, Projection, Record, drop_positions, load_positions, save_position
 from projections.runner import ALL
-from schemas.messages import SCHEMA_VERSION, Event, decode_event
+from schemas.messages import decode_event, decode_event_fast
 
 Log = Callable[[str], object]
 log = logging.getLogger(__name__)
@@ -202,7 +201,6 @@ def _in_savepoint(conn: psycopg.Connection, fn: Callable[[], object]) -> bool:
 
 
 BULK_FLUSH_EVENTS = 200_000   # events folded in memory between two COPYs (and commits)
-_decoder = msgspec.json.Decoder(Event)
 
 
 def reader_config(cfg: Config) -> Config:
@@ -341,18 +339,22 @@ def _load(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: object,
     upto: dict[int, int] = {}
     add = bulk.add  # type: ignore[attr-defined]
     for partition, recs in source:
-        offsets, raws, events = _decode_all(partition, recs)
-        add(partition, offsets, raws, events)
+        got = add(partition, recs, decode_event_fast, _not_an_event)
         upto[partition] = recs[-1].offset + 1
-        n += len(events)
-        since += len(events)
+        n += got
+        since += got
         if progress:
-            progress.update(len(events))
+            progress.update(got)
         if since >= flush_every:
             _flush(conn, proj, bulk, topic, upto)
             since = 0
     _flush(conn, proj, bulk, topic, upto)
     return n
+
+
+def _not_an_event(partition: int, offset: int, exc: Exception) -> None:
+    log.error("partition %d offset %d is not an event (%s): skipped, as the projector did", partition, offset,
+              deadletters.describe(exc))
 
 
 def _flush(conn: psycopg.Connection, proj: Projection, bulk: object, topic: str, upto: dict[int, int]) -> None:
@@ -361,32 +363,6 @@ def _flush(conn: psycopg.Connection, proj: Projection, bulk: object, topic: str,
     for partition, offset in upto.items():   # a share's partitions only: the other shares save theirs
         save_position(conn, proj.name, topic, partition, offset)
     conn.commit()
-
-
-def _decode_all(partition: int, recs) -> tuple[list[int], list[bytes], list[object]]:
-    """``_decoded`` in three lists, with one decoder call for a current event (``decode_event`` for the
-    others: older versions, and the errors it reports)."""
-    offsets: list[int] = []
-    raws: list[bytes] = []
-    events: list[object] = []
-    decode = _decoder.decode
-    for r in recs:
-        raw = r.value
-        try:
-            ev = decode(raw)
-            if ev.v != SCHEMA_VERSION or b'"v":' not in raw:
-                ev = decode_event(raw)
-        except Exception:   # noqa: BLE001 - decode_event says what it is, or raises it again
-            try:
-                ev = decode_event(raw)
-            except deadletters.POISON as exc:
-                log.error("partition %d offset %d is not an event (%s): skipped, as the projector did", partition,
-                          r.offset, deadletters.describe(exc))
-                continue
-        offsets.append(r.offset)
-        raws.append(raw)
-        events.append(ev)
-    return offsets, raws, events
 
 
 def build_indexes(cfg: Config, conn: psycopg.Connection, statements: Sequence[str]) -> None:

@@ -337,8 +337,9 @@ def producer(cfg: Config, *, transactional_id: str | None = None,
 
 
 def consumer(cfg: Config, *topics: str, group_id: str | None, fetch_max_wait_ms: int | None = None,
-             max_poll_records: int | None = None) -> Consumer:
-    """A consumer, subscribed to ``topics`` when given. ``group_id=None`` for assign()-style readers."""
+             max_poll_records: int | None = None, idle_fetch_max_wait_ms: int | None = None) -> Consumer:
+    """A consumer, subscribed to ``topics`` when given. ``group_id=None`` for assign()-style readers.
+    ``idle_fetch_max_wait_ms``: this reader's doze instead of ``[kafka]``'s (one no request waits on)."""
     k = cfg.kafka
     settings = ConsumerSettings(
         bootstrap=k.bootstrap, group_id=group_id,
@@ -346,7 +347,8 @@ def consumer(cfg: Config, *topics: str, group_id: str | None, fetch_max_wait_ms:
         max_poll_records=int(k.max_poll_records if max_poll_records is None else max_poll_records),
         max_poll_interval_ms=int(k.max_poll_interval_ms), session_timeout_ms=int(k.session_timeout_ms),
         heartbeat_interval_ms=int(k.heartbeat_interval_ms),
-        idle_after_ms=int(k.idle_after_ms), idle_fetch_max_wait_ms=int(k.idle_fetch_max_wait_ms))
+        idle_after_ms=int(k.idle_after_ms), idle_fetch_max_wait_ms=int(
+            k.idle_fetch_max_wait_ms if idle_fetch_max_wait_ms is None else idle_fetch_max_wait_ms))
     c = adapter(cfg).consumer(settings)
     if topics:
         c.subscribe(list(topics))

@@ -253,6 +253,7 @@ class MonitorSettings(_Section):
     port: int
     db_pool_size: int
     gateway_url: str
+    live_idle_fetch_max_wait_ms: int
 
 
 class AuthSettings(_Section):

@@ -14,7 +14,8 @@ errors stay exactly those of the row-by-row statements.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -217,7 +218,6 @@ def _update_rows(cur: psycopg.Cursor, colnames: tuple[str, ...], members: list[t
 # apply()'s per-batch INSERT/UPDATE; the fold is apply()'s, event by event, so the rows are the same.
 _INT4, _INT8 = 2**31, 2**63
 _RANGE = {"int": _INT4, "bigint": _INT8}
-_EMPTY_ROW = {col: _column_value(col, None) for col in COLUMNS.values()}   # a JobSpec that sets none of them
 _EPOCH_RANGE = (-62_135_596_800.0, 253_402_300_800.0)   # what datetime can hold (years 1 to 9999)
 # COPY's binary format: half the client's CPU per row of the text format, and less of the server's. A binary
 # field carries no type: the server reads it with the column's own receive function, and jsonb's binary form
@@ -240,18 +240,23 @@ def _fits(col: str, value: Any) -> bool:
 class JobsBulk:
     """The jobs projection of a whole log, for a rebuild into empty tables (``cli.rebuild``).
 
-    ``add`` folds each job's events in memory (as ``JobsProjection.apply`` folds a batch); ``flush``
-    writes the jobs first seen since the last flush with one COPY and the later changes of jobs already
-    written with apply()'s set-based UPDATE, then hands back the records it did not fold, for
+    ``add`` decodes and folds each job's events in memory (as ``JobsProjection.apply`` folds a batch);
+    ``flush`` writes the jobs first seen since the last flush with one COPY and the later changes of jobs
+    already written with apply()'s set-based UPDATE, then hands back the records it did not fold, for
     ``apply()`` itself. A job leaves the fold, for good, at its first event whose effect only the
     database can judge: a value of another type or range than its column, any ``\\u`` escape in the
     raw event (a NUL or a lone surrogate, which PostgreSQL refuses), a repeated JobSubmitted, a seq
     that does not grow or leaves int, a time datetime cannot hold. From there on its events take apply()'s path,
     dead letters and all, so the rows stay those of the live projection.
+
+    Why a new row is a list and its spec stays a struct: a rebuild folds about eight events per row, so
+    each event's fold is a handful of list stores, and the JobSpec is never turned into a dict (that cost
+    more than decoding it). The row's spec is written as the struct's JSON followed by the attributes the
+    later events merged (``_spec_json``).
     """
 
     def __init__(self) -> None:
-        self.rows: dict[int, dict[str, Any]] = {}      # jobs first seen since the last flush: whole rows
+        self.rows: dict[int, list[Any]] = {}           # jobs first seen since the last flush (_R_* below)
         self.changes: dict[int, dict[str, Any]] = {}   # jobs already written: apply()'s update entries
         self.written: dict[int, int] = {}              # PandaID → seq of its row in the database
         self.odd: set[int] = set()                     # jobs whose events go to apply()
@@ -260,54 +265,72 @@ class JobsBulk:
     def __len__(self) -> int:
         return len(self.rows) + len(self.changes) + len(self.leftover)
 
-    def add(self, partition: int, offsets: Sequence[int], raws: Sequence[bytes], events: Sequence[Any]) -> None:
-        """Fold one partition's events (in offset order)."""
+    def add(self, partition: int, records: Sequence[Any], decode: Callable[[bytes], Any],
+            refused: Callable[[int, int, Exception], object]) -> int:
+        """Decode (``decode``: ``schemas.messages.decode_event_fast``) and fold one partition's records (bus
+        records, in offset order). A record that is no event goes to ``refused(partition, offset, error)``
+        and is left out, as the projector leaves it out. Returns the number of events."""
         rows, changes, written, odd = self.rows, self.changes, self.written, self.odd
-        columns, empty, fits, value_of = COLUMNS, _EMPTY_ROW, _fits, _column_value
+        columns, fits, value_of = COLUMNS, _fits, _column_value
         lo, hi = _EPOCH_RANGE
-        for offset, raw, ev in zip(offsets, raws, events, strict=True):
+        submitted = JobSubmitted
+        n = 0
+        for r in records:
+            raw = r.value
+            try:
+                ev = decode(raw)
+            except _POISON as exc:
+                refused(partition, r.offset, exc)
+                continue
+            n += 1
             pid = ev.PandaID
             when, seq = ev.time, ev.seq
             if pid in odd or b"\\u" in raw or not (lo < when < hi and 0 < seq < _INT4):
-                self._leave(pid, Record(partition, offset, raw, ev))
+                self._leave(pid, Record(partition, r.offset, raw, ev))
                 continue
-            if type(ev) is JobSubmitted:
-                spec = _to_builtins(ev.job)
-                spec.pop("Files", None)
-                row = empty.copy()
-                ok = pid not in rows and pid not in written and -_INT8 <= pid < _INT8
-                for attr, value in spec.items():
-                    col = columns.get(attr)
-                    if col is not None:
-                        value = row[col] = value_of(col, value)
-                        ok = ok and fits(col, value)
-                if not ok:
-                    self._leave(pid, Record(partition, offset, raw, ev))
+            if type(ev) is submitted:
+                if pid in rows or pid in written or not -_INT8 <= pid < _INT8:
+                    self._leave(pid, Record(partition, r.offset, raw, ev))
                     continue
-                row.update(pandaid=pid, partition=partition, seq=seq, status=ev.to_state,
-                           creation_time=when, modification_time=when, state_change_time=when,
-                           last_command_id=ev.command_id, spec=spec)
-                rows[pid] = row
+                job = ev.job
+                values = _columns_of(job)
+                if values is None:
+                    self._leave(pid, Record(partition, r.offset, raw, ev))
+                    continue
+                rows[pid] = [partition, seq, ev.to_state, when, when, when, ev.command_id, job, values, None]
                 continue
-            target = rows.get(pid)
-            if target is not None:
-                last = target["seq"]
-            elif pid in written:
-                target = changes.get(pid)
-                last = written[pid] if target is None else target["seq"]
-            else:
-                continue            # no row (its JobSubmitted never came or was refused): apply() updates nothing
             attrs = ev.attrs
-            if seq <= last or (attrs and not all(fits(col, value_of(col, v))
-                                                 for a, v in attrs.items() if (col := columns.get(a)))):
-                self._leave(pid, Record(partition, offset, raw, ev))
+            if attrs and not all(fits(col, value_of(col, v)) for a, v in attrs.items() if (col := columns.get(a))):
+                if pid in rows or pid in written:
+                    self._leave(pid, Record(partition, r.offset, raw, ev))
+                continue        # (no row: apply() updates nothing either)
+            row = rows.get(pid)
+            if row is not None:
+                if seq <= row[1]:
+                    self._leave(pid, Record(partition, r.offset, raw, ev))
+                    continue
+                merged = row[9]
+                if merged is None:
+                    merged = row[9] = {}
+                if attrs:
+                    merged.update(attrs)
+                to_state = ev.to_state
+                row[1] = seq
+                row[2] = to_state
+                row[4] = when
+                row[6] = ev.command_id
+                if ev.from_state != to_state:
+                    row[5] = when
+                continue
+            if pid not in written:
+                continue            # no row (its JobSubmitted never came or was refused): apply() updates nothing
+            target = changes.get(pid)
+            if seq <= (written[pid] if target is None else target["seq"]):
+                self._leave(pid, Record(partition, r.offset, raw, ev))
                 continue
             if target is None:
                 target = changes[pid] = {"cols": {}, "attrs": {}, "state_change_time": None}
-            if "cols" in target:
-                cols, spec = target["cols"], target["attrs"]
-            else:
-                cols, spec = target, target["spec"]
+            cols, spec = target["cols"], target["attrs"]
             if attrs:
                 for attr, value in attrs.items():
                     spec[attr] = value
@@ -322,6 +345,7 @@ class JobsBulk:
             target["last_command_id"] = ev.command_id
             if ev.from_state != to_state:
                 target["state_change_time"] = when
+        return n
 
     def _leave(self, pid: int, rec: Record) -> None:
         self.odd.add(pid)
@@ -334,14 +358,16 @@ class JobsBulk:
         self.rows, self.changes, self.leftover = {}, {}, []
         with conn.cursor() as cur:
             if rows:
-                ts = _ts
+                ts, spec_json = _ts, _spec_json
                 with cur.copy(_COPY_SQL) as copy:
                     copy.set_types(_COPY_TYPES)
                     write = copy.write_row
-                    for r in rows.values():
-                        write((r["pandaid"], r["partition"], r["seq"], r["status"], *(r[c] for c in COLUMNS.values()),
-                               ts(r["creation_time"]), ts(r["modification_time"]), ts(r["state_change_time"]),
-                               r["last_command_id"], b"\x01" + _dumps(r["spec"])))
+                    for pid, (part, seq, status, ctime, mtime, sctime, cmd, job, values, merged) in rows.items():
+                        if merged is not None:
+                            merged["jobStatus"] = status     # each later event set it (apply(): attrs, then this)
+                            values = _merge_columns(values, merged)
+                        write((pid, part, seq, status, *values, ts(ctime), ts(mtime), ts(sctime), cmd,
+                               spec_json(job, merged)))
             if changes:
                 for u in changes.values():
                     u["modification_time"] = _ts(u["modification_time"])
@@ -350,10 +376,48 @@ class JobsBulk:
                 JobsProjection._update(cur, changes)
         written = self.written
         for pid, r in rows.items():
-            written[pid] = r["seq"]
+            written[pid] = r[1]
         for pid, u in changes.items():
             written[pid] = u["seq"]
         out: dict[int, list[Record]] = {}
         for rec in leftover:
             out.setdefault(rec.partition, []).append(rec)
         return out
+
+
+_POISON = (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError)   # what decoding a record raises
+_COLUMN_ATTRS = tuple(COLUMNS)
+_COLUMN_NAMES = tuple(COLUMNS.values())
+_column_attrs = operator.attrgetter(*_COLUMN_ATTRS)
+_COLUMN_INDEX = {attr: i for i, attr in enumerate(_COLUMN_ATTRS)}
+_replace = msgspec.structs.replace
+
+
+def _columns_of(job: Any) -> list[Any] | None:
+    """The column values a JobSubmitted's spec gives its row (apply(): ``_column_value`` of each), or None if
+    one of them does not go into its column as it is (then apply() decides)."""
+    values = [_column_value(col, v) for col, v in zip(_COLUMN_NAMES, _column_attrs(job), strict=True)]
+    return values if all(map(_fits, _COLUMN_NAMES, values)) else None
+
+
+def _merge_columns(values: list[Any], merged: dict[str, Any]) -> list[Any]:
+    """``values`` with the columns the later events' attributes set (their last value wins, as in apply())."""
+    for attr, value in merged.items():
+        i = _COLUMN_INDEX.get(attr)
+        if i is not None:
+            values[i] = _column_value(_COLUMN_NAMES[i], value)
+    return values
+
+
+def _spec_json(job: Any, merged: dict[str, Any] | None) -> bytes:
+    """jsonb's binary form of a row's spec: the JobSpec's attributes without its Files, then the attributes
+    the later events merged in (``merged``). Both are JSON objects; the second is appended to the first
+    with its keys repeated, and jsonb keeps the last value of a repeated key, which makes the stored value
+    that of apply()'s ``dict.update`` (and saves turning the struct into a dict to update it)."""
+    head = _dumps(_replace(job, Files=[]) if job.Files else job)
+    if not merged:
+        return b"\x01" + head
+    tail = _dumps(merged)
+    if len(head) == 2:   # {}
+        return b"\x01" + tail
+    return b"\x01" + head[:-1] + b"," + tail[1:]

@@ -95,7 +95,8 @@ class EventFeed:
         topic, rejected = self.cfg.kafka.events_topic, self.cfg.kafka.rejected_topic
         while not self.stop.is_set():
             try:
-                c = bus.consumer(self.cfg, group_id=None, fetch_max_wait_ms=100)
+                c = bus.consumer(self.cfg, group_id=None, fetch_max_wait_ms=100,
+                                 idle_fetch_max_wait_ms=int(self.cfg.monitor.live_idle_fetch_max_wait_ms))
                 try:
                     tps = [TopicPartition(topic, p) for p in c.partitions(topic)]
                     rtps = [TopicPartition(rejected, p) for p in c.partitions(rejected)]
