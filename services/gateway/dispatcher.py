@@ -224,8 +224,8 @@ class Dispatcher:
         """The claim again, waiting for locked candidates instead of skipping them (in a transaction with
         a lock timeout: none found when the wait runs out)."""
         waiting = claim_sources(req, self.share_order, n, leases=leases.RELATION, locking="wait")
-        try:
-            async with conn.transaction():
+        try:   # BEGIN, SET LOCAL, the claim and COMMIT in one round trip
+            async with conn.pipeline(), conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}")
                 return await self._claim_once(conn, req, actor, n, deliver, waiting)
         except psycopg.errors.LockNotAvailable:
@@ -248,7 +248,7 @@ class Dispatcher:
 
     async def _confirm(self, sent: list[tuple[int, dict[str, Any], Event]]) -> dict[int, list[dict[str, Any]]]:
         """Mark the leases of the ``sent`` dispatches sent (one statement) and read their jobs' files."""
-        async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn, conn.pipeline():   # both in one round trip
             await leases.mark_sent(conn, [(pid, ev.command_id) for pid, _, ev in sent], self.sent_ttl,
                                    self.deliver_grace)
             return await aqueries.files_of(conn, [pid for pid, _, _ in sent])

@@ -120,3 +120,29 @@ def test_a_candidate_leased_after_the_claims_snapshot_comes_back_as_a_lost_race(
     with db.connect(cfg, autocommit=True) as conn:
         assert conn.execute("SELECT pandaid, command_id FROM dispatch_leases ORDER BY pandaid").fetchall() == [
             (30, won[0][2].id), (31, "ca")]
+
+
+def test_a_candidate_locked_past_the_lock_wait_is_no_job_and_the_connection_stays_usable(cfg):
+    """The waiting claim gives up after ``lock_wait`` (its transaction rolled back, the pool connection
+    fine for the next request): "no jobs", and the same candidate once its row is free."""
+    proj = Projector(cfg)
+    proj.project([submit(40), activate(40)])
+    holder = db.connect(cfg)
+    holder.execute("SELECT 1 FROM jobs WHERE pandaid = 40 FOR NO KEY UPDATE")   # the projector, say
+
+    async def scenario():
+        pool = await _pool(cfg)
+        try:
+            dispatcher = Dispatcher(cfg, pool, None)   # type: ignore[arg-type]  # claims only
+            dispatcher.lock_wait = 0.2
+            none = await dispatcher._claim(DispatchRequest(site="SITE"), "pilot:c", 1, 10)
+            holder.rollback()
+            some = await dispatcher._claim(DispatchRequest(site="SITE"), "pilot:c", 1, 10)
+            return none, some, dispatcher.stats
+        finally:
+            holder.close()
+            await pool.close()
+
+    none, some, stats = asyncio.run(scenario())
+    assert none == [] and stats["lock_waits_expired"] == 1
+    assert [pid for pid, _, _ in some] == [40]
