@@ -3,8 +3,8 @@
 Selection follows PanDA's ``DBProxy.getJobs`` (PANDA-REFERENCE §3.3): activated jobs of the site, the
 prodSourceLabel rules, memory/disk/walltime/resource-type/core filters, ordered by global share, then
 currentPriority DESC, then PandaID. ``candidate_query`` returns SQL text and parameters and runs nothing,
-so the rules are tested without a database; the dispatcher (services/gateway/dispatcher.py) runs the
-queries in its claim transaction.
+so the rules are tested without a database; the dispatcher (services/gateway/dispatcher.py) runs them
+as parts of its one-statement claim (``claim_sources``).
 
 The dispatcher's leases are its own table (services/gateway/leases.py): the query does not know it by
 name but is told the lease relation to anti-join (``leases=``), a relation with ``pandaid``, ``seq`` and

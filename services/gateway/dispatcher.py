@@ -4,10 +4,11 @@ Why it looks like this: the jobs projection lags the log, so "activated" in the 
 The ledger is the arbiter — it accepts exactly one ``dispatch`` per activation — and a pilot gets a job
 only after the ``sent`` event answering *its own* command is recorded. That alone makes a double hand-out
 impossible. The lease table (``leases``, migrations/200_dispatcher.sql) keeps concurrent pilots from all
-racing for the same candidate: a claim is a row lock taken with ``FOR NO KEY UPDATE SKIP LOCKED`` (pilots
-spread over the candidates instead of queueing on one) plus an upsert into the leases that succeeds for one
-claimer only. A lease counts while the jobs row still has the ``seq`` seen at claim time and it has not
-expired, so it stops mattering as soon as the projection shows the job moved on.
+racing for the same candidate: a claim is ONE statement (``leases.claim_batch``, autocommit) that selects the
+candidates, locks them with ``FOR NO KEY UPDATE SKIP LOCKED`` (pilots spread over the candidates instead of
+queueing on one) and upserts their leases, which succeeds for one claimer only; the row locks last only while
+that statement runs. A lease counts while the jobs row still has the ``seq`` seen at claim time and it has
+not expired, so it stops mattering as soon as the projection shows the job moved on.
 
 Selection follows PanDA's ``DBProxy.getJobs``: ``projections.candidates.candidate_query``, pure (SQL text
 + parameters, told the lease relation to skip) so the rules are tested without a database.
@@ -222,7 +223,14 @@ class Dispatcher:
     async def _claim_waiting(self, conn: AsyncConnection, req: DispatchRequest, actor: str, n: int,
                              deliver: float) -> list[tuple[int, int, dict[str, Any], str | None]]:
         """The claim again, waiting for locked candidates instead of skipping them (in a transaction with
-        a lock timeout: none found when the wait runs out)."""
+        a lock timeout: none found when the wait runs out) — only if a plain read (a fresh snapshot, no
+        locks) still finds a candidate. Without that read, a request finding nothing would queue behind the
+        row another pilot's claim statement is leasing this very moment, and every such waiter would then
+        hold the row in turn only to lose the race: a queue of claimers on one row, and the winner's lease
+        updates waiting behind their upserts. The read sees that claim's lease once it has committed."""
+        if not await aqueries.any_candidate(conn, claim_sources(req, self.share_order, 1, leases=leases.RELATION,
+                                                                locking="none")):
+            return []
         waiting = claim_sources(req, self.share_order, n, leases=leases.RELATION, locking="wait")
         try:   # BEGIN, SET LOCAL, the claim and COMMIT in one round trip
             async with conn.pipeline(), conn.transaction():

@@ -127,6 +127,7 @@ def test_a_dispatch_whose_gateway_died_is_undone_and_the_next_pilot_gets_it(cfg,
                 await backend.close()
 
         assert sorted(run(next_pilots())) == sorted([got["after"], got["before"]])
+        system.wait_status([got["after"], got["before"]], "sent")   # the projection has the verdicts' events
         for key in ("after", "before"):
             assert [e["action"] for e in system.events(got[key])][-3:] == ["dispatch", "undispatch", "dispatch"]
     finally:
