@@ -109,8 +109,8 @@ class Dispatcher:
         """Up to ``req.n_jobs`` jobs, each confirmed ``sent`` by the ledger for this pilot.
 
         A round claims as many candidates as are still wanted in one statement, asks the ledger to dispatch
-        all of them at once (the verdicts come back concurrently: a Harvester batch of 50 waits for about
-        one ledger round trip, not 50), and confirms the ``sent`` ones in one statement. Candidates the
+        all of them at once (the verdicts come back concurrently: a Harvester batch waits for about
+        one ledger round trip, not one per job), and confirms the ``sent`` ones in one statement. Candidates the
         ledger refused or did not judge in time are looked for again in the next round, at most
         ``[dispatcher] max_attempts`` rounds."""
         await self._maybe_sweep()
