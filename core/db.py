@@ -30,7 +30,10 @@ _NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 # psycopg prepares a statement after a few executions, and PostgreSQL may then settle on a generic plan.
 # A plan chosen while a table was empty (every projection starts so) stays a sequential scan as the table
 # grows: seen as 15 s lookups of `files WHERE pandaid = ANY(...)` at 100k jobs. Plan every execution.
-SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan"
+# No JIT: these are short statements, and once a table's statistics make one look expensive (above
+# jit_above_cost) PostgreSQL compiles it on every execution: the gateway's job-bindings read (a few index
+# probes) took 40 ms per call, 99% of it JIT, and was most of the database's time in the full lifecycle.
+SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan -c jit=off"
 
 
 class ReadModelBehind(RuntimeError):
