@@ -146,3 +146,24 @@ def test_a_candidate_locked_past_the_lock_wait_is_no_job_and_the_connection_stay
     none, some, stats = asyncio.run(scenario())
     assert none == [] and stats["lock_waits_expired"] == 1
     assert [pid for pid, _, _ in some] == [40]
+
+
+def test_sessions_plan_every_execution_and_never_compile(cfg):
+    """core.db's session options reach both kinds of connection: a custom plan per execution, and no JIT
+    (which compiled short reads on every call once a table's statistics made them look expensive)."""
+    with db.connect(cfg, autocommit=True) as conn:
+        assert conn.execute("SHOW jit").fetchone()[0] == "off"
+        assert conn.execute("SHOW plan_cache_mode").fetchone()[0] == "force_custom_plan"
+
+    async def pooled() -> tuple[str, str]:
+        pool = AsyncConnectionPool(cfg.db.url, min_size=1, max_size=1, open=False,
+                                   kwargs={"autocommit": True, "options": db.SESSION_OPTIONS})
+        await pool.open(wait=True)
+        try:
+            async with pool.connection() as conn:
+                return ((await (await conn.execute("SHOW jit")).fetchone())[0],
+                        (await (await conn.execute("SHOW plan_cache_mode")).fetchone())[0])
+        finally:
+            await pool.close()
+
+    assert asyncio.run(pooled()) == ("off", "force_custom_plan")
