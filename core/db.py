@@ -30,9 +30,10 @@ _NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 # psycopg prepares a statement after a few executions, and PostgreSQL may then settle on a generic plan.
 # A plan chosen while a table was empty (every projection starts so) stays a sequential scan as the table
 # grows: seen as 15 s lookups of `files WHERE pandaid = ANY(...)` at 100k jobs. Plan every execution.
-# No JIT: with the statistics of a fast-growing projection not analyzed yet, a read of 20 jobs by PandaID was
-# estimated above jit_above_cost and PostgreSQL spent 1.65 s compiling it for 1 ms of execution (the gateway's
-# bulk updates, the ledger's look-ups); these are all short reads and writes, where JIT never pays.
+# No JIT: these are short statements, and once a table's statistics make one look expensive (above
+# jit_above_cost, e.g. a fast-growing projection not analyzed yet) PostgreSQL compiles it on every execution:
+# the gateway's job-bindings read (a few index probes) took 40 ms per call, 99% of it JIT, and was most of the
+# database's time in the full lifecycle; a 20-job read by PandaID spent 1.65 s compiling for 1 ms of work.
 SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan -c jit=off"
 
 

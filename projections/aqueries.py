@@ -81,6 +81,15 @@ async def first_candidates(cur: AsyncCursor, candidate_queries: Sequence[tuple[s
     return []
 
 
+async def any_candidate(conn: AsyncConnection, sources: tuple[str, str, Mapping[str, Any]]) -> bool:
+    """Whether ``projections.candidates.claim_sources`` (``locking="none"``) finds any job: one statement,
+    a fresh snapshot, nothing locked."""
+    ctes, union, params = sources
+    cur = await conn.execute(f"WITH {ctes} SELECT EXISTS ({union} LIMIT 1)", params)  # type: ignore[arg-type]
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
 async def wait_projected(pool: AsyncConnectionPool, want: Mapping[int, int], timeout: float,
                          columns: Sequence[str] = ("seq",), *, most: float = MAX_DELAY) -> dict[int, Row]:
     """``projections.wait.await_projected`` on the jobs table: the rows (``columns``) of the wanted jobs

@@ -3,8 +3,8 @@
 Selection follows PanDA's ``DBProxy.getJobs`` (PANDA-REFERENCE §3.3): activated jobs of the site, the
 prodSourceLabel rules, memory/disk/walltime/resource-type/core filters, ordered by global share, then
 currentPriority DESC, then PandaID. ``candidate_query`` returns SQL text and parameters and runs nothing,
-so the rules are tested without a database; the dispatcher (services/gateway/dispatcher.py) runs the
-queries in its claim transaction.
+so the rules are tested without a database; the dispatcher (services/gateway/dispatcher.py) runs them
+as parts of its one-statement claim (``claim_sources``).
 
 The dispatcher's leases are its own table (services/gateway/leases.py): the query does not know it by
 name but is told the lease relation to anti-join (``leases=``), a relation with ``pandaid``, ``seq`` and
@@ -66,7 +66,7 @@ def label_filter(label: str | None, computing_element: str | None, job_type: str
 
 def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
                     share: str | None = None, *, leases: str | None = None,
-                    locking: str = "skip") -> tuple[str, dict[str, Any]]:
+                    locking: str = "skip", share_param: str = "share") -> tuple[str, dict[str, Any]]:
     """The SELECT that finds and row-locks dispatchable jobs for ``req`` (pure: SQL + parameters).
 
     One row at a time by default: with SKIP LOCKED each concurrent claimer then locks a different job
@@ -84,15 +84,20 @@ def candidate_query(req: Criteria, share_order: Sequence[str], limit: int = 1,
     row instead; ``"none"`` only reads. A row is locked by another pilot's claim, but also by the projector
     while it applies another event of that job (a priority change): before it answers "no jobs", the
     dispatcher looks whether any candidate exists at all and, if so, asks again waiting for the lock
-    (services/gateway/dispatcher.py)."""
+    (services/gateway/dispatcher.py).
+
+    ``share_param``: the name of the share's parameter, so that the queries of several shares can be
+    parts of one statement (``claim_sources``)."""
     if locking not in LOCKING:
         raise ValueError(f"locking: expected one of {', '.join(LOCKING)}, not {locking!r}")
     # NOT archived: only the hot partition of jobs (060_jobs_archive.sql), however many jobs are archived
     where = ["NOT j.archived", "j.status = 'activated'", "j.computing_site = %(site)s"]
     params: dict[str, Any] = {"site": req.site, "limit": limit}
     if share is not None:
-        where.append("j.gshare = %(share)s")
-        params["share"] = share
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", share_param):
+            raise ValueError(f"not a parameter name: {share_param!r}")
+        where.append(f"j.gshare = %({share_param})s")
+        params[share_param] = share
     elif share_order:
         where.append("(j.gshare IS NULL OR j.gshare <> ALL(%(shares)s::text[]))")
         params["shares"] = list(share_order)
@@ -135,3 +140,27 @@ def candidate_queries(req: Criteria, share_order: Sequence[str], limit: int = 1,
     return [candidate_query(req, share_order, limit, s, leases=leases, locking=locking)
             for s in dict.fromkeys(share_order)] + [
         candidate_query(req, share_order, limit, leases=leases, locking=locking)]
+
+
+def claim_sources(req: Criteria, share_order: Sequence[str], limit: int = 1, *, leases: str | None = None,
+                  locking: str = "skip") -> tuple[str, str, dict[str, Any]]:
+    """The candidate queries of ``candidate_queries`` as parts of ONE statement (pure): the CTE list
+    ``c0 AS MATERIALIZED (…), c1 AS …`` (one per share, in order, each locking its rows), a SELECT that
+    reads them in that order (``c0`` UNION ALL ``c1`` …), and the parameters of all of them.
+
+    Why one statement: the claim (services/gateway/leases.py ``claim_batch``) selects, locks and leases
+    its candidates in one round trip, so a candidate row is locked only while that statement runs, not
+    across the gateway's round trips; the projector's update of the row (the job's next event) and the
+    other pilots' claims do not queue behind a busy gateway. A CTE is read only as far as the outer
+    LIMIT needs it: when the first share has enough jobs, the others are not scanned at all.
+    (``FOR UPDATE`` is not allowed in a UNION's branches; it is in a CTE the UNION reads.)"""
+    ctes: list[str] = []
+    params: dict[str, Any] = {}
+    shares: list[str | None] = [*dict.fromkeys(share_order), None]
+    for i, share in enumerate(shares):
+        sql, more = candidate_query(req, share_order, limit, share, leases=leases, locking=locking,
+                                    share_param=f"share{i}")
+        ctes.append(f"c{i} AS MATERIALIZED ({sql})")
+        params.update(more)
+    union = " UNION ALL ".join(f"SELECT pandaid, seq, spec FROM c{i}" for i in range(len(shares)))
+    return ", ".join(ctes), union, params

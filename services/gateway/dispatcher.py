@@ -4,10 +4,11 @@ Why it looks like this: the jobs projection lags the log, so "activated" in the 
 The ledger is the arbiter — it accepts exactly one ``dispatch`` per activation — and a pilot gets a job
 only after the ``sent`` event answering *its own* command is recorded. That alone makes a double hand-out
 impossible. The lease table (``leases``, migrations/200_dispatcher.sql) keeps concurrent pilots from all
-racing for the same candidate: a claim is a row lock taken with ``FOR NO KEY UPDATE SKIP LOCKED`` (pilots
-spread over the candidates instead of queueing on one) plus an upsert into the leases that succeeds for one
-claimer only. A lease counts while the jobs row still has the ``seq`` seen at claim time and it has not
-expired, so it stops mattering as soon as the projection shows the job moved on.
+racing for the same candidate: a claim is ONE statement (``leases.claim_batch``, autocommit) that selects the
+candidates, locks them with ``FOR NO KEY UPDATE SKIP LOCKED`` (pilots spread over the candidates instead of
+queueing on one) and upserts their leases, which succeeds for one claimer only; the row locks last only while
+that statement runs. A lease counts while the jobs row still has the ``seq`` seen at claim time and it has
+not expired, so it stops mattering as soon as the projection shows the job moved on.
 
 Selection follows PanDA's ``DBProxy.getJobs``: ``projections.candidates.candidate_query``, pure (SQL text
 + parameters, told the lease relation to skip) so the rules are tested without a database.
@@ -24,16 +25,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
-from psycopg import AsyncCursor
-from psycopg.rows import dict_row
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from core import logs, metrics
 from core.config import Config
 from core.states import JobStatus
 from projections import aqueries
-from projections.candidates import candidate_queries, candidate_query
-from schemas.messages import Event, Rejected, Transition
+from projections.candidates import claim_sources
+from schemas.messages import Event, Rejected, Transition, new_id
 
 from . import leases
 
@@ -106,100 +106,143 @@ class Dispatcher:
                                         "claim_seconds": 0.0, "verdict_seconds": 0.0, "lock_waits_expired": 0}
 
     async def acquire(self, req: DispatchRequest, actor: str) -> DispatchResult:
-        """Up to ``req.n_jobs`` jobs, each confirmed ``sent`` by the ledger for this pilot."""
+        """Up to ``req.n_jobs`` jobs, each confirmed ``sent`` by the ledger for this pilot.
+
+        A round claims as many candidates as are still wanted in one statement, asks the ledger to dispatch
+        all of them at once (the verdicts come back concurrently: a Harvester batch waits for about
+        one ledger round trip, not one per job), and confirms the ``sent`` ones in one statement. Candidates the
+        ledger refused or did not judge in time are looked for again in the next round, at most
+        ``[dispatcher] max_attempts`` rounds."""
         await self._maybe_sweep()
         wanted = max(1, min(req.n_jobs, self.max_jobs))
         budget_end = time.monotonic() + max(1.0, min(req.timeout, 600.0) - 1.0)
         result = DispatchResult(jobs=[])
-        attempts = 0
-        while len(result.jobs) < wanted and attempts < self.max_attempts * wanted:
+        rounds = 0
+        while len(result.jobs) < wanted and rounds < self.max_attempts:
             remaining = budget_end - time.monotonic()
             if remaining <= 0:
                 result.timed_out = True
                 break
             t0 = time.monotonic()
             wait = min(self.dispatch_timeout, remaining)
-            if result.jobs:   # those are answered after this claim and its verdict: tell the dispatch sweep
-                await self._extend([j.event.command_id for j in result.jobs], wait + self.deliver_grace)
-            claim = await self._claim(req, actor, wait + self.deliver_grace)
+            if result.jobs:   # those are answered after this round and its verdicts: tell the dispatch sweep
+                await self._extend([(j.panda_id, j.event.command_id) for j in result.jobs], wait + self.deliver_grace)
+            want = wanted - len(result.jobs)
+            claims = await self._claim(req, actor, want, wait + self.deliver_grace)
             self.stats["claim_seconds"] += time.monotonic() - t0
-            if claim is None:
+            if not claims:
                 break  # nothing dispatchable
-            attempts += 1
-            panda_id, spec, cmd = claim
+            rounds += 1
             t0 = time.monotonic()
-            try:
-                with logs.bind_message(cmd):
-                    outcome = await self.ask(cmd, wait)
-            except TimeoutError:
+            outcomes = await asyncio.gather(*(self._verdict(cmd, wait) for _, _, cmd in claims),
+                                            return_exceptions=True)
+            self.stats["verdict_seconds"] += time.monotonic() - t0
+            sent, drop, failure = self._judge(req, actor, claims, outcomes, result)
+            if drop:
+                await self._release(drop)
+            if failure is not None:
+                raise failure
+            if sent:
+                files = await self._confirm(sent)
+                for panda_id, spec, outcome in sent:
+                    spec = {**spec, **outcome.attrs, "jobStatus": JobStatus.SENT}
+                    result.jobs.append(Dispatched(panda_id=panda_id, spec=spec, files=files.get(panda_id, []),
+                                                  event=outcome))
+            if len(claims) < want:
+                break  # the candidates ran out: another round would find none
+        metrics.GETJOB.labels("job" if result.jobs else "timeout" if result.timed_out else "nojob").inc()
+        return result
+
+    async def _verdict(self, cmd: Transition, wait: float) -> Event | Rejected:
+        with logs.bind_message(cmd):
+            return await self.ask(cmd, wait)
+
+    def _judge(self, req: DispatchRequest, actor: str, claims: list[tuple[int, dict[str, Any], Transition]],
+               outcomes: list[Any], result: DispatchResult
+               ) -> tuple[list[tuple[int, dict[str, Any], Event]], list[tuple[int, str]], BaseException | None]:
+        """Sort a round's verdicts: the ``sent`` ones (to confirm), the leases to release (refused, or the
+        ask failed), and the first failure to raise (after the release). A dispatch without a verdict in
+        time is undone (``_undo``), its lease released once the undo is judged."""
+        sent: list[tuple[int, dict[str, Any], Event]] = []
+        drop: list[tuple[int, str]] = []
+        failure: BaseException | None = None
+        for (panda_id, spec, cmd), outcome in zip(claims, outcomes, strict=True):
+            if isinstance(outcome, TimeoutError):
                 self.stats["timeouts"] += 1
                 result.timed_out = True
                 log.warning("dispatch of %s to %s got no verdict in time; asking to undo it", panda_id, actor)
                 self._undo(cmd)
-                continue
-            except Exception:
-                await self._release(panda_id, cmd.id)
-                raise
-            finally:
-                self.stats["verdict_seconds"] += time.monotonic() - t0
-            if isinstance(outcome, Rejected) or outcome.to_state != JobStatus.SENT:
+            elif isinstance(outcome, BaseException):
+                drop.append((panda_id, cmd.id))
+                failure = failure or outcome
+            elif isinstance(outcome, Rejected) or outcome.to_state != JobStatus.SENT:
                 self.stats["rejected"] += 1
                 result.rejected += 1
-                await self._release(panda_id, cmd.id)
-                continue
-            self.stats["sent"] += 1
-            with logs.bind_message(cmd):
-                log.info("job %s dispatched to %s at %s", panda_id, actor, req.site)
-            files = await self._confirm(panda_id, cmd.id)
-            spec = {**spec, **outcome.attrs, "jobStatus": JobStatus.SENT}
-            result.jobs.append(Dispatched(panda_id=panda_id, spec=spec, files=files, event=outcome))
-        metrics.GETJOB.labels("job" if result.jobs else "timeout" if result.timed_out else "nojob").inc()
-        return result
+                drop.append((panda_id, cmd.id))
+            else:
+                self.stats["sent"] += 1
+                with logs.bind_message(cmd):
+                    log.info("job %s dispatched to %s at %s", panda_id, actor, req.site)
+                sent.append((panda_id, spec, outcome))
+        return sent, drop, failure
 
-    async def _claim(self, req: DispatchRequest, actor: str,
-                     deliver: float) -> tuple[int, dict[str, Any], Transition] | None:
-        queries = candidate_queries(req, self.share_order, 1, leases=leases.RELATION)
-        waiting = candidate_queries(req, self.share_order, 1, leases=leases.RELATION, locking="wait")
-        any_at_all = candidate_query(req, [], 1, leases=leases.RELATION, locking="none")
+    async def _claim(self, req: DispatchRequest, actor: str, n: int,
+                     deliver: float) -> list[tuple[int, dict[str, Any], Transition]]:
+        """Up to ``n`` candidates leased to this request, each with the dispatch command to send for it.
+
+        One statement per round (``leases.claim_batch``), autocommit. A lost race (another claimer's lease
+        committed after this statement's snapshot) → look again; only when no unlocked candidate is found at
+        all, one more statement that waits up to ``[dispatcher] lock_wait`` seconds for locked ones (a row
+        the projector is updating: the usual "no jobs" finds nothing to wait for and returns at once)."""
+        skip = claim_sources(req, self.share_order, n, leases=leases.RELATION)
+        claimed: list[tuple[int, dict[str, Any], Transition]] = []
         async with self.pool.connection() as conn:
-            # a lost race (another pilot's lease committed after our snapshot) → read the candidates again;
-            # only an empty candidate list (in every share group) means "no jobs"
-            for _ in range(50):
-                async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                    rows = await aqueries.first_candidates(cur, queries)
-                    if not rows:
-                        # SKIP LOCKED also skips a row the projector is updating (another event of the job, a
-                        # priority change): before "no jobs", wait a little for locked candidates
-                        rows = await self._locked_candidates(cur, any_at_all, waiting)
-                    if not rows:
-                        return None
-                    for row in rows:
-                        cmd = Transition(PandaID=row["pandaid"], action="dispatch", actor=actor,
-                                         attrs=self._dispatch_attrs(req))
-                        if await leases.claim(cur, pandaid=row["pandaid"], seq=row["seq"], site=req.site,
-                                              node=req.node, actor=actor, command_id=cmd.id, ttl=self.claim_ttl,
-                                              deliver=deliver):
-                            self.stats["claims"] += 1
-                            return row["pandaid"], row["spec"], cmd
-                        self.stats["lost_races"] += 1
-        return None
+            for _ in range(self.CLAIM_ROUNDS):
+                want = n - len(claimed)
+                rows = await self._claim_once(conn, req, actor, want, deliver, skip)
+                if not rows and not claimed:
+                    rows = await self._claim_waiting(conn, req, actor, want, deliver)
+                won = [(pid, spec, self._command(req, actor, pid, cid)) for pid, _, spec, cid in rows if cid]
+                self.stats["claims"] += len(won)
+                self.stats["lost_races"] += len(rows) - len(won)
+                claimed += won
+                if len(claimed) >= n or len(won) == len(rows):
+                    break   # enough, or every candidate found is ours: there are no more
+        return claimed
 
-    async def _locked_candidates(self, cur: AsyncCursor, any_at_all: tuple[str, dict[str, Any]],
-                                 waiting: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        """When none was found unlocked: the candidates again, waiting up to ``[dispatcher] lock_wait`` seconds
-        for rows other transactions hold; none if there is no candidate at all (one plain read: the usual
-        "no jobs" costs one query more) or the wait runs out (in a savepoint: the claim's transaction goes on)."""
-        if not await aqueries.first_candidates(cur, [any_at_all]):
+    #: claim statements per round at most (each lost race costs one more)
+    CLAIM_ROUNDS = 4
+
+    async def _claim_once(self, conn: AsyncConnection, req: DispatchRequest, actor: str, n: int,
+                          deliver: float, sources: tuple[str, str, dict[str, Any]]
+                          ) -> list[tuple[int, int, dict[str, Any], str | None]]:
+        return await leases.claim_batch(conn, sources, n=n, site=req.site, node=req.node, actor=actor,
+                                        command_ids=[new_id() for _ in range(n)], ttl=self.claim_ttl,
+                                        deliver=deliver)
+
+    async def _claim_waiting(self, conn: AsyncConnection, req: DispatchRequest, actor: str, n: int,
+                             deliver: float) -> list[tuple[int, int, dict[str, Any], str | None]]:
+        """The claim again, waiting for locked candidates instead of skipping them (in a transaction with
+        a lock timeout: none found when the wait runs out) — only if a plain read (a fresh snapshot, no
+        locks) still finds a candidate. Without that read, a request finding nothing would queue behind the
+        row another pilot's claim statement is leasing this very moment, and every such waiter would then
+        hold the row in turn only to lose the race: a queue of claimers on one row, and the winner's lease
+        updates waiting behind their upserts. The read sees that claim's lease once it has committed."""
+        if not await aqueries.any_candidate(conn, claim_sources(req, self.share_order, 1, leases=leases.RELATION,
+                                                                locking="none")):
             return []
-        try:
-            async with cur.connection.transaction():
-                await cur.execute(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}")
-                rows = await aqueries.first_candidates(cur, waiting)
-                await cur.execute("SET LOCAL lock_timeout TO DEFAULT")
-                return rows
+        waiting = claim_sources(req, self.share_order, n, leases=leases.RELATION, locking="wait")
+        try:   # BEGIN, SET LOCAL, the claim and COMMIT in one round trip
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}")
+                return await self._claim_once(conn, req, actor, n, deliver, waiting)
         except psycopg.errors.LockNotAvailable:
             self.stats["lock_waits_expired"] += 1
             return []
+
+    def _command(self, req: DispatchRequest, actor: str, panda_id: int, command_id: str) -> Transition:
+        return Transition(PandaID=panda_id, id=command_id, action="dispatch", actor=actor,
+                          attrs=self._dispatch_attrs(req))
 
     @staticmethod
     def _dispatch_attrs(req: DispatchRequest) -> dict[str, Any]:
@@ -211,21 +254,23 @@ class Dispatcher:
             attrs["schedulerID"] = req.scheduler_id
         return attrs
 
-    async def _confirm(self, panda_id: int, command_id: str) -> list[dict[str, Any]]:
-        async with self.pool.connection() as conn:
-            await leases.mark_sent(conn, panda_id, command_id, self.sent_ttl, self.deliver_grace)
-            return await aqueries.files(conn, panda_id)
+    async def _confirm(self, sent: list[tuple[int, dict[str, Any], Event]]) -> dict[int, list[dict[str, Any]]]:
+        """Mark the leases of the ``sent`` dispatches sent (one statement) and read their jobs' files."""
+        async with self.pool.connection() as conn, conn.pipeline():   # both in one round trip
+            await leases.mark_sent(conn, [(pid, ev.command_id) for pid, _, ev in sent], self.sent_ttl,
+                                   self.deliver_grace)
+            return await aqueries.files_of(conn, [pid for pid, _, _ in sent])
 
-    async def _extend(self, command_ids: list[str], deliver: float) -> None:
+    async def _extend(self, held: list[tuple[int, str]], deliver: float) -> None:
         async with self.pool.connection() as conn:
-            await leases.extend(conn, command_ids, deliver)
+            await leases.extend(conn, held, deliver)
 
     async def delivered(self, jobs: list[Dispatched]) -> list[Dispatched]:
         """The response carrying ``jobs`` was written: their leases are ``delivered``, so the dispatch sweep
         (services/gateway/undelivered.py) leaves them alone. A lease it already took back (this gateway
         was slower than ``deliver_by``) is logged: that pilot's updates will be refused. Returns the jobs
         marked delivered (their pilot binding is now fixed: services/gateway/bindings.py)."""
-        ids = [j.event.command_id for j in jobs]
+        ids = [(j.panda_id, j.event.command_id) for j in jobs]
         if not ids:
             return []
         try:
@@ -260,18 +305,18 @@ class Dispatcher:
             except Exception as exc:  # the lease stays: the dispatch sweep sends the undo again
                 log.warning("undo of dispatch %s of %s got no verdict: %s", dispatch.id, dispatch.PandaID, exc)
                 return
-            await self._release(dispatch.PandaID, dispatch.id)
+            await self._release([(dispatch.PandaID, dispatch.id)])
 
         task = asyncio.get_running_loop().create_task(send())
         self._undos.add(task)
         task.add_done_callback(self._undos.discard)
 
-    async def _release(self, panda_id: int, command_id: str) -> None:
+    async def _release(self, held: list[tuple[int, str]]) -> None:
         try:
             async with self.pool.connection() as conn:
-                await leases.release(conn, panda_id, command_id)
+                await leases.release(conn, held)
         except Exception:  # the lease expires by itself; never turn a cleanup problem into a failed request
-            log.exception("could not release the lease of %s", panda_id)
+            log.exception("could not release the leases of %s", [pid for pid, _ in held])
 
     async def _maybe_sweep(self) -> None:
         now = time.monotonic()

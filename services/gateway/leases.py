@@ -36,14 +36,35 @@ _CLAIM = (
     " WHERE dispatch_leases.seq <> EXCLUDED.seq OR dispatch_leases.expires_at <= now()"
     " RETURNING pandaid"
 )
-_MARK_SENT = ("UPDATE dispatch_leases SET state = 'sent', expires_at = now() + make_interval(secs => %s),"
-              " deliver_by = now() + make_interval(secs => %s) WHERE pandaid = %s AND command_id = %s")
-_EXTEND = ("UPDATE dispatch_leases SET deliver_by = now() + make_interval(secs => %s)"
-           " WHERE command_id = ANY(%s) AND state IN ('claimed', 'sent')")
-_MARK_DELIVERED = ("UPDATE dispatch_leases SET state = 'delivered', deliver_by = NULL"
-                   " WHERE command_id = ANY(%s) AND state = 'sent' RETURNING command_id")
+# the claim of a getJob: its candidates (projections.candidates.claim_sources, locked by the same statement)
+# leased in one statement; a candidate whose live lease another claimer committed after this statement's
+# snapshot comes back without a command id (a lost race)
+_CLAIM_BATCH = (
+    "WITH {ctes}, picked AS MATERIALIZED (SELECT p.pandaid, p.seq, p.spec, row_number() OVER () AS i"
+    " FROM ({union} LIMIT %(n)s) p),"
+    " won AS (INSERT INTO dispatch_leases AS d (pandaid, seq, site, node, actor, command_id, state, expires_at,"
+    " deliver_by) SELECT pandaid, seq, %(site)s, %(node)s, %(actor)s, (%(command_ids)s::text[])[i], 'claimed',"
+    " now() + make_interval(secs => %(ttl)s), now() + make_interval(secs => %(deliver)s) FROM picked"
+    " ON CONFLICT (pandaid) DO UPDATE SET seq = EXCLUDED.seq, site = EXCLUDED.site, node = EXCLUDED.node,"
+    " actor = EXCLUDED.actor, command_id = EXCLUDED.command_id, state = 'claimed',"
+    " claimed_at = now(), expires_at = EXCLUDED.expires_at, deliver_by = EXCLUDED.deliver_by"
+    " WHERE d.seq <> EXCLUDED.seq OR d.expires_at <= now()"
+    " RETURNING d.pandaid, d.command_id)"
+    " SELECT p.pandaid, p.seq, p.spec, w.command_id FROM picked p LEFT JOIN won w USING (pandaid) ORDER BY p.i"
+)
+# the leases are named by (pandaid, dispatch command id): the primary key finds them
+_PAIRS = "unnest(%(pandaids)s::bigint[], %(command_ids)s::text[]) AS u(pandaid, command_id)"
+_MARK_SENT = ("UPDATE dispatch_leases l SET state = 'sent', expires_at = now() + make_interval(secs => %(ttl)s),"
+              " deliver_by = now() + make_interval(secs => %(deliver)s) FROM " + _PAIRS
+              + " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id")
+_EXTEND = ("UPDATE dispatch_leases l SET deliver_by = now() + make_interval(secs => %(deliver)s) FROM " + _PAIRS
+           + " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id AND l.state IN ('claimed', 'sent')")
+_MARK_DELIVERED = ("UPDATE dispatch_leases l SET state = 'delivered', deliver_by = NULL FROM " + _PAIRS
+                   + " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id AND l.state = 'sent'"
+                   " RETURNING l.command_id")
 _SENT_TO = "SELECT actor FROM dispatch_leases WHERE pandaid = %s AND state IN ('sent', 'delivered')"
-_RELEASE = "DELETE FROM dispatch_leases WHERE pandaid = %s AND command_id = %s"
+_RELEASE = ("DELETE FROM dispatch_leases l USING " + _PAIRS
+            + " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id")
 # an undelivered lease waits for the dispatch sweep; one older than a day is gone with its job's sent timeout
 _EXPIRE = ("DELETE FROM dispatch_leases WHERE expires_at < now() AND (state IN ('delivered', 'undone')"
            " OR claimed_at < now() - interval '1 day')")
@@ -63,22 +84,47 @@ async def claim(cur: AsyncCursor, *, pandaid: int, seq: int, site: str, node: st
     return await cur.fetchone() is not None
 
 
-async def mark_sent(conn: AsyncConnection, pandaid: int, command_id: str, ttl: float, deliver: float) -> None:
-    """The ledger recorded our ``sent``: keep the lease ``ttl`` seconds more, until the projection shows it,
-    and answer the pilot within ``deliver`` seconds."""
-    await conn.execute(_MARK_SENT, (ttl, deliver, pandaid, command_id))
+async def claim_batch(conn: AsyncConnection, sources: tuple[str, str, dict[str, Any]], *, n: int, site: str,
+                      node: str, actor: str, command_ids: list[str], ttl: float, deliver: float
+                      ) -> list[tuple[int, int, dict[str, Any], str | None]]:
+    """Lease up to ``n`` candidates in one statement (autocommit: the candidate rows are locked only while it
+    runs). ``sources``: ``projections.candidates.claim_sources`` (locking "skip", or "wait" inside the
+    caller's transaction with a lock timeout). ``command_ids``: one per candidate, in order, for the dispatch
+    commands to come. (pandaid, seq, spec, command id) per candidate found, in order; the command id is None
+    for one another claimer leased first (a lost race), which the caller may look for again."""
+    if len(command_ids) < n:
+        raise ValueError(f"claim_batch: {n} candidates wanted but {len(command_ids)} command ids given")
+    ctes, union, params = sources
+    sql = _CLAIM_BATCH.format(ctes=ctes, union=union)
+    params = {**params, "n": n, "site": site, "node": node, "actor": actor, "command_ids": command_ids[:n],
+              "ttl": ttl, "deliver": deliver}
+    cur = await conn.execute(sql, params)   # type: ignore[arg-type]  # composed of fixed text
+    return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
 
 
-async def extend(conn: AsyncConnection, command_ids: list[str], deliver: float) -> None:
+def _pairs(leases: list[tuple[int, str]], **more: Any) -> dict[str, Any]:
+    return {"pandaids": [p for p, _ in leases], "command_ids": [c for _, c in leases], **more}
+
+
+async def mark_sent(conn: AsyncConnection, leases: list[tuple[int, str]], ttl: float, deliver: float) -> None:
+    """The ledger recorded our ``sent`` for these (pandaid, command id) leases: keep them ``ttl`` seconds
+    more, until the projection shows it, and answer the pilot within ``deliver`` seconds."""
+    if leases:
+        await conn.execute(_MARK_SENT, _pairs(leases, ttl=ttl, deliver=deliver))
+
+
+async def extend(conn: AsyncConnection, leases: list[tuple[int, str]], deliver: float) -> None:
     """The request is still at work (more jobs to claim): its pilot is answered within ``deliver`` seconds."""
-    if command_ids:
-        await conn.execute(_EXTEND, (deliver, command_ids))
+    if leases:
+        await conn.execute(_EXTEND, _pairs(leases, deliver=deliver))
 
 
-async def mark_delivered(conn: AsyncConnection, command_ids: list[str]) -> set[str]:
-    """The response carrying these dispatches was written; the ones marked (a lease the dispatch sweep
-    already took back is not: its job was undone before the pilot had it)."""
-    cur = await conn.execute(_MARK_DELIVERED, (command_ids,))
+async def mark_delivered(conn: AsyncConnection, leases: list[tuple[int, str]]) -> set[str]:
+    """The response carrying these (pandaid, command id) dispatches was written; the command ids of those
+    marked (a lease the dispatch sweep already took back is not: its job was undone before the pilot had it)."""
+    if not leases:
+        return set()
+    cur = await conn.execute(_MARK_DELIVERED, _pairs(leases))
     return {row[0] for row in await cur.fetchall()}
 
 
@@ -88,9 +134,10 @@ async def sent_to(conn: AsyncConnection, pandaid: int) -> str | None:
     return row[0] if row else None
 
 
-async def release(conn: AsyncConnection, pandaid: int, command_id: str) -> None:
-    """Give up our claim (rejected, or no verdict in time)."""
-    await conn.execute(_RELEASE, (pandaid, command_id))
+async def release(conn: AsyncConnection, leases: list[tuple[int, str]]) -> None:
+    """Give up our claims (rejected, or no verdict in time), named by (pandaid, command id)."""
+    if leases:
+        await conn.execute(_RELEASE, _pairs(leases))
 
 
 async def sweep(conn: AsyncConnection) -> int:

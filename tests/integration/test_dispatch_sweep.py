@@ -127,7 +127,7 @@ def test_a_dispatch_whose_gateway_died_is_undone_and_the_next_pilot_gets_it(cfg,
                 await backend.close()
 
         assert sorted(run(next_pilots())) == sorted([got["after"], got["before"]])
-        # the verdict was read from the log; the projection shows it once it has applied the event
+        system.wait_status([got["after"], got["before"]], "sent")   # the projection has the verdicts' events
         for key in ("after", "before"):
             wait_until(lambda k=key: [e["action"] for e in system.events(got[k])][-3:] == ["dispatch", "undispatch",
                                                                                           "dispatch"],

@@ -40,6 +40,7 @@ def test_a_dispatch_answered_too_late_is_undone_and_the_job_goes_to_the_next_pil
 
     first, second = run(scenario())
     assert first == [] and second == [pid]
+    system.wait_status([pid], "sent")   # the projection has the second verdict's event
     events = system.events(pid)
     assert [(e["action"], e["actor"], e["to_state"]) for e in events[-3:]] == [
         ("dispatch", "pilot-late", "sent"), ("undispatch", "pilot-late", "activated"),

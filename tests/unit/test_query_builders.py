@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from projections import queries
-from projections.candidates import candidate_queries, candidate_query
+from projections.candidates import candidate_queries, candidate_query, claim_sources
 from projections.wait import (
     Backoff,
     PositionLag,
@@ -47,6 +47,23 @@ def test_candidate_query_anti_joins_the_lease_relation_it_is_given():
     shares = candidate_queries(req, ["A", "B", "A"], leases="gw.leases")
     assert [p.get("share") for _, p in shares] == ["A", "B", None]
     assert all("FROM gw.leases l" in sql for sql, _ in shares)
+
+
+def test_claim_sources_are_the_share_queries_in_order_as_parts_of_one_statement():
+    req = DispatchRequest(site="Q")
+    ctes, union, params = claim_sources(req, ["A", "B", "A"], 5, leases="dispatch_leases")
+    # one CTE per share of the order (duplicates once), then every other share; each with its own parameter
+    assert ctes.startswith("c0 AS MATERIALIZED (SELECT") and ", c2 AS MATERIALIZED (" in ctes
+    assert "c3 AS" not in ctes
+    assert ctes.count("SKIP LOCKED") == 3 and ctes.count("NOT EXISTS (SELECT 1 FROM dispatch_leases l") == 3
+    assert "j.gshare = %(share0)s" in ctes and "j.gshare = %(share1)s" in ctes and "%(share)s" not in ctes
+    assert (params["share0"], params["share1"], params["shares"], params["limit"]) == ("A", "B", ["A", "B", "A"], 5)
+    assert union == "SELECT pandaid, seq, spec FROM c0 UNION ALL SELECT pandaid, seq, spec FROM c1" \
+        " UNION ALL SELECT pandaid, seq, spec FROM c2"
+    waiting, _, _ = claim_sources(req, [], locking="wait")
+    assert waiting.endswith("FOR NO KEY UPDATE OF j)") and "SKIP" not in waiting
+    with pytest.raises(ValueError, match="parameter name"):
+        candidate_query(req, ["A"], share="A", share_param="s; DROP")
 
 
 def test_candidate_query_skips_waits_for_or_ignores_locked_rows():

@@ -1,0 +1,169 @@
+"""The dispatcher's one-statement claim and its batches, on the real PostgreSQL (no broker).
+
+The jobs are written by the projections themselves (``test_projection_queries.Projector``: commands judged by
+core.machine, events applied as the projector does); the ledger's verdict is that same judgement, given to
+the dispatcher as its ``ask``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from psycopg_pool import AsyncConnectionPool
+from test_projection_queries import Projector, activate, submit
+
+from core import db
+from projections.candidates import claim_sources
+from schemas.messages import Transition
+from services.gateway import leases
+from services.gateway.dispatcher import Dispatcher, DispatchRequest
+
+
+async def _pool(cfg) -> AsyncConnectionPool:
+    pool = AsyncConnectionPool(cfg.db.url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True})
+    await pool.open(wait=True)
+    return pool
+
+
+def _lease_states(cfg) -> dict[int, str]:
+    with db.connect(cfg, autocommit=True) as conn:
+        return dict(conn.execute("SELECT pandaid, state FROM dispatch_leases").fetchall())
+
+
+def test_a_batch_is_claimed_in_share_order_and_its_dispatches_asked_at_once(cfg):
+    """n_jobs=3: one claim (the "Test" share first, then by priority), three dispatches in flight together,
+    every lease ``sent`` before the answer and ``delivered`` after it; a fourth job stays for the next."""
+    proj = Projector(cfg)
+    proj.project([c for pid, prio, share in ((20, 5, None), (21, 9, None), (22, 1, "Test"), (23, 3, None))
+                  for c in (submit(pid, priority=prio, gshare=share), activate(pid))])
+    in_flight: list[int] = []
+    all_asked = asyncio.Event()
+
+    async def ask(cmd: Transition, timeout: float):
+        in_flight.append(cmd.PandaID)
+        if len(in_flight) == 3:
+            all_asked.set()
+        await asyncio.wait_for(all_asked.wait(), 30)   # only a concurrent batch gets past this
+        await asyncio.to_thread(proj.project, [cmd])
+        return next(e for e in reversed(proj.events) if e.PandaID == cmd.PandaID)
+
+    async def scenario():
+        pool = await _pool(cfg)
+        try:
+            dispatcher = Dispatcher(cfg, pool, ask)
+            result = await dispatcher.acquire(DispatchRequest(site="SITE", n_jobs=3), "pilot:h")
+            states_before = _lease_states(cfg)
+            await dispatcher.delivered(result.jobs)
+            return result, states_before, dispatcher.stats
+        finally:
+            await pool.close()
+
+    result, before, stats = asyncio.run(scenario())
+    assert [j.panda_id for j in result.jobs] == [22, 21, 20]
+    assert sorted(in_flight) == [20, 21, 22]
+    assert all(j.spec["jobStatus"] == "sent" and [f["lfn"] for f in j.files] == [f"in.{j.panda_id}",
+                                                                              f"out.{j.panda_id}"]
+               for j in result.jobs)
+    with db.connect(cfg, autocommit=True) as conn:
+        assert dict(conn.execute("SELECT pandaid, command_id FROM dispatch_leases").fetchall()) == {
+            j.panda_id: j.event.command_id for j in result.jobs}
+    assert before == {20: "sent", 21: "sent", 22: "sent"}
+    assert _lease_states(cfg) == {20: "delivered", 21: "delivered", 22: "delivered"}
+    assert stats["claims"] == 3 and stats["sent"] == 3 and stats["lost_races"] == 0
+
+
+def test_a_candidate_leased_after_the_claims_snapshot_comes_back_as_a_lost_race(cfg):
+    """The claim's lease check reads its statement's snapshot; a lease committed later (while the claim
+    waited for the row) is caught by the lease upsert: the candidate comes back without a command id."""
+    proj = Projector(cfg)
+    proj.project([c for pid in (30, 31) for c in (submit(pid, priority=pid), activate(pid))])
+    holder = db.connect(cfg)
+    holder.execute("SELECT 1 FROM jobs WHERE pandaid = 31 FOR NO KEY UPDATE")   # another claimer's row lock
+
+    def waiting_on_a_lock() -> bool:
+        with db.connect(cfg, autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                " AND wait_event_type = 'Lock'").fetchone()[0] > 0
+
+    async def scenario():
+        pool = await _pool(cfg)
+        try:
+            async with pool.connection() as conn:
+                async def claim():
+                    async with conn.transaction():
+                        await conn.execute("SET LOCAL lock_timeout = 30000")
+                        return await leases.claim_batch(
+                            conn, claim_sources(DispatchRequest(site="SITE"), [], 1, leases=leases.RELATION,
+                                                locking="wait"),
+                            n=1, site="SITE", node="n", actor="pilot:b", command_ids=["cb"], ttl=60, deliver=10)
+
+                task = asyncio.create_task(claim())
+                for _ in range(600):   # until the claim waits for the row (or has answered: then it fails)
+                    if task.done() or await asyncio.to_thread(waiting_on_a_lock):
+                        break
+                    await asyncio.sleep(0.05)
+                # the other claimer leases its row and commits
+                holder.execute("INSERT INTO dispatch_leases (pandaid, seq, site, actor, command_id, expires_at)"
+                               " VALUES (31, 2, 'SITE', 'pilot:a', 'ca', now() + interval '60 s')")
+                holder.commit()
+                lost = await task
+            dispatcher = Dispatcher(cfg, pool, None)   # type: ignore[arg-type]  # claims only
+            won = await dispatcher._claim(DispatchRequest(site="SITE"), "pilot:b", 1, 10)
+            return lost, won
+        finally:
+            holder.close()
+            await pool.close()
+
+    lost, won = asyncio.run(scenario())
+    assert [(pid, seq, cid) for pid, seq, _, cid in lost] == [(31, 2, None)]
+    assert [(pid, cmd.action, cmd.actor) for pid, _, cmd in won] == [(30, "dispatch", "pilot:b")]
+    with db.connect(cfg, autocommit=True) as conn:
+        assert conn.execute("SELECT pandaid, command_id FROM dispatch_leases ORDER BY pandaid").fetchall() == [
+            (30, won[0][2].id), (31, "ca")]
+
+
+def test_a_candidate_locked_past_the_lock_wait_is_no_job_and_the_connection_stays_usable(cfg):
+    """The waiting claim gives up after ``lock_wait`` (its transaction rolled back, the pool connection
+    fine for the next request): "no jobs", and the same candidate once its row is free."""
+    proj = Projector(cfg)
+    proj.project([submit(40), activate(40)])
+    holder = db.connect(cfg)
+    holder.execute("SELECT 1 FROM jobs WHERE pandaid = 40 FOR NO KEY UPDATE")   # the projector, say
+
+    async def scenario():
+        pool = await _pool(cfg)
+        try:
+            dispatcher = Dispatcher(cfg, pool, None)   # type: ignore[arg-type]  # claims only
+            dispatcher.lock_wait = 0.2
+            none = await dispatcher._claim(DispatchRequest(site="SITE"), "pilot:c", 1, 10)
+            holder.rollback()
+            some = await dispatcher._claim(DispatchRequest(site="SITE"), "pilot:c", 1, 10)
+            return none, some, dispatcher.stats
+        finally:
+            holder.close()
+            await pool.close()
+
+    none, some, stats = asyncio.run(scenario())
+    assert none == [] and stats["lock_waits_expired"] == 1
+    assert [pid for pid, _, _ in some] == [40]
+
+
+def test_sessions_plan_every_execution_and_never_compile(cfg):
+    """core.db's session options reach both kinds of connection: a custom plan per execution, and no JIT
+    (which compiled short reads on every call once a table's statistics made them look expensive)."""
+    with db.connect(cfg, autocommit=True) as conn:
+        assert conn.execute("SHOW jit").fetchone()[0] == "off"
+        assert conn.execute("SHOW plan_cache_mode").fetchone()[0] == "force_custom_plan"
+
+    async def pooled() -> tuple[str, str]:
+        pool = AsyncConnectionPool(cfg.db.url, min_size=1, max_size=1, open=False,
+                                   kwargs={"autocommit": True, "options": db.SESSION_OPTIONS})
+        await pool.open(wait=True)
+        try:
+            async with pool.connection() as conn:
+                return ((await (await conn.execute("SHOW jit")).fetchone())[0],
+                        (await (await conn.execute("SHOW plan_cache_mode")).fetchone())[0])
+        finally:
+            await pool.close()
+
+    assert asyncio.run(pooled()) == ("off", "force_custom_plan")
