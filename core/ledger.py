@@ -157,9 +157,10 @@ class Ledger:
         self._backoff = BACKOFF_MIN
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
         self.producer.init_transactions()                     # fences a crashed predecessor
-        # commands are answered while a caller waits (getJob, updateJob, kill): fetch with a short wait
+        # commands are answered while a caller waits (getJob, updateJob, kill), but each fetch of every
+        # commands partition costs the broker CPU: [kafka] ledger_fetch_max_wait_ms weighs the two
         self.consumer = bus.consumer(cfg, group_id=self.group_id,
-                                     fetch_max_wait_ms=cfg.kafka.urgent_fetch_max_wait_ms)
+                                     fetch_max_wait_ms=cfg.kafka.ledger_fetch_max_wait_ms)
         # assignment callbacks only note the change: the rebuild runs in the ledger's loop, because a
         # callback may not wait for the broker (kafka-python runs them on its own thread)
         self.consumer.subscribe([self.commands_topic], on_assign=self._note_assigned,

@@ -42,6 +42,7 @@ class KafkaSettings(_Section):
     linger_ms: int
     fetch_max_wait_ms: int
     urgent_fetch_max_wait_ms: int
+    ledger_fetch_max_wait_ms: int
     idle_after_ms: int
     idle_fetch_max_wait_ms: int
     max_poll_records: int
