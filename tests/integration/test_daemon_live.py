@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import urllib.request
 
 from helpers import wait_until
@@ -28,15 +27,18 @@ def overlaps(rows) -> list:
     return [(a, b) for a, b in zip(rows, rows[1:], strict=False) if b[2] < a[3]]
 
 
-def run_masters(masters, seconds: float) -> None:
+def run_masters(masters, done, timeout: float = 90) -> None:
+    """Run the masters until ``done()`` holds (checked on a condition, not after a fixed time), at most ``timeout``."""
     stop = threading.Event()
     threads = [threading.Thread(target=m.run, args=(stop,), daemon=True) for m in masters]
     for t in threads:
         t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(30)
+    try:
+        wait_until(done, timeout, 0.2, "the daemon masters to run their scripts")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
 
 
 def test_sync_script_runs_on_one_host_at_a_time_across_the_cluster(cfg, tmp_path):
@@ -45,7 +47,13 @@ def test_sync_script_runs_on_one_host_at_a_time_across_the_cluster(cfg, tmp_path
     # two "hosts": separate lock folders, so only the PostgreSQL advisory lock keeps them apart
     a = DaemonMaster(cfg.replace(state={"dir": str(tmp_path / "a")}), scripts, n_proc=2, lock_dir=tmp_path / "a")
     b = DaemonMaster(cfg.replace(state={"dir": str(tmp_path / "b")}), scripts, n_proc=2, lock_dir=tmp_path / "b")
-    run_masters([a, b], 8)
+    def enough() -> bool:
+        slow = [r for r in a.history + b.history if r.name == "slow"]
+        return (len(runs(cfg)) >= 4 and {"locked", "ok"} <= {r.status for r in slow}
+                and any(r.name == "slow" for r in a.history) and any(r.name == "slow" for r in b.history)
+                and any(r.name == "boom" for r in a.history) and len(a.history) > len({r.pid for r in a.history}))
+
+    run_masters([a, b], enough)
     rows = runs(cfg)
     assert len(rows) >= 4, rows
     assert not overlaps(rows), overlaps(rows)
@@ -65,7 +73,7 @@ def test_per_host_lock_without_cluster_lock(cfg, tmp_path):
     same = tmp_path / "host"
     a = DaemonMaster(cfg, scripts, n_proc=2, lock_dir=same)
     b = DaemonMaster(cfg, scripts, n_proc=2, lock_dir=same)
-    run_masters([a, b], 6)
+    run_masters([a, b], lambda: len(runs(cfg)) >= 3 and "busy" in {r.status for r in a.history + b.history})
     rows = runs(cfg)
     assert len(rows) >= 3 and not overlaps(rows), rows
     assert "busy" in {r.status for r in a.history + b.history}
