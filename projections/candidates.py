@@ -164,3 +164,11 @@ def claim_sources(req: Criteria, share_order: Sequence[str], limit: int = 1, *, 
         params.update(more)
     union = " UNION ALL ".join(f"SELECT pandaid, seq, spec FROM c{i}" for i in range(len(shares)))
     return ", ".join(ctes), union, params
+
+
+def files_json(pandaid: str) -> str:
+    """SQL for the FileSpec dicts of the job whose PandaID is the expression ``pandaid``, as one JSON array in
+    (type, lfn) order (NULL when it has none), like ``queries.FILES_OF_SQL``. The claim statement selects it
+    for the candidates it won, so a dispatched job's files need no second read after the ledger's verdict
+    (the files of an activated job do not change until it runs)."""
+    return f"(SELECT json_agg(f.spec ORDER BY f.type, f.lfn) FROM files f WHERE f.pandaid = {pandaid})"

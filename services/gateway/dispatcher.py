@@ -36,6 +36,7 @@ from projections.candidates import claim_sources
 from schemas.messages import Event, Rejected, Transition, new_id
 
 from . import leases
+from .coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class Dispatcher:
         self.share_order = list(d.share_order)
         self._next_sweep = 0.0
         self._undos: set[asyncio.Task] = set()
+        # the sent / delivered marks of concurrent requests, one statement each (coalesce.py)
+        self._mark_sent = Coalescer(self._write_sent)
+        self._mark_delivered = Coalescer(self._write_delivered)
         self.stats: dict[str, float] = {"claims": 0, "lost_races": 0, "sent": 0, "rejected": 0, "timeouts": 0,
                                         "claim_seconds": 0.0, "verdict_seconds": 0.0, "lock_waits_expired": 0}
 
@@ -128,10 +132,12 @@ class Dispatcher:
             if result.jobs:   # those are answered after this round and its verdicts: tell the dispatch sweep
                 await self._extend([(j.panda_id, j.event.command_id) for j in result.jobs], wait + self.deliver_grace)
             want = wanted - len(result.jobs)
-            claims = await self._claim(req, actor, want, wait + self.deliver_grace)
+            claimed = await self._claim(req, actor, want, wait + self.deliver_grace)
             self.stats["claim_seconds"] += time.monotonic() - t0
-            if not claims:
+            if not claimed:
                 break  # nothing dispatchable
+            claims = [(pid, spec, cmd) for pid, spec, cmd, _ in claimed]
+            files = {pid: f for pid, _, _, f in claimed}
             rounds += 1
             t0 = time.monotonic()
             outcomes = await asyncio.gather(*(self._verdict(cmd, wait) for _, _, cmd in claims),
@@ -143,10 +149,10 @@ class Dispatcher:
             if failure is not None:
                 raise failure
             if sent:
-                files = await self._confirm(sent)
+                await self._confirm(sent)
                 for panda_id, spec, outcome in sent:
                     spec = {**spec, **outcome.attrs, "jobStatus": JobStatus.SENT}
-                    result.jobs.append(Dispatched(panda_id=panda_id, spec=spec, files=files.get(panda_id, []),
+                    result.jobs.append(Dispatched(panda_id=panda_id, spec=spec, files=files[panda_id],
                                                   event=outcome))
             if len(claims) < want:
                 break  # the candidates ran out: another round would find none
@@ -186,23 +192,25 @@ class Dispatcher:
                 sent.append((panda_id, spec, outcome))
         return sent, drop, failure
 
-    async def _claim(self, req: DispatchRequest, actor: str, n: int,
-                     deliver: float) -> list[tuple[int, dict[str, Any], Transition]]:
-        """Up to ``n`` candidates leased to this request, each with the dispatch command to send for it.
+    async def _claim(self, req: DispatchRequest, actor: str, n: int, deliver: float
+                     ) -> list[tuple[int, dict[str, Any], Transition, list[dict[str, Any]]]]:
+        """Up to ``n`` candidates leased to this request, each with the dispatch command to send for it and
+        its job's files (read by the claim statement).
 
         One statement per round (``leases.claim_batch``), autocommit. A lost race (another claimer's lease
         committed after this statement's snapshot) → look again; only when no unlocked candidate is found at
         all, one more statement that waits up to ``[dispatcher] lock_wait`` seconds for locked ones (a row
         the projector is updating: the usual "no jobs" finds nothing to wait for and returns at once)."""
         skip = claim_sources(req, self.share_order, n, leases=leases.RELATION)
-        claimed: list[tuple[int, dict[str, Any], Transition]] = []
+        claimed: list[tuple[int, dict[str, Any], Transition, list[dict[str, Any]]]] = []
         async with self.pool.connection() as conn:
             for _ in range(self.CLAIM_ROUNDS):
                 want = n - len(claimed)
                 rows = await self._claim_once(conn, req, actor, want, deliver, skip)
                 if not rows and not claimed:
                     rows = await self._claim_waiting(conn, req, actor, want, deliver)
-                won = [(pid, spec, self._command(req, actor, pid, cid)) for pid, _, spec, cid in rows if cid]
+                won = [(pid, spec, self._command(req, actor, pid, cid), files)
+                       for pid, _, spec, cid, files in rows if cid]
                 self.stats["claims"] += len(won)
                 self.stats["lost_races"] += len(rows) - len(won)
                 claimed += won
@@ -215,13 +223,13 @@ class Dispatcher:
 
     async def _claim_once(self, conn: AsyncConnection, req: DispatchRequest, actor: str, n: int,
                           deliver: float, sources: tuple[str, str, dict[str, Any]]
-                          ) -> list[tuple[int, int, dict[str, Any], str | None]]:
+                          ) -> list[leases.Claimed]:
         return await leases.claim_batch(conn, sources, n=n, site=req.site, node=req.node, actor=actor,
                                         command_ids=[new_id() for _ in range(n)], ttl=self.claim_ttl,
                                         deliver=deliver)
 
     async def _claim_waiting(self, conn: AsyncConnection, req: DispatchRequest, actor: str, n: int,
-                             deliver: float) -> list[tuple[int, int, dict[str, Any], str | None]]:
+                             deliver: float) -> list[leases.Claimed]:
         """The claim again, waiting for locked candidates instead of skipping them (in a transaction with
         a lock timeout: none found when the wait runs out) — only if a plain read (a fresh snapshot, no
         locks) still finds a candidate. Without that read, a request finding nothing would queue behind the
@@ -254,12 +262,18 @@ class Dispatcher:
             attrs["schedulerID"] = req.scheduler_id
         return attrs
 
-    async def _confirm(self, sent: list[tuple[int, dict[str, Any], Event]]) -> dict[int, list[dict[str, Any]]]:
-        """Mark the leases of the ``sent`` dispatches sent (one statement) and read their jobs' files."""
-        async with self.pool.connection() as conn, conn.pipeline():   # both in one round trip
-            await leases.mark_sent(conn, [(pid, ev.command_id) for pid, _, ev in sent], self.sent_ttl,
-                                   self.deliver_grace)
-            return await aqueries.files_of(conn, [pid for pid, _, _ in sent])
+    async def _confirm(self, sent: list[tuple[int, dict[str, Any], Event]]) -> None:
+        """Mark the leases of the ``sent`` dispatches sent (with those of concurrent requests: one statement)."""
+        await self._mark_sent([(pid, ev.command_id) for pid, _, ev in sent])
+
+    async def _write_sent(self, held: list[tuple[int, str]]) -> set[str]:
+        async with self.pool.connection() as conn:
+            await leases.mark_sent(conn, held, self.sent_ttl, self.deliver_grace)
+        return set()
+
+    async def _write_delivered(self, held: list[tuple[int, str]]) -> set[str]:
+        async with self.pool.connection() as conn:
+            return await leases.mark_delivered(conn, held)
 
     async def _extend(self, held: list[tuple[int, str]], deliver: float) -> None:
         async with self.pool.connection() as conn:
@@ -273,9 +287,8 @@ class Dispatcher:
         ids = [(j.panda_id, j.event.command_id) for j in jobs]
         if not ids:
             return []
-        try:
-            async with self.pool.connection() as conn:
-                marked = await leases.mark_delivered(conn, ids)
+        try:   # with the marks of concurrent requests: one statement
+            marked = await self._mark_delivered(ids)
         except Exception:  # the pilot has its jobs; the sweep would take them back: say so loudly
             log.exception("could not mark dispatches %s delivered", ids)
             return []

@@ -23,6 +23,7 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 
 from projections import aqueries
+from projections.candidates import files_json
 
 RELATION = "dispatch_leases"   # handed to projections.candidates.candidate_query(leases=...)
 
@@ -38,7 +39,7 @@ _CLAIM = (
 )
 # the claim of a getJob: its candidates (projections.candidates.claim_sources, locked by the same statement)
 # leased in one statement; a candidate whose live lease another claimer committed after this statement's
-# snapshot comes back without a command id (a lost race)
+# snapshot comes back without a command id (a lost race); the files of the candidates won come with them
 _CLAIM_BATCH = (
     "WITH {ctes}, picked AS MATERIALIZED (SELECT p.pandaid, p.seq, p.spec, row_number() OVER () AS i"
     " FROM ({union} LIMIT %(n)s) p),"
@@ -50,7 +51,9 @@ _CLAIM_BATCH = (
     " claimed_at = now(), expires_at = EXCLUDED.expires_at, deliver_by = EXCLUDED.deliver_by"
     " WHERE d.seq <> EXCLUDED.seq OR d.expires_at <= now()"
     " RETURNING d.pandaid, d.command_id)"
-    " SELECT p.pandaid, p.seq, p.spec, w.command_id FROM picked p LEFT JOIN won w USING (pandaid) ORDER BY p.i"
+    " SELECT p.pandaid, p.seq, p.spec, w.command_id,"
+    " CASE WHEN w.command_id IS NOT NULL THEN " + files_json("p.pandaid")  # (no braces)
+    + " END FROM picked p LEFT JOIN won w USING (pandaid) ORDER BY p.i"
 )
 # the leases are named by (pandaid, dispatch command id): the primary key finds them
 _PAIRS = "unnest(%(pandaids)s::bigint[], %(command_ids)s::text[]) AS u(pandaid, command_id)"
@@ -84,14 +87,19 @@ async def claim(cur: AsyncCursor, *, pandaid: int, seq: int, site: str, node: st
     return await cur.fetchone() is not None
 
 
+#: a candidate of ``claim_batch``: (pandaid, seq, spec, command id or None, files)
+Claimed = tuple[int, int, dict[str, Any], str | None, list[dict[str, Any]]]
+
+
 async def claim_batch(conn: AsyncConnection, sources: tuple[str, str, dict[str, Any]], *, n: int, site: str,
                       node: str, actor: str, command_ids: list[str], ttl: float, deliver: float
-                      ) -> list[tuple[int, int, dict[str, Any], str | None]]:
+                      ) -> list[Claimed]:
     """Lease up to ``n`` candidates in one statement (autocommit: the candidate rows are locked only while it
     runs). ``sources``: ``projections.candidates.claim_sources`` (locking "skip", or "wait" inside the
     caller's transaction with a lock timeout). ``command_ids``: one per candidate, in order, for the dispatch
-    commands to come. (pandaid, seq, spec, command id) per candidate found, in order; the command id is None
-    for one another claimer leased first (a lost race), which the caller may look for again."""
+    commands to come. (pandaid, seq, spec, command id, files) per candidate found, in order; the command id is
+    None for one another claimer leased first (a lost race), which the caller may look for again; files: the
+    FileSpec dicts of a candidate won (read in the same statement), [] for a lost one."""
     if len(command_ids) < n:
         raise ValueError(f"claim_batch: {n} candidates wanted but {len(command_ids)} command ids given")
     ctes, union, params = sources
@@ -99,7 +107,7 @@ async def claim_batch(conn: AsyncConnection, sources: tuple[str, str, dict[str, 
     params = {**params, "n": n, "site": site, "node": node, "actor": actor, "command_ids": command_ids[:n],
               "ttl": ttl, "deliver": deliver}
     cur = await conn.execute(sql, params)   # type: ignore[arg-type]  # composed of fixed text
-    return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+    return [(r[0], r[1], r[2], r[3], r[4] or []) for r in await cur.fetchall()]
 
 
 def _pairs(leases: list[tuple[int, str]], **more: Any) -> dict[str, Any]:

@@ -115,8 +115,8 @@ def test_a_candidate_leased_after_the_claims_snapshot_comes_back_as_a_lost_race(
             await pool.close()
 
     lost, won = asyncio.run(scenario())
-    assert [(pid, seq, cid) for pid, seq, _, cid in lost] == [(31, 2, None)]
-    assert [(pid, cmd.action, cmd.actor) for pid, _, cmd in won] == [(30, "dispatch", "pilot:b")]
+    assert [(pid, seq, cid, files) for pid, seq, _, cid, files in lost] == [(31, 2, None, [])]
+    assert [(pid, cmd.action, cmd.actor) for pid, _, cmd, _ in won] == [(30, "dispatch", "pilot:b")]
     with db.connect(cfg, autocommit=True) as conn:
         assert conn.execute("SELECT pandaid, command_id FROM dispatch_leases ORDER BY pandaid").fetchall() == [
             (30, won[0][2].id), (31, "ca")]
@@ -145,7 +145,7 @@ def test_a_candidate_locked_past_the_lock_wait_is_no_job_and_the_connection_stay
 
     none, some, stats = asyncio.run(scenario())
     assert none == [] and stats["lock_waits_expired"] == 1
-    assert [pid for pid, _, _ in some] == [40]
+    assert [pid for pid, _, _, _ in some] == [40]
 
 
 def test_sessions_plan_every_execution_and_never_compile(cfg):
