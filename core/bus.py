@@ -408,6 +408,10 @@ class CommandSender:
     def send(self, cmd: Command) -> Delivery:
         return self._producer.send(self.topic, encode(cmd), key=key_of(cmd.PandaID))
 
+    def send_encoded(self, cmd: Command, raw: bytes) -> Delivery:
+        """Send ``cmd`` already encoded as ``raw`` (a caller that checked the encoding need not encode twice)."""
+        return self._producer.send(self.topic, raw, key=key_of(cmd.PandaID))
+
     def send_many(self, cmds: Iterable[Command]) -> None:
         for cmd in cmds:
             self.send(cmd)

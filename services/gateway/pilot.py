@@ -6,7 +6,6 @@ only adapt names and wrap the result in their envelope. StatusCodes are PanDA's 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +16,7 @@ from aiohttp import web
 
 from core import payloads
 from projections import aqueries
-from schemas.messages import PilotUpdate, Rejected
+from schemas.messages import Event, PilotUpdate, Rejected
 from services.gateway.dispatcher import DispatchRequest
 
 from . import access, identity, queues
@@ -147,10 +146,19 @@ async def _send_update(request: web.Request, upd: Update, actor: str) -> dict[st
         command = await _beside(request, upd.command(actor))
         verdict = await backend.ask(command, float(request.app["cfg"].gateway.verdict_timeout))
     except VerdictTimeout:
-        # in the log, judged later: the update is not lost, only the command for the pilot is unknown
-        return {"StatusCode": SC_TIMEOUT, "command": "NULL", "errorDialog": "ledger verdict timed out"}
+        return _timed_out()
     except Unavailable as exc:
         raise RetryLater(str(exc)) from exc
+    return _reply(upd, verdict)
+
+
+def _timed_out() -> dict[str, Any]:
+    # in the log, judged later: the update is not lost, only the command for the pilot is unknown
+    return {"StatusCode": SC_TIMEOUT, "command": "NULL", "errorDialog": "ledger verdict timed out"}
+
+
+def _reply(upd: Update, verdict: Event | Rejected) -> dict[str, Any]:
+    """The updateJob reply for the ledger's verdict on ``upd``."""
     reply: dict[str, Any]
     if isinstance(verdict, Rejected):
         if verdict.reply:
@@ -165,6 +173,32 @@ async def _send_update(request: web.Request, upd: Update, actor: str) -> dict[st
         note = f"ignored invalid fields: {', '.join(upd.ignored)}"
         reply["errorDialog"] = f"{reply['errorDialog']}; {note}" if "errorDialog" in reply else note
     return reply
+
+
+async def _send_round(request: web.Request, sends: list[tuple[int, Update, str]],
+                      out: list[dict[str, Any] | Exception | None]) -> None:
+    """One round's updates as commands sent together (one wait for all verdicts), each answered on its own."""
+    ready: list[tuple[int, Update, PilotUpdate]] = []
+    for i, upd, actor in sends:
+        try:
+            ready.append((i, upd, await _beside(request, upd.command(actor))))
+        except (BadRequest, RetryLater) as exc:
+            out[i] = exc
+    if not ready:
+        return
+    verdicts = await request.app["backend"].ask_each([c for _, _, c in ready],
+                                                     float(request.app["cfg"].gateway.verdict_timeout))
+    for (i, upd, _), verdict in zip(ready, verdicts, strict=True):
+        if isinstance(verdict, VerdictTimeout):
+            out[i] = _timed_out()
+        elif isinstance(verdict, Unavailable):
+            out[i] = RetryLater(str(verdict))
+        elif isinstance(verdict, BadRequest):
+            out[i] = verdict
+        elif isinstance(verdict, Exception):
+            raise verdict
+        else:
+            out[i] = _reply(upd, verdict)
 
 
 def job_rounds(items: list[Any]) -> list[list[int]]:
@@ -211,19 +245,15 @@ async def update_many(request: web.Request, items: list[Any]) -> list[dict[str, 
         for actor, (caller, ids) in by_caller.items():
             for pid, why in (await access.refused(request, caller, ids, "update")).items():
                 refused[(actor, pid)] = why
-        sends = []
+        sends: list[tuple[int, Update, str]] = []
         for i, upd, caller in todo:
             why = refused.get((caller.actor, upd.panda_id))
             if why is not None:   # not sent to the ledger: the job stays as its own pilot left it
                 log.warning("refused an update: %s", why)
                 out[i] = {"StatusCode": SC_ROLE, "command": "NULL", "errorDialog": why}
             else:
-                sends.append((i, _send_update(request, upd, caller.actor)))
-        answers = await asyncio.gather(*(send for _, send in sends), return_exceptions=True)
-        for (i, _), answer in zip(sends, answers, strict=True):
-            if isinstance(answer, BaseException) and not isinstance(answer, RetryLater | BadRequest):
-                raise answer
-            out[i] = answer
+                sends.append((i, upd, caller.actor))
+        await _send_round(request, sends, out)
     return out  # type: ignore[return-value]
 
 

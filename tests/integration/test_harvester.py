@@ -259,3 +259,36 @@ def test_update_workers_records_a_batch_in_order_and_answers_each_worker(cfg):
                             " ORDER BY worker_id").fetchall() == [(1, "running"), (2, "running")]
         assert conn.execute("SELECT worker_id, pandaid FROM harvester_worker_jobs WHERE harvester_id = 'hb'"
                             " ORDER BY worker_id, pandaid").fetchall() == [(1, 11), (1, 14), (2, 12), (2, 13)]
+
+
+
+def test_update_workers_batch_in_one_statement_merges_as_one_upsert_per_worker(cfg):
+    """A batch of distinct workers goes in one statement; it must merge into what is stored exactly as one upsert
+    per worker does: a missing field keeps the stored one, the spec is merged, a final status is kept."""
+    import asyncio
+
+    import psycopg
+
+    from services.harvester import store
+
+    async def scenario() -> list[bool]:
+        conn = await psycopg.AsyncConnection.connect(cfg.db.url, autocommit=True)
+        try:
+            await store.upsert_workers(conn, "hm", [
+                {"workerID": 1, "status": "running", "computingSite": "S1", "nJobs": 1, "pandaid_list": [21]},
+                {"workerID": 2, "status": "finished", "computingSite": "S2", "pandaid_list": [22]}])
+            return await store.upsert_workers(conn, "hm", [
+                {"workerID": 1, "status": None, "batchID": "b1", "pandaid_list": [21, 21, 23]},
+                {"workerID": 2, "status": "running", "computingSite": "S3"},
+                {"workerID": "3", "status": "submitted"}])
+        finally:
+            await conn.close()
+
+    assert asyncio.run(scenario()) == [True, True, True]
+    with db.connect(cfg) as conn:
+        rows = conn.execute("SELECT worker_id, status, computing_site, n_jobs, spec->>'batchID'"
+                            " FROM harvester_workers WHERE harvester_id = 'hm' ORDER BY worker_id").fetchall()
+        assert rows == [(1, "running", "S1", 1, "b1"), (2, "finished", "S3", None, None),
+                        (3, "submitted", None, None, None)]
+        assert conn.execute("SELECT worker_id, pandaid FROM harvester_worker_jobs WHERE harvester_id = 'hm'"
+                            " ORDER BY worker_id, pandaid").fetchall() == [(1, 21), (1, 23), (2, 22)]
