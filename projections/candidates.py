@@ -142,6 +142,15 @@ def candidate_queries(req: Criteria, share_order: Sequence[str], limit: int = 1,
         candidate_query(req, share_order, limit, leases=leases, locking=locking)]
 
 
+#: Planner settings for every statement built from ``candidate_query``, run as ``SET LOCAL`` in that statement's
+#: own transaction. Why: candidates must come from an ordered walk of ``jobs_dispatch``/``jobs_dispatch_share``
+#: that stops at the LIMIT. With statistics taken before a burst of submissions (autovacuum analyzes a minute or
+#: more later), the planner estimated 1 activated job where there were 100,000, chose a bitmap scan and sorted
+#: them all: 1.6-1.75 s and 107k buffers per getJob in the full dispatch bench (``pandaes bench --only
+#: dispatch``). Without sorts and bitmap scans the ordered index walk is the plan left, whatever the statistics.
+ORDERED_WALK = ("SET LOCAL enable_sort = off", "SET LOCAL enable_bitmapscan = off")
+
+
 def claim_sources(req: Criteria, share_order: Sequence[str], limit: int = 1, *, leases: str | None = None,
                   locking: str = "skip") -> tuple[str, str, dict[str, Any]]:
     """The candidate queries of ``candidate_queries`` as parts of ONE statement (pure): the CTE list

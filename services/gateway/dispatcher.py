@@ -4,7 +4,7 @@ Why it looks like this: the jobs projection lags the log, so "activated" in the 
 The ledger is the arbiter — it accepts exactly one ``dispatch`` per activation — and a pilot gets a job
 only after the ``sent`` event answering *its own* command is recorded. That alone makes a double hand-out
 impossible. The lease table (``leases``, migrations/200_dispatcher.sql) keeps concurrent pilots from all
-racing for the same candidate: a claim is ONE statement (``leases.claim_batch``, autocommit) that selects the
+racing for the same candidate: a claim is ONE statement (``leases.claim_batch``, in a transaction of its own) that selects the
 candidates, locks them with ``FOR NO KEY UPDATE SKIP LOCKED`` (pilots spread over the candidates instead of
 queueing on one) and upserts their leases, which succeeds for one claimer only; the row locks last only while
 that statement runs. A lease counts while the jobs row still has the ``seq`` seen at claim time and it has
@@ -32,7 +32,7 @@ from core import logs, metrics
 from core.config import Config
 from core.states import JobStatus
 from projections import aqueries
-from projections.candidates import claim_sources
+from projections.candidates import ORDERED_WALK, claim_sources
 from schemas.messages import Event, Rejected, Transition, new_id
 
 from . import leases
@@ -222,11 +222,19 @@ class Dispatcher:
     CLAIM_ROUNDS = 4
 
     async def _claim_once(self, conn: AsyncConnection, req: DispatchRequest, actor: str, n: int,
-                          deliver: float, sources: tuple[str, str, dict[str, Any]]
-                          ) -> list[leases.Claimed]:
-        return await leases.claim_batch(conn, sources, n=n, site=req.site, node=req.node, actor=actor,
-                                        command_ids=[new_id() for _ in range(n)], ttl=self.claim_ttl,
-                                        deliver=deliver)
+                          deliver: float, sources: tuple[str, str, dict[str, Any]],
+                          lock_timeout_ms: int | None = None) -> list[leases.Claimed]:
+        """The claim statement in a transaction of its own, with the candidate query's planner settings
+        (``projections.candidates.ORDERED_WALK``) and, when it waits for locked rows, a lock timeout: BEGIN,
+        SET LOCAL…, the claim and COMMIT in one round trip (the rows stay locked only while it runs)."""
+        async with conn.pipeline(), conn.transaction():
+            for setting in ORDERED_WALK:
+                await conn.execute(setting)
+            if lock_timeout_ms is not None:
+                await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+            return await leases.claim_batch(conn, sources, n=n, site=req.site, node=req.node, actor=actor,
+                                            command_ids=[new_id() for _ in range(n)], ttl=self.claim_ttl,
+                                            deliver=deliver)
 
     async def _claim_waiting(self, conn: AsyncConnection, req: DispatchRequest, actor: str, n: int,
                              deliver: float) -> list[leases.Claimed]:
@@ -236,14 +244,17 @@ class Dispatcher:
         row another pilot's claim statement is leasing this very moment, and every such waiter would then
         hold the row in turn only to lose the race: a queue of claimers on one row, and the winner's lease
         updates waiting behind their upserts. The read sees that claim's lease once it has committed."""
-        if not await aqueries.any_candidate(conn, claim_sources(req, self.share_order, 1, leases=leases.RELATION,
-                                                                locking="none")):
+        async with conn.pipeline(), conn.transaction():
+            for setting in ORDERED_WALK:
+                await conn.execute(setting)
+            found = await aqueries.any_candidate(conn, claim_sources(req, self.share_order, 1,
+                                                                     leases=leases.RELATION, locking="none"))
+        if not found:
             return []
         waiting = claim_sources(req, self.share_order, n, leases=leases.RELATION, locking="wait")
-        try:   # BEGIN, SET LOCAL, the claim and COMMIT in one round trip
-            async with conn.pipeline(), conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}")
-                return await self._claim_once(conn, req, actor, n, deliver, waiting)
+        try:
+            return await self._claim_once(conn, req, actor, n, deliver, waiting,
+                                          lock_timeout_ms=int(self.lock_wait * 1000))
         except psycopg.errors.LockNotAvailable:
             self.stats["lock_waits_expired"] += 1
             return []
