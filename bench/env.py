@@ -51,6 +51,11 @@ class BenchEnv:
         from bench import procs  # (procs imports this module)
 
         procs.set_broker_pid(self.embedded_broker_pid)   # the broker's CPU is charged to every workload
+        own = f"pandaes_{self.run_tag}"
+        if self.base.db.url.rsplit("/", 1)[-1].split("?", 1)[0] == own:
+            # made for this run by the infrastructure's start (no [db] url given): dropped at close like the
+            # others; a database named by a given url is the operator's and stays
+            self.databases.append(own)
         with psycopg.connect(_admin_url(self.base.db.url), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.template}"')
         migrations.migrate(self.base.db.url.rsplit("/", 1)[0] + f"/{self.template}")

@@ -68,7 +68,8 @@ def run(mode: str = "quick", only: list[str] | None = None, log=print,
                                "kafka_client": config.load().kafka.get("client", "confluent"),
                                "sizes": size, "skipped": {}}
     env = BenchEnv(log=log).start()
-    results["infra"] = {"kafka": env.kafka, "embedded_broker": env.embedded_broker_pid is not None}
+    results["infra"] = {"kafka": env.kafka, "embedded_broker": env.embedded_broker_pid is not None,
+                        "run_tag": env.run_tag}
     t_all = time.perf_counter()
     try:
         for name in wanted:

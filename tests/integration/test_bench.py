@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 
+import psycopg
+
 from bench import report, run
+from core import config
 
 
 def test_tiny_bench_writes_table_json_and_plot(tmp_path):
@@ -22,6 +25,17 @@ def test_tiny_bench_writes_table_json_and_plot(tmp_path):
     path, png = report.save(results, "smoke", tmp_path)
     assert json.loads(path.read_text())["mode"] == "smoke"
     assert png is None or png.stat().st_size > 0
+    # every database the run made is gone (on a shared server, hundreds were left behind before)
+    tag = results["infra"]["run_tag"]
+    try:   # the server the run used, when it outlives the run (an embedded one stops with it)
+        conn = psycopg.connect(config.load().db.url or "postgresql://postgres@127.0.0.1:5432/postgres",
+                               autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError:
+        return
+    with conn:
+        left = {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                                           (f"pandaes_{tag}",))}
+    assert not left, left
 
 
 def test_idle_reading_covers_every_component_the_broker_and_postgres(tmp_path):
