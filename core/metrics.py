@@ -12,6 +12,7 @@ Each component runs in its own process (``pandaes run``) and serves its process'
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -255,3 +256,18 @@ def serve(cfg: Config, component: str) -> int | None:
         return port
     log.info("%s metrics on http://%s:%d/metrics", component, cfg.metrics.host, port)
     return port
+
+
+#: the environment variable prometheus_client's multiprocess mode reads (the daemon's workers, the gateway's processes)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: a multiprocess metrics file of a dead one is cleaned up."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -225,18 +225,8 @@ def _worker(cfg_data: dict, scripts: dict[str, Script], lock_dir: str, tasks: An
 
 
 # ------------------------------------------------------------------------------------ worker metrics
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_ENV = metrics.MULTIPROC_ENV
 _spawn_env = threading.Lock()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class WorkerMetrics:
@@ -257,7 +247,7 @@ class WorkerMetrics:
         parent.mkdir(parents=True, exist_ok=True)
         for old in parent.iterdir():
             pid = old.name.split(".", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not metrics.pid_alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
         self.path = parent / f"{os.getpid()}.{id(self):x}"
         shutil.rmtree(self.path, ignore_errors=True)

@@ -4,9 +4,9 @@ Why it looks like this: the jobs projection lags the log, so "activated" in the 
 The ledger is the arbiter — it accepts exactly one ``dispatch`` per activation — and a pilot gets a job
 only after the ``sent`` event answering *its own* command is recorded. That alone makes a double hand-out
 impossible. The lease table (``leases``, migrations/200_dispatcher.sql) keeps concurrent pilots from all
-racing for the same candidate: a claim is ONE statement (``leases.claim_batch``, in a transaction of its own) that selects the
-candidates, locks them with ``FOR NO KEY UPDATE SKIP LOCKED`` (pilots spread over the candidates instead of
-queueing on one) and upserts their leases, which succeeds for one claimer only; the row locks last only while
+racing for the same candidate: a claim is ONE statement (``leases.claim_batch``, in a transaction of its
+own) that selects the candidates, locks them with ``FOR NO KEY UPDATE SKIP LOCKED`` (pilots spread over
+the candidates instead of queueing on one) and upserts their leases, which succeeds for one claimer only; the row locks last only while
 that statement runs. A lease counts while the jobs row still has the ``seq`` seen at claim time and it has
 not expired, so it stops mattering as soon as the projection shows the job moved on.
 

@@ -36,7 +36,7 @@ from core.config import Config
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_ENV = metrics.MULTIPROC_ENV
 
 
 def _serve_one(cfg_data: dict, index: int, parent: int, metrics_dir: str) -> None:
@@ -71,7 +71,7 @@ class Supervisor:
         root = cfg.state_dir / "gateway-metrics"
         root.mkdir(parents=True, exist_ok=True)
         for old in root.iterdir():   # folders of supervisors that are gone
-            if old.name.isdigit() and int(old.name) != os.getpid() and not _alive(int(old.name)):
+            if old.name.isdigit() and int(old.name) != os.getpid() and not metrics.pid_alive(int(old.name)):
                 shutil.rmtree(old, ignore_errors=True)
         self.metrics_dir = root / str(os.getpid())
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
@@ -131,16 +131,6 @@ class Supervisor:
                 p.kill()
                 p.join()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run(cfg: Config, stop: threading.Event, n: int) -> None:

@@ -29,9 +29,8 @@ HEARTBEAT_SQL = (
     " VALUES (%s, %s, %s, %s, now()) ON CONFLICT (harvester_id) DO UPDATE SET owner = EXCLUDED.owner,"
     " host = EXCLUDED.host, metadata = harvester_instances.metadata || EXCLUDED.metadata,"
     " last_heartbeat = EXCLUDED.last_heartbeat")
-WORKER_SQL = (
-    "INSERT INTO harvester_workers AS w (harvester_id, worker_id, computing_site, status, resource_type, job_type,"
-    " n_jobs, spec, last_update) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())"
+#: how a reported worker merges into its row (both upserts below)
+_WORKER_MERGE = (
     " ON CONFLICT (harvester_id, worker_id) DO UPDATE SET"
     " computing_site = COALESCE(EXCLUDED.computing_site, w.computing_site),"
     " status = CASE WHEN w.status = ANY(%s) AND w.last_update > now() - interval '3 hours'"
@@ -39,6 +38,10 @@ WORKER_SQL = (
     " resource_type = COALESCE(EXCLUDED.resource_type, w.resource_type),"
     " job_type = COALESCE(EXCLUDED.job_type, w.job_type), n_jobs = COALESCE(EXCLUDED.n_jobs, w.n_jobs),"
     " spec = w.spec || EXCLUDED.spec, last_update = EXCLUDED.last_update")
+WORKER_SQL = (
+    "INSERT INTO harvester_workers AS w (harvester_id, worker_id, computing_site, status, resource_type, job_type,"
+    " n_jobs, spec, last_update) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())"
+    + _WORKER_MERGE)
 #: the same upsert for many workers in one statement (their columns as arrays); only for a batch whose
 #: workers are each listed once, as one INSERT ... ON CONFLICT may not touch a row twice
 WORKERS_SQL = (
@@ -46,13 +49,7 @@ WORKERS_SQL = (
     " n_jobs, spec, last_update) SELECT %s, t.worker_id, t.computing_site, t.status, t.resource_type, t.job_type,"
     " t.n_jobs, t.spec::jsonb, now() FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
     " %s::int[], %s::text[]) AS t(worker_id, computing_site, status, resource_type, job_type, n_jobs, spec)"
-    " ON CONFLICT (harvester_id, worker_id) DO UPDATE SET"
-    " computing_site = COALESCE(EXCLUDED.computing_site, w.computing_site),"
-    " status = CASE WHEN w.status = ANY(%s) AND w.last_update > now() - interval '3 hours'"
-    "          THEN w.status ELSE COALESCE(EXCLUDED.status, w.status) END,"
-    " resource_type = COALESCE(EXCLUDED.resource_type, w.resource_type),"
-    " job_type = COALESCE(EXCLUDED.job_type, w.job_type), n_jobs = COALESCE(EXCLUDED.n_jobs, w.n_jobs),"
-    " spec = w.spec || EXCLUDED.spec, last_update = EXCLUDED.last_update")
+    + _WORKER_MERGE)
 WORKER_JOBS_SQL = (
     "INSERT INTO harvester_worker_jobs (harvester_id, worker_id, pandaid, last_update)"
     " SELECT %s, t.worker_id, t.pandaid, now() FROM unnest(%s::bigint[], %s::bigint[]) AS t(worker_id, pandaid)"
