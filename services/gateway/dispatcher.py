@@ -6,9 +6,9 @@ only after the ``sent`` event answering *its own* command is recorded. That alon
 impossible. The lease table (``leases``, migrations/200_dispatcher.sql) keeps concurrent pilots from all
 racing for the same candidate: a claim is ONE statement (``leases.claim_batch``, in a transaction of its
 own) that selects the candidates, locks them with ``FOR NO KEY UPDATE SKIP LOCKED`` (pilots spread over
-the candidates instead of queueing on one) and upserts their leases, which succeeds for one claimer only; the row locks last only while
-that statement runs. A lease counts while the jobs row still has the ``seq`` seen at claim time and it has
-not expired, so it stops mattering as soon as the projection shows the job moved on.
+the candidates instead of queueing on one) and upserts their leases, which succeeds for one claimer only;
+the row locks last only while that statement runs. A lease counts while the jobs row still has the ``seq``
+seen at claim time and it has not expired, so it stops mattering as soon as the projection shows the job moved on.
 
 Selection follows PanDA's ``DBProxy.getJobs``: ``projections.candidates.candidate_query``, pure (SQL text
 + parameters, told the lease relation to skip) so the rules are tested without a database.
