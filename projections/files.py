@@ -11,6 +11,12 @@ job in memory (inserts on submission, patches by lfn/type, a file first named by
 rows go in with one ``INSERT … SELECT FROM unnest(…)`` and the changed existing rows get one
 ``UPDATE … FROM unnest(…)`` per set of touched columns, ``spec || (the patches merged in order)``
 (``||`` on objects is a shallow merge, so merging the patches first gives the same object).
+
+The update finds its rows by the ``ctid`` the batch's read returned (``ctid = ANY(…)``: a TID scan, one
+page per row), with the key checked too: joined on the key, the planner hashed a sequential scan of the
+whole table, every file of every job ever, for each batch. A row that is not at its ``ctid`` any more
+(another writer moved it since the read) makes the statement find fewer rows than it was given: the group
+is then written again by key alone, so the result is the same either way.
 """
 
 from __future__ import annotations
@@ -63,12 +69,13 @@ class _File:
     """One row while a batch is played: a row to insert (``spec`` whole) or an existing one (``spec`` is
     the merged patch for ``spec || …``; ``cols`` only the columns set)."""
 
-    __slots__ = ("type", "lfn", "status", "cols", "spec", "new", "dirty")
+    __slots__ = ("type", "lfn", "status", "cols", "spec", "new", "dirty", "ctid")
 
     def __init__(self, type_: str, lfn: str, status: str | None, cols: dict[str, Any], spec: dict[str, Any],
-                 new: bool):
+                 new: bool, ctid: str | None = None):
         self.type, self.lfn, self.status, self.cols, self.spec, self.new = type_, lfn, status, cols, spec, new
         self.dirty = new
+        self.ctid = ctid                 # where an existing row was read (its update finds it there)
 
     def merge(self, patch: dict[str, Any]) -> None:
         self.spec.update(patch)
@@ -96,9 +103,10 @@ class FilesProjection:
         pids = list({ev.PandaID for ev in events})
         jobs: dict[int, list[_File]] = {pid: [] for pid in pids}
         with conn.cursor() as cur:
-            for pid, type_, lfn, status in cur.execute(
-                    "SELECT pandaid, type, lfn, status FROM files WHERE pandaid = ANY(%b::bigint[])", (pids,)):
-                jobs[pid].append(_File(type_, lfn, status, {}, {}, new=False))
+            for pid, type_, lfn, status, ctid in cur.execute(
+                    "SELECT pandaid, type, lfn, status, ctid::text FROM files WHERE pandaid = ANY(%b::bigint[])",
+                    (pids,)):
+                jobs[pid].append(_File(type_, lfn, status, {}, {}, new=False, ctid=ctid))
             for ev in events:
                 _play(jobs[ev.PandaID], ev)
             self._write(cur, jobs)
@@ -121,14 +129,22 @@ class FilesProjection:
         for colnames, rows in changed.items():
             sets = "".join(f"{c} = v.{c}, " for c in colnames)
             arrays = "".join(f"%b::{_SQL_TYPE[c]}[], " for c in colnames)
-            cur.execute(
-                f"UPDATE files AS f SET {sets}spec = f.spec || v.patch::jsonb"
-                f" FROM unnest(%b::bigint[], %b::text[], %b::text[], {arrays}%b::text[])"
-                f" AS v(pandaid, type, lfn, {''.join(c + ', ' for c in colnames)}patch)"
-                " WHERE f.pandaid = v.pandaid AND f.type = v.type AND f.lfn = v.lfn",
-                [[pid for pid, _ in rows], [f.type for _, f in rows], [f.lfn for _, f in rows],
-                 *([f.cols[c] for _, f in rows] for c in colnames),
-                 [_dumps(f.spec).decode() for _, f in rows]])
+            head = (f"UPDATE files AS f SET {sets}spec = f.spec || v.patch::jsonb"
+                    f" FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], {arrays}%b::text[])"
+                    f" AS v(ctid, pandaid, type, lfn, {''.join(c + ', ' for c in colnames)}patch)"
+                    " WHERE f.pandaid = v.pandaid AND f.type = v.type AND f.lfn = v.lfn")
+            ctids = [f.ctid for _, f in rows]
+            params = [ctids, [pid for pid, _ in rows], [f.type for _, f in rows], [f.lfn for _, f in rows],
+                      *([f.cols[c] for _, f in rows] for c in colnames),
+                      [_dumps(f.spec).decode() for _, f in rows]]
+            cur.execute(head + _AT_CTID, [*params, ctids])
+            if cur.rowcount != len(rows):
+                cur.execute(head, params)
+
+
+# the rows of an update: at the ctid each was read at (a TID scan); if one has moved since, the whole group
+# again by key alone (setting the same values and merging the same patch twice leaves the same row)
+_AT_CTID = " AND f.ctid = v.ctid::tid AND f.ctid = ANY(%b::text[]::tid[])"
 
 
 def _touches_files(ev: Any) -> bool:
