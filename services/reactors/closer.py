@@ -8,9 +8,13 @@ adder) or ``failed`` — or when its job has reached a final state, in which cas
 by then never will be, and is marked ``failed`` (the job's expected count is then "reached").
 
 Two paths, one ``plan`` function:
-* event path — a job reached a final state: its blocks are checked at once;
-* sweep (``tick`` / the daemon's ``closer`` script) — every open sub block: catches what the event
-  path cannot see, e.g. two jobs of one block finishing at the same moment in two closer copies.
+* event path — jobs reached a final state: their files are failed if unsettled, and each of their sub
+  blocks closes once its counters say no other file is still open. It reads the jobs' own file rows and
+  their blocks' counters only, so its cost per job does not grow with the files (or the live jobs) a block
+  holds;
+* sweep (``tick`` / the daemon's ``closer`` script) — every open sub block, all its unsettled files and
+  whether their jobs are over: catches what the event path cannot see, e.g. two jobs of one block finishing
+  at the same moment in two closer copies, or a file of a job that ended before its files were recorded.
 Closing is idempotent (``status <> 'closed'`` guards), so overlapping runs do no harm.
 """
 
@@ -62,7 +66,10 @@ class Blocks:
 
     ``files`` need only hold the files not settled yet when ``nfiles`` gives each sub's file count, and
     ``siblings`` only the subs not closed yet (a destination with none left maps to ``{}``): that is what
-    the SQL view loads, so the closer's reads do not grow with the files and closed subs a block has."""
+    the SQL view loads, so the closer's reads do not grow with the files and closed subs a block has.
+    ``unsettled`` (the event path) gives a sub's count of files not settled yet from its counters when
+    ``files`` holds only some of them (those of the jobs that ended): the sub closes only if they are all
+    of them."""
 
     subs: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     files: list[BlockFile] = field(default_factory=list)
@@ -70,6 +77,7 @@ class Blocks:
     siblings: dict[str, dict[str, str]] = field(default_factory=dict)   # destination → {sub: status}
     destinations: dict[str, str] = field(default_factory=dict)          # destination → status
     nfiles: dict[str, int] = field(default_factory=dict)                # sub → files expected (else len of files)
+    unsettled: dict[str, int] = field(default_factory=dict)             # sub → files not settled (else all in files)
 
 
 def plan(b: Blocks) -> Plan:
@@ -83,6 +91,8 @@ def plan(b: Blocks) -> Plan:
         files = by_block.get(name, [])
         if status in OPEN or not b.nfiles.get(name, len(files)):
             continue
+        if name in b.unsettled and b.unsettled[name] != sum(f.status not in SETTLED for f in files):
+            continue                                    # a file of another job is still open
         if all(f.status in SETTLED or f.pandaid in b.final_jobs for f in files):
             close_subs.append(name)
     closed = set(close_subs)
@@ -150,6 +160,7 @@ class SqlCloserView:
         return self._given if self._given is not None else self._db.conn
 
     def _load(self, sub_names: Iterable[str]) -> Blocks:
+        """The sweep's read: the subs, all their unsettled files and which of those files' jobs are over."""
         b = Blocks()
         c = self.conn
         subs = datasets.subs_named(c, sub_names)
@@ -159,6 +170,11 @@ class SqlCloserView:
         b.nfiles = {name: n for name, (_, _, n) in subs.items()}
         b.files = [BlockFile(*r) for r in datasets.unsettled_files(c, b.subs)]
         b.final_jobs = service_queries.final_jobs(c, {f.pandaid for f in b.files})
+        return self._with_destinations(b)
+
+    def _with_destinations(self, b: Blocks) -> Blocks:
+        """The destinations of ``b``'s subs: their subs not closed yet and their statuses."""
+        c = self.conn
         parents = sorted({p for p, _ in b.subs.values() if p})
         b.siblings = {p: {} for p in parents}      # each has a sub (one of b.subs); only unclosed ones are read
         for name, parent, status in datasets.unclosed_subs_of_parents(c, parents):
@@ -167,10 +183,21 @@ class SqlCloserView:
         return b
 
     def blocks_of_job(self, pandaid: int) -> Blocks:
-        return self._load(datasets.subs_of_job(self.conn, pandaid))
+        return self.blocks_of_jobs([pandaid])
 
     def blocks_of_jobs(self, pandaids: Iterable[int]) -> Blocks:
-        return self._load(datasets.subs_of_jobs(self.conn, pandaids))
+        """The event path's read: the jobs' files in sub blocks (the unsettled ones kept) and those blocks'
+        counters, in one statement; the jobs are the ones that ended (the caller adds them to
+        ``final_jobs``)."""
+        b = Blocks()
+        for dataset, pid, lfn, status, parent, sub_status, nfiles, unsettled in \
+                datasets.sub_files_of_jobs(self.conn, pandaids):
+            b.subs[dataset] = (parent, sub_status)
+            b.nfiles[dataset] = nfiles
+            b.unsettled[dataset] = unsettled
+            if status not in SETTLED:
+                b.files.append(BlockFile(dataset, pid, lfn, status))
+        return self._with_destinations(b) if b.subs else b
 
     def open_blocks(self) -> Blocks:
         return self._load(datasets.open_subs(self.conn, self.batch))

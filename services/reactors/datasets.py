@@ -6,14 +6,16 @@ Activator, Adder and Closer. Every write here is idempotent (upserts, and counte
 rows a statement actually changed), so an action repeated after a crash leaves the same rows.
 
 Cost does not grow with history (migration 155): a block's counters (``nfiles``, ``nfiles_done``,
-``nfiles_failed``) are kept in step in the transaction that writes its files, and the closer reads only the
-files not settled yet and the sub blocks not closed yet (partial indexes), so registering or closing in a
-block of 100,000 files costs what it costs in one of 10.
+``nfiles_failed``) are kept in step in the transaction that writes its files, the closer's event path reads
+only the files of the jobs that ended and their blocks' counters, and its sweep only the files not settled
+yet and the sub blocks not closed yet (partial indexes), so registering or closing in a block of 100,000
+files costs what it costs in one of 10. Rows are found by key (files by block, job and lfn), never by a
+join the planner may turn into a scan of a table that holds every block ever made.
 
 Used by: the setupper (``record`` new blocks), the activator (``complete_dispatch``, ``get``), the adder
-(``set_files_status_many`` on registration), the closer (``set_status``, ``set_files_status_many`` and the
-reads after ``subs_of_jobs`` / ``open_subs``) and the bench (``load_history``). No other module names these
-tables in SQL.
+(``set_files_status_many`` on registration), the closer (``set_status``, ``set_files_status_many``,
+``sub_files_of_jobs`` on its event path, ``open_subs`` and ``unsettled_files`` on its sweep) and the bench
+(``load_history``). No other module names these tables in SQL.
 """
 
 from __future__ import annotations
@@ -79,13 +81,15 @@ _CHANGED = (
 
 
 def _transition(cur: psycopg.Cursor, status: str, rows_sql: str, params: dict) -> None:
-    """Set ``status`` on the file rows ``rows_sql`` selects (``f.dataset, f.pandaid, f.lfn, f.status`` of
-    ``dataset_files f``, named parameters ``params``) and move their blocks' counters by the rows that
-    changed, in one statement. The caller holds the blocks' locks (``_lock``)."""
+    """Set ``status`` on the file rows ``rows_sql`` selects and move their blocks' counters by the rows that
+    changed, in one statement. ``rows_sql`` returns ``ctid`` and ``status`` of ``dataset_files`` rows not in
+    ``status`` yet, locked (named parameters ``params`` and ``%(status)s``); the update finds them by their
+    ``ctid`` (``= ANY(ARRAY(…))``: a TID scan, one page per row, where a join on ``ctid`` let the planner hash
+    a sequential scan of the table). The caller holds the blocks' locks (``_lock``)."""
     cur.execute(
-        f"WITH o AS ({rows_sql} AND f.status <> %(status)s FOR UPDATE OF f),"
+        f"WITH o AS MATERIALIZED ({rows_sql}),"
         " changed AS (UPDATE dataset_files f SET status = %(status)s FROM o"
-        "   WHERE f.dataset = o.dataset AND f.pandaid = o.pandaid AND f.lfn = o.lfn"
+        "   WHERE f.ctid = ANY(ARRAY(SELECT ctid FROM o)) AND f.ctid = o.ctid"
         "   RETURNING f.dataset, o.status AS old, f.status AS new)" + _CHANGED,
         {**params, "status": status},
     )
@@ -135,22 +139,27 @@ def set_files_status(conn: psycopg.Connection, dataset: str, status: str, *, pan
         params["lfns"] = list(lfns)
     with conn.transaction(), conn.cursor() as cur:
         _lock(cur, [dataset])
-        _transition(cur, status, f"SELECT f.dataset, f.pandaid, f.lfn, f.status FROM dataset_files f WHERE {where}",
-                    params)
+        _transition(cur, status, f"SELECT f.ctid, f.status FROM dataset_files f WHERE {where}"
+                    " AND f.status <> %(status)s FOR UPDATE OF f", params)
 
 
 def set_files_status_many(conn: psycopg.Connection, files: Iterable[tuple[str, int, str]], status: str) -> None:
     """Mark files given as (dataset, pandaid, lfn) — of any blocks and jobs — and move their blocks'
-    counters, in two statements (the adder's registrations of a whole poll)."""
+    counters, in two statements (the adder's registrations of a whole poll).
+
+    Each key is looked up on its own through the primary key (a LATERAL subquery with a locking clause,
+    which the planner cannot flatten into a join): as a join, the keys' estimate made the planner hash a
+    sequential scan of the whole table — a cost that grew with every file ever recorded."""
     rows = sorted(set(files))
     if not rows:
         return
     with conn.transaction(), conn.cursor() as cur:
         _lock(cur, [r[0] for r in rows])
         _transition(cur, status,
-                    "SELECT f.dataset, f.pandaid, f.lfn, f.status FROM dataset_files f"
-                    " JOIN unnest(%(ds)s::text[], %(pids)s::bigint[], %(lfns)s::text[]) AS k(dataset, pandaid, lfn)"
-                    " ON f.dataset = k.dataset AND f.pandaid = k.pandaid AND f.lfn = k.lfn WHERE true",
+                    "SELECT r.ctid, r.status"
+                    " FROM unnest(%(ds)s::text[], %(pids)s::bigint[], %(lfns)s::text[]) AS k(dataset, pandaid, lfn)"
+                    " CROSS JOIN LATERAL (SELECT f.ctid, f.status FROM dataset_files f WHERE f.dataset = k.dataset"
+                    "   AND f.pandaid = k.pandaid AND f.lfn = k.lfn AND f.status <> %(status)s FOR UPDATE OF f) r",
                     {"ds": [r[0] for r in rows], "pids": [r[1] for r in rows], "lfns": [r[2] for r in rows]})
 
 
@@ -170,9 +179,9 @@ def complete_dispatch(conn: psycopg.Connection, names: Sequence[str]) -> None:
     its job set costs nothing per file it already holds; a file someone marked failed stays failed."""
     with conn.transaction(), conn.cursor() as cur:
         _lock(cur, names)
-        _transition(cur, "ready", "SELECT f.dataset, f.pandaid, f.lfn, f.status FROM dataset_files f"
-                    " WHERE f.dataset = ANY(%(names)s) AND f.status NOT IN ('ready', 'failed')",
-                    {"names": list(names)})
+        _transition(cur, "ready", "SELECT f.ctid, f.status FROM dataset_files f"
+                    " WHERE f.dataset = ANY(%(names)s) AND f.status NOT IN ('ready', 'failed')"
+                    " AND f.status <> %(status)s FOR UPDATE OF f", {"names": list(names)})
         cur.execute("UPDATE datasets SET status = 'completed', modification_time = now()"
                     " WHERE name = ANY(%s) AND type = 'dispatch' AND status = 'defined'", (list(names),))
 
@@ -226,22 +235,27 @@ def parents(conn: psycopg.Connection, names: Iterable[str]) -> dict[str, str | N
     return dict(conn.execute("SELECT name, parent FROM datasets WHERE name = ANY(%s)", (names,)).fetchall())
 
 
-def subs_of_job(conn: psycopg.Connection, pandaid: int) -> list[str]:
-    """The sub blocks that expect a file of this job."""
-    rows = conn.execute("SELECT DISTINCT f.dataset FROM dataset_files f JOIN datasets d ON d.name = f.dataset"
-                        " WHERE f.pandaid = %s AND d.type = 'sub'", (pandaid,)).fetchall()
-    return [r[0] for r in rows]
-
-
-def subs_of_jobs(conn: psycopg.Connection, pandaids: Iterable[int]) -> list[str]:
-    """The sub blocks that expect a file of any of these jobs."""
-    rows = conn.execute("SELECT DISTINCT f.dataset FROM dataset_files f JOIN datasets d ON d.name = f.dataset"
-                        " WHERE f.pandaid = ANY(%s) AND d.type = 'sub'", (sorted(set(pandaids)),)).fetchall()
-    return [r[0] for r in rows]
+def sub_files_of_jobs(conn: psycopg.Connection, pandaids: Iterable[int]) -> list[tuple]:
+    """The files of these jobs in sub blocks, each with its block: (dataset, pandaid, lfn, status, parent,
+    block status, nfiles, files of the block not settled yet) — the closer's event path. One statement, so
+    the counters and the files are of one snapshot. The jobs' rows come through ``dataset_files_job`` and
+    each block's row through its primary key (a LATERAL subquery the planner cannot turn into a scan of
+    every sub block: a misestimated ``type = 'sub'`` once drove the read from all of them), so the cost is
+    the jobs' own rows, whatever the blocks and the tables hold."""
+    pids = sorted(set(pandaids))
+    if not pids:
+        return []
+    return conn.execute(
+        "SELECT f.dataset, f.pandaid, f.lfn, f.status, d.parent, d.status, d.nfiles,"
+        "       d.nfiles - d.nfiles_done - d.nfiles_failed"
+        " FROM dataset_files f CROSS JOIN LATERAL (SELECT parent, status, nfiles, nfiles_done, nfiles_failed"
+        "   FROM datasets d WHERE d.name = f.dataset AND d.type = 'sub' OFFSET 0) d"
+        " WHERE f.pandaid = ANY(%s)", (pids,)).fetchall()
 
 
 def open_subs(conn: psycopg.Connection, limit: int) -> list[str]:
-    """Sub blocks neither closed nor failed, least recently changed first."""
+    """Sub blocks neither closed nor failed, least recently changed first (index ``datasets_open_subs``, 156:
+    the open subs only, sorted here — as many as the job sets still running, however many blocks closed)."""
     rows = conn.execute("SELECT name FROM datasets WHERE type = 'sub' AND status NOT IN ('closed', 'failed')"
                         " ORDER BY modification_time LIMIT %s", (limit,)).fetchall()
     return [r[0] for r in rows]

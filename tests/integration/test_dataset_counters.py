@@ -113,3 +113,22 @@ def test_a_destination_waits_for_every_unclosed_sub(cfg):
         datasets.set_files_status_many(conn, [(other, 9, "g9")], "ready")
         p = _close_poll(view, {9})
         assert p.close_subs == (other,) and p.close_destinations == (DEST,)
+
+
+def test_a_file_of_a_job_that_ended_unseen_is_left_to_the_sweep(cfg):
+    """The event path reads only the files of the jobs that ended: a file of another job that is over but
+    whose end the closer has not seen (it ended before its files were recorded) keeps the sub open until the
+    sweep, which reads every unsettled file of the open subs and the jobs' states, fails it and closes."""
+    with db.connect(cfg, autocommit=True) as conn:
+        _record_jobs(conn, range(1, 3))
+        view = closer.SqlCloserView(cfg, conn)
+        datasets.set_files_status_many(conn, [(b, 1, f"f1.{k}") for b in (SUB, DEST) for k in ("output", "log")],
+                                       "ready")
+        assert not _close_poll(view, {1}).close_subs, "job 2's files are open"
+        b = view.open_blocks()
+        b.final_jobs.add(2)        # what the jobs projection would say of job 2 (no jobs row in this test)
+        p = closer.plan(b)
+        assert {f.pandaid for f in p.fail} == {2} and p.close_subs == (SUB,) and p.close_destinations == (DEST,)
+        view.apply(p)
+        assert datasets.statuses(conn, [SUB, DEST]) == {SUB: "closed", DEST: "closed"}
+        assert _counters(conn, SUB) == _truth(conn, SUB) == (4, 2, 2)

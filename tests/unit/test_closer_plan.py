@@ -31,3 +31,16 @@ def test_a_destination_whose_other_subs_are_closed_closes_with_its_last_one():
     assert plan(b).close_destinations == ("d",)
     b.destinations = {"d": "closed"}
     assert not plan(b)
+
+
+def test_the_event_path_closes_a_sub_only_when_its_counters_say_the_listed_files_are_all_that_is_open():
+    # the event path lists only the files of the jobs that ended; ``unsettled`` is the sub's own count
+    b = Blocks(subs={"d_sub1": ("d", "defined")}, nfiles={"d_sub1": 40}, unsettled={"d_sub1": 2}, final_jobs={7},
+               files=[BlockFile("d_sub1", 7, "a", "unknown")], siblings={"d": {"d_sub1": "defined"}})
+    p = plan(b)
+    assert [f.lfn for f in p.fail] == ["a"] and not p.close_subs, "a file of another job is still open"
+    b.unsettled = {"d_sub1": 1}
+    p = plan(b)
+    assert p.close_subs == ("d_sub1",) and p.close_destinations == ("d",)
+    b.unsettled, b.files = {"d_sub1": 0}, []           # the job's files were all registered already
+    assert plan(b).close_subs == ("d_sub1",)
