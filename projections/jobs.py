@@ -65,8 +65,9 @@ _INSERT_COLS = ("pandaid", "partition", "seq", "status", *COLUMNS.values(), "cre
 # PandaIDs)``, which changes no result but gives the planner an index condition on jobs itself. Why: the
 # planner does not know PandaID is unique (the key is (pandaid, archived)) until jobs has statistics, and a
 # table that fills faster than autovacuum analyses it got a hash join over a sequential scan of every job for
-# each batch of about ten rows (the lifecycle bench: ≈ 81 buffers per row updated). With the condition each
-# partition is read by its primary key whatever the statistics say.
+# each batch of about ten rows (the lifecycle bench: ≈ 81 buffers per row updated). With the condition the
+# UPDATE of a batch reads the hot partition by its primary key whatever the statistics say
+# (tests/integration/test_jobs_plans.py).
 _INSERT_SQL = (
     f"INSERT INTO jobs ({', '.join(_INSERT_COLS)}) SELECT * FROM unnest("
     + ", ".join(f"%b::{'text' if c == 'spec' else _SQL_TYPE[c]}[]" for c in _INSERT_COLS[:-1])
