@@ -81,11 +81,15 @@ async def first_candidates(cur: AsyncCursor, candidate_queries: Sequence[tuple[s
     return []
 
 
-async def any_candidate(conn: AsyncConnection, sources: tuple[str, str, Mapping[str, Any]]) -> bool:
+async def any_candidate(conn: AsyncConnection, sources: tuple[str, str, Mapping[str, Any]],
+                        after: Sequence[str] = ()) -> bool:
     """Whether ``projections.candidates.claim_sources`` (``locking="none"``) finds any job: one statement,
-    a fresh snapshot, nothing locked."""
+    a fresh snapshot, nothing locked. ``after``: statements sent behind it before its answer is read (in a
+    pipeline: the COMMIT of its transaction)."""
     ctes, union, params = sources
     cur = await conn.execute(f"WITH {ctes} SELECT EXISTS ({union} LIMIT 1)", params)  # type: ignore[arg-type]
+    for statement in after:
+        await conn.execute(statement)  # type: ignore[arg-type]  # fixed text of the caller's
     row = await cur.fetchone()
     return bool(row and row[0])
 

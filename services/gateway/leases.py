@@ -17,6 +17,7 @@ of a dispatch that may hold a job for a pilot that never got it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -92,14 +93,16 @@ Claimed = tuple[int, int, dict[str, Any], str | None, list[dict[str, Any]]]
 
 
 async def claim_batch(conn: AsyncConnection, sources: tuple[str, str, dict[str, Any]], *, n: int, site: str,
-                      node: str, actor: str, command_ids: list[str], ttl: float, deliver: float
-                      ) -> list[Claimed]:
+                      node: str, actor: str, command_ids: list[str], ttl: float, deliver: float,
+                      after: Sequence[str] = ()) -> list[Claimed]:
     """Lease up to ``n`` candidates in one statement (autocommit: the candidate rows are locked only while it
     runs). ``sources``: ``projections.candidates.claim_sources`` (locking "skip", or "wait" inside the
     caller's transaction with a lock timeout). ``command_ids``: one per candidate, in order, for the dispatch
     commands to come. (pandaid, seq, spec, command id, files) per candidate found, in order; the command id is
     None for one another claimer leased first (a lost race), which the caller may look for again; files: the
-    FileSpec dicts of a candidate won (read in the same statement), [] for a lost one."""
+    FileSpec dicts of a candidate won (read in the same statement), [] for a lost one. ``after``: statements
+    sent behind the claim before its rows are read (in a pipeline: the COMMIT of the claim's transaction, which
+    then ends in the same round trip)."""
     if len(command_ids) < n:
         raise ValueError(f"claim_batch: {n} candidates wanted but {len(command_ids)} command ids given")
     ctes, union, params = sources
@@ -107,6 +110,8 @@ async def claim_batch(conn: AsyncConnection, sources: tuple[str, str, dict[str, 
     params = {**params, "n": n, "site": site, "node": node, "actor": actor, "command_ids": command_ids[:n],
               "ttl": ttl, "deliver": deliver}
     cur = await conn.execute(sql, params)   # type: ignore[arg-type]  # composed of fixed text
+    for statement in after:
+        await conn.execute(statement)   # type: ignore[arg-type]  # fixed text of the caller's
     return [(r[0], r[1], r[2], r[3], r[4] or []) for r in await cur.fetchall()]
 
 
