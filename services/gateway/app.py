@@ -20,6 +20,7 @@ import threading
 import psycopg
 from aiohttp import web
 
+from core import eventloop
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
@@ -157,4 +158,4 @@ def run_component(cfg: Config, stop: threading.Event) -> None:
 
         workers.run(cfg, stop, n)
     else:
-        asyncio.run(serve(cfg, stop))
+        eventloop.run(serve(cfg, stop))
