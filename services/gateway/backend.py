@@ -103,21 +103,22 @@ class Backend:
                 raise BadRequest(f"the command for PandaID {cmd.PandaID} is {size} bytes, more than the log's "
                                  f"message limit of {limit} bytes", status=413)
         verdicts = [self.waiter.expect(c.id) for c in cmds]
-        acks: list[concurrent.futures.Future] = []
         try:
             # called on the loop: with the topic metadata fetched at start, send() only appends to the
             # producer's buffer (it blocks only when 32 MB of records are waiting for the broker)
-            records = [self.sender.send(c) for c in cmds]
+            acks = [_failing(self.sender.send(c), verdict) for c, verdict in zip(cmds, verdicts, strict=True)]
         except Exception as exc:
             self._forget(cmds)
             raise Unavailable(f"cannot write to the command log: {exc}") from exc
-        for rec, verdict in zip(records, verdicts, strict=True):
-            acks.append(_ack_future(rec, verdict))
         try:
             started = time.monotonic()
-            done = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(v) for v in verdicts)), timeout)
+            if len(verdicts) == 1:   # one pilot update: no gather around a single future
+                done = [await asyncio.wait_for(asyncio.wrap_future(verdicts[0]), timeout)]
+            else:
+                done = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(v) for v in verdicts)), timeout)
+            elapsed = time.monotonic() - started
             for c in cmds:
-                metrics.VERDICT_LATENCY.labels(type(c).__name__).observe(time.monotonic() - started)
+                _verdict_latency(c).observe(elapsed)
             return list(done)
         except TimeoutError:
             if all(a.done() and a.exception() is None for a in acks):
@@ -151,10 +152,10 @@ class Backend:
             good.append((i, cmd, raw))
         sent = [c for _, c, _ in good]
         verdicts = [self.waiter.expect(c.id) for c in sent]
-        acks: list[concurrent.futures.Future] = []
+        acks: list[Delivery] = []
         try:
             for (_, cmd, raw), verdict in zip(good, verdicts, strict=True):
-                acks.append(_ack_future(self.sender.send_encoded(cmd, raw), verdict))
+                acks.append(_failing(self.sender.send_encoded(cmd, raw), verdict))
         except Exception as exc:  # noqa: BLE001 - whatever the client raises: the rest did not reach the log
             for (i, _, _) in good[len(acks):]:
                 out[i] = Unavailable(f"cannot write to the command log: {exc}")
@@ -178,7 +179,7 @@ class Backend:
                         exc = verdict.exception()
                         out[i] = exc if isinstance(exc, Exception) else Unavailable(str(exc))
                     else:
-                        metrics.VERDICT_LATENCY.labels(type(cmd).__name__).observe(elapsed)
+                        _verdict_latency(cmd).observe(elapsed)
                         out[i] = verdict.result()
         finally:
             self._forget(sent)
@@ -213,22 +214,32 @@ def _all_settled(futures: list[concurrent.futures.Future]) -> asyncio.Future:
     return settled
 
 
-def _ack_future(record: Delivery, verdict: concurrent.futures.Future) -> concurrent.futures.Future:
-    """A Future for Kafka's acknowledgement; a failed send also fails the verdict at once."""
-    ack: concurrent.futures.Future = concurrent.futures.Future()
+def _verdict_latency(cmd: Command):
+    """The verdict latency histogram of ``cmd``'s type (``labels()`` validates and looks up on every call)."""
+    kind = type(cmd)
+    child = _LATENCY_BY_TYPE.get(kind)
+    if child is None:
+        child = _LATENCY_BY_TYPE[kind] = metrics.VERDICT_LATENCY.labels(kind.__name__)
+    return child
+
+
+_LATENCY_BY_TYPE: dict[type, object] = {}
+
+
+def _failing(record: Delivery, verdict: concurrent.futures.Future) -> Delivery:
+    """``record``, whose failed send also fails ``verdict`` at once (its waiter learns that the command never
+    reached the log instead of waiting out the timeout). ``record`` itself is the acknowledgement the timeout
+    path reads (done without an exception: in the log, only the verdict is late). Why not a Future of its own
+    per command: one more lock and condition for every pilot call, for a state the record already holds."""
 
     def acknowledged(delivery: Delivery) -> None:
         exc = delivery.exception()
         if exc is None:
-            if not ack.done():
-                ack.set_result(True)
             return
-        if not ack.done():
-            ack.set_exception(Unavailable(str(exc)))
         try:
             verdict.set_exception(Unavailable(f"cannot write to the command log: {exc}"))
         except concurrent.futures.InvalidStateError:
             pass
 
     record.add_done_callback(acknowledged)
-    return ack
+    return record
