@@ -103,7 +103,8 @@ def build_app(cfg: Config, backend: Backend | None = None, metrics_dir: str | No
 
     async def start(app: web.Application) -> None:
         await app["backend"].start()
-        app["dispatcher"] = Dispatcher(cfg, app["backend"].pool, app["backend"].ask)
+        backend = app["backend"]
+        app["dispatcher"] = Dispatcher(cfg, backend.pool, backend.ask, claim_pool=getattr(backend, "claim_pool", None))
 
     async def stop(app: web.Application) -> None:
         await app["backend"].close()

@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from core import db, metrics
 from core.bus import CommandSender, Delivery, OutcomeWaiter, partitions
 from core.config import Config
+from projections.candidates import ORDERED_WALK_OPTIONS
 from schemas.messages import Command, Event, Rejected
 from schemas.storable import Unstorable, encoded
 
@@ -46,6 +47,7 @@ class Backend:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.pool: AsyncConnectionPool | None = None
+        self.claim_pool: AsyncConnectionPool | None = None   # getJob's claims only ([gateway] claim_pool_size)
         self.sender: CommandSender | None = None
         self.waiter: OutcomeWaiter | None = None
         self.reply_claim: replies.ReplyClaim | None = None
@@ -54,6 +56,12 @@ class Backend:
         self.pool = AsyncConnectionPool(self.cfg.db.url, min_size=1, max_size=int(self.cfg.gateway.db_pool_size),
                                         open=False, kwargs={"autocommit": True, "options": db.SESSION_OPTIONS})
         await self.pool.open(wait=True, timeout=30)
+        claims = int(self.cfg.gateway.claim_pool_size)
+        if claims > 0:
+            self.claim_pool = AsyncConnectionPool(
+                self.cfg.db.url, min_size=1, max_size=claims, open=False,
+                kwargs={"autocommit": True, "options": f"{db.SESSION_OPTIONS} {ORDERED_WALK_OPTIONS}"})
+            await self.claim_pool.open(wait=True, timeout=30)
         self.reply_claim = await self._claim_reply_partition()
         self.waiter = await asyncio.to_thread(
             OutcomeWaiter, self.cfg, reply_partition=self.reply_claim.partition if self.reply_claim else None)
@@ -68,6 +76,8 @@ class Backend:
             await asyncio.to_thread(self.waiter.close)
         if self.reply_claim is not None:
             await self.reply_claim.release()
+        if self.claim_pool is not None:
+            await self.claim_pool.close()
         if self.pool is not None:
             await self.pool.close()
 
