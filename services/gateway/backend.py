@@ -102,13 +102,16 @@ class Backend:
         assert self.waiter is not None and self.sender is not None, "backend not started"
         limit = int(self.cfg.kafka.max_message_bytes)
         reply_to = self.reply_claim.partition if self.reply_claim is not None else None
+        raws: list[bytes] = []
         for cmd in cmds:
             cmd.reply_to = reply_to   # the verdict comes on this process's reply partition
             # nothing the readers of the log could not store is written to it (the ledger checks again)
             try:
-                size = len(encoded(cmd))
+                raw = encoded(cmd)   # the very bytes sent below: each command is encoded once
             except Unstorable as exc:
                 raise BadRequest(exc.message, field=exc.field or None) from None
+            size = len(raw)
+            raws.append(raw)
             if size > limit:   # the log would refuse it on every try: a final answer instead of "try again"
                 raise BadRequest(f"the command for PandaID {cmd.PandaID} is {size} bytes, more than the log's "
                                  f"message limit of {limit} bytes", status=413)
@@ -116,7 +119,8 @@ class Backend:
         try:
             # called on the loop: with the topic metadata fetched at start, send() only appends to the
             # producer's buffer (it blocks only when 32 MB of records are waiting for the broker)
-            acks = [_failing(self.sender.send(c), verdict) for c, verdict in zip(cmds, verdicts, strict=True)]
+            acks = [_failing(self.sender.send_encoded(c, raw), verdict)
+                    for c, raw, verdict in zip(cmds, raws, verdicts, strict=True)]
         except Exception as exc:
             self._forget(cmds)
             raise Unavailable(f"cannot write to the command log: {exc}") from exc
