@@ -27,7 +27,7 @@ from bench import stack, workload
 from bench.procs import Components, CpuMeter, infra_groups
 from bench.stats import percentiles, steady_rate, timeline
 from cli import components
-from core import db
+from core import db, eventloop
 from core.config import Config
 from core.states import JobStatus
 from projections import queries
@@ -93,10 +93,10 @@ async def finished_by_gateway(url: str, ids: list[int], headers: dict[str, str])
 def wait_finished(url: str, ids: list[int], target: int, seconds: float, headers: dict[str, str]) -> int:
     """Ask the gateway every 0.25 s until ``target`` of ``ids`` are finished or ``seconds`` have passed."""
     deadline = time.monotonic() + seconds
-    done = asyncio.run(finished_by_gateway(url, ids, headers))
+    done = eventloop.run(finished_by_gateway(url, ids, headers))
     while done < target and time.monotonic() < deadline:
         time.sleep(0.25)
-        done = asyncio.run(finished_by_gateway(url, ids, headers))
+        done = eventloop.run(finished_by_gateway(url, ids, headers))
     return done
 
 
@@ -169,7 +169,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         cpu0 = time.process_time()
         t0 = time.time()
         headers = dev.headers(cfg, "bench", ("production", "pilot"))
-        driven = asyncio.run(_drive(url, n, pilots, seconds, log, headers))
+        driven = eventloop.run(_drive(url, n, pilots, seconds, log, headers))
         # the last finals through the ledger, the services and the projector: what the pilots reported finished
         # must be reported finished by the gateway
         done = wait_finished(url, driven["ids"], driven["pilot"]["finished"], 30, headers)

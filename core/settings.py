@@ -88,6 +88,7 @@ class GatewaySettings(_Section):
     """[gateway]"""
 
     db_pool_size: int
+    claim_pool_size: int
     verdict_timeout: float
     cache_max_bytes: int
     default_queues: list[str]

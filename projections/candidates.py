@@ -148,7 +148,11 @@ def candidate_queries(req: Criteria, share_order: Sequence[str], limit: int = 1,
 #: more later), the planner estimated 1 activated job where there were 100,000, chose a bitmap scan and sorted
 #: them all: 1.6-1.75 s and 107k buffers per getJob in the full dispatch bench (``pandaes bench --only
 #: dispatch``). Without sorts and bitmap scans the ordered index walk is the plan left, whatever the statistics.
-ORDERED_WALK = ("SET LOCAL enable_sort = off", "SET LOCAL enable_bitmapscan = off")
+ORDERED_WALK_SETTINGS = (("enable_sort", "off"), ("enable_bitmapscan", "off"))
+ORDERED_WALK = tuple(f"SET LOCAL {name} = {value}" for name, value in ORDERED_WALK_SETTINGS)
+#: The same settings for a whole session (libpq ``options``), for connections that run nothing but candidate
+#: statements (the gateway's claim pool): each claim is then one autocommit statement, no BEGIN, SET LOCAL, COMMIT.
+ORDERED_WALK_OPTIONS = " ".join(f"-c {name}={value}" for name, value in ORDERED_WALK_SETTINGS)
 
 
 def claim_sources(req: Criteria, share_order: Sequence[str], limit: int = 1, *, leases: str | None = None,

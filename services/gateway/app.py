@@ -20,6 +20,7 @@ import threading
 import psycopg
 from aiohttp import web
 
+from core import eventloop
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
@@ -102,7 +103,8 @@ def build_app(cfg: Config, backend: Backend | None = None, metrics_dir: str | No
 
     async def start(app: web.Application) -> None:
         await app["backend"].start()
-        app["dispatcher"] = Dispatcher(cfg, app["backend"].pool, app["backend"].ask)
+        backend = app["backend"]
+        app["dispatcher"] = Dispatcher(cfg, backend.pool, backend.ask, claim_pool=getattr(backend, "claim_pool", None))
 
     async def stop(app: web.Application) -> None:
         await app["backend"].close()
@@ -157,4 +159,4 @@ def run_component(cfg: Config, stop: threading.Event) -> None:
 
         workers.run(cfg, stop, n)
     else:
-        asyncio.run(serve(cfg, stop))
+        eventloop.run(serve(cfg, stop))

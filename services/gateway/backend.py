@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from core import db, metrics
 from core.bus import CommandSender, Delivery, OutcomeWaiter, partitions
 from core.config import Config
+from projections.candidates import ORDERED_WALK_OPTIONS
 from schemas.messages import Command, Event, Rejected
 from schemas.storable import Unstorable, encoded
 
@@ -46,6 +47,7 @@ class Backend:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.pool: AsyncConnectionPool | None = None
+        self.claim_pool: AsyncConnectionPool | None = None   # getJob's claims only ([gateway] claim_pool_size)
         self.sender: CommandSender | None = None
         self.waiter: OutcomeWaiter | None = None
         self.reply_claim: replies.ReplyClaim | None = None
@@ -54,6 +56,12 @@ class Backend:
         self.pool = AsyncConnectionPool(self.cfg.db.url, min_size=1, max_size=int(self.cfg.gateway.db_pool_size),
                                         open=False, kwargs={"autocommit": True, "options": db.SESSION_OPTIONS})
         await self.pool.open(wait=True, timeout=30)
+        claims = int(self.cfg.gateway.claim_pool_size)
+        if claims > 0:
+            self.claim_pool = AsyncConnectionPool(
+                self.cfg.db.url, min_size=1, max_size=claims, open=False,
+                kwargs={"autocommit": True, "options": f"{db.SESSION_OPTIONS} {ORDERED_WALK_OPTIONS}"})
+            await self.claim_pool.open(wait=True, timeout=30)
         self.reply_claim = await self._claim_reply_partition()
         self.waiter = await asyncio.to_thread(
             OutcomeWaiter, self.cfg, reply_partition=self.reply_claim.partition if self.reply_claim else None)
@@ -68,6 +76,8 @@ class Backend:
             await asyncio.to_thread(self.waiter.close)
         if self.reply_claim is not None:
             await self.reply_claim.release()
+        if self.claim_pool is not None:
+            await self.claim_pool.close()
         if self.pool is not None:
             await self.pool.close()
 
@@ -92,32 +102,37 @@ class Backend:
         assert self.waiter is not None and self.sender is not None, "backend not started"
         limit = int(self.cfg.kafka.max_message_bytes)
         reply_to = self.reply_claim.partition if self.reply_claim is not None else None
+        raws: list[bytes] = []
         for cmd in cmds:
             cmd.reply_to = reply_to   # the verdict comes on this process's reply partition
             # nothing the readers of the log could not store is written to it (the ledger checks again)
             try:
-                size = len(encoded(cmd))
+                raw = encoded(cmd)   # the very bytes sent below: each command is encoded once
             except Unstorable as exc:
                 raise BadRequest(exc.message, field=exc.field or None) from None
+            size = len(raw)
+            raws.append(raw)
             if size > limit:   # the log would refuse it on every try: a final answer instead of "try again"
                 raise BadRequest(f"the command for PandaID {cmd.PandaID} is {size} bytes, more than the log's "
                                  f"message limit of {limit} bytes", status=413)
         verdicts = [self.waiter.expect(c.id) for c in cmds]
-        acks: list[concurrent.futures.Future] = []
         try:
             # called on the loop: with the topic metadata fetched at start, send() only appends to the
             # producer's buffer (it blocks only when 32 MB of records are waiting for the broker)
-            records = [self.sender.send(c) for c in cmds]
+            acks = [_failing(self.sender.send_encoded(c, raw), verdict)
+                    for c, raw, verdict in zip(cmds, raws, verdicts, strict=True)]
         except Exception as exc:
             self._forget(cmds)
             raise Unavailable(f"cannot write to the command log: {exc}") from exc
-        for rec, verdict in zip(records, verdicts, strict=True):
-            acks.append(_ack_future(rec, verdict))
         try:
             started = time.monotonic()
-            done = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(v) for v in verdicts)), timeout)
+            if len(verdicts) == 1:   # one pilot update: no gather around a single future
+                done = [await asyncio.wait_for(asyncio.wrap_future(verdicts[0]), timeout)]
+            else:
+                done = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(v) for v in verdicts)), timeout)
+            elapsed = time.monotonic() - started
             for c in cmds:
-                metrics.VERDICT_LATENCY.labels(type(c).__name__).observe(time.monotonic() - started)
+                _verdict_latency(c).observe(elapsed)
             return list(done)
         except TimeoutError:
             if all(a.done() and a.exception() is None for a in acks):
@@ -151,10 +166,10 @@ class Backend:
             good.append((i, cmd, raw))
         sent = [c for _, c, _ in good]
         verdicts = [self.waiter.expect(c.id) for c in sent]
-        acks: list[concurrent.futures.Future] = []
+        acks: list[Delivery] = []
         try:
             for (_, cmd, raw), verdict in zip(good, verdicts, strict=True):
-                acks.append(_ack_future(self.sender.send_encoded(cmd, raw), verdict))
+                acks.append(_failing(self.sender.send_encoded(cmd, raw), verdict))
         except Exception as exc:  # noqa: BLE001 - whatever the client raises: the rest did not reach the log
             for (i, _, _) in good[len(acks):]:
                 out[i] = Unavailable(f"cannot write to the command log: {exc}")
@@ -178,7 +193,7 @@ class Backend:
                         exc = verdict.exception()
                         out[i] = exc if isinstance(exc, Exception) else Unavailable(str(exc))
                     else:
-                        metrics.VERDICT_LATENCY.labels(type(cmd).__name__).observe(elapsed)
+                        _verdict_latency(cmd).observe(elapsed)
                         out[i] = verdict.result()
         finally:
             self._forget(sent)
@@ -213,22 +228,32 @@ def _all_settled(futures: list[concurrent.futures.Future]) -> asyncio.Future:
     return settled
 
 
-def _ack_future(record: Delivery, verdict: concurrent.futures.Future) -> concurrent.futures.Future:
-    """A Future for Kafka's acknowledgement; a failed send also fails the verdict at once."""
-    ack: concurrent.futures.Future = concurrent.futures.Future()
+def _verdict_latency(cmd: Command):
+    """The verdict latency histogram of ``cmd``'s type (``labels()`` validates and looks up on every call)."""
+    kind = type(cmd)
+    child = _LATENCY_BY_TYPE.get(kind)
+    if child is None:
+        child = _LATENCY_BY_TYPE[kind] = metrics.VERDICT_LATENCY.labels(kind.__name__)
+    return child
+
+
+_LATENCY_BY_TYPE: dict[type, object] = {}
+
+
+def _failing(record: Delivery, verdict: concurrent.futures.Future) -> Delivery:
+    """``record``, whose failed send also fails ``verdict`` at once (its waiter learns that the command never
+    reached the log instead of waiting out the timeout). ``record`` itself is the acknowledgement the timeout
+    path reads (done without an exception: in the log, only the verdict is late). Why not a Future of its own
+    per command: one more lock and condition for every pilot call, for a state the record already holds."""
 
     def acknowledged(delivery: Delivery) -> None:
         exc = delivery.exception()
         if exc is None:
-            if not ack.done():
-                ack.set_result(True)
             return
-        if not ack.done():
-            ack.set_exception(Unavailable(str(exc)))
         try:
             verdict.set_exception(Unavailable(f"cannot write to the command log: {exc}"))
         except concurrent.futures.InvalidStateError:
             pass
 
     record.add_done_callback(acknowledged)
-    return ack
+    return record

@@ -21,7 +21,6 @@ gone (SIGKILLed) stops by itself instead of holding the port.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing as mp
 import os
@@ -31,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from core import metrics
+from core import eventloop, metrics
 from core.config import Config
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def _serve_one(cfg_data: dict, index: int, parent: int, metrics_dir: str) -> Non
                 stop.set()
 
     threading.Thread(target=orphaned, name="gateway-orphan-watch", daemon=True).start()
-    asyncio.run(serve(cfg, stop, reuse_port=True, metrics_dir=metrics_dir))
+    eventloop.run(serve(cfg, stop, reuse_port=True, metrics_dir=metrics_dir))
 
 
 class Supervisor:

@@ -10,20 +10,31 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from psycopg_pool import AsyncConnectionPool
 from test_projection_queries import Projector, activate, submit
 
 from core import db
-from projections.candidates import ORDERED_WALK, claim_sources
+from projections.candidates import ORDERED_WALK, ORDERED_WALK_OPTIONS, claim_sources
 from schemas.messages import Transition
 from services.gateway import leases
 from services.gateway.dispatcher import Dispatcher, DispatchRequest
 
 
-async def _pool(cfg) -> AsyncConnectionPool:
-    pool = AsyncConnectionPool(cfg.db.url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True})
+async def _pool(cfg, options: str = "") -> AsyncConnectionPool:
+    kwargs = {"autocommit": True, **({"options": options} if options else {})}
+    pool = AsyncConnectionPool(cfg.db.url, min_size=1, max_size=4, open=False, kwargs=kwargs)
     await pool.open(wait=True)
     return pool
+
+
+async def _claim_pool(cfg, wanted: bool) -> AsyncConnectionPool | None:
+    """The gateway's claim pool (sessions with the candidate query's planner settings), or None: claims on the
+    shared pool with SET LOCAL (``[gateway] claim_pool_size = 0``)."""
+    return await _pool(cfg, f"{db.SESSION_OPTIONS} {ORDERED_WALK_OPTIONS}") if wanted else None
+
+
+ON_BOTH_POOLS = pytest.mark.parametrize("claim_pool", [False, True], ids=["shared-pool", "claim-pool"])
 
 
 def _lease_states(cfg) -> dict[int, str]:
@@ -31,7 +42,8 @@ def _lease_states(cfg) -> dict[int, str]:
         return dict(conn.execute("SELECT pandaid, state FROM dispatch_leases").fetchall())
 
 
-def test_a_batch_is_claimed_in_share_order_and_its_dispatches_asked_at_once(cfg):
+@ON_BOTH_POOLS
+def test_a_batch_is_claimed_in_share_order_and_its_dispatches_asked_at_once(cfg, claim_pool):
     """n_jobs=3: one claim (the "Test" share first, then by priority), three dispatches in flight together,
     every lease ``sent`` before the answer and ``delivered`` after it; a fourth job stays for the next."""
     proj = Projector(cfg)
@@ -50,14 +62,17 @@ def test_a_batch_is_claimed_in_share_order_and_its_dispatches_asked_at_once(cfg)
 
     async def scenario():
         pool = await _pool(cfg)
+        claims = await _claim_pool(cfg, claim_pool)
         try:
-            dispatcher = Dispatcher(cfg, pool, ask)
+            dispatcher = Dispatcher(cfg, pool, ask, claim_pool=claims)
             result = await dispatcher.acquire(DispatchRequest(site="SITE", n_jobs=3), "pilot:h")
             states_before = _lease_states(cfg)
             await dispatcher.delivered(result.jobs)
             return result, states_before, dispatcher.stats
         finally:
             await pool.close()
+            if claims is not None:
+                await claims.close()
 
     result, before, stats = asyncio.run(scenario())
     assert [j.panda_id for j in result.jobs] == [22, 21, 20]
@@ -123,7 +138,8 @@ def test_a_candidate_leased_after_the_claims_snapshot_comes_back_as_a_lost_race(
             (30, won[0][2].id), (31, "ca")]
 
 
-def test_a_candidate_locked_past_the_lock_wait_is_no_job_and_the_connection_stays_usable(cfg):
+@ON_BOTH_POOLS
+def test_a_candidate_locked_past_the_lock_wait_is_no_job_and_the_connection_stays_usable(cfg, claim_pool):
     """The waiting claim gives up after ``lock_wait`` (its transaction rolled back, the pool connection
     fine for the next request): "no jobs", and the same candidate once its row is free."""
     proj = Projector(cfg)
@@ -133,8 +149,9 @@ def test_a_candidate_locked_past_the_lock_wait_is_no_job_and_the_connection_stay
 
     async def scenario():
         pool = await _pool(cfg)
+        claims = await _claim_pool(cfg, claim_pool)
         try:
-            dispatcher = Dispatcher(cfg, pool, None)   # type: ignore[arg-type]  # claims only
+            dispatcher = Dispatcher(cfg, pool, None, claim_pool=claims)   # type: ignore[arg-type]  # claims only
             dispatcher.lock_wait = 0.2
             none = await dispatcher._claim(DispatchRequest(site="SITE"), "pilot:c", 1, 10)
             holder.rollback()
@@ -143,6 +160,8 @@ def test_a_candidate_locked_past_the_lock_wait_is_no_job_and_the_connection_stay
         finally:
             holder.close()
             await pool.close()
+            if claims is not None:
+                await claims.close()
 
     none, some, stats = asyncio.run(scenario())
     assert none == [] and stats["lock_waits_expired"] == 1
@@ -170,11 +189,12 @@ def test_sessions_plan_every_execution_and_never_compile(cfg):
     assert asyncio.run(pooled()) == ("off", "force_custom_plan")
 
 
-def _candidate_plan(cfg, settings: tuple[str, ...]) -> str:
-    """EXPLAIN of the candidate query a getJob at SITE runs, under ``settings`` (SET LOCAL in its transaction)."""
+def _candidate_plan(cfg, settings: tuple[str, ...], options: str = "") -> str:
+    """EXPLAIN of the candidate query a getJob at SITE runs, under ``settings`` (SET LOCAL in its transaction)
+    on a session opened with ``options``."""
     ctes, union, params = claim_sources(DispatchRequest(site="SITE", prod_source_label="managed"), ["Test"], 1,
                                         leases=leases.RELATION, locking="none")
-    with db.connect(cfg, autocommit=True) as conn, conn.transaction():
+    with db.connect(cfg, autocommit=True, options=options) as conn, conn.transaction():
         for setting in settings:
             conn.execute(setting)
         return json.dumps(conn.execute(f"EXPLAIN (FORMAT JSON) WITH {ctes} {union} LIMIT 1", params).fetchone()[0])
@@ -198,6 +218,8 @@ def test_candidates_come_from_an_ordered_index_walk_whatever_the_statistics(cfg)
             walked = _candidate_plan(cfg, ORDERED_WALK)
             assert '"Sort"' not in walked and "Bitmap" not in walked, walked
             assert "jobs_hot_computing_site_current_priority" in walked or "dispatch" in walked, walked
+            # the claim pool's sessions (the same settings as options) plan it the same way
+            assert _candidate_plan(cfg, (), options=ORDERED_WALK_OPTIONS) == walked
         finally:
             conn.execute("DELETE FROM jobs WHERE pandaid > 900000")
             conn.execute("ALTER TABLE jobs_hot RESET (autovacuum_enabled)")

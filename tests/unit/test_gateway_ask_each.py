@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
+import pytest
+
 from core import config
-from schemas.messages import PilotUpdate, Rejected
+from schemas.messages import PilotUpdate, Rejected, decode_command
 from services.gateway.backend import Backend, Unavailable, VerdictTimeout
 from services.gateway.params import BadRequest
 
@@ -61,3 +63,29 @@ def test_each_command_gets_its_own_answer() -> None:
     assert out[0].reason == "job 1" and out[2].reason == "job 2"
     assert 9 not in sender.sent            # the unstorable command never reaches the log
     assert not backend.waiter.waiting      # nothing left waiting after the answers
+
+
+def test_ask_one_command_verdict_late_or_unsent() -> None:
+    """Backend.ask (one pilot update): its verdict; VerdictTimeout when the log has it but the ledger is late;
+    Unavailable when the log never acknowledged it (the pilot must send it again)."""
+    backend, sender = _backend(late={2, 3}, unsent={3})
+    answered = asyncio.run(backend.ask(PilotUpdate(PandaID=1, actor="p", state="running"), 0.5))
+    assert isinstance(answered, Rejected) and answered.reason == "job 1"
+    for pid, kind in ((2, VerdictTimeout), (3, Unavailable)):
+        with pytest.raises(kind):
+            asyncio.run(backend.ask(PilotUpdate(PandaID=pid, actor="p", state="running"), 0.3))
+    assert sender.sent == [1, 2, 3] and not backend.waiter.waiting
+
+
+def test_ask_many_sends_the_checked_bytes_and_refuses_the_unstorable() -> None:
+    backend, sender = _backend(late=set())
+    raws: list[bytes] = []
+    send = sender.send_encoded
+    sender.send_encoded = lambda cmd, raw: raws.append(raw) or send(cmd, raw)  # type: ignore[method-assign]
+    cmds = [PilotUpdate(PandaID=pid, actor="p", state="running") for pid in (1, 2)]
+    out = asyncio.run(backend.ask_many(cmds, 0.5))
+    assert [o.reason for o in out] == ["job 1", "job 2"]
+    assert [decode_command(r).PandaID for r in raws] == [1, 2]
+    with pytest.raises(BadRequest):   # refused before it is sent
+        asyncio.run(backend.ask_many([PilotUpdate(PandaID=5, actor="p", state="running", attrs={"x": "\x00"})], 0.5))
+    assert sender.sent == [1, 2]
