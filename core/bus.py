@@ -193,6 +193,13 @@ class Consumer(Protocol):
         """The read_committed ends (last stable offsets)."""
         ...
 
+    def fetched_ends(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The log ends as the last fetch responses reported them, without asking the broker (for lag metrics:
+        ``end_offsets`` is a request per partition). The read_committed end where the client keeps it
+        (librdkafka), else the high watermark (kafka-python: counts records of an open transaction). A partition
+        not fetched yet is absent."""
+        ...
+
     def pause(self, *partitions: TopicPartition) -> None:
         """Stop fetching these partitions (a reader done with them, or one with nobody to read for)."""
         ...

@@ -104,10 +104,10 @@ def watch_pool(name: str, stats: Callable[[], Mapping[str, int]]) -> None:
 
 
 class LagTracker:
-    """Keeps a consumer's position and lag gauges up to date, asking the broker for the log end at most
-    every ``every`` seconds while records come (the positions are local and cheap, the end offsets are a
-    round trip per partition), and every ``quiet_every`` seconds while none do: on an idle system those
-    requests were a large part of what the broker did."""
+    """Keeps a consumer's position and lag gauges up to date, at most every ``every`` seconds while records
+    come and every ``quiet_every`` seconds while none do. The log ends are those the consumer's last fetches
+    reported (``fetched_ends``: no request); only a partition not fetched yet is asked for (``end_offsets``,
+    two requests per partition with librdkafka: under load they were 7 % of the embedded broker's requests)."""
 
     def __init__(self, consumer, group: str, every: float = 2.0, quiet_every: float = 30.0):
         self.consumer = consumer
@@ -129,7 +129,10 @@ class LagTracker:
             assignment = list(self.consumer.assignment())
             if not assignment:
                 return
-            ends = self.consumer.end_offsets(assignment)
+            ends = self.consumer.fetched_ends(assignment)
+            unknown = [tp for tp in assignment if tp not in ends]
+            if unknown:
+                ends.update(self.consumer.end_offsets(unknown))
             for tp in assignment:
                 pos = self.consumer.position(tp)
                 labels = (self.group, tp.topic, str(tp.partition))

@@ -142,7 +142,8 @@ class Producer:
         conf: dict[str, Any] = {
             "bootstrap.servers": s.bootstrap, "client.id": s.client_id, "acks": "all",
             "enable.idempotence": True, "linger.ms": s.linger_ms, "batch.size": 256 * 1024,
-            "max.in.flight.requests.per.connection": 5, "partitioner": "murmur2_random", "logger": _rdkafka_log}
+            "max.in.flight.requests.per.connection": 5, "partitioner": "murmur2_random",
+            "enable.metrics.push": False, "logger": _rdkafka_log}
         if s.transactional_id:
             conf.update({"transactional.id": s.transactional_id, "transaction.timeout.ms": s.transaction_timeout_ms})
         self._p = ck.Producer(conf)
@@ -229,7 +230,7 @@ class Consumer:
             "fetch.wait.max.ms": s.fetch_max_wait_ms, "max.partition.fetch.bytes": 8 * 1024 * 1024,
             # the end of a partition is reported (and skipped by poll): a dozing consumer's look is over when
             # every partition has answered
-            "enable.partition.eof": True, "logger": _rdkafka_log})
+            "enable.partition.eof": True, "enable.metrics.push": False, "logger": _rdkafka_log})
         self._max_records = s.max_poll_records
         self._grouped = s.group_id is not None
         self._joining = False          # subscribed (or revoked) and no assignment since: a join under way
@@ -486,6 +487,17 @@ class Consumer:
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         return {TopicPartition(*tp): self._watermarks(tp)[1] for tp in partitions}
 
+    def fetched_ends(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        ends = {}
+        for tp in partitions:
+            try:
+                end = self._c.get_watermark_offsets(_ctp(tp), cached=True)[1]
+            except ck.KafkaException:   # not fetched yet (or not assigned)
+                continue
+            if end >= 0:
+                ends[TopicPartition(*tp)] = end
+        return ends
+
     def pause(self, *partitions: TopicPartition) -> None:
         self._apply_assign()
         tps = {TopicPartition(*tp) for tp in partitions}
@@ -557,7 +569,8 @@ def consumer(settings: ConsumerSettings) -> Consumer:
 # -------------------------------------------------------------------------------------------- admin
 class Admin:
     def __init__(self, s: AdminSettings):
-        self._a = AdminClient({"bootstrap.servers": s.bootstrap, "client.id": s.client_id, "logger": _rdkafka_log})
+        self._a = AdminClient({"bootstrap.servers": s.bootstrap, "client.id": s.client_id,
+                               "enable.metrics.push": False, "logger": _rdkafka_log})
         self._timeout = s.timeout_ms / 1000
 
     def _result(self, future: Any, what: str, ok: tuple[int, ...] = ()) -> Any:

@@ -210,6 +210,17 @@ class Consumer:
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         return {TopicPartition(*tp): off for tp, off in self._c.end_offsets([_k(t) for t in partitions]).items()}
 
+    def fetched_ends(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        ends = {}
+        for tp in partitions:
+            try:
+                end = self._c.highwater(_k(tp))
+            except kafka.errors.IllegalStateError:   # not assigned
+                continue
+            if end is not None:
+                ends[TopicPartition(*tp)] = end
+        return ends
+
     def pause(self, *partitions: TopicPartition) -> None:
         self._c.pause(*[_k(tp) for tp in partitions])
 

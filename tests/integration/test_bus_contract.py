@@ -311,6 +311,20 @@ def test_seek_position_and_end_offsets(cfg):
         c.close()
 
 
+def test_fetched_ends_are_what_the_fetches_reported(cfg):
+    topic = cfg.kafka.commands_topic
+    _write(cfg, topic, [b"a", b"b", b"c"], partition=4)
+    c, (tp,) = _reader(cfg, topic, [4])
+    try:
+        assert c.fetched_ends([tp]) == {}          # nothing fetched yet: not known (and not asked)
+        end = c.end_offsets([tp])[tp]
+        assert [r.value for r in _read_to_end(c, [tp])] == [b"a", b"b", b"c"]
+        wait_until(lambda: c.poll(timeout_ms=100) == {} and c.fetched_ends([tp]) == {tp: end},
+                   what="the end the fetches reported")
+    finally:
+        c.close()
+
+
 def test_pause_stops_a_partition_and_resume_goes_on_from_there(cfg):
     topic = cfg.kafka.commands_topic
     _write(cfg, topic, [b"a"], partition=0)

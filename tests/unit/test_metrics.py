@@ -12,12 +12,18 @@ from schemas.messages import decode_event
 class FakeConsumer:
     def __init__(self, positions: dict[TopicPartition, int], ends: dict[TopicPartition, int]):
         self.positions, self.ends = positions, ends
+        self.fetched: dict[TopicPartition, int] = {}   # what the last fetches reported
+        self.asked: list[TopicPartition] = []          # partitions whose end was asked of the broker
 
     def assignment(self):
         return set(self.positions)
 
     def end_offsets(self, tps):
+        self.asked.extend(tps)
         return {tp: self.ends[tp] for tp in tps}
+
+    def fetched_ends(self, tps):
+        return {tp: self.fetched[tp] for tp in tps if tp in self.fetched}
 
     def position(self, tp):
         return self.positions[tp]
@@ -53,6 +59,17 @@ def test_lag_tracker_asks_the_broker_rarely_while_no_records_come():
     tracker.observe({tp: [object()]}, now=132.0)   # records again: every 2 s
     tracker.observe(None, now=133.5)
     assert REGISTRY.get_sample_value("pandaes_consumer_lag", labels) == 10
+
+
+def test_lag_tracker_asks_the_broker_only_for_partitions_not_fetched_yet():
+    fetched, new = TopicPartition("t-fetched", 0), TopicPartition("t-fetched", 1)
+    consumer = FakeConsumer({fetched: 10, new: 0}, {fetched: 99, new: 7})
+    consumer.fetched[fetched] = 12
+    metrics.LagTracker(consumer, "g-fetched", every=2).observe({fetched: [object()]}, now=100.0)
+    assert consumer.asked == [new]
+    lag = {"group": "g-fetched", "topic": "t-fetched"}
+    assert REGISTRY.get_sample_value("pandaes_consumer_lag", {**lag, "partition": "0"}) == 2
+    assert REGISTRY.get_sample_value("pandaes_consumer_lag", {**lag, "partition": "1"}) == 7
 
 
 def test_event_labels_are_trigger_and_destination():
