@@ -27,7 +27,9 @@ class Projection(Protocol):
     tables: tuple[str, ...]          # dropped and recreated by a rebuild (in dependency order)
 
     def apply(self, conn: psycopg.Connection, records: Sequence[Record]) -> None:
-        """Write the effect of ``records`` (one partition's new events, in offset order)."""
+        """Write the effect of ``records``: new events of one or more partitions, each partition's in offset
+        order. A job's events are all in one partition, so each job's events come in log order; the runner
+        hands a whole poll to one call (one set of statements per poll, not per partition)."""
 
 
 POSITIONS_TABLE = "consumer_positions"   # 001_core.sql; a rebuild or verify makes a copy in its own schema
@@ -46,6 +48,20 @@ def save_position(conn: psycopg.Connection, projection: str, topic: str, partiti
         "INSERT INTO consumer_positions (projection, topic, partition, next_offset) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
         (projection, topic, partition, next_offset),
+    )
+
+
+def save_positions(conn: psycopg.Connection, topic: str, moved: Sequence[tuple[str, int, int]]) -> None:
+    """``save_position`` for many (projection, partition, next offset) at once: one statement per poll instead
+    of one per projection and partition (each key at most once)."""
+    if not moved:
+        return
+    conn.execute(
+        "INSERT INTO consumer_positions (projection, topic, partition, next_offset)"
+        " SELECT v.projection, %s, v.partition, v.next_offset"
+        " FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS v(projection, partition, next_offset)"
+        " ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+        (topic, [m[0] for m in moved], [m[1] for m in moved], [m[2] for m in moved]),
     )
 
 

@@ -1,9 +1,9 @@
 """The thin loop that feeds panda.job-events into projections.
 
-Per poll: group records by partition, decode each once, let every projection apply the records it
-has not seen yet, store each projection's next offset — all in one database transaction. Kafka
-group offsets are committed afterwards only to show lag; the database positions are the truth, and
-on (re)assignment the consumer seeks to them.
+Per poll: decode each record once, let every projection apply the records it has not seen yet (the
+whole poll in one call), store the projections' next offsets (one statement) — all in one database
+transaction. Kafka group offsets are committed afterwards only to show lag; the database positions are
+the truth, and on (re)assignment the consumer seeks to them.
 
 A batch that fails on a value the database refuses (or an event that does not decode) is applied
 again event by event, each in a savepoint; the event that still fails becomes a dead letter
@@ -24,7 +24,7 @@ from core import bus, db, metrics, watchdog
 from core.config import Config
 from projections import deadletters
 from projections.archive import ArchiveProjection
-from projections.base import Projection, Record, load_positions, save_position
+from projections.base import Projection, Record, load_positions, save_positions
 from projections.files import FilesProjection
 from projections.jobs import JobsProjection
 from projections.jobs_archive import ArchiveSweep
@@ -111,36 +111,50 @@ class ProjectionRunner:
                         sum(len(m) for m in polled.values()), deadletters.describe(exc))
             n = self._apply(polled, careful=True)
         metrics.PROJECTION_BATCH.observe(time.monotonic() - started)
-        for name, positions in self.positions.items():
-            for partition, nxt in positions.items():
-                metrics.PROJECTION_POSITION.labels(name, str(partition)).set(nxt)
+        for name, positions in self.positions.items():     # only the polled partitions' positions moved
+            for tp in polled:
+                if tp.partition in positions:
+                    metrics.PROJECTION_POSITION.labels(name, str(tp.partition)).set(positions[tp.partition])
         self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()}, asynchronous=True)
         if self.on_batch:
             self.on_batch(n)
         return n
 
     def _apply(self, polled, *, careful: bool) -> int:
+        """Apply a poll in one transaction. Each projection gets the poll's new events of every partition in
+        one ``apply`` (each partition's in offset order; a job's events are all in one partition), and every
+        position moved is saved by one statement: the statements of a poll do not grow with the partitions
+        it touches. ``careful`` applies event by event, each in a savepoint (a dead letter for what fails)."""
         n = 0
+        moved: list[tuple[str, int, int]] = []
         with self.conn.transaction():
+            decoded = []
             for tp, msgs in polled.items():
                 records, bad = self._decode(tp.partition, msgs, careful=careful)
-                for proj in self.projections:
-                    done = self.positions.setdefault(proj.name, {}).get(tp.partition, 0)
-                    if msgs[-1].offset < done:
+                decoded.append((tp.partition, msgs[-1].offset + 1, records, bad))
+                n += len(records)
+            for proj in self.projections:
+                done_at = self.positions.setdefault(proj.name, {})
+                fresh: list[Record] = []
+                for partition, nxt, records, bad in decoded:
+                    done = done_at.get(partition, 0)
+                    if nxt <= done:
                         continue
-                    fresh = [r for r in records if r.offset >= done]
+                    new = [r for r in records if r.offset >= done]
                     if careful:
                         for m, exc in bad:
                             if m.offset >= done:
-                                self._dead(proj.name, tp.partition, m.offset, m.value, exc)
-                        for rec in fresh:
+                                self._dead(proj.name, partition, m.offset, m.value, exc)
+                        for rec in new:
                             self._apply_one(proj, rec)
-                    elif fresh:
-                        proj.apply(self.conn, fresh)
-                    nxt = msgs[-1].offset + 1
-                    save_position(self.conn, proj.name, self.topic, tp.partition, nxt)
-                    self.positions[proj.name][tp.partition] = nxt
-                n += len(records)
+                    else:
+                        fresh += new
+                    moved.append((proj.name, partition, nxt))
+                if fresh:
+                    proj.apply(self.conn, fresh)
+            save_positions(self.conn, self.topic, moved)
+            for name, partition, nxt in moved:
+                self.positions[name][partition] = nxt
         return n
 
     @staticmethod

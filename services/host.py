@@ -43,7 +43,7 @@ from typing import Any
 from core import bus, metrics, watchdog
 from core.config import Config
 from services.dead_letters import describe, is_transient
-from services.loop import Member, ServiceLoop, decode_polled
+from services.loop import Member, ServiceLoop, decode_polled, fast_json_reads
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,7 @@ class ServiceHost:
 
 def run_component(cfg: Config, stop: threading.Event) -> None:
     """`pandaes run reactors`: the services of ``[reactors] services`` over one consumer."""
+    fast_json_reads()
     members: list[Any] = []
     host = None
     try:

@@ -233,3 +233,16 @@ def test_finisher_times_out_by_the_time_it_is_given():
     assert perform(f.tick(50.0, view)) == []
     [cmd] = perform(f.tick(51.0, view))
     assert cmd.action == "fail" and cmd.attrs["taskBufferErrorCode"] == 101
+
+
+def test_json_reads_give_what_the_standard_parser_gives():
+    """The reactors' json/jsonb loader (msgspec, falling back to ``json.loads`` for what msgspec refuses)
+    reads every value as ``json.loads`` did, including a number beyond a double and a lone surrogate."""
+    import json
+
+    from services.loop import _json_loads
+
+    for text in (b'{"PandaID": 7, "attemptNr": 0, "spec": {"a": [1, 2.5, null, true, "\\u00e9"]}}',
+                 b'123456789012345678901234567890', b'{"big": 1e400}', b'"\\ud800"', b'[]', b'0.1'):
+        assert _json_loads(text) == json.loads(text)
+        assert type(_json_loads(text)) is type(json.loads(text))
