@@ -516,7 +516,7 @@ class Ledger:
                 else:
                     self._backoff = BACKOFF_MIN
                     if not n:                # at rest: sleep until the next look (services.loop.ServiceLoop.run)
-                        self.consumer.rest(stop, IDLE_LET_GO_SECONDS)
+                        self.consumer.rest(stop, float("inf"))   # letting go waits: it only frees memory
         finally:
             self.watchdog.close()   # a loop that ended (a caller that never closes the ledger) is not hung
 
