@@ -175,6 +175,16 @@ class Consumer(Protocol):
         dozing a waiting consumer would cost the broker one fetch every few milliseconds, forever.)"""
         ...
 
+    def rest(self, stop: threading.Event, longest_s: float) -> None:
+        """While this consumer dozes (see ``poll``) and its next look is not due, wait for that look without
+        polling: at most ``longest_s``, and no longer than until ``stop`` is set. Returns at once otherwise.
+
+        A loop calls it after a poll that found nothing, so that at rest it wakes once per look instead of
+        once per poll timeout (the timeout is short so that the loop sees ``stop`` promptly; ``stop`` wakes
+        this wait at once). A rebalance that starts meanwhile is handled at the next poll, at most one look
+        later. Clients whose polls are cheap to repeat (kafka-python) return at once."""
+        ...
+
     def seek(self, partition: TopicPartition, offset: int) -> None:
         """The next records of ``partition`` start at ``offset``; ``position`` says so at once."""
         ...
@@ -575,7 +585,7 @@ class OutcomeWaiter:
                         paused = True
                     if paused:
                         if not wanted:
-                            self._wanted.wait(1.0)
+                            self._wanted.wait(10.0)   # expect() and close() set it: no need to look often
                             self._wanted.clear()
                             continue
                         c.resume(*tps)

@@ -509,12 +509,14 @@ class Ledger:
         self.watchdog.start()
         try:
             while not stop.is_set():
-                self.step()
+                n = self.step()
                 if self.blocked:             # the database away: ride it out, backing off
                     stop.wait(self._backoff)
                     self._backoff = min(BACKOFF_MAX, self._backoff * 2)
                 else:
                     self._backoff = BACKOFF_MIN
+                    if not n:                # at rest: sleep until the next look (services.loop.ServiceLoop.run)
+                        self.consumer.rest(stop, float("inf"))   # letting go waits: it only frees memory
         finally:
             self.watchdog.close()   # a loop that ended (a caller that never closes the ledger) is not hung
 

@@ -75,6 +75,7 @@ class ProjectionsSettings(_Section):
     archive_after: float
     archive_every: float
     archive_batch: int
+    idle_fetch_max_wait_ms: int
 
 
 class HttpSettings(_Section):
@@ -225,6 +226,7 @@ class ActivatorSettings(_Section):
     period: float
     batch: int
     resend_after: float
+    idle_period: float
 
 
 class ReactorsSettings(_Section):

@@ -58,7 +58,8 @@ class ProjectionRunner:
         self.positions: dict[str, dict[int, int]] = {}
         self.dead_letters = 0      # events set aside since start (also rows of projection_dead_letters)
         self.consumer = bus.consumer(cfg, group_id=self.group_id,
-                                     max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)))
+                                     max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)),
+                                     idle_fetch_max_wait_ms=int(cfg.projections.idle_fetch_max_wait_ms))
         self.consumer.subscribe([self.topic], on_assign=self.seek_to_positions)
         self.lag = metrics.LagTracker(self.consumer, self.group_id)
         self.watchdog = watchdog.for_consumer(cfg, self.consumer, self.group_id, self.topic)
@@ -217,10 +218,13 @@ class ProjectionRunner:
         try:
             while not stop.is_set():
                 try:
-                    self.step()
+                    n = self.step()
                     if self.search_path is None and time.monotonic() >= next_retry:
                         next_retry = time.monotonic() + RETRY_EVERY
                         self.retry_dead_letters()
+                    if not n:   # at rest: sleep until the next look or retry (services.loop.ServiceLoop.run)
+                        self.consumer.rest(stop, (next_retry if self.search_path is None else float("inf"))
+                                           - time.monotonic())
                 except psycopg.OperationalError as exc:
                     log.warning("database error; positions are in the database, resuming from them: %s", exc)
                     self._resume(stop)

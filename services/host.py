@@ -262,12 +262,16 @@ class ServiceHost:
         self.watchdog.start()
         try:
             while not stop.is_set():
-                self.step()
+                n = self.step()
                 if self.blocked:
                     stop.wait(self._backoff)
                     self._backoff = min(self.backoff_max, self._backoff * 2)
                 else:
                     self._backoff = 0.5
+                    if not n:   # at rest: sleep until the next look or a service's next tick (ServiceLoop.run)
+                        due = min((h.next_tick for h in self.hosted if h.member.tick_every is not None),
+                                  default=float("inf"))
+                        self.consumer.rest(stop, due - time.monotonic())
         finally:   # a loop that stopped stepping is not a hung one
             self.watchdog.close()
 

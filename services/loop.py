@@ -419,15 +419,22 @@ class ServiceLoop:
             self.watchdog.start()
         try:
             while not stop.is_set():
-                self.step()
+                n = self.step()
                 if self.blocked:             # the database (or broker) away: ride it out, back off
                     stop.wait(self._backoff)
                     self._backoff = min(self.backoff_max, self._backoff * 2)
                 else:
                     self._backoff = 0.5
+                    if not n:                # at rest: sleep until the next look, tick or retry is due
+                        self.consumer.rest(stop, self._due() - time.monotonic())
         finally:                             # a loop that stopped stepping is not a hung one
             if self.watchdog is not None:
                 self.watchdog.close()
+
+    def _due(self) -> float:
+        """When (monotonic) this loop next has clock work of its own: a tick or a look for dead letters."""
+        due = self._next_tick if self.tick_every is not None else float("inf")
+        return min(due, self._next_retry) if not self.replay else due
 
     def close(self) -> None:
         if self.watchdog is not None:

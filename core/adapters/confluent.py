@@ -394,6 +394,14 @@ class Consumer:
             self._look_until = now + max(2.0, 2 * self._idle_wait)
         return timeout
 
+    def rest(self, stop: threading.Event, longest_s: float) -> None:
+        # only while dozing and no join is under way (its callbacks are served by poll)
+        if self._idle_after is None or self._state != "dozing" or self._joining:
+            return
+        wait = min(longest_s, self._wake_at - time.monotonic())
+        if wait > 0:
+            stop.wait(wait)
+
     def _nudge(self, tp: TopicPartition) -> None:
         """Make librdkafka fetch the resumed partitions now: its broker thread notices a resume only when it
         next wakes (up to a second later); a request to that broker (one partition's watermarks) wakes it."""

@@ -9,6 +9,7 @@ dependency so kafka-python's record CRC checks run in C.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -190,6 +191,9 @@ class Consumer:
         elif not self._dozing and now - self._last_records >= self._idle_after:  # type: ignore[operator]
             self._dozing = True
             self._fetch_config["fetch_max_wait_ms"] = self._idle_wait  # type: ignore[index]
+
+    def rest(self, stop: threading.Event, longest_s: float) -> None:
+        """A dozing consumer's fetch already waits longer at the broker; its polls are cheap: nothing to do."""
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._c.seek(_k(partition), offset)

@@ -108,7 +108,10 @@ class EventFeed:
                         c.position(tp)      # resolve the end now, so events after "ready" are seen
                     self.ready.set()
                     while not self.stop.is_set():
-                        for tp, recs in c.poll(timeout_ms=300).items():
+                        polled = c.poll(timeout_ms=300)
+                        if not polled:      # at rest: sleep until the next look (bus.Consumer.rest)
+                            c.rest(self.stop, float("inf"))
+                        for tp, recs in polled.items():
                             for r in recs:
                                 if tp.topic == rejected:
                                     self._note_rejection(r.value)

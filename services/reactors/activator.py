@@ -15,6 +15,11 @@ patched to ``ready``. Two copies split the jobs by partition, so none is activat
 activation sent but not yet visible in the projection is not re-sent for ``resend_after`` seconds:
 the view remembers what was sent (recorded by the same action that sends it), the decisions only
 read that memory and get the time passed in.
+
+At rest the clock does not ask the projections every ``period``: once a check found no assigned job and
+no job was assigned for ``resend_after`` before it (a job just assigned may not be in the projection yet),
+checks come every ``idle_period`` (the plugins' ``pump`` still every ``period``) until the next assigned
+event or a change of partitions. A job that holds, waiting for its blocks, keeps the check every ``period``.
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ class ActivatorView(Protocol):
     def mark_sent(self, pandaids: Sequence[int], at: float | None = None) -> None:
         """Remember activations as sent at ``at`` (now if None); an action's step, skipped in replay."""
 
+    # optional (a view without it is checked every period): the memory of quiet spells, see QuietSpell
+    # quiet: QuietSpell
+
     @property
     def datasets(self) -> DatasetStore: ...
 
@@ -87,6 +95,32 @@ class SentActivations:
         return set(self._at)
 
 
+class QuietSpell:
+    """The activator's memory of rest: when a check last found no assigned job, for which partitions, and
+    when a job was last seen assigned. I/O side, stamped by actions (skipped in replay); ``may_skip`` decides."""
+
+    def __init__(self) -> None:
+        self.none_at: float | None = None
+        self.none_in: set[int] | None = None
+        self.seen_at = 0.0
+
+    def found_none(self, partitions: set[int] | None, at: float) -> None:
+        self.none_at, self.none_in = at, None if partitions is None else set(partitions)
+
+    def saw_assigned(self, at: float | None = None) -> None:
+        self.seen_at = time.time() if at is None else at
+        self.none_at = None
+
+
+def may_skip(now: float, partitions: set[int] | None, none_at: float | None, none_in: set[int] | None,
+             seen_at: float, settle: float, idle_period: float) -> bool:
+    """Whether the clock may skip asking for assigned jobs at ``now``: the last check (``none_at``, same
+    partitions) found none, no job was seen assigned for ``settle`` s before it (the projection may lag the
+    event), and it is less than ``idle_period`` old."""
+    return (none_at is not None and none_in == partitions and seen_at + settle < none_at
+            and now - none_at < idle_period)
+
+
 def _activate(job: Assigned, why: str) -> Transition:
     files = [FileSpec(lfn=lfn, type="input", status="ready") for lfns in job.blocks.values() for lfn in lfns]
     blocks = ", ".join(sorted(job.blocks)) or "no dispatch block"
@@ -97,9 +131,10 @@ def _activate(job: Assigned, why: str) -> Transition:
 class Activator:
     name = NAME
 
-    def __init__(self, resend_after: float = 30.0, batch: int = 5000):
+    def __init__(self, resend_after: float = 30.0, batch: int = 5000, idle_period: float = 30.0):
         self.resend_after = resend_after
         self.batch = batch
+        self.idle_period = idle_period
 
     def wants(self, event: Event) -> bool:
         return isinstance(event, JobTransitioned) and event.to_state == JobStatus.ASSIGNED
@@ -110,9 +145,12 @@ class Activator:
             if f.dispatchDBlock not in (None, "NULL") and f.type == "input" and f.lfn:
                 blocks.setdefault(f.dispatchDBlock, []).append(f.lfn)
         job = Assigned(PandaID=event.PandaID, blocks=blocks)
+        quiet: QuietSpell | None = getattr(view, "quiet", None)
+        seen: list[Output] = ([Action(label="an assigned job: the clock checks again",
+                                      steps=(quiet.saw_assigned,))] if quiet is not None else [])
         if not all(view.dispatch_ready(b) for b in blocks):
-            return []                     # the clock path will see it when the transfer is done
-        return self._activation([job], "input already complete", view, None)
+            return seen                   # the clock path will see it when the transfer is done
+        return seen + self._activation([job], "input already complete", view, None)
 
     def tick(self, now: float, view: ActivatorView) -> Sequence[Output]:
         out: list[Output] = [Action(label="advance transfers",
@@ -120,8 +158,15 @@ class Activator:
         partitions = getattr(view, "partitions", None)
         if partitions is not None and not partitions:
             return out                    # owns no partition (yet): another copy does the work
+        quiet: QuietSpell | None = getattr(view, "quiet", None)
+        if quiet is not None and may_skip(now, partitions, quiet.none_at, quiet.none_in, quiet.seen_at,
+                                          self.resend_after, self.idle_period):
+            return out                    # at rest: nothing assigned, nothing assigned since
         in_flight = view.in_flight(now - self.resend_after)
-        jobs = [j for j in view.assigned(partitions, self.batch) if j.PandaID not in in_flight]
+        held = view.assigned(partitions, self.batch)
+        if not held and quiet is not None:
+            out.append(Action(label="no assigned job", steps=(functools.partial(quiet.found_none, partitions, now),)))
+        jobs = [j for j in held if j.PandaID not in in_flight]
         ready_of: dict[str, bool] = {}
         ready_jobs = []
         for job in jobs:
@@ -154,6 +199,7 @@ class LiveView:
         self.cfg = cfg
         self.partitions: set[int] | None = None
         self.sent = SentActivations()
+        self.quiet = QuietSpell()
         self._datasets = DatasetStore(cfg)
         self._pg = db.Reconnecting(cfg)
         self._lock = threading.Lock()
@@ -201,7 +247,8 @@ class LiveView:
 def hosted(cfg: Config) -> Member:
     """The activator: the event path and its clock (``[activator] period``)."""
     view = LiveView(cfg)
-    service = Activator(resend_after=cfg.activator.resend_after, batch=cfg.activator.batch)
+    service = Activator(resend_after=cfg.activator.resend_after, batch=cfg.activator.batch,
+                        idle_period=cfg.activator.idle_period)
     return Member(service, view, tick_every=cfg.activator.period, close=view.close)
 
 
