@@ -102,19 +102,7 @@ class Backend:
         assert self.waiter is not None and self.sender is not None, "backend not started"
         limit = int(self.cfg.kafka.max_message_bytes)
         reply_to = self.reply_claim.partition if self.reply_claim is not None else None
-        raws: list[bytes] = []
-        for cmd in cmds:
-            cmd.reply_to = reply_to   # the verdict comes on this process's reply partition
-            # nothing the readers of the log could not store is written to it (the ledger checks again)
-            try:
-                raw = encoded(cmd)   # the very bytes sent below: each command is encoded once
-            except Unstorable as exc:
-                raise BadRequest(exc.message, field=exc.field or None) from None
-            size = len(raw)
-            raws.append(raw)
-            if size > limit:   # the log would refuse it on every try: a final answer instead of "try again"
-                raise BadRequest(f"the command for PandaID {cmd.PandaID} is {size} bytes, more than the log's "
-                                 f"message limit of {limit} bytes", status=413)
+        raws = [_encode(cmd, reply_to, limit) for cmd in cmds]   # the very bytes sent below
         verdicts = [self.waiter.expect(c.id) for c in cmds]
         try:
             # called on the loop: with the topic metadata fetched at start, send() only appends to the
@@ -153,17 +141,10 @@ class Backend:
         out: list[Event | Rejected | Exception | None] = [None] * len(cmds)
         good: list[tuple[int, Command, bytes]] = []
         for i, cmd in enumerate(cmds):
-            cmd.reply_to = reply_to
             try:
-                raw = encoded(cmd)
-            except Unstorable as exc:
-                out[i] = BadRequest(exc.message, field=exc.field or None)
-                continue
-            if len(raw) > limit:
-                out[i] = BadRequest(f"the command for PandaID {cmd.PandaID} is {len(raw)} bytes, more than the "
-                                    f"log's message limit of {limit} bytes", status=413)
-                continue
-            good.append((i, cmd, raw))
+                good.append((i, cmd, _encode(cmd, reply_to, limit)))
+            except BadRequest as exc:
+                out[i] = exc
         sent = [c for _, c, _ in good]
         verdicts = [self.waiter.expect(c.id) for c in sent]
         acks: list[Delivery] = []
@@ -226,6 +207,21 @@ def _all_settled(futures: list[concurrent.futures.Future]) -> asyncio.Future:
     for fut in futures:
         fut.add_done_callback(one)
     return settled
+
+
+def _encode(cmd: Command, reply_to: int | None, limit: int) -> bytes:
+    """``cmd`` addressed to this process's reply partition (``reply_to``) and encoded once: the bytes to send.
+    BadRequest for what the log must not hold: a value its readers could not store (the ledger checks again),
+    or more than ``limit`` bytes (refused on every try: a final answer instead of "try again")."""
+    cmd.reply_to = reply_to
+    try:
+        raw = encoded(cmd)
+    except Unstorable as exc:
+        raise BadRequest(exc.message, field=exc.field or None) from None
+    if len(raw) > limit:
+        raise BadRequest(f"the command for PandaID {cmd.PandaID} is {len(raw)} bytes, more than the log's "
+                         f"message limit of {limit} bytes", status=413)
+    return raw
 
 
 def _verdict_latency(cmd: Command):
