@@ -95,13 +95,16 @@ def late_kills(workers: Sequence[Mapping[str, Any]], jobs: Mapping[int, Mapping[
 
 
 async def kill_late_mapped(conn: AsyncConnection, harvester_id: str, workers: Sequence[Mapping[str, Any]]) -> int:
-    """Queue the kill of workers reported for jobs already being killed; how many were queued now."""
-    ids = sorted({i for w in workers for i in map(store.as_id, w.get("pandaid_list") or []) if i is not None})
+    """Queue the kill of workers reported for jobs already being killed; how many were queued now. Only live
+    workers can need one (``late_kills``), so a call reporting its workers over (half of Harvester's
+    update_workers calls) reads no job."""
+    live = [w for w in workers if w.get("status") not in store.FINAL_WORKER_STATES]
+    ids = sorted({i for w in live for i in map(store.as_id, w.get("pandaid_list") or []) if i is not None})
     if not ids:
         return 0
     jobs = await aqueries.jobs(conn, ids, ("status", "command_to_pilot"))
     queued = 0
-    for pid, wid in late_kills(workers, jobs):
+    for pid, wid in late_kills(live, jobs):
         if await store.add_command_async(conn, harvester_id, store.KILL_COMMAND, [wid],
                                          dedup_key(pid, harvester_id, wid)) is not None:
             queued += 1

@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
@@ -42,14 +43,22 @@ WORKER_SQL = (
     "INSERT INTO harvester_workers AS w (harvester_id, worker_id, computing_site, status, resource_type, job_type,"
     " n_jobs, spec, last_update) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())"
     + _WORKER_MERGE)
-#: the same upsert for many workers in one statement (their columns as arrays); only for a batch whose
-#: workers are each listed once, as one INSERT ... ON CONFLICT may not touch a row twice
+#: a call's distinct workers and their jobs in one statement, so in one round trip and one transaction (the pool
+#: is autocommit): the workers' columns travel as one JSON array that the server unpacks (psycopg binding fifty
+#: rows' column arrays element by element cost the gateway more than the database's work on them), the links
+#: are written by the statement's main INSERT, the workers by its data-modifying WITH (always run whole). Only
+#: for a batch whose workers are each listed once and each link once: one INSERT ... ON CONFLICT may not touch
+#: a row twice. Parameters: the JSON array, harvester_id, the final states, harvester_id.
 WORKERS_SQL = (
-    "INSERT INTO harvester_workers AS w (harvester_id, worker_id, computing_site, status, resource_type, job_type,"
-    " n_jobs, spec, last_update) SELECT %s, t.worker_id, t.computing_site, t.status, t.resource_type, t.job_type,"
-    " t.n_jobs, t.spec::jsonb, now() FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::int[], %s::text[]) AS t(worker_id, computing_site, status, resource_type, job_type, n_jobs, spec)"
-    + _WORKER_MERGE)
+    "WITH t AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS t(worker_id bigint, computing_site text,"
+    " status text, resource_type text, job_type text, n_jobs int, spec jsonb, pandaids bigint[])),"
+    " workers AS (INSERT INTO harvester_workers AS w (harvester_id, worker_id, computing_site, status,"
+    " resource_type, job_type, n_jobs, spec, last_update) SELECT %s, t.worker_id, t.computing_site, t.status,"
+    " t.resource_type, t.job_type, t.n_jobs, t.spec, now() FROM t" + _WORKER_MERGE + ")"
+    " INSERT INTO harvester_worker_jobs (harvester_id, worker_id, pandaid, last_update)"
+    " SELECT %s, t.worker_id, j.pandaid, now() FROM t, unnest(t.pandaids) AS j(pandaid)"
+    " ON CONFLICT (harvester_id, worker_id, pandaid) DO UPDATE SET last_update = EXCLUDED.last_update")
+#: the links of the per-row path (a batch that lists a worker twice), deduplicated before they are sent
 WORKER_JOBS_SQL = (
     "INSERT INTO harvester_worker_jobs (harvester_id, worker_id, pandaid, last_update)"
     " SELECT %s, t.worker_id, t.pandaid, now() FROM unnest(%s::bigint[], %s::bigint[]) AS t(worker_id, pandaid)"
@@ -89,6 +98,9 @@ WORKERS_OF_JOBS_SQL = (
     " WHERE m.pandaid = ANY(%s) AND NOT (w.status = ANY(%s)) ORDER BY m.pandaid, m.harvester_id, m.worker_id")
 
 
+_encode = msgspec.json.Encoder().encode
+
+
 class BadWorker(ValueError):
     """A worker record without a usable workerID."""
 
@@ -118,11 +130,13 @@ async def heartbeat(conn: AsyncConnection, harvester_id: str, owner: str | None,
 
 async def upsert_workers(conn: AsyncConnection, harvester_id: str, workers: Sequence[Mapping[str, Any]]) -> list[bool]:
     """Record the workers and their jobs in one transaction; one True per worker recorded, False for a
-    worker record that cannot be (no workerID). Two statements sent as batches (psycopg pipelines an
-    executemany), not two round trips per worker: Harvester reports its workers fifty and more at a time."""
+    worker record that cannot be (no workerID). Harvester reports its workers a hundred at a time: a batch of
+    distinct workers is one statement (``WORKERS_SQL``: one round trip, no BEGIN/COMMIT of its own); a batch
+    that lists a worker twice, or sends a text field as something else, keeps one upsert per worker in the
+    workers' order (pipelined in one transaction) and answers exactly as before."""
     results: list[bool] = []
     rows: list[tuple[Any, ...]] = []
-    job_rows: list[tuple[str, int, int]] = []
+    links: list[list[int]] = []
     for worker in workers:
         try:
             row = worker_row(harvester_id, worker)
@@ -130,37 +144,42 @@ async def upsert_workers(conn: AsyncConnection, harvester_id: str, workers: Sequ
             results.append(False)
             continue
         rows.append(row)
-        job_rows += [(harvester_id, row[1], pid) for pid in (as_id(p) for p in worker.get("pandaid_list") or [])
-                     if pid is not None]
+        # each job once per worker (one INSERT may not touch a link twice)
+        links.append(list(dict.fromkeys(pid for pid in map(as_id, worker.get("pandaid_list") or [])
+                                        if pid is not None)))
         results.append(True)
-    if rows:
-        columns = _as_columns(rows)
-        async with conn.transaction(), conn.cursor() as cur:
-            if columns is not None:
-                await cur.execute(WORKERS_SQL, (harvester_id, *columns, list(FINAL_WORKER_STATES)))
-            else:   # in the workers' order: a worker listed twice ends as its last record says
-                await cur.executemany(WORKER_SQL, rows)
-            if job_rows:
-                links = list(dict.fromkeys((w, p) for _, w, p in job_rows))   # each (worker, job) once
-                await cur.execute(WORKER_JOBS_SQL, (harvester_id, [w for w, _ in links], [p for _, p in links]))
+    if not rows:
+        return results
+    document = _as_document(rows, links)
+    if document is not None:
+        await conn.execute(WORKERS_SQL, (document, harvester_id, list(FINAL_WORKER_STATES), harvester_id))
+        return results
+    pairs = list(dict.fromkeys((r[1], pid) for r, pids in zip(rows, links, strict=True) for pid in pids))
+    async with conn.transaction(), conn.cursor() as cur:
+        # in the workers' order: a worker listed twice ends as its last record says
+        await cur.executemany(WORKER_SQL, rows)
+        if pairs:
+            await cur.execute(WORKER_JOBS_SQL, (harvester_id, [w for w, _ in pairs], [p for _, p in pairs]))
     return results
 
 
-def _as_columns(rows: list[tuple[Any, ...]]) -> list[list[Any]] | None:
-    """The workers' rows as the one-statement upsert's column arrays, or None where that statement would not
+_TEXT_FIELDS = (2, 3, 4, 5)   # computing_site, status, resource_type, job_type in a worker_row
+
+
+def _as_document(rows: list[tuple[Any, ...]], links: list[list[int]]) -> str | None:
+    """The workers' rows and their jobs as ``WORKERS_SQL``'s JSON array, or None where that statement would not
     do what one upsert per row does: a worker listed twice, or a text field Harvester sent as something else
-    (left to the per-row statement, which answers it as before). Why: fifty rows bound one by one cost the
-    gateway more than the database's work on them."""
+    (left to the per-row statement, which answers it as before). Pure."""
     if len({r[1] for r in rows}) != len(rows):
         return None
-    columns: list[list[Any]] = [[], [], [], [], [], [], []]
-    for r in rows:
-        for k in (2, 3, 4, 5):
+    records = []
+    for r, pids in zip(rows, links, strict=True):
+        for k in _TEXT_FIELDS:
             if r[k] is not None and not isinstance(r[k], str):
                 return None
-        for col, value in zip(columns, (r[1], r[2], r[3], r[4], r[5], r[6], json.dumps(r[7].obj)), strict=True):
-            col.append(value)
-    return columns
+        records.append({"worker_id": r[1], "computing_site": r[2], "status": r[3], "resource_type": r[4],
+                        "job_type": r[5], "n_jobs": r[6], "spec": r[7].obj, "pandaids": pids})
+    return _encode(records).decode()
 
 
 async def current_worker_id(conn: AsyncConnection, harvester_id: str) -> int | None:

@@ -25,6 +25,29 @@ def test_worker_row_needs_a_worker_id_and_keeps_every_field():
         store.worker_row("h1", {"status": "running"})
 
 
+def test_a_batch_of_distinct_workers_travels_as_one_json_document():
+    import json
+
+    rows = [store.worker_row("h1", {"workerID": 1, "status": "running", "computingSite": "Q", "nJobs": "2",
+                                    "pandaid_list": [5, 5, 6], "batchID": "b7"}),
+            store.worker_row("h1", {"workerID": "2", "status": None})]
+    doc = store._as_document(rows, [[5, 6], []])
+    assert json.loads(doc) == [
+        {"worker_id": 1, "computing_site": "Q", "status": "running", "resource_type": None, "job_type": None,
+         "n_jobs": 2, "spec": {"workerID": 1, "status": "running", "computingSite": "Q", "nJobs": "2",
+                               "batchID": "b7"}, "pandaids": [5, 6]},
+        {"worker_id": 2, "computing_site": None, "status": None, "resource_type": None, "job_type": None,
+         "n_jobs": None, "spec": {"workerID": "2", "status": None}, "pandaids": []}]
+
+
+def test_a_worker_listed_twice_or_a_text_field_of_another_type_keeps_the_per_row_upsert():
+    twice = [store.worker_row("h1", {"workerID": 1, "status": "submitted"}),
+             store.worker_row("h1", {"workerID": "1", "status": "running"})]
+    assert store._as_document(twice, [[], []]) is None
+    odd = [store.worker_row("h1", {"workerID": 1, "computingSite": 7})]
+    assert store._as_document(odd, [[]]) is None
+
+
 def test_worker_statistics_shape_is_checked():
     rows = store.stats_rows("h1", "Q", {"managed": {"SCORE": {"running": 3, "submitted": 1}}})
     assert sorted(rows) == [("h1", "Q", "managed", "SCORE", "running", 3),
@@ -77,3 +100,12 @@ def test_a_worker_mapped_after_the_kill_is_killed_too():
     jobs = {9: {"status": "running", "command_to_pilot": "tobekilled"},
             10: {"status": "running", "command_to_pilot": None}}
     assert killer.late_kills(workers, jobs) == [(9, 1)]
+
+
+def test_workers_reported_over_read_no_job():
+    """A call reporting only final workers cannot queue a late kill, so it does not read the jobs at all."""
+    import asyncio
+
+    workers = [{"workerID": 1, "status": "finished", "pandaid_list": [9]},
+               {"workerID": 2, "status": "cancelled", "pandaid_list": [10]}]
+    assert asyncio.run(killer.kill_late_mapped(None, "h1", workers)) == 0   # type: ignore[arg-type]  # no conn used
