@@ -1,9 +1,21 @@
-"""Harvester-style bulk workload: jobs fetched in batches of 50 over ``/api/v1/pilot/acquire_jobs``, their
-workers reported with ``harvester/update_workers``, and every state change sent with
-``pilot/update_jobs_bulk`` (running, then finished with the output report), as Harvester's communicator
-does; the services (setupper, activator, adder, closer…) finish the jobs. Reported beside the single-pilot
-lifecycle as jobs/s and CPU per job (every component, the broker and PostgreSQL); the clock stops when the
-gateway reports the jobs ``finished`` (``job/get_status``).
+"""Harvester-style bulk workload, shaped as a Harvester instance runs: its job fetcher asks
+``/api/v1/pilot/acquire_jobs`` for up to 100 jobs at a time while its propagator threads report what changed,
+each call a bulk of up to 100: ``pilot/update_jobs_bulk`` with every job's current state (running, then finished
+with the output report) and then ``harvester/update_workers`` with their workers; the services (setupper,
+activator, adder, closer…) finish the jobs. Reported beside the single-pilot lifecycle as jobs/s and CPU per job
+(every component, the broker and PostgreSQL); the clock stops when the gateway reports the jobs ``finished``
+(``job/get_status``).
+
+Why this shape (Harvester's agents and their defaults, ``templates/panda/panda_harvester.cfg.rpmnew.template``):
+the job fetcher, the submitter/monitor and the propagator are separate agents, so an instance fetches new jobs
+while it reports earlier ones; a queue is fetched by one fetcher thread at a time (``jobFetchTime`` locks it:
+one fetcher per instance here), each call for up to ``[jobfetcher] maxJobs`` (500; this gateway hands out at most
+``[dispatcher] max_jobs``, 100) and at most as many as keep the queue's fetched-but-not-running jobs under its
+``nQueueLimitJob``; ``[propagator] nThreads = 3`` threads each take up to ``maxJobs = 100`` jobs whose state
+changed and send them in bulks of ``nJobsInBulk = 100``, then the changed workers in bulks of
+``nWorkersInBulk = 100``. The payload here takes no time (a job is finished as soon as its running was
+reported) and the agents do not sleep between cycles (``sleepTime`` is 60 s in production): the bench asks for
+as much as the system can take.
 
 Then the kill path Harvester adds: for jobs running on known workers, the time from ``job/kill`` being
 answered to the kill-worker command being returned by ``harvester/acquire_commands`` (polled every 10 ms;
@@ -17,6 +29,7 @@ import json
 import time
 import urllib.request
 import zlib
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +41,12 @@ from bench.stats import percentiles
 from core.config import Config
 
 SERVICES = lifecycle.SERVICES          # the reactors host runs the Harvester killer too
-BATCH = 50
 INSTANCES = 2
+FETCH = 100          # n_jobs per acquire_jobs: [jobfetcher] maxJobs (500) as [dispatcher] max_jobs caps it
+BULK = 100           # jobs per update_jobs_bulk, workers per update_workers: [propagator] nJobsInBulk, nWorkersInBulk
+PROPAGATORS = 3      # [propagator] nThreads per instance
+QUEUE_LIMIT = 300    # the queue's nQueueLimitJob: fetched jobs not yet reported running, per instance
+BATCH = FETCH        # (the report's "batches of")
 
 
 def missing() -> str:
@@ -46,13 +63,18 @@ def _report(job: dict[str, Any]) -> str:
 
 
 class Harvester:
-    """One Harvester instance's cycle over the v1 API."""
+    """One Harvester instance over the v1 API: a job fetcher and ``PROPAGATORS`` propagator threads (tasks)."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str, hid: str,
                  calls: dict[str, list[float]] | None = None):
         self.s, self.api, self.hid = session, f"{url}/api/v1", hid
         self.next_worker = 1
-        self.calls = calls if calls is not None else {}   # step → seconds each call took (where a cycle's time goes)
+        self.calls = calls if calls is not None else {}   # step → seconds each call took (where the time goes)
+        self.changed: deque[dict[str, Any]] = deque()      # jobs whose state the propagator has not reported yet
+        self.starting = 0                                  # fetched, running not reported yet (nQueueLimitJob)
+        self.wake = asyncio.Event()                        # the fetcher or the propagators have something new
+        self.acquired: list[int] = []                      # jobs handed out per non-empty acquire
+        self.bulk_sizes: list[int] = []                    # items per update_jobs_bulk
 
     async def post(self, path: str, body: dict[str, Any], step: str | None = None) -> Any:
         started = time.monotonic()
@@ -69,34 +91,81 @@ class Harvester:
                                                       "scheduler_id": f"harvester-{self.hid}"})
         return data["jobs"] if data else []
 
-    async def workers(self, jobs: list[dict[str, Any]], status: str) -> None:
-        """Report one worker per job (new workers when they start running, the same ones when they end)."""
-        for j in jobs:
-            if "_worker" not in j:
-                j["_worker"], self.next_worker = self.next_worker, self.next_worker + 1
+    def _worker_of(self, job: dict[str, Any]) -> int:
+        if "_worker" not in job:
+            job["_worker"], self.next_worker = self.next_worker, self.next_worker + 1
+        return job["_worker"]
+
+    async def workers(self, jobs: list[dict[str, Any]], status: str | None = None) -> None:
+        """Report one worker per job, in the job's state (or ``status``): the same worker from start to end."""
         await self.post("harvester/update_workers", {"harvester_id": self.hid, "workers": [
-            {"workerID": j["_worker"], "status": status, "computingSite": stack.SITE, "nCore": 1,
-             "jobType": "managed", "resourceType": "SCORE", "nJobs": 1, "pandaid_list": [j["PandaID"]]}
-            for j in jobs]}, step=f"harvester/update_workers {status}")
+            {"workerID": self._worker_of(j), "status": status or j["_state"], "computingSite": stack.SITE,
+             "nCore": 1, "jobType": "managed", "resourceType": "SCORE", "nJobs": 1, "pandaid_list": [j["PandaID"]]}
+            for j in jobs]}, step="harvester/update_workers")
 
-    async def bulk(self, jobs: list[dict[str, Any]], status: str, **extra: Any) -> list[dict[str, Any]]:
-        items = [{"job_id": j["PandaID"], "job_status": status, "site_name": stack.SITE,
-                  "attempt_nr": j.get("attemptNr"), "core_count": 1, **extra,
-                  **({"job_output_report": _report(j)} if status == "finished" else {})} for j in jobs]
+    async def bulk(self, jobs: list[dict[str, Any]], status: str | None = None, **extra: Any) -> list[dict[str, Any]]:
+        """One update_jobs_bulk: each job in its own state (or ``status``), a finished one with its report."""
+        items = []
+        for j in jobs:
+            state = status or j["_state"]
+            item = {"job_id": j["PandaID"], "job_status": state, "site_name": stack.SITE,
+                    "attempt_nr": j.get("attemptNr"), "core_count": 1, **extra}
+            if state == "finished":
+                item["end_time"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+                item["job_output_report"] = _report(j)
+            items.append(item)
+        self.bulk_sizes.append(len(items))
         return await self.post("pilot/update_jobs_bulk", {"harvester_id": self.hid, "job_list": items},
-                               step=f"pilot/update_jobs_bulk {status}")
+                               step="pilot/update_jobs_bulk")
 
-    async def cycle(self, stop_at: float, done: list[int]) -> None:
+    async def fetcher(self, stop_at: float) -> None:
+        """The job fetcher of the one queue: as many jobs as keep it under its limit, then again."""
         while time.monotonic() < stop_at:
-            jobs = await self.acquire(BATCH)
+            room = min(FETCH, QUEUE_LIMIT - self.starting)
+            if room <= 0:
+                await self._wait()
+                continue
+            jobs = await self.acquire(room)
             if not jobs:
                 await asyncio.sleep(0.25)
                 continue
-            await self.workers(jobs, "running")
-            await self.bulk(jobs, "running")
-            await self.bulk(jobs, "finished", end_time=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
-            await self.workers(jobs, "finished")
-            done.append(len(jobs))
+            self.acquired.append(len(jobs))
+            for j in jobs:
+                j["_state"] = "running"   # its worker started it (submitter, monitor: not modelled)
+            self.starting += len(jobs)
+            self.changed.extend(jobs)
+            self.wake.set()
+
+    async def propagator(self, stop_at: float, done: list[int]) -> None:
+        """One propagator thread: the next jobs with a change, reported in one bulk, then their workers."""
+        while time.monotonic() < stop_at:
+            if not self.changed:
+                await self._wait()
+                continue
+            jobs = [self.changed.popleft() for _ in range(min(BULK, len(self.changed)))]
+            await self.bulk(jobs)
+            await self.workers(jobs)
+            finished = 0
+            for j in jobs:
+                if j["_state"] == "running":   # the payload takes no time: finished, reported next
+                    self.starting -= 1
+                    j["_state"] = "finished"
+                    self.changed.append(j)
+                else:
+                    finished += 1
+            done.append(finished)
+            self.wake.set()
+
+    async def _wait(self) -> None:
+        """Until the other agents changed something (or a quarter second, to see the end of the run)."""
+        self.wake.clear()
+        try:
+            await asyncio.wait_for(self.wake.wait(), 0.25)
+        except TimeoutError:
+            pass
+
+    def agents(self, stop_at: float, done: list[int]) -> list[Any]:
+        return [self.fetcher(stop_at), *(self.propagator(stop_at, done) for _ in range(PROPAGATORS))]
 
 
 async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, str]) -> dict[str, Any]:
@@ -105,16 +174,19 @@ async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, 
         done: list[int] = []
         calls: dict[str, list[float]] = {}
         hs = [Harvester(session, url, f"bench_harvester_{i}", calls) for i in range(INSTANCES)]
-        cycles = asyncio.gather(*(h.cycle(stop_at, done) for h in hs))
+        agents = asyncio.gather(*(a for h in hs for a in h.agents(stop_at, done)))
         _, ids = await lifecycle._submit(url, n, log, headers)
         while sum(done) < n and time.monotonic() < stop_at:
             await asyncio.sleep(0.2)
-        cycles.cancel()
+        agents.cancel()
         try:
-            await cycles
+            await agents
         except asyncio.CancelledError:
             pass
-    return {"reported_finished": sum(done), "batches": len(done), "ids": ids,
+    acquired = [k for h in hs for k in h.acquired]
+    sizes = [k for h in hs for k in h.bulk_sizes]
+    return {"reported_finished": sum(done), "batches": len(acquired), "acquired": sum(acquired), "ids": ids,
+            "bulk_items_mean": sum(sizes) / max(1, len(sizes)),
             "call_latency": {step: percentiles(xs) for step, xs in sorted(calls.items())}}
 
 
@@ -217,12 +289,13 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         kills = asyncio.run(_kill_phase(url, max(5, min(20, n // 4)), log, headers))
         comps.check()
     lat = percentiles(kills)
-    per_acquire = bulk["reported_finished"] / max(1, bulk["batches"])   # [dispatcher] max_jobs caps a batch
+    per_acquire = bulk["acquired"] / max(1, bulk["batches"])   # [dispatcher] max_jobs caps a batch
     stages = lifecycle._stages(cfg)   # where a job's time went between its events (waits on a service, the ledger)
     log("  harvester: time before each event, p50/p95 s: " + "; ".join(
         f"{k} {v['p50_ms'] / 1000:.2f}/{v['p95_ms'] / 1000:.2f}" for k, v in stages.items() if v.get("n")))
     log(f"  harvester: {done:,}/{n:,} jobs finished in {elapsed:.1f}s = {done / elapsed:,.1f} jobs/s "
-        f"(batches of {BATCH} asked, {per_acquire:.0f} handed out on average; {INSTANCES} instances); "
+        f"(up to {FETCH} asked per acquire, {per_acquire:.0f} handed out on average; {INSTANCES} instances, "
+        f"{PROPAGATORS} propagators each, {bulk['bulk_items_mean']:.0f} jobs per bulk update on average); "
         f"kill → command p50 {lat.get('p50_ms', 0):.0f} ms, "
         f"p95 {lat.get('p95_ms', 0):.0f} ms over {len(kills)} kills")
     log(f"    PostgreSQL, this database's backends only: {1e6 * db_cpu / max(done, 1):,.0f} µs per job"
@@ -233,7 +306,8 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         log(f"    {step}: {p.get('n', 0)} calls, p50 {p.get('p50_ms', 0):.0f} ms, p95 {p.get('p95_ms', 0):.0f} ms, "
             f"mean {p.get('mean_ms', 0):.0f} ms")
     return {"jobs": n, "finished": done, "seconds": elapsed, "jobs_per_s": done / elapsed, "batch": BATCH,
-            "instances": INSTANCES, "jobs_per_acquire": per_acquire, **bulk, "kill_to_command": lat, "stages": stages,
+            "instances": INSTANCES, "propagators": PROPAGATORS, "bulk": BULK, "queue_limit": QUEUE_LIMIT,
+            "jobs_per_acquire": per_acquire, **bulk, "kill_to_command": lat, "stages": stages,
             "verdict_wait": verdicts, "postgres_this_db_us_per_job": 1e6 * db_cpu / max(done, 1),
             "postgres_backends_ended": db_ended,
             "cpu_s": cpu,
