@@ -186,7 +186,7 @@ async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, 
     acquired = [k for h in hs for k in h.acquired]
     sizes = [k for h in hs for k in h.bulk_sizes]
     return {"reported_finished": sum(done), "batches": len(acquired), "acquired": sum(acquired), "ids": ids,
-            "bulk_items_mean": sum(sizes) / max(1, len(sizes)),
+            "bulk_items": sum(sizes), "bulk_items_mean": sum(sizes) / max(1, len(sizes)),
             "call_latency": {step: percentiles(xs) for step, xs in sorted(calls.items())}}
 
 

@@ -38,6 +38,18 @@ def test_tiny_bench_writes_table_json_and_plot(tmp_path):
     assert not left, left
 
 
+def test_bulk_workload_runs_every_job_through_the_harvester_agents(tmp_path):
+    """The Harvester-shaped workload: every job fetched, reported running and then finished (two bulk items per
+    job, by the concurrent propagators) and its worker reported; the clock stops on what the gateway reports."""
+    results = run.run("smoke", ["harvester"], log=lambda *_: None, log_dir=tmp_path / "logs")
+    assert not results["skipped"], results["skipped"]
+    hv = results["harvester"]
+    assert hv["finished"] == hv["jobs"] == hv["reported_finished"] == hv["acquired"] == run.SIZES["smoke"]["jobs"]
+    assert hv["bulk_items"] == 2 * hv["jobs"]
+    assert {"pilot/acquire_jobs", "pilot/update_jobs_bulk", "harvester/update_workers"} <= set(hv["call_latency"])
+    assert hv["kill_to_command"]["n"] > 0
+
+
 def test_idle_reading_covers_every_component_the_broker_and_postgres(tmp_path):
     from cli.components import DEFAULT
 
