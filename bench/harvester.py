@@ -262,6 +262,17 @@ class _DatabaseCpu:
         return used, len(set(self.start) - set(now))
 
 
+def middle_rate(finish_times: list[float], cut: float = 0.1) -> float:
+    """Jobs/s between the ``cut`` and the ``1 - cut`` quantile of the jobs' finish times: the run without its
+    head (the first submissions and activations) and its tail (the last finals through the adder, the clock's
+    last status read), which weigh a quarter of a run that lasts a few seconds. Pure."""
+    xs = sorted(finish_times)
+    lo, hi = int(len(xs) * cut), int(len(xs) * (1 - cut)) - 1
+    if hi - lo < 2 or xs[hi] <= xs[lo]:
+        return 0.0
+    return (hi - lo) / (xs[hi] - xs[lo])
+
+
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
     from services.gateway.auth import dev  # Harvester instances act with a dev token (production and pilot)
 
@@ -291,13 +302,20 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
     lat = percentiles(kills)
     per_acquire = bulk["acquired"] / max(1, bulk["batches"])   # [dispatcher] max_jobs caps a batch
     stages = lifecycle._stages(cfg)   # where a job's time went between its events (waits on a service, the ledger)
+    finishes = sorted(lifecycle._from_events(cfg)[1])
+    steady = middle_rate(finishes)
+    marks = {q: finishes[min(len(finishes) - 1, int(len(finishes) * q))] - t0 for q in (0.0, 0.1, 0.5, 0.9, 1.0)
+             } if finishes else {}
     log("  harvester: time before each event, p50/p95 s: " + "; ".join(
         f"{k} {v['p50_ms'] / 1000:.2f}/{v['p95_ms'] / 1000:.2f}" for k, v in stages.items() if v.get("n")))
     log(f"  harvester: {done:,}/{n:,} jobs finished in {elapsed:.1f}s = {done / elapsed:,.1f} jobs/s "
         f"(up to {FETCH} asked per acquire, {per_acquire:.0f} handed out on average; {INSTANCES} instances, "
-        f"{PROPAGATORS} propagators each, {bulk['bulk_items_mean']:.0f} jobs per bulk update on average); "
+        f"{PROPAGATORS} propagators each, {bulk['bulk_items_mean']:.0f} jobs per bulk update on average; "
+        f"{steady:,.1f} jobs/s from the 10th to the 90th percentile of the finish times); "
         f"kill → command p50 {lat.get('p50_ms', 0):.0f} ms, "
         f"p95 {lat.get('p95_ms', 0):.0f} ms over {len(kills)} kills")
+    log("    jobs finished, seconds after the start: " + ", ".join(
+        f"{'first' if q == 0 else 'last' if q == 1 else f'{q:.0%}'} {at:.2f}" for q, at in marks.items()))
     log(f"    PostgreSQL, this database's backends only: {1e6 * db_cpu / max(done, 1):,.0f} µs per job"
         f"{f' ({db_ended} backends ended during the run, not counted)' if db_ended else ''}")
     log("    ledger verdict wait seen by the gateway, mean: " + ", ".join(
@@ -305,7 +323,9 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
     for step, p in bulk["call_latency"].items():
         log(f"    {step}: {p.get('n', 0)} calls, p50 {p.get('p50_ms', 0):.0f} ms, p95 {p.get('p95_ms', 0):.0f} ms, "
             f"mean {p.get('mean_ms', 0):.0f} ms")
-    return {"jobs": n, "finished": done, "seconds": elapsed, "jobs_per_s": done / elapsed, "batch": BATCH,
+    return {"jobs": n, "finished": done, "seconds": elapsed, "jobs_per_s": done / elapsed,
+            "steady_jobs_per_s": steady, "finished_after_s": {f"{q:g}": at for q, at in marks.items()},
+            "batch": BATCH,
             "instances": INSTANCES, "propagators": PROPAGATORS, "bulk": BULK, "queue_limit": QUEUE_LIMIT,
             "jobs_per_acquire": per_acquire, **bulk, "kill_to_command": lat, "stages": stages,
             "verdict_wait": verdicts, "postgres_this_db_us_per_job": 1e6 * db_cpu / max(done, 1),
