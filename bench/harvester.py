@@ -75,6 +75,7 @@ class Harvester:
         self.wake = asyncio.Event()                        # the fetcher or the propagators have something new
         self.acquired: list[int] = []                      # jobs handed out per non-empty acquire
         self.bulk_sizes: list[int] = []                    # items per update_jobs_bulk
+        self.marks: dict[str, float] = {}                  # when the first jobs were handed out, reported over
 
     async def post(self, path: str, body: dict[str, Any], step: str | None = None) -> Any:
         started = time.monotonic()
@@ -130,6 +131,7 @@ class Harvester:
                 await asyncio.sleep(0.25)
                 continue
             self.acquired.append(len(jobs))
+            self.marks.setdefault("first jobs handed out", time.time())
             for j in jobs:
                 j["_state"] = "running"   # its worker started it (submitter, monitor: not modelled)
             self.starting += len(jobs)
@@ -154,6 +156,8 @@ class Harvester:
                 else:
                     finished += 1
             done.append(finished)
+            if finished:
+                self.marks.setdefault("first finished reported", time.time())
             self.wake.set()
 
     async def _wait(self) -> None:
@@ -175,7 +179,7 @@ async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, 
         calls: dict[str, list[float]] = {}
         hs = [Harvester(session, url, f"bench_harvester_{i}", calls) for i in range(INSTANCES)]
         agents = asyncio.gather(*(a for h in hs for a in h.agents(stop_at, done)))
-        _, ids = await lifecycle._submit(url, n, log, headers)
+        submitted, ids = await lifecycle._submit(url, n, log, headers)
         while sum(done) < n and time.monotonic() < stop_at:
             await asyncio.sleep(0.2)
         agents.cancel()
@@ -184,8 +188,10 @@ async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, 
         except asyncio.CancelledError:
             pass
     acquired = [k for h in hs for k in h.acquired]
+    marks = {k: min(h.marks[k] for h in hs if k in h.marks) for k in {k for h in hs for k in h.marks}}
     sizes = [k for h in hs for k in h.bulk_sizes]
     return {"reported_finished": sum(done), "batches": len(acquired), "acquired": sum(acquired), "ids": ids,
+            "agent_marks": marks, "submitted_at": submitted,
             "bulk_items": sum(sizes), "bulk_items_mean": sum(sizes) / max(1, len(sizes)),
             "call_latency": {step: percentiles(xs) for step, xs in sorted(calls.items())}}
 
@@ -314,8 +320,9 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         f"{steady:,.1f} jobs/s from the 10th to the 90th percentile of the finish times); "
         f"kill → command p50 {lat.get('p50_ms', 0):.0f} ms, "
         f"p95 {lat.get('p95_ms', 0):.0f} ms over {len(kills)} kills")
-    log("    jobs finished, seconds after the start: " + ", ".join(
-        f"{'first' if q == 0 else 'last' if q == 1 else f'{q:.0%}'} {at:.2f}" for q, at in marks.items()))
+    log("    seconds after the start: last submission answered {:.2f}, {}; jobs finished (events): {}".format(
+        bulk["submitted_at"] - t0, ", ".join(f"{k} {at - t0:.2f}" for k, at in sorted(bulk["agent_marks"].items())),
+        ", ".join(f"{'first' if q == 0 else 'last' if q == 1 else f'{q:.0%}'} {at:.2f}" for q, at in marks.items())))
     log(f"    PostgreSQL, this database's backends only: {1e6 * db_cpu / max(done, 1):,.0f} µs per job"
         f"{f' ({db_ended} backends ended during the run, not counted)' if db_ended else ''}")
     log("    ledger verdict wait seen by the gateway, mean: " + ", ".join(
