@@ -212,15 +212,18 @@ def reader_config(cfg: Config) -> Config:
 
 
 def fill(cfg: Config, conn: psycopg.Connection, proj: Projection, *, end: dict[int, int], begin: dict[int, int],
-         progress: Progress | None = None, pool: concurrent.futures.Executor | None = None) -> int:
+         progress: Progress | None = None, pool: concurrent.futures.Executor | None = None,
+         archive_before: float | None = None) -> int:
     """Load ``proj``'s empty tables (search_path) with the whole log: its bulk fold when it has one,
-    else ``apply_log``. Returns the number of events applied."""
+    else ``apply_log``. Returns the number of events applied. ``archive_before``: the bulk fold writes a job
+    final before that epoch straight into the archive partition (``JobsBulk``)."""
     bulk = getattr(proj, "bulk", None)
     if bulk is None:
         return apply_log(cfg, conn, [proj], end=end, progress=progress, commit_every=20000, begin=begin)
     schema = current_schema(conn)
     try:
-        return apply_bulk(cfg, conn, proj, bulk(), end=end, begin=begin, progress=progress, pool=pool)
+        return apply_bulk(cfg, conn, proj, bulk(archive_before=archive_before), end=end, begin=begin,
+                          progress=progress, pool=pool, archive_before=archive_before)
     except deadletters.POISON as exc:
         conn.rollback()
         log.warning("%s: the bulk load was refused (%s); rebuilding through apply() instead", proj.name,
@@ -238,7 +241,8 @@ def fill(cfg: Config, conn: psycopg.Connection, proj: Projection, *, end: dict[i
 
 def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: object, *, end: dict[int, int],
                begin: dict[int, int], progress: Progress | None = None, flush_every: int | None = None,
-               processes: int | None = None, pool: concurrent.futures.Executor | None = None) -> int:
+               processes: int | None = None, pool: concurrent.futures.Executor | None = None,
+               archive_before: float | None = None) -> int:
     """The whole log (``begin`` as ``apply_log``'s) folded by ``bulk`` (``proj.bulk()``) and written at
     every ``flush_every`` events with the positions reached, one transaction each. The records the fold
     leaves out go through ``proj.apply`` right after each write, dead letters skipped as ``apply_log``
@@ -250,7 +254,7 @@ def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: ob
     the shares' rows are disjoint, and each transaction still holds a partition's rows with its position.
     Logs partly read from the archive are loaded by this process alone. The other processes are spawned,
     so a script that calls this needs the usual ``if __name__ == "__main__":`` guard; ``pool``: processes
-    started earlier (``loaders``)."""
+    started earlier (``loaders``); ``archive_before``: the other shares' folds' (``fill``)."""
     flush_every = flush_every or BULK_FLUSH_EVENTS
     if processes is None:
         processes = min(BULK_PROCESSES, os.cpu_count() or 1)
@@ -261,7 +265,8 @@ def apply_bulk(cfg: Config, conn: psycopg.Connection, proj: Projection, bulk: ob
     shares = [parts[i::processes] for i in range(min(processes, len(parts)))]
     schema = current_schema(conn)
     with contextlib.nullcontext(pool) if pool is not None else _pool(len(shares) - 1) as pool:
-        others = [pool.submit(_load_share, cfg, schema, proj.name, {p: end[p] for p in share}, flush_every)
+        others = [pool.submit(_load_share, cfg, schema, proj.name, {p: end[p] for p in share}, flush_every,
+                              archive_before)
                   for share in shares[1:]]
         mine = {p: end[p] for p in shares[0]}
         try:
@@ -302,7 +307,8 @@ def _ready() -> None:
     """Nothing: a worker imports this module to run it, which is the point (see ``loaders``)."""
 
 
-def _load_share(cfg: Config, schema: str, name: str, end: dict[int, int], flush_every: int) -> int:
+def _load_share(cfg: Config, schema: str, name: str, end: dict[int, int], flush_every: int,
+                archive_before: float | None = None) -> int:
     """One share of ``apply_bulk``'s partitions, in a process of its own. Errors come back as text (a
     database error does not always cross processes): a refused value as ValueError, so the caller
     starts over through apply() as it would for its own share."""
@@ -310,7 +316,7 @@ def _load_share(cfg: Config, schema: str, name: str, end: dict[int, int], flush_
     try:
         with db.connect(cfg) as conn:
             set_search_path(conn, schema)
-            return _timed_bulk(cfg, conn, proj, proj.bulk(),  # type: ignore[attr-defined]
+            return _timed_bulk(cfg, conn, proj, proj.bulk(archive_before=archive_before),  # type: ignore[attr-defined]
                                read_log(reader_config(cfg), end=end, partitions=list(end)), None, flush_every)
     except deadletters.POISON as exc:
         raise ValueError(deadletters.describe(exc)) from None
@@ -418,12 +424,15 @@ def rebuild(cfg: Config, name: str, *, into: str | None = None, log: Log = print
         if any(begin.values()):
             log(f"the log starts after offset 0 ({begin}): the events before are read from the archive")
         set_search_path(conn, scratch)
+        # final before this, a job's row is archived: placed so by the load, the rest moved by the sweep below
+        old = time.time() - cfg.projections.archive_after if name == "jobs" else None
         with Progress(f"rebuild {name}", total=count_between({}, end), enabled=show_progress) as bar:
             try:
-                n = fill(cfg, conn, proj, end=end, begin=begin, progress=bar, pool=pool)
+                n = fill(cfg, conn, proj, end=end, begin=begin, progress=bar, pool=pool, archive_before=old)
             except ArchiveGap as exc:
                 raise RebuildError(f"{exc}: a rebuild would be incomplete") from None
-        if name == "jobs":   # what the live sweep would have archived by now (projections.jobs_archive)
+        if old is not None:   # what the live sweep would have archived by now (projections.jobs_archive): the rows
+            # the load placed hot that a later flush made final, or that grew old enough during the load
             jobs_archive.sweep(conn, before=time.time() - cfg.projections.archive_after)
         conn.commit()   # the load: an index built on another connection must see it, and wait for no lock
         indexed = time.monotonic()

@@ -22,6 +22,7 @@ import msgspec
 import psycopg
 from psycopg.types.json import Jsonb
 
+from core.states import FINAL_STATES
 from projections.base import Record
 from schemas.messages import JobSubmitted
 
@@ -104,9 +105,10 @@ class JobsProjection:
         projections.deadletters.reapply)."""
         conn.execute("DELETE FROM jobs WHERE pandaid = ANY(%s)", (list(pandaids),))
 
-    def bulk(self) -> JobsBulk:
-        """A fold of the whole log for a rebuild into empty tables (see JobsBulk)."""
-        return JobsBulk()
+    def bulk(self, *, archive_before: float | None = None) -> JobsBulk:
+        """A fold of the whole log for a rebuild into empty tables (see JobsBulk); ``archive_before``: the
+        epoch before which a final job's row goes straight to the archive partition (None: none does)."""
+        return JobsBulk(archive_before)
 
     def apply(self, conn: psycopg.Connection, records: Sequence[Record]) -> None:
         inserts: dict[int, dict[str, Any]] = {}
@@ -233,9 +235,13 @@ _EPOCH_RANGE = (-62_135_596_800.0, 253_402_300_800.0)   # what datetime can hold
 # COPY's binary format: half the client's CPU per row of the text format, and less of the server's. A binary
 # field carries no type: the server reads it with the column's own receive function, and jsonb's binary form
 # is a version byte (1) followed by the JSON text, so the spec is written as those bytes (dumped as bytea).
-_COPY_SQL = f"COPY jobs ({', '.join(_INSERT_COLS)}) FROM STDIN (FORMAT BINARY)"
+# The rows go in with their partition (``archived``) already decided: a rebuild of a long history finds most jobs
+# final long ago, and placing each row once costs a boolean, where moving it after the load (the sweep) deletes
+# and inserts it again, with the load's every byte of it.
+_COPY_SQL = f"COPY jobs ({', '.join(_INSERT_COLS)}, archived) FROM STDIN (FORMAT BINARY)"
 _BINARY = {"int": "int4", "bigint": "int8", "text": "text", "timestamptz": "timestamptz", "jsonb": "bytea"}
-_COPY_TYPES = [_BINARY[_SQL_TYPE[c]] for c in _INSERT_COLS]
+_COPY_TYPES = [*(_BINARY[_SQL_TYPE[c]] for c in _INSERT_COLS), "bool"]
+_FINAL = frozenset(FINAL_STATES)
 
 
 def _fits(col: str, value: Any) -> bool:
@@ -266,7 +272,10 @@ class JobsBulk:
     later events merged (``_spec_json``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, archive_before: float | None = None) -> None:
+        # a row whose job is final and last changed before this epoch is written into the archive partition,
+        # where ``jobs_archive.sweep`` would move it (None: every row goes to the hot partition)
+        self.archive_before = float("-inf") if archive_before is None else archive_before
         self.rows: dict[int, list[Any]] = {}           # jobs first seen since the last flush (_R_* below)
         self.changes: dict[int, dict[str, Any]] = {}   # jobs already written: apply()'s update entries
         self.written: dict[int, int] = {}              # PandaID → seq of its row in the database
@@ -369,7 +378,7 @@ class JobsBulk:
         self.rows, self.changes, self.leftover = {}, {}, []
         with conn.cursor() as cur:
             if rows:
-                ts, spec_json = _ts, _spec_json
+                ts, spec_json, final, before = _ts, _spec_json, _FINAL, self.archive_before
                 with cur.copy(_COPY_SQL) as copy:
                     copy.set_types(_COPY_TYPES)
                     write = copy.write_row
@@ -378,7 +387,7 @@ class JobsBulk:
                             merged["jobStatus"] = status     # each later event set it (apply(): attrs, then this)
                             values = _merge_columns(values, merged)
                         write((pid, part, seq, status, *values, ts(ctime), ts(mtime), ts(sctime), cmd,
-                               spec_json(job, merged)))
+                               spec_json(job, merged), mtime < before and status in final))
             if changes:
                 for u in changes.values():
                     u["modification_time"] = _ts(u["modification_time"])

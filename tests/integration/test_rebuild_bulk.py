@@ -17,6 +17,7 @@ import pytest
 from bench.rebuild_rate import events
 from cli import rebuild
 from core import bus, db
+from core.states import FINAL_STATES
 from projections.jobs import JobsBulk, JobsProjection
 from schemas.jobspec import JobSpec
 from schemas.messages import Event, JobSubmitted, JobUpdated, encode, key_of
@@ -123,3 +124,17 @@ def test_a_refused_bulk_write_starts_over_through_apply(cfg, monkeypatch):
     assert refused and restarted.events == bulk.events
     assert _dump(cfg, "restarted") == _dump(cfg, "bulk")
     assert _dump(cfg, "public")[0] == [], "the live table was left alone"
+
+
+def test_the_bulk_load_writes_old_final_jobs_into_the_archive_partition(cfg, monkeypatch):
+    """Placed by the load itself, not moved by the sweep afterwards (each row written once)."""
+    cfg = cfg.replace(projections={"archive_after": 0.0})   # every final job is old enough
+    _write(cfg, list(events(800)))
+    monkeypatch.setattr(rebuild.jobs_archive, "sweep", lambda *a, **kw: 0)
+    rebuild.rebuild(cfg, "jobs", into="placed", log=lambda *_: None, show_progress=False)
+    with db.connect(cfg) as conn:
+        rows = conn.execute("SELECT status, archived FROM placed.jobs").fetchall()
+        leaf = conn.execute("SELECT count(*) FROM placed.jobs_archived").fetchone()[0]
+    assert len(rows) > 90
+    assert all(archived == (status in FINAL_STATES) for status, archived in rows), rows
+    assert leaf == sum(archived for _, archived in rows) > 0
