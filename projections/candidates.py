@@ -148,11 +148,23 @@ def candidate_queries(req: Criteria, share_order: Sequence[str], limit: int = 1,
 #: more later), the planner estimated 1 activated job where there were 100,000, chose a bitmap scan and sorted
 #: them all: 1.6-1.75 s and 107k buffers per getJob in the full dispatch bench (``pandaes bench --only
 #: dispatch``). Without sorts and bitmap scans the ordered index walk is the plan left, whatever the statistics.
-ORDERED_WALK_SETTINGS = (("enable_sort", "off"), ("enable_bitmapscan", "off"))
+#: No sequential scans either: every table a claim reads has the index it needs (the dispatch indexes, the leases'
+#: and the files' primary keys), and on a young lease table the planner otherwise probes the leases with a
+#: sequential scan per candidate, a plan that must not outlive the table's growth (see ORDERED_WALK_OPTIONS).
+ORDERED_WALK_SETTINGS = (("enable_sort", "off"), ("enable_bitmapscan", "off"), ("enable_seqscan", "off"))
 ORDERED_WALK = tuple(f"SET LOCAL {name} = {value}" for name, value in ORDERED_WALK_SETTINGS)
 #: The same settings for a whole session (libpq ``options``), for connections that run nothing but candidate
 #: statements (the gateway's claim pool): each claim is then one autocommit statement, no BEGIN, SET LOCAL, COMMIT.
-ORDERED_WALK_OPTIONS = " ".join(f"-c {name}={value}" for name, value in ORDERED_WALK_SETTINGS)
+#: These sessions also plan each statement once (``plan_cache_mode=force_generic_plan``; psycopg prepares a
+#: statement from its fifth execution) instead of at every execution as every other session does
+#: (``core.db.SESSION_OPTIONS``). Why: planning the claim statement (a CTE per share, the lease upsert, the
+#: files) and parsing it were three quarters of its CPU in PostgreSQL (perf on a backend running claims: planner
+#: 47-51 %, parse and analysis 21 %; 735-755 µs → 180-350 µs per claim), about 0.5 ms per getJob. A generic plan is
+#: safe here because the settings above leave one plan shape whatever the statistics or the parameters: the ordered
+#: walk of a dispatch index to its LIMIT, the leases and the files probed by their keys
+#: (tests/integration/test_dispatch_claim.py); ANALYZE of a table it reads replans it anyway.
+ORDERED_WALK_OPTIONS = (" ".join(f"-c {name}={value}" for name, value in ORDERED_WALK_SETTINGS)
+                        + " -c plan_cache_mode=force_generic_plan")
 
 
 def claim_sources(req: Criteria, share_order: Sequence[str], limit: int = 1, *, leases: str | None = None,

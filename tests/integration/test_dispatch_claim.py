@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 from test_projection_queries import Projector, activate, submit
 
@@ -223,3 +225,53 @@ def test_candidates_come_from_an_ordered_index_walk_whatever_the_statistics(cfg)
         finally:
             conn.execute("DELETE FROM jobs WHERE pandaid > 900000")
             conn.execute("ALTER TABLE jobs_hot RESET (autovacuum_enabled)")
+
+
+def _generic_claim_plan(conn, sources) -> str:
+    """EXPLAIN of the generic plan of the whole claim statement (``leases.claim_batch``) prepared on ``conn``:
+    each ``%(name)s`` of the statement a ``$n`` whose type PREPARE infers, then EXECUTE with literal values."""
+    ctes, union, params = sources
+    params = {**params, "n": 1, "site": "SITE", "node": "node", "actor": "pilot", "command_ids": ["c"],
+              "ttl": 60.0, "deliver": 60.0}
+    order: list[str] = []
+
+    def number(m: re.Match) -> str:
+        if m.group(1) not in order:
+            order.append(m.group(1))
+        return f"${order.index(m.group(1)) + 1}"
+
+    text = re.sub(r"%\((\w+)\)s", number, leases._CLAIM_BATCH.format(ctes=ctes, union=union))
+    conn.execute(f"PREPARE claim_plan AS {text}")
+    try:
+        args = ", ".join(sql.Literal(params[name]).as_string(conn) for name in order)
+        return json.dumps(conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE claim_plan({args})").fetchone()[0])
+    finally:
+        conn.execute("DEALLOCATE claim_plan")
+
+
+def test_the_claim_pool_plans_a_claim_once_and_that_plan_walks_and_probes_by_key(cfg):
+    """The claim pool's sessions keep a generic plan of each claim statement (planning it was most of its CPU in
+    PostgreSQL). That plan is made once, possibly on tables just created: it must still be the ordered walk of a
+    dispatch index and probes of the leases and the files by key, never a scan of a table that grows (a young,
+    empty lease table otherwise gets a sequential scan per candidate)."""
+    with db.connect(cfg, autocommit=True, options=ORDERED_WALK_OPTIONS) as conn:
+        assert conn.execute("SHOW plan_cache_mode").fetchone()[0] == "force_generic_plan"
+        conn.execute("TRUNCATE dispatch_leases")
+        conn.execute("VACUUM ANALYZE dispatch_leases")    # its statistics say empty: a scan looks cheapest
+        for req in (DispatchRequest(site="SITE", prod_source_label="managed"),
+                    DispatchRequest(site="SITE", prod_source_label="user", memory=2000, disk=100)):
+            plan = _generic_claim_plan(conn, claim_sources(req, ["Test"], 1, leases=leases.RELATION))
+            assert "Seq Scan" not in plan and "Bitmap" not in plan, plan
+            assert "dispatch_leases_pkey" in plan and "files_pkey" in plan, plan
+            assert "jobs_hot_computing_site_gshare_current_priority" in plan, plan     # the share's walk
+            assert "jobs_hot_computing_site_current_priority" in plan, plan            # the others'
+        # psycopg prepares a statement from its fifth execution; PostgreSQL then reuses the generic plan
+        ctes, union, params = claim_sources(DispatchRequest(site="NOWHERE", prod_source_label="managed"), ["Test"],
+                                            1, leases=leases.RELATION)
+        statement = leases._CLAIM_BATCH.format(ctes=ctes, union=union)
+        for _ in range(7):
+            conn.execute(statement, {**params, "n": 1, "site": "NOWHERE", "node": "n", "actor": "a",
+                                     "command_ids": ["c"], "ttl": 60.0, "deliver": 60.0}).fetchall()
+        generic, custom = conn.execute("SELECT sum(generic_plans), sum(custom_plans) FROM pg_prepared_statements"
+                                       ).fetchone()
+        assert generic >= 2 and custom == 0, (generic, custom)
