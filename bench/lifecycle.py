@@ -114,14 +114,17 @@ async def _drive(url: str, n: int, pilots: int, seconds: float, log, headers: di
 
     async def pilot(session: aiohttp.ClientSession, i: int) -> None:
         p = _Pilot(session, opts, i, stats)
-        while time.monotonic() < t_end and stats.finished < n:
-            job = await p.get_job()
-            if job is None:
-                await asyncio.sleep(opts.nojob_sleep)
-                continue
-            stats.received.append(int(job["PandaID"]))
-            await p.run_job(job)
-            finished_at.append(time.time())
+        try:
+            while time.monotonic() < t_end and stats.finished < n:
+                job = await p.get_job()
+                if job is None:
+                    await asyncio.sleep(opts.nojob_sleep)
+                    continue
+                stats.received.append(int(job["PandaID"]))
+                await p.run_job(job)
+                finished_at.append(time.time())
+        finally:
+            p.close()
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=150)) as session:

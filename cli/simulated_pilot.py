@@ -23,6 +23,7 @@ from urllib.parse import quote_plus
 import aiohttp
 from aiohttp.payload import BytesPayload
 
+from cli.pilot_http import HttpError, PilotConnection
 from core.states import PilotState
 
 PILOT_VERSION = "3.7.0.36"
@@ -104,22 +105,33 @@ class _Pilot:
         self.pilot_id = f"sim{index}|PR|{PILOT_VERSION}"
         self.base = opts.url.rstrip("/") + "/server/panda"
         self.started = ""
+        # plain http: the pilot's own kept-alive connection (cli/pilot_http.py), the same requests for a fraction
+        # of aiohttp's client CPU; https: the session (its TLS settings are the caller's)
+        self.conn = (PilotConnection(self.base, {**session.headers, **HEADERS})
+                     if self.base.startswith("http://") else None)
 
     async def _post(self, fn: str, data: dict[str, Any]) -> Any:
         """One form POST; None if the reply is not a JSON object (curl error or non-JSON, as pilot3 sees it)."""
         try:
-            async with self.s.post(f"{self.base}/{fn}", data=form_payload(data), headers=HEADERS) as resp:
-                raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            if self.conn is not None:
+                status, raw = await self.conn.post(f"/{fn}", form_body(data), FORM_TYPE)
+            else:
+                async with self.s.post(f"{self.base}/{fn}", data=form_payload(data), headers=HEADERS) as resp:
+                    status, raw = resp.status, await resp.read()
+        except (TimeoutError, aiohttp.ClientError, HttpError) as exc:
             self.stats.errors.append(f"{fn}: {exc!r}")
             return None
         try:
             value = json.loads(raw)
         except ValueError:
             text = raw.decode("utf-8", "replace")
-            self.stats.errors.append(f"{fn}: HTTP {resp.status} non-JSON reply {text[:80]!r}")
+            self.stats.errors.append(f"{fn}: HTTP {status} non-JSON reply {text[:80]!r}")
             return None
         return value if isinstance(value, dict) else None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
 
     async def get_job(self) -> dict[str, Any] | None:
         for attempt in range(self.o.nojob_retries + 1):
@@ -192,12 +204,15 @@ class _Pilot:
             self.stats.finished += 1
 
     async def run(self) -> None:
-        for _ in range(self.o.jobs):
-            job = await self.get_job()
-            if job is None:
-                return
-            self.stats.received.append(int(job["PandaID"]))
-            await self.run_job(job)
+        try:
+            for _ in range(self.o.jobs):
+                job = await self.get_job()
+                if job is None:
+                    return
+                self.stats.received.append(int(job["PandaID"]))
+                await self.run_job(job)
+        finally:
+            self.close()
 
 
 async def simulate(opts: SimOptions, session: aiohttp.ClientSession | None = None) -> SimStats:
