@@ -18,9 +18,9 @@ import json
 import time
 import zlib
 from typing import Any
-from urllib.parse import quote_plus
 
 import aiohttp
+import msgspec
 from aiohttp.payload import BytesPayload
 
 from cli.pilot_http import HttpError, PilotConnection
@@ -37,13 +37,33 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 _QUOTED: dict[str, str] = {}
 
 
+#: quote_plus as one table: every UTF-8 byte (read as a latin-1 character) → its form text. Why: quote_plus
+#: quotes a text that needs any quoting byte by byte in Python (the final update's report: ~500 calls a job)
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_FORM_TABLE = {b: chr(b) if b in _SAFE else "+" if b == 0x20 else f"%{b:02X}" for b in range(256)}
+
+
+def _quote_plus(text: str) -> str:
+    """``urllib.parse.quote_plus(text)``, the same text (tests/unit/test_simulated_pilot_wire.py)."""
+    return text.encode("utf-8").decode("latin-1").translate(_FORM_TABLE)
+
+
 def _quoted(text: str) -> str:
     hit = _QUOTED.get(text)
     if hit is None:
-        hit = quote_plus(text)
+        hit = _quote_plus(text)
         if len(text) <= 64 and len(_QUOTED) < 10_000:
             _QUOTED[text] = hit
     return hit
+
+
+def _decode(raw: bytes) -> Any:
+    """The JSON value of a reply; ValueError if it is not JSON (msgspec first, json for what it refuses:
+    NaN and the other non-standard values json.loads takes)."""
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return json.loads(raw)
 
 
 def form_body(data: dict[str, Any]) -> bytes:
@@ -121,8 +141,8 @@ class _Pilot:
         except (TimeoutError, aiohttp.ClientError, HttpError) as exc:
             self.stats.errors.append(f"{fn}: {exc!r}")
             return None
-        try:
-            value = json.loads(raw)
+        try:   # msgspec: the same values as json.loads for what the gateway sends, in a third of the time
+            value = _decode(raw)
         except ValueError:
             text = raw.decode("utf-8", "replace")
             self.stats.errors.append(f"{fn}: HTTP {status} non-JSON reply {text[:80]!r}")

@@ -88,13 +88,30 @@ def parse_form(text: str) -> dict[str, Any]:
             continue
         name, _, value = pair.partition("=")
         if "%" in name or "+" in name:
-            name = unquote_plus(name)
+            name = _unquoted(name)
         if "%" in value or "+" in value:
-            value = unquote_plus(value)
+            value = _unquoted(value)
         if name in out:
             return multi_dict(parse_qsl(text, keep_blank_values=True))
         out[name] = value
     return out
+
+
+#: short quoted form texts seen lately → their text: a pilot's site, node, pilotID and CPU unit come in every
+#: call quoted the same way; bounded (emptied when full), so a stream of distinct values costs one dict each
+_UNQUOTED: dict[str, str] = {}
+_UNQUOTED_MAX, _UNQUOTED_LEN = 4096, 64
+
+
+def _unquoted(text: str) -> str:
+    hit = _UNQUOTED.get(text)
+    if hit is None:
+        hit = unquote_plus(text)
+        if len(text) <= _UNQUOTED_LEN:
+            if len(_UNQUOTED) >= _UNQUOTED_MAX:
+                _UNQUOTED.clear()
+            _UNQUOTED[text] = hit
+    return hit
 
 
 def multi_dict(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
