@@ -75,6 +75,8 @@ class _Answer:
                 return None
             self._head(bytes(buf[:end]))
             self._start = end + 4
+            if self.status in (204, 304) or self.status < 200:   # no body, whatever the headers say
+                self._length, self._chunked = 0, False
         if self._chunked:
             return self._chunks(buf, eof)
         if self._length is None:   # the body runs to the end of the connection

@@ -127,7 +127,7 @@ class _Pilot:
         self.started = ""
         # plain http: the pilot's own kept-alive connection (cli/pilot_http.py), the same requests for a fraction
         # of aiohttp's client CPU; https: the session (its TLS settings are the caller's)
-        self.conn = (PilotConnection(self.base, {**session.headers, **HEADERS})
+        self.conn = (PilotConnection(self.base, {**session.headers, **HEADERS}, session.timeout.total or 150.0)
                      if self.base.startswith("http://") else None)
 
     async def _post(self, fn: str, data: dict[str, Any]) -> Any:

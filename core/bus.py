@@ -564,7 +564,8 @@ class OutcomeWaiter:
         fut = loop.create_future()
         with self._lock:
             self._waiting[command_id] = fut
-        self._wanted.set()
+        if not self._wanted.is_set():   # set() takes the event's condition lock: only when it changes anything
+            self._wanted.set()
         return fut
 
     def forget(self, command_id: str) -> None:

@@ -69,19 +69,20 @@ def test_answers_chunked_gzip_keep_alive_and_close():
     chunked = (b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
     packed = gzip.compress(b'{"StatusCode": 0}')
-    answers = [_ok(b'{"x": 1}'), chunked, _ok(packed, "Content-Encoding: gzip\r\n"),
+    answers = [_ok(b'{"x": 1}'), chunked, _ok(packed, "Content-Encoding: gzip\r\n"), b"HTTP/1.1 204 No Content\r\n\r\n",
                _ok(b"{}", "Connection: close\r\n"), _ok(b"[]")]
 
     async def main():
         server, port, seen, connections = await _serve(answers)
         conn = PilotConnection(f"http://127.0.0.1:{port}/server/panda", HEADERS)
-        got = [await conn.post("/getJob", b"a=1", FORM_TYPE) for _ in range(5)]
+        got = [await conn.post("/getJob", b"a=1", FORM_TYPE) for _ in range(6)]
         conn.close()
         server.close()
         return got, connections[0], seen
 
     got, connections, seen = asyncio.run(main())
-    assert got == [(200, b'{"x": 1}'), (503, b"hello world"), (200, b'{"StatusCode": 0}'), (200, b"{}"), (200, b"[]")]
+    assert got == [(200, b'{"x": 1}'), (503, b"hello world"), (200, b'{"StatusCode": 0}'), (204, b""), (200, b"{}"),
+                   (200, b"[]")]
     assert connections == 2          # kept alive until the server said close, then a new connection
     assert all(s.startswith(b"POST /server/panda/getJob HTTP/1.1\r\n") for s in seen)
 
