@@ -46,11 +46,14 @@ async def _level(url: str, pilots: int, seconds: float, headers: dict[str, str])
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
         async def pilot(i: int) -> None:
             p = _Pilot(session, opts, i, stats)
-            while time.perf_counter() < t_end:
-                job = await p.get_job()
-                stamps.append(time.perf_counter())
-                if job is not None:
-                    stats.received.append(int(job["PandaID"]))
+            try:
+                while time.perf_counter() < t_end:
+                    job = await p.get_job()
+                    stamps.append(time.perf_counter())
+                    if job is not None:
+                        stats.received.append(int(job["PandaID"]))
+            finally:
+                p.close()
 
         t0 = time.perf_counter()
         t_end = t0 + seconds

@@ -21,6 +21,7 @@ keyword arguments); each adapter maps them onto its client's settings.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import importlib.util
@@ -521,6 +522,11 @@ class OutcomeWaiter:
     waiter that shares the partition is passed over by its key, without parsing its value. Commands sent
     without ``reply_to`` are never answered there.
 
+    ``expect_on`` is ``expect`` for a caller on an event loop (the gateway): its future is the loop's own, and
+    the answers one poll brings for that loop are handed over together, in one ``call_soon_threadsafe`` — one
+    wake-up of the loop per poll instead of one per answer, and no ``concurrent.futures.Future`` (a lock and a
+    condition each) nor ``asyncio.wrap_future`` (two futures chained by callbacks) per command.
+
     A waiter nobody has expected anything from for ``idle_after_ms`` (and without ``on_event``) pauses its
     partitions: it asks the broker nothing until the next ``expect()``, then goes on from where it stopped
     (so nothing written meanwhile is missed).
@@ -532,7 +538,7 @@ class OutcomeWaiter:
             raise ValueError("OutcomeWaiter: on_event sees every outcome; a reply partition holds only some")
         self.cfg = cfg
         self.reply_partition = reply_partition
-        self._waiting: dict[str, Future] = {}
+        self._waiting: dict[str, Future | asyncio.Future] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -551,6 +557,15 @@ class OutcomeWaiter:
         with self._lock:
             self._waiting[command_id] = fut
         self._wanted.set()
+        return fut
+
+    def expect_on(self, command_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """``expect`` for a caller on ``loop`` (call it there): a future of that loop, resolved there."""
+        fut = loop.create_future()
+        with self._lock:
+            self._waiting[command_id] = fut
+        if not self._wanted.is_set():   # set() takes the event's condition lock: only when it changes anything
+            self._wanted.set()
         return fut
 
     def forget(self, command_id: str) -> None:
@@ -590,12 +605,15 @@ class OutcomeWaiter:
                             continue
                         c.resume(*tps)
                         paused = False
+                handoff: list[tuple[asyncio.Future, Event | Rejected]] = []
                 for records in c.poll(timeout_ms=200).values():
                     if self.reply_partition is not None:
-                        self._deliver_replies(records)
+                        self._deliver_replies(records, handoff)
                         continue
                     for rec in records:
-                        self._deliver(rec.value)
+                        self._deliver(rec.value, handoff)
+                if handoff:
+                    _hand_over(handoff)
         except Exception as exc:  # pragma: no cover - surfaced through the futures timing out
             if not self._ready.is_set():   # could not start: the constructor raises it
                 self._failed = exc
@@ -605,7 +623,7 @@ class OutcomeWaiter:
         finally:
             c.close()
 
-    def _deliver_replies(self, records: Sequence[Record]) -> None:
+    def _deliver_replies(self, records: Sequence[Record], handoff: list) -> None:
         # the key is the command id: a reply for another waiter on the partition is not parsed at all
         for rec in records:
             try:
@@ -617,11 +635,11 @@ class OutcomeWaiter:
             if fut is None or fut.done():
                 continue
             try:
-                fut.set_result(decode_outcome(rec.value))
+                _settle(fut, decode_outcome(rec.value), handoff)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 log.warning("undecodable reply to command %s skipped", command_id)
 
-    def _deliver(self, raw: bytes) -> None:
+    def _deliver(self, raw: bytes, handoff: list) -> None:
         # Most outcomes are for other callers: read just the command id, decode fully only on a match.
         if self._on_event is None:
             try:
@@ -644,9 +662,37 @@ class OutcomeWaiter:
             with self._lock:
                 fut = self._waiting.pop(msg.command_id, None)
         if fut is not None and not fut.done():
-            fut.set_result(msg)
+            _settle(fut, msg, handoff)
 
     def close(self) -> None:
         self._stop.set()
         self._wanted.set()
         self._thread.join(5)
+
+
+def _settle(fut: Future | asyncio.Future, outcome: Event | Rejected,
+            handoff: list[tuple[asyncio.Future, Event | Rejected]]) -> None:
+    """A thread's future is resolved at once; a loop's future joins ``handoff`` (resolved on its loop)."""
+    if isinstance(fut, Future):
+        fut.set_result(outcome)
+    else:
+        handoff.append((fut, outcome))
+
+
+def _hand_over(handoff: list[tuple[asyncio.Future, Event | Rejected]]) -> None:
+    """The answers of one poll to their loops' futures: one ``call_soon_threadsafe`` per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Event | Rejected]]] = {}
+    for fut, outcome in handoff:
+        by_loop.setdefault(fut.get_loop(), []).append((fut, outcome))
+    for loop, answers in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, answers)
+        except RuntimeError:   # the loop is closed: nobody is waiting on it any more
+            pass
+
+
+def _resolve(answers: list[tuple[asyncio.Future, Event | Rejected]]) -> None:
+    """On the futures' loop. A future given up meanwhile (timed out, cancelled) is left as it is."""
+    for fut, outcome in answers:
+        if not fut.done():
+            fut.set_result(outcome)

@@ -1,7 +1,8 @@
 """The gateway's link to the rest of pandaes: an async database pool and ledger round trips.
 
-``ask`` sends one command and awaits the ledger's verdict: ``OutcomeWaiter`` resolves a
-concurrent.futures Future on its own thread, ``asyncio.wrap_future`` hands it to the event loop. The
+``ask`` sends one command and awaits the ledger's verdict: ``OutcomeWaiter.expect_on`` gives a future of the
+gateway's event loop, and the waiter's thread hands the verdicts of each poll to the loop together (one
+wake-up per poll, not one per verdict). The
 distinction that matters to a pilot is whether the command reached the log: ``Unavailable`` (it did
 not — the caller must retry, so the pilot gets a non-JSON 503 and its send_update loop tries again) versus
 ``VerdictTimeout`` (it is in the log and will be judged; only the answer is late).
@@ -15,9 +16,7 @@ and rejected topics instead, as every other caller does.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import threading
 import time
 
 from psycopg_pool import AsyncConnectionPool
@@ -103,21 +102,22 @@ class Backend:
         limit = int(self.cfg.kafka.max_message_bytes)
         reply_to = self.reply_claim.partition if self.reply_claim is not None else None
         raws = [_encode(cmd, reply_to, limit) for cmd in cmds]   # the very bytes sent below
-        verdicts = [self.waiter.expect(c.id) for c in cmds]
+        loop = asyncio.get_running_loop()
+        verdicts = [self.waiter.expect_on(c.id, loop) for c in cmds]
         try:
             # called on the loop: with the topic metadata fetched at start, send() only appends to the
             # producer's buffer (it blocks only when 32 MB of records are waiting for the broker)
             acks = [_failing(self.sender.send_encoded(c, raw), verdict)
                     for c, raw, verdict in zip(cmds, raws, verdicts, strict=True)]
         except Exception as exc:
-            self._forget(cmds)
+            self._forget(cmds, verdicts)
             raise Unavailable(f"cannot write to the command log: {exc}") from exc
         try:
             started = time.monotonic()
-            if len(verdicts) == 1:   # one pilot update: no gather around a single future
-                done = [await asyncio.wait_for(asyncio.wrap_future(verdicts[0]), timeout)]
+            if len(verdicts) == 1:   # one pilot update: the future itself, under a timer of the loop
+                done = [await _within(verdicts[0], timeout)]
             else:
-                done = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(v) for v in verdicts)), timeout)
+                done = await asyncio.wait_for(asyncio.gather(*verdicts), timeout)
             elapsed = time.monotonic() - started
             for c in cmds:
                 _verdict_latency(c).observe(elapsed)
@@ -127,7 +127,7 @@ class Backend:
                 raise VerdictTimeout(f"no verdict from the ledger within {timeout:.0f}s") from None
             raise Unavailable("the command log did not acknowledge the command") from None
         finally:
-            self._forget(cmds)
+            self._forget(cmds, verdicts)
 
     async def ask_each(self, cmds: list[Command], timeout: float) -> list[Event | Rejected | Exception]:
         """Send commands together and answer each on its own: its verdict, or BadRequest (this command cannot be
@@ -146,7 +146,8 @@ class Backend:
             except BadRequest as exc:
                 out[i] = exc
         sent = [c for _, c, _ in good]
-        verdicts = [self.waiter.expect(c.id) for c in sent]
+        loop = asyncio.get_running_loop()
+        verdicts = [self.waiter.expect_on(c.id, loop) for c in sent]
         acks: list[Delivery] = []
         try:
             for (_, cmd, raw), verdict in zip(good, verdicts, strict=True):
@@ -154,16 +155,13 @@ class Backend:
         except Exception as exc:  # noqa: BLE001 - whatever the client raises: the rest did not reach the log
             for (i, _, _) in good[len(acks):]:
                 out[i] = Unavailable(f"cannot write to the command log: {exc}")
-            for c in sent[len(acks):]:
-                self.waiter.forget(c.id)
+            self._forget(sent[len(acks):], verdicts[len(acks):])
             good, verdicts, sent = good[:len(acks)], verdicts[:len(acks)], sent[:len(acks)]
         try:
             if verdicts:
                 started = time.monotonic()
-                try:
-                    await asyncio.wait_for(_all_settled(verdicts), timeout)
-                except TimeoutError:
-                    pass   # each late verdict is answered below on its own
+                # the waiter hands a poll's verdicts over together: the loop wakes once per poll, not per verdict
+                await asyncio.wait(verdicts, timeout=timeout)   # each late verdict is answered below on its own
                 elapsed = time.monotonic() - started
                 for (i, cmd, _), verdict, ack in zip(good, verdicts, acks, strict=True):
                     if not verdict.done():
@@ -177,36 +175,35 @@ class Backend:
                         _verdict_latency(cmd).observe(elapsed)
                         out[i] = verdict.result()
         finally:
-            self._forget(sent)
+            self._forget(sent, verdicts)
         return out  # type: ignore[return-value]
 
-    def _forget(self, cmds: list[Command]) -> None:
+    def _forget(self, cmds: list[Command], verdicts: list[asyncio.Future]) -> None:
+        """The waiter stops looking for ``cmds``; a verdict future still pending is cancelled (a late failure
+        of its send then finds it done, and nothing is left unretrieved)."""
         for c in cmds:
             self.waiter.forget(c.id)
+        for v in verdicts:
+            v.cancel()
 
 
-def _all_settled(futures: list[concurrent.futures.Future]) -> asyncio.Future:
-    """An asyncio Future done once every one of ``futures`` is. Why not ``wrap_future`` each: that wakes the
-    event loop from the waiter's thread once per verdict (a 50-job bulk: 50 wake-ups), this once per bulk."""
-    loop = asyncio.get_running_loop()
-    settled: asyncio.Future = loop.create_future()
-    left = [len(futures)]
-    lock = threading.Lock()
+class _Expired(TimeoutError):
+    """The wait for one verdict ran out (set by the loop's timer, ``_within``)."""
 
-    def finish() -> None:
-        if not settled.done():
-            settled.set_result(None)
 
-    def one(_: concurrent.futures.Future) -> None:
-        with lock:
-            left[0] -= 1
-            last = left[0] == 0
-        if last:
-            loop.call_soon_threadsafe(finish)
+async def _within(verdict: asyncio.Future, timeout: float) -> Event | Rejected:
+    """``verdict``'s result, or TimeoutError after ``timeout`` seconds. Why not ``asyncio.wait_for``: for one
+    future it adds a task-like wrapper, a waiter future and its callbacks per call; this is one timer."""
+    timer = verdict.get_loop().call_later(timeout, _expire, verdict)
+    try:
+        return await verdict
+    finally:
+        timer.cancel()
 
-    for fut in futures:
-        fut.add_done_callback(one)
-    return settled
+
+def _expire(verdict: asyncio.Future) -> None:
+    if not verdict.done():
+        verdict.set_exception(_Expired())
 
 
 def _encode(cmd: Command, reply_to: int | None, limit: int) -> bytes:
@@ -236,19 +233,26 @@ def _verdict_latency(cmd: Command):
 _LATENCY_BY_TYPE: dict[type, object] = {}
 
 
-def _failing(record: Delivery, verdict: concurrent.futures.Future) -> Delivery:
+def _failing(record: Delivery, verdict: asyncio.Future) -> Delivery:
     """``record``, whose failed send also fails ``verdict`` at once (its waiter learns that the command never
     reached the log instead of waiting out the timeout). ``record`` itself is the acknowledgement the timeout
     path reads (done without an exception: in the log, only the verdict is late). Why not a Future of its own
-    per command: one more lock and condition for every pilot call, for a state the record already holds."""
+    per command: one more lock and condition for every pilot call, for a state the record already holds.
+    The record's callback runs on the producer's thread (or at once, here, for a send that failed already):
+    the failure reaches ``verdict`` through its loop."""
+    loop = verdict.get_loop()
+
+    def fail(exc: BaseException) -> None:
+        if not verdict.done():
+            verdict.set_exception(Unavailable(f"cannot write to the command log: {exc}"))
 
     def acknowledged(delivery: Delivery) -> None:
         exc = delivery.exception()
         if exc is None:
             return
         try:
-            verdict.set_exception(Unavailable(f"cannot write to the command log: {exc}"))
-        except concurrent.futures.InvalidStateError:
+            loop.call_soon_threadsafe(fail, exc)
+        except RuntimeError:   # the loop is closed: nobody waits for this verdict any more
             pass
 
     record.add_done_callback(acknowledged)

@@ -7,7 +7,7 @@ import concurrent.futures
 
 import pytest
 
-from core import config
+from core import bus, config
 from schemas.messages import PilotUpdate, Rejected, decode_command
 from services.gateway.backend import Backend, Unavailable, VerdictTimeout
 from services.gateway.params import BadRequest
@@ -15,10 +15,10 @@ from services.gateway.params import BadRequest
 
 class FakeWaiter:
     def __init__(self) -> None:
-        self.waiting: dict[str, concurrent.futures.Future] = {}
+        self.waiting: dict[str, asyncio.Future] = {}
 
-    def expect(self, command_id: str) -> concurrent.futures.Future:
-        self.waiting[command_id] = concurrent.futures.Future()
+    def expect_on(self, command_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        self.waiting[command_id] = loop.create_future()
         return self.waiting[command_id]
 
     def forget(self, command_id: str) -> None:
@@ -41,8 +41,8 @@ class FakeSender:
         if cmd.PandaID not in self.late:
             verdict = Rejected(PandaID=cmd.PandaID, command_id=cmd.id, command_type="pilot_update", code="ignored",
                                reason=f"job {cmd.PandaID}")
-            fut = self.waiter.waiting[cmd.id]
-            concurrent.futures.ThreadPoolExecutor(1).submit(fut.set_result, verdict)
+            fut = self.waiter.waiting[cmd.id]   # handed to the loop from another thread, as bus._hand_over does
+            concurrent.futures.ThreadPoolExecutor(1).submit(bus._hand_over, [(fut, verdict)])
         return ack
 
 

@@ -34,3 +34,22 @@ def test_the_quoted_text_memory_is_bounded(monkeypatch):
     monkeypatch.setattr(simulated_pilot, "_QUOTED", {})
     form_body({f"k{i}": "v" * 65 for i in range(20)})   # long values are never kept
     assert all(len(text) <= 64 for text in simulated_pilot._QUOTED)
+
+
+def test_the_quoting_table_is_quote_plus():
+    from urllib.parse import quote_plus
+
+    texts = ["", "plain_text-1.2~", "a b+c&d=e/f?g#h%i", "é✓ \x00\x7f\x80", "".join(map(chr, range(0x250)))]
+    for text in texts:
+        assert simulated_pilot._quote_plus(text) == quote_plus(text)
+
+
+def test_replies_decode_as_json_loads_does():
+    for raw in (b'{"StatusCode": 0, "x": [1, 2.5, "\\u00e9", null, true]}', b'{"v": NaN}'):
+        assert repr(simulated_pilot._decode(raw)) == repr(json.loads(raw))
+    try:
+        simulated_pilot._decode(b"alive=yes")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a non-JSON reply must raise ValueError")
