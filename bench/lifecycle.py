@@ -15,11 +15,8 @@ as a client asks). Times per job
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,7 @@ from bench import stack, workload
 from bench.procs import Components, CpuMeter, infra_groups
 from bench.stats import percentiles, steady_rate, timeline
 from cli import components
-from core import db, eventloop
+from core import collector, db, eventloop
 from core.config import Config
 from core.states import JobStatus
 from projections import queries
@@ -141,23 +138,6 @@ async def _drive(url: str, n: int, pilots: int, seconds: float, log, headers: di
             "pilot_finished_at": finished_at}
 
 
-@contextlib.contextmanager
-def _young_garbage_only(young: int = 20_000) -> Iterator[None]:
-    """While the pilots run: what the bench process holds already is out of the cyclic collector's sight
-    (``gc.freeze``) and the young generation is collected every ``young`` allocations, as in the gateway
-    (services/gateway/app.py, ``settle_gc``): the pilots' calls allocate many short-lived containers, and
-    the collector walking the whole process every few calls is CPU the table would count against pandaes."""
-    threshold = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(young, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
-
-
 def _stages(cfg: Config) -> dict[str, dict[str, float]]:
     """Time each job spent before each event, by event (``from → to`` state), as percentiles: where the
     end-to-end latency goes (waiting for a service, a pilot or the ledger)."""
@@ -192,7 +172,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         cpu0 = time.process_time()
         t0 = time.time()
         headers = dev.headers(cfg, "bench", ("production", "pilot"))
-        with _young_garbage_only():
+        with collector.settled():
             driven = eventloop.run(_drive(url, n, pilots, seconds, log, headers))
         # the last finals through the ledger, the services and the projector: what the pilots reported finished
         # must be reported finished by the gateway

@@ -14,14 +14,13 @@ losing it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import threading
 
 import psycopg
 from aiohttp import web
 
-from core import eventloop
+from core import collector, eventloop
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 
@@ -143,7 +142,7 @@ async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, 
                        ssl_context=ssl_context)
     try:
         await site.start()
-        settle_gc()
+        collector.settle()   # what serving keeps for its life is built: out of the collector's sight
         log.info("gateway listening on %s://%s:%d", "https" if ssl_context else "http", host, port)
         if ready is not None:
             ready.set()
@@ -151,26 +150,6 @@ async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, 
             await asyncio.sleep(0.2)
     finally:
         await runner.cleanup()
-
-
-#: collect the young generation after this many new container objects (CPython's default: 700)
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def settle_gc() -> None:
-    """Once the gateway is serving: everything built at start (modules, the app, the pools, the clients) is
-    moved out of the cyclic collector's sight (``gc.freeze``), and the young generation is collected after
-    ``GC_YOUNG_THRESHOLD`` allocations instead of 700.
-
-    Why: every request allocates a few hundred containers that die young (request, headers, params, futures,
-    the reply), so with CPython's defaults the collector ran every few requests, and each full collection
-    walked every object the process had — the collector was 12 % of the gateway's CPU in the lifecycle bench
-    (py-spy ``--native``). Frozen objects are never collected (they live as long as the process anyway);
-    garbage in reference cycles is still collected, a little later."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def run_component(cfg: Config, stop: threading.Event) -> None:
