@@ -60,3 +60,18 @@ def test_idle_reading_covers_every_component_the_broker_and_postgres(tmp_path):
     assert set(idle["cpu_pct_of_core"]) == {*DEFAULT, "postgres", *(["broker"] if embedded else [])}
     assert idle["total_pct"] == sum(idle["cpu_pct_of_core"].values())
     assert any(row[0] == "idle" for row in report.rows(results))
+
+
+def test_dispatch_offers_getjob_open_loop_and_hands_out_each_job_once(tmp_path):
+    """The open-loop level sends its fixed number of requests whatever the answers, and every job it hands
+    out is a distinct one (with the closed-loop levels after it)."""
+    size = run.SIZES["smoke"]
+    results = run.run("smoke", ["dispatch"], log=lambda *_: None, log_dir=tmp_path / "logs")
+    assert not results["skipped"], results["skipped"]
+    open_level, *closed = results["dispatch"]["levels"]
+    assert open_level["offered_per_s"] == size["dispatch_open_rate"]
+    assert open_level["requests"] == int(size["dispatch_open_rate"] * size["dispatch_seconds"])
+    assert open_level["errors"] == 0 and open_level["jobs"] == open_level["unique_jobs"] > 0
+    assert [level["pilots"] for level in closed] == list(size["dispatch_levels"])
+    assert all("offered_per_s" not in level for level in closed)
+    assert "offered (open loop" in report.table(results)
