@@ -120,13 +120,27 @@ class _Recent:
 
     __slots__ = ("state", "offset")
 
-    def __init__(self, state: JobState, offset: int | bus.Delivery):
+    def __init__(self, state: JobState, offset: int | bus.Delivery | _Later):
         self.state, self.offset = state, offset
 
     def event_offset(self) -> int:
         if not isinstance(self.offset, int):
             self.offset = self.offset.result().offset
         return self.offset
+
+
+class _Later:
+    """The delivery of a record the batch sends once it is judged (``Ledger._flush_sends``): ``result()`` as
+    ``bus.Delivery``'s, asked only after the batch's commit."""
+
+    __slots__ = ("delivery",)
+
+    def __init__(self) -> None:
+        self.delivery: bus.Delivery | None = None
+
+    def result(self, timeout: float | None = None):
+        assert self.delivery is not None, "asked for the delivery of a record not sent"
+        return self.delivery.result(timeout)
 
 
 class Ledger:
@@ -152,7 +166,17 @@ class Ledger:
         self._projected: dict[int, int] = {}   # partition → a position the jobs projection is known to have reached
         self.resume_at: dict[int, int] = {}                   # partition → first command offset to judge
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
-        self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0, "aborted": 0}
+        self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0, "aborted": 0, "gathered": 0}
+        # busy: a poll of at least gather_from commands waits up to gather_ms for more before its transaction
+        # (the broker's CPU follows the transactions and their requests, not the records they carry); a quiet
+        # ledger commits what one poll brought at once
+        self.gather_s = max(0, int(cfg.ledger.gather_ms)) / 1000
+        self.gather_from = max(1, int(cfg.ledger.gather_from))
+        self.max_batch = max(1, int(cfg.kafka.max_poll_records))
+        self._rebalances = 0     # assignment callbacks seen: a gather stops at one
+        # the batch's records, handed to the producer together once the batch is judged: the client then adds
+        # every partition to the transaction in one AddPartitionsToTxn and sends one Produce per partition
+        self._sends: list[tuple[str, bytes, bytes, int | None, _Later | None]] = []
         self.blocked = False     # the last step could not reach the database: back off before the next
         self._backoff = BACKOFF_MIN
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
@@ -171,9 +195,11 @@ class Ledger:
 
     # ------------------------------------------------------------------------------------ recovery
     def _note_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._rebalances += 1
         self.to_rebuild.update(assigned)
 
     def _drop_partitions(self, revoked: set[TopicPartition]) -> None:
+        self._rebalances += 1
         for tp in revoked:
             self.drop_partition(tp.partition)
 
@@ -233,7 +259,7 @@ class Ledger:
         entry = recent.get(pandaid) if recent is not None else None
         return entry.state if entry is not None else None
 
-    def _hold(self, partition: int, job: JobState, offset: int | bus.Delivery) -> None:
+    def _hold(self, partition: int, job: JobState, offset: int | bus.Delivery | _Later) -> None:
         """Keep ``job``'s new state: with the live jobs, or (final) as the newest recently final one."""
         live, recent = self.jobs.get(partition), self.recent.get(partition)
         if live is None:
@@ -341,10 +367,41 @@ class Ledger:
     # ---------------------------------------------------------------------------------- processing
     def step(self, timeout_ms: int = 200) -> int:
         polled = self.consumer.poll(timeout_ms=timeout_ms)
+        if self.gather_s and not self.to_rebuild and sum(map(len, polled.values())) >= self.gather_from:
+            polled = self._gather(polled)
         self.blocked = False
         n = self._handle(polled)
         self.watchdog.step(polled)
         return n
+
+    def _gather(self, polled: dict[TopicPartition, list]) -> dict[TopicPartition, list]:
+        """Busy (the poll brought at least ``gather_from`` commands): poll on for up to ``gather_ms``, or until
+        ``max_poll_records``, and judge it all in one transaction. Each transaction costs the broker its
+        Produce requests (one per partition written), AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and
+        EndTxn whatever it carries, so under load fewer, larger transactions cut its CPU per command; the
+        commands of the first poll wait at most ``gather_ms`` more. A rebalance inside ends the gather and
+        keeps only the records of partitions still assigned (those being rebuilt are dropped by ``_handle``)."""
+        out = {tp: list(msgs) for tp, msgs in polled.items()}
+        n = sum(map(len, out.values()))
+        rebalances = self._rebalances
+        deadline = time.monotonic() + self.gather_s
+        while n < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = self.consumer.poll(timeout_ms=max(1, int(left * 1000)), max_records=self.max_batch - n)
+            for tp, msgs in more.items():
+                got = out.get(tp)
+                if got is None:
+                    out[tp] = list(msgs)
+                else:
+                    got.extend(msgs)
+                n += len(msgs)
+            if self._rebalances != rebalances:
+                assigned = self.consumer.assignment()
+                return {tp: msgs for tp, msgs in out.items() if tp in assigned}
+        self.stats["gathered"] += 1
+        return out
 
     def _handle(self, polled) -> int:
         if self.to_rebuild:
@@ -384,8 +441,10 @@ class Ledger:
                     n += 1
                 offsets[tp] = msgs[-1].offset + 1
         except _DB_AWAY as exc:
+            self._sends.clear()
             self._abort(polled, exc)
             return 0
+        self._flush_sends()
         # the full group metadata (generation, member id) lets the broker fence a ledger that lost its
         # partitions in a rebalance but still tries to commit (KIP-447)
         self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
@@ -466,7 +525,8 @@ class Ledger:
             self._send_rejection(out, cmd.reply_to)
             return
         value = encode(out)
-        delivery = self.producer.send(self.events_topic, key=key_of(cmd.PandaID), value=value, partition=partition)
+        delivery = _Later()
+        self._sends.append((self.events_topic, key_of(cmd.PandaID), value, partition, delivery))
         self._reply(cmd.reply_to, cmd.id, value)
         self._hold(partition, apply(job, out), delivery)
         self.stats["events"] += 1
@@ -474,7 +534,7 @@ class Ledger:
 
     def _send_rejection(self, out: Rejected, reply_to: int | None = None) -> None:
         value = encode(out)
-        self.producer.send(self.rejected_topic, key=key_of(out.PandaID), value=value)
+        self._sends.append((self.rejected_topic, key_of(out.PandaID), value, None, None))
         self._reply(reply_to, out.command_id, value)
         self.stats["rejections"] += 1
         metrics.count_rejection(out.code)
@@ -490,7 +550,19 @@ class Ledger:
             log.warning("ledger %s: command %s asks for its verdict on partition %d of %s, which does not exist: "
                         "not answered there", self.instance, command_id, reply_to, self.replies_topic)
             return
-        self.producer.send(self.replies_topic, key=command_id.encode(), value=value, partition=reply_to)
+        self._sends.append((self.replies_topic, command_id.encode(), value, reply_to, None))
+
+    def _flush_sends(self) -> None:
+        """Hand the judged batch's records to the producer, in the order they were judged. Sent one by one while
+        judging, the first records of a batch went out (and their partitions were added to the transaction)
+        before the last were judged: more AddPartitionsToTxn requests per transaction, and a partition written
+        early and late in the batch got two Produce requests; the broker's CPU follows the requests."""
+        sends, self._sends = self._sends, []
+        send = self.producer.send
+        for topic, key, value, partition, later in sends:
+            delivery = send(topic, value, key=key, partition=partition)
+            if later is not None:
+                later.delivery = delivery
 
     def _has_reply_partition(self, reply_to: int) -> bool:
         if 0 <= reply_to < self._reply_partitions:
