@@ -594,6 +594,7 @@ class Ledger:
 
     def close(self) -> None:
         self.watchdog.close()
+        log.info("ledger %s stopping: %s", self.instance, ", ".join(f"{k} {v}" for k, v in self.stats.items()))
         try:
             self.consumer.close()
         finally:
