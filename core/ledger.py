@@ -120,27 +120,13 @@ class _Recent:
 
     __slots__ = ("state", "offset")
 
-    def __init__(self, state: JobState, offset: int | bus.Delivery | _Later):
+    def __init__(self, state: JobState, offset: int | bus.Delivery):
         self.state, self.offset = state, offset
 
     def event_offset(self) -> int:
         if not isinstance(self.offset, int):
             self.offset = self.offset.result().offset
         return self.offset
-
-
-class _Later:
-    """The delivery of a record the batch sends once it is judged (``Ledger._flush_sends``): ``result()`` as
-    ``bus.Delivery``'s, asked only after the batch's commit."""
-
-    __slots__ = ("delivery",)
-
-    def __init__(self) -> None:
-        self.delivery: bus.Delivery | None = None
-
-    def result(self, timeout: float | None = None):
-        assert self.delivery is not None, "asked for the delivery of a record not sent"
-        return self.delivery.result(timeout)
 
 
 class Ledger:
@@ -174,9 +160,6 @@ class Ledger:
         self.gather_from = max(1, int(cfg.ledger.gather_from))
         self.max_batch = max(1, int(cfg.kafka.max_poll_records))
         self._rebalances = 0     # assignment callbacks seen: a gather stops at one
-        # the batch's records, handed to the producer together once the batch is judged: the client then adds
-        # every partition to the transaction in one AddPartitionsToTxn and sends one Produce per partition
-        self._sends: list[tuple[str, bytes, bytes, int | None, _Later | None]] = []
         self.blocked = False     # the last step could not reach the database: back off before the next
         self._backoff = BACKOFF_MIN
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
@@ -259,7 +242,7 @@ class Ledger:
         entry = recent.get(pandaid) if recent is not None else None
         return entry.state if entry is not None else None
 
-    def _hold(self, partition: int, job: JobState, offset: int | bus.Delivery | _Later) -> None:
+    def _hold(self, partition: int, job: JobState, offset: int | bus.Delivery) -> None:
         """Keep ``job``'s new state: with the live jobs, or (final) as the newest recently final one."""
         live, recent = self.jobs.get(partition), self.recent.get(partition)
         if live is None:
@@ -441,10 +424,8 @@ class Ledger:
                     n += 1
                 offsets[tp] = msgs[-1].offset + 1
         except _DB_AWAY as exc:
-            self._sends.clear()
             self._abort(polled, exc)
             return 0
-        self._flush_sends()
         # the full group metadata (generation, member id) lets the broker fence a ledger that lost its
         # partitions in a rebalance but still tries to commit (KIP-447)
         self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
@@ -525,8 +506,7 @@ class Ledger:
             self._send_rejection(out, cmd.reply_to)
             return
         value = encode(out)
-        delivery = _Later()
-        self._sends.append((self.events_topic, key_of(cmd.PandaID), value, partition, delivery))
+        delivery = self.producer.send(self.events_topic, key=key_of(cmd.PandaID), value=value, partition=partition)
         self._reply(cmd.reply_to, cmd.id, value)
         self._hold(partition, apply(job, out), delivery)
         self.stats["events"] += 1
@@ -534,7 +514,7 @@ class Ledger:
 
     def _send_rejection(self, out: Rejected, reply_to: int | None = None) -> None:
         value = encode(out)
-        self._sends.append((self.rejected_topic, key_of(out.PandaID), value, None, None))
+        self.producer.send(self.rejected_topic, key=key_of(out.PandaID), value=value)
         self._reply(reply_to, out.command_id, value)
         self.stats["rejections"] += 1
         metrics.count_rejection(out.code)
@@ -550,19 +530,7 @@ class Ledger:
             log.warning("ledger %s: command %s asks for its verdict on partition %d of %s, which does not exist: "
                         "not answered there", self.instance, command_id, reply_to, self.replies_topic)
             return
-        self._sends.append((self.replies_topic, command_id.encode(), value, reply_to, None))
-
-    def _flush_sends(self) -> None:
-        """Hand the judged batch's records to the producer, in the order they were judged. Sent one by one while
-        judging, the first records of a batch went out (and their partitions were added to the transaction)
-        before the last were judged: more AddPartitionsToTxn requests per transaction, and a partition written
-        early and late in the batch got two Produce requests; the broker's CPU follows the requests."""
-        sends, self._sends = self._sends, []
-        send = self.producer.send
-        for topic, key, value, partition, later in sends:
-            delivery = send(topic, value, key=key, partition=partition)
-            if later is not None:
-                later.delivery = delivery
+        self.producer.send(self.replies_topic, key=command_id.encode(), value=value, partition=reply_to)
 
     def _has_reply_partition(self, reply_to: int) -> bool:
         if 0 <= reply_to < self._reply_partitions:

@@ -1,10 +1,10 @@
-"""The ledger's batching under load: a busy poll gathers more commands into one transaction, and a batch's
-records go to the producer together once judged (core/ledger.py). Pure: fake consumer and producer."""
+"""The ledger's gathering under load: a busy poll gathers more commands into one transaction (core/ledger.py,
+[ledger] gather_ms). Pure: a fake consumer."""
 
 from __future__ import annotations
 
 from core.bus import RecordTuple, TopicPartition
-from core.ledger import Ledger, _Later
+from core.ledger import Ledger
 
 A, B = TopicPartition("cmds", 0), TopicPartition("cmds", 1)
 
@@ -61,24 +61,3 @@ def test_a_rebalance_inside_a_gather_ends_it_and_drops_the_revoked_partitions_re
     out = ledger._gather({A: [_rec(A, 0), _rec(A, 1)], B: [_rec(B, 5)]})
     assert out == {A: [_rec(A, 0), _rec(A, 1)]}
     assert ledger.consumer.calls == 1
-
-
-class _Producer:
-    def __init__(self):
-        self.sent: list[tuple] = []
-
-    def send(self, topic, value, *, key=None, partition=None):
-        self.sent.append((topic, key, value, partition))
-        return ("delivery", len(self.sent))
-
-
-def test_a_batchs_records_are_sent_together_in_judged_order_and_deliveries_resolve():
-    ledger = _ledger([])
-    ledger.producer = _Producer()
-    later = _Later()
-    ledger._sends = [("events", b"7", b"e", 3, later), ("replies", b"id", b"e", 0, None),
-                     ("rejected", b"8", b"r", None, None)]
-    assert ledger.producer.sent == []
-    ledger._flush_sends()
-    assert [s[0] for s in ledger.producer.sent] == ["events", "replies", "rejected"]
-    assert later.delivery == ("delivery", 1) and ledger._sends == []
