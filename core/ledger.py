@@ -152,7 +152,14 @@ class Ledger:
         self._projected: dict[int, int] = {}   # partition → a position the jobs projection is known to have reached
         self.resume_at: dict[int, int] = {}                   # partition → first command offset to judge
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
-        self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0, "aborted": 0}
+        self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0, "aborted": 0, "gathered": 0}
+        # busy: a poll of at least gather_from commands waits up to gather_ms for more before its transaction
+        # (the broker's CPU follows the transactions and their requests, not the records they carry); a quiet
+        # ledger commits what one poll brought at once
+        self.gather_s = max(0, int(cfg.ledger.gather_ms)) / 1000
+        self.gather_from = max(1, int(cfg.ledger.gather_from))
+        self.max_batch = max(1, int(cfg.kafka.max_poll_records))
+        self._rebalances = 0     # assignment callbacks seen: a gather stops at one
         self.blocked = False     # the last step could not reach the database: back off before the next
         self._backoff = BACKOFF_MIN
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
@@ -171,9 +178,11 @@ class Ledger:
 
     # ------------------------------------------------------------------------------------ recovery
     def _note_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._rebalances += 1
         self.to_rebuild.update(assigned)
 
     def _drop_partitions(self, revoked: set[TopicPartition]) -> None:
+        self._rebalances += 1
         for tp in revoked:
             self.drop_partition(tp.partition)
 
@@ -341,10 +350,41 @@ class Ledger:
     # ---------------------------------------------------------------------------------- processing
     def step(self, timeout_ms: int = 200) -> int:
         polled = self.consumer.poll(timeout_ms=timeout_ms)
+        if self.gather_s and not self.to_rebuild and sum(map(len, polled.values())) >= self.gather_from:
+            polled = self._gather(polled)
         self.blocked = False
         n = self._handle(polled)
         self.watchdog.step(polled)
         return n
+
+    def _gather(self, polled: dict[TopicPartition, list]) -> dict[TopicPartition, list]:
+        """Busy (the poll brought at least ``gather_from`` commands): poll on for up to ``gather_ms``, or until
+        ``max_poll_records``, and judge it all in one transaction. Each transaction costs the broker its
+        Produce requests (one per partition written), AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and
+        EndTxn whatever it carries, so under load fewer, larger transactions cut its CPU per command; the
+        commands of the first poll wait at most ``gather_ms`` more. A rebalance inside ends the gather and
+        keeps only the records of partitions still assigned (those being rebuilt are dropped by ``_handle``)."""
+        out = {tp: list(msgs) for tp, msgs in polled.items()}
+        n = sum(map(len, out.values()))
+        rebalances = self._rebalances
+        deadline = time.monotonic() + self.gather_s
+        while n < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = self.consumer.poll(timeout_ms=max(1, int(left * 1000)), max_records=self.max_batch - n)
+            for tp, msgs in more.items():
+                got = out.get(tp)
+                if got is None:
+                    out[tp] = list(msgs)
+                else:
+                    got.extend(msgs)
+                n += len(msgs)
+            if self._rebalances != rebalances:
+                assigned = self.consumer.assignment()
+                return {tp: msgs for tp, msgs in out.items() if tp in assigned}
+        self.stats["gathered"] += 1
+        return out
 
     def _handle(self, polled) -> int:
         if self.to_rebuild:
@@ -522,6 +562,7 @@ class Ledger:
 
     def close(self) -> None:
         self.watchdog.close()
+        log.info("ledger %s stopping: %s", self.instance, ", ".join(f"{k} {v}" for k, v in self.stats.items()))
         try:
             self.consumer.close()
         finally:

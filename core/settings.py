@@ -67,6 +67,8 @@ class LedgerSettings(_Section):
     """[ledger]"""
 
     final_jobs_kept: int
+    gather_ms: int
+    gather_from: int
 
 
 class ProjectionsSettings(_Section):
