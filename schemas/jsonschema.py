@@ -10,6 +10,7 @@ a test fails when it differs from what the code generates, so the two cannot dri
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -22,8 +23,19 @@ from schemas.messages import SCHEMA_VERSION, Event
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "job-events.schema.json"
 
 
+def _clean_descriptions(node: Any) -> Any:
+    """Docstrings as ``inspect.cleandoc`` gives them: msgspec releases differ in whether they strip a
+    docstring's indentation, and the checked-in schema must not depend on which one is installed."""
+    if isinstance(node, dict):
+        return {k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _clean_descriptions(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in node]
+    return node
+
+
 def event_schema() -> dict[str, Any]:
-    body = msgspec.json.schema(Event)
+    body = _clean_descriptions(msgspec.json.schema(Event))
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "panda.job-events",
