@@ -66,6 +66,8 @@ def _int(v: Any) -> int:
 
 def _int_from_float(v: Any) -> int:
     """cpuConsumptionTime and friends arrive as '12.5' from some pilots: PanDA keeps whole units."""
+    if type(v) is int and abs(v) < 2**63:   # already whole (a JSON number, Harvester's coreCount)
+        return v
     number = float(str(v))
     if not math.isfinite(number) or abs(number) >= 2**63:
         raise ValueError(v)
