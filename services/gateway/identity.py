@@ -16,7 +16,7 @@ import binascii
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
 from aiohttp import web
@@ -126,6 +126,17 @@ def pilot(request: web.Request, fields: Mapping[str, Any] | None = None) -> Call
     if not name:
         return Caller("anonymous", "anonymous", creds)
     return Caller("pilot", name[:200], creds)
+
+
+def pilot_of_items(request: web.Request) -> Callable[[Mapping[str, Any]], Caller]:
+    """``pilot`` for each item of a bulk (``update_jobs_bulk``). With a verified identity no item field counts,
+    so every item's caller is the same and is built once per request instead of once per item (a Harvester
+    bulk has 100 items: a frozen Caller per item was 4 % of the gateway's samples); with auth off each
+    item names its own pilot."""
+    if request.get("identity") is not None:
+        caller = pilot(request)
+        return lambda _fields: caller
+    return lambda fields: pilot(request, fields)
 
 
 def user(request: web.Request) -> Caller:

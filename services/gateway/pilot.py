@@ -227,6 +227,7 @@ async def update_many(request: web.Request, items: list[Any]) -> list[dict[str, 
     of every job) is checked with one read per caller and its commands are sent together; the ledger judges
     each command on its own exactly as before, and each item gets its own verdict, timeout or error."""
     out: list[dict[str, Any] | Exception | None] = [None] * len(items)
+    caller_of = identity.pilot_of_items(request)
     for indexes in job_rounds(items):
         todo: list[tuple[int, Update, Any]] = []
         for i in indexes:
@@ -235,7 +236,7 @@ async def update_many(request: web.Request, items: list[Any]) -> list[dict[str, 
                 out[i] = BadRequest("item is not an object")
                 continue
             try:
-                todo.append((i, translate(item), identity.pilot(request, item)))
+                todo.append((i, translate(item), caller_of(item)))
             except BadRequest as exc:
                 out[i] = exc
         by_caller: dict[str, tuple[Any, list[int]]] = {}

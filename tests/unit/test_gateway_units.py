@@ -87,3 +87,21 @@ def test_bulk_rounds_keep_each_jobs_updates_in_order_and_put_jobs_side_by_side()
     # every item once; within a job, the items' own order
     assert sorted(i for r in rounds for i in r) == list(range(len(items)))
     assert job_rounds([]) == []
+
+
+def test_a_bulk_item_s_caller_is_the_verified_identity_else_the_pilot_the_item_names():
+    from aiohttp.test_utils import make_mocked_request
+
+    from services.gateway import identity
+    from services.gateway.auth.model import Identity
+
+    verified = make_mocked_request("POST", "/api/v1/pilot/update_jobs_bulk")
+    verified["identity"] = Identity(principal="harvester-1", method="oidc", roles=frozenset({"pilot"}))
+    of = identity.pilot_of_items(verified)
+    assert {of({"pilotID": "claimed-1"}).actor, of({}).actor} == {"pilot:harvester-1"}   # item fields never count
+
+    trusting = make_mocked_request("POST", "/api/v1/pilot/update_jobs_bulk")
+    trusting["credentials"] = identity.Credentials()   # auth off, no DN or token
+    of = identity.pilot_of_items(trusting)
+    assert of({"pilotID": "p-1"}).actor == "pilot:p-1" and of({"node": "n-2"}).actor == "pilot:n-2"
+    assert of({}).actor == "anonymous"

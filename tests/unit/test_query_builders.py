@@ -181,3 +181,40 @@ def test_archive_sweep_is_due_every_period_and_never_when_off():
     clock.now += 5
     assert sweep.due()
     assert not ArchiveSweep(after=3600, every=0, batch=10, clock=clock).due()
+
+
+def test_many_jobs_behind_are_polled_through_one_of_them_until_it_catches_up():
+    clock = FakeClock()
+    want = {pid: 1 for pid in range(1, 21)}
+    table: dict[int, dict] = {}
+    reads: list[list[int]] = []
+
+    def read(pids):
+        reads.append(pids)
+        got = {p: dict(table[p]) for p in pids if p in table}
+        if len(reads) == 3:        # after the third look the projector writes every job but 7
+            table.update({p: {"seq": 1} for p in want if p != 7})
+        if len(reads) == 5:        # and after the fifth, job 7
+            table[7] = {"seq": 1}
+        return got
+
+    rows = wait_projected(read, want, 5.0, sleep=clock.sleep, clock=clock)
+    assert rows == {p: {"seq": 1} for p in want}
+    # all, then the probe (the highest) while it is behind, then all once it caught up, then the one left
+    assert reads == [sorted(want), [20], [20], [20], sorted(want), [7]]
+
+
+def test_at_the_deadline_the_jobs_behind_are_read_again_to_say_which_they_are():
+    clock = FakeClock()
+    want = {pid: 2 for pid in range(1, 11)}
+    reads: list[list[int]] = []
+
+    async def read(pids):
+        reads.append(pids)
+        return {p: {"seq": 2 if p == 10 else 1} for p in pids}
+
+    with pytest.raises(ProjectionLag) as err:
+        asyncio.run(await_projected(read, want, 1.0, sleep=clock.asleep, clock=clock))
+    assert err.value.lagging == {p: 1 for p in range(1, 10)}
+    assert reads[0] == sorted(want) and reads[-1] == list(range(1, 10))
+    assert len(reads) > 3 and all(r == [9] for r in reads[1:-1])   # meanwhile one job, not nine
