@@ -530,6 +530,10 @@ class OutcomeWaiter:
     A waiter nobody has expected anything from for ``idle_after_ms`` (and without ``on_event``) pauses its
     partitions: it asks the broker nothing until the next ``expect()``, then goes on from where it stopped
     (so nothing written meanwhile is missed).
+
+    With a reply partition, a ledger on the same host also tells the waiter its committed verdicts through a
+    Unix socket (``core/local_replies.py``, ``[ledger] local_replies``): whichever copy comes first answers; the
+    topic's record is the durable fallback, the second copy is ignored.
     """
 
     def __init__(self, cfg: Config, on_event: Callable[[Event | Rejected], None] | None = None, *,
@@ -544,6 +548,7 @@ class OutcomeWaiter:
         self._ready = threading.Event()
         self._failed: BaseException | None = None   # why the reading thread could not start
         self._on_event = on_event
+        self._local: Any = None              # core.local_replies.ReplyListener, with a reply partition
         self._wanted = threading.Event()     # set by expect(): a paused waiter reads again
         self._thread = threading.Thread(target=self._run, name="outcome-waiter", daemon=True)
         self._thread.start()
@@ -551,6 +556,13 @@ class OutcomeWaiter:
             raise BrokerUnreachable("outcome waiter could not reach Kafka within 30 s")
         if self._failed is not None:
             raise self._failed
+        # a ledger on this host also tells it the committed verdicts directly (core/local_replies.py), bound
+        # once the topic is read from its end: whichever copy of a verdict comes first answers, the other is ignored
+        if reply_partition is not None:
+            from core.local_replies import ReplyListener, enabled
+
+            if enabled(cfg):
+                self._local = ReplyListener(cfg, reply_partition, self._deliver_local)
 
     def expect(self, command_id: str) -> Future:
         fut: Future = Future()
@@ -639,6 +651,21 @@ class OutcomeWaiter:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 log.warning("undecodable reply to command %s skipped", command_id)
 
+    def _deliver_local(self, pairs: list[tuple[str, bytes]]) -> None:
+        """Verdicts told by a ledger on this host (already committed), on the listener's thread."""
+        handoff: list[tuple[asyncio.Future, Event | Rejected]] = []
+        for command_id, value in pairs:
+            with self._lock:
+                fut = self._waiting.pop(command_id, None)
+            if fut is None or fut.done():
+                continue
+            try:
+                _settle(fut, decode_outcome(value), handoff)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("undecodable local reply to command %s skipped", command_id)
+        if handoff:
+            _hand_over(handoff)
+
     def _deliver(self, raw: bytes, handoff: list) -> None:
         # Most outcomes are for other callers: read just the command id, decode fully only on a match.
         if self._on_event is None:
@@ -667,6 +694,8 @@ class OutcomeWaiter:
     def close(self) -> None:
         self._stop.set()
         self._wanted.set()
+        if self._local is not None:
+            self._local.close()
         self._thread.join(5)
 
 

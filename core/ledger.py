@@ -6,6 +6,8 @@ of panda.job-events, so a job's commands and events share a shard) or a rejectio
 rejections and the consumed offsets are committed in ONE Kafka transaction. A command that names a
 ``reply_to`` partition also gets its verdict (the same bytes, keyed by the command's id) on that partition of
 the replies topic, in the same transaction: its waiting caller reads one partition, and only committed answers.
+Once the transaction is committed, those replies are also told to a waiter of that partition on this host through a
+Unix socket (``core/local_replies.py``): one broker hop less for the caller; the topic stays the durable copy.
 
 Recovery, on start and on every partition assignment:
   1. fencing: ``init_transactions`` with a stable transactional id aborts what a crashed
@@ -51,6 +53,7 @@ from core import bus, db, logs, metrics, watchdog
 from core.bus import TopicPartition
 from core.config import Config
 from core.holes import HoleGuard
+from core.local_replies import ReplyNotifier
 from core.machine import JobState, apply, decide
 from core.states import FINAL_STATES
 from schemas.messages import Rejected, decode_command, decode_event, encode, key_of
@@ -165,6 +168,7 @@ class Ledger:
         self._backoff = BACKOFF_MIN
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
         self.producer.init_transactions()                     # fences a crashed predecessor
+        self.notifier = ReplyNotifier(cfg)   # committed verdicts told to waiters on this host, besides the topic
         # commands are answered while a caller waits (getJob, updateJob, kill), but each fetch of every
         # commands partition costs the broker CPU: [kafka] ledger_fetch_max_wait_ms weighs the two
         # HoleGuard: several producers write the commands topic, and the embedded broker can show a later
@@ -413,6 +417,7 @@ class Ledger:
             self.blocked = True
             return 0
         txn_started = time.monotonic()
+        self.notifier.discard()   # what a failed commit before left
         self.producer.begin_transaction()
         offsets: dict[TopicPartition, int] = {}
         n = 0
@@ -438,6 +443,7 @@ class Ledger:
             log.warning("ledger %s: crashing on purpose before commit (%s)", self.instance, CRASH_ENV)
             os._exit(17)
         self.producer.commit_transaction()
+        self.notifier.send()   # only now: every event of the batch is in the log
         metrics.LEDGER_TXN.observe(time.monotonic() - txn_started)
         metrics.LEDGER_BATCH.observe(n)
         for tp in polled:
@@ -467,6 +473,7 @@ class Ledger:
         state held was moved on by the aborted events; the rebuild seeks back to the committed position, or
         past the last event in the log, exactly as after a crash)."""
         self.producer.abort_transaction()
+        self.notifier.discard()
         self.stats["aborted"] += 1
         for tp in polled:
             self.drop_partition(tp.partition)
@@ -534,6 +541,7 @@ class Ledger:
                         "not answered there", self.instance, command_id, reply_to, self.replies_topic)
             return
         self.producer.send(self.replies_topic, key=command_id.encode(), value=value, partition=reply_to)
+        self.notifier.add(reply_to, command_id, value)
 
     def _has_reply_partition(self, reply_to: int) -> bool:
         if 0 <= reply_to < self._reply_partitions:
@@ -565,13 +573,16 @@ class Ledger:
 
     def close(self) -> None:
         self.watchdog.close()
-        log.info("ledger %s stopping: %s", self.instance, ", ".join(f"{k} {v}" for k, v in self.stats.items()))
+        log.info("ledger %s stopping: %s; local replies %s", self.instance,
+                 ", ".join(f"{k} {v}" for k, v in self.stats.items()),
+                 ", ".join(f"{k} {v}" for k, v in self.notifier.stats.items()))
         try:
             self.consumer.close()
         finally:
             try:
                 self.producer.close()
             finally:
+                self.notifier.close()
                 self.db.close()
 
 

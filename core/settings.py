@@ -69,6 +69,7 @@ class LedgerSettings(_Section):
     final_jobs_kept: int
     gather_ms: int
     gather_from: int
+    local_replies: bool
 
 
 class ProjectionsSettings(_Section):

@@ -1,0 +1,228 @@
+"""Verdicts told straight to a waiting process on this host, once their transaction is committed.
+
+The reply path (``OutcomeWaiter`` with a reply partition) reads a verdict from the replies topic, so a caller
+waits for two broker hops: its command to the ledger, the verdict back. The embedded broker answers a fetch only
+after its whole wait, so the second hop alone costs 10-20 ms. Here the ledger, right after
+``commit_transaction`` returns (every event of the batch is in the log), also sends each batch's replies as a
+datagram to a Unix socket that the waiter of that reply partition binds on this host. The Kafka record stays the
+durable path: the waiter reads it as before, and whichever copy comes second finds no future and is ignored.
+
+Nothing here can make a verdict up or move one earlier than its commit:
+
+* only committed verdicts are sent (the ledger calls ``ReplyNotifier.send`` after the commit; an aborted batch's
+  are discarded);
+* the socket lives in a directory of the state dir that only its owner can enter (mode 0700), and the listener
+  checks every datagram's sender credentials (``SO_PASSCRED``): a datagram from another user is dropped;
+* a datagram that cannot be sent (no listener, a full buffer, a verdict too large for one datagram) is dropped
+  without waiting: its caller gets the Kafka record, as without this module.
+
+Linux only (``SO_PASSCRED``); elsewhere, or with ``[ledger] local_replies = false``, nothing is sent or bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from core.config import Config
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM = 60_000          # bytes per datagram (well under a Unix socket's default buffer of ~200 KB)
+_FRAME = struct.Struct(">HI")  # command id length, value length
+_CRED = struct.Struct("iII")   # struct ucred: pid, uid, gid
+_SUN_PATH_MAX = 107            # sockaddr_un's path, less its terminating NUL
+SUPPORTED = hasattr(socket, "SO_PASSCRED") and hasattr(socket, "AF_UNIX")
+
+
+def enabled(cfg: Config) -> bool:
+    return SUPPORTED and bool(cfg.ledger.local_replies)
+
+
+def socket_path(cfg: Config, partition: int) -> Path | None:
+    """Where the waiter of ``partition`` of the replies topic listens; None if the path is too long for a Unix
+    socket. Named by the broker and the topic as well, so systems sharing a state dir do not meet."""
+    tag = hashlib.sha1(f"{cfg.kafka.bootstrap}\0{cfg.kafka.replies_topic}".encode()).hexdigest()[:16]
+    path = cfg.state_dir / "replies" / f"{tag}-{partition}.sock"
+    return path if len(os.fsencode(path)) <= _SUN_PATH_MAX else None
+
+
+def pack(replies: list[tuple[str, bytes]]) -> list[bytes]:
+    """``(command id, verdict)`` pairs as datagrams of at most ``MAX_DATAGRAM`` bytes; a pair too large for one
+    datagram is left out (its caller reads the Kafka record)."""
+    out: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    for command_id, value in replies:
+        cid = command_id.encode()
+        n = _FRAME.size + len(cid) + len(value)
+        if n > MAX_DATAGRAM or len(cid) > 0xFFFF:
+            continue
+        if size + n > MAX_DATAGRAM:
+            out.append(b"".join(chunk))
+            chunk, size = [], 0
+        chunk += [_FRAME.pack(len(cid), len(value)), cid, value]
+        size += n
+    if chunk:
+        out.append(b"".join(chunk))
+    return out
+
+
+def unpack(data: bytes) -> list[tuple[str, bytes]]:
+    """The pairs of one datagram; a malformed tail is dropped."""
+    out = []
+    i = 0
+    while i + _FRAME.size <= len(data):
+        n_id, n_value = _FRAME.unpack_from(data, i)
+        i += _FRAME.size
+        if i + n_id + n_value > len(data):
+            break
+        try:
+            command_id = data[i:i + n_id].decode()
+        except UnicodeDecodeError:
+            break
+        out.append((command_id, data[i + n_id:i + n_id + n_value]))
+        i += n_id + n_value
+    return out
+
+
+class ReplyNotifier:
+    """The ledger's side: collects a batch's replies per reply partition, sends them once it is committed."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.on = enabled(cfg)
+        self._pending: dict[int, list[tuple[str, bytes]]] = {}
+        self._paths: dict[int, Path | None] = {}
+        self._sock: socket.socket | None = None
+        self.stats = {"told": 0, "dropped": 0}
+        if self.on:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
+
+    def add(self, reply_to: int, command_id: str, value: bytes) -> None:
+        if self.on:
+            self._pending.setdefault(reply_to, []).append((command_id, value))
+
+    def discard(self) -> None:
+        """The batch was aborted: none of its verdicts is told."""
+        self._pending.clear()
+
+    def send(self) -> None:
+        """After the batch's commit: its replies to each partition's listener, never waiting."""
+        if not self._pending or self._sock is None:
+            return
+        pending, self._pending = self._pending, {}
+        for partition, replies in pending.items():
+            if partition not in self._paths:
+                self._paths[partition] = socket_path(self.cfg, partition)
+            path = self._paths[partition]
+            if path is None:
+                continue
+            for datagram in pack(replies):
+                try:
+                    self._sock.sendto(datagram, os.fsencode(path))
+                    self.stats["told"] += 1
+                except OSError as exc:
+                    # no listener (ENOENT, ECONNREFUSED), its buffer full (EAGAIN): the Kafka record answers
+                    self.stats["dropped"] += 1
+                    if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.EWOULDBLOCK,
+                                         errno.ENOBUFS):
+                        log.debug("local reply to partition %d not sent: %s", partition, exc)
+                    if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                        break
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class ReplyListener:
+    """The waiter's side: binds the reply partition's socket and hands each datagram's pairs to ``deliver`` (on
+    its own thread). ``bound`` is False when the socket could not be bound (the Kafka records still answer)."""
+
+    def __init__(self, cfg: Config, partition: int, deliver: Callable[[list[tuple[str, bytes]]], None]):
+        self.deliver = deliver
+        self.path = socket_path(cfg, partition) if enabled(cfg) else None
+        self.bound = False
+        self._stop = threading.Event()
+        self._uid = os.getuid()
+        self.stats = {"datagrams": 0, "refused": 0}
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._inode = -1
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.path.parent, 0o700)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()   # left by a process that held the partition before (the partition is claimed)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind(os.fsencode(self.path))
+            os.chmod(self.path, 0o600)
+            self._inode = os.stat(self.path).st_ino
+        except OSError as exc:
+            log.warning("no local replies on %s (%s): verdicts come from the replies topic only", self.path, exc)
+            return
+        self._sock = sock
+        self.bound = True
+        self._thread = threading.Thread(target=self._run, name="local-replies", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self._sock is not None
+        cmsg_size = socket.CMSG_SPACE(_CRED.size)
+        while not self._stop.is_set():
+            try:
+                data, ancillary, _flags, _addr = self._sock.recvmsg(MAX_DATAGRAM, cmsg_size)
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            if self._stop.is_set():
+                return
+            if not self._from_us(ancillary):
+                self.stats["refused"] += 1
+                continue
+            self.stats["datagrams"] += 1
+            pairs = unpack(data)
+            if pairs:
+                try:
+                    self.deliver(pairs)
+                except Exception:  # noqa: BLE001 - one bad hand-over must not end the listener
+                    log.exception("local replies: delivery failed")
+
+    def _from_us(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _CRED.size:
+                _pid, uid, _gid = _CRED.unpack_from(data)
+                return uid == self._uid
+        return False
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        self._stop.set()
+        # wake the blocked receive with an empty datagram of our own
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"", os.fsencode(self.path))
+        if self._thread is not None:
+            self._thread.join(5)
+        self._sock.close()
+        self._sock = None
+        with contextlib.suppress(OSError):
+            # unless another waiter of the partition has bound the path since (it is then that one's)
+            if self.path is not None and os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()

@@ -1,0 +1,65 @@
+"""Committed verdicts told straight to a waiter on this host, beside the replies topic (core/local_replies.py), with
+the real ledger, broker and database: the told verdict is the topic's, already committed when it arrives, and a
+waiter that cannot listen still gets every verdict from the topic."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import BOTH_CLIENTS
+from test_ledger import start_ledger, submits
+
+from core import bus, local_replies
+from core.bus import CommandSender, OutcomeWaiter
+from schemas.messages import JobSubmitted, Rejected, Transition, decode_outcome
+
+pytestmark = [pytest.mark.parametrize("kafka_client", BOTH_CLIENTS, indirect=True),
+              pytest.mark.skipif(not local_replies.SUPPORTED, reason="Unix sockets with SO_PASSCRED (Linux) only")]
+
+
+def test_a_told_verdict_is_the_committed_one_and_the_topics_copy_is_ignored(cfg, background):
+    start_ledger(cfg, background)
+    waiter = OutcomeWaiter(cfg, reply_partition=1)
+    sender = CommandSender(cfg)
+    try:
+        assert waiter._local is not None and waiter._local.bound
+        cmds = [*submits([1, 2]), Transition(PandaID=1, action="dispatch", actor="test")]   # defined: rejected
+        for c in cmds:
+            c.reply_to = 1
+        futs = [waiter.expect(c.id) for c in cmds]
+        sender.send_many(cmds)
+        sender.flush()
+        outs = [f.result(60) for f in futs]
+        # what the waiter was told is in the log for every read_committed reader already
+        events = {decode_outcome(r.value).command_id for p in bus.partitions(cfg, cfg.kafka.events_topic)
+                  for r in bus.read_partition(cfg, cfg.kafka.events_topic, p, 0)}
+        told = waiter._local.stats["datagrams"]
+    finally:
+        sender.close()
+        waiter.close()
+    assert isinstance(outs[0], JobSubmitted) and isinstance(outs[1], JobSubmitted)
+    assert isinstance(outs[2], Rejected) and outs[2].code == "illegal_transition"
+    assert {cmds[0].id, cmds[1].id} <= events
+    assert told >= 1, "the verdicts came through the local socket"
+    replies = {r.key.decode(): r.value for r in bus.read_partition(cfg, cfg.kafka.replies_topic, 1, 0)}
+    assert set(replies) == {c.id for c in cmds}, "the replies topic keeps every verdict as before"
+    assert [decode_outcome(replies[c.id]) for c in cmds] == outs
+
+
+def test_a_waiter_that_does_not_listen_gets_every_verdict_from_the_topic(cfg, background):
+    start_ledger(cfg, background)
+    waiter = OutcomeWaiter(cfg.replace(ledger={"local_replies": False}), reply_partition=2)
+    sender = CommandSender(cfg)
+    try:
+        assert waiter._local is None
+        cmds = submits([1, 2, 3])
+        for c in cmds:
+            c.reply_to = 2
+        futs = [waiter.expect(c.id) for c in cmds]
+        sender.send_many(cmds)
+        sender.flush()
+        outs = [f.result(60) for f in futs]
+    finally:
+        sender.close()
+        waiter.close()
+    assert [o.command_id for o in outs] == [c.id for c in cmds]
+    assert all(isinstance(o, JobSubmitted) for o in outs)

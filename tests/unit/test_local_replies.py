@@ -1,0 +1,140 @@
+"""Committed verdicts told to a waiter on this host (core/local_replies.py): framing, the socket round trip, what is
+never told (an aborted batch, another user's datagram), and a listener-less partition costing the ledger nothing."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import pytest
+
+from core import config, local_replies
+from core.local_replies import ReplyListener, ReplyNotifier, pack, unpack
+
+pytestmark = pytest.mark.skipif(not local_replies.SUPPORTED, reason="Unix sockets with SO_PASSCRED (Linux) only")
+
+
+def _cfg(tmp_path, on: bool = True) -> config.Config:
+    return config.load().replace(state={"dir": str(tmp_path)}, ledger={"local_replies": on},
+                                 kafka={"bootstrap": "127.0.0.1:1", "replies_topic": "t.job-replies"})
+
+
+class _Inbox:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, pairs: list[tuple[str, bytes]]) -> None:
+        with self.cond:
+            self.got += pairs
+            self.cond.notify_all()
+
+    def wait_for(self, n: int) -> list[tuple[str, bytes]]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.got) >= n, 10), self.got
+            return list(self.got)
+
+
+def test_pack_and_unpack_keep_every_pair_and_split_large_batches():
+    pairs = [(f"c{i:05d}", bytes([i % 251]) * 1000) for i in range(200)]
+    datagrams = pack(pairs)
+    assert len(datagrams) > 1 and all(len(d) <= local_replies.MAX_DATAGRAM for d in datagrams)
+    assert [p for d in datagrams for p in unpack(d)] == pairs
+
+
+def test_a_verdict_too_large_for_a_datagram_is_left_to_the_topic():
+    big = ("big", b"x" * local_replies.MAX_DATAGRAM)
+    assert [p for d in pack([("a", b"1"), big, ("b", b"2")]) for p in unpack(d)] == [("a", b"1"), ("b", b"2")]
+
+
+def test_a_truncated_datagram_gives_its_whole_frames_only():
+    data = pack([("a", b"one"), ("b", b"two")])[0]
+    assert unpack(data[:-1]) == [("a", b"one")]
+
+
+def test_committed_verdicts_reach_the_listener_of_their_partition_only(tmp_path):
+    cfg = _cfg(tmp_path)
+    inbox1, inbox2 = _Inbox(), _Inbox()
+    one, two = ReplyListener(cfg, 1, inbox1), ReplyListener(cfg, 2, inbox2)
+    notifier = ReplyNotifier(cfg)
+    try:
+        assert one.bound and two.bound
+        assert (one.path.parent.stat().st_mode & 0o777) == 0o700
+        notifier.add(1, "a", b"A")
+        notifier.add(2, "b", b"B")
+        notifier.add(1, "c", b"C")
+        assert inbox1.got == [] and inbox2.got == [], "nothing is told before the commit"
+        notifier.send()
+        assert inbox1.wait_for(2) == [("a", b"A"), ("c", b"C")]
+        assert inbox2.wait_for(1) == [("b", b"B")]
+    finally:
+        notifier.close()
+        one.close()
+        two.close()
+    assert not one.path.exists() and not two.path.exists()
+
+
+def test_an_aborted_batch_is_never_told(tmp_path):
+    cfg = _cfg(tmp_path)
+    inbox = _Inbox()
+    listener = ReplyListener(cfg, 0, inbox)
+    notifier = ReplyNotifier(cfg)
+    try:
+        notifier.add(0, "aborted", b"X")
+        notifier.discard()
+        notifier.add(0, "committed", b"Y")
+        notifier.send()
+        assert inbox.wait_for(1) == [("committed", b"Y")]
+    finally:
+        notifier.close()
+        listener.close()
+
+
+def test_no_listener_costs_the_ledger_a_dropped_datagram_not_an_error(tmp_path):
+    notifier = ReplyNotifier(_cfg(tmp_path))
+    try:
+        notifier.add(5, "a", b"A")
+        notifier.send()
+        assert notifier.stats == {"told": 0, "dropped": 1}
+    finally:
+        notifier.close()
+
+
+def test_switched_off_nothing_is_bound_or_sent(tmp_path):
+    cfg = _cfg(tmp_path, on=False)
+    listener = ReplyListener(cfg, 0, _Inbox())
+    notifier = ReplyNotifier(cfg)
+    notifier.add(0, "a", b"A")
+    notifier.send()
+    assert not listener.bound and notifier.stats == {"told": 0, "dropped": 0}
+    listener.close()
+    notifier.close()
+
+
+def test_a_datagram_from_another_user_is_refused(tmp_path):
+    listener = ReplyListener(_cfg(tmp_path), 0, _Inbox())
+    try:
+        own = struct.pack("iII", 1, listener._uid, 0)
+        other = struct.pack("iII", 1, listener._uid + 1, 0)
+        assert listener._from_us([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, own)])
+        assert not listener._from_us([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, other)])
+        assert not listener._from_us([]), "no credentials: not believed"
+    finally:
+        listener.close()
+
+
+def test_a_second_waiter_of_a_partition_takes_the_socket_and_the_first_leaves_it_alone(tmp_path):
+    cfg = _cfg(tmp_path)
+    first_inbox, second_inbox = _Inbox(), _Inbox()
+    first = ReplyListener(cfg, 3, first_inbox)
+    second = ReplyListener(cfg, 3, second_inbox)
+    notifier = ReplyNotifier(cfg)
+    try:
+        first.close()   # must not unlink the second's socket
+        notifier.add(3, "a", b"A")
+        notifier.send()
+        assert second_inbox.wait_for(1) == [("a", b"A")] and first_inbox.got == []
+    finally:
+        notifier.close()
+        second.close()
