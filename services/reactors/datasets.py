@@ -129,7 +129,9 @@ def record(conn: psycopg.Connection, blocks: Sequence[Block], files: Sequence[Bl
 
 def set_files_status(conn: psycopg.Connection, dataset: str, status: str, *, pandaids: Sequence[int] | None = None,
                      lfns: Sequence[str] | None = None) -> None:
-    """Mark a block's files (all, or those of some jobs / some lfns); its counters follow."""
+    """Mark a block's files (all, or those of some jobs / some lfns); its counters follow. With ``pandaids``
+    the rows come through the primary key (led by the PandaID, 157); without, all the block's rows are read
+    (no index leads by the block's name alone: no service path marks a whole block)."""
     where, params = "f.dataset = %(dataset)s", {"dataset": dataset}
     if pandaids is not None:
         where += " AND f.pandaid = ANY(%(pandaids)s)"
@@ -238,10 +240,10 @@ def parents(conn: psycopg.Connection, names: Iterable[str]) -> dict[str, str | N
 def sub_files_of_jobs(conn: psycopg.Connection, pandaids: Iterable[int]) -> list[tuple]:
     """The files of these jobs in sub blocks, each with its block: (dataset, pandaid, lfn, status, parent,
     block status, nfiles, files of the block not settled yet) — the closer's event path. One statement, so
-    the counters and the files are of one snapshot. The jobs' rows come through ``dataset_files_job`` and
-    each block's row through its primary key (a LATERAL subquery the planner cannot turn into a scan of
-    every sub block: a misestimated ``type = 'sub'`` once drove the read from all of them), so the cost is
-    the jobs' own rows, whatever the blocks and the tables hold."""
+    the counters and the files are of one snapshot. The jobs' rows come through the primary key (led by the
+    PandaID, 157) and each block's row through its primary key (a LATERAL subquery the planner cannot turn
+    into a scan of every sub block: a misestimated ``type = 'sub'`` once drove the read from all of them), so
+    the cost is the jobs' own rows, whatever the blocks and the tables hold."""
     pids = sorted(set(pandaids))
     if not pids:
         return []
