@@ -20,10 +20,20 @@ Where librdkafka differs from what the port promises, and how this adapter bridg
   closure, no ``concurrent.futures.Future``: they cost more than the produce call); a daemon thread
   per producer serves the delivery reports.
 * Dozing (``bus.Consumer.poll``): librdkafka's fetch wait is fixed when the client is made, so a quiet
-  consumer pauses its partitions and resumes them for one look every ``idle_fetch_max_wait_ms``; a look ends
-  with records or with every partition's end-of-partition report (``enable.partition.eof``), and starts
-  with one watermark request, which wakes librdkafka's fetcher (it notices a resume only at its next wake-up,
-  up to a second later). Partitions the caller paused stay paused.
+  consumer pauses its partitions and, every ``idle_fetch_max_wait_ms``, asks for their read_committed ends in
+  one ListOffsets request. Only when an end differs from the one asked before the last real look (the first
+  look of a quiet spell is always real: records fetched but not polled yet are not read) does it resume them
+  for a real look; a look ends with records or with every partition's end-of-partition report
+  (``enable.partition.eof``: it comes after the partition's records), and starts with one watermark request,
+  which wakes librdkafka's fetcher (it notices a resume only at its next wake-up, up to a second later). Why:
+  a fetch that finds nothing costs Tansu several times a ListOffsets (it holds the fetch for its whole wait,
+  and librdkafka sends a second one before the pause that ends the look arrives), so at rest a look is one
+  small request instead of two fetches and two watermark requests. Any change of an end wakes (a false alarm
+  costs one real look, a missed one would lose records): ends that grow, and Tansu's read_committed end that
+  drops to 0 while a transaction is open. A partition a look did not read to its end is looked at for real
+  next time. Partitions the caller paused stay paused.
+* ``end_offsets`` of several partitions is one ListOffsets request (``offsets_for_times`` at the end,
+  read_committed as the consumer reads), not two per partition.
 * Keys are partitioned with ``murmur2_random``, Kafka's default partitioner, so ``bus.partition_of``
   holds; librdkafka refuses ``max.poll.interval.ms`` below ``session.timeout.ms``, so it is raised to it.
 * A group member does not leave in the middle of a join: ``close`` first lets a join under way finish
@@ -256,6 +266,7 @@ class Consumer:
         self._wake_at = 0.0
         self._look_until = 0.0
         self._answered: set[TopicPartition] = set()
+        self._seen: dict[TopicPartition, int] = {}    # ends the dozing partitions had when last seen (see _unchanged)
 
     # ----------------------------------------------------------------------------- subscription
     def subscribe(self, topics: Sequence[str], *,
@@ -383,16 +394,44 @@ class Consumer:
                     and not self._deferred):
                 self._c.pause([_ctp(tp) for tp in sorted(parts)])
                 self._dozed, self._state, self._wake_at = parts, "dozing", now + self._idle_wait
+                # not the ends the fetches reported: records fetched but not yet polled are not read; the
+                # first look of a quiet spell is a real one, the ends asked just before it are then the seen ones
+                self._seen = {}
         if self._state == "dozing":
             if now < self._wake_at:
                 return min(timeout, self._wake_at - now)
             parts = self._dozed & self._assigned
+            if parts and self._unchanged(parts):
+                self._wake_at = time.monotonic() + self._idle_wait   # nothing new: no fetch, doze on
+                return min(timeout, self._idle_wait)
             if parts:
                 self._c.resume([_ctp(tp) for tp in sorted(parts)])
                 self._nudge(min(parts))
             self._state, self._answered = "looking", set()
             self._look_until = now + max(2.0, 2 * self._idle_wait)
         return timeout
+
+    def _unchanged(self, parts: set[TopicPartition]) -> bool:
+        """Whether every dozing partition's end is the one last seen (one ListOffsets request); the ends asked
+        become the ones seen. Not known (an error, a partition not answered): False, so a real look follows."""
+        ends = self._ends(parts)
+        same = ends is not None and all(tp in ends and self._seen.get(tp) == ends[tp] for tp in parts)
+        self._seen = ends or {}
+        return same
+
+    def _ends(self, parts: Iterable[TopicPartition], timeout: float = 1.0) -> dict[TopicPartition, int] | None:
+        """The read_committed ends of ``parts`` in one ListOffsets request per leader; None if one is not known."""
+        try:
+            got = self._c.offsets_for_times([_ctp(tp, ck.OFFSET_END) for tp in sorted(parts)], timeout=timeout)
+        except ck.KafkaException as exc:
+            log.debug("end offsets not known: %s", exc)
+            return None
+        ends = {}
+        for p in got:
+            if p.error is not None or p.offset < 0:
+                return None
+            ends[TopicPartition(p.topic, p.partition)] = p.offset
+        return ends
 
     def rest(self, stop: threading.Event, longest_s: float) -> None:
         # only while dozing and no join is under way (its callbacks are served by poll)
@@ -420,6 +459,8 @@ class Consumer:
         parts = self._dozed & self._assigned
         now = time.monotonic()
         if parts <= self._answered or now >= self._look_until:
+            for tp in parts - self._answered:   # not read to its end in this look: the next look is a real one
+                self._seen.pop(tp, None)
             if parts:
                 self._c.pause([_ctp(tp) for tp in sorted(parts)])
             self._dozed, self._state, self._wake_at = parts, "dozing", now + self._idle_wait
@@ -493,7 +534,12 @@ class Consumer:
         return {TopicPartition(*tp): self._watermarks(tp)[0] for tp in partitions}
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        return {TopicPartition(*tp): self._watermarks(tp)[1] for tp in partitions}
+        tps = [TopicPartition(*tp) for tp in partitions]
+        if len(tps) > 1:
+            ends = self._ends(tps, timeout=30)
+            if ends is not None:
+                return ends
+        return {tp: self._watermarks(tp)[1] for tp in tps}
 
     def fetched_ends(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         ends = {}

@@ -380,6 +380,44 @@ def test_a_dozing_consumer_wakes_for_new_records_and_loses_none(cfg):
         reader.close()
 
 
+def _quiet(c: bus.Consumer, seconds: float) -> None:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        assert not c.poll(timeout_ms=100)
+
+
+def test_a_dozing_consumer_wakes_for_plain_records_and_for_a_transaction_committed_later(cfg):
+    """A dozing consumer wakes for records written without a transaction, and for a transaction that was still
+    open at one of its looks (its records invisible then) and committed after it: nothing is lost either way."""
+    quick = cfg.replace(kafka={"idle_after_ms": 300, "idle_fetch_max_wait_ms": 400})
+    topic = cfg.kafka.commands_topic
+    c, _ = _reader(quick, topic, [3, 5])
+    plain = bus.producer(quick)
+    tx = bus.producer(quick, transactional_id=f"{cfg.kafka.group_prefix}-doze-tx-{uuid.uuid4().hex[:6]}")
+    try:
+        tx.init_transactions()
+        _quiet(c, 1.5)                               # dozing, and it has looked
+        for v in (b"p1", b"p2"):
+            plain.send(topic, v, key=b"k", partition=3)
+        plain.flush()
+        assert [r.value for r in _drain(c, 2)] == [b"p1", b"p2"]
+        _quiet(c, 1.5)
+        tx.begin_transaction()
+        tx.send(topic, b"late", key=b"k", partition=5)
+        tx.flush()                                   # on the broker, its transaction open through some looks
+        _quiet(c, 1.5)
+        tx.commit_transaction()
+        assert [r.value for r in _drain(c, 1)] == [b"late"]
+        _quiet(c, 1.5)
+        plain.send(topic, b"p3", key=b"k", partition=5)
+        plain.flush()
+        assert [r.value for r in _drain(c, 1)] == [b"p3"]
+    finally:
+        tx.close()
+        plain.close()
+        c.close()
+
+
 # ------------------------------------------------------------------------------------------ groups
 class _Calls:
     def __init__(self) -> None:
