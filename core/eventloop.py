@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -32,3 +33,29 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the loop ``loop_factory`` names."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
+
+
+async def until_set(stop: threading.Event) -> None:
+    """Return once ``stop`` (a thread's event) is set, without polling it.
+
+    Why: a server loop that looked at ``stop`` every 0.2 s woke its event loop five times a second while
+    idle. A daemon thread blocks on the event instead and wakes the loop once; a loop closed by then is left
+    alone, and a thread left waiting (the caller cancelled) ends with the event or the process."""
+    if stop.is_set():
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def watch() -> None:
+        stop.wait()
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:   # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=watch, name="stop-watch", daemon=True).start()
+    await done

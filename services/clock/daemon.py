@@ -202,6 +202,22 @@ MAX_WAIT = 1.0       # seconds the master waits for a result between two looks a
 WORKER_WAIT = 5.0    # seconds an idle worker waits for a task before it looks at its lifetime (stop: a None task)
 
 
+def _warm_up(ctx: Context, scripts: dict[str, Script]) -> None:
+    """Import every script's module and open the worker's database connection at its start.
+
+    Why: the master hands each run to whichever worker is free, so each worker imported each script's module
+    and opened its connection at its own first run of it, one at a time in the minutes after start, amid the
+    idle system's wake-ups. Done once here, at start, that work is what it is: startup."""
+    for script in scripts.values():
+        with contextlib.suppress(ImportError, AttributeError):   # run_script reports it, as before
+            _resolve(script.target)
+    try:
+        ctx.conn.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - the database away: the first script connects (or reports it)
+        log.debug("daemon worker: no database connection yet: %s", exc)
+        ctx.reset()
+
+
 def _worker(cfg_data: dict, scripts: dict[str, Script], lock_dir: str, tasks: Any, results: Any,
             lifetime: float) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s daemon-worker %(levelname)s %(message)s")
@@ -210,6 +226,7 @@ def _worker(cfg_data: dict, scripts: dict[str, Script], lock_dir: str, tasks: An
     ctx = Context(cfg)
     born = time.monotonic()
     try:
+        _warm_up(ctx, scripts)
         while time.monotonic() - born < lifetime:
             try:
                 name = tasks.get(timeout=WORKER_WAIT)

@@ -146,8 +146,7 @@ async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, 
         log.info("gateway listening on %s://%s:%d", "https" if ssl_context else "http", host, port)
         if ready is not None:
             ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.2)
+        await eventloop.until_set(stop)   # no look every 0.2 s while idle
     finally:
         await runner.cleanup()
 

@@ -22,7 +22,7 @@ import msgspec
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from core import db, metrics
+from core import db, eventloop, metrics
 from core.config import Config
 from core.states import JobStatus
 from projections import monitor_queries as mq
@@ -267,8 +267,7 @@ async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, 
         await asyncio.to_thread(app["feed"].ready.wait, 30)
         if ready is not None:
             ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.2)
+        await eventloop.until_set(stop)   # no look every 0.2 s while idle
     finally:
         await runner.cleanup()
 
