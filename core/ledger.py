@@ -573,8 +573,10 @@ class Ledger:
 
     def close(self) -> None:
         self.watchdog.close()
+        # with the guard's counts: how often a fetch stopped at a hole (and a gather polled on past one)
+        counts = {**self.stats, **{f"holes {k}": v for k, v in self.consumer.stats.items()}}
         log.info("ledger %s stopping: %s; local replies %s", self.instance,
-                 ", ".join(f"{k} {v}" for k, v in self.stats.items()),
+                 ", ".join(f"{k} {v}" for k, v in counts.items()),
                  ", ".join(f"{k} {v}" for k, v in self.notifier.stats.items()))
         try:
             self.consumer.close()

@@ -1,9 +1,10 @@
 """The ledger's gathering under load: a busy poll gathers more commands into one transaction (core/ledger.py,
-[ledger] gather_ms). Pure: a fake consumer."""
+[ledger] gather_ms), also through the hole guard (core/holes.py) it reads with. Pure: fake consumers."""
 
 from __future__ import annotations
 
 from core.bus import RecordTuple, TopicPartition
+from core.holes import HoleGuard
 from core.ledger import Ledger
 
 A, B = TopicPartition("cmds", 0), TopicPartition("cmds", 1)
@@ -61,3 +62,71 @@ def test_a_rebalance_inside_a_gather_ends_it_and_drops_the_revoked_partitions_re
     out = ledger._gather({A: [_rec(A, 0), _rec(A, 1)], B: [_rec(B, 5)]})
     assert out == {A: [_rec(A, 0), _rec(A, 1)]}
     assert ledger.consumer.calls == 1
+
+
+# ------------------------------------------------------------------ a gather through the hole guard
+class _Log:
+    """The commands topic as the embedded broker shows it (as the stand-in of tests/unit/test_holes.py, over
+    several partitions): offsets numbered but not stored yet are ``hidden``; a fetch moves a partition's position
+    past whatever it returned; ``on_poll`` runs before the n-th poll (the late batch stored meanwhile)."""
+
+    def __init__(self, sizes: dict[TopicPartition, int], hidden: dict[TopicPartition, set[int]],
+                 on_poll: dict[int, object] | None = None):
+        self.records = {tp: [_rec(tp, o) for o in range(n)] for tp, n in sizes.items()}
+        self.hidden = {tp: set(hidden.get(tp, ())) for tp in sizes}
+        self.position = dict.fromkeys(sizes, 0)
+        self.on_poll, self.calls = dict(on_poll or {}), 0
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        self.calls += 1
+        if self.calls in self.on_poll:
+            self.on_poll[self.calls]()
+        out, left = {}, max_records or 10_000
+        for tp, recs in self.records.items():
+            got = [r for r in recs if r.offset >= self.position[tp] and r.offset not in self.hidden[tp]][:left]
+            if got:
+                out[tp], left = got, left - len(got)
+                self.position[tp] = got[-1].offset + 1
+        return out
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.position[tp] = offset
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.records)
+
+
+def _guarded(log: _Log, *, gather_s: float, max_batch: int = 100) -> Ledger:
+    ledger = _ledger([], gather_s=gather_s, max_batch=max_batch)
+    ledger.consumer = HoleGuard(log)
+    for tp in log.records:
+        ledger.consumer.seek(tp, 0)     # where the rebuild puts a partition
+    return ledger
+
+
+def _offsets(polled: dict) -> dict[int, list[int]]:
+    return {tp.partition: [r.offset for r in msgs] for tp, msgs in polled.items()}
+
+
+def test_a_hole_filled_inside_a_gather_is_read_there_once_and_in_order():
+    log = _Log({A: 10, B: 4}, {A: {3, 4}}, on_poll={3: lambda: log.hidden[A].clear()})
+    ledger = _guarded(log, gather_s=60.0, max_batch=14)
+    first = ledger.consumer.poll()
+    assert _offsets(first) == {0: [0, 1, 2], 1: [0, 1, 2, 3]}     # up to the hole, sought back to it
+    out = ledger._gather(first)                   # poll 2: still a hole, nothing of A; poll 3: stored
+    assert _offsets(out) == {0: list(range(10)), 1: [0, 1, 2, 3]}
+    assert ledger.consumer.stats["filled"] == 1 and ledger.consumer.stats["passed"] == 0
+    assert ledger.consumer.poll() == {}           # nothing returned twice afterwards
+
+
+def test_a_hole_still_open_when_a_gather_ends_is_read_by_the_next_batch():
+    """The gather's transaction commits A's offset at the hole (its last record + 1), and the next poll
+    starts there: the late batch is neither skipped nor the records before it read twice."""
+    log = _Log({A: 10, B: 4}, {A: {3, 4}})
+    ledger = _guarded(log, gather_s=0.02)
+    out = ledger._gather(ledger.consumer.poll())
+    assert _offsets(out) == {0: [0, 1, 2], 1: [0, 1, 2, 3]}
+    assert log.calls > 2 and log.position[A] == 3   # polled on and on, each time back to the hole
+    log.hidden[A].clear()
+    assert _offsets(ledger.consumer.poll()) == {0: list(range(3, 10))}
+    assert ledger.consumer.stats["passed"] == 0
