@@ -11,6 +11,7 @@ with JEDI and every other reader: see docs/events.md.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
@@ -24,14 +25,21 @@ from schemas.jobspec import FileSpec, JobSpec
 # The version of the message shapes this code writes. Additive changes (a new optional field) keep it;
 # a change that breaks readers (a rename, a new meaning) bumps it and registers an upcaster below, so
 # every stored message of an older version still decodes. History: docs/events.md#versioning.
-_random_bits = random.getrandbits
 SCHEMA_VERSION = 2
 # Messages written before ``v`` was always encoded carry no ``v`` at all: they are version 1.
 LEGACY_VERSION = 1
 
 
+# the ids' own generator, not the random module's shared one: whoever seeds that (a test framework does, to make
+# its runs repeatable) would make ids repeat. Seeded from the OS, and again in every forked child.
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
+_random_bits = _ids.getrandbits
+
+
 def new_id() -> str:
-    """A random 128-bit id in uuid4's hex form. From the Mersenne Twister (seeded from the OS and
+    """A random 128-bit id in uuid4's hex form. From a Mersenne Twister of its own (seeded from the OS and
     re-seeded in forked children) rather than os.urandom: an id per event was the ledger's biggest
     single cost, and these ids need uniqueness, not secrecy."""
     return f"{_random_bits(128):032x}"
