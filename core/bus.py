@@ -416,12 +416,22 @@ def partition_of(panda_id: int, partitions: int) -> int:
 
 # -------------------------------------------------------------------------------------- helpers
 class CommandSender:
-    """Sends commands keyed by PandaID; thread-safe (producers are)."""
+    """Sends commands keyed by PandaID; thread-safe (producers are).
 
-    def __init__(self, cfg: Config, prod: Producer | None = None):
+    ``lazy``: the producer is made at the first send, not here. Why: a daemon worker takes a sender for every
+    script run and, on an idle system, sends nothing; a producer is librdkafka's threads and a delivery thread,
+    each waking several times a second for the holder's whole life."""
+
+    def __init__(self, cfg: Config, prod: Producer | None = None, *, lazy: bool = False):
         self.cfg = cfg
         self.topic = cfg.kafka.commands_topic
-        self._producer = prod or producer(cfg)
+        self._made: Producer | None = prod if prod is not None or lazy else producer(cfg)
+
+    @property
+    def _producer(self) -> Producer:
+        if self._made is None:
+            self._made = producer(self.cfg)
+        return self._made
 
     def send(self, cmd: Command) -> Delivery:
         return self._producer.send(self.topic, encode(cmd), key=key_of(cmd.PandaID))
@@ -439,10 +449,12 @@ class CommandSender:
         self._producer.partitions(self.topic)
 
     def flush(self, timeout: float | None = None) -> None:
-        self._producer.flush(timeout)
+        if self._made is not None:   # a lazy sender that sent nothing has nothing to flush
+            self._made.flush(timeout)
 
     def close(self) -> None:
-        self._producer.close()
+        if self._made is not None:
+            self._made.close()
 
 
 def read_partition(cfg: Config, topic: str, partition: int, start: int,

@@ -99,33 +99,6 @@ def cleanup_cache(cfg: Config, ctx: Any = None) -> int:
 
 
 # -------------------------------------------------------------------------------------------- worker
-class OnDemandSender(bus.CommandSender):
-    """A ``CommandSender`` whose Kafka producer is made at the first send, not when a script asks for it.
-
-    Why: the watcher and the sweeps take the worker's sender at every run and, on an idle system, send
-    nothing; a producer is librdkafka's threads and a delivery thread, each waking several times a second for
-    the worker's whole life (four workers, four producers, for nothing)."""
-
-    def __init__(self, cfg: Config):   # no producer yet (CommandSender.__init__ makes one)
-        self.cfg = cfg
-        self.topic = cfg.kafka.commands_topic
-        self._made: bus.Producer | None = None
-
-    @property
-    def _producer(self) -> bus.Producer:  # type: ignore[override]
-        if self._made is None:
-            self._made = bus.producer(self.cfg)
-        return self._made
-
-    def flush(self, timeout: float | None = None) -> None:
-        if self._made is not None:
-            self._made.flush(timeout)
-
-    def close(self) -> None:
-        if self._made is not None:
-            self._made.close()
-
-
 class Context:
     """What a worker shares between the scripts it runs: one DB connection, one command sender."""
 
@@ -144,7 +117,9 @@ class Context:
     @property
     def sender(self):
         if self._sender is None:
-            self._sender = OnDemandSender(self.cfg)
+            # its producer made at the first send: the watcher and the sweeps take it at every run and,
+            # on an idle system, send nothing
+            self._sender = bus.CommandSender(self.cfg, lazy=True)
         return self._sender
 
     def reset(self) -> None:
