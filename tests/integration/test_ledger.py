@@ -36,6 +36,17 @@ def submits(ids, site="LOCAL"):
                                                           transformation="run.sh")) for i in ids]
 
 
+def verdicts(waiter, sender, cmds, reply_to=None) -> list:
+    """Send ``cmds`` (answered on ``reply_to`` when given) and wait for each one's event or rejection, in order."""
+    for c in cmds:
+        if reply_to is not None:
+            c.reply_to = reply_to
+    futs = [waiter.expect(c.id) for c in cmds]
+    sender.send_many(cmds)
+    sender.flush()
+    return [f.result(60) for f in futs]
+
+
 def start_ledger(cfg, background, instance="0") -> Ledger:
     ledger = Ledger(cfg, instance=instance, snapshot=partition_snapshot)
     ledger.stop_event = background.run(ledger, f"ledger-{instance}")
@@ -50,10 +61,7 @@ def test_commands_become_events_and_illegal_ones_rejections(cfg, background):
         cmds = [*submits([1, 2]), Transition(PandaID=1, action="activate", actor="service:setupper"),
                 Transition(PandaID=2, action="dispatch", actor="test"),     # illegal from defined
                 Transition(PandaID=3, action="activate", actor="test")]     # unknown job
-        futs = [waiter.expect(c.id) for c in cmds]
-        sender.send_many(cmds)
-        sender.flush()
-        outs = [f.result(60) for f in futs]
+        outs = verdicts(waiter, sender, cmds)
     finally:
         sender.close()
         waiter.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import BOTH_CLIENTS
-from test_ledger import start_ledger, submits
+from test_ledger import start_ledger, submits, verdicts
 
 from core import bus, local_replies
 from core.bus import CommandSender, OutcomeWaiter
@@ -23,12 +23,7 @@ def test_a_told_verdict_is_the_committed_one_and_the_topics_copy_is_ignored(cfg,
     try:
         assert waiter._local is not None and waiter._local.bound
         cmds = [*submits([1, 2]), Transition(PandaID=1, action="dispatch", actor="test")]   # defined: rejected
-        for c in cmds:
-            c.reply_to = 1
-        futs = [waiter.expect(c.id) for c in cmds]
-        sender.send_many(cmds)
-        sender.flush()
-        outs = [f.result(60) for f in futs]
+        outs = verdicts(waiter, sender, cmds, reply_to=1)
         # what the waiter was told is in the log for every read_committed reader already
         events = {decode_outcome(r.value).command_id for p in bus.partitions(cfg, cfg.kafka.events_topic)
                   for r in bus.read_partition(cfg, cfg.kafka.events_topic, p, 0)}
@@ -52,12 +47,7 @@ def test_a_waiter_that_does_not_listen_gets_every_verdict_from_the_topic(cfg, ba
     try:
         assert waiter._local is None
         cmds = submits([1, 2, 3])
-        for c in cmds:
-            c.reply_to = 2
-        futs = [waiter.expect(c.id) for c in cmds]
-        sender.send_many(cmds)
-        sender.flush()
-        outs = [f.result(60) for f in futs]
+        outs = verdicts(waiter, sender, cmds, reply_to=2)
     finally:
         sender.close()
         waiter.close()
