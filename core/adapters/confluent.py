@@ -17,8 +17,14 @@ Where librdkafka differs from what the port promises, and how this adapter bridg
   becomes the start offset of the assignment that follows the callback.
 * ``seek_to_end`` resolves the end now (a watermark query, read_committed).
 * ``send`` hands librdkafka one small ``_Delivery`` per record that is itself the delivery callback (no
-  closure, no ``concurrent.futures.Future``: they cost more than the produce call); a daemon thread
-  per producer serves the delivery reports.
+  closure, no ``concurrent.futures.Future``: they cost more than the produce call). A daemon thread per
+  plain producer serves the delivery reports, and its ``flush`` waits for its own count of records not
+  reported yet, calling librdkafka's flush (which sends what lingers at once) 2 ms at a time: while another
+  thread serves the reports, librdkafka's flush sees the last one go only when its own wait of up to 10 ms
+  ends (it is not woken), so every flush took about 10 ms more than the broker did. A transactional
+  producer has no such thread: its reports are served by ``commit_transaction`` (and ``flush``) on the
+  caller's thread, which is where that same stall was worst (10 ms between the last ProduceResponse and
+  EndTxn in every ledger commit under load); its deliveries resolve at the commit, when the ledger reads them.
 * Dozing (``bus.Consumer.poll``): librdkafka's fetch wait is fixed when the client is made, so a quiet
   consumer pauses its partitions and, every ``idle_fetch_max_wait_ms``, asks for their read_committed ends in
   one ListOffsets request. Only when an end differs from the one asked before the last real look (the first
@@ -69,6 +75,7 @@ from core.bus import (
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("librdkafka")   # librdkafka's own log lines, instead of raw stderr
 _DRAIN_WAIT_S = 0.001
+FLUSH_SLICE_S = 0.002   # a plain producer's flush: how long one librdkafka flush call may wait (see flush)
 _delivery_lock = threading.Lock()
 
 
@@ -83,17 +90,36 @@ def _ours(parts: Iterable[ck.TopicPartition]) -> set[TopicPartition]:
 
 
 # ----------------------------------------------------------------------------------------- producer
+class _Unreported:
+    """How many records of one producer librdkafka has not reported on yet: what its ``flush`` waits for."""
+
+    __slots__ = ("n", "_lock")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.n += 1
+
+    def reported(self) -> None:
+        with self._lock:
+            self.n -= 1
+
+
 class _Delivery:
     """``bus.Delivery`` of one record; librdkafka calls it with the record's delivery report."""
 
-    __slots__ = ("_msg", "_error", "_done", "_waiter", "_callbacks")
+    __slots__ = ("_msg", "_error", "_done", "_waiter", "_callbacks", "_count")
 
-    def __init__(self) -> None:
+    def __init__(self, count: _Unreported | None = None) -> None:
         self._msg: Any = None
         self._error: BaseException | None = None
         self._done = False
         self._waiter: threading.Event | None = None
         self._callbacks: list[Callable[[Any], object]] | None = None
+        self._count = count
 
     def __call__(self, err: ck.KafkaError | None, msg: ck.Message) -> None:
         if err is not None:
@@ -103,6 +129,8 @@ class _Delivery:
         with _delivery_lock:
             self._done = True
             waiter, callbacks = self._waiter, self._callbacks
+        if self._count is not None:
+            self._count.reported()
         if waiter is not None:
             waiter.set()
         for fn in callbacks or ():
@@ -159,8 +187,14 @@ class Producer:
         self._p = ck.Producer(conf)
         self._transactional = bool(s.transactional_id)
         self._closed = threading.Event()
-        self._poller = threading.Thread(target=self._serve, name="confluent-delivery", daemon=True)
-        self._poller.start()
+        # a plain producer's reports are served by a thread of its own, and counted for flush; a transactional
+        # one's by commit_transaction on the caller's thread (module docstring: the 10 ms stall otherwise)
+        self._unreported: _Unreported | None = None
+        self._poller: threading.Thread | None = None
+        if not self._transactional:
+            self._unreported = _Unreported()
+            self._poller = threading.Thread(target=self._serve, name="confluent-delivery", daemon=True)
+            self._poller.start()
 
     def _serve(self) -> None:
         # poll returns as soon as a delivery report is there, so the timeout only bounds how long close() waits
@@ -171,15 +205,35 @@ class Producer:
 
     def send(self, topic: str, value: bytes, *, key: bytes | None = None,
              partition: int | None = None) -> _Delivery:
-        delivery = _Delivery()
+        count = self._unreported
+        delivery = _Delivery(count)
+        if count is not None:
+            count.add()
         while True:
             try:
                 self._p.produce(topic, value, key, -1 if partition is None else partition, on_delivery=delivery)
                 return delivery
             except BufferError:       # local queue full: let deliveries drain
                 self._p.poll(0.05)
+            except BaseException:
+                if count is not None:
+                    count.reported()   # never handed to librdkafka: no report will come
+                raise
 
     def flush(self, timeout: float | None = None) -> None:
+        count = self._unreported
+        if count is not None:
+            # librdkafka's flush sends what lingers at once, but the delivery thread may serve the last report,
+            # which that flush notices only when its own wait of up to 10 ms ends: so in slices of 2 ms, until
+            # every record this producer sent is reported
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while count.n > 0:
+                left_s = FLUSH_SLICE_S if deadline is None else min(FLUSH_SLICE_S, deadline - time.monotonic())
+                if left_s <= 0:
+                    raise ck.KafkaException(ck.KafkaError(
+                        ck.KafkaError._TIMED_OUT, f"{count.n} message(s) still undelivered after flush"))
+                self._p.flush(left_s)
+            return
         left = self._p.flush(-1 if timeout is None else timeout)
         if left:
             raise ck.KafkaException(ck.KafkaError(ck.KafkaError._TIMED_OUT,
@@ -201,7 +255,8 @@ class Producer:
                 self._p.flush(-1)
         finally:
             self._closed.set()
-            self._poller.join(5)
+            if self._poller is not None:
+                self._poller.join(5)
 
     # transactional producers only
     def init_transactions(self) -> None:

@@ -163,6 +163,35 @@ def test_poll_returns_at_most_max_records(cfg):
 
 
 # ------------------------------------------------------------------------------------- transactions
+def test_flush_and_commit_leave_no_delivery_unresolved(cfg):
+    """What waits on a delivery may rely on it: a plain producer's flush returns only once every record it sent
+    is reported, round after round (the confluent adapter counts them while its delivery thread serves the
+    reports), and a transactional producer's deliveries are all resolved when commit_transaction returns
+    (there nobody else serves them)."""
+    topic, n = cfg.kafka.commands_topic, cfg.kafka.partitions
+    plain = bus.producer(cfg)
+    try:
+        for rnd in range(5):
+            sent = [plain.send(topic, b"r%d-%d" % (rnd, i), key=b"%d" % i, partition=i % n) for i in range(40)]
+            plain.flush(30)
+            assert all(d.done() for d in sent), f"round {rnd}: flush returned with a record not reported"
+            assert all(d.exception() is None for d in sent)
+    finally:
+        plain.close()
+    tx = bus.producer(cfg, transactional_id=f"{cfg.kafka.group_prefix}-resolved")
+    try:
+        tx.init_transactions()
+        for rnd in range(3):
+            tx.begin_transaction()
+            sent = [tx.send(topic, b"t%d-%d" % (rnd, i), key=b"k", partition=i % n) for i in range(20)]
+            tx.commit_transaction()
+            assert all(d.done() for d in sent), f"transaction {rnd}: committed with a record not reported"
+            offsets = [d.result(0).offset for d in sent if d.result(0).partition == 0]
+            assert offsets == sorted(offsets) and len(offsets) == len([i for i in range(20) if i % n == 0])
+    finally:
+        tx.close()
+
+
 def test_transactions_are_read_committed_and_positions_pass_markers(cfg):
     topic = cfg.kafka.events_topic
     tp = TopicPartition(topic, 0)
