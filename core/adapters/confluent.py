@@ -75,7 +75,9 @@ from core.bus import (
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("librdkafka")   # librdkafka's own log lines, instead of raw stderr
 _DRAIN_WAIT_S = 0.001
-FLUSH_SLICE_S = 0.002   # a plain producer's flush: how long one librdkafka flush call may wait (see flush)
+FLUSH_SLICE_S = 0.002   # a plain producer's flush: how long one librdkafka flush call may wait (see flush),
+FLUSH_LONG_AFTER_S = 0.05   # and once the flush has lasted this long
+FLUSH_LONG_SLICE_S = 0.05
 _delivery_lock = threading.Lock()
 
 
@@ -226,9 +228,13 @@ class Producer:
             # librdkafka's flush sends what lingers at once, but the delivery thread may serve the last report,
             # which that flush notices only when its own wait of up to 10 ms ends: so in slices of 2 ms, until
             # every record this producer sent is reported
-            deadline = None if timeout is None else time.monotonic() + timeout
+            started = time.monotonic()
+            deadline = None if timeout is None else started + timeout
             while count.n > 0:
-                left_s = FLUSH_SLICE_S if deadline is None else min(FLUSH_SLICE_S, deadline - time.monotonic())
+                # a flush that lasts (the broker away) asks less often: it is not waiting for one last report
+                now = time.monotonic()
+                step = FLUSH_SLICE_S if now - started < FLUSH_LONG_AFTER_S else FLUSH_LONG_SLICE_S
+                left_s = step if deadline is None else min(step, deadline - now)
                 if left_s <= 0:
                     raise ck.KafkaException(ck.KafkaError(
                         ck.KafkaError._TIMED_OUT, f"{count.n} message(s) still undelivered after flush"))
