@@ -7,8 +7,9 @@ submitted). Every caller waits the same way: poll the rows still behind (while m
 first: ``probe_of``), back off from 20 ms to 0.5 s, and give up at a deadline with ``ProjectionLag`` (a
 service then leaves its offset uncommitted, so the event comes again; the gateway answers anyway).
 
-The logic is written once, in pure pieces (``Backoff``, ``behind``, ``probe_of``), and driven by a blocking loop
-(``wait_projected``) and an asyncio one (``await_projected``); how rows are read is the caller's
+The logic is written once, in pure pieces (``Backoff``, ``behind``, ``probe_of``) and one generator that
+yields its reads and pauses (``_looks``), driven by a blocking loop (``wait_projected``) and an asyncio one
+(``await_projected``); how rows are read is the caller's
 ``read(pandaids) -> {pandaid: row}``, a row being any mapping with a ``seq``.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any
 
 from core import db
@@ -94,6 +95,33 @@ def _caught_up(rows: Mapping[int, Row], probe: int, want: Mapping[int, int]) -> 
     return not behind({probe: want[probe]}, rows)
 
 
+def _looks(want: Mapping[int, int], backoff: Backoff) -> Generator[tuple[str, Any], Any, dict[int, Row]]:
+    """The wait itself, its reads and pauses left to a driver (``wait_projected``, ``await_projected``): yields
+    ``("read", pandaids)`` and is sent the rows read, or ``("sleep", seconds)`` and is sent None; returns every
+    wanted row at its seq, or raises ``ProjectionLag``. Only the jobs still behind are read again (while many
+    are, one of them first: ``probe_of``); the first read is at once."""
+    want = dict(want)
+    got: dict[int, Row] = {}
+    lagging = behind(want, got)
+    probe: int | None = None
+    while True:
+        if probe is None or _caught_up((yield ("read", [probe])), probe, want):
+            got.update((yield ("read", sorted(lagging))))
+            lagging = behind(want, got)
+            if not lagging:
+                return got
+            probe = probe_of(lagging)
+        delay = backoff.next_delay()
+        if delay is None:
+            if probe is not None:   # the probe's look only: say which are behind now
+                got.update((yield ("read", sorted(lagging))))
+                lagging = behind(want, got)
+                if not lagging:
+                    return got
+            raise ProjectionLag(lagging, want)
+        yield ("sleep", delay)
+
+
 def wait_projected(read: Read, want: Mapping[int, int], timeout: float, *, most: float = MAX_DELAY,
                    sleep: Callable[[float], None] = time.sleep,
                    clock: Callable[[], float] = time.monotonic) -> dict[int, Row]:
@@ -101,54 +129,28 @@ def wait_projected(read: Read, want: Mapping[int, int], timeout: float, *, most:
 
     Only the jobs still behind are read again (while many are, one of them first: ``probe_of``); the first
     poll is immediate. ``most`` caps the pause between polls (a caller answering a person keeps it short)."""
-    want = dict(want)
-    got: dict[int, Row] = {}
-    backoff = Backoff(timeout, most=most, clock=clock)
-    lagging = behind(want, got)
-    probe: int | None = None
-    while True:
-        if probe is None or _caught_up(read([probe]), probe, want):
-            got.update(read(sorted(lagging)))
-            lagging = behind(want, got)
-            if not lagging:
-                return got
-            probe = probe_of(lagging)
-        delay = backoff.next_delay()
-        if delay is None:
-            if probe is not None:   # the probe's look only: say which are behind now
-                got.update(read(sorted(lagging)))
-                lagging = behind(want, got)
-                if not lagging:
-                    return got
-            raise ProjectionLag(lagging, want)
-        sleep(delay)
+    looks = _looks(want, Backoff(timeout, most=most, clock=clock))
+    answer: Any = None
+    try:
+        while True:
+            what, arg = looks.send(answer)
+            answer = read(arg) if what == "read" else sleep(arg)
+    except StopIteration as done:
+        return done.value
 
 
 async def await_projected(read: AsyncRead, want: Mapping[int, int], timeout: float, *, most: float = MAX_DELAY,
                           sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                           clock: Callable[[], float] = time.monotonic) -> dict[int, Row]:
     """``wait_projected`` for the event loop: ``read`` and the pauses are awaited."""
-    want = dict(want)
-    got: dict[int, Row] = {}
-    backoff = Backoff(timeout, most=most, clock=clock)
-    lagging = behind(want, got)
-    probe: int | None = None
-    while True:
-        if probe is None or _caught_up(await read([probe]), probe, want):
-            got.update(await read(sorted(lagging)))
-            lagging = behind(want, got)
-            if not lagging:
-                return got
-            probe = probe_of(lagging)
-        delay = backoff.next_delay()
-        if delay is None:
-            if probe is not None:   # the probe's look only: say which are behind now
-                got.update(await read(sorted(lagging)))
-                lagging = behind(want, got)
-                if not lagging:
-                    return got
-            raise ProjectionLag(lagging, want)
-        await sleep(delay)
+    looks = _looks(want, Backoff(timeout, most=most, clock=clock))
+    answer: Any = None
+    try:
+        while True:
+            what, arg = looks.send(answer)
+            answer = await read(arg) if what == "read" else await sleep(arg)
+    except StopIteration as done:
+        return done.value
 
 
 def wait_position(read: Callable[[], int], at_least: int, timeout: float, *, most: float = MAX_DELAY,
