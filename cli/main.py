@@ -19,7 +19,7 @@ import msgspec
 
 from cli import components
 from cli.restore import check_at_start
-from core import config, db, logs, metrics
+from core import bus, config, db, logs, metrics
 from core.bus import CommandSender, OutcomeWaiter
 from core.states import SUBMIT_TRIGGERS, JobStatus
 from devenv import endpoints, stack
@@ -87,6 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_component(args: argparse.Namespace) -> int:
     cfg = config.load()
     logs.configure(cfg, args.name)   # [log] format = "text" | "json" (PANDAES_LOG_FORMAT)
+    bus.name_clients(args.name)
     components.run_in_process(args.name, cfg)
     return 0
 

@@ -26,6 +26,7 @@ import dataclasses
 import importlib
 import importlib.util
 import logging
+import re
 import struct
 import threading
 import time
@@ -342,13 +343,31 @@ def producer(cfg: Config, *, transactional_id: str, linger_ms: int | None = None
 def producer(cfg: Config, *, transactional_id: None = None, linger_ms: int | None = None) -> Producer: ...
 
 
+_client_id = "pandaes"   # until name_clients() names this process's component
+
+
+def name_clients(component: str) -> None:
+    """Name every Kafka client this process makes after its component (``pandaes-ledger``, ``pandaes-gateway-0``).
+
+    The broker sees the name in every request header: its request logs, quotas and metrics then say which
+    component asked. That is how the request census in docs/performance.md counted who costs the broker what.
+    Kafka allows letters, digits, ``.``, ``_`` and ``-``; anything else becomes ``_``."""
+    global _client_id
+    _client_id = "pandaes-" + re.sub(r"[^A-Za-z0-9._-]", "_", component)
+
+
+def client_id() -> str:
+    """The client id this process's Kafka clients send (see ``name_clients``)."""
+    return _client_id
+
+
 def producer(cfg: Config, *, transactional_id: str | None = None,
              linger_ms: int | None = None) -> Producer | TransactionalProducer:
     """An idempotent producer; transactional when given a transactional id (the ledger, restore)."""
     k = cfg.kafka
     settings = ProducerSettings(bootstrap=k.bootstrap, linger_ms=int(k.linger_ms if linger_ms is None else linger_ms),
                                 transactional_id=transactional_id,
-                                transaction_timeout_ms=int(k.transaction_timeout_ms))
+                                transaction_timeout_ms=int(k.transaction_timeout_ms), client_id=_client_id)
     if transactional_id:
         return adapter(cfg).transactional_producer(settings)
     return adapter(cfg).producer(settings)
@@ -360,7 +379,7 @@ def consumer(cfg: Config, *topics: str, group_id: str | None, fetch_max_wait_ms:
     ``idle_fetch_max_wait_ms``: this reader's doze instead of ``[kafka]``'s (one no request waits on)."""
     k = cfg.kafka
     settings = ConsumerSettings(
-        bootstrap=k.bootstrap, group_id=group_id,
+        bootstrap=k.bootstrap, group_id=group_id, client_id=_client_id,
         fetch_max_wait_ms=int(k.fetch_max_wait_ms if fetch_max_wait_ms is None else fetch_max_wait_ms),
         max_poll_records=int(k.max_poll_records if max_poll_records is None else max_poll_records),
         max_poll_interval_ms=int(k.max_poll_interval_ms), session_timeout_ms=int(k.session_timeout_ms),

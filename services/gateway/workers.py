@@ -40,11 +40,12 @@ MULTIPROC_ENV = metrics.MULTIPROC_ENV
 
 def _serve_one(cfg_data: dict, index: int, parent: int, metrics_dir: str) -> None:
     """A serving process (spawned: no inherited sockets, threads or Kafka clients)."""
-    from core import logs
+    from core import bus, logs
     from services.gateway.app import serve
 
     cfg = Config(cfg_data)
     logs.configure(cfg, f"gateway-{index}")
+    bus.name_clients(f"gateway-{index}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
