@@ -6,6 +6,11 @@
 * database: raw batched insert rate of jobs-shaped rows (bigint key, a few columns, a jsonb spec) by
   COPY and by executemany (psycopg 3 pipelines it), one transaction per batch like the projector.
 
+* broker fetch growth: the broker CPU one record costs (its own batch, sent and then read by a waiting
+  read_committed consumer: a ledger's command, a gateway's reply) when its partition already holds
+  ``FETCH_GROWTH_STEPS`` batches. Apache Kafka finds a fetch's offset by index; the embedded Tansu's memory
+  storage lists the partition's stored batches for every fetch that returns records, so this cost grows
+  with the log (docs/performance.md, ninth session) — the figure shows whether a broker does;
 * floors: the latency of one broker round trip (send with the project's producer, flush, seen by a
   read_committed consumer with the ledger's short fetch wait) and of one database commit (a one-row
   insert, committed: the WAL flush every projection batch and every service action pays).
@@ -23,7 +28,7 @@ from typing import Any
 import msgspec
 from psycopg.types.json import Jsonb
 
-from bench import workload
+from bench import procs, workload
 from bench.stats import percentiles
 from core import bus, db
 from core.bus import TopicPartition
@@ -118,6 +123,62 @@ def round_trip(cfg: Config, n: int, topic: str | None = None) -> dict[str, Any]:
     return percentiles(samples)
 
 
+FETCH_GROWTH_TOPIC = "pandaes.bench.fetch-growth"
+FETCH_GROWTH_STEPS = (1_000, 10_000)   # batches already in the partition when the cost is read
+FETCH_GROWTH_SAMPLES = 300             # records sent and read at each step
+
+
+def fetch_growth(cfg: Config, broker_pid: int | None, steps: tuple[int, ...] = FETCH_GROWTH_STEPS,
+                 samples: int = FETCH_GROWTH_SAMPLES) -> dict[str, Any]:
+    """Broker CPU µs per record sent alone and read by a waiting consumer, at each partition length in ``steps``.
+
+    Each record is flushed on its own, so each is one stored batch (as the gateway's commands are under light
+    load); the partition is filled to each step the same way. Without the broker's process (an external
+    broker) the figure cannot be read: ``{"measured": False}``."""
+    if broker_pid is None:
+        return {"measured": False}
+    from bench.procs import cpu_seconds
+
+    adm = bus.admin(cfg)
+    adm.create_topics({FETCH_GROWTH_TOPIC: 1})
+    prod = bus.producer(cfg, linger_ms=0)
+    c = bus.consumer(cfg, group_id=None, fetch_max_wait_ms=cfg.kafka.urgent_fetch_max_wait_ms)
+    out: dict[str, Any] = {"measured": True, "steps": []}
+    try:
+        tp = TopicPartition(FETCH_GROWTH_TOPIC, 0)
+        c.assign([tp])
+        c.seek_to_end(tp)
+        stored = 0
+        for step in steps:
+            while stored < step:
+                prod.send(FETCH_GROWTH_TOPIC, key=b"fill", value=b"x" * 300, partition=0)
+                prod.flush()
+                stored += 1
+            while c.poll(timeout_ms=50):   # read up to the end: only the samples are fetched below
+                pass
+            cpu0, t0 = cpu_seconds(broker_pid), time.perf_counter()
+            for _ in range(samples):
+                prod.send(FETCH_GROWTH_TOPIC, key=b"probe", value=b"x" * 300, partition=0)
+                prod.flush()
+                deadline = time.perf_counter() + 10
+                while not c.poll(timeout_ms=100) and time.perf_counter() < deadline:
+                    pass
+            used = cpu_seconds(broker_pid) - cpu0
+            stored += samples
+            out["steps"].append({"batches": step, "broker_us_per_record": 1e6 * used / samples,
+                                 "ms_per_record": 1e3 * (time.perf_counter() - t0) / samples})
+    finally:
+        prod.close()
+        c.close()
+        try:
+            adm.delete_topics([FETCH_GROWTH_TOPIC])
+        finally:
+            adm.close()
+    first, last = out["steps"][0], out["steps"][-1]
+    out["growth"] = last["broker_us_per_record"] / max(first["broker_us_per_record"], 1e-9)
+    return out
+
+
 def commit_latency(cfg: Config, n: int) -> dict[str, Any]:
     """Latency of a one-row INSERT + COMMIT (a durable commit: the floor of any database write)."""
     samples: list[float] = []
@@ -172,7 +233,9 @@ def database(cfg: Config, n_rows: int, batch: int = 2000) -> dict[str, Any]:
     return out
 
 
-def run(cfg: Config, *, n_records: int, n_rows: int, n_rtt: int = 100, log=print) -> dict[str, Any]:
+def run(cfg: Config, *, n_records: int, n_rows: int, n_rtt: int = 100,
+        growth_steps: tuple[int, ...] = FETCH_GROWTH_STEPS, growth_samples: int = FETCH_GROWTH_SAMPLES,
+        log=print) -> dict[str, Any]:
     records = payloads(n_records)
     log(f"  ceilings: producing {len(records):,} records …")
     prod = produce(cfg, records)
@@ -182,7 +245,13 @@ def run(cfg: Config, *, n_records: int, n_rows: int, n_rtt: int = 100, log=print
     dbres = database(cfg, n_rows)
     log(f"  ceilings: COPY {dbres['copy']['per_s']:,.0f} rows/s, executemany {dbres['executemany']['per_s']:,.0f}")
     rtt = round_trip(cfg, n_rtt)
+    growth = fetch_growth(cfg, procs.BROKER_PID, growth_steps, growth_samples)
+    if growth["measured"]:
+        log("  ceilings: broker CPU per record sent and fetched alone, by batches already in its partition: "
+            + ", ".join(f"{s['batches']:,}: {s['broker_us_per_record']:,.0f} µs" for s in growth["steps"])
+            + f" (×{growth['growth']:.1f})")
     commit = commit_latency(cfg, n_rtt)
     log(f"  ceilings: broker round trip p50 {rtt.get('p50_ms', 0):.1f} ms p99 {rtt.get('p99_ms', 0):.1f} ms; "
         f"database commit p50 {commit.get('p50_ms', 0):.1f} ms p99 {commit.get('p99_ms', 0):.1f} ms")
-    return {"produce": prod, "consume": cons, "db_insert": dbres, "broker_rtt": rtt, "db_commit": commit}
+    return {"produce": prod, "consume": cons, "db_insert": dbres, "broker_rtt": rtt, "db_commit": commit,
+            "fetch_growth": growth}

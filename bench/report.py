@@ -67,6 +67,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                         _ms(ceil["broker_rtt"]), "", ""))
         if commit:
             out.append(("floor", "PostgreSQL one-row commit (p50/p95/p99)", _ms(ceil["db_commit"]), "", ""))
+        growth = ceil.get("fetch_growth", {})
+        if growth.get("measured"):
+            steps = growth["steps"]
+            out.append(("floor", "broker CPU per record fetched alone, by batches in its partition",
+                        ", ".join(f"{s['batches']:,}: {s['broker_us_per_record']:,.0f} µs" for s in steps)
+                        + f" (×{growth['growth']:.1f})", "", "flat (a cost that does not grow with history)"))
     for name, c in results.get("ceilings_alt", {}).items():
         out.append(("ceiling", f"broker produce ({name})", f"{c['produce']['per_s']:,.0f} rec/s", "", ""))
         out.append(("ceiling", f"broker consume ({name})", f"{c['consume']['per_s']:,.0f} rec/s", "", ""))

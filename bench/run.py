@@ -29,19 +29,22 @@ from bench.env import BenchEnv
 from bench.report import RESULTS, machine
 
 SIZES: dict[str, dict[str, Any]] = {
-    "smoke": {"records": 2_000, "rows": 1_000, "rtt": 20, "rebuild_events": 4_000, "kills": 40, "kill_rate": 50,
+    "smoke": {"records": 2_000, "rows": 1_000, "rtt": 20, "fetch_growth": (50, 200), "fetch_growth_samples": 20,
+              "rebuild_events": 4_000, "kills": 40, "kill_rate": 50,
               "backlog": 300, "dispatch_levels": (1, 5), "dispatch_seconds": 2,
               "dispatch_open_rate": 20, "jobs": 40, "pilots": 10,
               "lifecycle_seconds": 60, "idle_seconds": 5,
               "scale_live": 200, "scale_small": 1_000, "scale_large": 20_000,
               "prefill_small": 10, "prefill_large": 2_000, "prefill_jobs": 20, "prefill_poll": 10},
-    "quick": {"records": 20_000, "rows": 10_000, "rtt": 100, "rebuild_events": 100_000, "kills": 1_000,
+    "quick": {"records": 20_000, "rows": 10_000, "rtt": 100, "fetch_growth": (1_000, 5_000),
+              "fetch_growth_samples": 100, "rebuild_events": 100_000, "kills": 1_000,
               "kill_rate": 1_000, "backlog": 4_000, "dispatch_levels": (1, 50, 500), "dispatch_seconds": 5,
               "dispatch_open_rate": 500,
               "jobs": 400, "pilots": 50, "lifecycle_seconds": 45, "idle_seconds": 20,
               "scale_live": 2_000, "scale_small": 10_000, "scale_large": 1_000_000,
               "prefill_small": 10, "prefill_large": 100_000, "prefill_jobs": 400, "prefill_poll": 40},
-    "full": {"records": 200_000, "rows": 100_000, "rtt": 500, "rebuild_events": 1_000_000, "kills": 5_000,
+    "full": {"records": 200_000, "rows": 100_000, "rtt": 500, "fetch_growth": (1_000, 10_000),
+             "fetch_growth_samples": 300, "rebuild_events": 1_000_000, "kills": 5_000,
              "kill_rate": 1_000, "backlog": 100_000, "dispatch_levels": (1, 50, 500), "dispatch_seconds": 30,
              "dispatch_open_rate": 500,
              "jobs": 4_000, "pilots": 200, "lifecycle_seconds": 200, "idle_seconds": 60,
@@ -83,7 +86,8 @@ def run(mode: str = "quick", only: list[str] | None = None, log=print,
                 cfg = env.fresh(name[:4])
                 if name == "ceilings":
                     results[name] = ceilings.run(cfg, n_records=size["records"], n_rows=size["rows"],
-                                                 n_rtt=size["rtt"], log=log)
+                                                 n_rtt=size["rtt"], growth_steps=size["fetch_growth"],
+                                                 growth_samples=size["fetch_growth_samples"], log=log)
                 elif name == "rebuild":
                     results[name] = rebuild.run(cfg, n_events=size["rebuild_events"], log=log)
                 elif name == "kill":

@@ -19,6 +19,10 @@ def test_tiny_bench_writes_table_json_and_plot(tmp_path):
     assert results["kill"]["answers"]["event"] == 40
     assert results["ceilings"]["produce"]["per_s"] > 0
     assert results["ceilings"]["broker_rtt"]["n"] == run.SIZES["smoke"]["rtt"]
+    growth = results["ceilings"]["fetch_growth"]
+    if growth["measured"]:   # the embedded broker's process is known: one reading per partition length
+        assert [s["batches"] for s in growth["steps"]] == list(run.SIZES["smoke"]["fetch_growth"])
+        assert all(s["broker_us_per_record"] >= 0 for s in growth["steps"])
     assert "load_avg" in results["kill"]
     text = report.table(results)
     assert "rebuild" in text and "kill" in text

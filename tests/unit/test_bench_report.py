@@ -36,3 +36,23 @@ def test_idle_reading_lists_every_component_against_its_goal():
     assert idle[1] == "CPU % of one core, whole system idle 20 s (total 1.50%)"
     assert idle[2] == "broker 0.75, ledger 0.50, postgres 0.25"
     assert idle[4] == "< 2%"
+
+
+def _ceilings(**extra: object) -> dict:
+    return {"produce": {"per_s": 1.0}, "consume": {"per_s": 1.0},
+            "db_insert": {"copy": {"per_s": 1.0}, "executemany": {"per_s": 1.0}}, **extra}
+
+
+def test_broker_fetch_growth_is_reported_against_a_flat_goal():
+    growth = {"measured": True, "growth": 8.1,
+              "steps": [{"batches": 1000, "broker_us_per_record": 2933.0},
+                        {"batches": 10000, "broker_us_per_record": 23900.0}]}
+    rows = report.rows({"ceilings": _ceilings(fetch_growth=growth)})
+    (row,) = [r for r in rows if r[1].startswith("broker CPU per record fetched alone")]
+    assert row[2] == "1,000: 2,933 µs, 10,000: 23,900 µs (×8.1)"
+    assert row[4].startswith("flat")
+
+
+def test_broker_fetch_growth_not_measured_on_an_outside_broker_shows_no_row():
+    rows = report.rows({"ceilings": _ceilings(fetch_growth={"measured": False})})
+    assert not [r for r in rows if "fetched alone" in r[1]]
