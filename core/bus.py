@@ -564,8 +564,18 @@ class OutcomeWaiter:
 
     With a reply partition, a ledger on the same host also tells the waiter its committed verdicts through a
     Unix socket (``core/local_replies.py``, ``[ledger] local_replies``): whichever copy comes first answers; the
-    topic's record is the durable fallback, the second copy is ignored.
+    topic's record is the durable fallback, the second copy is ignored. While the socket brings the verdicts
+    first, the topic is read with the services' fetch wait (``[kafka] fetch_max_wait_ms``) instead of the urgent
+    one: on the embedded broker every fetch that returns records costs in proportion to the batches its partition
+    holds (docs/performance.md, ninth session), and these would only bring second copies. A copy from the
+    topic may come first now and then (its fetch can end between the commit and the datagram); when the socket
+    has told nothing for ``LOCAL_SILENT_S`` while the topic answered ``KAFKA_FIRST_TO_URGENT`` verdicts first (no
+    ledger on this host, or its datagrams dropped), the waiter reads the topic with the urgent wait from then on
+    (``reads_urgently``).
     """
+
+    KAFKA_FIRST_TO_URGENT = 20   # verdicts answered by the topic first since the socket last told one …
+    LOCAL_SILENT_S = 5.0         # … while the socket has been silent this long
 
     def __init__(self, cfg: Config, on_event: Callable[[Event | Rejected], None] | None = None, *,
                  reply_partition: int | None = None):
@@ -573,6 +583,12 @@ class OutcomeWaiter:
             raise ValueError("OutcomeWaiter: on_event sees every outcome; a reply partition holds only some")
         self.cfg = cfg
         self.reply_partition = reply_partition
+        from core.local_replies import enabled as local_enabled
+
+        # the topic is only the fallback while a ledger on this host tells the verdicts first (see the docstring)
+        self.reads_urgently = reply_partition is None or not local_enabled(cfg)
+        self._kafka_first = 0                # verdicts the topic answered first since the socket last told one
+        self._local_at = time.monotonic()    # when the socket last told a verdict (or the waiter started)
         self._waiting: dict[str, Future | asyncio.Future] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -615,8 +631,12 @@ class OutcomeWaiter:
         with self._lock:
             self._waiting.pop(command_id, None)
 
+    def _fetch_wait_ms(self) -> int:
+        k = self.cfg.kafka
+        return int(k.urgent_fetch_max_wait_ms if self.reads_urgently else k.fetch_max_wait_ms)
+
     def _run(self) -> None:
-        c = consumer(self.cfg, group_id=None, fetch_max_wait_ms=self.cfg.kafka.urgent_fetch_max_wait_ms)
+        c = consumer(self.cfg, group_id=None, fetch_max_wait_ms=self._fetch_wait_ms())
         try:
             tps = []
             if self.reply_partition is not None:
@@ -657,6 +677,10 @@ class OutcomeWaiter:
                         self._deliver(rec.value, handoff)
                 if handoff:
                     _hand_over(handoff)
+                if (not self.reads_urgently and self._kafka_first >= self.KAFKA_FIRST_TO_URGENT
+                        and time.monotonic() - self._local_at >= self.LOCAL_SILENT_S):
+                    c = self._read_urgently(c, tps)
+                    paused = False
         except Exception as exc:  # pragma: no cover - surfaced through the futures timing out
             if not self._ready.is_set():   # could not start: the constructor raises it
                 self._failed = exc
@@ -665,6 +689,20 @@ class OutcomeWaiter:
             log.exception("outcome waiter stopped")
         finally:
             c.close()
+
+    def _read_urgently(self, c: Consumer, tps: list[TopicPartition]) -> Consumer:
+        """The same partitions read on from where ``c`` stands, by a consumer with the urgent fetch wait."""
+        positions = {tp: c.position(tp) for tp in tps}
+        self.reads_urgently = True
+        fresh = consumer(self.cfg, group_id=None, fetch_max_wait_ms=self._fetch_wait_ms())
+        fresh.assign(tps)
+        for tp, offset in positions.items():
+            fresh.seek(tp, offset)
+        c.close()
+        log.warning("%d verdicts came from %s and none from the ledger on this host for %.0f s (no ledger here, "
+                    "or its datagrams dropped): reading the topic with the urgent fetch wait (%d ms) from now on",
+                    self._kafka_first, tps[0].topic, time.monotonic() - self._local_at, self._fetch_wait_ms())
+        return fresh
 
     def _deliver_replies(self, records: Sequence[Record], handoff: list) -> None:
         # the key is the command id: a reply for another waiter on the partition is not parsed at all
@@ -677,6 +715,7 @@ class OutcomeWaiter:
                 fut = self._waiting.pop(command_id, None)
             if fut is None or fut.done():
                 continue
+            self._kafka_first += 1
             try:
                 _settle(fut, decode_outcome(rec.value), handoff)
             except (msgspec.DecodeError, msgspec.ValidationError):
@@ -690,6 +729,7 @@ class OutcomeWaiter:
                 fut = self._waiting.pop(command_id, None)
             if fut is None or fut.done():
                 continue
+            self._kafka_first, self._local_at = 0, time.monotonic()
             try:
                 _settle(fut, decode_outcome(value), handoff)
             except (msgspec.DecodeError, msgspec.ValidationError):
