@@ -137,8 +137,6 @@ def fetch_growth(cfg: Config, broker_pid: int | None, steps: tuple[int, ...] = F
     broker) the figure cannot be read: ``{"measured": False}``."""
     if broker_pid is None:
         return {"measured": False}
-    from bench.procs import cpu_seconds
-
     adm = bus.admin(cfg)
     adm.create_topics({FETCH_GROWTH_TOPIC: 1})
     prod = bus.producer(cfg, linger_ms=0)
@@ -156,14 +154,14 @@ def fetch_growth(cfg: Config, broker_pid: int | None, steps: tuple[int, ...] = F
                 stored += 1
             while c.poll(timeout_ms=50):   # read up to the end: only the samples are fetched below
                 pass
-            cpu0, t0 = cpu_seconds(broker_pid), time.perf_counter()
+            cpu0, t0 = procs.cpu_seconds(broker_pid), time.perf_counter()
             for _ in range(samples):
                 prod.send(FETCH_GROWTH_TOPIC, key=b"probe", value=b"x" * 300, partition=0)
                 prod.flush()
                 deadline = time.perf_counter() + 10
                 while not c.poll(timeout_ms=100) and time.perf_counter() < deadline:
                     pass
-            used = cpu_seconds(broker_pid) - cpu0
+            used = procs.cpu_seconds(broker_pid) - cpu0
             stored += samples
             out["steps"].append({"batches": step, "broker_us_per_record": 1e6 * used / samples,
                                  "ms_per_record": 1e3 * (time.perf_counter() - t0) / samples})

@@ -583,10 +583,11 @@ class OutcomeWaiter:
             raise ValueError("OutcomeWaiter: on_event sees every outcome; a reply partition holds only some")
         self.cfg = cfg
         self.reply_partition = reply_partition
-        from core.local_replies import enabled as local_enabled
+        from core.local_replies import ReplyListener, enabled
 
+        listens = reply_partition is not None and enabled(cfg)
         # the topic is only the fallback while a ledger on this host tells the verdicts first (see the docstring)
-        self.reads_urgently = reply_partition is None or not local_enabled(cfg)
+        self.reads_urgently = not listens
         self._kafka_first = 0                # verdicts the topic answered first since the socket last told one
         self._local_at = time.monotonic()    # when the socket last told a verdict (or the waiter started)
         self._waiting: dict[str, Future | asyncio.Future] = {}
@@ -605,11 +606,8 @@ class OutcomeWaiter:
             raise self._failed
         # a ledger on this host also tells it the committed verdicts directly (core/local_replies.py), bound
         # once the topic is read from its end: whichever copy of a verdict comes first answers, the other is ignored
-        if reply_partition is not None:
-            from core.local_replies import ReplyListener, enabled
-
-            if enabled(cfg):
-                self._local = ReplyListener(cfg, reply_partition, self._deliver_local)
+        if listens:
+            self._local = ReplyListener(cfg, reply_partition, self._deliver_local)
 
     def expect(self, command_id: str) -> Future:
         fut: Future = Future()
