@@ -445,6 +445,10 @@ class CommandSender:
         self.cfg = cfg
         self.topic = cfg.kafka.commands_topic
         self._made: Producer | None = prod if prod is not None or lazy else producer(cfg)
+        # each command the broker stores is also handed to the ledger of its partition on this host
+        # (core/local_commands.py): it judges it at its turn without waiting for its fetch of the topic
+        from core.local_commands import CommandForwarder
+        self.forwarder = CommandForwarder(cfg)
 
     @property
     def _producer(self) -> Producer:
@@ -453,11 +457,14 @@ class CommandSender:
         return self._made
 
     def send(self, cmd: Command) -> Delivery:
-        return self._producer.send(self.topic, encode(cmd), key=key_of(cmd.PandaID))
+        return self.send_encoded(cmd, encode(cmd))
 
     def send_encoded(self, cmd: Command, raw: bytes) -> Delivery:
         """Send ``cmd`` already encoded as ``raw`` (a caller that checked the encoding need not encode twice)."""
-        return self._producer.send(self.topic, raw, key=key_of(cmd.PandaID))
+        key = key_of(cmd.PandaID)
+        delivery = self._producer.send(self.topic, raw, key=key)
+        self.forwarder.follow(delivery, key, raw)
+        return delivery
 
     def send_many(self, cmds: Iterable[Command]) -> None:
         for cmd in cmds:
@@ -472,8 +479,11 @@ class CommandSender:
             self._made.flush(timeout)
 
     def close(self) -> None:
-        if self._made is not None:
-            self._made.close()
+        try:
+            if self._made is not None:
+                self._made.close()   # flushes: the last deliveries are forwarded first
+        finally:
+            self.forwarder.close()
 
 
 def read_partition(cfg: Config, topic: str, partition: int, start: int,

@@ -53,6 +53,7 @@ from core import bus, db, logs, metrics, watchdog
 from core.bus import TopicPartition
 from core.config import Config
 from core.holes import HoleGuard
+from core.local_commands import CommandIntake
 from core.local_replies import ReplyNotifier
 from core.machine import JobState, apply, decide
 from core.states import FINAL_STATES
@@ -67,6 +68,7 @@ CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
 # (normally it already has: jobs are let go of only once projected)
 ROW_WAIT_SECONDS = 30.0
 IDLE_LET_GO_SECONDS = 1.0
+LOOK_S = 0.01   # with commands handed over on this host: how long a poll waits for them before looking at the topic's
 REPLY_TOPIC_REFRESH = 10.0   # seconds between reads of the replies topic's partitions when one is missing
 _FINAL = frozenset(FINAL_STATES)
 ALIVE_EVERY = 10_000   # events folded in a rebuild between two signs of life to the watchdog
@@ -155,6 +157,7 @@ class Ledger:
         self._let_go_at: dict[int, float] = {}   # partition → not before (the projection was behind)
         self._projected: dict[int, int] = {}   # partition → a position the jobs projection is known to have reached
         self.resume_at: dict[int, int] = {}                   # partition → first command offset to judge
+        self.taken_to: dict[int, int] = {}   # partition → the next offset to take into a batch (≥ resume_at)
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
         self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0, "aborted": 0, "gathered": 0}
         # busy: a poll of at least gather_from commands waits up to gather_ms for more before its transaction
@@ -169,12 +172,17 @@ class Ledger:
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
         self.producer.init_transactions()                     # fences a crashed predecessor
         self.notifier = ReplyNotifier(cfg)   # committed verdicts told to waiters on this host, besides the topic
+        # commands stored by senders on this host, handed over at once (core/local_commands.py); set for each
+        self._wake = threading.Event()
+        self.intake = CommandIntake(cfg, instance, self._wake)
         # commands are answered while a caller waits (getJob, updateJob, kill), but each fetch of every
-        # commands partition costs the broker CPU: [kafka] ledger_fetch_max_wait_ms weighs the two
+        # commands partition costs the broker CPU: [kafka] ledger_fetch_max_wait_ms weighs the two; with the
+        # commands of this host handed over, the topic's fetch only fills gaps (other hosts' commands, a lost
+        # datagram) and runs at the services' wait
         # HoleGuard: several producers write the commands topic, and the embedded broker can show a later
         # batch before an earlier one is stored; the guard does not read past such a hole (core/holes.py)
-        self.consumer = HoleGuard(bus.consumer(cfg, group_id=self.group_id,
-                                               fetch_max_wait_ms=cfg.kafka.ledger_fetch_max_wait_ms))
+        wait = cfg.kafka.fetch_max_wait_ms if self.intake.bound else cfg.kafka.ledger_fetch_max_wait_ms
+        self.consumer = HoleGuard(bus.consumer(cfg, group_id=self.group_id, fetch_max_wait_ms=wait))
         # assignment callbacks only note the change: the rebuild runs in the ledger's loop, because a
         # callback may not wait for the broker (kafka-python runs them on its own thread)
         self.consumer.subscribe([self.commands_topic], on_assign=self._note_assigned,
@@ -194,6 +202,7 @@ class Ledger:
             self.drop_partition(tp.partition)
 
     def drop_partition(self, partition: int) -> None:
+        self.intake.unlink(partition)
         self.to_rebuild = {tp for tp in self.to_rebuild if tp.partition != partition}
         self.jobs.pop(partition, None)
         self.recent.pop(partition, None)
@@ -201,6 +210,7 @@ class Ledger:
         self._projected.pop(partition, None)
         self._let_go_at.pop(partition, None)
         self.resume_at.pop(partition, None)
+        self.taken_to.pop(partition, None)
 
     def rebuild_partition(self, tp: TopicPartition) -> None:
         started = time.monotonic()
@@ -228,8 +238,9 @@ class Ledger:
         self._let_go(p)
         committed = self.consumer.committed(tp) or 0
         resume = max(committed, last_src + 1)
-        self.resume_at[p] = resume
+        self.resume_at[p] = self.taken_to[p] = resume
         self.consumer.seek(tp, resume)
+        self.intake.link(p)
         log.info("ledger %s: partition %d rebuilt: %d live and %d recently final jobs, %d events replayed, "
                  "commands from offset %d (committed %d) in %.2fs", self.instance, p, len(jobs), len(self.recent[p]),
                  n, resume, committed, time.monotonic() - started)
@@ -356,13 +367,48 @@ class Ledger:
 
     # ---------------------------------------------------------------------------------- processing
     def step(self, timeout_ms: int = 200) -> int:
-        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        if self.intake.bound and self.resume_at:
+            polled = self._poll_both(timeout_ms)
+        else:
+            polled = self.consumer.poll(timeout_ms=timeout_ms)
         if self.gather_s and not self.to_rebuild and sum(map(len, polled.values())) >= self.gather_from:
             polled = self._gather(polled)
         self.blocked = False
         n = self._handle(polled)
         self.watchdog.step(polled)
         return n
+
+    def _poll_both(self, timeout_ms: int) -> dict[TopicPartition, list]:
+        """What the topic's reader has fetched and the commands handed over on this host, in the log's order
+        per partition from its next offset to judge (``local_commands.in_log_order``). Waits up to
+        ``timeout_ms`` for either: on the handed-over commands' wake-up, and for the topic's records in slices
+        of ``LOOK_S`` (the client fetches in the background; its poll here does not wait). Only while some
+        partition is held: a group join is completed inside a poll that waits (kafka-python's would start over
+        at every poll that does not)."""
+        self._wake.clear()
+        fetched = self.consumer.poll(timeout_ms=0)
+        if not fetched and not self.to_rebuild and not self.intake.ready(self.taken_to):
+            self._wake.wait(min(timeout_ms / 1000, LOOK_S))
+            self._wake.clear()
+            fetched = self.consumer.poll(timeout_ms=0)
+        return self._in_order(fetched)
+
+    def _in_order(self, fetched: dict[TopicPartition, list]) -> dict[TopicPartition, list]:
+        if self.to_rebuild:
+            return fetched   # rebuilt first (_handle): their fetched records come again from the right offset
+        out: dict[TopicPartition, list] = {}
+        by_partition = {tp.partition: (tp, msgs) for tp, msgs in fetched.items()}
+        for p in set(by_partition) | set(self.intake.partitions_held()):
+            tp, msgs = by_partition.get(p, (TopicPartition(self.commands_topic, p), ()))
+            if p not in self.resume_at:   # not rebuilt here: only what the topic brought
+                if msgs:
+                    out[tp] = list(msgs)
+                continue
+            taken = self.intake.take(p, self.taken_to[p], msgs)
+            if taken:
+                out[tp] = taken
+                self.taken_to[p] = taken[-1].offset + 1
+        return out
 
     def _gather(self, polled: dict[TopicPartition, list]) -> dict[TopicPartition, list]:
         """Busy (the poll brought at least ``gather_from`` commands): poll on for up to ``gather_ms``, or until
@@ -379,7 +425,9 @@ class Ledger:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            more = self.consumer.poll(timeout_ms=max(1, int(left * 1000)), max_records=self.max_batch - n)
+            wait_ms = max(1, int(left * 1000))
+            more = (self._poll_both(wait_ms) if self.intake.bound and self.resume_at
+                    else self.consumer.poll(timeout_ms=wait_ms, max_records=self.max_batch - n))
             for tp, msgs in more.items():
                 got = out.get(tp)
                 if got is None:
@@ -413,7 +461,10 @@ class Ledger:
             # the database is down or the projection far behind: judge nothing now, fetch the batch again
             log.warning("ledger %s: cannot read the jobs it does not hold (%s); the batch waits", self.instance, exc)
             for tp, msgs in polled.items():
-                self.consumer.seek(tp, max(msgs[0].offset, self.resume_at.get(tp.partition, 0)))
+                again = max(msgs[0].offset, self.resume_at.get(tp.partition, 0))
+                self.consumer.seek(tp, again)
+                if tp.partition in self.taken_to:
+                    self.taken_to[tp.partition] = again   # what was handed over comes again from the topic
             self.blocked = True
             return 0
         txn_started = time.monotonic()
@@ -444,6 +495,9 @@ class Ledger:
             os._exit(17)
         self.producer.commit_transaction()
         self.notifier.send()   # only now: every event of the batch is in the log
+        for tp, offset in offsets.items():
+            if offset > self.resume_at.get(tp.partition, 0):
+                self.resume_at[tp.partition] = offset   # the topic's copies of what was judged are skipped
         metrics.LEDGER_TXN.observe(time.monotonic() - txn_started)
         metrics.LEDGER_BATCH.observe(n)
         for tp in polled:
@@ -558,6 +612,8 @@ class Ledger:
 
     def run(self, stop: threading.Event) -> None:
         self.watchdog.start()
+        # at rest the ledger sleeps until its next look at the topic, a stop, or a command handed over
+        threading.Thread(target=lambda: (stop.wait(), self._wake.set()), name="ledger-stop", daemon=True).start()
         try:
             while not stop.is_set():
                 n = self.step()
@@ -567,7 +623,7 @@ class Ledger:
                 else:
                     self._backoff = BACKOFF_MIN
                     if not n:                # at rest: sleep until the next look (services.loop.ServiceLoop.run)
-                        self.consumer.rest(stop, float("inf"))   # letting go waits: it only frees memory
+                        self.consumer.rest(self._wake, float("inf"))   # letting go waits: it only frees memory
         finally:
             self.watchdog.close()   # a loop that ended (a caller that never closes the ledger) is not hung
 
@@ -575,9 +631,10 @@ class Ledger:
         self.watchdog.close()
         # with the guard's counts: how often a fetch stopped at a hole (and a gather polled on past one)
         counts = {**self.stats, **{f"holes {k}": v for k, v in self.consumer.stats.items()}}
-        log.info("ledger %s stopping: %s; local replies %s", self.instance,
+        log.info("ledger %s stopping: %s; local replies %s; local commands %s", self.instance,
                  ", ".join(f"{k} {v}" for k, v in counts.items()),
-                 ", ".join(f"{k} {v}" for k, v in self.notifier.stats.items()))
+                 ", ".join(f"{k} {v}" for k, v in self.notifier.stats.items()),
+                 ", ".join(f"{k} {v}" for k, v in self.intake.stats.items()))
         try:
             self.consumer.close()
         finally:
@@ -585,6 +642,7 @@ class Ledger:
                 self.producer.close()
             finally:
                 self.notifier.close()
+                self.intake.close()
                 self.db.close()
 
 

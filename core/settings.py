@@ -70,6 +70,7 @@ class LedgerSettings(_Section):
     gather_ms: int
     gather_from: int
     local_replies: bool
+    local_commands: bool
 
 
 class ProjectionsSettings(_Section):

@@ -131,6 +131,44 @@ def _send(cfg, cmds):
     sender.close()
 
 
+def test_commands_handed_over_on_this_host_are_judged_in_the_log_order_with_other_writers(cfg, background):
+    """Senders on the ledger's host hand each stored command over (core/local_commands.py); a writer that does not
+    (another host, here a bare producer) leaves a gap the ledger waits for: per job, submit (handed over),
+    activate (bare) and dispatch (handed over, sent without waiting) are judged in the log's order, so the
+    dispatch finds the job activated. Every event names its command's topic offset, rising per partition."""
+    ledger = start_ledger(cfg, background)
+    waiter = OutcomeWaiter(cfg)
+    sender = CommandSender(cfg)
+    bare = bus.producer(cfg)
+    ids = list(range(500, 540))
+    try:
+        wait_until(lambda: ledger.intake.bound and not ledger.to_rebuild and len(ledger.resume_at) == cfg.kafka.partitions, 60, 0.1,
+                   "the ledger holding every partition")
+        dispatches = [Transition(PandaID=i, action="dispatch", actor="test") for i in ids]
+        futs = [waiter.expect(c.id) for c in dispatches]
+        for i, dispatch in zip(ids, dispatches, strict=True):
+            [submit] = submits([i])
+            sender.send(submit)
+            sender.flush()
+            activate = Transition(PandaID=i, action="activate", actor="test")
+            bare.send(cfg.kafka.commands_topic, encode(activate), key=str(i).encode())
+            bare.flush()
+            sender.send(dispatch)
+        sender.flush()
+        outs = [f.result(60) for f in futs]
+    finally:
+        bare.close()
+        sender.close()
+        waiter.close()
+    assert all(not isinstance(o, Rejected) and o.to_state == "sent" for o in outs), outs
+    assert ledger.intake.stats["datagrams"] >= 2 * len(ids)
+    events = all_events(cfg)
+    assert len(events) == 3 * len(ids)
+    for p in {p for p, _, _ in events}:
+        srcs = [e.src[1] for q, _, e in events if q == p]
+        assert srcs == sorted(srcs) and len(set(srcs)) == len(srcs), f"partition {p}: {srcs}"
+
+
 def test_exactly_once_when_the_ledger_dies_between_produce_and_commit(cfg, background):
     env = env_for(cfg)
     ids = list(range(100, 140))

@@ -1,0 +1,309 @@
+"""Commands handed to the ledger on this host as soon as the broker has stored them.
+
+The ledger reads its commands from the commands topic. On the embedded broker every fetch that finds records
+costs CPU in proportion to the batches the partition already holds, and a fetch is answered only when its wait
+ends, so the ledger's urgent fetch (every 10 ms, every commands partition) was the broker's largest cost and up
+to 10 ms of every command's latency (docs/performance.md). Here every ``CommandSender`` on the ledger's host,
+once the broker has acknowledged a command (its partition and offset known), also sends ``(partition, offset,
+key, value)`` as a datagram to the socket of the ledger that holds that partition. The topic stays the only
+source of truth, and nothing about what the ledger judges changes:
+
+* the ledger judges a datagram's command only when its offset is the partition's next offset to judge
+  (``in_log_order``): commands are judged in the log's order, exactly as read from the topic; their events
+  name the same source offset, the transaction commits the same consumed offsets, recovery is unchanged;
+* a datagram lost, late or refused (no listener, a full buffer, a command too large for one datagram) only
+  means the topic's copy is judged: the ledger goes on fetching the topic, at the services' slower wait;
+* only acknowledged commands are sent (from the broker's delivery report), into a directory of the state dir
+  only its owner can enter (mode 0700); the listener checks every datagram's sender (``SO_PASSCRED``).
+
+The ledger binds one socket per instance and links each partition it holds (``<tag>-<partition>``) to it once
+the partition is rebuilt, unlinking it when the partition goes (a rebalance, a stop). A sender sends to the
+partition's link; a link left by a ledger that died refuses (``ECONNREFUSED``) until the partition's next
+owner links it again. Linux only; elsewhere, or with ``[ledger] local_commands = false``, nothing is sent
+or bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from core import local_replies
+from core.bus import Delivery, Record, RecordTuple
+from core.config import Config
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM = 60_000           # bytes per datagram, as local replies
+MAX_HELD = 50_000               # commands held per partition waiting for their turn; more are left to the topic
+_FRAME = struct.Struct(">IQqHI")  # partition, offset, timestamp (ms), key length, value length
+_NO_KEY = 0xFFFF
+SUPPORTED = local_replies.SUPPORTED
+
+
+def enabled(cfg: Config) -> bool:
+    return SUPPORTED and bool(cfg.ledger.local_commands)
+
+
+def _directory(cfg: Config) -> tuple[Path, str]:
+    tag = hashlib.sha1(f"{cfg.kafka.bootstrap}\0{cfg.kafka.commands_topic}".encode()).hexdigest()[:16]
+    return cfg.state_dir / "commands", tag
+
+
+def link_path(cfg: Config, partition: int) -> Path | None:
+    """Where a sender finds the ledger of ``partition``; None if too long for a Unix socket's address. Named by
+    the broker and the topic as well, so systems sharing a state dir do not meet."""
+    folder, tag = _directory(cfg)
+    path = folder / f"{tag}-{partition}"
+    return path if len(os.fsencode(path)) <= local_replies._SUN_PATH_MAX else None
+
+
+def pack(partition: int, offset: int, key: bytes | None, value: bytes, timestamp_ms: int) -> bytes:
+    """One acknowledged command as a datagram (may exceed ``MAX_DATAGRAM``: the sender then leaves it)."""
+    k = b"" if key is None else key
+    return b"".join((_FRAME.pack(partition, offset, timestamp_ms, _NO_KEY if key is None else len(k), len(value)),
+                     k, value))
+
+
+def unpack(data: bytes, topic: str) -> RecordTuple | None:
+    """The command of one datagram as the record the topic holds; None if malformed."""
+    if len(data) < _FRAME.size:
+        return None
+    partition, offset, timestamp, n_key, n_value = _FRAME.unpack_from(data)
+    key_len = 0 if n_key == _NO_KEY else n_key
+    if len(data) != _FRAME.size + key_len + n_value:
+        return None
+    key = None if n_key == _NO_KEY else data[_FRAME.size:_FRAME.size + key_len]
+    return RecordTuple(topic, partition, offset, key, data[_FRAME.size + key_len:], timestamp)
+
+
+def in_log_order(start: int, fetched: Sequence[Record], held: dict[int, Record]) -> list[Record]:
+    """The records to judge next in one partition, in the log's order, from ``start`` (the next offset to judge):
+    every fetched record at or after ``start`` (the topic's reader hands records in order, so nothing lies
+    unread before one), and a held datagram's record only where it is the very next offset — never past a gap,
+    which the topic fills. The held records taken, and those below what is taken, leave ``held``."""
+    out: list[Record] = []
+    nxt = start
+    i = 0
+    while True:
+        rec = held.pop(nxt, None)
+        if rec is not None:
+            out.append(rec)
+            nxt += 1
+            continue
+        while i < len(fetched) and fetched[i].offset < nxt:
+            i += 1
+        if i == len(fetched):
+            break
+        rec = fetched[i]
+        out.append(rec)
+        nxt = rec.offset + 1
+        i += 1
+    for offset in [o for o in held if o < nxt]:
+        del held[offset]
+    return out
+
+
+class CommandForwarder:
+    """A sender's side: once the broker acknowledges a command, its copy to the ledger of its partition."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.on = enabled(cfg)
+        self._paths: dict[int, bytes | None] = {}
+        self._sock: socket.socket | None = None
+        self.stats = {"sent": 0, "dropped": 0}
+        if self.on:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
+
+    def follow(self, delivery: Delivery, key: bytes | None, value: bytes) -> None:
+        """Forward the command of ``delivery`` when (and only if) the broker stores it."""
+        if self._sock is None or len(value) + _FRAME.size + len(key or b"") > MAX_DATAGRAM:
+            return
+        delivery.add_done_callback(lambda d: self._forward(d, key, value))
+
+    def _forward(self, delivery: Delivery, key: bytes | None, value: bytes) -> None:
+        sock = self._sock
+        if sock is None or delivery.exception() is not None:
+            return
+        where = delivery.result()
+        path = self._paths.get(where.partition, b"")
+        if path == b"":
+            found = link_path(self.cfg, where.partition)
+            path = self._paths[where.partition] = None if found is None else os.fsencode(found)
+        if path is None:
+            return
+        try:
+            sock.sendto(pack(where.partition, where.offset, key, value, int(time.time() * 1000)), path)
+            self.stats["sent"] += 1
+        except OSError as exc:
+            # no ledger here (ENOENT, ECONNREFUSED), its buffer full (EAGAIN): it reads the topic's copy
+            self.stats["dropped"] += 1
+            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS):
+                log.debug("command for partition %d not handed to the ledger: %s", where.partition, exc)
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+class CommandIntake:
+    """The ledger's side: one socket for this ledger instance, a link per partition it holds, and the commands
+    received, held per partition by offset until the ledger takes them (``take``). ``wake`` is set for every
+    datagram kept. ``bound`` is False when the socket could not be bound (the topic still brings everything)."""
+
+    def __init__(self, cfg: Config, instance: str, wake: threading.Event):
+        self.cfg = cfg
+        self.topic = cfg.kafka.commands_topic
+        self.wake = wake
+        self.bound = False
+        self.stats = {"datagrams": 0, "refused": 0, "not held": 0, "overflow": 0}
+        self._lock = threading.Lock()
+        self._held: dict[int, dict[int, Record]] = {}   # partition → offset → command, for linked partitions
+        self._stop = threading.Event()
+        self._uid = os.getuid()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._inode = -1
+        if not enabled(cfg):
+            return
+        folder, tag = _directory(cfg)
+        path = folder / f"{tag}-ledger-{instance}.sock"
+        if len(os.fsencode(path)) > local_replies._SUN_PATH_MAX:
+            log.warning("no local commands: the socket path %s is too long; the ledger reads the topic only", path)
+            return
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()   # left by this instance before a crash
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.bind(os.fsencode(path))
+            os.chmod(path, 0o600)
+            self._inode = os.stat(path).st_ino
+        except OSError as exc:
+            log.warning("no local commands on %s (%s): the ledger reads the topic only", path, exc)
+            return
+        self.path = path
+        self._sock = sock
+        self.bound = True
+        self._thread = threading.Thread(target=self._run, name="local-commands", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------- partitions (ledger's thread)
+    def link(self, partition: int) -> None:
+        """Senders may hand this instance ``partition``'s commands from now on (it is rebuilt and held)."""
+        if not self.bound:
+            return
+        with self._lock:
+            self._held[partition] = {}
+        target = link_path(self.cfg, partition)
+        if target is None:
+            return
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            os.symlink(self.path.name, tmp)
+            os.replace(tmp, target)   # atomically over the link of a previous owner
+        except OSError as exc:
+            log.warning("partition %d's commands not taken locally (%s): read from the topic", partition, exc)
+
+    def unlink(self, partition: int) -> None:
+        """``partition`` is no longer this instance's: its link goes (unless another owner's replaced it) and
+        what was held for it is forgotten (the topic holds it all)."""
+        with self._lock:
+            self._held.pop(partition, None)
+        target = link_path(self.cfg, partition)
+        if not self.bound or target is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.readlink(target) == self.path.name:
+                target.unlink()
+
+    def take(self, partition: int, start: int, fetched: Sequence[Record]) -> list[Record]:
+        """``partition``'s next records to judge from offset ``start``: ``in_log_order`` of the fetched ones and
+        those held for it."""
+        with self._lock:
+            held = self._held.get(partition)
+            if not held:
+                return [r for r in fetched if r.offset >= start]
+            return in_log_order(start, fetched, held)
+
+    def ready(self, starts: dict[int, int]) -> bool:
+        """Whether some partition holds the command at its next offset to judge (``starts``)."""
+        with self._lock:
+            return any(starts.get(p, -1) in held for p, held in self._held.items() if held)
+
+    def partitions_held(self) -> Iterable[int]:
+        with self._lock:
+            return [p for p, held in self._held.items() if held]
+
+    # ------------------------------------------------------------------------------ the listener's thread
+    def _run(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        cmsg_size = socket.CMSG_SPACE(local_replies._CRED.size)
+        while not self._stop.is_set():
+            try:
+                data, ancillary, _flags, _addr = sock.recvmsg(MAX_DATAGRAM, cmsg_size)
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            if self._stop.is_set():
+                return
+            if not self._from_us(ancillary):
+                self.stats["refused"] += 1
+                continue
+            rec = unpack(data, self.topic)
+            if rec is None:
+                self.stats["refused"] += 1
+                continue
+            self.stats["datagrams"] += 1
+            with self._lock:
+                held = self._held.get(rec.partition)
+                if held is None:
+                    self.stats["not held"] += 1
+                    continue
+                if len(held) >= MAX_HELD:
+                    self.stats["overflow"] += 1
+                    continue
+                held[rec.offset] = rec
+            self.wake.set()
+
+    def _from_us(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= local_replies._CRED.size:
+                _pid, uid, _gid = local_replies._CRED.unpack_from(data)
+                return uid == self._uid
+        return False
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        for partition in list(self._held):
+            self.unlink(partition)
+        self._stop.set()
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"", os.fsencode(self.path))   # wakes the blocked receive
+        if self._thread is not None:
+            self._thread.join(5)
+        self._sock.close()
+        self._sock = None
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()

@@ -1,0 +1,140 @@
+"""Commands handed to the ledger on this host once the broker stored them (core/local_commands.py): framing, the
+log's order whatever copy comes first (never past a gap), the socket round trip from a delivery report to the
+ledger's intake, and what is never handed over (a failed send, a partition the ledger does not hold)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core import config, local_commands
+from core.bus import Delivered, RecordTuple
+from core.local_commands import CommandForwarder, CommandIntake, in_log_order, pack, unpack
+
+pytestmark = pytest.mark.skipif(not local_commands.SUPPORTED, reason="Unix sockets with SO_PASSCRED (Linux) only")
+TOPIC = "t.job-commands"
+
+
+def _cfg(tmp_path, on: bool = True) -> config.Config:
+    return config.load().replace(state={"dir": str(tmp_path)}, ledger={"local_commands": on},
+                                 kafka={"bootstrap": "127.0.0.1:1", "commands_topic": TOPIC})
+
+
+def _rec(offset: int, partition: int = 0) -> RecordTuple:
+    return RecordTuple(TOPIC, partition, offset, str(offset).encode(), f"v{offset}".encode(), 0)
+
+
+def test_pack_and_unpack_give_back_the_record_with_or_without_a_key():
+    for key in (b"123", b"", None):
+        rec = unpack(pack(3, 2**40 + 7, key, b'{"type":"Kill"}', 1234), TOPIC)
+        assert rec == RecordTuple(TOPIC, 3, 2**40 + 7, key, b'{"type":"Kill"}', 1234)
+
+
+def test_a_truncated_or_padded_datagram_is_refused():
+    data = pack(1, 5, b"k", b"value", 0)
+    assert unpack(data[:-1], TOPIC) is None
+    assert unpack(data + b"x", TOPIC) is None
+    assert unpack(b"short", TOPIC) is None
+
+
+def test_held_commands_are_taken_only_at_their_turn_and_a_gap_waits_for_the_topic():
+    held = {10: _rec(10), 11: _rec(11), 13: _rec(13)}
+    assert [r.offset for r in in_log_order(10, [], held)] == [10, 11]
+    assert list(held) == [13]                                   # 12 missing: 13 waits
+    assert [r.offset for r in in_log_order(12, [_rec(12)], held)] == [12, 13]
+    assert held == {}
+
+
+def test_fetched_records_vouch_for_what_lies_before_them_and_stale_ones_are_skipped():
+    held = {5: _rec(5), 9: _rec(9), 10: _rec(10), 4: _rec(4)}
+    # the topic brought 3 (already judged), 6 and 8: offset 7 is no record (a marker), so 9 and 10 follow 8
+    taken = in_log_order(5, [_rec(3), _rec(6), _rec(8)], held)
+    assert [r.offset for r in taken] == [5, 6, 8, 9, 10]
+    assert held == {}                                           # 4 lay below the start: dropped
+
+
+@given(st.sets(st.integers(0, 40)), st.sets(st.integers(0, 40)), st.integers(0, 40))
+def test_whatever_arrives_the_batch_is_the_log_in_order_from_the_start(fetched_at, held_at, start):
+    """The taken offsets rise strictly from ``start``; every fetched record at or after ``start`` is taken; a held
+    one is taken only where nothing the log could hold lies unread before it."""
+    fetched = [_rec(o) for o in sorted(fetched_at)]
+    held = {o: _rec(o) for o in held_at}
+    taken = [r.offset for r in in_log_order(start, fetched, held)]
+    assert taken == sorted(set(taken)) and all(o >= start for o in taken)
+    assert {o for o in fetched_at if o >= start} <= set(taken)
+    vouched = start
+    for o in taken:
+        assert o in fetched_at or o == vouched, (o, vouched)
+        vouched = o + 1
+    assert all(o > vouched for o in held)                       # what is left waits beyond a gap
+
+
+class _Delivery(Future):
+    pass
+
+
+def test_a_stored_command_reaches_the_ledger_holding_its_partition_and_no_other(tmp_path):
+    cfg = _cfg(tmp_path)
+    wake = threading.Event()
+    intake = CommandIntake(cfg, "0", wake)
+    forwarder = CommandForwarder(cfg)
+    try:
+        assert intake.bound
+        intake.link(2)
+        sent = _Delivery()
+        forwarder.follow(sent, b"77", b"cmd-77")
+        other = _Delivery()
+        forwarder.follow(other, b"78", b"cmd-78")      # partition 5 is not held here
+        failed = _Delivery()
+        forwarder.follow(failed, b"79", b"cmd-79")     # the broker refused it: never handed over
+        other.set_result(Delivered(TOPIC, 5, 0))
+        failed.set_exception(RuntimeError("not stored"))
+        sent.set_result(Delivered(TOPIC, 2, 41))
+        assert wake.wait(10)
+        assert intake.ready({2: 41})
+        [rec] = intake.take(2, 41, [])
+        assert (rec.partition, rec.offset, rec.key, rec.value) == (2, 41, b"77", b"cmd-77")
+        assert forwarder.stats == {"sent": 1, "dropped": 1}
+    finally:
+        forwarder.close()
+        intake.close()
+
+
+def test_a_partition_given_up_is_unlinked_and_its_held_commands_forgotten(tmp_path):
+    cfg = _cfg(tmp_path)
+    wake = threading.Event()
+    intake = CommandIntake(cfg, "0", wake)
+    forwarder = CommandForwarder(cfg)
+    try:
+        intake.link(1)
+        first = _Delivery()
+        forwarder.follow(first, b"1", b"one")
+        first.set_result(Delivered(TOPIC, 1, 0))
+        assert wake.wait(10)
+        intake.unlink(1)
+        assert not local_commands.link_path(cfg, 1).exists()
+        assert not intake.ready({1: 0}) and intake.take(1, 0, []) == []
+        late = _Delivery()
+        forwarder.follow(late, b"1", b"two")
+        late.set_result(Delivered(TOPIC, 1, 1))
+        assert forwarder.stats["dropped"] == 1                  # no link: left to the topic at once
+    finally:
+        forwarder.close()
+        intake.close()
+
+
+def test_switched_off_nothing_is_bound_or_sent(tmp_path):
+    cfg = _cfg(tmp_path, on=False)
+    intake = CommandIntake(cfg, "0", threading.Event())
+    forwarder = CommandForwarder(cfg)
+    d = _Delivery()
+    forwarder.follow(d, b"1", b"x")
+    d.set_result(Delivered(TOPIC, 0, 0))
+    assert not intake.bound and forwarder.stats == {"sent": 0, "dropped": 0}
+    assert not (tmp_path / "commands").exists()
+    intake.close()
+    forwarder.close()
