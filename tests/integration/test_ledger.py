@@ -142,8 +142,8 @@ def test_commands_handed_over_on_this_host_are_judged_in_the_log_order_with_othe
     bare = bus.producer(cfg)
     ids = list(range(500, 540))
     try:
-        wait_until(lambda: ledger.intake.bound and not ledger.to_rebuild and len(ledger.resume_at) == cfg.kafka.partitions, 60, 0.1,
-                   "the ledger holding every partition")
+        wait_until(lambda: ledger.intake.bound and not ledger.to_rebuild
+                   and len(ledger.resume_at) == cfg.kafka.partitions, 60, 0.1, "the ledger holding every partition")
         dispatches = [Transition(PandaID=i, action="dispatch", actor="test") for i in ids]
         futs = [waiter.expect(c.id) for c in dispatches]
         for i, dispatch in zip(ids, dispatches, strict=True):
