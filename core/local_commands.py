@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 60_000           # bytes per datagram, as local replies
 MAX_HELD = 50_000               # commands held per partition waiting for their turn; more are left to the topic
+# the sender's thread waits this long for room in the ledger's socket (its listener drains it in microseconds); a
+# ledger that does not read for that long is sent nothing for BACK_OFF_S (it reads the topic's copies)
+SEND_WAIT_S = 0.05
+BACK_OFF_S = 0.2
 _FRAME = struct.Struct(">IQqHI")  # partition, offset, timestamp (ms), key length, value length
 _NO_KEY = 0xFFFF
 SUPPORTED = local_replies.SUPPORTED
@@ -74,16 +78,22 @@ def pack(partition: int, offset: int, key: bytes | None, value: bytes, timestamp
                      k, value))
 
 
-def unpack(data: bytes, topic: str) -> RecordTuple | None:
-    """The command of one datagram as the record the topic holds; None if malformed."""
-    if len(data) < _FRAME.size:
-        return None
-    partition, offset, timestamp, n_key, n_value = _FRAME.unpack_from(data)
-    key_len = 0 if n_key == _NO_KEY else n_key
-    if len(data) != _FRAME.size + key_len + n_value:
-        return None
-    key = None if n_key == _NO_KEY else data[_FRAME.size:_FRAME.size + key_len]
-    return RecordTuple(topic, partition, offset, key, data[_FRAME.size + key_len:], timestamp)
+def unpack(data: bytes, topic: str) -> list[RecordTuple] | None:
+    """The commands of one datagram as the records the topic holds; None if any frame is malformed."""
+    out: list[RecordTuple] = []
+    i = 0
+    while i < len(data):
+        if len(data) - i < _FRAME.size:
+            return None
+        partition, offset, timestamp, n_key, n_value = _FRAME.unpack_from(data, i)
+        key_len = 0 if n_key == _NO_KEY else n_key
+        start = i + _FRAME.size
+        i = start + key_len + n_value
+        if i > len(data):
+            return None
+        key = None if n_key == _NO_KEY else data[start:start + key_len]
+        out.append(RecordTuple(topic, partition, offset, key, data[start + key_len:i], timestamp))
+    return out or None
 
 
 def in_log_order(start: int, fetched: Sequence[Record], held: dict[int, Record]) -> list[Record]:
@@ -114,48 +124,117 @@ def in_log_order(start: int, fetched: Sequence[Record], held: dict[int, Record])
 
 
 class CommandForwarder:
-    """A sender's side: once the broker acknowledges a command, its copy to the ledger of its partition."""
+    """A sender's side: once the broker acknowledges a command, its copy to the ledger of its partition.
+
+    The acknowledgements are queued and sent by a thread of their own, packed per partition into as few datagrams
+    as they fill: a Unix datagram socket queues only ``net.unix.max_dgram_qlen`` datagrams (10 on many hosts)
+    whatever its buffer, so a burst of acknowledgements (a bulk submit) sent one by one would find it full."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.on = enabled(cfg)
         self._paths: dict[int, bytes | None] = {}
         self._sock: socket.socket | None = None
+        self._quiet_until: dict[bytes, float] = {}   # link → not before (its ledger did not read in time)
+        self._queue: list[tuple[int, int, bytes | None, bytes]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
         self.stats = {"sent": 0, "dropped": 0}
         if self.on:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.setblocking(False)
+            self._sock.settimeout(SEND_WAIT_S)
 
     def follow(self, delivery: Delivery, key: bytes | None, value: bytes) -> None:
         """Forward the command of ``delivery`` when (and only if) the broker stores it."""
         if self._sock is None or len(value) + _FRAME.size + len(key or b"") > MAX_DATAGRAM:
             return
-        delivery.add_done_callback(lambda d: self._forward(d, key, value))
+        if self._thread is None:
+            with self._cond:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="local-commands-out", daemon=True)
+                    self._thread.start()
+        delivery.add_done_callback(lambda d: self._acknowledged(d, key, value))
 
-    def _forward(self, delivery: Delivery, key: bytes | None, value: bytes) -> None:
-        sock = self._sock
-        if sock is None or delivery.exception() is not None:
+    def _acknowledged(self, delivery: Delivery, key: bytes | None, value: bytes) -> None:
+        if delivery.exception() is not None:
             return
         where = delivery.result()
-        path = self._paths.get(where.partition, b"")
+        with self._cond:
+            self._queue.append((where.partition, where.offset, key, value))
+            if len(self._queue) == 1:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                queue, self._queue = self._queue, []
+            now_ms = int(time.time() * 1000)
+            by_partition: dict[int, list[bytes]] = {}
+            for partition, offset, key, value in queue:
+                by_partition.setdefault(partition, []).append(pack(partition, offset, key, value, now_ms))
+            for partition, frames in by_partition.items():
+                self._send(partition, frames)
+
+    def _send(self, partition: int, frames: list[bytes]) -> None:
+        sock = self._sock
+        path = self._paths.get(partition, b"")
         if path == b"":
-            found = link_path(self.cfg, where.partition)
-            path = self._paths[where.partition] = None if found is None else os.fsencode(found)
-        if path is None:
+            found = link_path(self.cfg, partition)
+            path = self._paths[partition] = None if found is None else os.fsencode(found)
+        if sock is None or path is None:
             return
-        try:
-            sock.sendto(pack(where.partition, where.offset, key, value, int(time.time() * 1000)), path)
-            self.stats["sent"] += 1
-        except OSError as exc:
-            # no ledger here (ENOENT, ECONNREFUSED), its buffer full (EAGAIN): it reads the topic's copy
-            self.stats["dropped"] += 1
-            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS):
-                log.debug("command for partition %d not handed to the ledger: %s", where.partition, exc)
+        quiet = self._quiet_until.get(path)
+        if quiet is not None and time.monotonic() < quiet:
+            self.stats["dropped"] += len(frames)
+            return
+        for datagram, n in _datagrams(frames):
+            try:
+                sock.sendto(datagram, path)
+                self.stats["sent"] += n
+            except TimeoutError:
+                # the ledger did not make room in time: it reads the topic's copies for a while
+                self.stats["dropped"] += n
+                self._quiet_until[path] = time.monotonic() + BACK_OFF_S
+                return
+            except OSError as exc:
+                # no ledger here (ENOENT, ECONNREFUSED): it reads the topic's copies
+                self.stats["dropped"] += n
+                if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOBUFS):
+                    log.debug("commands for partition %d not handed to the ledger: %s", partition, exc)
+                return
 
     def close(self) -> None:
+        """After the producer's flush: what was acknowledged is sent first."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(5)
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+            if self.stats["sent"] or self.stats["dropped"]:
+                log.info("commands handed to the ledger on this host: %d, left to the topic: %d",
+                         self.stats["sent"], self.stats["dropped"])
+
+
+def _datagrams(frames: list[bytes]):
+    """``frames`` joined into datagrams of at most ``MAX_DATAGRAM`` bytes, each with its frame count."""
+    chunk: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if chunk and size + len(frame) > MAX_DATAGRAM:
+            yield b"".join(chunk), len(chunk)
+            chunk, size = [], 0
+        chunk.append(frame)
+        size += len(frame)
+    if chunk:
+        yield b"".join(chunk), len(chunk)
 
 
 class CommandIntake:
@@ -168,7 +247,7 @@ class CommandIntake:
         self.topic = cfg.kafka.commands_topic
         self.wake = wake
         self.bound = False
-        self.stats = {"datagrams": 0, "refused": 0, "not held": 0, "overflow": 0}
+        self.stats = {"datagrams": 0, "commands": 0, "refused": 0, "not held": 0, "overflow": 0}
         self._lock = threading.Lock()
         self._held: dict[int, dict[int, Record]] = {}   # partition → offset → command, for linked partitions
         self._stop = threading.Event()
@@ -269,21 +348,25 @@ class CommandIntake:
             if not self._from_us(ancillary):
                 self.stats["refused"] += 1
                 continue
-            rec = unpack(data, self.topic)
-            if rec is None:
+            recs = unpack(data, self.topic)
+            if recs is None:
                 self.stats["refused"] += 1
                 continue
             self.stats["datagrams"] += 1
+            kept = 0
             with self._lock:
-                held = self._held.get(rec.partition)
-                if held is None:
-                    self.stats["not held"] += 1
-                    continue
-                if len(held) >= MAX_HELD:
-                    self.stats["overflow"] += 1
-                    continue
-                held[rec.offset] = rec
-            self.wake.set()
+                for rec in recs:
+                    held = self._held.get(rec.partition)
+                    if held is None:
+                        self.stats["not held"] += 1
+                    elif len(held) >= MAX_HELD:
+                        self.stats["overflow"] += 1
+                    else:
+                        held[rec.offset] = rec
+                        kept += 1
+            self.stats["commands"] += kept
+            if kept:
+                self.wake.set()
 
     def _from_us(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
         for level, kind, data in ancillary:

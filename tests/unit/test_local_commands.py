@@ -28,17 +28,26 @@ def _rec(offset: int, partition: int = 0) -> RecordTuple:
     return RecordTuple(TOPIC, partition, offset, str(offset).encode(), f"v{offset}".encode(), 0)
 
 
-def test_pack_and_unpack_give_back_the_record_with_or_without_a_key():
-    for key in (b"123", b"", None):
-        rec = unpack(pack(3, 2**40 + 7, key, b'{"type":"Kill"}', 1234), TOPIC)
-        assert rec == RecordTuple(TOPIC, 3, 2**40 + 7, key, b'{"type":"Kill"}', 1234)
+def test_pack_and_unpack_give_back_the_records_with_or_without_a_key():
+    keys = (b"123", b"", None)
+    data = b"".join(pack(3, 2**40 + i, key, b'{"type":"Kill"}', 1234) for i, key in enumerate(keys))
+    assert unpack(data, TOPIC) == [RecordTuple(TOPIC, 3, 2**40 + i, key, b'{"type":"Kill"}', 1234)
+                                   for i, key in enumerate(keys)]
 
 
 def test_a_truncated_or_padded_datagram_is_refused():
-    data = pack(1, 5, b"k", b"value", 0)
+    data = pack(1, 5, b"k", b"value", 0) * 2
     assert unpack(data[:-1], TOPIC) is None
     assert unpack(data + b"x", TOPIC) is None
     assert unpack(b"short", TOPIC) is None
+
+
+def test_frames_are_joined_into_datagrams_under_the_limit():
+    frames = [pack(0, i, b"k", b"v" * 1000, 0) for i in range(200)]
+    datagrams = list(local_commands._datagrams(frames))
+    assert len(datagrams) > 1 and all(len(d) <= local_commands.MAX_DATAGRAM for d, _ in datagrams)
+    assert sum(n for _, n in datagrams) == 200
+    assert [r.offset for d, _ in datagrams for r in unpack(d, TOPIC)] == list(range(200))
 
 
 def test_held_commands_are_taken_only_at_their_turn_and_a_gap_waits_for_the_topic():
@@ -98,6 +107,7 @@ def test_a_stored_command_reaches_the_ledger_holding_its_partition_and_no_other(
         assert intake.ready({2: 41})
         [rec] = intake.take(2, 41, [])
         assert (rec.partition, rec.offset, rec.key, rec.value) == (2, 41, b"77", b"cmd-77")
+        forwarder.close()
         assert forwarder.stats == {"sent": 1, "dropped": 1}
     finally:
         forwarder.close()
@@ -121,7 +131,35 @@ def test_a_partition_given_up_is_unlinked_and_its_held_commands_forgotten(tmp_pa
         late = _Delivery()
         forwarder.follow(late, b"1", b"two")
         late.set_result(Delivered(TOPIC, 1, 1))
-        assert forwarder.stats["dropped"] == 1                  # no link: left to the topic at once
+        forwarder.close()
+        assert forwarder.stats == {"sent": 1, "dropped": 1}     # no link: left to the topic
+    finally:
+        forwarder.close()
+        intake.close()
+
+
+def test_a_burst_beyond_the_socket_queue_arrives_whole(tmp_path):
+    """Thousands of acknowledgements at once (a bulk submit): a datagram socket queues only a few datagrams, so they
+    go packed; none is left to the topic while the ledger reads."""
+    cfg = _cfg(tmp_path)
+    wake = threading.Event()
+    intake = CommandIntake(cfg, "0", wake)
+    forwarder = CommandForwarder(cfg)
+    try:
+        intake.link(0)
+        deliveries = [_Delivery() for _ in range(3000)]
+        for i, d in enumerate(deliveries):
+            forwarder.follow(d, str(i).encode(), b"x" * 200)
+        for i, d in enumerate(deliveries):
+            d.set_result(Delivered(TOPIC, 0, i))
+        forwarder.close()
+        assert forwarder.stats == {"sent": 3000, "dropped": 0}
+        taken: list = []
+        while len(taken) < 3000:
+            assert wake.wait(5), f"only {len(taken)} commands arrived"
+            wake.clear()
+            taken += intake.take(0, len(taken), [])
+        assert [r.offset for r in taken] == list(range(3000))
     finally:
         forwarder.close()
         intake.close()
