@@ -9,6 +9,10 @@ the replies topic, in the same transaction: its waiting caller reads one partiti
 Once the transaction is committed, those replies are also told to a waiter of that partition on this host through a
 Unix socket (``core/local_replies.py``): one broker hop less for the caller; the topic stays the durable copy.
 
+Commands written by senders on this host are also handed over through a Unix socket once the broker has stored
+them (``core/local_commands.py``); the ledger judges each only at its turn in the partition's log order, so
+which copy comes first changes nothing in what is judged, in what order, or in what is committed.
+
 Recovery, on start and on every partition assignment:
   1. fencing: ``init_transactions`` with a stable transactional id aborts what a crashed
      predecessor with the same id left open;

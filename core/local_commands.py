@@ -140,7 +140,7 @@ class CommandForwarder:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
-        self.stats = {"sent": 0, "dropped": 0}
+        self.stats = {"handed": 0, "left": 0}
         if self.on:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.settimeout(SEND_WAIT_S)
@@ -190,20 +190,20 @@ class CommandForwarder:
             return
         quiet = self._quiet_until.get(path)
         if quiet is not None and time.monotonic() < quiet:
-            self.stats["dropped"] += len(frames)
+            self.stats["left"] += len(frames)
             return
         for datagram, n in _datagrams(frames):
             try:
                 sock.sendto(datagram, path)
-                self.stats["sent"] += n
+                self.stats["handed"] += n
             except TimeoutError:
                 # the ledger did not make room in time: it reads the topic's copies for a while
-                self.stats["dropped"] += n
+                self.stats["left"] += n
                 self._quiet_until[path] = time.monotonic() + BACK_OFF_S
                 return
             except OSError as exc:
                 # no ledger here (ENOENT, ECONNREFUSED): it reads the topic's copies
-                self.stats["dropped"] += n
+                self.stats["left"] += n
                 if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOBUFS):
                     log.debug("commands for partition %d not handed to the ledger: %s", partition, exc)
                 return
@@ -218,9 +218,9 @@ class CommandForwarder:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-            if self.stats["sent"] or self.stats["dropped"]:
+            if self.stats["handed"] or self.stats["left"]:
                 log.info("commands handed to the ledger on this host: %d, left to the topic: %d",
-                         self.stats["sent"], self.stats["dropped"])
+                         self.stats["handed"], self.stats["left"])
 
 
 def _datagrams(frames: list[bytes]):

@@ -161,7 +161,7 @@ def test_commands_handed_over_on_this_host_are_judged_in_the_log_order_with_othe
         sender.close()
         waiter.close()
     assert all(not isinstance(o, Rejected) and o.to_state == "sent" for o in outs), outs
-    assert ledger.intake.stats["datagrams"] >= 2 * len(ids)
+    assert ledger.intake.stats["commands"] >= 2 * len(ids)
     events = all_events(cfg)
     assert len(events) == 3 * len(ids)
     for p in {p for p, _, _ in events}:

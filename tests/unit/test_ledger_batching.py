@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import threading
+
+from core import config
 from core.bus import RecordTuple, TopicPartition
 from core.holes import HoleGuard
 from core.ledger import Ledger
+from core.local_commands import CommandIntake
 
 A, B = TopicPartition("cmds", 0), TopicPartition("cmds", 1)
 
@@ -37,8 +41,9 @@ def _ledger(polls: list[dict], *, gather_s: float = 60.0, max_batch: int = 5, re
     ledger.gather_s, ledger.gather_from, ledger.max_batch = gather_s, 2, max_batch
     ledger._rebalances, ledger.stats = 0, {"gathered": 0}
     ledger.to_rebuild, ledger.jobs, ledger.recent, ledger.floor = set(), {}, {}, {}
-    ledger._projected, ledger._let_go_at, ledger.resume_at = {}, {}, {}
+    ledger._projected, ledger._let_go_at, ledger.resume_at, ledger.taken_to = {}, {}, {}, {}
     ledger.consumer = _Consumer(ledger, polls, revoke_at)
+    ledger.intake = CommandIntake(config.load().replace(ledger={"local_commands": False}), "0", threading.Event())
     return ledger
 
 

