@@ -418,13 +418,17 @@ class Ledger:
         """Busy (the poll brought at least ``gather_from`` commands): poll on for up to ``gather_ms``, or until
         ``max_poll_records``, and judge it all in one transaction. Each transaction costs the broker its
         Produce requests (one per partition written), AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and
-        EndTxn whatever it carries, so under load fewer, larger transactions cut its CPU per command; the
-        commands of the first poll wait at most ``gather_ms`` more. A rebalance inside ends the gather and
-        keeps only the records of partitions still assigned (those being rebuilt are dropped by ``_handle``)."""
+        EndTxn whatever it carries, so under load fewer, larger transactions cut its CPU per command. The gather
+        ends ``gather_ms`` after the oldest command of the first poll was written (by its record's timestamp), not
+        after the poll: a burst that piled up while a slow commit ran has waited already and is judged at once,
+        so the gather does not lengthen the tail it follows. A rebalance inside ends the gather and keeps only
+        the records of partitions still assigned (those being rebuilt are dropped by ``_handle``)."""
         out = {tp: list(msgs) for tp, msgs in polled.items()}
         n = sum(map(len, out.values()))
         rebalances = self._rebalances
-        deadline = time.monotonic() + self.gather_s
+        written = min((msgs[0].timestamp for msgs in out.values() if msgs), default=0) / 1000
+        waited = min(self.gather_s, max(0.0, time.time() - written))   # a clock ahead of ours: no wait counted
+        deadline = time.monotonic() + self.gather_s - waited
         while n < self.max_batch:
             left = deadline - time.monotonic()
             if left <= 0:

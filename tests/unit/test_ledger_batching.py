@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from core import config
 from core.bus import RecordTuple, TopicPartition
@@ -14,8 +15,11 @@ from core.local_commands import CommandIntake
 A, B = TopicPartition("cmds", 0), TopicPartition("cmds", 1)
 
 
-def _rec(tp: TopicPartition, offset: int) -> RecordTuple:
-    return RecordTuple(tp.topic, tp.partition, offset, b"1", b"{}", 0)
+WRITTEN_MS = int(time.time() * 1000)   # the commands' write time: well within the tests' 60 s gather
+
+
+def _rec(tp: TopicPartition, offset: int, written_ms: int = WRITTEN_MS) -> RecordTuple:
+    return RecordTuple(tp.topic, tp.partition, offset, b"1", b"{}", written_ms)
 
 
 class _Consumer:
@@ -59,6 +63,16 @@ def test_a_busy_poll_gathers_further_polls_in_order_up_to_the_batch_limit():
 def test_a_gather_ends_at_its_deadline():
     ledger = _ledger([{B: [_rec(B, 0)]}], gather_s=0.0)
     assert ledger._gather({A: [_rec(A, 0), _rec(A, 1)]}) == {A: [_rec(A, 0), _rec(A, 1)]}
+    assert ledger.consumer.calls == 0
+
+
+def test_a_burst_that_already_waited_its_gather_is_judged_at_once():
+    """Commands that piled up while a slow commit ran: the oldest was written a whole gather ago, so no further
+    poll is waited for (the gather must not lengthen the tail it follows)."""
+    long_ago = int(time.time() * 1000) - 61_000
+    ledger = _ledger([{B: [_rec(B, 0)]}])
+    first = {A: [_rec(A, 0, long_ago), _rec(A, 1)]}
+    assert ledger._gather(first) == first
     assert ledger.consumer.calls == 0
 
 
