@@ -15,7 +15,9 @@ from core.local_commands import CommandIntake
 A, B = TopicPartition("cmds", 0), TopicPartition("cmds", 1)
 
 
-WRITTEN_MS = int(time.time() * 1000)   # the commands' write time: well within the tests' 60 s gather
+# the commands' write time as a sender whose clock runs ahead would stamp it: no wait counted, the whole gather_ms
+# is gathered (as for a command written just now), however long after collection a test runs
+WRITTEN_MS = 4_102_444_800_000
 
 
 def _rec(tp: TopicPartition, offset: int, written_ms: int = WRITTEN_MS) -> RecordTuple:
