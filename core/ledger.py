@@ -72,7 +72,8 @@ CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
 # (normally it already has: jobs are let go of only once projected)
 ROW_WAIT_SECONDS = 30.0
 IDLE_LET_GO_SECONDS = 1.0
-LOOK_S = 0.01   # with commands handed over on this host: how long a poll waits for them before looking at the topic's
+LOOK_S = 0.01   # with commands handed over on this host: how long a poll waits for them before it looks again at
+#                 what the topic's reader fetched meanwhile
 REPLY_TOPIC_REFRESH = 10.0   # seconds between reads of the replies topic's partitions when one is missing
 _FINAL = frozenset(FINAL_STATES)
 ALIVE_EVERY = 10_000   # events folded in a rebuild between two signs of life to the watchdog
@@ -176,7 +177,8 @@ class Ledger:
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
         self.producer.init_transactions()                     # fences a crashed predecessor
         self.notifier = ReplyNotifier(cfg)   # committed verdicts told to waiters on this host, besides the topic
-        # commands stored by senders on this host, handed over at once (core/local_commands.py); set for each
+        # commands stored by senders on this host, handed over at once (core/local_commands.py); _wake is set for
+        # every one kept, and by a stop (run)
         self._wake = threading.Event()
         self.intake = CommandIntake(cfg, instance, self._wake)
         # commands are answered while a caller waits (getJob, updateJob, kill), but each fetch of every
