@@ -73,7 +73,10 @@ CRASH_ENV = "PANDAES_TEST_LEDGER_CRASH_AFTER_BATCH"
 ROW_WAIT_SECONDS = 30.0
 IDLE_LET_GO_SECONDS = 1.0
 LOOK_S = 0.01   # with commands handed over on this host: how long a poll waits for them before it looks again at
-#                 what the topic's reader fetched meanwhile
+#                 what the topic's reader fetched meanwhile; after QUIET_S with nothing from either, the poll's
+#                 whole timeout (an idle ledger on a client whose poll does not doze, kafka-python, wakes 5 times
+#                 a second instead of 100; a handed-over command still wakes it at once)
+QUIET_S = 1.0
 REPLY_TOPIC_REFRESH = 10.0   # seconds between reads of the replies topic's partitions when one is missing
 _FINAL = frozenset(FINAL_STATES)
 ALIVE_EVERY = 10_000   # events folded in a rebuild between two signs of life to the watchdog
@@ -181,6 +184,7 @@ class Ledger:
         # every one kept, and by a stop (run)
         self._wake = threading.Event()
         self.intake = CommandIntake(cfg, instance, self._wake)
+        self._busy_at = 0.0   # when a poll last brought a command, fetched or handed over
         # commands are answered while a caller waits (getJob, updateJob, kill), but each fetch of every
         # commands partition costs the broker CPU: [kafka] ledger_fetch_max_wait_ms weighs the two; with the
         # commands of this host handed over, the topic's fetch only fills gaps (other hosts' commands, a lost
@@ -394,10 +398,14 @@ class Ledger:
         self._wake.clear()
         fetched = self.consumer.poll(timeout_ms=0)
         if not fetched and not self.to_rebuild and not self.intake.ready(self.taken_to):
-            self._wake.wait(min(timeout_ms / 1000, LOOK_S))
+            quiet = time.monotonic() - self._busy_at > QUIET_S
+            self._wake.wait(timeout_ms / 1000 if quiet else min(timeout_ms / 1000, LOOK_S))
             self._wake.clear()
             fetched = self.consumer.poll(timeout_ms=0)
-        return self._in_order(fetched)
+        out = self._in_order(fetched)
+        if fetched or out:
+            self._busy_at = time.monotonic()
+        return out
 
     def _in_order(self, fetched: dict[TopicPartition, list]) -> dict[TopicPartition, list]:
         if self.to_rebuild:

@@ -192,21 +192,22 @@ class CommandForwarder:
         if quiet is not None and time.monotonic() < quiet:
             self.stats["left"] += len(frames)
             return
+        left = len(frames)
         for datagram, n in _datagrams(frames):
             try:
                 sock.sendto(datagram, path)
-                self.stats["handed"] += n
             except TimeoutError:
                 # the ledger did not make room in time: it reads the topic's copies for a while
-                self.stats["left"] += n
                 self._quiet_until[path] = time.monotonic() + BACK_OFF_S
-                return
+                break
             except OSError as exc:
                 # no ledger here (ENOENT, ECONNREFUSED): it reads the topic's copies
-                self.stats["left"] += n
                 if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOBUFS):
                     log.debug("commands for partition %d not handed to the ledger: %s", partition, exc)
-                return
+                break
+            self.stats["handed"] += n
+            left -= n
+        self.stats["left"] += left
 
     def close(self) -> None:
         """After the producer's flush: what was acknowledged is sent first."""
