@@ -68,7 +68,7 @@ def link_path(cfg: Config, partition: int) -> Path | None:
     the broker and the topic as well, so systems sharing a state dir do not meet."""
     folder, tag = _directory(cfg)
     path = folder / f"{tag}-{partition}"
-    return path if len(os.fsencode(path)) <= local_replies._SUN_PATH_MAX else None
+    return path if local_replies.fits(path) else None
 
 
 def pack(partition: int, offset: int, key: bytes | None, value: bytes, timestamp_ms: int) -> bytes:
@@ -260,19 +260,11 @@ class CommandIntake:
             return
         folder, tag = _directory(cfg)
         path = folder / f"{tag}-ledger-{instance}.sock"
-        if len(os.fsencode(path)) > local_replies._SUN_PATH_MAX:
+        if not local_replies.fits(path):
             log.warning("no local commands: the socket path %s is too long; the ledger reads the topic only", path)
             return
         try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(folder, 0o700)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()   # left by this instance before a crash
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            sock.bind(os.fsencode(path))
-            os.chmod(path, 0o600)
+            sock = local_replies.bind_own(path, 4 << 20)   # a socket file there was left by this instance's crash
             self._inode = os.stat(path).st_ino
         except OSError as exc:
             log.warning("no local commands on %s (%s): the ledger reads the topic only", path, exc)
@@ -336,17 +328,16 @@ class CommandIntake:
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
-        cmsg_size = socket.CMSG_SPACE(local_replies._CRED.size)
         while not self._stop.is_set():
             try:
-                data, ancillary, _flags, _addr = sock.recvmsg(MAX_DATAGRAM, cmsg_size)
+                data = local_replies.receive_own(sock, self._uid)
             except OSError:
                 if self._stop.is_set():
                     return
                 continue
             if self._stop.is_set():
                 return
-            if not self._from_us(ancillary):
+            if data is None:
                 self.stats["refused"] += 1
                 continue
             recs = unpack(data, self.topic)
@@ -368,13 +359,6 @@ class CommandIntake:
             self.stats["commands"] += kept
             if kept:
                 self.wake.set()
-
-    def _from_us(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= local_replies._CRED.size:
-                _pid, uid, _gid = local_replies._CRED.unpack_from(data)
-                return uid == self._uid
-        return False
 
     def close(self) -> None:
         if self._sock is None:

@@ -43,6 +43,45 @@ _SUN_PATH_MAX = 107            # sockaddr_un's path, less its terminating NUL
 SUPPORTED = hasattr(socket, "SO_PASSCRED") and hasattr(socket, "AF_UNIX")
 
 
+def fits(path: Path) -> bool:
+    """Whether ``path`` can be a Unix socket's address."""
+    return len(os.fsencode(path)) <= _SUN_PATH_MAX
+
+
+def bind_own(path: Path, rcvbuf: int) -> socket.socket:
+    """A datagram socket bound at ``path`` that reports its senders' credentials, in a directory only its owner can
+    enter (made if missing); a socket file left there before (a crashed or earlier holder) is replaced. Raises
+    OSError."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind(os.fsencode(path))
+        os.chmod(path, 0o600)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def receive_own(sock: socket.socket, uid: int) -> bytes | None:
+    """The next datagram on ``sock`` (blocking), or None if it was not sent by user ``uid``. Raises OSError."""
+    data, ancillary, _flags, _addr = sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(_CRED.size))
+    return data if sent_by(ancillary, uid) else None
+
+
+def sent_by(ancillary: list[tuple[int, int, bytes]], uid: int) -> bool:
+    """Whether a datagram's ancillary data name user ``uid`` as its sender (no credentials: not believed)."""
+    for level, kind, cred in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(cred) >= _CRED.size:
+            return _CRED.unpack_from(cred)[1] == uid
+    return False
+
+
 def enabled(cfg: Config) -> bool:
     return SUPPORTED and bool(cfg.ledger.local_replies)
 
@@ -52,7 +91,7 @@ def socket_path(cfg: Config, partition: int) -> Path | None:
     socket. Named by the broker and the topic as well, so systems sharing a state dir do not meet."""
     tag = hashlib.sha1(f"{cfg.kafka.bootstrap}\0{cfg.kafka.replies_topic}".encode()).hexdigest()[:16]
     path = cfg.state_dir / "replies" / f"{tag}-{partition}.sock"
-    return path if len(os.fsencode(path)) <= _SUN_PATH_MAX else None
+    return path if fits(path) else None
 
 
 def pack(replies: list[tuple[str, bytes]]) -> list[bytes]:
@@ -163,15 +202,8 @@ class ReplyListener:
         if self.path is None:
             return
         try:
-            self.path.parent.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(self.path.parent, 0o700)
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()   # left by a process that held the partition before (the partition is claimed)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            sock.bind(os.fsencode(self.path))
-            os.chmod(self.path, 0o600)
+            # a socket file there was left by a process that held the partition before (the partition is claimed)
+            sock = bind_own(self.path, 1 << 20)
             self._inode = os.stat(self.path).st_ino
         except OSError as exc:
             log.warning("no local replies on %s (%s): verdicts come from the replies topic only", self.path, exc)
@@ -183,17 +215,16 @@ class ReplyListener:
 
     def _run(self) -> None:
         assert self._sock is not None
-        cmsg_size = socket.CMSG_SPACE(_CRED.size)
         while not self._stop.is_set():
             try:
-                data, ancillary, _flags, _addr = self._sock.recvmsg(MAX_DATAGRAM, cmsg_size)
+                data = receive_own(self._sock, self._uid)
             except OSError:
                 if self._stop.is_set():
                     return
                 continue
             if self._stop.is_set():
                 return
-            if not self._from_us(ancillary):
+            if data is None:
                 self.stats["refused"] += 1
                 continue
             self.stats["datagrams"] += 1
@@ -203,13 +234,6 @@ class ReplyListener:
                     self.deliver(pairs)
                 except Exception:  # noqa: BLE001 - one bad hand-over must not end the listener
                     log.exception("local replies: delivery failed")
-
-    def _from_us(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _CRED.size:
-                _pid, uid, _gid = _CRED.unpack_from(data)
-                return uid == self._uid
-        return False
 
     def close(self) -> None:
         if self._sock is None:

@@ -117,9 +117,9 @@ def test_a_datagram_from_another_user_is_refused(tmp_path):
     try:
         own = struct.pack("iII", 1, listener._uid, 0)
         other = struct.pack("iII", 1, listener._uid + 1, 0)
-        assert listener._from_us([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, own)])
-        assert not listener._from_us([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, other)])
-        assert not listener._from_us([]), "no credentials: not believed"
+        assert local_replies.sent_by([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, own)], listener._uid)
+        assert not local_replies.sent_by([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, other)], listener._uid)
+        assert not local_replies.sent_by([], listener._uid), "no credentials: not believed"
     finally:
         listener.close()
 
