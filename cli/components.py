@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cli import garbage_collector
 from core import metrics, watchdog
 from core.config import Config
 
@@ -73,6 +74,7 @@ def run_in_process(name: str, cfg: Config) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     fn = resolve(name)
+    garbage_collector.tune(int(cfg.process.gc_young))   # after the imports: they are frozen out of collections
     metrics.serve(cfg, name)
     watchdog.allow_exit()   # this process is the component: a loop hung inside a call may end it
     fn(cfg, stop)

@@ -61,6 +61,7 @@ class Config:
     reactors: settings.ReactorsSettings
     metrics: settings.MetricsSettings
     log: settings.LogSettings
+    process: settings.ProcessSettings
     monitor: settings.MonitorSettings
     auth: settings.AuthSettings
     creds: settings.CredsSettings

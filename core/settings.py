@@ -254,6 +254,12 @@ class LogSettings(_Section):
     level: str
 
 
+class ProcessSettings(_Section):
+    """[process]"""
+
+    gc_young: int
+
+
 class MonitorSettings(_Section):
     """[monitor]"""
 
@@ -311,6 +317,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "reactors": ReactorsSettings,
     "metrics": MetricsSettings,
     "log": LogSettings,
+    "process": ProcessSettings,
     "monitor": MonitorSettings,
     "auth": AuthSettings,
     "creds": CredsSettings,
