@@ -165,7 +165,8 @@ class Infra:
             url, why = local_postgres(database)
             if url:
                 self.db_url = url
-                self.log(f"postgres: using the server on {LOOPBACK}:{LOCAL_PG_PORT}: {url}")
+                how = "" if f"@{LOOPBACK}:" in url else " through its Unix socket"
+                self.log(f"postgres: using the server on {LOOPBACK}:{LOCAL_PG_PORT}{how}: {url}")
                 return
             self.log(f"postgres: {why}; starting the embedded server")
         self.postgres = start_embedded_postgres(self.cfg.state_dir, database, log=self.log)

@@ -28,7 +28,14 @@ from devenv import stack as stack_module
 from devenv.broker import Tansu, start_tansu
 from devenv.common import FORBIDDEN_PORTS, FORCE_EMBEDDED_DB_ENV, InfraError, free_port, pid_alive
 from devenv.endpoints import ENDPOINTS_FILE, config_for_running_system, read_endpoints
-from devenv.postgres import LOCAL_PG_PORT, local_postgres, pg_url, start_embedded_postgres, stop_embedded_postgres
+from devenv.postgres import (
+    LOCAL_PG_PORT,
+    local_postgres,
+    pg_url,
+    same_server_socket,
+    start_embedded_postgres,
+    stop_embedded_postgres,
+)
 from devenv.stack import Infra
 
 _names = itertools.count()
@@ -65,7 +72,7 @@ def system(env: Path, lines: list[str]) -> Iterator[Infra]:
         yield started
     finally:
         started.stop()
-        if started.postgres is None and url.startswith(pg_url(LOCAL_PG_PORT, "")):
+        if started.postgres is None and not cfg.db.url.strip():   # the database it made on the local server
             _drop_database(url)
 
 
@@ -295,6 +302,25 @@ def test_broker_that_cannot_bind_fails_fast_with_its_log(tmp_path: Path):
 
 
 # ---------------------------------------------------------------------------------------- postgres
+def test_the_local_server_is_reached_through_its_unix_socket_when_it_has_one():
+    admin = pg_url(LOCAL_PG_PORT, "postgres")
+    url, why = local_postgres(_database_name())
+    if url is None:
+        pytest.skip(f"no local server: {why}")
+    try:
+        host = same_server_socket(admin, LOCAL_PG_PORT)
+        with psycopg.connect(url) as conn:
+            over_tcp = conn.execute("SELECT inet_server_addr() IS NOT NULL").fetchone()[0]
+        if host is None:    # a server without a socket directory we can use: TCP, as before
+            assert over_tcp and url.startswith(pg_url(LOCAL_PG_PORT, ""))
+        else:
+            assert not over_tcp and url.startswith(f"postgresql://postgres@{host}:{LOCAL_PG_PORT}/")
+        # a socket of another port number is not this server's
+        assert same_server_socket(admin, LOCAL_PG_PORT + 1) is None
+    finally:
+        _drop_database(url)
+
+
 def test_embedded_postgres_even_when_5432_answers(env: Path, monkeypatch):
     cfg = config.load().replace(db={"database": "pandaes_embedded"})
     first = Infra(cfg, log=_quiet, prefer_local=False).start()
