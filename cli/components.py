@@ -22,8 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cli import garbage_collector
-from core import metrics, watchdog
+from core import collector, metrics, watchdog
 from core.config import Config
 
 COMPONENTS: dict[str, str] = {
@@ -74,7 +73,7 @@ def run_in_process(name: str, cfg: Config) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     fn = resolve(name)
-    garbage_collector.tune(int(cfg.process.gc_young))   # after the imports: they are frozen out of collections
+    collector.settle()   # the component's imports are loaded: out of the collector's sight (core/collector.py)
     metrics.serve(cfg, name)
     watchdog.allow_exit()   # this process is the component: a loop hung inside a call may end it
     fn(cfg, stop)

@@ -61,7 +61,6 @@ class Config:
     reactors: settings.ReactorsSettings
     metrics: settings.MetricsSettings
     log: settings.LogSettings
-    process: settings.ProcessSettings
     monitor: settings.MonitorSettings
     auth: settings.AuthSettings
     creds: settings.CredsSettings

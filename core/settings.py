@@ -254,12 +254,6 @@ class LogSettings(_Section):
     level: str
 
 
-class ProcessSettings(_Section):
-    """[process]"""
-
-    gc_young: int
-
-
 class MonitorSettings(_Section):
     """[monitor]"""
 
@@ -317,7 +311,6 @@ SECTIONS: dict[str, type[_Section]] = {
     "reactors": ReactorsSettings,
     "metrics": MetricsSettings,
     "log": LogSettings,
-    "process": ProcessSettings,
     "monitor": MonitorSettings,
     "auth": AuthSettings,
     "creds": CredsSettings,

@@ -40,3 +40,33 @@ def test_cyclic_garbage_is_still_collected_once_settled():
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+def test_every_component_process_is_settled_before_its_component_runs(monkeypatch):
+    """cli.components.run_in_process (what `pandaes run` starts for each component) settles the collector once
+    the component's imports are loaded: 12-16 % of the reactors' and the projector's CPU went to collections."""
+    import signal
+
+    from cli import components
+    from core import config
+
+    seen: dict[str, int] = {}
+
+    def component(cfg, stop) -> None:
+        seen.update(young=gc.get_threshold()[0], frozen=gc.get_freeze_count())
+
+    monkeypatch.setattr(components, "resolve", lambda name: component)
+    monkeypatch.setattr(components.metrics, "serve", lambda cfg, name: None)
+    monkeypatch.setattr(components.watchdog, "allow_exit", lambda: None)
+    before, handlers = gc.get_threshold(), {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        gc.unfreeze()
+        gc.set_threshold(700, 10, 10)
+        components.run_in_process("ledger", config.load())
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert seen["young"] == collector.YOUNG_THRESHOLD
+    assert seen["frozen"] > 0
