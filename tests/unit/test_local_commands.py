@@ -9,6 +9,7 @@ import tempfile
 import threading
 from concurrent.futures import Future
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given
@@ -33,6 +34,27 @@ def tmp_path():
 def _cfg(tmp_path, on: bool = True) -> config.Config:
     return config.load().replace(state={"dir": str(tmp_path)}, ledger={"local_commands": on},
                                  kafka={"bootstrap": "127.0.0.1:1", "commands_topic": TOPIC})
+
+
+class _Pair(NamedTuple):
+    cfg: config.Config
+    wake: threading.Event
+    intake: CommandIntake
+    forwarder: CommandForwarder
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A ledger's intake (instance "0") and a sender's forwarder on one state dir, both closed at the end."""
+    cfg = _cfg(tmp_path)
+    wake = threading.Event()
+    intake = CommandIntake(cfg, "0", wake)
+    forwarder = CommandForwarder(cfg)
+    try:
+        yield _Pair(cfg, wake, intake, forwarder)
+    finally:
+        forwarder.close()
+        intake.close()
 
 
 def _rec(offset: int, partition: int = 0) -> RecordTuple:
@@ -97,86 +119,65 @@ class _Delivery(Future):
     pass
 
 
-def test_a_stored_command_reaches_the_ledger_holding_its_partition_and_no_other(tmp_path):
-    cfg = _cfg(tmp_path)
-    wake = threading.Event()
-    intake = CommandIntake(cfg, "0", wake)
-    forwarder = CommandForwarder(cfg)
-    try:
-        assert intake.bound
-        intake.link(2)
-        sent = _Delivery()
-        forwarder.follow(sent, b"77", b"cmd-77")
-        other = _Delivery()
-        forwarder.follow(other, b"78", b"cmd-78")      # partition 5 is not held here
-        failed = _Delivery()
-        forwarder.follow(failed, b"79", b"cmd-79")     # the broker refused it: never handed over
-        other.set_result(Delivered(TOPIC, 5, 0))
-        failed.set_exception(RuntimeError("not stored"))
-        sent.set_result(Delivered(TOPIC, 2, 41))
-        assert wake.wait(10)
-        assert intake.ready({2: 41})
-        [rec] = intake.take(2, 41, [])
-        assert (rec.partition, rec.offset, rec.key, rec.value) == (2, 41, b"77", b"cmd-77")
-        forwarder.close()
-        assert forwarder.stats == {"handed": 1, "left": 1}
-    finally:
-        forwarder.close()
-        intake.close()
+def test_a_stored_command_reaches_the_ledger_holding_its_partition_and_no_other(pair):
+    cfg, wake, intake, forwarder = pair
+    assert intake.bound
+    intake.link(2)
+    sent = _Delivery()
+    forwarder.follow(sent, b"77", b"cmd-77")
+    other = _Delivery()
+    forwarder.follow(other, b"78", b"cmd-78")      # partition 5 is not held here
+    failed = _Delivery()
+    forwarder.follow(failed, b"79", b"cmd-79")     # the broker refused it: never handed over
+    other.set_result(Delivered(TOPIC, 5, 0))
+    failed.set_exception(RuntimeError("not stored"))
+    sent.set_result(Delivered(TOPIC, 2, 41))
+    assert wake.wait(10)
+    assert intake.ready({2: 41})
+    [rec] = intake.take(2, 41, [])
+    assert (rec.partition, rec.offset, rec.key, rec.value) == (2, 41, b"77", b"cmd-77")
+    forwarder.close()
+    assert forwarder.stats == {"handed": 1, "left": 1}
 
 
-def test_a_partition_given_up_is_unlinked_and_its_held_commands_forgotten(tmp_path):
-    cfg = _cfg(tmp_path)
-    wake = threading.Event()
-    intake = CommandIntake(cfg, "0", wake)
-    forwarder = CommandForwarder(cfg)
-    try:
-        intake.link(1)
-        first = _Delivery()
-        forwarder.follow(first, b"1", b"one")
-        first.set_result(Delivered(TOPIC, 1, 0))
-        assert wake.wait(10)
-        intake.unlink(1)
-        assert not local_commands.link_path(cfg, 1).exists()
-        assert not intake.ready({1: 0}) and intake.take(1, 0, []) == []
-        late = _Delivery()
-        forwarder.follow(late, b"1", b"two")
-        late.set_result(Delivered(TOPIC, 1, 1))
-        forwarder.close()
-        assert forwarder.stats == {"handed": 1, "left": 1}     # no link: left to the topic
-    finally:
-        forwarder.close()
-        intake.close()
+def test_a_partition_given_up_is_unlinked_and_its_held_commands_forgotten(pair):
+    cfg, wake, intake, forwarder = pair
+    intake.link(1)
+    first = _Delivery()
+    forwarder.follow(first, b"1", b"one")
+    first.set_result(Delivered(TOPIC, 1, 0))
+    assert wake.wait(10)
+    intake.unlink(1)
+    assert not local_commands.link_path(cfg, 1).exists()
+    assert not intake.ready({1: 0}) and intake.take(1, 0, []) == []
+    late = _Delivery()
+    forwarder.follow(late, b"1", b"two")
+    late.set_result(Delivered(TOPIC, 1, 1))
+    forwarder.close()
+    assert forwarder.stats == {"handed": 1, "left": 1}     # no link: left to the topic
 
 
-def test_a_burst_beyond_the_socket_queue_goes_packed_and_nothing_is_lost(tmp_path):
+def test_a_burst_beyond_the_socket_queue_goes_packed_and_nothing_is_lost(pair):
     """Thousands of acknowledgements at once (a bulk submit): a datagram socket queues only a few datagrams, so they
     go packed, a few hundred commands a datagram; each command is either handed over (and arrives, in order) or left
     to the topic (when the listener, starved of CPU, makes no room in time) — never lost between the two."""
-    cfg = _cfg(tmp_path)
-    wake = threading.Event()
-    intake = CommandIntake(cfg, "0", wake)
-    forwarder = CommandForwarder(cfg)
-    try:
-        intake.link(0)
-        deliveries = [_Delivery() for _ in range(3000)]
-        for i, d in enumerate(deliveries):
-            forwarder.follow(d, str(i).encode(), b"x" * 200)
-        for i, d in enumerate(deliveries):
-            d.set_result(Delivered(TOPIC, 0, i))
-        forwarder.close()
-        handed = forwarder.stats["handed"]
-        assert handed > 0 and handed + forwarder.stats["left"] == 3000
-        while intake.stats["commands"] < handed:
-            assert wake.wait(5), f"{intake.stats['commands']} of {handed} commands arrived"
-            wake.clear()
-        assert intake.stats["commands"] == handed
-        assert intake.stats["datagrams"] <= handed // 100 + 1
-        held = intake.take(0, 0, [])
-        assert [r.offset for r in held] == list(range(len(held)))   # the first ones in order, up to any gap
-    finally:
-        forwarder.close()
-        intake.close()
+    cfg, wake, intake, forwarder = pair
+    intake.link(0)
+    deliveries = [_Delivery() for _ in range(3000)]
+    for i, d in enumerate(deliveries):
+        forwarder.follow(d, str(i).encode(), b"x" * 200)
+    for i, d in enumerate(deliveries):
+        d.set_result(Delivered(TOPIC, 0, i))
+    forwarder.close()
+    handed = forwarder.stats["handed"]
+    assert handed > 0 and handed + forwarder.stats["left"] == 3000
+    while intake.stats["commands"] < handed:
+        assert wake.wait(5), f"{intake.stats['commands']} of {handed} commands arrived"
+        wake.clear()
+    assert intake.stats["commands"] == handed
+    assert intake.stats["datagrams"] <= handed // 100 + 1
+    held = intake.take(0, 0, [])
+    assert [r.offset for r in held] == list(range(len(held)))   # the first ones in order, up to any gap
 
 
 def test_switched_off_nothing_is_bound_or_sent(tmp_path):
