@@ -40,7 +40,6 @@ from bench.procs import Components, CpuMeter, cpu_seconds, database_backends, in
 from bench.stats import percentiles
 from core.config import Config
 
-SERVICES = lifecycle.SERVICES          # the reactors host runs the Harvester killer too
 INSTANCES = 2
 FETCH = 100          # n_jobs per acquire_jobs: [jobfetcher] maxJobs (500) as [dispatcher] max_jobs caps it
 BULK = 100           # jobs per update_jobs_bulk, workers per update_workers: [propagator] nJobsInBulk, nWorkersInBulk
@@ -286,7 +285,8 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
     headers = dev.headers(cfg, "bench-harvester", ("production", "pilot"))
     url = f"http://{cfg.http.host}:{cfg.http.port}"
     n, seconds = size["jobs"], size["lifecycle_seconds"]
-    with Components(cfg, SERVICES, log_dir / "harvester") as comps:
+    # the components of the lifecycle (the reactors host runs the Harvester killer too)
+    with Components(cfg, lifecycle.services(cfg), log_dir / "harvester") as comps:
         stack.wait_http(url)
         time.sleep(5)  # consumer groups of the services settle
         comps.check()

@@ -35,12 +35,12 @@ def missing() -> str:
 
 
 def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[str, Any]:
-    from cli.components import DEFAULT
+    from cli.components import default_components
 
     cfg = stack.configure(cfg)
     url = f"http://{cfg.http.host}:{cfg.http.port}"
     seconds = float(size.get("idle_seconds", 30))
-    names = list(DEFAULT)   # what `pandaes run` starts
+    names = default_components(cfg)   # what `pandaes run` starts
     extra = {"PANDAES_MONITOR_PORT": str(common.free_port())}
     dbname = cfg.db.url.rsplit("/", 1)[1].split("?")[0]
     with Components(cfg, names, log_dir / "idle", extra_env=extra) as comps:

@@ -32,9 +32,14 @@ from core.config import Config
 from core.states import JobStatus
 from projections import queries
 
-# the components as `pandaes run` starts them (the reactors in one process over one consumer), without the
-# daemon's clock scripts and the monitor, which do no work for this workload
-SERVICES = [name for name in components.DEFAULT if name not in ("daemon", "monitor")]
+
+def services(cfg: Config) -> list[str]:
+    """The components as `pandaes run` starts them (the reactors in one process over one consumer, the projections
+    in it too unless configured apart), without the daemon's clock scripts and the monitor, which do no work for
+    this workload."""
+    return [name for name in components.default_components(cfg) if name not in ("daemon", "monitor")]
+
+
 SUBMIT_BATCH = 500
 STATUS_BATCH = 2000   # PandaIDs per job/get_status call
 
@@ -163,7 +168,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
     cfg = stack.configure(cfg)
     url = f"http://{cfg.http.host}:{cfg.http.port}"
     n, pilots, seconds = size["jobs"], size["pilots"], size["lifecycle_seconds"]
-    with Components(cfg, SERVICES, log_dir / "lifecycle") as comps:
+    with Components(cfg, services(cfg), log_dir / "lifecycle") as comps:
         stack.wait_http(url)
         time.sleep(5)  # consumer groups of the services settle (a join waits one rebalance timeout)
         comps.check()

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from bench.env import child_env
+from cli.components import projections_apart
 from core.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,6 +131,7 @@ class Components:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = child_env(self.cfg)
         env.update(self.extra_env)
+        env = projections_apart(self.names, env)
         for name in self.names:
             out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "cli.main", "component", name],

@@ -39,8 +39,9 @@ from projections import invariant_queries, queries
 from services import migrations
 
 # what a job needs to get from submission to finished (the watcher in the daemon: a lost dispatch's timeout),
-# the reactors either hosted together (`reactors`) or each alone
-FLOW = ("ledger", "projector", "gateway", "daemon")
+# the reactors either hosted together (`reactors`, with the projections unless [reactors] projector = false) or
+# each alone (then the projector too)
+FLOW = ("ledger", "gateway", "daemon")
 FLOW_REACTORS = ("setupper", "activator", "adder")
 
 
@@ -59,13 +60,16 @@ class Chaos:
         self.skipped: list[str] = []
         self.t0 = time.monotonic()
         self._last_progress = 0.0
+        hosted_projector = config.load().reactors.projector
         self.names = [n.strip() for n in args.components.split(",") if n.strip()] if args.components \
-            else list(components.DEFAULT)
+            else components.default_components(config.load())
         for name in self.names:
             components.resolve(name)   # a typo stops the run before anything starts
         missing = [n for n in FLOW if n not in self.names]
         if "reactors" not in self.names:
             missing += [n for n in FLOW_REACTORS if n not in self.names]
+        if "projector" not in self.names and not ("reactors" in self.names and hosted_projector):
+            missing.append("projector")
         if missing:
             raise SystemExit(f"--components: jobs cannot finish without {', '.join(missing)}")
 

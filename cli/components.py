@@ -4,10 +4,11 @@ Each component is ``module:function`` with the signature ``fn(cfg, stop: threadi
 until ``stop`` is set. `pandaes run` starts each in its own process (so a crash is contained and a
 component can be scaled by running more copies) and restarts it if it exits unexpectedly.
 
-`pandaes run` without names starts ``DEFAULT``: the event reactors (setupper, activator, adder, closer,
-retrier, Harvester killer, event-range definer) in one ``reactors`` process over one consumer
-(``services/host.py``). Each of them is also a component of its own (`pandaes run adder`), in its own
-consumer group, to scale one of them out or look at it alone.
+`pandaes run` without names starts ``default_components``: the event reactors (setupper, activator, adder,
+closer, retrier, Harvester killer, event-range definer) in one ``reactors`` process over one consumer
+(``services/host.py``), which also applies the projections unless ``[reactors] projector = false`` (then the
+``projector`` runs in a process of its own). Each of them is also a component of its own (`pandaes run adder`),
+in its own consumer group, to scale one of them out or look at it alone.
 """
 
 from __future__ import annotations
@@ -41,8 +42,23 @@ COMPONENTS: dict[str, str] = {
     "monitor": "services.monitor.app:run_component",
 }
 
-#: What `pandaes run` starts when given no names (the reactors together in one process).
+#: What `pandaes run` can start when given no names (the reactors together in one process); the projector only
+#: where the reactors' process does not apply the projections itself (``default_components``).
 DEFAULT: list[str] = ["ledger", "projector", "reactors", "daemon", "gateway", "monitor"]
+
+
+def projections_apart(names: list[str], env: dict[str, str]) -> dict[str, str]:
+    """``env`` for the processes of ``names``: where a ``projector`` process runs beside the ``reactors``, the
+    reactors' process is told not to apply the projections too (``[reactors] projector = false``): one writer."""
+    if "projector" in names and "reactors" in names:
+        env = {**env, "PANDAES_REACTORS_PROJECTOR": "false"}
+    return env
+
+
+def default_components(cfg: Config) -> list[str]:
+    """What `pandaes run` starts when given no names: ``DEFAULT`` without the projector process when the reactors'
+    process applies the projections (``[reactors] projector``, services/host.py): never two writers of them."""
+    return [name for name in DEFAULT if not (name == "projector" and cfg.reactors.projector)]
 
 
 def run_ledger(cfg: Config, stop: threading.Event) -> None:
@@ -91,7 +107,7 @@ class Supervisor:
                  log_dir: Path | None = None):
         self.names = names
         self.log_dir = log_dir   # None: components write to this process's output; else <log_dir>/<name>.log
-        self.env = env
+        self.env = projections_apart(names, env)
         self.metrics_ports = metrics_ports or {}   # component → its /metrics port (PANDAES_METRICS_PORT)
         self.log = log
         self.procs: dict[str, subprocess.Popen] = {}

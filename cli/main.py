@@ -43,7 +43,7 @@ def cfg_for_clients() -> config.Config:
 
 # ------------------------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
-    names = args.components or list(components.DEFAULT)
+    names = args.components or components.default_components(config.load())
     for name in names:
         components.resolve(name)
     stop = threading.Event()
@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="start broker, database and components (the default set without names)")
     p.add_argument("components", nargs="*", help=f"any of: {', '.join(components.COMPONENTS)} "
-                   f"(default: {' '.join(components.DEFAULT)})")
+                   f"(default: {' '.join(components.DEFAULT)}, the projector only with [reactors] projector = "
+                   "false)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("component")  # internal: `pandaes run` starts each component this way (no help: hidden)

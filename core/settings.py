@@ -237,6 +237,7 @@ class ReactorsSettings(_Section):
     """[reactors]"""
 
     services: list[str]
+    projector: bool
 
 
 class MetricsSettings(_Section):

@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import psycopg
 
@@ -47,7 +47,7 @@ class ProjectionRunner:
 
     def __init__(self, cfg: Config, projections: Sequence[Projection] | None = None, *,
                  group_id: str | None = None, search_path: str | None = None,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, consume: bool = True):
         self.cfg = cfg
         self.topic = cfg.kafka.events_topic
         self.projections = list(projections or ALL.values())
@@ -57,12 +57,18 @@ class ProjectionRunner:
         self.db = self._connection(search_path)
         self.positions: dict[str, dict[int, int]] = {}
         self.dead_letters = 0      # events set aside since start (also rows of projection_dead_letters)
-        self.consumer = bus.consumer(cfg, group_id=self.group_id,
-                                     max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)),
-                                     idle_fetch_max_wait_ms=int(cfg.projections.idle_fetch_max_wait_ms))
-        self.consumer.subscribe([self.topic], on_assign=self.seek_to_positions)
-        self.lag = metrics.LagTracker(self.consumer, self.group_id)
-        self.watchdog = watchdog.for_consumer(cfg, self.consumer, self.group_id, self.topic)
+        # consume=False: no consumer of its own; the owner feeds it polls (``apply_polled``: services.host, which
+        # reads the events once for the projections and the reactors) and seeks to ``start_offsets``
+        self.consumer: bus.Consumer | None = None
+        self.lag: metrics.LagTracker | None = None
+        self.watchdog: watchdog.Watchdog | None = None
+        if consume:
+            self.consumer = bus.consumer(cfg, group_id=self.group_id,
+                                         max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)),
+                                         idle_fetch_max_wait_ms=int(cfg.projections.idle_fetch_max_wait_ms))
+            self.consumer.subscribe([self.topic], on_assign=self.seek_to_positions)
+            self.lag = metrics.LagTracker(self.consumer, self.group_id)
+            self.watchdog = watchdog.for_consumer(cfg, self.consumer, self.group_id, self.topic)
         # the jobs projection's owner moves its old final jobs to the archive partition (jobs_archive.py)
         pc = cfg.projections
         self.archive = (ArchiveSweep(pc.archive_after, pc.archive_every, pc.archive_batch)
@@ -85,25 +91,44 @@ class ProjectionRunner:
         return self.db.conn
 
     def seek_to_positions(self, assigned) -> None:
+        assert self.consumer is not None
+        for tp, start in self.start_offsets(assigned).items():
+            self.consumer.seek(tp, start)
+
+    def start_offsets(self, partitions) -> dict[bus.TopicPartition, int]:
+        """Each of ``partitions`` (TopicPartitions) → the first offset some projection has not applied, from
+        the positions stored with the rows (read again: the database is the truth)."""
         with self.conn.transaction():
             self.positions = {p.name: load_positions(self.conn, p.name, self.topic) for p in self.projections}
-        for tp in assigned:
-            start = min(pos.get(tp.partition, 0) for pos in self.positions.values())
-            self.consumer.seek(tp, start)
+        return {tp: min(pos.get(tp.partition, 0) for pos in self.positions.values()) for tp in partitions}
+
+    def position(self, partition: int) -> int:
+        """The first offset of ``partition`` some projection has not applied (as last loaded or applied)."""
+        return min((pos.get(partition, 0) for pos in self.positions.values()), default=0)
 
     def step(self, timeout_ms: int = 500) -> int:
         """One poll and one database transaction; returns the number of records applied."""
+        assert self.consumer is not None and self.lag is not None and self.watchdog is not None
         polled = self.consumer.poll(timeout_ms=timeout_ms)
         self.lag.observe(polled)
         self.watchdog.step(polled)
+        n = self.apply_polled(polled, {tp.partition for tp in self.consumer.assignment()})
+        if polled:
+            self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()}, asynchronous=True)
+        return n
+
+    def apply_polled(self, polled, owned: set[int], decoded: Mapping[int, list[Record]] | None = None) -> int:
+        """Apply one poll (the archive sweep first when due, over the ``owned`` partitions) in one database
+        transaction; the number of records applied. ``decoded``: partition → the poll's events of it already
+        decoded (every record, in order), so a host that decodes once for all does not decode again."""
         if self.archive is not None and self.archive.due():
-            self.archive.run(self.conn, {tp.partition for tp in self.consumer.assignment()})
+            self.archive.run(self.conn, owned)
         if not polled:
             return 0
         started = time.monotonic()
         before = {name: dict(pos) for name, pos in self.positions.items()}
         try:
-            n = self._apply(polled, careful=False)
+            n = self._apply(polled, careful=False, decoded=decoded)
         except deadletters.POISON as exc:
             # the whole batch was rolled back: apply it again event by event, so only the event that
             # cannot be stored is set aside (dead letter) and every other one is applied
@@ -116,12 +141,11 @@ class ProjectionRunner:
             for tp in polled:
                 if tp.partition in positions:
                     metrics.PROJECTION_POSITION.labels(name, str(tp.partition)).set(positions[tp.partition])
-        self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()}, asynchronous=True)
         if self.on_batch:
             self.on_batch(n)
         return n
 
-    def _apply(self, polled, *, careful: bool) -> int:
+    def _apply(self, polled, *, careful: bool, decoded: Mapping[int, list[Record]] | None = None) -> int:
         """Apply a poll in one transaction. Each projection gets the poll's new events of every partition in
         one ``apply`` (each partition's in offset order; a job's events are all in one partition), and every
         position moved is saved by one statement: the statements of a poll do not grow with the partitions
@@ -129,15 +153,18 @@ class ProjectionRunner:
         n = 0
         moved: list[tuple[str, int, int]] = []
         with self.conn.transaction():
-            decoded = []
+            decoded_all = []
             for tp, msgs in polled.items():
-                records, bad = self._decode(tp.partition, msgs, careful=careful)
-                decoded.append((tp.partition, msgs[-1].offset + 1, records, bad))
+                if decoded is not None and not careful and tp.partition in decoded:
+                    records, bad = decoded[tp.partition], []
+                else:
+                    records, bad = self._decode(tp.partition, msgs, careful=careful)
+                decoded_all.append((tp.partition, msgs[-1].offset + 1, records, bad))
                 n += len(records)
             for proj in self.projections:
                 done_at = self.positions.setdefault(proj.name, {})
                 fresh: list[Record] = []
-                for partition, nxt, records, bad in decoded:
+                for partition, nxt, records, bad in decoded_all:
                     done = done_at.get(partition, 0)
                     if nxt <= done:
                         continue
@@ -186,11 +213,15 @@ class ProjectionRunner:
                   "and skipped", projection, self.topic, partition, offset, getattr(event, "PandaID", "?"),
                   getattr(event, "seq", "?"), deadletters.describe(exc), deadletters.TABLE)
 
-    def retry_dead_letters(self) -> tuple[int, int]:
+    def retry_dead_letters(self, owned: set[int] | None = None) -> tuple[int, int]:
         """Apply again the dead letters ``pandaes dead-letters retry`` asked for, of the partitions this
-        runner owns (so no other runner writes those jobs meanwhile), in one transaction with a savepoint
-        each: (resolved, failed again). See projections.deadletters."""
-        partitions = [tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic]
+        runner owns (so no other runner writes those jobs meanwhile; ``owned``: as told by the host feeding a
+        runner without a consumer), in one transaction with a savepoint each: (resolved, failed again). See
+        projections.deadletters."""
+        if owned is None:
+            assert self.consumer is not None
+            owned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
+        partitions = sorted(owned)
         by_name = {p.name: p for p in self.projections}
         done = failed = 0
         if not partitions:
@@ -213,6 +244,7 @@ class ProjectionRunner:
         return done, failed
 
     def run(self, stop: threading.Event) -> None:
+        assert self.consumer is not None and self.watchdog is not None, "a runner without a consumer is fed"
         self.watchdog.start()
         next_retry = 0.0
         try:
@@ -233,6 +265,7 @@ class ProjectionRunner:
 
     def _resume(self, stop: threading.Event) -> None:
         """Seek back to the positions the database has, waiting (backing off) while it is away."""
+        assert self.consumer is not None
         backoff = 0.5
         while not stop.is_set():
             self.db.reset()
@@ -246,6 +279,7 @@ class ProjectionRunner:
 
     def caught_up(self) -> bool:
         """True when every assigned partition has been applied up to the current end of the log."""
+        assert self.consumer is not None
         assignment = self.consumer.assignment()
         if not assignment:
             return False
@@ -253,9 +287,13 @@ class ProjectionRunner:
         return all(self.consumer.position(tp) >= end for tp, end in ends.items())
 
     def close(self) -> None:
-        self.watchdog.close()
-        self.consumer.close()
-        self.db.close()
+        try:
+            if self.watchdog is not None:
+                self.watchdog.close()
+            if self.consumer is not None:
+                self.consumer.close()
+        finally:
+            self.db.close()
 
 
 

@@ -29,6 +29,18 @@ Positions (at least once, per service):
 Moving from one group per service to the host: the first time the ``reactors`` group has no offsets,
 it starts each partition at the smallest offset the hosted services' own groups had committed, so
 neither history is decided again nor an event skipped.
+
+The projections too (``[reactors] projector = true``, the default): the host then also applies each poll to the
+projections (``projections.runner.ProjectionRunner`` without a consumer of its own) *before* its services decide
+on it, so the events topic has one reader fewer (on the embedded broker every reader of a partition costs it a
+listing of the partition's batches per fetch), each event is decoded once for both, and a service reading the
+jobs projection finds the event it acts on already applied instead of waiting for another process. The
+projections keep their own positions, stored with their rows in each transaction: a newly assigned partition is
+read from the smaller of those and the group's committed offset (the services skip what lies below their own), a
+poll the projections could not apply (the database away) is decided by no service and read again after a
+back-off, and an offset is committed only once the projections and every service are past it. `pandaes run`
+then starts no projector of its own (``cli.components.default_components``); `pandaes run projector` still runs
+them alone, with the host told ``projector = false``.
 """
 
 from __future__ import annotations
@@ -42,8 +54,10 @@ from typing import Any
 
 from core import bus, metrics, watchdog
 from core.config import Config
+from projections.base import Record
+from projections.runner import RETRY_EVERY, ProjectionRunner
 from services.dead_letters import describe, is_transient
-from services.loop import Member, ServiceLoop, decode_polled, fast_json_reads
+from services.loop import Item, Member, ServiceLoop, decode_polled, fast_json_reads
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +102,8 @@ class ServiceHost:
     """Runs ``members`` over one consumer of the events topic in the group ``<prefix>-<name>``."""
 
     def __init__(self, cfg: Config, members: Sequence[Member], *, name: str = NAME, replay: bool = False,
-                 sender: bus.CommandSender | None = None, backoff_max: float = 30.0):
+                 sender: bus.CommandSender | None = None, backoff_max: float = 30.0,
+                 projector: ProjectionRunner | None = None):
         if not members:
             raise ValueError("a service host needs at least one service")
         names = [m.service.name for m in members]
@@ -102,6 +117,10 @@ class ServiceHost:
         self.sender = sender if sender is not None else bus.CommandSender(cfg)
         self.hosted = [_Hosted(m, ServiceLoop(cfg, m.service, m.view, replay=replay, sender=self.sender,
                                               consume=False)) for m in members]
+        self.projector = projector     # applies each poll before the services decide (module docstring)
+        self._projector_stale = False  # its last transaction failed: its positions are read again first
+        self._next_retry = 0.0
+        self.cpu_project = 0.0
         self.consumer = bus.consumer(cfg, group_id=self.group)
         self._adopt_service_offsets()
         self._lock = threading.Lock()
@@ -152,13 +171,32 @@ class ServiceHost:
         with self._lock:
             self._reassigned |= set(partitions)
 
-    def _forget_moved(self) -> None:
+    def _forget_moved(self) -> set[bus.TopicPartition]:
+        """Forget the positions of partitions assigned or revoked since the last poll; those moved."""
         with self._lock:
             moved, self._reassigned = self._reassigned, set()
         for tp in moved:
             self._committed.pop(tp, None)
             for h in self.hosted:
                 h.pos.pop(tp, None)
+        return moved
+
+    def _start_projected(self, partitions: set[bus.TopicPartition], *, assigned: bool) -> None:
+        """Seek ``partitions`` to the smaller of the projections' stored positions (read again) and where the
+        services are: for partitions just ``assigned`` the group's committed offset, which each service then starts
+        from (it skips what it decided before); else (after a failed transaction of the projections) their
+        positions in memory. Raises a transient error if the database is away (tried again later)."""
+        assert self.projector is not None
+        starts = self.projector.start_offsets(partitions)
+        for tp in partitions:
+            if assigned:
+                committed = self.consumer.committed(tp)
+                if committed is not None:
+                    for h in self.hosted:
+                        h.pos[tp] = committed
+                    self._committed[tp] = committed
+            services = [h.pos[tp] for h in self.hosted if tp in h.pos]
+            self.consumer.seek(tp, min([starts[tp], *services]))
 
     def owned_partitions(self) -> set[int]:
         return {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
@@ -167,12 +205,22 @@ class ServiceHost:
     def step(self, timeout_ms: int = 200) -> int:
         """One poll decided by every service, their clocks, one flush and one commit; the records polled."""
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
-        self._forget_moved()
+        moved = self._forget_moved()
+        if self.projector is not None and not self._project_ready(polled, moved):
+            self.blocked = True
+            self.stats["blocked"] += 1
+            self.watchdog.step(polled)
+            return 0
         t0 = time.monotonic()
         c0 = time.thread_time()
         items = decode_polled(polled)
         self.cpu_decode += time.thread_time() - c0
         ends = {tp: msgs[-1].offset + 1 for tp, msgs in polled.items()}
+        if self.projector is not None and not self._project(polled, items):
+            self.blocked = True
+            self.stats["blocked"] += 1
+            self.watchdog.step(polled)
+            return 0
         sent_before = self._commands_sent()
         wanted = 0
         blocked = False
@@ -214,6 +262,71 @@ class ServiceHost:
             log.info("%s: %s", self.group, self.cpu_report())
         return len(items)
 
+    def _project_ready(self, polled: dict[bus.TopicPartition, list], moved: set[bus.TopicPartition]) -> bool:
+        """Before the projections take a poll: partitions newly assigned (or all, after a failed transaction)
+        are sought to where the projections and the services start (``_start_projected``), and the poll's records
+        of them are dropped (they come again from there). False: the database is away (back off)."""
+        assert self.projector is not None
+        assigned = self.consumer.assignment()
+        fresh = {tp for tp in moved if tp in assigned}
+        stale = set(assigned) - fresh if self._projector_stale else set()
+        if not fresh and not stale:
+            return True
+        try:
+            if fresh:
+                self._start_projected(fresh, assigned=True)
+            if stale:
+                self._start_projected(stale, assigned=False)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.projector.db.reset()
+            self._projector_stale = True
+            with self._lock:
+                self._reassigned |= fresh      # still to be started from the group's commit at the next try
+            for tp, msgs in polled.items():
+                self.consumer.seek(tp, msgs[0].offset)
+            log.warning("%s: the projections' positions cannot be read, the events from there come again after a "
+                        "back-off: %s", self.group, describe(exc))
+            return False
+        self._projector_stale = False
+        for tp in fresh | stale:
+            polled.pop(tp, None)
+        return True
+
+    def _project(self, polled: dict[bus.TopicPartition, list], items: list[Item]) -> bool:
+        """Apply the poll to the projections in one transaction (a poll's records of a partition that all
+        decoded are handed over decoded); its dead letters asked to be retried every ``RETRY_EVERY`` seconds.
+        False: the database is away, nothing of the poll is decided (its records come again after a back-off)."""
+        assert self.projector is not None
+        c0 = time.thread_time()
+        decoded: dict[int, list[Record]] = {}
+        bad: set[int] = set()
+        for tp, m, event, error in items:
+            if error is not None or event is None:
+                bad.add(tp.partition)
+            else:
+                decoded.setdefault(tp.partition, []).append(Record(tp.partition, m.offset, m.value, event))
+        owned = self.owned_partitions()
+        try:
+            self.projector.apply_polled(polled, owned, {p: r for p, r in decoded.items() if p not in bad})
+            if time.monotonic() >= self._next_retry:
+                self._next_retry = time.monotonic() + RETRY_EVERY
+                self.projector.retry_dead_letters(owned)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.projector.db.reset()
+            self._projector_stale = True     # its positions in memory may be ahead of what was committed
+            for tp, msgs in polled.items():
+                self.consumer.seek(tp, msgs[0].offset)
+            log.warning("%s: the projections could not apply a poll, it comes again after a back-off: %s",
+                        self.group, describe(exc))
+            return False
+        finally:
+            self.cpu_project += time.thread_time() - c0
+        return True
+
     def _commands_sent(self) -> int:
         return sum(h.loop.stats["commands"] for h in self.hosted)
 
@@ -223,6 +336,8 @@ class ServiceHost:
         offsets: dict[bus.TopicPartition, int] = {}
         for tp, end in ends.items():
             low = min(h.pos.get(tp, end) for h in self.hosted)
+            if self.projector is not None:
+                low = min(low, self.projector.position(tp.partition))
             if low < end:
                 self.consumer.seek(tp, low)
             if low > self._committed.get(tp, -1):
@@ -256,6 +371,8 @@ class ServiceHost:
     def cpu_report(self) -> str:
         """This thread's CPU by service since start (the rest of the process is polling and the clients)."""
         parts = [f"decode {self.cpu_decode:.2f}s"] + [f"{h.name} {h.cpu:.2f}s" for h in self.hosted]
+        if self.projector is not None:
+            parts.insert(1, f"projections {self.cpu_project:.2f}s")
         return "CPU " + ", ".join(parts) + f", {self.stats['events']} events"
 
     def run(self, stop: threading.Event) -> None:
@@ -268,9 +385,12 @@ class ServiceHost:
                     self._backoff = min(self.backoff_max, self._backoff * 2)
                 else:
                     self._backoff = 0.5
-                    if not n:   # at rest: sleep until the next look or a service's next tick (ServiceLoop.run)
+                    if not n:   # at rest: sleep until the next look, a service's next tick (ServiceLoop.run) or
+                        # the projections' next look for dead letters asked to be applied again
                         due = min((h.next_tick for h in self.hosted if h.member.tick_every is not None),
                                   default=float("inf"))
+                        if self.projector is not None:
+                            due = min(due, self._next_retry)
                         self.consumer.rest(stop, due - time.monotonic())
         finally:   # a loop that stopped stepping is not a hung one
             self.watchdog.close()
@@ -289,6 +409,8 @@ class ServiceHost:
                         h.member.close()
             if self._own_sender:
                 self.sender.close()
+            if self.projector is not None:
+                self.projector.close()
 
 
 def run_component(cfg: Config, stop: threading.Event) -> None:
@@ -296,11 +418,15 @@ def run_component(cfg: Config, stop: threading.Event) -> None:
     fast_json_reads()
     members: list[Any] = []
     host = None
+    projector = None
     try:
         for name in cfg.reactors.services:
             members.append(member(cfg, name))
-        host = ServiceHost(cfg, members)
-        log.info("%s hosts %s", host.group, ", ".join(h.name for h in host.hosted))
+        if cfg.reactors.projector:
+            projector = ProjectionRunner(cfg, consume=False)
+        host = ServiceHost(cfg, members, projector=projector)
+        log.info("%s hosts %s%s", host.group, ", ".join(h.name for h in host.hosted),
+                 " and the projections " + ", ".join(p.name for p in projector.projections) if projector else "")
         host.run(stop)
     finally:
         if host is not None:
@@ -309,3 +435,5 @@ def run_component(cfg: Config, stop: threading.Event) -> None:
             for m in members:
                 if m.close is not None:
                     m.close()
+            if projector is not None:
+                projector.close()

@@ -55,13 +55,15 @@ def test_bulk_workload_runs_every_job_through_the_harvester_agents(tmp_path):
 
 
 def test_idle_reading_covers_every_component_the_broker_and_postgres(tmp_path):
-    from cli.components import DEFAULT
+    from cli.components import default_components
+    from core import config
 
     results = run.run("smoke", ["idle"], log=lambda *_: None, log_dir=tmp_path / "logs")
     assert not results["skipped"], results["skipped"]
     idle = results["idle"]
     embedded = not os.environ.get("PANDAES_KAFKA")             # the fixtures' broker is ours unless one is given
-    assert set(idle["cpu_pct_of_core"]) == {*DEFAULT, "postgres", *(["broker"] if embedded else [])}
+    started = default_components(config.load())               # what `pandaes run` starts
+    assert set(idle["cpu_pct_of_core"]) == {*started, "postgres", *(["broker"] if embedded else [])}
     assert idle["total_pct"] == sum(idle["cpu_pct_of_core"].values())
     assert any(row[0] == "idle" for row in report.rows(results))
 

@@ -35,7 +35,8 @@ def total(samples: dict, name: str, **labels: str) -> float:
 
 def test_run_prints_and_records_every_components_metrics(system: RunningSystem):
     where = system.endpoints["metrics"]
-    assert {"ledger", "projector", "reactors", "daemon", "gateway", "monitor"} <= set(where)
+    # the projections applied in the reactors' process: no projector process of its own ([reactors] projector)
+    assert set(where) >= {"ledger", "reactors", "daemon", "gateway", "monitor"} and "projector" not in where
     assert where["gateway"] == f"{system.url}/metrics"
     text = system.log_path.read_text()
     assert "metrics: " in text and where["ledger"] in text
@@ -59,18 +60,17 @@ def test_counters_move_with_the_work(system: RunningSystem):
     assert total(gateway, "pandaes_http_request_seconds_count", route="/server/panda/getJob", status="200") >= 2
     assert total(gateway, "pandaes_command_verdict_seconds_count", command="PilotUpdate") > 0
     assert total(gateway, "pandaes_db_pool_connections", pool="gateway", kind="size") >= 1
-    # the projector applied everything, and says so by position and by lag
-    projector_url = where["projector"]
+    # the reactors' process applied everything to the projections, and says so by position and by lag
+    reactors_url = where["reactors"]
     events = total(ledger, "pandaes_ledger_events_total")
 
-    def projected() -> float:
-        return total(scrape(projector_url), "pandaes_consumer_records_total")
-    wait_until(lambda: projected() >= events, 30, 0.2, "projector consumed every event")
-    projector = scrape(projector_url)
-    assert total(projector, "pandaes_projection_position", projection="jobs") >= events
-    wait_until(lambda: total(scrape(projector_url), "pandaes_consumer_lag", group="pandaes-projector") == 0,
-               30, 0.5, "projector lag 0")
-    reactors = scrape(where["reactors"])      # the setupper and the other reactors, over one consumer
+    def consumed() -> float:
+        return total(scrape(reactors_url), "pandaes_consumer_records_total")
+    wait_until(lambda: consumed() >= events, 30, 0.2, "the reactors' consumer read every event")
+    reactors = scrape(reactors_url)           # the projections, the setupper and the other reactors, one consumer
+    assert total(reactors, "pandaes_projection_position", projection="jobs") >= events
+    wait_until(lambda: total(scrape(reactors_url), "pandaes_consumer_lag", group="pandaes-reactors") == 0,
+               30, 0.5, "reactors lag 0")
     assert total(reactors, "pandaes_service_commands_total", service="setupper") >= 3
     assert total(reactors, "pandaes_consumer_position", group="pandaes-reactors") >= events - 20
 
@@ -78,7 +78,7 @@ def test_counters_move_with_the_work(system: RunningSystem):
 def test_component_logs_are_json_lines_with_context(system: RunningSystem):
     lines = [ln for ln in system.log_path.read_text().splitlines() if ln.startswith("{")]
     records = [json.loads(ln) for ln in lines]          # every component line parses
-    assert {"ledger", "projector", "gateway"} <= {r["component"] for r in records}
+    assert {"ledger", "reactors", "gateway"} <= {r["component"] for r in records}
     dispatched = [r for r in records if r["component"] == "gateway" and "dispatched" in r["message"]]
     assert len(dispatched) == 2
     for r in dispatched:

@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import psycopg
 from fakes import HostCrash, RecordingService
 from helpers import all_events, wait_for_no_lag, wait_until
 
+from cli.deadletters import parse_ids, retry
+from cli.deadletters import rows as deadletters_rows
 from core import bus, db
 from core.bus import CommandSender, TopicPartition
 from core.ledger import Ledger
+from projections import queries
+from projections.jobs import JobsProjection
 from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec
@@ -223,3 +228,136 @@ def test_the_reactors_run_the_flow_and_a_crash_of_the_host_duplicates_no_effect(
     wait_until(lambda: all(r["status"] == "closed" for r in rows(
         cfg, "SELECT status FROM datasets WHERE name LIKE '%_sub000007'")), 60, 0.3, "the finished jobs' blocks closed")
     assert restarted.stats["events"] > 0 and {h.name for h in restarted.hosted} == set(HOSTED)
+
+
+# ------------------------------------------------------------------------------- the projections hosted too
+class ProjectedCheck(RecordingService):
+    """Remembers, for each event decided, whether the jobs projection already showed it (its row at that seq)."""
+
+    def __init__(self, name: str, cfg):
+        super().__init__(name)
+        self.cfg = cfg
+        self.unprojected: list[tuple[int, int]] = []
+
+    def decide(self, event, view) -> list:
+        with db.connect(self.cfg) as conn:
+            row = conn.execute("SELECT seq FROM jobs WHERE pandaid = %s", (event.PandaID,)).fetchone()
+        if row is None or row[0] < event.seq:
+            self.unprojected.append((event.PandaID, event.seq))
+        return super().decide(event, view)
+
+
+class FailingOnce:
+    """The jobs projection, whose first ``apply`` finds the database gone (a transient error, as a restart gives)."""
+
+    def __init__(self):
+        self.inner = JobsProjection()
+        self.name, self.tables = self.inner.name, self.inner.tables
+        self.failed = 0
+
+    def apply(self, conn, records) -> None:
+        if not self.failed:
+            self.failed += 1
+            raise psycopg.OperationalError("the database went away (test)")
+        self.inner.apply(conn, records)
+
+
+def projecting(cfg, background, services, name="host", projections=None) -> host.ServiceHost:
+    runner = ProjectionRunner(cfg, projections, consume=False)
+    h = host.ServiceHost(cfg, [Member(s, None) for s in services], projector=runner)
+    background.run(h, name)
+    return h
+
+
+def jobs_seq(cfg) -> dict[int, int]:
+    return {r["pandaid"]: r["seq"] for r in rows(cfg, "SELECT pandaid, seq FROM jobs")}
+
+
+def test_the_host_applies_the_projections_before_its_services_decide_over_one_consumer(cfg, background):
+    background.run(Ledger(cfg, instance="h", snapshot=partition_snapshot), "ledger")
+    seer = ProjectedCheck("seer", cfg)
+    h = projecting(cfg, background, [seer])
+    pids = list(range(1, 21))
+    send(cfg, submits(pids))
+    wait_until(lambda: len(seer.decided) >= 20, 60, 0.1, "every event decided")
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-reactors", cfg.kafka.events_topic)
+    assert sorted(seer.decided) == [(pid, 1) for pid in pids]
+    assert seer.unprojected == []                    # each event was in the projection when the service saw it
+    assert jobs_seq(cfg) == {pid: 1 for pid in pids}
+    with db.connect(cfg) as conn:                     # the positions stored with the rows reached the log's end
+        stored = {p: off for proj, p, off in queries.positions(conn, cfg.kafka.events_topic) if proj == "jobs"}
+    ends = {p: off + 1 for p, off, _ in all_events(cfg)}
+    assert all(stored.get(p, 0) >= end for p, end in ends.items())
+    admin = bus.admin(cfg)
+    try:                                              # no reader of the events topic but the host's group
+        assert admin.committed_offsets(f"{cfg.kafka.group_prefix}-projector") == {}
+    finally:
+        admin.close()
+    assert "projections" in h.cpu_report()
+
+
+def test_a_restarted_host_projects_from_its_stored_positions_and_decides_from_its_commit(cfg, background):
+    background.run(Ledger(cfg, instance="h", snapshot=partition_snapshot), "ledger")
+    first = RecordingService("rec")
+    h1 = host.ServiceHost(cfg, [Member(first, None)], projector=ProjectionRunner(cfg, consume=False))
+    stop_first = background.run(h1, "first host")
+    send(cfg, submits(range(1, 11)))
+    wait_until(lambda: len(first.decided) >= 10, 60, 0.1, "the first host decided the first jobs")
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-reactors", cfg.kafka.events_topic)
+    background.stop(stop_first)
+    # the projections lost what they had applied (their commits are asynchronous: a database crash loses the last
+    # ones, rows and positions together); the group's commit stands
+    with db.connect(cfg) as conn:
+        conn.execute("TRUNCATE jobs")
+        conn.execute("DELETE FROM consumer_positions WHERE projection = 'jobs'")
+        conn.commit()
+    send(cfg, submits(range(11, 16)))
+    second = RecordingService("rec")
+    projecting(cfg, background, [second], "second host", projections=[JobsProjection()])
+    wait_until(lambda: len(jobs_seq(cfg)) >= 15 and len(second.decided) >= 5, 60, 0.1,
+               "the projection refilled and the new jobs decided")
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-reactors", cfg.kafka.events_topic)
+    assert jobs_seq(cfg) == {pid: 1 for pid in range(1, 16)}       # re-applied from its own position, 0
+    assert sorted(second.decided) == [(pid, 1) for pid in range(11, 16)]   # nothing decided twice
+
+
+def test_a_poll_the_projections_cannot_apply_is_decided_by_no_service_until_they_have(cfg, background):
+    background.run(Ledger(cfg, instance="h", snapshot=partition_snapshot), "ledger")
+    seer = ProjectedCheck("seer", cfg)
+    failing = FailingOnce()
+    h = projecting(cfg, background, [seer], projections=[failing])
+    pids = list(range(1, 13))
+    send(cfg, submits(pids))
+    wait_until(lambda: len(seer.decided) >= 12, 60, 0.1, "every event decided")
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-reactors", cfg.kafka.events_topic)
+    assert failing.failed == 1 and h.stats["blocked"] >= 1
+    assert sorted(seer.decided) == [(pid, 1) for pid in pids] and seer.unprojected == []
+    assert jobs_seq(cfg) == {pid: 1 for pid in pids}
+
+
+def test_an_event_the_hosted_projections_refuse_is_their_dead_letter_and_is_applied_again_once_fixed(cfg,
+                                                                                                       background):
+    background.run(Ledger(cfg, instance="h", snapshot=partition_snapshot), "ledger")
+    seer = RecordingService("seer")
+    projecting(cfg, background, [seer])
+    send(cfg, submits([1, 2]))
+    wait_until(lambda: len(seer.decided) >= 2, 60, 0.1, "the jobs submitted")
+    with db.connect(cfg) as conn:         # a bad migration: the jobs table refuses a value the contract allows
+        conn.execute("ALTER TABLE jobs ADD CONSTRAINT no_boom CHECK (command_to_pilot IS DISTINCT FROM 'boom')")
+        conn.commit()
+    send(cfg, [Transition(PandaID=1, action="set", actor="test", attrs={"commandToPilot": "boom"}),
+               Transition(PandaID=2, action="set", actor="test", attrs={"currentPriority": 7})])
+    wait_until(lambda: len(seer.decided) >= 4, 60, 0.1, "both events decided by the service")
+    wait_for_no_lag(cfg, f"{cfg.kafka.group_prefix}-reactors", cfg.kafka.events_topic)
+    with db.connect(cfg) as conn:
+        letters = deadletters_rows(conn, resolved=True)
+    refused = [r for r in letters if r["owner"] == "projection:jobs"]
+    assert [r["pandaid"] for r in refused] == [1]                  # set aside; the poll's other event applied
+    assert jobs_seq(cfg) == {1: 1, 2: 2} and sorted(seer.decided) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    with db.connect(cfg) as conn:
+        conn.execute("ALTER TABLE jobs DROP CONSTRAINT no_boom")
+        conn.commit()
+    got, waiting = retry(cfg, parse_ids([refused[0]["key"]]), wait=60)   # the host applies it at its next look
+    assert waiting == [] and got[0]["resolved_at"] is not None
+    assert rows(cfg, "SELECT seq, command_to_pilot FROM jobs WHERE pandaid = 1") == [
+        {"seq": 2, "command_to_pilot": "boom"}]
