@@ -7,6 +7,8 @@ import json
 from collections import Counter
 
 import psycopg
+import pytest
+from conftest import BOTH_CLIENTS
 from fakes import HostCrash, RecordingService
 from helpers import all_events, wait_for_no_lag, wait_until
 
@@ -231,6 +233,9 @@ def test_the_reactors_run_the_flow_and_a_crash_of_the_host_duplicates_no_effect(
 
 
 # ------------------------------------------------------------------------------- the projections hosted too
+# (on both Kafka clients: the host seeks, reads committed offsets and handles assignments through the port)
+both_clients = pytest.mark.parametrize("kafka_client", BOTH_CLIENTS, indirect=True)
+
 class ProjectedCheck(RecordingService):
     """Remembers, for each event decided, whether the jobs projection already showed it (its row at that seq)."""
 
@@ -273,6 +278,7 @@ def jobs_seq(cfg) -> dict[int, int]:
     return {r["pandaid"]: r["seq"] for r in rows(cfg, "SELECT pandaid, seq FROM jobs")}
 
 
+@both_clients
 def test_the_host_applies_the_projections_before_its_services_decide_over_one_consumer(cfg, background):
     background.run(Ledger(cfg, instance="h", snapshot=partition_snapshot), "ledger")
     seer = ProjectedCheck("seer", cfg)
@@ -296,6 +302,7 @@ def test_the_host_applies_the_projections_before_its_services_decide_over_one_co
     assert "projections" in h.cpu_report()
 
 
+@both_clients
 def test_a_restarted_host_projects_from_its_stored_positions_and_decides_from_its_commit(cfg, background):
     background.run(Ledger(cfg, instance="h", snapshot=partition_snapshot), "ledger")
     first = RecordingService("rec")
@@ -321,6 +328,7 @@ def test_a_restarted_host_projects_from_its_stored_positions_and_decides_from_it
     assert sorted(second.decided) == [(pid, 1) for pid in range(11, 16)]   # nothing decided twice
 
 
+@both_clients
 def test_a_poll_the_projections_cannot_apply_is_decided_by_no_service_until_they_have(cfg, background):
     background.run(Ledger(cfg, instance="h", snapshot=partition_snapshot), "ledger")
     seer = ProjectedCheck("seer", cfg)
