@@ -53,6 +53,7 @@ class KafkaSettings(_Section):
     transaction_timeout_ms: int
     max_message_bytes: int
     client: str
+    embedded_threads: int
 
 
 class DbSettings(_Section):

@@ -101,10 +101,27 @@ def tansu_binary() -> str:
         raise InfraError(f"embedded Kafka broker: {exc}") from None
 
 
-def _spawn_tansu(binary: str, port: int, log: IO[bytes], die_with_owner: bool) -> subprocess.Popen[bytes]:
-    url = f"tcp://{LOOPBACK}:{port}"
-    env = {k: v for k, v in os.environ.items() if k not in TANSU_ENV_OPTIONS}
+def tansu_env(threads: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The embedded broker's environment: this process's without the variables Tansu would read as options, and
+    its runtime's worker threads set by ``[kafka] embedded_threads`` (0: the runtime's own default, one per
+    core, whatever a stray ``TOKIO_WORKER_THREADS`` says).
+
+    Why one thread by default: on the two-core machines measured, Tansu's multi-threaded runtime spent a
+    large share of its CPU in the kernel handing work between its threads; with one worker the broker's CPU
+    per job fell 10-20 % and every other process's with it (docs/performance.md, twelfth session). The
+    broker then uses at most one core for its requests, which is more than the measured workloads give it."""
+    env = {k: v for k, v in (os.environ if environ is None else environ).items()
+           if k not in TANSU_ENV_OPTIONS and k != "TOKIO_WORKER_THREADS"}
     env["NO_COLOR"] = "1"  # plain log lines, readable in error messages
+    if threads > 0:
+        env["TOKIO_WORKER_THREADS"] = str(threads)
+    return env
+
+
+def _spawn_tansu(binary: str, port: int, log: IO[bytes], die_with_owner: bool,
+                 threads: int) -> subprocess.Popen[bytes]:
+    url = f"tcp://{LOOPBACK}:{port}"
+    env = tansu_env(threads)
     return subprocess.Popen(
         [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
          "--storage-engine", "memory://tansu/"],
@@ -122,7 +139,8 @@ def start_tansu(state_dir: Path, *, port: int | None = None, timeout: float = KA
     is how tests bring a broker "back" empty after ``kill()``. Output goes to
     ``state_dir/kafka/tansu.log``. With ``die_with_owner`` (Linux) the broker is killed when the
     *thread* that started it exits, so start it from a thread that lives as long as it should.
-    ``cfg`` picks the Kafka client that asks whether the broker answers (default: ``config.load()``).
+    ``cfg`` picks the Kafka client that asks whether the broker answers and the broker's worker threads
+    (``[kafka] embedded_threads``; default: ``config.load()``).
     """
     if port in FORBIDDEN_PORTS:
         raise InfraError(f"port {port} is reserved; choose another for the embedded broker")
@@ -140,7 +158,8 @@ def start_tansu(state_dir: Path, *, port: int | None = None, timeout: float = KA
             offset = log.tell()
             log.write(f"--- {time.strftime('%F %T')} starting tansu on {LOOPBACK}:{chosen}\n".encode())
             log.flush()
-            proc = _spawn_tansu(binary, chosen, log, die_with_owner)
+            proc = _spawn_tansu(binary, chosen, log, die_with_owner,
+                                int((cfg or config.load()).kafka.embedded_threads))
         broker = Tansu(proc, chosen, log_path, offset)
         try:
             wait_for_kafka(broker.bootstrap, timeout=timeout, broker=broker, cfg=cfg)

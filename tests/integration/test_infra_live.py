@@ -288,6 +288,22 @@ def test_broker_kill_and_restart_on_the_same_port(system: Infra):
     assert _send(cfg, b"after").offset == 0
 
 
+def test_the_embedded_broker_runs_the_configured_worker_threads(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TOKIO_WORKER_THREADS", "7")       # a stray setting does not reach the broker
+    for n, want in ((1, "1"), (2, "2"), (0, None)):          # 0: the runtime's own default (no setting)
+        broker = start_tansu(tmp_path, cfg=config.load().replace(kafka={"embedded_threads": n}))
+        try:
+            env = dict(kv.split("=", 1) for kv in Path(f"/proc/{broker.pid}/environ").read_text().split("\0") if kv)
+            assert env.get("TOKIO_WORKER_THREADS") == want
+            admin = bus.admin(config.load(), bootstrap=broker.bootstrap)
+            try:
+                assert isinstance(admin.topics(), set)              # it answers
+            finally:
+                admin.close()
+        finally:
+            broker.stop()
+
+
 def test_broker_that_cannot_bind_fails_fast_with_its_log(tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # bound, not listening: only the broker's own bind fails
