@@ -12,7 +12,8 @@ jobs; 1 million in quick mode) runs only when named: ``pandaes bench --only scal
 dataset) takes seconds and runs by default.
 
 The load average is recorded before and after every workload: on a shared machine it says how much of
-the CPU the figures actually had.
+the CPU the figures actually had; so is a CPU speed probe (``bench.speed``), which shows what the load
+average cannot: other tenants of the same host slowing this machine down.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import ceilings, kill, rebuild
+from bench import ceilings, kill, rebuild, speed
 from bench.env import BenchEnv
 from bench.report import RESULTS, machine
 
@@ -81,7 +82,8 @@ def run(mode: str = "quick", only: list[str] | None = None, log=print,
         for name in wanted:
             t0 = time.perf_counter()
             load0 = os.getloadavg()
-            log(f"[{name}]  (load average {load0[0]:.1f})")
+            speed0 = speed.probe_ms()
+            log(f"[{name}]  (load average {load0[0]:.1f}, CPU probe {speed0:.0f} ms)")
             try:
                 cfg = env.fresh(name[:4])
                 if name == "ceilings":
@@ -108,9 +110,12 @@ def run(mode: str = "quick", only: list[str] | None = None, log=print,
             except Exception as exc:
                 results["skipped"][name] = f"failed: {exc!r}"
                 log(f"  FAILED: {exc!r}\n{traceback.format_exc()}")
+            speed1 = speed.probe_ms()
             if isinstance(results.get(name), dict):
                 results[name]["load_avg"] = {"before": load0, "after": os.getloadavg()}
-            log(f"  ({time.perf_counter() - t0:.0f}s, load average now {os.getloadavg()[0]:.1f})")
+                results[name]["cpu_probe_ms"] = {"before": speed0, "after": speed1}
+            log(f"  ({time.perf_counter() - t0:.0f}s, load average now {os.getloadavg()[0]:.1f}, "
+                f"CPU probe {speed1:.0f} ms)")
     finally:
         env.close()
     results["seconds"] = time.perf_counter() - t_all
