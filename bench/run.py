@@ -82,8 +82,8 @@ def run(mode: str = "quick", only: list[str] | None = None, log=print,
         for name in wanted:
             t0 = time.perf_counter()
             load0 = os.getloadavg()
-            speed0 = speed.probe_ms()
-            log(f"[{name}]  (load average {load0[0]:.1f}, CPU probe {speed0:.0f} ms)")
+            speed0, wake0 = speed.probe_ms(), speed.wakeup_us()
+            log(f"[{name}]  (load average {load0[0]:.1f}, CPU probe {speed0:.0f} ms, wake-up {wake0:.0f} µs)")
             try:
                 cfg = env.fresh(name[:4])
                 if name == "ceilings":
@@ -110,12 +110,13 @@ def run(mode: str = "quick", only: list[str] | None = None, log=print,
             except Exception as exc:
                 results["skipped"][name] = f"failed: {exc!r}"
                 log(f"  FAILED: {exc!r}\n{traceback.format_exc()}")
-            speed1 = speed.probe_ms()
+            speed1, wake1 = speed.probe_ms(), speed.wakeup_us()
             if isinstance(results.get(name), dict):
                 results[name]["load_avg"] = {"before": load0, "after": os.getloadavg()}
                 results[name]["cpu_probe_ms"] = {"before": speed0, "after": speed1}
+                results[name]["wakeup_us"] = {"before": wake0, "after": wake1}
             log(f"  ({time.perf_counter() - t0:.0f}s, load average now {os.getloadavg()[0]:.1f}, "
-                f"CPU probe {speed1:.0f} ms)")
+                f"CPU probe {speed1:.0f} ms, wake-up {wake1:.0f} µs)")
     finally:
         env.close()
     results["seconds"] = time.perf_counter() - t_all
