@@ -60,15 +60,15 @@ class Chaos:
         self.skipped: list[str] = []
         self.t0 = time.monotonic()
         self._last_progress = 0.0
-        hosted_projector = config.load().reactors.projector
+        base = config.load()
         self.names = [n.strip() for n in args.components.split(",") if n.strip()] if args.components \
-            else components.default_components(config.load())
+            else components.default_components(base)
         for name in self.names:
             components.resolve(name)   # a typo stops the run before anything starts
         missing = [n for n in FLOW if n not in self.names]
         if "reactors" not in self.names:
             missing += [n for n in FLOW_REACTORS if n not in self.names]
-        if "projector" not in self.names and not ("reactors" in self.names and hosted_projector):
+        if "projector" not in self.names and not ("reactors" in self.names and base.reactors.projector):
             missing.append("projector")
         if missing:
             raise SystemExit(f"--components: jobs cannot finish without {', '.join(missing)}")

@@ -207,20 +207,14 @@ class ServiceHost:
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
         moved = self._forget_moved()
         if self.projector is not None and not self._project_ready(polled, moved):
-            self.blocked = True
-            self.stats["blocked"] += 1
-            self.watchdog.step(polled)
-            return 0
+            return self._held_back(polled)
         t0 = time.monotonic()
         c0 = time.thread_time()
         items = decode_polled(polled)
         self.cpu_decode += time.thread_time() - c0
         ends = {tp: msgs[-1].offset + 1 for tp, msgs in polled.items()}
         if self.projector is not None and not self._project(polled, items):
-            self.blocked = True
-            self.stats["blocked"] += 1
-            self.watchdog.step(polled)
-            return 0
+            return self._held_back(polled)
         sent_before = self._commands_sent()
         wanted = 0
         blocked = False
@@ -261,6 +255,13 @@ class ServiceHost:
             self._next_report = time.monotonic() + 60
             log.info("%s: %s", self.group, self.cpu_report())
         return len(items)
+
+    def _held_back(self, polled: dict[bus.TopicPartition, list]) -> int:
+        """The projections could not take this poll (the database away): nothing decided, a back-off next."""
+        self.blocked = True
+        self.stats["blocked"] += 1
+        self.watchdog.step(polled)
+        return 0
 
     def _project_ready(self, polled: dict[bus.TopicPartition, list], moved: set[bus.TopicPartition]) -> bool:
         """Before the projections take a poll: partitions newly assigned (or all, after a failed transaction)
