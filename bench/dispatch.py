@@ -23,7 +23,7 @@ import aiohttp
 from bench import stack, workload
 from bench.procs import Components, CpuMeter, infra_groups
 from bench.stats import percentiles, timeline
-from core import db
+from core import collector, db, eventloop
 from core.bus import CommandSender, OutcomeWaiter
 from core.config import Config
 from core.states import JobStatus
@@ -158,7 +158,9 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         total = 0
         rate = size.get("dispatch_open_rate")
         if rate:   # first, while the backlog is whole: the closed-loop levels hand out as many jobs as they can
-            res = asyncio.run(_open_level(url, rate, size["dispatch_seconds"], dev.headers(cfg, "bench", ("pilot",))))
+            with collector.settled():   # the pilots are the measuring instrument (bench/kill.py says why)
+                res = eventloop.run(_open_level(url, rate, size["dispatch_seconds"],
+                                                dev.headers(cfg, "bench", ("pilot",))))
             total += res["requests"]
             lat = res["latency"]
             log(f"  dispatch: open loop, {rate:g} getJob/s offered: {res['requests_per_s']:,.0f}/s answered on "
@@ -167,7 +169,9 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
                 f"({res['unique_jobs']:,} distinct), {res['no_job']} without a job, {res['errors']} errors")
             levels.append(res)
         for pilots in size["dispatch_levels"]:
-            res = asyncio.run(_level(url, pilots, size["dispatch_seconds"], dev.headers(cfg, "bench", ("pilot",))))
+            with collector.settled():
+                res = eventloop.run(_level(url, pilots, size["dispatch_seconds"],
+                                           dev.headers(cfg, "bench", ("pilot",))))
             total += res["requests"]
             lat = res["latency"]
             log(f"  dispatch: {pilots:>3} pilots: {res['requests_per_s']:,.0f} getJob/s, p50 {lat.get('p50_ms', 0):.1f}"

@@ -4,6 +4,13 @@ The broker and PostgreSQL server are the embedded defaults or PANDAES_KAFKA / PA
 found) once per run through ``devenv.stack.Infra``. Every workload gets fresh topics and a fresh database
 (a copy of one migrated template, as the tests do), so no workload sees another's jobs or offsets, and
 the run leaves nothing behind but its results.
+
+A workload's topics and database are dropped as soon as it ends (``release``), not at the end of the run: the
+embedded broker keeps every topic's description in one metadata document that it rewrites on every
+transactional or idempotent write, so topics left over from earlier workloads made each later workload's
+ledger transaction cost the broker more (a five-partition transaction: ~770 µs of its CPU with the
+workload's own four topics, ~1,200 µs with forty more; docs/performance.md, thirteenth session). A system
+as `make run` starts it has only its own four.
 """
 
 from __future__ import annotations
@@ -90,6 +97,25 @@ class BenchEnv:
         self.topics += [cfg.kafka.commands_topic, cfg.kafka.events_topic, cfg.kafka.rejected_topic,
                         cfg.kafka.replies_topic]
         return cfg
+
+    def release(self, cfg: Config) -> None:
+        """Drop one workload's topics and database (made by ``fresh``) once its figures are taken."""
+        assert self.base is not None, "start() first"
+        k = cfg.kafka
+        topics = [t for t in (k.commands_topic, k.events_topic, k.rejected_topic, k.replies_topic)
+                  if t in self.topics]
+        if topics:
+            admin = bus.admin(self.base)
+            try:
+                admin.delete_topics(topics)
+            finally:
+                admin.close()
+            self.topics = [t for t in self.topics if t not in topics]
+        dbname = cfg.db.url.rsplit("/", 1)[-1].split("?", 1)[0]
+        if dbname in self.databases and dbname != self.template:
+            with psycopg.connect(_admin_url(self.base.db.url), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            self.databases.remove(dbname)
 
     def close(self) -> None:
         """Drop what the run created (databases; topics too on a real cluster), stop what it started."""

@@ -38,6 +38,7 @@ import aiohttp
 from bench import lifecycle, stack
 from bench.procs import Components, CpuMeter, cpu_seconds, database_backends, infra_groups
 from bench.stats import percentiles
+from core import collector, eventloop
 from core.config import Config
 
 INSTANCES = 2
@@ -296,14 +297,16 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
         own_db = _DatabaseCpu(cfg.db.url.rsplit("/", 1)[1].split("?")[0])
         t0 = time.time()
         verdicts0 = _verdict_sums(url, headers)
-        bulk = asyncio.run(_bulk_phase(url, n, seconds, log, headers))
+        with collector.settled():   # the instances are the measuring instrument (bench/kill.py says why)
+            bulk = eventloop.run(_bulk_phase(url, n, seconds, log, headers))
         # the clock stops when the gateway reports finished what the instances reported finished
         done = lifecycle.wait_finished(url, bulk.pop("ids"), bulk["reported_finished"], 30, headers)
         elapsed = time.time() - t0
         cpu = {**meter.stop(), "bench (harvester instances, submit)": time.process_time() - cpu0}
         verdicts = _verdict_means(verdicts0, _verdict_sums(url, headers))
         db_cpu, db_ended = own_db.stop()
-        kills = asyncio.run(_kill_phase(url, max(5, min(20, n // 4)), log, headers))
+        with collector.settled():
+            kills = eventloop.run(_kill_phase(url, max(5, min(20, n // 4)), log, headers))
         comps.check()
     lat = percentiles(kills)
     per_acquire = bulk["acquired"] / max(1, bulk["batches"])   # [dispatcher] max_jobs caps a batch

@@ -84,6 +84,7 @@ def run(mode: str = "quick", only: list[str] | None = None, log=print,
             load0 = os.getloadavg()
             speed0, wake0 = speed.probe_ms(), speed.wakeup_us()
             log(f"[{name}]  (load average {load0[0]:.1f}, CPU probe {speed0:.0f} ms, wake-up {wake0:.0f} µs)")
+            cfg = None
             try:
                 cfg = env.fresh(name[:4])
                 if name == "ceilings":
@@ -110,6 +111,12 @@ def run(mode: str = "quick", only: list[str] | None = None, log=print,
             except Exception as exc:
                 results["skipped"][name] = f"failed: {exc!r}"
                 log(f"  FAILED: {exc!r}\n{traceback.format_exc()}")
+            finally:
+                if cfg is not None:
+                    try:   # the next workload meets a broker holding only its own topics (bench/env.py)
+                        env.release(cfg)
+                    except Exception as exc:  # noqa: BLE001 - a leftover topic must not stop the run
+                        log(f"  (could not drop {name}'s topics and database: {exc!r})")
             speed1, wake1 = speed.probe_ms(), speed.wakeup_us()
             if isinstance(results.get(name), dict):
                 results[name]["load_avg"] = {"before": load0, "after": os.getloadavg()}

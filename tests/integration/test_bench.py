@@ -82,3 +82,32 @@ def test_dispatch_offers_getjob_open_loop_and_hands_out_each_job_once(tmp_path):
     assert [level["pilots"] for level in closed] == list(size["dispatch_levels"])
     assert all("offered_per_s" not in level for level in closed)
     assert "offered (open loop" in report.table(results)
+
+
+def test_a_released_workload_leaves_no_topic_or_database_behind_and_spares_the_next():
+    """bench/env.py: each workload's topics and database go as soon as it ends, so the next workload meets a broker
+    holding only its own topics (the embedded broker rewrites every topic's description on each transactional
+    write)."""
+    from bench.env import BenchEnv
+    from core import bus
+
+    env = BenchEnv(log=lambda *_: None).start()
+    try:
+        first, second = env.fresh("one"), env.fresh("two")
+        names = lambda c: [c.kafka.commands_topic, c.kafka.events_topic, c.kafka.rejected_topic,  # noqa: E731
+                           c.kafka.replies_topic]
+        env.release(first)
+        admin = bus.admin(env.base)
+        try:
+            counts = admin.partition_counts(names(first) + names(second))
+        finally:
+            admin.close()
+        assert not set(names(first)) & set(counts), counts
+        assert set(names(second)) <= set(counts), counts
+        dbname = lambda c: c.db.url.rsplit("/", 1)[-1]  # noqa: E731
+        with psycopg.connect(env.base.db.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            have = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+        assert dbname(first) not in have and dbname(second) in have
+        env.release(first)   # twice: nothing left to drop, no error
+    finally:
+        env.close()
