@@ -48,6 +48,16 @@ class RestoreError(RuntimeError):
     pass
 
 
+#: archived (PandaID, partition) pairs kept to name the partition count an archive was written with
+SEEN_KEPT = 2000
+
+
+def counts_written_with(pairs: list[tuple[int, int]], most: int = 256) -> list[int]:
+    """The partition counts (1..``most``) under which every archived ``(PandaID, partition)`` pair maps where it
+    was: what ``[kafka] partitions`` must be for a restore into new topics (its default changed from 8 to 4)."""
+    return [n for n in range(1, most + 1) if all(p < n and bus.partition_of(pid, n) == p for pid, p in pairs)]
+
+
 @dataclasses.dataclass
 class RestoreResult:
     published: int = 0
@@ -97,14 +107,21 @@ def restore(cfg: Config, *, force: bool = False, log: Log = print, show_progress
                 failures.append(exc)
 
         in_txn = 0
+        seen: list[tuple[int, int]] = []   # (PandaID, partition) of the first events: what count they fit
         try:
             with Progress("restore", total=total, enabled=show_progress) as bar:
                 for partition, pid, seq, body in queries.archive_in_log_order(conn):
                     bar.update()
+                    if len(seen) < SEEN_KEPT:
+                        seen.append((pid, partition))
                     if partition >= nparts or bus.partition_of(pid, nparts) != partition:
+                        fits = counts_written_with([*seen, (pid, partition)])
+                        hint = (f"; the archive fits {' or '.join(map(str, fits[:3]))} partitions: start with "
+                                f"PANDAES_PARTITIONS={fits[0]} ([kafka] partitions, 4 by default since 8 cost the "
+                                "embedded broker more)" if fits else "")
                         raise RestoreError(f"archived event PandaID {pid} seq {seq} was in partition {partition}, "
                                            f"but with {nparts} partitions its key maps elsewhere: the topic must "
-                                           "have the partition count the archive was written with")
+                                           f"have the partition count the archive was written with{hint}")
                     if (pid, seq) in present:
                         result.skipped += 1
                         continue
