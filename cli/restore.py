@@ -48,14 +48,18 @@ class RestoreError(RuntimeError):
     pass
 
 
-#: archived (PandaID, partition) pairs kept to name the partition count an archive was written with
-SEEN_KEPT = 2000
-
-
 def counts_written_with(pairs: list[tuple[int, int]], most: int = 256) -> list[int]:
     """The partition counts (1..``most``) under which every archived ``(PandaID, partition)`` pair maps where it
     was: what ``[kafka] partitions`` must be for a restore into new topics (its default changed from 8 to 4)."""
     return [n for n in range(1, most + 1) if all(p < n and bus.partition_of(pid, n) == p for pid, p in pairs)]
+
+
+def _count_mismatch(pairs: list[tuple[int, int]], nparts: int) -> str:
+    fits = counts_written_with(pairs)
+    hint = (f"; the archive fits {' or '.join(map(str, fits[:3]))} partitions: start with PANDAES_PARTITIONS={fits[0]} "
+            "([kafka] partitions, 4 by default since 8 cost the embedded broker more)" if fits else "")
+    return (f"with {nparts} partitions the archived events' keys map elsewhere: the topics must have the partition "
+            f"count the archive was written with{hint}")
 
 
 @dataclasses.dataclass
@@ -96,6 +100,9 @@ def restore(cfg: Config, *, force: bool = False, log: Log = print, show_progress
                                "into it. `pandaes restore --force` adds only the events it lacks.")
         present, top = _present(cfg, end)
     with db.connect(cfg) as conn:
+        sample = queries.partition_sample(conn)
+        if any(p >= nparts or bus.partition_of(pid, nparts) != p for pid, p in sample):
+            raise RestoreError(_count_mismatch(sample, nparts))
         total = queries.archived_count(conn)
         producer = bus.producer(cfg, linger_ms=20, transactional_id=f"pandaes-restore-{topic}")
         producer.init_transactions()
@@ -107,21 +114,13 @@ def restore(cfg: Config, *, force: bool = False, log: Log = print, show_progress
                 failures.append(exc)
 
         in_txn = 0
-        seen: list[tuple[int, int]] = []   # (PandaID, partition) of the first events: what count they fit
         try:
             with Progress("restore", total=total, enabled=show_progress) as bar:
                 for partition, pid, seq, body in queries.archive_in_log_order(conn):
                     bar.update()
-                    if len(seen) < SEEN_KEPT:
-                        seen.append((pid, partition))
                     if partition >= nparts or bus.partition_of(pid, nparts) != partition:
-                        fits = counts_written_with([*seen, (pid, partition)])
-                        hint = (f"; the archive fits {' or '.join(map(str, fits[:3]))} partitions: start with "
-                                f"PANDAES_PARTITIONS={fits[0]} ([kafka] partitions, 4 by default since 8 cost the "
-                                "embedded broker more)" if fits else "")
-                        raise RestoreError(f"archived event PandaID {pid} seq {seq} was in partition {partition}, "
-                                           f"but with {nparts} partitions its key maps elsewhere: the topic must "
-                                           f"have the partition count the archive was written with{hint}")
+                        raise RestoreError(f"archived event PandaID {pid} seq {seq} was in partition {partition}: "
+                                           + _count_mismatch([*sample, (pid, partition)], nparts))
                     if (pid, seq) in present:
                         result.skipped += 1
                         continue

@@ -147,6 +147,27 @@ def archive_in_log_order(conn: psycopg.Connection, batch: int = 5000) -> Iterato
         yield from cur
 
 
+#: up to N archived (PandaID, partition) pairs of each partition, from the start of each: the partitions found by
+#: skipping through the position index (a recursive loose scan), not by reading the archive
+PARTITION_SAMPLE_SQL = """
+WITH RECURSIVE parts(p) AS (
+    (SELECT partition FROM job_events ORDER BY partition LIMIT 1)
+  UNION ALL
+    SELECT (SELECT partition FROM job_events WHERE partition > parts.p ORDER BY partition LIMIT 1)
+    FROM parts WHERE parts.p IS NOT NULL
+)
+SELECT s.pandaid, parts.p FROM parts
+CROSS JOIN LATERAL (SELECT pandaid FROM job_events WHERE partition = parts.p ORDER BY kafka_offset LIMIT %s) s
+WHERE parts.p IS NOT NULL
+"""
+
+
+def partition_sample(conn: psycopg.Connection, per_partition: int = 64) -> list[tuple[int, int]]:
+    """(PandaID, partition) of the first ``per_partition`` archived events of every partition the archive holds:
+    enough to tell which partition counts the archive fits (``cli.restore``) before anything is published."""
+    return [(int(pid), int(p)) for pid, p in conn.execute(PARTITION_SAMPLE_SQL, (per_partition,)).fetchall()]
+
+
 def archived_before(conn: psycopg.Connection, partition: int, offset: int,
                     batch: int = 5000) -> Iterator[tuple[int, str]]:
     """(log offset, body JSON) of the archived events of ``partition`` below ``offset``, in offset order:

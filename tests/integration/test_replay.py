@@ -258,3 +258,26 @@ def test_broker_loss_then_start_restores_everything(cfg, background, tmp_path, m
         assert report.events == total
     finally:
         system.stop()
+
+
+def test_a_restore_into_topics_of_another_partition_count_names_the_archives(cfg, background):
+    """The default partition count changed (8 → 4): restoring an archive written with eight into new four-partition
+    topics is refused before anything is published, and the refusal names the count to start with."""
+    from core.topics import ensure_topics
+
+    k = cfg.kafka
+    eight = cfg.replace(kafka={"partitions": 8, "commands_topic": k.commands_topic + "-p8",
+                               "events_topic": k.events_topic + "-p8", "rejected_topic": k.rejected_topic + "-p8",
+                               "replies_topic": k.replies_topic + "-p8", "group_prefix": k.group_prefix + "-p8"})
+    ensure_topics(eight)
+    ledger, _, stops = run_system(eight, background)
+    ids = range(5000, 5040)
+    drive(eight, mixed_flow(ids), ledger)
+    n = ledger.stats["events"]
+    wait_until(lambda: archived(eight) == n, 60, 0.2, "the projector to catch up")
+    for stop in stops:
+        background.stop(stop)
+    assert int(cfg.kafka.partitions) != 8
+    with pytest.raises(RestoreError, match="PANDAES_PARTITIONS=8"):
+        restore(cfg, log=lambda *_: None)
+    assert sum(bus.end_offsets(cfg, cfg.kafka.events_topic).values()) == 0, "nothing published"
