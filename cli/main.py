@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from cli import components
-from cli.restore import check_at_start
+from cli.restore import RestoreError, check_at_start
 from core import bus, config, db, logs, metrics
 from core.bus import CommandSender, OutcomeWaiter
 from core.states import SUBMIT_TRIGGERS, JobStatus
@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args) or 0
     except config.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except RestoreError as exc:   # `make run` restoring a lost embedded log, or `pandaes restore`: say why, no trace
+        print(f"pandaes {args.command}: restore refused: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
         from cli import outage
