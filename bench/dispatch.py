@@ -22,7 +22,7 @@ import aiohttp
 
 from bench import stack, workload
 from bench.procs import Components, CpuMeter, infra_groups
-from bench.stats import percentiles, timeline
+from bench.stats import by_window, percentiles, timeline
 from core import collector, db, eventloop
 from core.bus import CommandSender, OutcomeWaiter
 from core.config import Config
@@ -81,6 +81,7 @@ async def _open_level(url: str, rate: float, seconds: float, headers: dict[str, 
     stats = SimStats()
     opts = SimOptions(url=url, site=stack.SITE)
     latencies: list[float] = []
+    dues: list[float] = []
     stamps: list[float] = []
     idle: asyncio.Queue = asyncio.Queue()
     pilots: list[Any] = []
@@ -91,6 +92,7 @@ async def _open_level(url: str, rate: float, seconds: float, headers: dict[str, 
                 job = await p.get_job()
                 now = time.perf_counter()
                 latencies.append(now - due)
+                dues.append(due)
                 stamps.append(now)
                 if job is not None:
                     stats.received.append(int(job["PandaID"]))
@@ -121,7 +123,7 @@ async def _open_level(url: str, rate: float, seconds: float, headers: dict[str, 
             "unique_jobs": len(set(stats.received)), "no_job": stats.no_job, "errors": len(stats.errors),
             "error_samples": sorted({e[:200] for e in stats.errors})[:5], "seconds": elapsed,
             "requests_per_s": len(latencies) / elapsed, "latency": percentiles(latencies),
-            "timeline": timeline(stamps, t0)}
+            "latency_by_window": by_window(latencies, dues, t0, seconds), "timeline": timeline(stamps, t0)}
 
 
 def _activated(cfg: Config) -> int:
@@ -167,6 +169,8 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
                 f"{res['pilots']} pilots, p50 {lat.get('p50_ms', 0):.1f} p95 {lat.get('p95_ms', 0):.1f} "
                 f"p99 {lat.get('p99_ms', 0):.1f} ms from when each was due, {res['jobs']:,} jobs handed out "
                 f"({res['unique_jobs']:,} distinct), {res['no_job']} without a job, {res['errors']} errors")
+            log("  dispatch: open loop, p50/p99 by fifth of the level: " + ", ".join(
+                f"{w.get('p50_ms', 0):.0f}/{w.get('p99_ms', 0):.0f}" for w in res["latency_by_window"]) + " ms")
             levels.append(res)
         for pilots in size["dispatch_levels"]:
             with collector.settled():

@@ -39,3 +39,20 @@ def steady_rate(series: Sequence[tuple[float, float]], trim: float = 0.1) -> flo
     k = int(len(rates) * trim)
     middle = rates[k:len(rates) - k] or rates
     return sum(middle) / len(middle)
+
+
+def by_window(samples_s: Sequence[float], due_s: Sequence[float], t0: float, seconds: float,
+              windows: int = 5) -> list[dict[str, float]]:
+    """Latency percentiles (``percentiles``) of each of ``windows`` equal stretches of an open-loop level, each
+    sample placed by when it was due (``due_s``, paired with ``samples_s``; ``t0`` the level's start).
+
+    Why: on the embedded broker a fetch walks every batch its partition holds, so a level's latency can grow
+    from its first seconds to its last while the offered rate stays the same; one set of percentiles over the
+    whole level hides that (docs/performance.md, thirteenth session)."""
+    width = seconds / windows if seconds > 0 and windows > 0 else 0.0
+    if width <= 0:
+        return []
+    buckets: list[list[float]] = [[] for _ in range(windows)]
+    for sample, due in zip(samples_s, due_s, strict=True):
+        buckets[min(windows - 1, max(0, int((due - t0) / width)))].append(sample)
+    return [{"from_s": i * width, "to_s": (i + 1) * width, **percentiles(b)} for i, b in enumerate(buckets)]

@@ -81,6 +81,8 @@ def test_dispatch_offers_getjob_open_loop_and_hands_out_each_job_once(tmp_path):
     assert open_level["errors"] == 0 and open_level["jobs"] == open_level["unique_jobs"] > 0
     assert [level["pilots"] for level in closed] == list(size["dispatch_levels"])
     assert all("offered_per_s" not in level for level in closed)
+    windows = open_level["latency_by_window"]   # every request counted once, in the fifth it was due in
+    assert len(windows) == 5 and sum(w["n"] for w in windows) == open_level["requests"]
     assert "offered (open loop" in report.table(results)
 
 

@@ -56,3 +56,14 @@ def test_broker_fetch_growth_is_reported_against_a_flat_goal():
 def test_broker_fetch_growth_not_measured_on_an_outside_broker_shows_no_row():
     rows = report.rows({"ceilings": _ceilings(fetch_growth={"measured": False})})
     assert not [r for r in rows if "fetched alone" in r[1]]
+
+
+def test_an_open_loop_level_shows_its_p99_from_first_to_last_fifth():
+    level = {"offered_per_s": 500, "pilots": 80, "requests_per_s": 499.0,
+             "latency": {"n": 10, "p50_ms": 20, "p95_ms": 80, "p99_ms": 110},
+             "latency_by_window": [{"n": 5, "p99_ms": 21.0}, {"n": 0}, {"n": 5, "p99_ms": 129.4}]}
+    rows = report.rows({"dispatch": {"levels": [level, {"pilots": 1, "requests_per_s": 60.0,
+                                                         "latency": {"n": 3, "p50_ms": 12}}]}})
+    by_figure = {figure: value for wl, figure, value, _, _ in rows if wl == "dispatch"}
+    assert by_figure["getJob, 500 req/s offered: p99 by fifth of the level"] == "21 → 129 ms"
+    assert not any("fifth" in f and "1 pilots" in f for f in by_figure)
