@@ -100,6 +100,17 @@ def run_system(cfg, background):
     return ledger, runner, stops
 
 
+def archive_flow(cfg, background, ids) -> int:
+    """Ledger and projector run ``mixed_flow(ids)`` until the archive holds every event, then stop; the events."""
+    ledger, _, stops = run_system(cfg, background)
+    drive(cfg, mixed_flow(ids), ledger)
+    n = ledger.stats["events"]
+    wait_until(lambda: archived(cfg) == n, 60, 0.2, "the projector to catch up")
+    for stop in stops:
+        background.stop(stop)
+    return n
+
+
 def cli(cfg, monkeypatch, *argv) -> int:
     monkeypatch.setenv("PANDAES_KAFKA", cfg.kafka.bootstrap)
     monkeypatch.setenv("PANDAES_DB", cfg.db.url)
@@ -118,13 +129,7 @@ def jobs_by_task(cfg) -> dict[str, dict[str, int]]:
 
 
 def test_verify_rebuild_state_at_tail_and_jedi_consumer(cfg, background, monkeypatch, capsys):
-    ledger, _, stops = run_system(cfg, background)
-    cmds = mixed_flow(range(2000, 2030))
-    drive(cfg, cmds, ledger)
-    n_events = ledger.stats["events"]
-    wait_until(lambda: archived(cfg) == n_events, 60, 0.2, "the projector to catch up")
-    for stop in stops:
-        background.stop(stop)
+    n_events = archive_flow(cfg, background, range(2000, 2030))
 
     # verify: the log is legal and every projection is what it implies
     report = verify(cfg)
@@ -205,13 +210,8 @@ def test_broker_loss_then_start_restores_everything(cfg, background, tmp_path, m
                          log=lambda *_: None).start()
     try:
         c = system.config()
-        ledger, _, stops = run_system(c, background)
         first_ids = range(3000, 3020)
-        drive(c, mixed_flow(first_ids), ledger)
-        n_first = ledger.stats["events"]
-        wait_until(lambda: archived(c) == n_first, 60, 0.2, "the projector to catch up")
-        for stop in stops:
-            background.stop(stop)
+        n_first = archive_flow(c, background, first_ids)
         histories = dump(c)["job_events"]
 
         system.restart_broker(kill=True)            # the log is gone; topics exist again, empty
@@ -270,13 +270,7 @@ def test_a_restore_into_topics_of_another_partition_count_names_the_archives(cfg
                                "events_topic": k.events_topic + "-p8", "rejected_topic": k.rejected_topic + "-p8",
                                "replies_topic": k.replies_topic + "-p8", "group_prefix": k.group_prefix + "-p8"})
     ensure_topics(eight)
-    ledger, _, stops = run_system(eight, background)
-    ids = range(5000, 5040)
-    drive(eight, mixed_flow(ids), ledger)
-    n = ledger.stats["events"]
-    wait_until(lambda: archived(eight) == n, 60, 0.2, "the projector to catch up")
-    for stop in stops:
-        background.stop(stop)
+    assert archive_flow(eight, background, range(5000, 5040)) > 0
     assert int(cfg.kafka.partitions) != 8
     with pytest.raises(RestoreError, match="PANDAES_PARTITIONS=8"):
         restore(cfg, log=lambda *_: None)
