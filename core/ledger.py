@@ -188,10 +188,10 @@ class Ledger:
         # commands are answered while a caller waits (getJob, updateJob, kill), but each fetch of every
         # commands partition costs the broker CPU: [kafka] ledger_fetch_max_wait_ms weighs the two; with the
         # commands of this host handed over, the topic's fetch only fills gaps (other hosts' commands, a lost
-        # datagram) and runs at the services' wait
+        # datagram) and runs at [kafka] gap_fetch_max_wait_ms (1 s: broker CPU per getJob -15 %, docs/performance.md)
         # HoleGuard: several producers write the commands topic, and the embedded broker can show a later
         # batch before an earlier one is stored; the guard does not read past such a hole (core/holes.py)
-        wait = cfg.kafka.fetch_max_wait_ms if self.intake.bound else cfg.kafka.ledger_fetch_max_wait_ms
+        wait = cfg.kafka.gap_fetch_max_wait_ms if self.intake.bound else cfg.kafka.ledger_fetch_max_wait_ms
         self.consumer = HoleGuard(bus.consumer(cfg, group_id=self.group_id, fetch_max_wait_ms=wait))
         # assignment callbacks only note the change: the rebuild runs in the ledger's loop, because a
         # callback may not wait for the broker (kafka-python runs them on its own thread)

@@ -12,7 +12,7 @@ source of truth, and nothing about what the ledger judges changes:
   (``in_log_order``): commands are judged in the log's order, exactly as read from the topic; their events
   name the same source offset, the transaction commits the same consumed offsets, recovery is unchanged;
 * a datagram lost, late or refused (no listener, a full buffer, a command too large for one datagram) only
-  means the topic's copy is judged: the ledger goes on fetching the topic, at the services' slower wait;
+  means the topic's copy is judged: the ledger goes on fetching the topic, at ``[kafka] gap_fetch_max_wait_ms``;
 * only acknowledged commands are sent (from the broker's delivery report), into a directory of the state dir
   only its owner can enter (mode 0700); the listener checks every datagram's sender (``SO_PASSCRED``).
 

@@ -43,6 +43,7 @@ class KafkaSettings(_Section):
     fetch_max_wait_ms: int
     urgent_fetch_max_wait_ms: int
     ledger_fetch_max_wait_ms: int
+    gap_fetch_max_wait_ms: int
     idle_after_ms: int
     idle_fetch_max_wait_ms: int
     max_poll_records: int
