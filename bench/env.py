@@ -105,32 +105,35 @@ class BenchEnv:
         topics = [t for t in (k.commands_topic, k.events_topic, k.rejected_topic, k.replies_topic)
                   if t in self.topics]
         if topics:
-            admin = bus.admin(self.base)
-            try:
-                admin.delete_topics(topics)
-            finally:
-                admin.close()
+            self._drop_topics(topics)
             self.topics = [t for t in self.topics if t not in topics]
         dbname = cfg.db.url.rsplit("/", 1)[-1].split("?", 1)[0]
         if dbname in self.databases and dbname != self.template:
-            with psycopg.connect(_admin_url(self.base.db.url), autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            self._drop_databases([dbname])
             self.databases.remove(dbname)
+
+    def _drop_topics(self, topics: list[str]) -> None:
+        assert self.base is not None
+        admin = bus.admin(self.base)
+        try:
+            admin.delete_topics(topics)
+        finally:
+            admin.close()
+
+    def _drop_databases(self, names: list[str]) -> None:
+        assert self.base is not None
+        with psycopg.connect(_admin_url(self.base.db.url), autocommit=True) as conn:
+            for name in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def close(self) -> None:
         """Drop what the run created (databases; topics too on a real cluster), stop what it started."""
         if self.base is not None:
-            with contextlib.suppress(Exception), psycopg.connect(_admin_url(self.base.db.url),
-                                                                autocommit=True) as conn:
-                for name in reversed(self.databases):
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            with contextlib.suppress(Exception):
+                self._drop_databases(list(reversed(self.databases)))
             if self.infra.tansu is None and self.topics:
                 with contextlib.suppress(Exception):
-                    admin = bus.admin(self.base)
-                    try:
-                        admin.delete_topics(self.topics)
-                    finally:
-                        admin.close()
+                    self._drop_topics(self.topics)
         self.infra.stop()
 
 
