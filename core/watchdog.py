@@ -62,6 +62,17 @@ def stuck(*, progress_at: float, lag: int | None, now: float, bound: float) -> b
     return bound > 0 and lag is not None and lag > 0 and now - progress_at > bound
 
 
+def worth_a_look(*, progress_at: float, now: float, every: float) -> bool:
+    """Whether an empty step should ask the broker for the lag: only after ``every`` seconds without progress.
+
+    Why: a busy loop also has empty steps between its polls, and the lag is one request on the consumer's own
+    connection, answered behind the fetch in flight there; on the embedded broker, which holds every fetch for
+    its whole wait, the ledger's look waited up to its 1 s gap fetch, with every command behind it (a 0.45 s
+    stall of getJob once per look, docs/performance.md). A loop that made progress within ``every`` cannot be
+    stuck, so it need not look; an idle one looks as often as before."""
+    return now - progress_at >= every
+
+
 def hung(*, beat_at: float, now: float, bound: float) -> bool:
     """Whether a loop is hung inside a call: no step finished for more than ``bound`` seconds."""
     return bound > 0 and now - beat_at > bound
@@ -95,6 +106,8 @@ class Watchdog:
         if self.bound <= 0 or now < self._next_check:
             return
         self._next_check = now + self.check_every
+        if not worth_a_look(progress_at=self.progress_at, now=now, every=self.check_every):
+            return
         try:
             lag = self._lag()
         except Exception as exc:  # noqa: BLE001 - the broker away: not known, so not stuck

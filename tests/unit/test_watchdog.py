@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core import watchdog
-from core.watchdog import Stuck, Watchdog, hung, stuck
+from core.watchdog import Stuck, Watchdog, hung, stuck, worth_a_look
 
 
 def test_stuck_only_with_records_waiting_and_no_progress_past_the_bound():
@@ -57,6 +57,23 @@ def test_records_received_or_nothing_to_do_are_progress():
     clock.now = 261.0
     with pytest.raises(Stuck):
         dog.step({})
+
+
+def test_a_look_only_after_a_check_without_progress():
+    assert not worth_a_look(progress_at=100.0, now=104.9, every=5.0)
+    assert worth_a_look(progress_at=100.0, now=105.0, every=5.0)
+
+
+def test_a_busy_loop_does_not_ask_for_the_lag_between_its_polls():
+    clock, looks = Clock(), []
+    dog = Watchdog("g", 60.0, lambda: looks.append(clock.now) or 0, check_every=5.0, clock=clock)
+    for tenth in range(1, 1000):          # records every second, empty steps in between, for 100 s
+        clock.now = tenth / 10
+        dog.step({"tp": [object()]} if tenth % 10 == 0 else {})
+    assert looks == []
+    clock.now = 105.0                     # then 5 s with nothing: an idle loop looks as before
+    dog.step({})
+    assert looks == [105.0]
 
 
 def test_lag_not_known_is_not_stuck():
