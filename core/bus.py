@@ -576,9 +576,11 @@ class OutcomeWaiter:
     With a reply partition, a ledger on the same host also tells the waiter its committed verdicts through a
     Unix socket (``core/local_replies.py``, ``[ledger] local_replies``): whichever copy comes first answers; the
     topic's record is the durable fallback, the second copy is ignored. While the socket brings the verdicts
-    first, the topic is read with the services' fetch wait (``[kafka] fetch_max_wait_ms``) instead of the urgent
-    one: on the embedded broker every fetch that returns records costs in proportion to the batches its partition
-    holds (docs/performance.md, ninth session), and these would only bring second copies. A copy from the
+    first, the topic is read with ``[kafka] gap_fetch_max_wait_ms`` (1 s) instead of the urgent wait: on the
+    embedded broker every fetch that returns records costs in proportion to the batches its partition holds
+    (docs/performance.md, ninth session), on the broker's one worker thread, and these would only bring second
+    copies (100 ms before the fifteenth session: with the projector's fetches gone, the replies partition's were
+    what the getJob level's requests queued behind). A copy from the
     topic may come first now and then (its fetch can end between the commit and the datagram); when the socket
     has told nothing for ``LOCAL_SILENT_S`` while the topic answered ``KAFKA_FIRST_TO_URGENT`` verdicts first (no
     ledger on this host, or its datagrams dropped), the waiter reads the topic with the urgent wait from then on
@@ -642,7 +644,7 @@ class OutcomeWaiter:
 
     def _fetch_wait_ms(self) -> int:
         k = self.cfg.kafka
-        return int(k.urgent_fetch_max_wait_ms if self.reads_urgently else k.fetch_max_wait_ms)
+        return int(k.urgent_fetch_max_wait_ms if self.reads_urgently else k.gap_fetch_max_wait_ms)
 
     def _run(self) -> None:
         c = consumer(self.cfg, group_id=None, fetch_max_wait_ms=self._fetch_wait_ms())

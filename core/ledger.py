@@ -58,6 +58,7 @@ from core.bus import TopicPartition
 from core.config import Config
 from core.holes import HoleGuard
 from core.local_commands import CommandIntake
+from core.local_events import EventTeller
 from core.local_replies import ReplyNotifier
 from core.machine import JobState, apply, decide
 from core.states import FINAL_STATES
@@ -180,6 +181,7 @@ class Ledger:
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
         self.producer.init_transactions()                     # fences a crashed predecessor
         self.notifier = ReplyNotifier(cfg)   # committed verdicts told to waiters on this host, besides the topic
+        self.teller = EventTeller(cfg)       # committed events told to the events' readers on this host, too
         # commands stored by senders on this host, handed over at once (core/local_commands.py); _wake is set for
         # every one kept, and by a stop (run)
         self._wake = threading.Event()
@@ -213,6 +215,7 @@ class Ledger:
 
     def drop_partition(self, partition: int) -> None:
         self.intake.unlink(partition)
+        self.teller.forget(partition)
         self.to_rebuild = {tp for tp in self.to_rebuild if tp.partition != partition}
         self.jobs.pop(partition, None)
         self.recent.pop(partition, None)
@@ -226,6 +229,7 @@ class Ledger:
         started = time.monotonic()
         p = tp.partition
         jobs, start = self._snapshot(p)
+        self.teller.forget(p)
         self.jobs[p], self.recent[p], self.floor[p], self._projected[p] = jobs, OrderedDict(), start, start
         last_src = -1
         n = 0
@@ -487,6 +491,7 @@ class Ledger:
             return 0
         txn_started = time.monotonic()
         self.notifier.discard()   # what a failed commit before left
+        self.teller.discard()
         self.producer.begin_transaction()
         offsets: dict[TopicPartition, int] = {}
         n = 0
@@ -513,6 +518,7 @@ class Ledger:
             os._exit(17)
         self.producer.commit_transaction()
         self.notifier.send()   # only now: every event of the batch is in the log
+        self.teller.send()
         for tp, offset in offsets.items():
             if offset > self.resume_at.get(tp.partition, 0):
                 self.resume_at[tp.partition] = offset   # the topic's copies of what was judged are skipped
@@ -546,6 +552,7 @@ class Ledger:
         past the last event in the log, exactly as after a crash)."""
         self.producer.abort_transaction()
         self.notifier.discard()
+        self.teller.discard()
         self.stats["aborted"] += 1
         for tp in polled:
             self.drop_partition(tp.partition)
@@ -588,7 +595,9 @@ class Ledger:
             self._send_rejection(out, cmd.reply_to)
             return
         value = encode(out)
-        delivery = self.producer.send(self.events_topic, key=key_of(cmd.PandaID), value=value, partition=partition)
+        key = key_of(cmd.PandaID)
+        delivery = self.producer.send(self.events_topic, key=key, value=value, partition=partition)
+        self.teller.add(partition, delivery, key, value)
         self._reply(cmd.reply_to, cmd.id, value)
         self._hold(partition, apply(job, out), delivery)
         self.stats["events"] += 1
@@ -649,10 +658,11 @@ class Ledger:
         self.watchdog.close()
         # with the guard's counts: how often a fetch stopped at a hole (and a gather polled on past one)
         counts = {**self.stats, **{f"holes {k}": v for k, v in self.consumer.stats.items()}}
-        log.info("ledger %s stopping: %s; local replies %s; local commands %s", self.instance,
+        log.info("ledger %s stopping: %s; local replies %s; local commands %s; local events %s", self.instance,
                  ", ".join(f"{k} {v}" for k, v in counts.items()),
                  ", ".join(f"{k} {v}" for k, v in self.notifier.stats.items()),
-                 ", ".join(f"{k} {v}" for k, v in self.intake.stats.items()))
+                 ", ".join(f"{k} {v}" for k, v in self.intake.stats.items()),
+                 ", ".join(f"{k} {v}" for k, v in self.teller.stats.items()))
         try:
             self.consumer.close()
         finally:
@@ -660,6 +670,7 @@ class Ledger:
                 self.producer.close()
             finally:
                 self.notifier.close()
+                self.teller.close()
                 self.intake.close()
                 self.db.close()
 

@@ -29,6 +29,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from core.config import Config
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 60_000          # bytes per datagram (well under a Unix socket's default buffer of ~200 KB)
+SEND_WAIT_S = 0.02             # the ledger's sending thread waits this long for room in a waiter's socket
 _FRAME = struct.Struct(">HI")  # command id length, value length
 _CRED = struct.Struct("iII")   # struct ucred: pid, uid, gid
 _SUN_PATH_MAX = 107            # sockaddr_un's path, less its terminating NUL
@@ -134,7 +136,12 @@ def unpack(data: bytes) -> list[tuple[str, bytes]]:
 
 
 class ReplyNotifier:
-    """The ledger's side: collects a batch's replies per reply partition, sends them once it is committed."""
+    """The ledger's side: collects a batch's replies per reply partition, sends them once it is committed.
+
+    The datagrams go out on a thread of their own, each waiting up to ``SEND_WAIT_S`` for room in the listener's
+    socket: a Unix datagram socket queues only ``net.unix.max_dgram_qlen`` datagrams (10 on many hosts), and sent
+    without waiting from the ledger's loop about a fifth of them found it full in the bulk workload (their
+    callers then waited for the topic's copy)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -142,10 +149,15 @@ class ReplyNotifier:
         self._pending: dict[int, list[tuple[str, bytes]]] = {}
         self._paths: dict[int, Path | None] = {}
         self._sock: socket.socket | None = None
+        self._queue: list[tuple[int, list[tuple[str, bytes]]]] = []
+        self._cond = threading.Condition()
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._closing = False
         self.stats = {"told": 0, "dropped": 0}
         if self.on:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.setblocking(False)
+            self._sock.settimeout(SEND_WAIT_S)
 
     def add(self, reply_to: int, command_id: str, value: bytes) -> None:
         if self.on:
@@ -156,30 +168,66 @@ class ReplyNotifier:
         self._pending.clear()
 
     def send(self) -> None:
-        """After the batch's commit: its replies to each partition's listener, never waiting."""
+        """After the batch's commit: its replies to each partition's listener, by the sending thread."""
         if not self._pending or self._sock is None:
             return
         pending, self._pending = self._pending, {}
-        for partition, replies in pending.items():
-            if partition not in self._paths:
-                self._paths[partition] = socket_path(self.cfg, partition)
-            path = self._paths[partition]
-            if path is None:
-                continue
-            for datagram in pack(replies):
-                try:
-                    self._sock.sendto(datagram, os.fsencode(path))
-                    self.stats["told"] += 1
-                except OSError as exc:
-                    # no listener (ENOENT, ECONNREFUSED), its buffer full (EAGAIN): the Kafka record answers
-                    self.stats["dropped"] += 1
-                    if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.EWOULDBLOCK,
-                                         errno.ENOBUFS):
-                        log.debug("local reply to partition %d not sent: %s", partition, exc)
-                    if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
-                        break
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="local-replies-out", daemon=True)
+                self._thread.start()
+            self._queue.extend(pending.items())
+            self._cond.notify_all()
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Wait until what ``send`` queued has been sent or dropped (tests; ``close``)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._queue or self._busy) and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                queue, self._queue, self._busy = self._queue, [], True
+            try:
+                for partition, replies in queue:
+                    self._send(partition, replies)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _send(self, partition: int, replies: list[tuple[str, bytes]]) -> None:
+        sock = self._sock
+        if partition not in self._paths:
+            self._paths[partition] = socket_path(self.cfg, partition)
+        path = self._paths[partition]
+        if path is None or sock is None:
+            return
+        for datagram in pack(replies):
+            try:
+                sock.sendto(datagram, os.fsencode(path))
+                self.stats["told"] += 1
+            except OSError as exc:
+                # no listener (ENOENT, ECONNREFUSED), its buffer full for SEND_WAIT_S: the Kafka record answers
+                self.stats["dropped"] += 1
+                if not isinstance(exc, TimeoutError) and exc.errno not in (
+                        errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS):
+                    log.debug("local reply to partition %d not sent: %s", partition, exc)
+                if isinstance(exc, TimeoutError) or exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                    break
 
     def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(5)
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -73,6 +73,8 @@ class LedgerSettings(_Section):
     gather_from: int
     local_replies: bool
     local_commands: bool
+    local_events: bool
+    local_events_gather_ms: int
 
 
 class ProjectionsSettings(_Section):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import psycopg
 
-from core import bus, db, metrics, watchdog
+from core import bus, db, local_events, metrics, watchdog
 from core.config import Config
 from projections import deadletters
 from projections.archive import ArchiveProjection
@@ -63,9 +63,12 @@ class ProjectionRunner:
         self.lag: metrics.LagTracker | None = None
         self.watchdog: watchdog.Watchdog | None = None
         if consume:
-            self.consumer = bus.consumer(cfg, group_id=self.group_id,
-                                         max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)),
-                                         idle_fetch_max_wait_ms=int(cfg.projections.idle_fetch_max_wait_ms))
+            # fed the ledger's committed events on this host: no fetch while they come (core/local_events.py)
+            self.consumer = local_events.fed(
+                bus.consumer(cfg, group_id=self.group_id,
+                             max_poll_records=max(POLL_RECORDS, int(cfg.kafka.max_poll_records)),
+                             idle_fetch_max_wait_ms=int(cfg.projections.idle_fetch_max_wait_ms)),
+                cfg, self.group_id)
             self.consumer.subscribe([self.topic], on_assign=self.seek_to_positions)
             self.lag = metrics.LagTracker(self.consumer, self.group_id)
             self.watchdog = watchdog.for_consumer(cfg, self.consumer, self.group_id, self.topic)

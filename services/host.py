@@ -52,7 +52,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from core import bus, metrics, watchdog
+from core import bus, local_events, metrics, watchdog
 from core.config import Config
 from projections.base import Record
 from projections.runner import RETRY_EVERY, ProjectionRunner
@@ -121,7 +121,8 @@ class ServiceHost:
         self._projector_stale = False  # its last transaction failed: its positions are read again first
         self._next_retry = 0.0
         self.cpu_project = 0.0
-        self.consumer = bus.consumer(cfg, group_id=self.group)
+        # fed the ledger's committed events on this host: no fetch while they come (core/local_events.py)
+        self.consumer = local_events.fed(bus.consumer(cfg, group_id=self.group), cfg, self.group)
         self._adopt_service_offsets()
         self._lock = threading.Lock()
         self._reassigned: set[bus.TopicPartition] = set()

@@ -11,6 +11,7 @@ from core.bus import RecordTuple, TopicPartition
 from core.holes import HoleGuard
 from core.ledger import Ledger
 from core.local_commands import CommandIntake
+from core.local_events import EventTeller
 
 A, B = TopicPartition("cmds", 0), TopicPartition("cmds", 1)
 
@@ -50,6 +51,7 @@ def _ledger(polls: list[dict], *, gather_s: float = 60.0, max_batch: int = 5, re
     ledger._projected, ledger._let_go_at, ledger.resume_at, ledger.taken_to = {}, {}, {}, {}
     ledger.consumer = _Consumer(ledger, polls, revoke_at)
     ledger.intake = CommandIntake(config.load().replace(ledger={"local_commands": False}), "0", threading.Event())
+    ledger.teller = EventTeller(config.load().replace(ledger={"local_events": False}))
     return ledger
 
 

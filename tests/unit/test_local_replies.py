@@ -96,6 +96,7 @@ def test_no_listener_costs_the_ledger_a_dropped_datagram_not_an_error(tmp_path):
     try:
         notifier.add(5, "a", b"A")
         notifier.send()
+        notifier.drain()
         assert notifier.stats == {"told": 0, "dropped": 1}
     finally:
         notifier.close()
@@ -107,6 +108,7 @@ def test_switched_off_nothing_is_bound_or_sent(tmp_path):
     notifier = ReplyNotifier(cfg)
     notifier.add(0, "a", b"A")
     notifier.send()
+    notifier.drain()
     assert not listener.bound and notifier.stats == {"told": 0, "dropped": 0}
     listener.close()
     notifier.close()
