@@ -54,6 +54,7 @@ _FRAME = struct.Struct(">qqHI")    # offset, timestamp (ms), key length, value l
 _NO_KEY = 0xFFFF
 NOT_KNOWN = -1
 LOOK_SLICE_S = 0.05         # a reader fetching some partition polls the topic at least this often
+REST_SLICE_S = 0.1          # an idle reader's rest looks for a told run this often
 MAX_RUNS_HELD = 2_000       # runs held per partition waiting for the topic to fill a gap; older ones are dropped
 
 
@@ -316,6 +317,7 @@ class FedConsumer:
         self._wake = threading.Event()
         self._parts: dict[int, _Partition] = {}
         self._caller_paused: set[TopicPartition] = set()
+        self._told_at = 0.0              # when a run was last received
         self._uid = os.getuid()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -429,8 +431,9 @@ class FedConsumer:
                 local = any(p.fed or p.runs or p.taken for p in self._parts.values())
                 assigned = bool(self._parts)
             # nothing by hand under way: the consumer's own poll waits (kafka-python completes a group join only
-            # inside a poll that waits), in slices once assigned, so that a run told meanwhile is taken soon
-            wait_inner = 0.0 if local else left if not assigned else min(left, LOOK_SLICE_S)
+            # inside a poll that waits); in slices while runs were told lately, so that the next is taken soon
+            lately = time.monotonic() - self._told_at < self.look_s
+            wait_inner = 0.0 if local else min(left, LOOK_SLICE_S) if assigned and lately else left
             fetched = self._inner.poll(timeout_ms=int(wait_inner * 1000), max_records=max_records)
             out = self._merge(fetched, max_records)
             if out:
@@ -449,8 +452,23 @@ class FedConsumer:
             self._wake.wait(wait)
 
     def rest(self, stop: threading.Event, longest_s: float) -> None:
+        """As the consumer's (an idle loop wakes once per look, not once per poll), and also until a run is told:
+        the consumer's rest in slices of ``REST_SLICE_S`` while no run came."""
         if self._sock is None:
             self._inner.rest(stop, longest_s)
+            return
+        deadline = time.monotonic() + longest_s
+        while not stop.is_set() and not self._wake.is_set():
+            with self._lock:
+                if any(p.fed or p.runs or p.taken for p in self._parts.values()):
+                    return            # something by hand under way: the next poll waits on it
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            started = time.monotonic()
+            self._inner.rest(stop, min(left, REST_SLICE_S))
+            if time.monotonic() - started < min(left, REST_SLICE_S) * 0.9:
+                return                # not dozing, or its look is due
 
     def _merge(self, fetched: Mapping[TopicPartition, Sequence[Record]],
                max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
@@ -540,6 +558,7 @@ class FedConsumer:
                 if part is None:
                     continue
                 part.runs.append((after, recs))
+                self._told_at = time.monotonic()
                 if len(part.runs) > MAX_RUNS_HELD:
                     del part.runs[0]      # the topic brings it
             self._wake.set()
