@@ -57,7 +57,7 @@ from core import bus, db, logs, metrics, watchdog
 from core.bus import TopicPartition
 from core.config import Config
 from core.holes import HoleGuard
-from core.local_commands import CommandIntake
+from core.local_commands import GAP_S, CommandIntake, feed_changes
 from core.local_events import EventTeller
 from core.local_replies import ReplyNotifier
 from core.machine import JobState, apply, decide
@@ -168,7 +168,8 @@ class Ledger:
         self.resume_at: dict[int, int] = {}                   # partition → first command offset to judge
         self.taken_to: dict[int, int] = {}   # partition → the next offset to take into a batch (≥ resume_at)
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
-        self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0, "aborted": 0, "gathered": 0}
+        self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0, "aborted": 0, "gathered": 0,
+                      "commands fetched again": 0}
         # busy: a poll of at least gather_from commands waits up to gather_ms for more before its transaction
         # (the broker's CPU follows the transactions and their requests, not the records they carry); a quiet
         # ledger commits what one poll brought at once
@@ -186,6 +187,11 @@ class Ledger:
         # every one kept, and by a stop (run)
         self._wake = threading.Event()
         self.intake = CommandIntake(cfg, instance, self._wake)
+        # commands partitions not fetched while their commands come by hand (local_commands.feed_changes)
+        self._paused: set[int] = set()
+        self._handed_at: dict[int, float] = {}
+        self._gap_since: dict[int, float] = {}
+        self._look_s = cfg.kafka.gap_fetch_max_wait_ms / 1000
         self._busy_at = 0.0   # when a poll last brought a command, fetched or handed over
         # commands are answered while a caller waits (getJob, updateJob, kill), but each fetch of every
         # commands partition costs the broker CPU: [kafka] ledger_fetch_max_wait_ms weighs the two; with the
@@ -216,6 +222,8 @@ class Ledger:
     def drop_partition(self, partition: int) -> None:
         self.intake.unlink(partition)
         self.teller.forget(partition)
+        self._handed_at.pop(partition, None)
+        self._gap_since.pop(partition, None)
         self.to_rebuild = {tp for tp in self.to_rebuild if tp.partition != partition}
         self.jobs.pop(partition, None)
         self.recent.pop(partition, None)
@@ -254,6 +262,11 @@ class Ledger:
         resume = max(committed, last_src + 1)
         self.resume_at[p] = self.taken_to[p] = resume
         self.consumer.seek(tp, resume)
+        if p in self._paused:   # paused while fed by hand before (an aborted batch's rebuild): fetched again
+            self._paused.discard(p)
+            self.consumer.resume(tp)
+        self._handed_at.pop(p, None)
+        self._gap_since.pop(p, None)
         self.intake.link(p)
         log.info("ledger %s: partition %d rebuilt: %d live and %d recently final jobs, %d events replayed, "
                  "commands from offset %d (committed %d) in %.2fs", self.instance, p, len(jobs), len(self.recent[p]),
@@ -414,6 +427,7 @@ class Ledger:
     def _in_order(self, fetched: dict[TopicPartition, list]) -> dict[TopicPartition, list]:
         if self.to_rebuild:
             return fetched   # rebuilt first (_handle): their fetched records come again from the right offset
+        now = time.monotonic()
         out: dict[TopicPartition, list] = {}
         by_partition = {tp.partition: (tp, msgs) for tp, msgs in fetched.items()}
         for p in set(by_partition) | set(self.intake.partitions_held()):
@@ -426,7 +440,30 @@ class Ledger:
             if taken:
                 out[tp] = taken
                 self.taken_to[p] = taken[-1].offset + 1
+                fetched_offsets = {m.offset for m in msgs}
+                if any(r.offset not in fetched_offsets for r in taken):
+                    self._handed_at[p] = now
+            if self.intake.waiting(p):
+                self._gap_since.setdefault(p, now)
+            else:
+                self._gap_since.pop(p, None)
+        self._feed(now)
         return out
+
+    def _feed(self, now: float) -> None:
+        """Pause the commands partitions whose commands come by hand; fetch again at a gap or after a quiet spell
+        (``local_commands.feed_changes``). A partition fetched again starts at its next offset to judge."""
+        to_pause, to_fetch = feed_changes(self.resume_at, self._paused, self._handed_at, self._gap_since, now,
+                                          look_s=self._look_s, gap_s=GAP_S)
+        for p in to_pause:
+            self.consumer.pause(TopicPartition(self.commands_topic, p))
+            self._paused.add(p)
+        for p in to_fetch:
+            tp = TopicPartition(self.commands_topic, p)
+            self.consumer.seek(tp, self.taken_to[p])
+            self.consumer.resume(tp)
+            self._paused.discard(p)
+            self.stats["commands fetched again"] += 1
 
     def _gather(self, polled: dict[TopicPartition, list]) -> dict[TopicPartition, list]:
         """Busy (the poll brought at least ``gather_from`` commands): poll on for up to ``gather_ms``, or until

@@ -49,6 +49,7 @@ MAX_HELD = 50_000               # commands held per partition waiting for their 
 # ledger that does not read for that long is sent nothing for BACK_OFF_S (it reads the topic's copies)
 SEND_WAIT_S = 0.05
 BACK_OFF_S = 0.2
+GAP_S = 0.02                    # a gap in the handed-over commands lasting this long is fetched from the topic
 _FRAME = struct.Struct(">IQqHI")  # partition, offset, timestamp (ms), key length, value length
 _NO_KEY = 0xFFFF
 SUPPORTED = local_replies.SUPPORTED
@@ -121,6 +122,28 @@ def in_log_order(start: int, fetched: Sequence[Record], held: dict[int, Record])
     for offset in [o for o in held if o < nxt]:
         del held[offset]
     return out
+
+
+def feed_changes(linked: Iterable[int], paused: set[int], handed_at: dict[int, float], gap_since: dict[int, float],
+                 now: float, *, look_s: float, gap_s: float) -> tuple[set[int], set[int]]:
+    """Which commands partitions the ledger stops fetching, and which it fetches again (pure).
+
+    Paused: a partition whose commands came by hand within ``look_s`` and none waits behind a gap — the topic's
+    copies would only be fetched to be skipped, and on the embedded broker each such fetch lists the partition's
+    whole history on the broker's one worker thread (a stall every getJob queued behind, docs/performance.md).
+    Fetched again: one where a gap has lasted ``gap_s`` (a command from another host, a datagram lost: only the
+    topic has it), or with nothing handed over for ``look_s`` (a look, so that such a command at the end is read)."""
+    to_pause: set[int] = set()
+    to_fetch: set[int] = set()
+    for p in linked:
+        recent = now - handed_at.get(p, float("-inf")) < look_s
+        gap = p in gap_since and now - gap_since[p] >= gap_s
+        if p in paused:
+            if gap or not recent:
+                to_fetch.add(p)
+        elif recent and p not in gap_since:
+            to_pause.add(p)
+    return to_pause, to_fetch
 
 
 class CommandForwarder:
@@ -319,6 +342,11 @@ class CommandIntake:
         """Whether some partition holds the command at its next offset to judge (``starts``)."""
         with self._lock:
             return any(starts.get(p, -1) in held for p, held in self._held.items() if held)
+
+    def waiting(self, partition: int) -> bool:
+        """Whether commands of ``partition`` are held (received past its next offset to judge: a gap before them)."""
+        with self._lock:
+            return bool(self._held.get(partition))
 
     def partitions_held(self) -> Iterable[int]:
         with self._lock:

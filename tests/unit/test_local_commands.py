@@ -191,3 +191,17 @@ def test_switched_off_nothing_is_bound_or_sent(tmp_path):
     assert not (tmp_path / "commands").exists()
     intake.close()
     forwarder.close()
+
+
+def test_a_partition_fed_by_hand_is_paused_and_fetched_again_at_a_gap_or_a_quiet_spell():
+    from core.local_commands import feed_changes
+
+    def changes(paused, handed_at, gap_since, now):
+        return feed_changes([0, 1], paused, handed_at, gap_since, now, look_s=1.0, gap_s=0.02)
+
+    assert changes(set(), {0: 9.9}, {}, 10.0) == ({0}, set())            # handed over lately, no gap: pause 0
+    assert changes(set(), {0: 9.9}, {0: 9.995}, 10.0) == (set(), set())   # a gap (maybe just reordered): wait
+    assert changes({0}, {0: 9.9}, {0: 9.995}, 10.0) == (set(), set())     # paused, the gap too young to fetch
+    assert changes({0}, {0: 9.9}, {0: 9.9}, 10.0) == (set(), {0})         # the gap lasted: fetch it
+    assert changes({0}, {0: 8.5}, {}, 10.0) == (set(), {0})               # nothing by hand for a while: a look
+    assert changes({1}, {}, {}, 10.0) == (set(), {1})                     # never handed over: fetched
