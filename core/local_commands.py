@@ -159,10 +159,7 @@ class CommandForwarder:
         self._paths: dict[int, bytes | None] = {}
         self._sock: socket.socket | None = None
         self._quiet_until: dict[bytes, float] = {}   # link → not before (its ledger did not read in time)
-        self._queue: list[tuple[int, int, bytes | None, bytes]] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closing = False
+        self._outbox = local_replies.Outbox("local-commands-out", self._send_all)
         self.stats = {"handed": 0, "left": 0}
         if self.on:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -172,36 +169,21 @@ class CommandForwarder:
         """Forward the command of ``delivery`` when (and only if) the broker stores it."""
         if self._sock is None or len(value) + _FRAME.size + len(key or b"") > MAX_DATAGRAM:
             return
-        if self._thread is None:
-            with self._cond:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="local-commands-out", daemon=True)
-                    self._thread.start()
         delivery.add_done_callback(lambda d: self._acknowledged(d, key, value))
 
     def _acknowledged(self, delivery: Delivery, key: bytes | None, value: bytes) -> None:
         if delivery.exception() is not None:
             return
         where = delivery.result()
-        with self._cond:
-            self._queue.append((where.partition, where.offset, key, value))
-            if len(self._queue) == 1:
-                self._cond.notify()
+        self._outbox.put(((where.partition, where.offset, key, value),))
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                queue, self._queue = self._queue, []
-            now_ms = int(time.time() * 1000)
-            by_partition: dict[int, list[bytes]] = {}
-            for partition, offset, key, value in queue:
-                by_partition.setdefault(partition, []).append(pack(partition, offset, key, value, now_ms))
-            for partition, frames in by_partition.items():
-                self._send(partition, frames)
+    def _send_all(self, queue: list[tuple[int, int, bytes | None, bytes]]) -> None:
+        now_ms = int(time.time() * 1000)
+        by_partition: dict[int, list[bytes]] = {}
+        for partition, offset, key, value in queue:
+            by_partition.setdefault(partition, []).append(pack(partition, offset, key, value, now_ms))
+        for partition, frames in by_partition.items():
+            self._send(partition, frames)
 
     def _send(self, partition: int, frames: list[bytes]) -> None:
         sock = self._sock
@@ -234,11 +216,7 @@ class CommandForwarder:
 
     def close(self) -> None:
         """After the producer's flush: what was acknowledged is sent first."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._outbox.close()
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
@@ -356,15 +334,7 @@ class CommandIntake:
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
-        while not self._stop.is_set():
-            try:
-                data = local_replies.receive_own(sock, self._uid)
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
-            if self._stop.is_set():
-                return
+        for data in local_replies.received(sock, self._uid, self._stop):
             if data is None:
                 self.stats["refused"] += 1
                 continue

@@ -168,10 +168,7 @@ class EventTeller:
         self._last: dict[int, int] = {}          # partition → last record of the previous committed run
         self._readers: dict[int, tuple[float, list[bytes]]] = {}
         self._quiet_until: dict[bytes, float] = {}
-        self._queue: list[tuple[int, list[bytes]]] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closing = False
+        self._outbox = local_replies.Outbox("local-events-out", self._send_all)
         self._sock: socket.socket | None = None
         self.stats = {"runs": 0, "unchained": 0, "datagrams": 0, "dropped": 0}
         if self.on:
@@ -218,14 +215,8 @@ class EventTeller:
             if after == NOT_KNOWN:
                 self.stats["unchained"] += 1
             out.append((partition, pack(partition, after, records, now_ms)))
-        if not out:
-            return
-        with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="local-events-out", daemon=True)
-                self._thread.start()
-            self._queue.extend(out)
-            self._cond.notify()
+        if out:
+            self._outbox.put(out)
 
     def _readers_of(self, partition: int) -> list[bytes]:
         now = time.monotonic()
@@ -242,17 +233,10 @@ class EventTeller:
         self._readers[partition] = (now, paths)
         return paths
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                queue, self._queue = self._queue, []
-            for partition, datagrams in queue:
-                for path in self._readers_of(partition):
-                    self._send(path, datagrams)
+    def _send_all(self, queue: list[tuple[int, list[bytes]]]) -> None:
+        for partition, datagrams in queue:
+            for path in self._readers_of(partition):
+                self._send(path, datagrams)
 
     def _send(self, path: bytes, datagrams: list[bytes]) -> None:
         sock = self._sock
@@ -275,11 +259,7 @@ class EventTeller:
                 return
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._outbox.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -539,15 +519,7 @@ class FedConsumer:
     def _listen(self) -> None:
         sock = self._sock
         assert sock is not None
-        while not self._stop.is_set():
-            try:
-                data = local_replies.receive_own(sock, self._uid)
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
-            if self._stop.is_set():
-                return
+        for data in local_replies.received(sock, self._uid, self._stop):
             got = None if data is None else unpack(data, self.topic)
             if got is None:
                 self.stats["refused"] += 1

@@ -30,8 +30,9 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from core.config import Config
 
@@ -82,6 +83,73 @@ def sent_by(ancillary: list[tuple[int, int, bytes]], uid: int) -> bool:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(cred) >= _CRED.size:
             return _CRED.unpack_from(cred)[1] == uid
     return False
+
+
+def received(sock: socket.socket, uid: int, stop: threading.Event) -> Iterator[bytes | None]:
+    """Every datagram on ``sock`` until ``stop`` is set (None for one not sent by ``uid``): a listener thread's
+    loop; an error while not stopping is passed over (the next datagram is waited for)."""
+    while not stop.is_set():
+        try:
+            data = receive_own(sock, uid)
+        except OSError:
+            continue
+        if stop.is_set():
+            return
+        yield data
+
+
+class Outbox:
+    """Batches of items handed to ``send`` on a thread of its own, started at the first ``put``: the sender
+    (the ledger's loop, a producer's delivery callback) never waits for a socket's room."""
+
+    def __init__(self, name: str, send: Callable[[list[Any]], None]):
+        self._name = name
+        self._send = send
+        self._queue: list[Any] = []
+        self._cond = threading.Condition()
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def put(self, items: Iterable[Any]) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            was_empty = not self._queue
+            self._queue.extend(items)
+            if was_empty:
+                self._cond.notify_all()
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Wait until what was put has been handed to ``send`` and it returned (tests; closing)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._queue or self._busy) and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                queue, self._queue, self._busy = self._queue, [], True
+            try:
+                self._send(queue)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        """What was put is sent first (within 5 s)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(5)
 
 
 def enabled(cfg: Config) -> bool:
@@ -149,11 +217,7 @@ class ReplyNotifier:
         self._pending: dict[int, list[tuple[str, bytes]]] = {}
         self._paths: dict[int, Path | None] = {}
         self._sock: socket.socket | None = None
-        self._queue: list[tuple[int, list[tuple[str, bytes]]]] = []
-        self._cond = threading.Condition()
-        self._busy = False
-        self._thread: threading.Thread | None = None
-        self._closing = False
+        self._outbox = Outbox("local-replies-out", self._send_all)
         self.stats = {"told": 0, "dropped": 0}
         if self.on:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -172,35 +236,15 @@ class ReplyNotifier:
         if not self._pending or self._sock is None:
             return
         pending, self._pending = self._pending, {}
-        with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="local-replies-out", daemon=True)
-                self._thread.start()
-            self._queue.extend(pending.items())
-            self._cond.notify_all()
+        self._outbox.put(pending.items())
 
     def drain(self, timeout: float = 5.0) -> None:
-        """Wait until what ``send`` queued has been sent or dropped (tests; ``close``)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while (self._queue or self._busy) and time.monotonic() < deadline:
-                self._cond.wait(deadline - time.monotonic())
+        """Wait until what ``send`` queued has been sent or dropped (tests)."""
+        self._outbox.drain(timeout)
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                queue, self._queue, self._busy = self._queue, [], True
-            try:
-                for partition, replies in queue:
-                    self._send(partition, replies)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+    def _send_all(self, queue: list[tuple[int, list[tuple[str, bytes]]]]) -> None:
+        for partition, replies in queue:
+            self._send(partition, replies)
 
     def _send(self, partition: int, replies: list[tuple[str, bytes]]) -> None:
         sock = self._sock
@@ -223,11 +267,7 @@ class ReplyNotifier:
                     break
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._outbox.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -263,15 +303,7 @@ class ReplyListener:
 
     def _run(self) -> None:
         assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                data = receive_own(self._sock, self._uid)
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
-            if self._stop.is_set():
-                return
+        for data in received(self._sock, self._uid, self._stop):
             if data is None:
                 self.stats["refused"] += 1
                 continue

@@ -76,15 +76,21 @@ def run_waves(cfg, ledger, reader: Reader, waves: int = 6, per_wave: int = 30) -
     return log
 
 
-def test_a_reader_on_the_ledgers_host_hands_out_exactly_the_log(cfg, background):
-    ledger = start_ledger(cfg, background)
-    reader = Reader(cfg, "test-fed-reader")
+def read_waves(cfg, ledger, group: str) -> Reader:
+    """A reader of ``group`` through ``run_waves``, checked to have handed out exactly the log (closed)."""
+    reader = Reader(cfg, group)
     try:
         log = run_waves(cfg, ledger, reader)
     finally:
         reader.close()
     assert not reader.errors, reader.errors
     assert {p: recs for p, recs in reader.got.items() if recs} == {p: recs for p, recs in log.items() if recs}
+    return reader
+
+
+def test_a_reader_on_the_ledgers_host_hands_out_exactly_the_log(cfg, background):
+    ledger = start_ledger(cfg, background)
+    reader = read_waves(cfg, ledger, "test-fed-reader")
     assert reader.consumer.stats["fed"] > 0            # some came by hand …
     assert ledger.teller.stats["runs"] > ledger.teller.stats["unchained"]
 
@@ -102,12 +108,6 @@ def test_runs_lost_on_the_way_are_read_from_the_topic(cfg, background):
             send(path, datagrams)
 
     ledger.teller._send = lossy
-    reader = Reader(cfg, "test-fed-lossy")
-    try:
-        log = run_waves(cfg, ledger, reader)
-    finally:
-        reader.close()
-    assert not reader.errors, reader.errors
-    assert {p: recs for p, recs in reader.got.items() if recs} == {p: recs for p, recs in log.items() if recs}
+    reader = read_waves(cfg, ledger, "test-fed-lossy")
     assert calls["n"] > 1 and reader.consumer.stats["fed"] > 0
     assert reader.consumer.stats["fetched"] > 0
