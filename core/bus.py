@@ -441,10 +441,12 @@ class CommandSender:
     script run and, on an idle system, sends nothing; a producer is librdkafka's threads and a delivery thread,
     each waking several times a second for the holder's whole life."""
 
-    def __init__(self, cfg: Config, prod: Producer | None = None, *, lazy: bool = False):
+    def __init__(self, cfg: Config, prod: Producer | None = None, *, lazy: bool = False,
+                 linger_ms: int | None = None):
         self.cfg = cfg
         self.topic = cfg.kafka.commands_topic
-        self._made: Producer | None = prod if prod is not None or lazy else producer(cfg)
+        self.linger_ms = linger_ms   # None: [kafka] linger_ms
+        self._made: Producer | None = prod if prod is not None or lazy else producer(cfg, linger_ms=linger_ms)
         # each command the broker stores is also handed to the ledger of its partition on this host
         # (core/local_commands.py): it judges it at its turn without waiting for its fetch of the topic
         from core.local_commands import CommandForwarder
@@ -453,7 +455,7 @@ class CommandSender:
     @property
     def _producer(self) -> Producer:
         if self._made is None:
-            self._made = producer(self.cfg)
+            self._made = producer(self.cfg, linger_ms=self.linger_ms)
         return self._made
 
     def send(self, cmd: Command) -> Delivery:

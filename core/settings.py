@@ -108,6 +108,7 @@ class GatewaySettings(_Section):
     replies: bool
     binding_memory: int
     processes: int
+    linger_ms: int
 
 
 class DispatcherSettings(_Section):

@@ -47,3 +47,19 @@ def test_a_dispatch_answered_too_late_is_undone_and_the_job_goes_to_the_next_pil
         ("dispatch", "pilot-next", "sent")]
     dispatch, undo = events[-3]["body"], events[-2]["body"]
     assert dispatch["command_id"] in undo["reason"], "the undo event names the dispatch it took back"
+
+
+def test_the_backend_opens_its_claim_pool_whole_and_sends_with_the_gateways_linger(cfg):
+    """Why whole: a claim pool growing at the first burst of getJobs made them wait for new sessions."""
+
+    async def opened(gateway: dict) -> tuple[int, int | None]:
+        backend = Backend(cfg.replace(gateway=gateway))
+        await backend.start()
+        try:
+            assert backend.claim_pool is not None and backend.sender is not None
+            return backend.claim_pool.get_stats()["pool_size"], backend.sender.linger_ms
+        finally:
+            await backend.close()
+
+    assert run(opened({"claim_pool_size": 3, "linger_ms": 1})) == (3, 1)
+    assert run(opened({"claim_pool_size": 2, "linger_ms": -1})) == (2, None), "-1: [kafka] linger_ms"
