@@ -66,7 +66,7 @@ class Backend:
         self.reply_claim = await self._claim_reply_partition()
         self.waiter = await asyncio.to_thread(
             OutcomeWaiter, self.cfg, reply_partition=self.reply_claim.partition if self.reply_claim else None)
-        # a caller waits on every command the gateway sends: a short linger ([gateway] linger_ms)
+        # a caller waits on every command the gateway sends: its own linger ([gateway] linger_ms; -1: [kafka]'s)
         linger = int(self.cfg.gateway.linger_ms)
         self.sender = await asyncio.to_thread(CommandSender, self.cfg, linger_ms=None if linger < 0 else linger)
         # fetch the topic metadata now so the first send does not block on it
