@@ -107,6 +107,9 @@ def build_app(cfg: Config, backend: Backend | None = None, metrics_dir: str | No
         app["dispatcher"] = Dispatcher(cfg, backend.pool, backend.ask, claim_pool=getattr(backend, "claim_pool", None))
 
     async def stop(app: web.Application) -> None:
+        dispatcher = app.get("dispatcher")
+        if dispatcher is not None:
+            log.info("gateway stopping: %s", dispatcher.summary())
         await app["backend"].close()
 
     app.on_startup.append(start)

@@ -116,6 +116,15 @@ class Dispatcher:
         self.stats: dict[str, float] = {"claims": 0, "lost_races": 0, "sent": 0, "rejected": 0, "timeouts": 0,
                                         "claim_seconds": 0.0, "verdict_seconds": 0.0, "lock_waits_expired": 0}
 
+    def summary(self) -> str:
+        """What this dispatcher did, for the gateway's stop line: its counts, and how many statements the lease
+        marks took for how many requests (``coalesce.py``)."""
+        counts = ", ".join(f"{k} {v:,.0f}" if not k.endswith("seconds") else f"{k} {v:.1f}"
+                           for k, v in self.stats.items())
+        marks = ", ".join(f"{name} marks {c.writes:,} statements for {c.calls:,} requests"
+                          for name, c in (("sent", self._mark_sent), ("delivered", self._mark_delivered)))
+        return f"{counts}; {marks}"
+
     async def acquire(self, req: DispatchRequest, actor: str) -> DispatchResult:
         """Up to ``req.n_jobs`` jobs, each confirmed ``sent`` by the ledger for this pilot.
 
