@@ -64,6 +64,10 @@ VERDICT_LATENCY = Histogram("pandaes_command_verdict_seconds",
                             "From sending a command to the ledger's verdict, seen by the gateway",
                             ["command"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20))
 DB_POOL = Gauge("pandaes_db_pool_connections", "Database pool connections", ["pool", "kind"])
+CLAIM_WAIT = Histogram("pandaes_getjob_claim_wait_seconds",
+                       "How long a getJob waited for a connection to claim its jobs on: when the gateway or the "
+                       "database falls behind, this queue is where getJob's latency grows first",
+                       buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
 # --------------------------------------------------------------------------------------------- daemon
 DAEMON_RUNS = Counter("pandaes_daemon_script_runs", "Daemon script runs by outcome, counted in the worker process "

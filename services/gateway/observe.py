@@ -67,5 +67,8 @@ def setup(app: web.Application, pool_name: str = "gateway", metrics_dir: str | N
         pool = getattr(app["backend"], "pool", None)
         if pool is not None:
             metrics.watch_pool(pool_name, pool.get_stats)
+        claims = getattr(app["backend"], "claim_pool", None)   # getJob's claims ([gateway] claim_pool_size)
+        if claims is not None:
+            metrics.watch_pool(f"{pool_name}-claims", claims.get_stats)
 
     app.on_startup.append(watch)

@@ -11,6 +11,8 @@ from helpers import wait_until
 from observed_system import RunningSystem, _get, running_system
 from prometheus_client.parser import text_string_to_metric_families
 
+from core import config
+
 pytestmark = pytest.mark.slow
 
 
@@ -60,6 +62,9 @@ def test_counters_move_with_the_work(system: RunningSystem):
     assert total(gateway, "pandaes_http_request_seconds_count", route="/server/panda/getJob", status="200") >= 2
     assert total(gateway, "pandaes_command_verdict_seconds_count", command="PilotUpdate") > 0
     assert total(gateway, "pandaes_db_pool_connections", pool="gateway", kind="size") >= 1
+    claims = int(config.load().gateway.claim_pool_size)   # the system runs on the defaults; opened whole
+    assert total(gateway, "pandaes_db_pool_connections", pool="gateway-claims", kind="size") == claims
+    assert total(gateway, "pandaes_getjob_claim_wait_seconds_count") >= 2   # each getJob that claimed
     # the reactors' process applied everything to the projections, and says so by position and by lag
     reactors_url = where["reactors"]
     events = total(ledger, "pandaes_ledger_events_total")
