@@ -51,7 +51,6 @@ SEND_WAIT_S = 0.05
 BACK_OFF_S = 0.2
 GAP_S = 0.02                    # a gap in the handed-over commands lasting this long is fetched from the topic
 _FRAME = struct.Struct(">IQqHI")  # partition, offset, timestamp (ms), key length, value length
-_NO_KEY = 0xFFFF
 SUPPORTED = local_replies.SUPPORTED
 
 
@@ -74,27 +73,16 @@ def link_path(cfg: Config, partition: int) -> Path | None:
 
 def pack(partition: int, offset: int, key: bytes | None, value: bytes, timestamp_ms: int) -> bytes:
     """One acknowledged command as a datagram (may exceed ``MAX_DATAGRAM``: the sender then leaves it)."""
-    k = b"" if key is None else key
-    return b"".join((_FRAME.pack(partition, offset, timestamp_ms, _NO_KEY if key is None else len(k), len(value)),
-                     k, value))
+    return local_replies.record_frame(_FRAME, (partition, offset, timestamp_ms), key, value)
 
 
 def unpack(data: bytes, topic: str) -> list[RecordTuple] | None:
     """The commands of one datagram as the records the topic holds; None if any frame is malformed."""
-    out: list[RecordTuple] = []
-    i = 0
-    while i < len(data):
-        if len(data) - i < _FRAME.size:
-            return None
-        partition, offset, timestamp, n_key, n_value = _FRAME.unpack_from(data, i)
-        key_len = 0 if n_key == _NO_KEY else n_key
-        start = i + _FRAME.size
-        i = start + key_len + n_value
-        if i > len(data):
-            return None
-        key = None if n_key == _NO_KEY else data[start:start + key_len]
-        out.append(RecordTuple(topic, partition, offset, key, data[start + key_len:i], timestamp))
-    return out or None
+    frames = local_replies.record_frames(data, 0, _FRAME)
+    if not frames:
+        return None
+    return [RecordTuple(topic, partition, offset, key, value, timestamp)
+            for (partition, offset, timestamp), key, value in frames]
 
 
 def in_log_order(start: int, fetched: Sequence[Record], held: dict[int, Record]) -> list[Record]:

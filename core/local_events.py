@@ -51,7 +51,6 @@ BACK_OFF_S = 0.5            # a reader that did not make room in time is sent no
 READERS_REFRESH_S = 1.0     # how often the ledger looks again for the readers linked to a partition
 _HEAD = struct.Struct(">Iq")       # partition, after (-1: not known)
 _FRAME = struct.Struct(">qqHI")    # offset, timestamp (ms), key length, value length
-_NO_KEY = 0xFFFF
 NOT_KNOWN = -1
 LOOK_SLICE_S = 0.05         # a reader fetching some partition polls the topic at least this often
 REST_SLICE_S = 0.1          # an idle reader's rest looks for a told run this often
@@ -78,8 +77,7 @@ def pack(partition: int, after: int, records: Sequence[tuple[int, bytes | None, 
     head_after = after
     prev = after
     for offset, key, value in records:
-        k = b"" if key is None else key
-        frame = _FRAME.pack(offset, timestamp_ms, _NO_KEY if key is None else len(k), len(value)) + k + value
+        frame = local_replies.record_frame(_FRAME, (offset, timestamp_ms), key, value)
         if chunk and size + len(frame) > MAX_DATAGRAM:
             out.append(_HEAD.pack(partition, head_after) + b"".join(chunk))
             chunk, size, head_after = [], _HEAD.size, prev
@@ -96,21 +94,11 @@ def unpack(data: bytes, topic: str) -> tuple[int, int, list[RecordTuple]] | None
     if len(data) < _HEAD.size:
         return None
     partition, after = _HEAD.unpack_from(data, 0)
-    out: list[RecordTuple] = []
-    i = _HEAD.size
-    while i < len(data):
-        if len(data) - i < _FRAME.size:
-            return None
-        offset, timestamp, n_key, n_value = _FRAME.unpack_from(data, i)
-        key_len = 0 if n_key == _NO_KEY else n_key
-        start = i + _FRAME.size
-        i = start + key_len + n_value
-        if i > len(data):
-            return None
-        key = None if n_key == _NO_KEY else data[start:start + key_len]
-        out.append(RecordTuple(topic, partition, offset, key, data[start + key_len:i], timestamp))
-    if not out:
+    frames = local_replies.record_frames(data, _HEAD.size, _FRAME)
+    if not frames:
         return None
+    out = [RecordTuple(topic, partition, offset, key, value, timestamp)
+           for (offset, timestamp), key, value in frames]
     return partition, after, out
 
 

@@ -164,6 +164,35 @@ def socket_path(cfg: Config, partition: int) -> Path | None:
     return path if fits(path) else None
 
 
+# --------------------------------------------------------------- records handed over (local_commands, local_events)
+NO_KEY = 0xFFFF   # a record frame's key length for a record without a key
+
+
+def record_frame(frame: struct.Struct, fields: tuple[int, ...], key: bytes | None, value: bytes) -> bytes:
+    """One Kafka record as ``frame`` (``fields`` first, then key length and value length), its key and value."""
+    k = b"" if key is None else key
+    return frame.pack(*fields, NO_KEY if key is None else len(k), len(value)) + k + value
+
+
+def record_frames(data: bytes, start: int, frame: struct.Struct
+                  ) -> list[tuple[tuple[int, ...], bytes | None, bytes]] | None:
+    """The ``record_frame``s of ``data`` from ``start`` on: (fields, key, value) each; None if any is malformed."""
+    out: list[tuple[tuple[int, ...], bytes | None, bytes]] = []
+    i = start
+    while i < len(data):
+        if len(data) - i < frame.size:
+            return None
+        *fields, n_key, n_value = frame.unpack_from(data, i)
+        key_len = 0 if n_key == NO_KEY else n_key
+        begin = i + frame.size
+        i = begin + key_len + n_value
+        if i > len(data):
+            return None
+        out.append((tuple(fields), None if n_key == NO_KEY else data[begin:begin + key_len],
+                    data[begin + key_len:i]))
+    return out
+
+
 def pack(replies: list[tuple[str, bytes]]) -> list[bytes]:
     """``(command id, verdict)`` pairs as datagrams of at most ``MAX_DATAGRAM`` bytes; a pair too large for one
     datagram is left out (its caller reads the Kafka record)."""

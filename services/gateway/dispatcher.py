@@ -41,7 +41,6 @@ from . import leases
 from .coalesce import Coalescer
 
 log = logging.getLogger(__name__)
-_CLAIM_WAIT = metrics.CLAIM_WAIT
 
 #: ``ask(command, timeout)`` → the ledger's event or rejection; raises TimeoutError when none came in time.
 Ask = Callable[[Transition, float], Awaitable[Event | Rejected]]
@@ -224,7 +223,7 @@ class Dispatcher:
         async with (self.claim_pool or self.pool).connection() as conn:
             # the queue for claim connections is where an overloaded gateway's getJob latency grows first
             # (docs/performance.md, sixteenth session): an operator sees it here
-            _CLAIM_WAIT.observe(time.monotonic() - asked)
+            metrics.CLAIM_WAIT.observe(time.monotonic() - asked)
             for _ in range(self.CLAIM_ROUNDS):
                 want = n - len(claimed)
                 rows = await self._claim_once(conn, req, actor, want, deliver, skip)
