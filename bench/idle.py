@@ -20,7 +20,7 @@ from typing import Any
 from bench import stack
 from bench.procs import Components, CpuMeter, database_backends, infra_groups
 from core.config import Config
-from devenv import common
+from core.ports import free_port
 
 SETTLE_SECONDS = 10   # the consumer groups join (one rebalance timeout), then [kafka] idle_after_ms more: consumers
                       # doze only after that long without records (core/bus.py Consumer.poll)
@@ -41,7 +41,7 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
     url = f"http://{cfg.http.host}:{cfg.http.port}"
     seconds = float(size.get("idle_seconds", 30))
     names = default_components(cfg)   # what `pandaes run` starts
-    extra = {"PANDAES_MONITOR_PORT": str(common.free_port())}
+    extra = {"PANDAES_MONITOR_PORT": str(free_port())}
     dbname = cfg.db.url.rsplit("/", 1)[1].split("?")[0]
     with Components(cfg, names, log_dir / "idle", extra_env=extra) as comps:
         stack.wait_http(url)

@@ -12,7 +12,7 @@ from bench import workload
 from bench.procs import Components
 from core.bus import CommandSender, OutcomeWaiter
 from core.config import Config
-from devenv import common
+from core.ports import free_port
 from schemas.messages import Command, Rejected
 
 QUEUES = Path(__file__).resolve().parent / "queues.toml"
@@ -23,7 +23,7 @@ def configure(cfg: Config, port: int | None = None) -> Config:
     """``cfg`` with the bench queue file, a free gateway port and one daemon worker; queues loaded."""
     from services.sitedata import configurator
 
-    cfg = cfg.replace(sites={"file": str(QUEUES)}, http={"host": "127.0.0.1", "port": port or common.free_port()})
+    cfg = cfg.replace(sites={"file": str(QUEUES)}, http={"host": "127.0.0.1", "port": port or free_port()})
     configurator.configure(cfg, QUEUES, who="bench")
     return cfg
 

@@ -32,9 +32,9 @@ from cli import components
 from cli.chaos_checks import run_checks
 from cli.chaos_load import Gate, Pilots, Submitter
 from core import config, db
+from core.ports import free_port
 from core.states import FINAL_STATES
 from devenv import stack
-from devenv.common import free_port
 from projections import invariant_queries, queries
 from services import migrations
 

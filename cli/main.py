@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from cli import components
+from cli import components, listen_check
 from cli.restore import RestoreError, check_at_start
 from core import bus, config, db, logs, metrics
 from core.bus import CommandSender, OutcomeWaiter
@@ -46,6 +46,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     names = args.components or components.default_components(config.load())
     for name in names:
         components.resolve(name)
+    held = listen_check.held_ports(config.load(), names)
+    if held:
+        for line in held:
+            print(f"pandaes run: {line}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.metrics_core import Metric
 
 from core.config import Config
+from core.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +215,6 @@ def mark_process_dead(pid: int | None, path: str) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, path)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def metrics_ports(cfg: Config, names: Sequence[str]) -> dict[str, int]:

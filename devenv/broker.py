@@ -12,12 +12,11 @@ from typing import IO
 
 from core import bus, config
 from core.config import Config
+from core.ports import FORBIDDEN_PORTS, free_port
 from devenv.common import (
-    FORBIDDEN_PORTS,
     LOOPBACK,
     InfraError,
     die_with_parent_hook,
-    free_port,
     port_accepts,
     split_hostport,
     tail_file,

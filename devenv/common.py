@@ -14,26 +14,11 @@ from pathlib import Path
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
-FORBIDDEN_PORTS = frozenset({25080, 25443})  # reserved on this project's machines: never bind them
 
 FORCE_EMBEDDED_DB_ENV = "PANDAES_FORCE_EMBEDDED_DB"  # not a [db] key: config.load() would reject it
 
 class InfraError(RuntimeError):
     """The broker, the database server or the topics could not be set up; the message says which."""
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nothing listens on right now, chosen by the kernel.
-
-    Another process may take it before our server binds it; the starters below retry on a bind failure.
-    """
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = sock.getsockname()[1]
-        if port not in FORBIDDEN_PORTS:
-            return port
-    raise InfraError(f"no free TCP port on {host}")
 
 
 def redact(url: str) -> str:

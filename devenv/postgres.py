@@ -16,7 +16,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from devenv.common import LOOPBACK, InfraError, Log, file_lock, free_port, pid_alive, port_accepts, tail_file
+from core.ports import free_port
+from devenv.common import LOOPBACK, InfraError, Log, file_lock, pid_alive, port_accepts, tail_file
 
 LOCAL_PG_PORT = 5432
 LOCAL_PG_CONNECT_TIMEOUT = 2  # seconds; psycopg wants an integer

@@ -25,8 +25,9 @@ import psycopg
 import pytest
 
 from core import bus, config
+from core.ports import free_port
 from core.topics import ensure_topics
-from devenv.common import FORCE_EMBEDDED_DB_ENV, free_port
+from devenv.common import FORCE_EMBEDDED_DB_ENV
 from devenv.postgres import stop_embedded_postgres
 from devenv.stack import Infra
 from services import migrations

@@ -3,7 +3,10 @@ consumer group (instead of sleeping "long enough"), plus reading the whole event
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,6 +28,18 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def gateway_answers(url: str, run: subprocess.Popen | None = None) -> bool:
+    """Whether pandaes's gateway answers at ``url`` (its v1 is_alive envelope; another program that took the
+    port answers otherwise). ``run``: the `pandaes run` being waited for; its exit fails the wait at once."""
+    if run is not None and run.poll() is not None:
+        raise AssertionError(f"`pandaes run` exited with {run.returncode} before its gateway answered")
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/system/is_alive", timeout=2) as reply:
+            return json.loads(reply.read()).get("message") == "alive"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def all_events(cfg: Config) -> list:

@@ -23,6 +23,7 @@ from aiohttp import web
 from core import collector, eventloop
 from core.config import Config
 from services.gateway.dispatcher import Dispatcher
+from services.listen import start_site
 
 from . import access, cache, cors, creds, events, harvester, jedilog, legacy, observe, openapi, retry, tasks, v1
 from .auth import dev, tls
@@ -144,7 +145,7 @@ async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, 
     site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None,
                        ssl_context=ssl_context)
     try:
-        await site.start()
+        await start_site(site, "gateway", host, port, "[http] port (PANDAES_HTTP_PORT)")
         collector.settle()   # what serving keeps for its life is built: out of the collector's sight
         log.info("gateway listening on %s://%s:%d", "https" if ssl_context else "http", host, port)
         if ready is not None:

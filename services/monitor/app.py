@@ -30,6 +30,7 @@ from projections.fold import JobView
 from schemas.messages import decode_event
 from services.gateway import cache
 from services.gateway.observe import http_metrics
+from services.listen import start_site
 
 from . import pages
 from .live import EventFeed
@@ -262,7 +263,7 @@ async def serve(cfg: Config, stop: threading.Event, *, host: str | None = None, 
     port = int(port if port is not None else cfg.monitor.port)
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
-        await site.start()
+        await start_site(site, "monitor", host, port, "[monitor] port (PANDAES_MONITOR_PORT)")
         log.info("monitor on http://%s:%d", host, port)
         await asyncio.to_thread(app["feed"].ready.wait, 30)
         if ready is not None:

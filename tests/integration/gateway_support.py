@@ -14,7 +14,7 @@ from helpers import wait_until
 from core import db
 from core.bus import CommandSender
 from core.ledger import Ledger
-from devenv.common import free_port
+from core.ports import free_port
 from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from schemas.jobspec import FileSpec, JobSpec

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from helpers import wait_until
+from helpers import gateway_answers, wait_until
 
-from devenv.common import free_port
+from core.ports import free_port
 from devenv.endpoints import ENDPOINTS_FILE
 
 
@@ -43,13 +43,6 @@ class RunningSystem:
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.read().decode()
-
-
-def _alive(url: str) -> bool:
-    try:
-        return bool(_get(f"{url}/api/v1/system/is_alive"))
-    except OSError:
-        return False
 
 
 def _job(name: str, label: str = "managed") -> dict:
@@ -77,7 +70,7 @@ def running_system(tmp_path_factory) -> Iterator[RunningSystem]:
                                stderr=subprocess.STDOUT, text=True)
     db_url = None
     try:
-        wait_until(lambda: _alive(url), 90, 0.5, "the gateway of `pandaes run`")
+        wait_until(lambda: gateway_answers(url, run), 90, 0.5, "the gateway of `pandaes run`")
         endpoints = wait_until(lambda: (lambda d: d if "metrics" in d else None)(
             json.loads((state / ENDPOINTS_FILE).read_text())), 30, 0.2, "metrics in the endpoints file")
         db_url = endpoints["db"]

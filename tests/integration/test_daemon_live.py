@@ -11,7 +11,7 @@ from helpers import wait_until
 from prometheus_client import start_http_server
 
 from core import db, metrics
-from core.metrics import free_port
+from core.ports import free_port
 from services.clock.daemon import DaemonMaster, Script
 
 

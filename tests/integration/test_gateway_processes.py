@@ -12,7 +12,7 @@ from gateway_support import System, auth_headers, post_form, run
 from helpers import wait_until
 
 from core.ledger import Ledger
-from devenv.common import free_port
+from core.ports import free_port
 from projections.queries import partition_snapshot
 from projections.runner import ProjectionRunner
 from services.gateway import workers

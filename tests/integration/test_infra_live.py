@@ -23,10 +23,11 @@ import pytest
 from helpers import wait_until
 
 from core import bus, config
+from core.ports import FORBIDDEN_PORTS, free_port
 from core.topics import TopicError, ensure_topics
 from devenv import stack as stack_module
 from devenv.broker import Tansu, start_tansu
-from devenv.common import FORBIDDEN_PORTS, FORCE_EMBEDDED_DB_ENV, InfraError, free_port, pid_alive
+from devenv.common import FORCE_EMBEDDED_DB_ENV, InfraError, pid_alive
 from devenv.endpoints import ENDPOINTS_FILE, config_for_running_system, read_endpoints
 from devenv.postgres import (
     LOCAL_PG_PORT,

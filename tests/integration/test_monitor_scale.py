@@ -19,8 +19,8 @@ import urllib.request
 import psycopg
 import pytest
 
+from core.ports import free_port
 from core.states import JobStatus
-from devenv.common import free_port
 from projections import monitor_queries as mq
 from services.monitor import app as monitor
 

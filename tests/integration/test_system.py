@@ -8,15 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import wait_until
+from helpers import gateway_answers, wait_until
 
-from devenv.common import free_port
+from core.ports import free_port
 from devenv.endpoints import ENDPOINTS_FILE
 
 pytestmark = pytest.mark.slow
@@ -25,14 +24,6 @@ pytestmark = pytest.mark.slow
 def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _alive(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/api/v1/system/is_alive", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _job(name: str, inputs: list[str]) -> dict:
@@ -60,7 +51,7 @@ def test_make_run_runs_jobs_through_both_data_paths(tmp_path: Path):
                            stderr=subprocess.STDOUT, text=True)
     db_url = None
     try:
-        wait_until(lambda: _alive(url), 90, 0.5, "the gateway of `pandaes run`")
+        wait_until(lambda: gateway_answers(url, run), 90, 0.5, "the gateway of `pandaes run`")
         db_url = json.loads((state / ENDPOINTS_FILE).read_text())["db"]
         jobs = tmp_path / "jobs.json"
         jobs.write_text(json.dumps([_job("local", []), _job("moved", ["in.remote"])]))
