@@ -10,7 +10,7 @@ import pytest
 
 from core.adapters import confluent
 from core.bus import ProducerSettings
-from devenv.common import free_port
+from core.ports import free_port
 
 
 def _threads() -> set[str]:
