@@ -181,7 +181,7 @@ async def _bulk_phase(url: str, n: int, seconds: float, log, headers: dict[str, 
         agents = asyncio.gather(*(a for h in hs for a in h.agents(stop_at, done)))
         submitted, ids = await lifecycle._submit(url, n, log, headers)
         while sum(done) < n and time.monotonic() < stop_at:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.02)   # the instances' own count: the clock then stops on job/get_status
         agents.cancel()
         try:
             await agents
@@ -289,7 +289,8 @@ def run(cfg: Config, *, size: dict[str, Any], log_dir: Path, log=print) -> dict[
     # the components of the lifecycle (the reactors host runs the Harvester killer too)
     with Components(cfg, lifecycle.services(cfg), log_dir / "harvester") as comps:
         stack.wait_http(url)
-        time.sleep(5)  # consumer groups of the services settle
+        stack.wait_settled(cfg, log=log)   # the ledger and the services' reader hold their partitions
+        time.sleep(5)  # then a quiet spell: the workload comes to a system that was idle (its consumers dozing)
         comps.check()
         meter = CpuMeter({**comps.pids(), **infra_groups()})
         meter.start()

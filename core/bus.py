@@ -212,6 +212,11 @@ class Consumer(Protocol):
         not fetched yet is absent."""
         ...
 
+    def wake(self) -> None:
+        """Records are known to have come (told by another way than the topic): a dozing consumer reads at its
+        busy pace from the next poll instead of at its next look. Nothing changes for one that does not doze."""
+        ...
+
     def pause(self, *partitions: TopicPartition) -> None:
         """Stop fetching these partitions (a reader done with them, or one with nobody to read for)."""
         ...

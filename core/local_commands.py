@@ -71,6 +71,17 @@ def link_path(cfg: Config, partition: int) -> Path | None:
     return path if local_replies.fits(path) else None
 
 
+def ledgers_linked(cfg: Config, partitions: Iterable[int]) -> set[int]:
+    """Which of ``partitions`` a ledger on this host holds now (its link leads to its socket): a ledger links a
+    partition once it is assigned and rebuilt, so this is also when it starts judging that partition's commands."""
+    out = set()
+    for p in partitions:
+        path = link_path(cfg, p)
+        if path is not None and path.exists():   # exists() follows the link: a dead ledger's link is not counted
+            out.add(p)
+    return out
+
+
 def pack(partition: int, offset: int, key: bytes | None, value: bytes, timestamp_ms: int) -> bytes:
     """One acknowledged command as a datagram (may exceed ``MAX_DATAGRAM``: the sender then leaves it)."""
     return local_replies.record_frame(_FRAME, (partition, offset, timestamp_ms), key, value)

@@ -66,6 +66,23 @@ def _directory(cfg: Config) -> tuple[Path, str]:
     return cfg.state_dir / "events", tag
 
 
+def readers_linked(cfg: Config) -> dict[str, set[int]]:
+    """The events partitions each consumer group on this host reads now, fed the ledger's runs (a reader links a
+    partition once assigned; its socket alive)."""
+    folder, tag = _directory(cfg)
+    out: dict[str, set[int]] = {}
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return out
+    for name in names:
+        partition, sep, group = name.removeprefix(f"{tag}-").partition("-")
+        if name.startswith(f"{tag}-") and sep and partition.isdigit() and not name.endswith(".tmp") \
+                and (folder / name).exists():
+            out.setdefault(group, set()).add(int(partition))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- wire format
 def pack(partition: int, after: int, records: Sequence[tuple[int, bytes | None, bytes]], timestamp_ms: int
          ) -> list[bytes]:
@@ -117,17 +134,22 @@ def continues(last: int | None, after: int) -> bool:
 def starting_at(nxt: int, runs: Sequence[tuple[int, Sequence[Record]]]) -> int | None:
     """A reader sought to ``nxt`` that has read nothing since: the ``after`` of a held run that starts where it
     stands (its first record at ``nxt``, or at ``nxt + 1`` behind the commit marker at ``nxt``), as the last record
-    it may be said to have taken; None if no run starts there."""
+    it may be said to have taken; None if no run starts there. A run whose first record is at ``nxt`` starts there
+    even when the ledger could not name its ``after`` (the first transaction of a fresh partition, or the first
+    after the ledger started): ``nxt - 1`` is then said, which only a run starting at ``nxt`` continues."""
     for after, recs in runs:
         if after != NOT_KNOWN and recs and recs[0].offset == after + 2 and nxt in (after + 1, after + 2):
             return after
+    if any(recs and recs[0].offset == nxt for _, recs in runs):
+        return nxt - 1
     return None
 
 
 def take_runs(last: int | None, runs: list[tuple[int, list[Record]]]) -> tuple[list[Record], int | None, bool]:
-    """From ``runs`` (after, records) held for one partition: the records that continue ``last`` in order, the new
-    last record, and whether a run is left that does not continue (a gap: the topic must fill it). Runs wholly at or
-    below ``last`` are dropped; ``runs`` is left holding only runs past the gap."""
+    """From ``runs`` (after, records) held for one partition: the records that continue ``last`` in order (a run
+    naming ``last`` as its ``after``, or one whose first record is right after it), the new last record, and
+    whether a run is left that does not continue (a gap: the topic must fill it). Runs wholly at or below ``last``
+    are dropped; ``runs`` is left holding only runs past the gap."""
     taken: list[Record] = []
     runs.sort(key=lambda r: r[1][0].offset)
     gap = False
@@ -135,7 +157,7 @@ def take_runs(last: int | None, runs: list[tuple[int, list[Record]]]) -> tuple[l
     for after, recs in runs:
         if last is not None and recs[-1].offset <= last:
             continue                       # read already (from the topic, or twice)
-        if not gap and continues(last, after):
+        if not gap and (continues(last, after) or (last is not None and recs[0].offset == last + 1)):
             taken.extend(recs)
             last = recs[-1].offset
             continue
@@ -444,6 +466,7 @@ class FedConsumer:
         out: dict[TopicPartition, list[Record]] = {}
         to_pause: list[TopicPartition] = []
         to_fetch: list[tuple[TopicPartition, int | None]] = []
+        waiting = False
         with self._lock:
             for tp, recs in fetched.items():
                 part = self._parts.get(tp.partition) if tp.topic == self.topic else None
@@ -484,6 +507,8 @@ class FedConsumer:
                     to_fetch.append((tp, part.last))
                 if part.taken and now - part.taken_at >= self.gather_s:
                     gather_done = True
+                if part.runs and not part.fed:
+                    waiting = True
             if gather_done:
                 room = max_records if max_records else None
                 for p, part in self._parts.items():
@@ -494,6 +519,8 @@ class FedConsumer:
                     part.taken = part.taken[n:]
                     if room is not None:
                         room -= n
+        if waiting:   # runs told that the topic must bring first: it holds new records, so no doze may wait on
+            self._inner.wake()   # them (a ledger's first transaction after its start names no ``after``)
         for tp in to_pause:   # no seek: the partition is sought to its last record's successor when fetched again
             if tp not in self._caller_paused:
                 self._inner.pause(tp)

@@ -502,6 +502,14 @@ class Consumer:
         if wait > 0:
             stop.wait(wait)
 
+    def wake(self) -> None:
+        if self._idle_after is None or self._state == "active" or self._in_assign:
+            return
+        parts = self._dozed & self._assigned
+        self._active()
+        if parts and self._lazy is None:
+            self._nudge(min(parts))
+
     def _nudge(self, tp: TopicPartition) -> None:
         """Make librdkafka fetch the resumed partitions now: its broker thread notices a resume only when it
         next wakes (up to a second later); a request to that broker (one partition's watermarks) wakes it."""

@@ -168,6 +168,10 @@ class Consumer:
         self._c.assign([_k(tp) for tp in partitions])
         self._wake()
 
+    def wake(self) -> None:
+        """The next fetch requests wait at the busy pace (one already at the broker ends at its own wait)."""
+        self._wake()
+
     def _wake(self) -> None:
         """A new start (assign, seek): read at the busy pace until the quiet spell comes again."""
         self._last_records = time.monotonic()

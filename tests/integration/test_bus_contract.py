@@ -449,6 +449,27 @@ def test_a_dozing_consumer_wakes_for_plain_records_and_for_a_transaction_committ
         c.close()
 
 
+def test_a_dozing_consumer_told_of_records_reads_them_before_its_next_look(cfg, kafka_client):
+    """``wake``: a reader told by another way that records came (the ledger's run it cannot take) reads them at
+    once instead of at its next look, here a minute away. kafka-python's fetch already at the broker ends only at
+    its own wait (the next one waits at the busy pace): the promise is librdkafka's adapter's."""
+    if kafka_client != "confluent":
+        pytest.skip("kafka-python: a fetch under way keeps its doze's wait; only the next one is shorter")
+    quick = cfg.replace(kafka={"idle_after_ms": 300, "idle_fetch_max_wait_ms": 60_000})
+    topic = cfg.kafka.commands_topic
+    c, _ = _reader(quick, topic, [1])
+    try:
+        _quiet(c, 1.0)                               # dozing: its next look is a minute away
+        _write(quick, topic, [b"told"], partition=1)
+        c.wake()
+        assert [r.value for r in _drain(c, 1, timeout=20)] == [b"told"]
+        c.wake()                                     # awake already: nothing changes
+        _write(quick, topic, [b"next"], partition=1)
+        assert [r.value for r in _drain(c, 1, timeout=20)] == [b"next"]
+    finally:
+        c.close()
+
+
 # ------------------------------------------------------------------------------------------ groups
 class _Calls:
     def __init__(self) -> None:

@@ -205,3 +205,15 @@ def test_a_partition_fed_by_hand_is_paused_and_fetched_again_at_a_gap_or_a_quiet
     assert changes({0}, {0: 9.9}, {0: 9.9}, 10.0) == (set(), {0})         # the gap lasted: fetch it
     assert changes({0}, {0: 8.5}, {}, 10.0) == (set(), {0})               # nothing by hand for a while: a look
     assert changes({1}, {}, {}, 10.0) == (set(), {1})                     # never handed over: fetched
+
+
+def test_ledgers_linked_names_the_partitions_a_live_ledger_holds(pair):
+    cfg, _, intake, _ = pair
+    assert local_commands.ledgers_linked(cfg, range(4)) == set()
+    intake.link(0)
+    intake.link(2)
+    assert local_commands.ledgers_linked(cfg, range(4)) == {0, 2}
+    intake.unlink(2)
+    assert local_commands.ledgers_linked(cfg, range(4)) == {0}
+    intake.close()                                           # its socket gone: a link left behind does not count
+    assert local_commands.ledgers_linked(cfg, range(4)) == set()

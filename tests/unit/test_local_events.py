@@ -18,6 +18,7 @@ from core.local_events import (
     chained_after,
     continues,
     pack,
+    readers_linked,
     starting_at,
     take_runs,
     unpack,
@@ -67,7 +68,17 @@ def test_a_reader_sought_to_where_a_run_starts_takes_it_without_the_topic():
     runs = [(41, [rec(43)])]
     assert starting_at(42, runs) == 41 and starting_at(43, runs) == 41   # behind the marker, or at the record
     assert starting_at(41, runs) is None and starting_at(44, runs) is None
-    assert starting_at(43, [(NOT_KNOWN, [rec(43)])]) is None
+    assert starting_at(44, [(NOT_KNOWN, [rec(43)])]) is None and starting_at(42, [(NOT_KNOWN, [rec(43)])]) is None
+
+
+def test_a_run_the_ledger_could_not_chain_is_taken_where_its_first_record_is_the_next_one():
+    # the ledger's first transaction after its start (or on a fresh partition) names no ``after``
+    assert starting_at(43, [(NOT_KNOWN, [rec(43)])]) == 42
+    assert starting_at(0, [(NOT_KNOWN, [rec(0), rec(1)])]) == -1
+    taken, last, gap = take_runs(-1, [(NOT_KNOWN, [rec(0), rec(1)]), (1, [rec(3)])])
+    assert [r.offset for r in taken] == [0, 1, 3] and last == 3 and not gap
+    taken, last, gap = take_runs(41, [(NOT_KNOWN, [rec(43)])])   # 42 may be a record: only the topic knows
+    assert taken == [] and last == 41 and gap
 
 
 class Inner:
@@ -78,6 +89,10 @@ class Inner:
         self.paused: set[TopicPartition] = set()
         self.seeks: list[tuple[int, int]] = []
         self.callbacks = None
+        self.wakes = 0
+
+    def wake(self):
+        self.wakes += 1
 
     def subscribe(self, topics, *, on_assign=None, on_revoke=None):
         self.callbacks = (on_assign, on_revoke)
@@ -137,6 +152,7 @@ def test_the_reader_goes_to_the_ledgers_runs_and_back_to_the_topic_at_a_gap(shor
     try:
         hand(c, 9, [11, 12])
         assert c.poll(0) == {}                                # last record not known yet: nothing taken
+        assert inner.wakes >= 1                               # but the topic has news: a dozing reader looks now
         inner.queue[tp] = [rec(10), rec(11), rec(12)]         # the topic brings them
         assert offsets(c.poll(0)) == [10, 11, 12] and tp not in inner.paused
         hand(c, 12, [14, 15])
@@ -188,6 +204,19 @@ def test_a_seek_sends_the_partition_back_to_the_topic(short_dir):
         c.close()
 
 
+def test_a_fresh_partitions_first_run_is_taken_without_the_topic(short_dir):
+    c, inner = fed_consumer(short_dir)
+    tp = TopicPartition(c.topic, 0)
+    try:
+        c.seek(tp, 0)                                         # a new group on a new topic starts at 0
+        hand(c, NOT_KNOWN, [0, 1, 2])                         # the ledger's first transaction on it
+        assert offsets(c.poll(0)) == [0, 1, 2] and tp in inner.paused and inner.wakes == 0
+        hand(c, 2, [4])
+        assert offsets(c.poll(0)) == [4]
+    finally:
+        c.close()
+
+
 def test_taken_runs_wait_for_the_gather_and_respect_max_records(short_dir):
     c, inner = fed_consumer(short_dir, gather_s=3600.0)
     tp = TopicPartition(c.topic, 0)
@@ -201,3 +230,18 @@ def test_taken_runs_wait_for_the_gather_and_respect_max_records(short_dir):
         assert offsets(c.poll(0, max_records=10)) == [3, 4]
     finally:
         c.close()
+
+
+def test_readers_linked_names_each_groups_partitions_while_its_reader_lives(short_dir):
+    from core.config import load
+
+    assert readers_linked(load({"PANDAES_STATE_DIR": str(short_dir)})) == {}
+    c, inner = fed_consumer(short_dir)                        # group "g", partition 0 assigned
+    try:
+        inner.callbacks[0]({TopicPartition(c.topic, 3)})
+        assert readers_linked(c.cfg) == {"g": {0, 3}}
+        inner.callbacks[1]({TopicPartition(c.topic, 3)})      # revoked: unlinked
+        assert readers_linked(c.cfg) == {"g": {0}}
+    finally:
+        c.close()
+    assert readers_linked(c.cfg) == {}
