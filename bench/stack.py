@@ -41,33 +41,22 @@ def wait_http(url: str, timeout: float = 60) -> None:
 
 
 def wait_settled(cfg: Config, timeout: float = 90, log=print) -> float:
-    """Until the ledger holds every commands partition and the services' reader every events partition (each links
-    a partition on this host once assigned: core/local_commands.py, core/local_events.py); the seconds waited.
-    A workload started before would time the consumer groups' joins (on the embedded broker the ledger's took 5-6 s
-    after its start in some runs, and its first commands waited for it). Without the hand-overs on this host
-    ([ledger] local_commands / local_events off) there is nothing to see, and nothing is waited for."""
-    from core import local_commands, local_events
+    """Until the ledger holds every commands partition and the services' reader every events partition
+    (core/readiness.py); the seconds waited. A workload started before would time the consumer groups' joins (on
+    the embedded broker the ledger's took 5-6 s after its start in some runs, and its first commands waited)."""
+    from core import readiness
 
-    partitions = set(range(int(cfg.kafka.partitions)))
     t0 = time.monotonic()
     told = False
     while True:
-        missing = []
-        if local_commands.enabled(cfg):
-            held = local_commands.ledgers_linked(cfg, partitions)
-            if held != partitions:
-                missing.append(f"ledger partitions {sorted(partitions - held)}")
-        if local_events.enabled(cfg):
-            read = local_events.readers_linked(cfg)
-            if not read or any(parts != partitions for parts in read.values()):
-                missing.append(f"event readers {({g: sorted(p) for g, p in read.items()}) or 'none yet'}")
+        left = readiness.missing(cfg)
         waited = time.monotonic() - t0
-        if not missing:
+        if not left:
             return waited
         if waited > timeout:
-            raise RuntimeError(f"the consumer groups did not settle within {timeout}s: {'; '.join(missing)}")
+            raise RuntimeError(f"the consumer groups did not settle within {timeout}s: {'; '.join(left)}")
         if waited > 10 and not told:
-            log(f"  waiting for the consumer groups: {'; '.join(missing)}")
+            log(f"  waiting for the consumer groups: {'; '.join(left)}")
             told = True
         time.sleep(0.1)
 

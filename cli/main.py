@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from cli import components, listen_check
+from cli import components, listen_check, ready
 from cli.restore import RestoreError, check_at_start
 from core import bus, config, db, logs, metrics
 from core.bus import CommandSender, OutcomeWaiter
@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ports = metrics.metrics_ports(cfg, names) if cfg.metrics.enabled else {}
         sup = components.Supervisor(names, components.child_env(cfg), log=print, metrics_ports=ports)
         sup.start()
+        ready.start(cfg, names, stop)   # one line once the ledger and the services hold their partitions
         print(f"pandaes running: kafka={cfg.kafka.bootstrap} db={cfg.db.url}")
         if cfg.metrics.enabled:
             where = metrics.urls(cfg, ports, names)

@@ -1,0 +1,32 @@
+"""Whether the components on this host can judge and act yet: the ledger holds every commands partition and
+the services' reader every events partition.
+
+Why: a consumer group's join is not instant (on the embedded broker a new group's join completes only after
+half the session timeout, 5 s by default), and until the ledger holds a partition nobody judges its commands;
+`pandaes run` says when the system is ready and the bench starts its workloads only then. What is seen: the links
+the ledger and the events' readers make on this host once a partition is theirs (core/local_commands.py,
+core/local_events.py); with those hand-overs switched off there is nothing to see, and nothing is reported missing.
+"""
+
+from __future__ import annotations
+
+from core import local_commands, local_events
+from core.config import Config
+
+
+def missing(cfg: Config, *, ledger: bool = True, readers: bool = True) -> list[str]:
+    """What is not ready yet, one phrase each (empty: ready, or not observable here)."""
+    partitions = set(range(int(cfg.kafka.partitions)))
+    out = []
+    if ledger and local_commands.enabled(cfg):
+        held = local_commands.ledgers_linked(cfg, partitions)
+        if held != partitions:
+            out.append(f"the ledger does not hold commands partitions {sorted(partitions - held)} yet")
+    if readers and local_events.enabled(cfg):
+        read = local_events.readers_linked(cfg)
+        if not read:
+            out.append("no reader of the events topic has its partitions yet")
+        for group, parts in sorted(read.items()):
+            if parts != partitions:
+                out.append(f"{group} does not read events partitions {sorted(partitions - parts)} yet")
+    return out
