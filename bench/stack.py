@@ -51,7 +51,7 @@ def wait_settled(cfg: Config, timeout: float = 90, log=print) -> float:
     while True:
         left = readiness.missing(cfg)
         waited = time.monotonic() - t0
-        if not left:
+        if not left:   # ready, or nothing to see (None): the quiet spell after this is all there is
             return waited
         if waited > timeout:
             raise RuntimeError(f"the consumer groups did not settle within {timeout}s: {'; '.join(left)}")

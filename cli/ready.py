@@ -27,6 +27,8 @@ def announce(cfg: Config, names: Sequence[str], stop: threading.Event, started: 
     told = False
     while not stop.wait(0.2):
         left = readiness.missing(cfg, ledger=ledger, readers=readers)
+        if left is None:
+            return        # nothing to see from here: no line rather than a wrong one
         waited = time.monotonic() - started
         if not left:
             log(f"ready: the ledger and the services hold their partitions ({waited:.1f} s after start)")

@@ -66,6 +66,16 @@ def _directory(cfg: Config) -> tuple[Path, str]:
     return cfg.state_dir / "events", tag
 
 
+def readers_bound(cfg: Config) -> bool:
+    """Whether some reader of the events topic on this host listens for the ledger's runs (its socket is there:
+    made when the reader is, before it has partitions; none where the state dir is too long a path)."""
+    folder, tag = _directory(cfg)
+    try:
+        return any(n.startswith(f"{tag}-reader-") and n.endswith(".sock") for n in os.listdir(folder))
+    except OSError:
+        return False
+
+
 def readers_linked(cfg: Config) -> dict[str, set[int]]:
     """The events partitions each consumer group on this host reads now, fed the ledger's runs (a reader links a
     partition once assigned; its socket alive)."""

@@ -14,15 +14,18 @@ from core import local_commands, local_events
 from core.config import Config
 
 
-def missing(cfg: Config, *, ledger: bool = True, readers: bool = True) -> list[str]:
-    """What is not ready yet, one phrase each (empty: ready, or not observable here)."""
+def missing(cfg: Config, *, ledger: bool = True, readers: bool = True) -> list[str] | None:
+    """What is not ready yet, one phrase each (empty: ready); None when nothing can be seen from here (the
+    hand-overs off, or the state dir too long a path for their sockets: then nothing links)."""
     partitions = set(range(int(cfg.kafka.partitions)))
+    if not local_commands.enabled(cfg) or local_commands.link_path(cfg, 0) is None:
+        return None
     out = []
-    if ledger and local_commands.enabled(cfg):
+    if ledger:
         held = local_commands.ledgers_linked(cfg, partitions)
         if held != partitions:
             out.append(f"the ledger does not hold commands partitions {sorted(partitions - held)} yet")
-    if readers and local_events.enabled(cfg):
+    if readers and local_events.enabled(cfg) and local_events.readers_bound(cfg):
         read = local_events.readers_linked(cfg)
         if not read:
             out.append("no reader of the events topic has its partitions yet")

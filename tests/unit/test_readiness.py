@@ -41,12 +41,13 @@ def state_dir():
 
 def test_missing_names_what_is_not_held_until_everything_is(state_dir):
     cfg = load({"PANDAES_STATE_DIR": str(state_dir), "PANDAES_PARTITIONS": "2"})
-    assert readiness.missing(cfg) == ["the ledger does not hold commands partitions [0, 1] yet",
-                                      "no reader of the events topic has its partitions yet"]
+    assert readiness.missing(cfg) == ["the ledger does not hold commands partitions [0, 1] yet"]   # no reader yet
     intake = CommandIntake(cfg, "0", threading.Event())
     inner = _Inner()
     reader = FedConsumer(inner, cfg, "svc", gather_s=0.0, look_s=60.0)
     try:
+        assert readiness.missing(cfg) == ["the ledger does not hold commands partitions [0, 1] yet",
+                                          "no reader of the events topic has its partitions yet"]
         intake.link(0)
         reader.subscribe([cfg.kafka.events_topic])
         inner.callbacks[0]({TopicPartition(cfg.kafka.events_topic, 1)})
@@ -63,4 +64,9 @@ def test_missing_names_what_is_not_held_until_everything_is(state_dir):
         reader.close()
         intake.close()
     off = cfg.replace(ledger={"local_commands": False, "local_events": False})
-    assert readiness.missing(off) == []                      # nothing to see: nothing reported missing
+    assert readiness.missing(off) is None                    # nothing to see: no verdict either way
+    lines = []
+    ready.announce(off, ["ledger", "reactors"], threading.Event(), 0.0, lines.append)
+    assert lines == []                                       # and no line rather than a wrong one
+    deep = load({"PANDAES_STATE_DIR": str(state_dir / ("d" * 120))})
+    assert readiness.missing(deep) is None                   # too long a path for the sockets: nothing links
