@@ -86,9 +86,10 @@ def readers_linked(cfg: Config) -> dict[str, set[int]]:
     except OSError:
         return out
     for name in names:
-        partition, sep, group = name.removeprefix(f"{tag}-").partition("-")
-        if name.startswith(f"{tag}-") and sep and partition.isdigit() and not name.endswith(".tmp") \
-                and (folder / name).exists():
+        if not name.startswith(f"{tag}-") or name.endswith(".tmp"):
+            continue
+        partition, sep, group = name.removeprefix(f"{tag}-").partition("-")   # <partition>-<group> links only
+        if sep and partition.isdigit() and (folder / name).exists():
             out.setdefault(group, set()).add(int(partition))
     return out
 
@@ -136,9 +137,13 @@ def chained_after(previous_last: int | None, first: int) -> int:
     return previous_last if previous_last is not None and first == previous_last + 2 else NOT_KNOWN
 
 
-def continues(last: int | None, after: int) -> bool:
-    """Whether a run naming ``after`` continues a reader whose last record taken is ``last``."""
-    return last is not None and after != NOT_KNOWN and after == last
+def continues(last: int | None, after: int, first: int | None = None) -> bool:
+    """Whether a run naming ``after`` (its first record at ``first``) continues a reader whose last record taken
+    is ``last``: it names ``last``, or its first record is right after it (nothing can lie between, whatever
+    ``after`` says: the ledger names none for its first transaction on a partition)."""
+    if last is None:
+        return False
+    return (after != NOT_KNOWN and after == last) or first == last + 1
 
 
 def starting_at(nxt: int, runs: Sequence[tuple[int, Sequence[Record]]]) -> int | None:
@@ -156,10 +161,9 @@ def starting_at(nxt: int, runs: Sequence[tuple[int, Sequence[Record]]]) -> int |
 
 
 def take_runs(last: int | None, runs: list[tuple[int, list[Record]]]) -> tuple[list[Record], int | None, bool]:
-    """From ``runs`` (after, records) held for one partition: the records that continue ``last`` in order (a run
-    naming ``last`` as its ``after``, or one whose first record is right after it), the new last record, and
-    whether a run is left that does not continue (a gap: the topic must fill it). Runs wholly at or below ``last``
-    are dropped; ``runs`` is left holding only runs past the gap."""
+    """From ``runs`` (after, records) held for one partition: the records that continue ``last`` in order
+    (``continues``), the new last record, and whether a run is left that does not continue (a gap: the topic must
+    fill it). Runs wholly at or below ``last`` are dropped; ``runs`` is left holding only runs past the gap."""
     taken: list[Record] = []
     runs.sort(key=lambda r: r[1][0].offset)
     gap = False
@@ -167,7 +171,7 @@ def take_runs(last: int | None, runs: list[tuple[int, list[Record]]]) -> tuple[l
     for after, recs in runs:
         if last is not None and recs[-1].offset <= last:
             continue                       # read already (from the topic, or twice)
-        if not gap and (continues(last, after) or (last is not None and recs[0].offset == last + 1)):
+        if not gap and continues(last, after, recs[0].offset):
             taken.extend(recs)
             last = recs[-1].offset
             continue
