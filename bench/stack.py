@@ -46,19 +46,10 @@ def wait_settled(cfg: Config, timeout: float = 90, log=print) -> float:
     the embedded broker the ledger's took 5-6 s after its start in some runs, and its first commands waited)."""
     from core import readiness
 
-    t0 = time.monotonic()
-    told = False
-    while True:
-        left = readiness.missing(cfg)
-        waited = time.monotonic() - t0
-        if not left:   # ready, or nothing to see (None): the quiet spell after this is all there is
-            return waited
-        if waited > timeout:
-            raise RuntimeError(f"the consumer groups did not settle within {timeout}s: {'; '.join(left)}")
-        if waited > 10 and not told:
-            log(f"  waiting for the consumer groups: {'; '.join(left)}")
-            told = True
-        time.sleep(0.1)
+    left, waited = readiness.wait(cfg, timeout=timeout, tell_after=10, log=lambda line: log(f"  {line}"))
+    if left:   # ready ([]), or nothing to see (None): the quiet spell after this is all there is
+        raise RuntimeError(f"the consumer groups did not settle within {timeout}s: {'; '.join(left)}")
+    return waited
 
 
 def wait_all(futures, timeout: float) -> int:

@@ -19,23 +19,17 @@ TELL_AFTER_S = 30.0   # not ready by then: say once what is still missing
 
 def announce(cfg: Config, names: Sequence[str], stop: threading.Event, started: float,
              log: Callable[[str], object] = print) -> None:
-    """Watch until ready (or ``stop``), then log one line; once after ``TELL_AFTER_S`` what is missing."""
+    """Watch until ready (or ``stop``), then log one line; once after ``TELL_AFTER_S`` what is missing. Nothing
+    where nothing can be seen from here (no line rather than a wrong one)."""
     ledger = "ledger" in names
     readers = "reactors" in names or "projector" in names
     if not (ledger or readers):
         return
-    told = False
-    while not stop.wait(0.2):
-        left = readiness.missing(cfg, ledger=ledger, readers=readers)
-        if left is None:
-            return        # nothing to see from here: no line rather than a wrong one
+    left, _ = readiness.wait(cfg, timeout=float("inf"), stop=stop, tell_after=TELL_AFTER_S, log=log,
+                             ledger=ledger, readers=readers)
+    if left == []:
         waited = time.monotonic() - started
-        if not left:
-            log(f"ready: the ledger and the services hold their partitions ({waited:.1f} s after start)")
-            return
-        if not told and waited > TELL_AFTER_S:
-            log("not ready yet: " + "; ".join(left))
-            told = True
+        log(f"ready: the ledger and the services hold their partitions ({waited:.1f} s after start)")
 
 
 def _say(line: str) -> None:

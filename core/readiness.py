@@ -10,6 +10,10 @@ core/local_events.py); with those hand-overs switched off there is nothing to se
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+
 from core import local_commands, local_events
 from core.config import Config
 
@@ -33,3 +37,22 @@ def missing(cfg: Config, *, ledger: bool = True, readers: bool = True) -> list[s
             if parts != partitions:
                 out.append(f"{group} does not read events partitions {sorted(partitions - parts)} yet")
     return out
+
+
+def wait(cfg: Config, *, timeout: float, stop: threading.Event | None = None, tell_after: float,
+         log: Callable[[str], object], ledger: bool = True, readers: bool = True,
+         clock: Callable[[], float] = time.monotonic) -> tuple[list[str] | None, float]:
+    """Look every 0.2 s until ready, nothing to see, ``timeout`` or ``stop``: what is still missing then (``[]``
+    ready, None nothing to see) and the seconds waited; after ``tell_after`` seconds ``log`` says once what."""
+    started = clock()
+    told = False
+    pause = stop.wait if stop is not None else time.sleep
+    while True:
+        left = missing(cfg, ledger=ledger, readers=readers)
+        waited = clock() - started
+        if not left or waited > timeout or (stop is not None and stop.is_set()):
+            return left, waited
+        if not told and waited > tell_after:
+            log("not ready yet: " + "; ".join(left))
+            told = True
+        pause(0.2)

@@ -70,3 +70,14 @@ def test_missing_names_what_is_not_held_until_everything_is(state_dir):
     assert lines == []                                       # and no line rather than a wrong one
     deep = load({"PANDAES_STATE_DIR": str(state_dir / ("d" * 120))})
     assert readiness.missing(deep) is None                   # too long a path for the sockets: nothing links
+
+
+def test_wait_gives_up_at_its_timeout_saying_once_what_is_missing(state_dir):
+    cfg = load({"PANDAES_STATE_DIR": str(state_dir), "PANDAES_PARTITIONS": "2"})
+    lines: list[str] = []
+    left, waited = readiness.wait(cfg, timeout=0.5, tell_after=0.0, log=lines.append)
+    assert left == ["the ledger does not hold commands partitions [0, 1] yet"] and waited > 0.5
+    assert lines == ["not ready yet: the ledger does not hold commands partitions [0, 1] yet"]
+    stop = threading.Event()
+    stop.set()
+    assert readiness.wait(cfg, timeout=60, stop=stop, tell_after=60, log=lines.append)[0] == left   # stopped
