@@ -456,6 +456,7 @@ class CommandSender:
         # (core/local_commands.py): it judges it at its turn without waiting for its fetch of the topic
         from core.local_commands import CommandForwarder
         self.forwarder = CommandForwarder(cfg)
+        self._partitions = 0   # the topic's, once warm_up read them: ``hand`` needs them to place a command
 
     @property
     def _producer(self) -> Producer:
@@ -474,13 +475,21 @@ class CommandSender:
             self.forwarder.follow(delivery, key, raw)
         return delivery
 
+    def hand(self, cmd: Command, raw: bytes) -> bool:
+        """Hand ``cmd`` (encoded as ``raw``) straight to the ledger of its partition on this host, in no topic
+        (``core/local_commands.py``: only for a command whose loss its caller repairs). False when it cannot be
+        (no such ledger here, its socket full, or ``warm_up`` not called): the caller sends it instead."""
+        if not self._partitions:
+            return False
+        return self.forwarder.hand(partition_of(cmd.PandaID, self._partitions), key_of(cmd.PandaID), raw)
+
     def send_many(self, cmds: Iterable[Command]) -> None:
         for cmd in cmds:
             self.send(cmd)
 
     def warm_up(self) -> None:
         """Fetch the commands topic's metadata now, so the first send does not wait for it."""
-        self._producer.partitions(self.topic)
+        self._partitions = len(self._producer.partitions(self.topic))
 
     def flush(self, timeout: float | None = None) -> None:
         if self._made is not None:   # a lazy sender that sent nothing has nothing to flush

@@ -11,7 +11,10 @@ Unix socket (``core/local_replies.py``): one broker hop less for the caller; the
 
 Commands written by senders on this host are also handed over through a Unix socket once the broker has stored
 them (``core/local_commands.py``); the ledger judges each only at its turn in the partition's log order, so
-which copy comes first changes nothing in what is judged, in what order, or in what is committed.
+which copy comes first changes nothing in what is judged, in what order, or in what is committed. getJob's
+dispatches may come that way *directly*, in no topic (``local_commands.DIRECT``): judged in the next
+transaction beside the topic's commands, their events naming no source offset, and the consumed offset of
+their partition committed again in it, so a ledger that lost the partition is fenced as for any batch.
 
 Recovery, on start and on every partition assignment:
   1. fencing: ``init_transactions`` with a stable transactional id aborts what a crashed
@@ -169,7 +172,9 @@ class Ledger:
         self.taken_to: dict[int, int] = {}   # partition → the next offset to take into a batch (≥ resume_at)
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
         self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0, "aborted": 0, "gathered": 0,
-                      "commands fetched again": 0}
+                      "commands fetched again": 0, "direct": 0}
+        self._direct: list = []   # commands handed over directly (in no topic), taken for the next batch
+        self._partitions = max(1, int(cfg.kafka.partitions))   # the commands topic's (read from it at start)
         # busy: a poll of at least gather_from commands waits up to gather_ms for more before its transaction
         # (the broker's CPU follows the transactions and their requests, not the records they carry); a quiet
         # ledger commits what one poll brought at once
@@ -181,6 +186,11 @@ class Ledger:
         self._backoff = BACKOFF_MIN
         self.producer = bus.producer(cfg, transactional_id=f"pandaes-ledger-{instance}")
         self.producer.init_transactions()                     # fences a crashed predecessor
+        try:   # a direct command's partition is checked against its key with the topic's own count
+            self._partitions = len(self.producer.partitions(self.commands_topic)) or self._partitions
+        except Exception as exc:  # noqa: BLE001 - whatever the client raises: the configured count stands
+            log.warning("ledger %s: cannot read the partitions of %s (%s); taking the configured %d",
+                        instance, self.commands_topic, exc, self._partitions)
         self.notifier = ReplyNotifier(cfg)   # committed verdicts told to waiters on this host, besides the topic
         self.teller = EventTeller(cfg)       # committed events told to the events' readers on this host, too
         # commands stored by senders on this host, handed over at once (core/local_commands.py); _wake is set for
@@ -381,14 +391,16 @@ class Ledger:
         window = 64
         while end > 0:
             start = max(0, end - window)
-            last = None
+            last = -1
             for rec in bus.read_partition(self.cfg, self.events_topic, partition, start, end):
-                last = rec
-            if last is not None:
-                ev = _decode_for_fold(last.value, partition, last.offset)
-                return ev.src[1] if ev is not None and ev.src else -1
+                ev = _decode_for_fold(rec.value, partition, rec.offset)
+                if ev is not None and ev.src:   # events of direct commands name none: look further back
+                    last = max(last, ev.src[1])
+            if last >= 0:
+                return last
             if start == 0:
                 break
+            end = start
             window *= 4
         return -1
 
@@ -398,7 +410,8 @@ class Ledger:
             polled = self._poll_both(timeout_ms)
         else:
             polled = self.consumer.poll(timeout_ms=timeout_ms)
-        if self.gather_s and not self.to_rebuild and sum(map(len, polled.values())) >= self.gather_from:
+        if (self.gather_s and not self.to_rebuild
+                and sum(map(len, polled.values())) + len(self._direct) >= self.gather_from):
             polled = self._gather(polled)
         self.blocked = False
         n = self._handle(polled)
@@ -420,7 +433,9 @@ class Ledger:
             self._wake.clear()
             fetched = self.consumer.poll(timeout_ms=0)
         out = self._in_order(fetched)
-        if fetched or out:
+        if not self.to_rebuild:
+            self._direct.extend(self.intake.take_direct())
+        if fetched or out or self._direct:
             self._busy_at = time.monotonic()
         return out
 
@@ -475,9 +490,10 @@ class Ledger:
         so the gather does not lengthen the tail it follows. A rebalance inside ends the gather and keeps only
         the records of partitions still assigned (those being rebuilt are dropped by ``_handle``)."""
         out = {tp: list(msgs) for tp, msgs in polled.items()}
-        n = sum(map(len, out.values()))
+        n = sum(map(len, out.values())) + len(self._direct)
         rebalances = self._rebalances
-        written = min((msgs[0].timestamp for msgs in out.values() if msgs), default=0) / 1000
+        written = min([msgs[0].timestamp for msgs in out.values() if msgs]
+                      + [rec.timestamp for rec in self._direct[:1]], default=0) / 1000
         waited = min(self.gather_s, max(0.0, time.time() - written))   # a clock ahead of ours: no wait counted
         deadline = time.monotonic() + self.gather_s - waited
         while n < self.max_batch:
@@ -487,6 +503,7 @@ class Ledger:
             wait_ms = max(1, int(left * 1000))
             more = (self._poll_both(wait_ms) if self.intake.bound and self.resume_at
                     else self.consumer.poll(timeout_ms=wait_ms, max_records=self.max_batch - n))
+            n_direct = len(self._direct)
             for tp, msgs in more.items():
                 got = out.get(tp)
                 if got is None:
@@ -494,6 +511,7 @@ class Ledger:
                 else:
                     got.extend(msgs)
                 n += len(msgs)
+            n += len(self._direct) - n_direct
             if self._rebalances != rebalances:
                 assigned = self.consumer.assignment()
                 return {tp: msgs for tp, msgs in out.items() if tp in assigned}
@@ -508,14 +526,19 @@ class Ledger:
             # partition not rebuilt (the database away) are not judged
             polled = {tp: msgs for tp, msgs in polled.items() if tp not in rebuilt}
         self.lag.observe(polled)
-        if not polled:
+        # direct commands of a partition still held and rebuilt (one it lost meanwhile is not judged here)
+        direct, self._direct = [r for r in self._direct if r.partition in self.resume_at], []
+        if not polled and not direct:
             self._let_go_idle()
             return 0
         self._absent = set()
+        wanted: dict[int, list[int]] = {tp.partition: [_panda_id_from_key(m.key) for m in msgs
+                                                       if m.offset >= self.resume_at.get(tp.partition, 0)]
+                                        for tp, msgs in polled.items()}
+        for rec in direct:
+            wanted.setdefault(rec.partition, []).append(_panda_id_from_key(rec.key))
         try:
-            self._look_up({tp.partition: [_panda_id_from_key(m.key) for m in msgs
-                                          if m.offset >= self.resume_at.get(tp.partition, 0)]
-                           for tp, msgs in polled.items()})
+            self._look_up(wanted)
         except _DB_AWAY as exc:
             # the database is down or the projection far behind: judge nothing now, fetch the batch again
             log.warning("ledger %s: cannot read the jobs it does not hold (%s); the batch waits", self.instance, exc)
@@ -524,6 +547,7 @@ class Ledger:
                 self.consumer.seek(tp, again)
                 if tp.partition in self.taken_to:
                     self.taken_to[tp.partition] = again   # what was handed over comes again from the topic
+            self.intake.give_back(direct)
             self.blocked = True
             return 0
         txn_started = time.monotonic()
@@ -542,7 +566,16 @@ class Ledger:
                     self._judge(p, m)
                     n += 1
                 offsets[tp] = msgs[-1].offset + 1
+            for rec in direct:
+                self._judge(rec.partition, rec, direct=True)
+                n += 1
+                tp = TopicPartition(self.commands_topic, rec.partition)
+                # its partition's position committed again: the group fences a ledger that lost the partition
+                offsets.setdefault(tp, self.resume_at[rec.partition])
         except _DB_AWAY as exc:
+            if direct:
+                log.warning("ledger %s: %d direct command(s) lost with the aborted batch: their callers' waits run "
+                            "out", self.instance, len(direct))
             self._abort(polled, exc)
             return 0
         # the full group metadata (generation, member id) lets the broker fence a ledger that lost its
@@ -599,11 +632,14 @@ class Ledger:
                     "%s are rebuilt after a back-off", self.instance, exc,
                     ", ".join(str(tp.partition) for tp in polled))
 
-    def _judge(self, partition: int, m) -> None:
+    def _judge(self, partition: int, m, direct: bool = False) -> None:
         self.stats["commands"] += 1
-        src = [partition, m.offset]
+        src = [] if direct else [partition, m.offset]   # a direct command is in no topic
         try:
             cmd = decode_command(m.value)
+            if direct:
+                self.stats["direct"] += 1
+                _check_direct(cmd, m, partition, self._partitions)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             pid = _panda_id_from_key(m.key)
             command_id, command_type, reply_to = _identity(m.value)
@@ -774,6 +810,18 @@ def _identity(raw: bytes) -> tuple[str, str, int | None]:
     return (cid if isinstance(cid, str) and "\x00" not in cid else "",
             tag if isinstance(tag, str) and tag.isidentifier() else "undecodable",
             reply_to if type(reply_to) is int and reply_to >= 0 else None)
+
+
+class WrongPartition(msgspec.ValidationError):
+    """A direct command handed to the ledger of another partition than its job's (or keyed by another job)."""
+
+
+def _check_direct(cmd, rec, partition: int, partitions: int) -> None:
+    """Raise ``WrongPartition`` unless a direct command's key is its job's and names ``partition``: the ledger
+    holds only its partitions' jobs, and a command in no topic was placed by its sender, not by the broker."""
+    if rec.key != key_of(cmd.PandaID) or bus.partition_of(cmd.PandaID, partitions) != partition:
+        raise WrongPartition(f"command for PandaID {cmd.PandaID} handed directly to partition {partition}, "
+                             f"which does not hold it")
 
 
 def _panda_id_from_key(key: bytes | None) -> int:

@@ -21,6 +21,17 @@ the partition is rebuilt, unlinking it when the partition goes (a rebalance, a s
 partition's link; a link left by a ledger that died refuses (``ECONNREFUSED``) until the partition's next
 owner links it again. Linux only; elsewhere, or with ``[ledger] local_commands = false``, nothing is sent
 or bound.
+
+**Handed over directly** (``CommandForwarder.hand``, offset ``DIRECT``): a command that is in no topic, handed to
+the ledger of its partition before any broker round trip. Only for a command whose loss its caller sees and
+repairs: getJob's ``dispatch`` (services/gateway/dispatcher.py), whose pilot waits for the verdict and whose
+dispatch is undone when the verdict does not come. Its event is in the log before anyone acts on it, as every
+event; what it lacks is a command record, so its event names no source offset (``src`` empty) and the ledger
+judges it beside the topic's commands in the same transaction, with that partition's consumed offset committed
+again (the group's fencing covers a transaction of direct commands alone). A direct command the ledger cannot
+take (its partition left it, its transaction aborted, it crashed) is lost: the caller's wait runs out and it
+undoes the dispatch through the topic, as for any late verdict. The partition is the sender's to compute
+(``core.bus.partition_of``); the ledger refuses a command handed to the wrong one.
 """
 
 from __future__ import annotations
@@ -51,6 +62,8 @@ SEND_WAIT_S = 0.05
 BACK_OFF_S = 0.2
 GAP_S = 0.02                    # a gap in the handed-over commands lasting this long is fetched from the topic
 _FRAME = struct.Struct(">IQqHI")  # partition, offset, timestamp (ms), key length, value length
+DIRECT = (1 << 64) - 1          # the offset of a command handed over directly: it is in no topic (``hand``)
+MAX_DIRECT = 10_000             # direct commands held per partition until the ledger takes them; more are refused
 SUPPORTED = local_replies.SUPPORTED
 
 
@@ -159,10 +172,39 @@ class CommandForwarder:
         self._sock: socket.socket | None = None
         self._quiet_until: dict[bytes, float] = {}   # link → not before (its ledger did not read in time)
         self._outbox = local_replies.Outbox("local-commands-out", self._send_all)
-        self.stats = {"handed": 0, "left": 0}
+        self.stats = {"handed": 0, "left": 0, "direct": 0, "direct refused": 0}
+        self._direct: socket.socket | None = None   # ``hand``'s: never waits (called on an event loop)
         if self.on:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.settimeout(SEND_WAIT_S)
+            self._direct = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._direct.setblocking(False)
+
+    def hand(self, partition: int, key: bytes, value: bytes) -> bool:
+        """Hand a command that will be in no topic straight to the ledger holding ``partition`` (module docstring:
+        only for a command whose loss its caller repairs). False when it cannot be (no ledger of that partition on
+        this host, its socket full, too large, local commands off): the caller sends it to the topic instead.
+        Never waits: one non-blocking ``sendto``."""
+        sock = self._direct
+        if sock is None or len(value) + _FRAME.size + len(key) > MAX_DATAGRAM:
+            return False
+        path = self._path(partition)
+        if path is None:
+            return False
+        try:
+            sock.sendto(pack(partition, DIRECT, key, value, int(time.time() * 1000)), path)
+        except OSError:   # ENOENT / ECONNREFUSED: no ledger holds it here; EAGAIN: its socket is full
+            self.stats["direct refused"] += 1
+            return False
+        self.stats["direct"] += 1
+        return True
+
+    def _path(self, partition: int) -> bytes | None:
+        path = self._paths.get(partition, b"")
+        if path == b"":
+            found = link_path(self.cfg, partition)
+            path = self._paths[partition] = None if found is None else os.fsencode(found)
+        return path
 
     def follow(self, delivery: Delivery, key: bytes | None, value: bytes) -> None:
         """Forward the command of ``delivery`` when (and only if) the broker stores it."""
@@ -186,10 +228,7 @@ class CommandForwarder:
 
     def _send(self, partition: int, frames: list[bytes]) -> None:
         sock = self._sock
-        path = self._paths.get(partition, b"")
-        if path == b"":
-            found = link_path(self.cfg, partition)
-            path = self._paths[partition] = None if found is None else os.fsencode(found)
+        path = self._path(partition)
         if sock is None or path is None:
             return
         quiet = self._quiet_until.get(path)
@@ -217,11 +256,15 @@ class CommandForwarder:
         """After the producer's flush: what was acknowledged is sent first."""
         self._outbox.close()
         sock, self._sock = self._sock, None
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()
         if sock is not None:
             sock.close()
-            if self.stats["handed"] or self.stats["left"]:
-                log.info("commands handed to the ledger on this host: %d, left to the topic: %d",
-                         self.stats["handed"], self.stats["left"])
+            if any(self.stats.values()):
+                log.info("commands handed to the ledger on this host: %d, left to the topic: %d; handed directly "
+                         "(in no topic): %d, refused %d", self.stats["handed"], self.stats["left"],
+                         self.stats["direct"], self.stats["direct refused"])
 
 
 def _datagrams(frames: list[bytes]):
@@ -248,9 +291,10 @@ class CommandIntake:
         self.topic = cfg.kafka.commands_topic
         self.wake = wake
         self.bound = False
-        self.stats = {"datagrams": 0, "commands": 0, "refused": 0, "not held": 0, "overflow": 0}
+        self.stats = {"datagrams": 0, "commands": 0, "direct": 0, "refused": 0, "not held": 0, "overflow": 0}
         self._lock = threading.Lock()
         self._held: dict[int, dict[int, Record]] = {}   # partition → offset → command, for linked partitions
+        self._direct: dict[int, list[Record]] = {}       # partition → commands handed directly (in no topic)
         self._stop = threading.Event()
         self._uid = os.getuid()
         self._sock: socket.socket | None = None
@@ -282,6 +326,7 @@ class CommandIntake:
             return
         with self._lock:
             self._held[partition] = {}
+            self._direct[partition] = []
         target = link_path(self.cfg, partition)
         if target is None:
             return
@@ -299,6 +344,10 @@ class CommandIntake:
         what was held for it is forgotten (the topic holds it all)."""
         with self._lock:
             self._held.pop(partition, None)
+            lost = self._direct.pop(partition, None)
+        if lost:
+            log.warning("%d direct command(s) of partition %d dropped with the partition: their callers' waits "
+                        "run out", len(lost), partition)
         target = link_path(self.cfg, partition)
         if not self.bound or target is None:
             return
@@ -315,10 +364,33 @@ class CommandIntake:
                 return [r for r in fetched if r.offset >= start]
             return in_log_order(start, fetched, held)
 
-    def ready(self, starts: dict[int, int]) -> bool:
-        """Whether some partition holds the command at its next offset to judge (``starts``)."""
+    def take_direct(self) -> list[Record]:
+        """Every command handed over directly and not taken yet, of every partition held (in arrival order per
+        partition)."""
         with self._lock:
-            return any(starts.get(p, -1) in held for p, held in self._held.items() if held)
+            out = [rec for recs in self._direct.values() for rec in recs]
+            if out:
+                for recs in self._direct.values():
+                    recs.clear()
+            return out
+
+    def give_back(self, records: Iterable[Record]) -> None:
+        """Direct commands taken but not judged (the database away before the batch began): taken again next,
+        before those that came since; those of a partition no longer held are dropped."""
+        with self._lock:
+            by_partition: dict[int, list[Record]] = {}
+            for rec in records:
+                by_partition.setdefault(rec.partition, []).append(rec)
+            for p, recs in by_partition.items():
+                direct = self._direct.get(p)
+                if direct is not None:
+                    direct[:0] = recs
+
+    def ready(self, starts: dict[int, int]) -> bool:
+        """Whether some partition holds the command at its next offset to judge (``starts``), or a direct one."""
+        with self._lock:
+            return (any(starts.get(p, -1) in held for p, held in self._held.items() if held)
+                    or any(self._direct.values()))
 
     def waiting(self, partition: int) -> bool:
         """Whether commands of ``partition`` are held (received past its next offset to judge: a gap before them)."""
@@ -348,6 +420,14 @@ class CommandIntake:
                     held = self._held.get(rec.partition)
                     if held is None:
                         self.stats["not held"] += 1
+                    elif rec.offset == DIRECT:
+                        direct = self._direct[rec.partition]
+                        if len(direct) >= MAX_DIRECT:
+                            self.stats["overflow"] += 1
+                        else:
+                            direct.append(rec)
+                            self.stats["direct"] += 1
+                            kept += 1
                     elif len(held) >= MAX_HELD:
                         self.stats["overflow"] += 1
                     else:

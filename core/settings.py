@@ -107,6 +107,7 @@ class GatewaySettings(_Section):
     monitor_origin: str
     replies: bool
     binding_memory: int
+    direct_dispatch: bool
     processes: int
     linger_ms: int
 

@@ -105,7 +105,8 @@ def build_app(cfg: Config, backend: Backend | None = None, metrics_dir: str | No
     async def start(app: web.Application) -> None:
         await app["backend"].start()
         backend = app["backend"]
-        app["dispatcher"] = Dispatcher(cfg, backend.pool, backend.ask, claim_pool=getattr(backend, "claim_pool", None))
+        app["dispatcher"] = Dispatcher(cfg, backend.pool, backend.ask, claim_pool=getattr(backend, "claim_pool", None),
+                                       ask_now=getattr(backend, "ask_now", None))
 
     async def stop(app: web.Application) -> None:
         dispatcher = app.get("dispatcher")

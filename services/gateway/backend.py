@@ -100,6 +100,30 @@ class Backend:
         """Send ``cmd`` and return the ledger's event or rejection for it."""
         return (await self.ask_many([cmd], timeout))[0]
 
+    async def ask_now(self, cmd: Command, timeout: float) -> Event | Rejected:
+        """``ask`` for a command whose loss the caller repairs (getJob's dispatch: a late verdict is undone):
+        handed straight to the ledger of its partition when one runs on this host, in no topic — no Produce
+        round trip and no linger before the ledger judges it (``core/local_commands.py``). Sent to the topic as
+        ``ask`` does when it cannot be handed over. A verdict that does not come raises ``VerdictTimeout``."""
+        assert self.waiter is not None and self.sender is not None, "backend not started"
+        if not self.cfg.gateway.direct_dispatch:
+            return await self.ask(cmd, timeout)
+        reply_to = self.reply_claim.partition if self.reply_claim is not None else None
+        raw = _encode(cmd, reply_to, int(self.cfg.kafka.max_message_bytes))
+        verdict = self.waiter.expect_on(cmd.id, asyncio.get_running_loop())
+        if not self.sender.hand(cmd, raw):
+            self._forget([cmd], [verdict])
+            return await self.ask(cmd, timeout)
+        try:
+            started = time.monotonic()
+            done = await _within(verdict, timeout)
+            _verdict_latency(cmd).observe(time.monotonic() - started)
+            return done
+        except TimeoutError:
+            raise VerdictTimeout(f"no verdict from the ledger within {timeout:.0f}s") from None
+        finally:
+            self._forget([cmd], [verdict])
+
     async def ask_many(self, cmds: list[Command], timeout: float) -> list[Event | Rejected]:
         """Send commands together; every verdict or the first failure (Unavailable / VerdictTimeout)."""
         assert self.waiter is not None and self.sender is not None, "backend not started"

@@ -92,9 +92,12 @@ class Dispatcher:
     """Hands activated jobs to pilots, one ledger-confirmed ``dispatch`` at a time."""
 
     def __init__(self, cfg: Config, pool: AsyncConnectionPool, ask: Ask,
-                 claim_pool: AsyncConnectionPool | None = None):
+                 claim_pool: AsyncConnectionPool | None = None, ask_now: Ask | None = None):
         d = cfg.dispatcher
         self.pool = pool
+        # the dispatches' own ask: handed straight to the ledger where it can be (Backend.ask_now); a lost one is
+        # a verdict that did not come, which ``_undo`` repairs. Undos and everything else go through ``ask``
+        self.ask_now = ask_now or ask
         # sessions with ORDERED_WALK's settings for good (Backend, [gateway] claim_pool_size): a claim is one
         # autocommit statement; None: claims on ``pool``, the settings SET LOCAL in each claim's transaction
         self.claim_pool = claim_pool
@@ -177,7 +180,7 @@ class Dispatcher:
 
     async def _verdict(self, cmd: Transition, wait: float) -> Event | Rejected:
         with logs.bind_message(cmd):
-            return await self.ask(cmd, wait)
+            return await self.ask_now(cmd, wait)
 
     def _judge(self, req: DispatchRequest, actor: str, claims: list[tuple[int, dict[str, Any], Transition]],
                outcomes: list[Any], result: DispatchResult

@@ -232,3 +232,57 @@ def test_ledger_rebuilds_state_from_projection_and_log(cfg, background):
     assert out_ok.to_state == "sent" and out_ok.seq == 3
     assert isinstance(out_bad, Rejected) and out_bad.state == "defined"
     assert second.stats["events"] == 1
+
+
+def test_a_dispatch_handed_directly_is_judged_in_no_topic_and_a_new_ledger_resumes_after_it(cfg, background):
+    """getJob's dispatch handed straight to the ledger of its partition (core/local_commands.py, DIRECT): its
+    event is in the log naming no command offset and its verdict comes on the reply partition, while the commands
+    topic never holds it; one handed to a partition that is not its job's is refused by name. A new ledger, whose
+    rebuild finds only direct events after the projection's snapshot, resumes the topic's commands after the last
+    one judged: the next command is judged once, on the dispatched state."""
+    first = start_ledger(cfg, background, "x")
+    runner = ProjectionRunner(cfg)
+    background.start(runner.run, "projector")
+    waiter = OutcomeWaiter(cfg, reply_partition=1)
+    sender = CommandSender(cfg)
+    ids = list(range(600, 612))
+    try:
+        sender.warm_up()
+        wait_until(lambda: first.intake.bound and not first.to_rebuild
+                   and len(first.resume_at) == cfg.kafka.partitions, 60, 0.1, "the ledger holding every partition")
+        verdicts(waiter, sender, submits(ids) + [Transition(PandaID=i, action="activate", actor="test") for i in ids],
+                 reply_to=1)
+        dispatches = [Transition(PandaID=i, action="dispatch", actor="pilot:p", reply_to=1) for i in ids]
+        futs = [waiter.expect(c.id) for c in dispatches]
+        assert all(sender.hand(c, encode(c)) for c in dispatches)
+        outs = [f.result(60) for f in futs]
+        stray = Transition(PandaID=ids[0], action="kill", actor="test", reply_to=1)
+        wrong = (bus.partition_of(stray.PandaID, cfg.kafka.partitions) + 1) % cfg.kafka.partitions
+        fut = waiter.expect(stray.id)
+        assert sender.forwarder.hand(wrong, str(stray.PandaID).encode(), encode(stray))
+        refused = fut.result(60)
+        wait_until(lambda: runner.positions.get("jobs") and all(
+            status == "sent" for _, status in _statuses(cfg, ids)), 60, 0.2, "the projection showing every dispatch")
+        background.stop(first.stop_event)
+        second = start_ledger(cfg, background, "y")
+        after = Kill(PandaID=ids[1], actor="test", reply_to=1)
+        [killed] = verdicts(waiter, sender, [after], reply_to=1)
+    finally:
+        sender.close()
+        waiter.close()
+    assert all(not isinstance(o, Rejected) and o.to_state == "sent" and o.src == [] for o in outs), outs
+    assert first.stats["direct"] == len(ids) + 1
+    assert isinstance(refused, Rejected) and refused.code == "bad_command" and "does not hold it" in refused.reason
+    assert not isinstance(killed, Rejected) and killed.from_state == "sent" and killed.seq == 4
+    events = [e for _, _, e in all_events(cfg)]
+    assert Counter(e.command_id for e in events).most_common(1)[0][1] == 1
+    assert {e.command_id for e in events if e.PandaID in ids and e.seq == 3} == {c.id for c in dispatches}
+    assert not any(e.src for e in events if e.command_id in {c.id for c in dispatches})
+    # the new ledger judged the kill alone: no dispatch waited in the topic after where it resumed
+    assert second.stats["commands"] == 1 and second.stats["direct"] == 0
+
+
+def _statuses(cfg, ids):
+    from core import db
+    with db.connect(cfg) as conn:
+        return conn.execute("SELECT pandaid, status FROM jobs WHERE pandaid = ANY(%s)", (ids,)).fetchall()

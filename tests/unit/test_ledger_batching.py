@@ -52,7 +52,7 @@ def _ledger(polls: list[dict], *, gather_s: float = 60.0, max_batch: int = 5, re
     ledger.consumer = _Consumer(ledger, polls, revoke_at)
     ledger.intake = CommandIntake(config.load().replace(ledger={"local_commands": False}), "0", threading.Event())
     ledger.teller = EventTeller(config.load().replace(ledger={"local_events": False}))
-    ledger._paused, ledger._handed_at, ledger._gap_since = set(), {}, {}
+    ledger._paused, ledger._handed_at, ledger._gap_since, ledger._direct = set(), {}, {}, []
     return ledger
 
 

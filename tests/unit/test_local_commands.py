@@ -137,7 +137,7 @@ def test_a_stored_command_reaches_the_ledger_holding_its_partition_and_no_other(
     [rec] = intake.take(2, 41, [])
     assert (rec.partition, rec.offset, rec.key, rec.value) == (2, 41, b"77", b"cmd-77")
     forwarder.close()
-    assert forwarder.stats == {"handed": 1, "left": 1}
+    assert forwarder.stats == {"handed": 1, "left": 1, "direct": 0, "direct refused": 0}
 
 
 def test_a_partition_given_up_is_unlinked_and_its_held_commands_forgotten(pair):
@@ -154,7 +154,8 @@ def test_a_partition_given_up_is_unlinked_and_its_held_commands_forgotten(pair):
     forwarder.follow(late, b"1", b"two")
     late.set_result(Delivered(TOPIC, 1, 1))
     forwarder.close()
-    assert forwarder.stats == {"handed": 1, "left": 1}     # no link: left to the topic
+    # no link: left to the topic
+    assert forwarder.stats == {"handed": 1, "left": 1, "direct": 0, "direct refused": 0}
 
 
 def test_a_burst_beyond_the_socket_queue_goes_packed_and_nothing_is_lost(pair):
@@ -187,7 +188,7 @@ def test_switched_off_nothing_is_bound_or_sent(tmp_path):
     d = _Delivery()
     forwarder.follow(d, b"1", b"x")
     d.set_result(Delivered(TOPIC, 0, 0))
-    assert not intake.bound and forwarder.stats == {"handed": 0, "left": 0}
+    assert not intake.bound and forwarder.stats == {"handed": 0, "left": 0, "direct": 0, "direct refused": 0}
     assert not (tmp_path / "commands").exists()
     intake.close()
     forwarder.close()
@@ -217,3 +218,46 @@ def test_ledgers_linked_names_the_partitions_a_live_ledger_holds(pair):
     assert local_commands.ledgers_linked(cfg, range(4)) == {0}
     intake.close()                                           # its socket gone: a link left behind does not count
     assert local_commands.ledgers_linked(cfg, range(4)) == set()
+
+
+def test_a_direct_command_reaches_the_ledger_of_its_partition_only_while_it_holds_it(pair):
+    cfg, wake, intake, forwarder = pair
+    assert not forwarder.hand(3, b"30", b"cmd-30")          # no ledger holds partition 3 here: the topic's job
+    intake.link(3)
+    assert forwarder.hand(3, b"30", b"cmd-30") and forwarder.hand(3, b"31", b"cmd-31")
+    assert wake.wait(10)
+    while len(taken := intake.take_direct()) < 2:            # the listener may hold the second one a moment later
+        intake.give_back(taken)
+        wake.clear()
+        assert wake.wait(10)
+    assert [(r.partition, r.offset, r.key, r.value) for r in taken] == [
+        (3, local_commands.DIRECT, b"30", b"cmd-30"), (3, local_commands.DIRECT, b"31", b"cmd-31")]
+    assert intake.take_direct() == [] and not intake.ready({3: 0})
+    # taken but not judged (the database away): given back, they come first next time
+    intake.give_back(taken[1:])
+    assert forwarder.hand(3, b"32", b"cmd-32")
+    _until(lambda: intake.stats["direct"] == 3)
+    assert intake.ready({}) and [r.key for r in intake.take_direct()] == [b"31", b"32"]
+    # a partition given up drops what it held and refuses what comes after
+    assert forwarder.hand(3, b"33", b"cmd-33")
+    _until(lambda: intake.stats["direct"] == 4)
+    intake.unlink(3)
+    assert intake.take_direct() == [] and not forwarder.hand(3, b"34", b"cmd-34")
+    forwarder.close()
+    assert (forwarder.stats["direct"], forwarder.stats["direct refused"]) == (4, 2)
+
+
+def _until(condition, seconds: float = 10.0) -> None:
+    """Wait for the listener's thread to have done something (checked every 10 ms, at most ``seconds``)."""
+    tick = threading.Event()
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        tick.wait(0.01)
+    raise AssertionError("the listener did not get there in time")
+
+
+def test_switched_off_nothing_is_handed_directly(tmp_path):
+    forwarder = CommandForwarder(_cfg(tmp_path, on=False))
+    assert not forwarder.hand(0, b"1", b"cmd")
+    forwarder.close()
