@@ -113,8 +113,7 @@ class Dispatcher:
         self._next_sweep = 0.0
         self._source_memo: dict[tuple[DispatchRequest, int, str], tuple[str, str, Mapping[str, Any]]] = {}
         self._undos: set[asyncio.Task] = set()
-        # the sent / delivered marks of concurrent requests, one statement each (coalesce.py)
-        self._mark_sent = Coalescer(self._write_sent)
+        # the delivered marks of concurrent requests, one statement (coalesce.py)
         self._mark_delivered = Coalescer(self._write_delivered)
         self.stats: dict[str, float] = {"claims": 0, "lost_races": 0, "sent": 0, "rejected": 0, "timeouts": 0,
                                         "claim_seconds": 0.0, "verdict_seconds": 0.0, "lock_waits_expired": 0}
@@ -124,9 +123,8 @@ class Dispatcher:
         marks took for how many requests (``coalesce.py``)."""
         counts = ", ".join(f"{k} {v:,.0f}" if not k.endswith("seconds") else f"{k} {v:.1f}"
                            for k, v in self.stats.items())
-        marks = ", ".join(f"{name} marks {c.writes:,} statements for {c.calls:,} requests"
-                          for name, c in (("sent", self._mark_sent), ("delivered", self._mark_delivered)))
-        return f"{counts}; {marks}"
+        c = self._mark_delivered
+        return f"{counts}; delivered marks {c.writes:,} statements for {c.calls:,} requests"
 
     async def acquire(self, req: DispatchRequest, actor: str) -> DispatchResult:
         """Up to ``req.n_jobs`` jobs, each confirmed ``sent`` by the ledger for this pilot.
@@ -135,7 +133,8 @@ class Dispatcher:
         all of them at once (the verdicts come back concurrently: a Harvester batch waits for about
         one ledger round trip, not one per job), and confirms the ``sent`` ones in one statement. Candidates the
         ledger refused or did not judge in time are looked for again in the next round, at most
-        ``[dispatcher] max_attempts`` rounds."""
+        ``[dispatcher] max_attempts`` rounds. The leases of the ``sent`` ones stay ``claimed`` until the answer
+        is written (``delivered``): no statement between the verdict and the answer."""
         await self._maybe_sweep()
         wanted = max(1, min(req.n_jobs, self.max_jobs))
         budget_end = time.monotonic() + max(1.0, min(req.timeout, 600.0) - 1.0)
@@ -168,7 +167,6 @@ class Dispatcher:
             if failure is not None:
                 raise failure
             if sent:
-                await self._confirm(sent)
                 for panda_id, spec, outcome in sent:
                     spec = {**spec, **outcome.attrs, "jobStatus": JobStatus.SENT}
                     result.jobs.append(Dispatched(panda_id=panda_id, spec=spec, files=files[panda_id],
@@ -321,18 +319,9 @@ class Dispatcher:
             attrs["schedulerID"] = req.scheduler_id
         return attrs
 
-    async def _confirm(self, sent: list[tuple[int, dict[str, Any], Event]]) -> None:
-        """Mark the leases of the ``sent`` dispatches sent (with those of concurrent requests: one statement)."""
-        await self._mark_sent([(pid, ev.command_id) for pid, _, ev in sent])
-
-    async def _write_sent(self, held: list[tuple[int, str]]) -> set[str]:
-        async with self.pool.connection() as conn:
-            await leases.mark_sent(conn, held, self.sent_ttl, self.deliver_grace)
-        return set()
-
     async def _write_delivered(self, held: list[tuple[int, str]]) -> set[str]:
         async with self.pool.connection() as conn:
-            return await leases.mark_delivered(conn, held)
+            return await leases.mark_delivered(conn, held, self.sent_ttl)
 
     async def _extend(self, held: list[tuple[int, str]], deliver: float) -> None:
         async with self.pool.connection() as conn:

@@ -7,8 +7,10 @@ job still has the ``seq`` seen at claim time and it has not expired: the candida
 (``projections.candidates``) anti-joins ``RELATION`` on (pandaid, seq, expires_at), and ``sweep`` deletes
 delivered leases that have expired or whose job the projection no longer shows activated at that seq.
 
-Delivery (migrations/202_dispatch_delivery.sql): a lease goes ``claimed`` → ``sent`` (the ledger's verdict)
-→ ``delivered`` (the HTTP response carrying the job was written). Until it is delivered it carries
+Delivery (migrations/202_dispatch_delivery.sql): a lease goes ``claimed`` → ``delivered`` (the HTTP response
+carrying the job was written; until the eighteenth session it went through ``sent`` at the ledger's verdict, a
+statement in every getJob's path that told nothing the delivery mark does not: a state rows written by earlier
+versions may still hold, treated as ``claimed``). Until it is delivered it carries
 ``deliver_by``, the time by which a live gateway has answered its pilot; a lease past it that is still
 ``claimed`` or ``sent`` is the dispatch sweep's (``services/gateway/undelivered.py``, ``undelivered``,
 ``mark_undone``, ``forget`` below): such a lease is never deleted by ``sweep``, since it is the only trace
@@ -59,15 +61,14 @@ _CLAIM_BATCH = (
 )
 # the leases are named by (pandaid, dispatch command id): the primary key finds them
 _PAIRS = "unnest(%(pandaids)s::bigint[], %(command_ids)s::text[]) AS u(pandaid, command_id)"
-_MARK_SENT = ("UPDATE dispatch_leases l SET state = 'sent', expires_at = now() + make_interval(secs => %(ttl)s),"
-              " deliver_by = now() + make_interval(secs => %(deliver)s) FROM " + _PAIRS
-              + " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id")
 _EXTEND = ("UPDATE dispatch_leases l SET deliver_by = now() + make_interval(secs => %(deliver)s) FROM " + _PAIRS
            + " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id AND l.state IN ('claimed', 'sent')")
-_MARK_DELIVERED = ("UPDATE dispatch_leases l SET state = 'delivered', deliver_by = NULL FROM " + _PAIRS
-                   + " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id AND l.state = 'sent'"
+_MARK_DELIVERED = ("UPDATE dispatch_leases l SET state = 'delivered', deliver_by = NULL,"
+                   " expires_at = now() + make_interval(secs => %(ttl)s) FROM " + _PAIRS
+                   + " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id AND l.state IN ('claimed', 'sent')"
                    " RETURNING l.command_id")
-_SENT_TO = "SELECT actor FROM dispatch_leases WHERE pandaid = %s AND state IN ('sent', 'delivered')"
+# a claimed lease is in flight (its pilot cannot name the job before the verdict) or answered and not marked yet
+_SENT_TO = "SELECT actor FROM dispatch_leases WHERE pandaid = %s AND state IN ('claimed', 'sent', 'delivered')"
 _RELEASE = ("DELETE FROM dispatch_leases l USING " + _PAIRS
             + " WHERE l.pandaid = u.pandaid AND l.command_id = u.command_id")
 # an undelivered lease waits for the dispatch sweep; one older than a day is gone with its job's sent timeout
@@ -126,25 +127,20 @@ def _pairs(leases: list[tuple[int, str]], **more: Any) -> dict[str, Any]:
     return {"pandaids": [p for p, _ in leases], "command_ids": [c for _, c in leases], **more}
 
 
-async def mark_sent(conn: AsyncConnection, leases: list[tuple[int, str]], ttl: float, deliver: float) -> None:
-    """The ledger recorded our ``sent`` for these (pandaid, command id) leases: keep them ``ttl`` seconds
-    more, until the projection shows it, and answer the pilot within ``deliver`` seconds."""
-    if leases:
-        await conn.execute(_MARK_SENT, _pairs(leases, ttl=ttl, deliver=deliver))
-
-
 async def extend(conn: AsyncConnection, leases: list[tuple[int, str]], deliver: float) -> None:
     """The request is still at work (more jobs to claim): its pilot is answered within ``deliver`` seconds."""
     if leases:
         await conn.execute(_EXTEND, _pairs(leases, deliver=deliver))
 
 
-async def mark_delivered(conn: AsyncConnection, leases: list[tuple[int, str]]) -> set[str]:
-    """The response carrying these (pandaid, command id) dispatches was written; the command ids of those
-    marked (a lease the dispatch sweep already took back is not: its job was undone before the pilot had it)."""
+async def mark_delivered(conn: AsyncConnection, leases: list[tuple[int, str]], ttl: float) -> set[str]:
+    """The response carrying these (pandaid, command id) dispatches was written: keep their leases ``ttl`` seconds
+    more (until the projection shows the job ``sent``); the command ids of those marked (a lease the dispatch
+    sweep already took back is not: its job was undone before the pilot had it). Only the gateway whose dispatch
+    the ledger recorded ``sent`` calls this."""
     if not leases:
         return set()
-    cur = await conn.execute(_MARK_DELIVERED, _pairs(leases))
+    cur = await conn.execute(_MARK_DELIVERED, _pairs(leases, ttl=ttl))
     return {row[0] for row in await cur.fetchall()}
 
 

@@ -85,7 +85,7 @@ def test_a_batch_is_claimed_in_share_order_and_its_dispatches_asked_at_once(cfg,
     with db.connect(cfg, autocommit=True) as conn:
         assert dict(conn.execute("SELECT pandaid, command_id FROM dispatch_leases").fetchall()) == {
             j.panda_id: j.event.command_id for j in result.jobs}
-    assert before == {20: "sent", 21: "sent", 22: "sent"}
+    assert before == {20: "claimed", 21: "claimed", 22: "claimed"}   # until the answer is written
     assert _lease_states(cfg) == {20: "delivered", 21: "delivered", 22: "delivered"}
     assert stats["claims"] == 3 and stats["sent"] == 3 and stats["lost_races"] == 0
 

@@ -194,9 +194,10 @@ def test_async_queries_candidates_and_lease_sweep(cfg, projected):
                 # the sweep keeps the live lease and an undelivered one (the dispatch sweep's), and drops a
                 # delivered one on a seq the job has left
                 assert await leases.sweep(conn) == 0
-                await leases.mark_sent(conn, [(10, "c3")], 60, 10)
-                # c1 never had its verdict; a command id names its lease only with its PandaID
-                assert await leases.mark_delivered(conn, [(10, "c3"), (11, "c1"), (10, "c1")]) == {"c3"}
+                # a claimed lease names its pilot before its answer is marked (that pilot may speak at once);
+                # a command id names its lease only with its PandaID
+                assert await leases.sent_to(conn, 11) == "pilot:a"
+                assert await leases.mark_delivered(conn, [(10, "c3"), (10, "c1")], 60) == {"c3"}
                 assert await leases.sweep(conn) == 1
                 cur = await conn.execute("SELECT pandaid, seq FROM dispatch_leases")
                 assert await cur.fetchall() == [(11, 2)]
