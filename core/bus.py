@@ -214,7 +214,8 @@ class Consumer(Protocol):
 
     def wake(self) -> None:
         """Records are known to have come (told by another way than the topic): a dozing consumer reads at its
-        busy pace from the next poll instead of at its next look. Nothing changes for one that does not doze."""
+        busy pace from the next poll instead of at its next look, and one reading at its busy pace begins no quiet
+        spell now (its idle clock starts again). Nothing changes for one that does not doze."""
         ...
 
     def pause(self, *partitions: TopicPartition) -> None:
@@ -607,14 +608,14 @@ class OutcomeWaiter:
     LOCAL_SILENT_S = 5.0         # … while the socket has been silent this long
 
     def __init__(self, cfg: Config, on_event: Callable[[Event | Rejected], None] | None = None, *,
-                 reply_partition: int | None = None):
+                 reply_partition: int | None = None, listen: bool = True):
         if reply_partition is not None and on_event is not None:
             raise ValueError("OutcomeWaiter: on_event sees every outcome; a reply partition holds only some")
         self.cfg = cfg
         self.reply_partition = reply_partition
         from core.local_replies import ReplyListener, enabled
 
-        listens = reply_partition is not None and enabled(cfg)
+        listens = reply_partition is not None and enabled(cfg) and listen
         # the topic is only the fallback while a ledger on this host tells the verdicts first (see the docstring)
         self.reads_urgently = not listens
         self._kafka_first = 0                # verdicts the topic answered first since the socket last told one
@@ -637,6 +638,11 @@ class OutcomeWaiter:
         # once the topic is read from its end: whichever copy of a verdict comes first answers, the other is ignored
         if listens:
             self._local = ReplyListener(cfg, reply_partition, self._deliver_local)
+
+    @property
+    def listening(self) -> bool:
+        """Whether a ledger on this host can tell this waiter its verdicts (its reply partition's socket is bound)."""
+        return self._local is not None and self._local.bound
 
     def expect(self, command_id: str) -> Future:
         fut: Future = Future()

@@ -172,7 +172,8 @@ class Ledger:
         self.taken_to: dict[int, int] = {}   # partition → the next offset to take into a batch (≥ resume_at)
         self.to_rebuild: set[TopicPartition] = set()          # assigned, state not rebuilt yet
         self.stats = {"commands": 0, "events": 0, "rejections": 0, "batches": 0, "aborted": 0, "gathered": 0,
-                      "commands fetched again": 0, "direct": 0}
+                      "commands fetched again": 0, "direct": 0, "replies kept from the topic": 0,
+                      "replies untold": 0}
         self._direct: list = []   # commands handed over directly (in no topic), taken for the next batch
         self._partitions = max(1, int(cfg.kafka.partitions))   # the commands topic's (read from it at start)
         # busy: a poll of at least gather_from commands waits up to gather_ms for more before its transaction
@@ -191,11 +192,12 @@ class Ledger:
         except Exception as exc:  # noqa: BLE001 - whatever the client raises: the configured count stands
             log.warning("ledger %s: cannot read the partitions of %s (%s); taking the configured %d",
                         instance, self.commands_topic, exc, self._partitions)
-        self.notifier = ReplyNotifier(cfg)   # committed verdicts told to waiters on this host, besides the topic
+        self._wake = threading.Event()   # set for every command handed over, a reply not told, and a stop (run)
+        # committed verdicts told to waiters on this host, besides the topic (instead of it, for a command whose
+        # waiter asked: reply_local; those not told come back through take_untold and wake the ledger)
+        self.notifier = ReplyNotifier(cfg, on_untold=self._wake.set)
         self.teller = EventTeller(cfg)       # committed events told to the events' readers on this host, too
-        # commands stored by senders on this host, handed over at once (core/local_commands.py); _wake is set for
-        # every one kept, and by a stop (run)
-        self._wake = threading.Event()
+        # commands stored by senders on this host, handed over at once (core/local_commands.py)
         self.intake = CommandIntake(cfg, instance, self._wake)
         # commands partitions not fetched while their commands come by hand (local_commands.feed_changes)
         self._paused: set[int] = set()
@@ -434,7 +436,12 @@ class Ledger:
             fetched = self.consumer.poll(timeout_ms=0)
         out = self._in_order(fetched)
         if not self.to_rebuild:
-            self._direct.extend(self.intake.take_direct())
+            taken = self.intake.take_direct()
+            if taken:
+                self._direct.extend(taken)
+                # working: its reader of the topic does not doze meanwhile (a dozing reader's look blocked this
+                # loop for a second behind a fetch the embedded broker held; the topic is still read at its pace)
+                self.consumer.wake()
         if fetched or out or self._direct:
             self._busy_at = time.monotonic()
         return out
@@ -528,7 +535,9 @@ class Ledger:
         self.lag.observe(polled)
         # direct commands of a partition still held and rebuilt (one it lost meanwhile is not judged here)
         direct, self._direct = [r for r in self._direct if r.partition in self.resume_at], []
-        if not polled and not direct:
+        # verdicts of committed batches that were to be told and could not be: the topic's copy now
+        untold = self.notifier.take_untold()
+        if not polled and not direct and not untold:
             self._let_go_idle()
             return 0
         self._absent = set()
@@ -548,6 +557,7 @@ class Ledger:
                 if tp.partition in self.taken_to:
                     self.taken_to[tp.partition] = again   # what was handed over comes again from the topic
             self.intake.give_back(direct)
+            self.notifier.give_back_untold(untold)
             self.blocked = True
             return 0
         txn_started = time.monotonic()
@@ -556,6 +566,9 @@ class Ledger:
         self.producer.begin_transaction()
         offsets: dict[TopicPartition, int] = {}
         n = 0
+        for partition, command_id, value in untold:
+            self.producer.send(self.replies_topic, key=command_id.encode(), value=value, partition=partition)
+        self.stats["replies untold"] += len(untold)
         try:
             for tp, msgs in polled.items():
                 p = tp.partition
@@ -573,6 +586,7 @@ class Ledger:
                 # its partition's position committed again: the group fences a ledger that lost the partition
                 offsets.setdefault(tp, self.resume_at[rec.partition])
         except _DB_AWAY as exc:
+            self.notifier.give_back_untold(untold)
             if direct:
                 log.warning("ledger %s: %d direct command(s) lost with the aborted batch: their callers' waits run "
                             "out", self.instance, len(direct))
@@ -580,7 +594,8 @@ class Ledger:
             return 0
         # the full group metadata (generation, member id) lets the broker fence a ledger that lost its
         # partitions in a rebalance but still tries to commit (KIP-447)
-        self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+        if offsets:   # none: a transaction of untold replies alone
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
         self.stats["batches"] += 1
         if self._crash_after and self.stats["batches"] >= self._crash_after:
             self.producer.flush()
@@ -645,7 +660,7 @@ class Ledger:
             command_id, command_type, reply_to = _identity(m.value)
             out = Rejected(PandaID=pid, actor="ledger", command_id=command_id, command_type=command_type,
                            code="bad_command", reason=f"cannot decode command: {exc}", src=src)
-            self._send_rejection(out, reply_to)
+            self._send_rejection(out, reply_to, _reply_local(m.value))
             return
         with logs.bind_message(cmd):
             self._verdict(partition, cmd, m.value, src)
@@ -657,7 +672,7 @@ class Ledger:
             self._send_rejection(Rejected(
                 PandaID=cmd.PandaID, actor="ledger", correlation_id=cmd.correlation_id, command_id=cmd.id,
                 command_type=cmd.__struct_config__.tag, code="unstorable", reason=str(unstorable), src=src),
-                cmd.reply_to)
+                cmd.reply_to, cmd.reply_local)
             return
         job = self._held(partition, cmd.PandaID)
         if job is None and cmd.PandaID not in self._absent:   # looked up already unless its key is not its PandaID
@@ -665,34 +680,40 @@ class Ledger:
             job = self._held(partition, cmd.PandaID)
         out = decide(job, cmd, src)
         if isinstance(out, Rejected):
-            self._send_rejection(out, cmd.reply_to)
+            self._send_rejection(out, cmd.reply_to, cmd.reply_local)
             return
         value = encode(out)
         key = key_of(cmd.PandaID)
         delivery = self.producer.send(self.events_topic, key=key, value=value, partition=partition)
         self.teller.add(partition, delivery, key, value)
-        self._reply(cmd.reply_to, cmd.id, value)
+        self._reply(cmd.reply_to, cmd.id, value, cmd.reply_local)
         self._hold(partition, apply(job, out), delivery)
         self.stats["events"] += 1
         metrics.count_event(out)
 
-    def _send_rejection(self, out: Rejected, reply_to: int | None = None) -> None:
+    def _send_rejection(self, out: Rejected, reply_to: int | None = None, local: bool = False) -> None:
         value = encode(out)
         self.producer.send(self.rejected_topic, key=key_of(out.PandaID), value=value)
-        self._reply(reply_to, out.command_id, value)
+        self._reply(reply_to, out.command_id, value, local)
         self.stats["rejections"] += 1
         metrics.count_rejection(out.code)
 
-    def _reply(self, reply_to: int | None, command_id: str, value: bytes) -> None:
+    def _reply(self, reply_to: int | None, command_id: str, value: bytes, local: bool = False) -> None:
         """The verdict once more, for the caller waiting on partition ``reply_to`` of the replies topic: in the
         batch's transaction, so it is read (read_committed) only once the event or rejection is committed. A
         partition the topic does not have is skipped (its caller times out, as without a reply path) rather
-        than sent: the send would fail the whole transaction, every time the batch is judged again."""
+        than sent: the send would fail the whole transaction, every time the batch is judged again.
+        ``local`` (the command's ``reply_local``: its waiter listens on this host and holds the partition alone):
+        only told after the commit, written to the topic in a later transaction if that fails."""
         if reply_to is None or not command_id:
             return
         if not self._has_reply_partition(reply_to):
             log.warning("ledger %s: command %s asks for its verdict on partition %d of %s, which does not exist: "
                         "not answered there", self.instance, command_id, reply_to, self.replies_topic)
+            return
+        if local and self.notifier.on:
+            self.notifier.add(reply_to, command_id, value, kept=True)
+            self.stats["replies kept from the topic"] += 1
             return
         self.producer.send(self.replies_topic, key=command_id.encode(), value=value, partition=reply_to)
         self.notifier.add(reply_to, command_id, value)
@@ -795,6 +816,19 @@ def _decode_for_fold(raw: bytes, partition: int, offset: int):
         log.error("event at partition %d offset %d (PandaID %d seq %d) does not decode as the contract (%s): "
                   "folded from its sequence and state only", partition, offset, loose.PandaID, loose.seq, exc)
         return loose
+
+
+def _reply_local(raw: bytes) -> bool:
+    """Whether a command that does not decode asked for its verdict to be told only (a rejection is told as its
+    waiter asked; anything unreadable: written)."""
+    try:
+        return msgspec.json.decode(raw, type=_Local).reply_local is True
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+
+
+class _Local(msgspec.Struct):
+    reply_local: object = False
 
 
 def _identity(raw: bytes) -> tuple[str, str, int | None]:

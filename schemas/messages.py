@@ -67,6 +67,9 @@ class _Command(_Message, kw_only=True):
     # waiting caller reads one small partition instead of every partition of the events and rejected topics.
     # None (other senders, messages written before it existed): the verdict is only on those topics.
     reply_to: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # The waiter of ``reply_to`` listens on the ledger's host and holds that partition alone (core/local_replies.py):
+    # the ledger tells it the verdict after the commit and writes the reply record only if that fails.
+    reply_local: bool = False
 
 
 class Submit(_Command, tag="submit"):

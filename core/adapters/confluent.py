@@ -73,6 +73,7 @@ from core.bus import (
 )
 
 log = logging.getLogger(__name__)
+NUDGE_WAIT_S = 0.001   # _nudge: sending the request wakes the fetcher; its answer is not waited for
 _rdkafka_log = logging.getLogger("librdkafka")   # librdkafka's own log lines, instead of raw stderr
 _DRAIN_WAIT_S = 0.001
 FLUSH_SLICE_S = 0.002   # a plain producer's flush: how long one librdkafka flush call may wait (see flush),
@@ -503,7 +504,10 @@ class Consumer:
             stop.wait(wait)
 
     def wake(self) -> None:
-        if self._idle_after is None or self._state == "active" or self._in_assign:
+        if self._idle_after is None or self._in_assign:
+            return
+        if self._state == "active":   # records come another way: no quiet spell begins now (as kafka-python's)
+            self._last_records = time.monotonic()
             return
         parts = self._dozed & self._assigned
         self._active()
@@ -512,9 +516,11 @@ class Consumer:
 
     def _nudge(self, tp: TopicPartition) -> None:
         """Make librdkafka fetch the resumed partitions now: its broker thread notices a resume only when it
-        next wakes (up to a second later); a request to that broker (one partition's watermarks) wakes it."""
+        next wakes (up to a second later); a request to that broker (one partition's watermarks) wakes it. Waited
+        for briefly: sent is what counts, and the answer can queue behind a fetch the broker holds for its whole wait
+        (the ledger's loop stood still for a second that way)."""
         try:
-            self._c.get_watermark_offsets(_ctp(tp), timeout=1, cached=False)
+            self._c.get_watermark_offsets(_ctp(tp), timeout=NUDGE_WAIT_S, cached=False)
         except ck.KafkaException as exc:   # the fetch still comes, later
             log.debug("watermark request to wake the fetcher failed: %s", exc)
 

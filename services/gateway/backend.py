@@ -50,6 +50,7 @@ class Backend:
         self.sender: CommandSender | None = None
         self.waiter: OutcomeWaiter | None = None
         self.reply_claim: replies.ReplyClaim | None = None
+        self.reply_local = False   # verdicts told on this host, the replies topic only where that fails
 
     async def start(self) -> None:
         self.pool = AsyncConnectionPool(self.cfg.db.url, min_size=1, max_size=int(self.cfg.gateway.db_pool_size),
@@ -64,8 +65,13 @@ class Backend:
                 kwargs={"autocommit": True, "options": f"{db.SESSION_OPTIONS} {ORDERED_WALK_OPTIONS}"})
             await self.claim_pool.open(wait=True, timeout=30)
         self.reply_claim = await self._claim_reply_partition()
+        # a partition held alone is listened to on this host; a shared one only read from the topic (a verdict
+        # told to the socket would reach whichever process bound it last)
+        alone = self.reply_claim is not None and self.reply_claim.conn is not None
         self.waiter = await asyncio.to_thread(
-            OutcomeWaiter, self.cfg, reply_partition=self.reply_claim.partition if self.reply_claim else None)
+            OutcomeWaiter, self.cfg, reply_partition=self.reply_claim.partition if self.reply_claim else None,
+            listen=alone)
+        self.reply_local = alone and self.waiter.listening
         # a caller waits on every command the gateway sends: its own linger ([gateway] linger_ms; -1: [kafka]'s)
         linger = int(self.cfg.gateway.linger_ms)
         self.sender = await asyncio.to_thread(CommandSender, self.cfg, linger_ms=None if linger < 0 else linger)
@@ -109,7 +115,7 @@ class Backend:
         if not self.cfg.gateway.direct_dispatch:
             return await self.ask(cmd, timeout)
         reply_to = self.reply_claim.partition if self.reply_claim is not None else None
-        raw = _encode(cmd, reply_to, int(self.cfg.kafka.max_message_bytes))
+        raw = _encode(cmd, reply_to, int(self.cfg.kafka.max_message_bytes), self.reply_local)
         verdict = self.waiter.expect_on(cmd.id, asyncio.get_running_loop())
         if not self.sender.hand(cmd, raw):
             self._forget([cmd], [verdict])
@@ -129,7 +135,7 @@ class Backend:
         assert self.waiter is not None and self.sender is not None, "backend not started"
         limit = int(self.cfg.kafka.max_message_bytes)
         reply_to = self.reply_claim.partition if self.reply_claim is not None else None
-        raws = [_encode(cmd, reply_to, limit) for cmd in cmds]   # the very bytes sent below
+        raws = [_encode(cmd, reply_to, limit, self.reply_local) for cmd in cmds]   # the very bytes sent below
         loop = asyncio.get_running_loop()
         verdicts = [self.waiter.expect_on(c.id, loop) for c in cmds]
         try:
@@ -170,7 +176,7 @@ class Backend:
         good: list[tuple[int, Command, bytes]] = []
         for i, cmd in enumerate(cmds):
             try:
-                good.append((i, cmd, _encode(cmd, reply_to, limit)))
+                good.append((i, cmd, _encode(cmd, reply_to, limit, self.reply_local)))
             except BadRequest as exc:
                 out[i] = exc
         sent = [c for _, c, _ in good]
@@ -234,11 +240,12 @@ def _expire(verdict: asyncio.Future) -> None:
         verdict.set_exception(_Expired())
 
 
-def _encode(cmd: Command, reply_to: int | None, limit: int) -> bytes:
+def _encode(cmd: Command, reply_to: int | None, limit: int, local: bool = False) -> bytes:
     """``cmd`` addressed to this process's reply partition (``reply_to``) and encoded once: the bytes to send.
     BadRequest for what the log must not hold: a value its readers could not store (the ledger checks again),
     or more than ``limit`` bytes (refused on every try: a final answer instead of "try again")."""
     cmd.reply_to = reply_to
+    cmd.reply_local = local and reply_to is not None
     try:
         raw = encoded(cmd)
     except Unstorable as exc:

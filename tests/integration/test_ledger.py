@@ -286,3 +286,27 @@ def _statuses(cfg, ids):
     from core import db
     with db.connect(cfg) as conn:
         return conn.execute("SELECT pandaid, status FROM jobs WHERE pandaid = ANY(%s)", (ids,)).fetchall()
+
+
+def test_a_verdict_told_on_this_host_is_written_to_the_replies_topic_only_when_telling_fails(cfg, background):
+    """A command asking for its verdict told only (reply_local: its waiter listens here and holds the partition
+    alone) is answered through the socket and leaves no reply record; one whose partition nobody listens to is
+    answered all the same, its reply record written by the ledger after the telling failed (core/local_replies.py)."""
+    start_ledger(cfg, background)
+    told = OutcomeWaiter(cfg, reply_partition=1)
+    deaf = OutcomeWaiter(cfg, reply_partition=2, listen=False)   # reads the topic only
+    sender = CommandSender(cfg)
+    try:
+        assert told.listening and not deaf.listening
+        here, there = submits([700, 701])
+        here.reply_local = there.reply_local = True
+        [out_here] = verdicts(told, sender, [here], reply_to=1)
+        [out_there] = verdicts(deaf, sender, [there], reply_to=2)
+    finally:
+        sender.close()
+        told.close()
+        deaf.close()
+    assert isinstance(out_here, JobSubmitted) and isinstance(out_there, JobSubmitted)
+    by_partition = {p: [rec.key.decode() for rec in bus.read_partition(cfg, cfg.kafka.replies_topic, p, 0)]
+                    for p in (1, 2)}
+    assert by_partition == {1: [], 2: [there.id]}

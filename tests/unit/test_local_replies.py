@@ -97,8 +97,36 @@ def test_no_listener_costs_the_ledger_a_dropped_datagram_not_an_error(tmp_path):
         notifier.add(5, "a", b"A")
         notifier.send()
         notifier.drain()
-        assert notifier.stats == {"told": 0, "dropped": 1}
+        assert notifier.stats == {"told": 0, "dropped": 1, "untold": 0}
+        assert notifier.take_untold() == []   # it is on the topic already
     finally:
+        notifier.close()
+
+
+def test_a_reply_kept_from_the_topic_comes_back_for_it_when_it_cannot_be_told(tmp_path):
+    """A verdict the ledger did not write to the replies topic (its command asked: reply_local) is handed back when
+    its datagram cannot be sent (no listener, too large), and the ledger is woken to write it; one told is not."""
+    woken = threading.Event()
+    cfg = _cfg(tmp_path)
+    notifier = ReplyNotifier(cfg, on_untold=woken.set)
+    inbox = _Inbox()
+    listener = ReplyListener(cfg, 1, inbox)
+    try:
+        notifier.add(1, "told", b"T", kept=True)
+        notifier.add(1, "huge", b"x" * local_replies.MAX_DATAGRAM, kept=True)
+        notifier.add(1, "written", b"W")                  # on the topic already: never handed back
+        notifier.add(5, "nobody", b"N", kept=True)        # no listener of partition 5
+        notifier.send()
+        notifier.drain()
+        assert woken.is_set()
+        assert sorted(notifier.take_untold()) == [(1, "huge", b"x" * local_replies.MAX_DATAGRAM), (5, "nobody", b"N")]
+        assert notifier.take_untold() == []
+        assert sorted(inbox.wait_for(2)) == [("told", b"T"), ("written", b"W")]
+        # taken but not written (the ledger's batch aborted): taken again, first
+        notifier.give_back_untold([(5, "nobody", b"N")])
+        assert notifier.take_untold() == [(5, "nobody", b"N")]
+    finally:
+        listener.close()
         notifier.close()
 
 
@@ -109,7 +137,7 @@ def test_switched_off_nothing_is_bound_or_sent(tmp_path):
     notifier.add(0, "a", b"A")
     notifier.send()
     notifier.drain()
-    assert not listener.bound and notifier.stats == {"told": 0, "dropped": 0}
+    assert not listener.bound and notifier.stats == {"told": 0, "dropped": 0, "untold": 0}
     listener.close()
     notifier.close()
 
