@@ -480,9 +480,14 @@ class CommandSender:
         """Hand ``cmd`` (encoded as ``raw``) straight to the ledger of its partition on this host, in no topic
         (``core/local_commands.py``: only for a command whose loss its caller repairs). False when it cannot be
         (no such ledger here, its socket full, or ``warm_up`` not called): the caller sends it instead."""
+        return self.hand_many([(cmd, raw)])[0]
+
+    def hand_many(self, cmds: Sequence[tuple[Command, bytes]]) -> list[bool]:
+        """``hand`` for several commands at once (packed per partition: ``CommandForwarder.hand_many``)."""
         if not self._partitions:
-            return False
-        return self.forwarder.hand(partition_of(cmd.PandaID, self._partitions), key_of(cmd.PandaID), raw)
+            return [False] * len(cmds)
+        return self.forwarder.hand_many([(partition_of(cmd.PandaID, self._partitions), key_of(cmd.PandaID), raw)
+                                         for cmd, raw in cmds])
 
     def send_many(self, cmds: Iterable[Command]) -> None:
         for cmd in cmds:

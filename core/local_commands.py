@@ -185,19 +185,38 @@ class CommandForwarder:
         only for a command whose loss its caller repairs). False when it cannot be (no ledger of that partition on
         this host, its socket full, too large, local commands off): the caller sends it to the topic instead.
         Never waits: one non-blocking ``sendto``."""
+        return self.hand_many([(partition, key, value)])[0]
+
+    def hand_many(self, commands: Sequence[tuple[int, bytes, bytes]]) -> list[bool]:
+        """``hand`` for several (partition, key, value) at once, packed per partition into as few datagrams as they
+        fill: the ledger's socket queues only ``net.unix.max_dgram_qlen`` datagrams (often 10), so a burst of
+        getJobs (a Harvester batch) handed one datagram each found it full. Whether each was handed, in order."""
+        out = [False] * len(commands)
         sock = self._direct
-        if sock is None or len(value) + _FRAME.size + len(key) > MAX_DATAGRAM:
-            return False
-        path = self._path(partition)
-        if path is None:
-            return False
-        try:
-            sock.sendto(pack(partition, DIRECT, key, value, int(time.time() * 1000)), path)
-        except OSError:   # ENOENT / ECONNREFUSED: no ledger holds it here; EAGAIN: its socket is full
-            self.stats["direct refused"] += 1
-            return False
-        self.stats["direct"] += 1
-        return True
+        if sock is None:
+            return out
+        now_ms = int(time.time() * 1000)
+        by_partition: dict[int, list[tuple[int, bytes]]] = {}
+        for i, (partition, key, value) in enumerate(commands):
+            if len(value) + _FRAME.size + len(key) <= MAX_DATAGRAM:
+                by_partition.setdefault(partition, []).append((i, pack(partition, DIRECT, key, value, now_ms)))
+        for partition, framed in by_partition.items():
+            path = self._path(partition)
+            if path is None:
+                continue
+            sent = 0
+            for datagram, n in _datagrams([frame for _, frame in framed]):
+                try:
+                    sock.sendto(datagram, path)
+                except OSError:   # ENOENT / ECONNREFUSED: no ledger holds it here; EAGAIN: its socket is full
+                    break
+                for i, _ in framed[sent:sent + n]:
+                    out[i] = True
+                sent += n
+        handed = sum(out)
+        self.stats["direct"] += handed
+        self.stats["direct refused"] += len(commands) - handed
+        return out
 
     def _path(self, partition: int) -> bytes | None:
         path = self._paths.get(partition, b"")

@@ -51,6 +51,8 @@ class Backend:
         self.waiter: OutcomeWaiter | None = None
         self.reply_claim: replies.ReplyClaim | None = None
         self.reply_local = False   # verdicts told on this host, the replies topic only where that fails
+        # ask_now's commands of one turn of the event loop, handed over together (_hand_all)
+        self._to_hand: list[tuple[Command, bytes, asyncio.Future[bool]]] = []
 
     async def start(self) -> None:
         self.pool = AsyncConnectionPool(self.cfg.db.url, min_size=1, max_size=int(self.cfg.gateway.db_pool_size),
@@ -116,11 +118,16 @@ class Backend:
             return await self.ask(cmd, timeout)
         reply_to = self.reply_claim.partition if self.reply_claim is not None else None
         raw = _encode(cmd, reply_to, int(self.cfg.kafka.max_message_bytes), self.reply_local)
-        verdict = self.waiter.expect_on(cmd.id, asyncio.get_running_loop())
-        if not self.sender.hand(cmd, raw):
-            self._forget([cmd], [verdict])
-            return await self.ask(cmd, timeout)
+        loop = asyncio.get_running_loop()
+        verdict = self.waiter.expect_on(cmd.id, loop)
+        handed: asyncio.Future[bool] = loop.create_future()
+        if not self._to_hand:
+            loop.call_soon(self._hand_all)
+        self._to_hand.append((cmd, raw, handed))
         try:
+            if not await handed:
+                self._forget([cmd], [verdict])
+                return await self.ask(cmd, timeout)
             started = time.monotonic()
             done = await _within(verdict, timeout)
             _verdict_latency(cmd).observe(time.monotonic() - started)
@@ -129,6 +136,20 @@ class Backend:
             raise VerdictTimeout(f"no verdict from the ledger within {timeout:.0f}s") from None
         finally:
             self._forget([cmd], [verdict])
+
+    def _hand_all(self) -> None:
+        """Hand the commands ``ask_now`` gathered in this turn of the loop in one go: packed per partition (a
+        Harvester batch, or the getJobs of a busy moment, as a few datagrams instead of one each)."""
+        batch, self._to_hand = self._to_hand, []
+        assert self.sender is not None
+        try:
+            results = self.sender.hand_many([(cmd, raw) for cmd, raw, _ in batch])
+        except Exception:   # noqa: BLE001 - never strand the callers: they send to the topic instead
+            log.exception("commands not handed to the ledger; sent to the topic")
+            results = [False] * len(batch)
+        for (_, _, handed), ok in zip(batch, results, strict=True):
+            if not handed.done():
+                handed.set_result(ok)
 
     async def ask_many(self, cmds: list[Command], timeout: float) -> list[Event | Rejected]:
         """Send commands together; every verdict or the first failure (Unavailable / VerdictTimeout)."""

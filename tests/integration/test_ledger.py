@@ -254,7 +254,7 @@ def test_a_dispatch_handed_directly_is_judged_in_no_topic_and_a_new_ledger_resum
                  reply_to=1)
         dispatches = [Transition(PandaID=i, action="dispatch", actor="pilot:p", reply_to=1) for i in ids]
         futs = [waiter.expect(c.id) for c in dispatches]
-        assert all(sender.hand(c, encode(c)) for c in dispatches)
+        assert all(sender.hand_many([(c, encode(c)) for c in dispatches]))   # one datagram for all
         outs = [f.result(60) for f in futs]
         stray = Transition(PandaID=ids[0], action="kill", actor="test", reply_to=1)
         wrong = (bus.partition_of(stray.PandaID, cfg.kafka.partitions) + 1) % cfg.kafka.partitions
