@@ -28,7 +28,7 @@ from projections.candidates import ORDERED_WALK_OPTIONS
 from schemas.messages import Command, Event, Rejected
 from schemas.storable import Unstorable, encoded
 
-from . import replies
+from . import leases, replies
 from .params import BadRequest
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class Backend:
             # (claim p90 76 ms in the first second of the dispatch bench's level, 2-4 ms after)
             self.claim_pool = AsyncConnectionPool(
                 self.cfg.db.url, min_size=claims, max_size=claims, open=False,
-                kwargs={"autocommit": True, "options": f"{db.SESSION_OPTIONS} {ORDERED_WALK_OPTIONS}"})
+                kwargs={"autocommit": True,
+                        "options": f"{db.SESSION_OPTIONS} {ORDERED_WALK_OPTIONS} {leases.CLAIM_SESSION_OPTIONS}"})
             await self.claim_pool.open(wait=True, timeout=30)
         self.reply_claim = await self._claim_reply_partition()
         # a partition held alone is listened to on this host; a shared one only read from the topic (a verdict

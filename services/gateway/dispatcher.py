@@ -269,7 +269,7 @@ class Dispatcher:
         statements cost more CPU in the gateway and in PostgreSQL than the claim itself."""
         if lock_timeout_ms is None and self.claim_pool is not None:
             return await self._claim_batch(conn, req, actor, n, deliver, sources)
-        settings = [*ORDERED_WALK]
+        settings = [*ORDERED_WALK, *leases.CLAIM_SETTINGS]
         if lock_timeout_ms is not None:
             settings.append(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
         return await _one_round_trip(conn, settings,

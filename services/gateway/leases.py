@@ -31,6 +31,16 @@ from projections.candidates import files_json
 
 RELATION = "dispatch_leases"   # handed to projections.candidates.candidate_query(leases=...)
 
+# A claim commits without waiting for its WAL to reach the disk (synchronous_commit = off), in the claim pool's
+# sessions and in a claim's own transaction on the shared pool. Why: a getJob waits for its claim, and a claim
+# waiting for fsync waited for whatever else the disk was doing (claims of 40-96 ms at once, their verdicts 8-12
+# ms, in the getJob level, eighteenth session). What a PostgreSQL crash can then lose is the last fraction of a
+# second of claims: the ledger still accepts one dispatch per activation, so a lost claim never dispatches a job
+# twice; its gateway's delivered mark then finds no lease (logged) and the pilot's binding comes from the jobs
+# projection. The delivered mark itself stays durable: the dispatch sweep must never take back a job its pilot has.
+CLAIM_SESSION_OPTIONS = "-c synchronous_commit=off"
+CLAIM_SETTINGS = ("SET LOCAL synchronous_commit = off",)
+
 _CLAIM = (
     "INSERT INTO dispatch_leases (pandaid, seq, site, node, actor, command_id, state, expires_at, deliver_by)"
     " VALUES (%(pandaid)s, %(seq)s, %(site)s, %(node)s, %(actor)s, %(command_id)s, 'claimed',"

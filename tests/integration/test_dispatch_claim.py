@@ -275,3 +275,23 @@ def test_the_claim_pool_plans_a_claim_once_and_that_plan_walks_and_probes_by_key
         generic, custom = conn.execute("SELECT sum(generic_plans), sum(custom_plans) FROM pg_prepared_statements"
                                        ).fetchone()
         assert generic >= 2 and custom == 0, (generic, custom)
+
+
+def test_the_gateways_claims_commit_without_waiting_for_the_disk_and_its_other_writes_do(cfg):
+    """A claim is on getJob's path and may be lost in a PostgreSQL crash (the ledger still dispatches a job once):
+    the claim pool's sessions commit asynchronously; the shared pool (delivered marks, releases) durably."""
+    from services.gateway.backend import Backend
+
+    async def scenario() -> tuple[str, str]:
+        backend = Backend(cfg)
+        await backend.start()
+        try:
+            async with backend.claim_pool.connection() as conn:
+                claims = (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]
+            async with backend.pool.connection() as conn:
+                others = (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]
+            return claims, others
+        finally:
+            await backend.close()
+
+    assert asyncio.run(scenario()) == ("off", "on")
