@@ -14,6 +14,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from . import pilot
@@ -23,7 +24,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def reply(data: dict[str, Any], status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
+    """A JSON answer of the legacy API, encoded by msgspec: the standard library's encoder was 4 % of the gateway's
+    CPU in the getJob level (every getJob's job dict, every updateJob's reply)."""
+    return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
 
 
 def invalid(exc: BadRequest) -> web.Response:
