@@ -1,12 +1,12 @@
 """One statement for the lease writes of many concurrent requests of this gateway process.
 
-Why: every getJob marks its leases ``sent`` after the ledger's verdict and ``delivered`` after its answer
-is written, one small UPDATE each; with hundreds of pilots those statements (and psycopg's per-call work
-for them) were a large share of the gateway's and PostgreSQL's CPU per job. A ``Coalescer`` runs one write
-at a time: requests arriving while one is in flight wait for the next, which carries all of them (group
-commit). Nothing waits on a timer, so a lone request costs what it did; under load one statement serves
-many. Every caller still awaits the statement carrying its own leases and gets its result (the command
-ids the statement marked, each caller picks its own) or its exception: the guarantees of the single
+Why: every getJob marks its leases ``delivered`` after its answer is written (and, until the eighteenth session,
+``sent`` after the ledger's verdict), one small UPDATE each; with hundreds of pilots those statements (and
+psycopg's per-call work for them) were a large share of the gateway's and PostgreSQL's CPU per job. A
+``Coalescer`` runs one write at a time: requests arriving while one is in flight wait for the next, which carries
+all of them (group commit). Nothing waits on a timer, so a lone request costs what it did; under load one
+statement serves many. Every caller still awaits the statement carrying its own leases and gets its result (the
+command ids the statement marked, each caller picks its own) or its exception: the guarantees of the single
 writes hold (``bindings.py`` awaits the delivery mark, the dispatch sweep sees the same states).
 """
 
