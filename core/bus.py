@@ -476,14 +476,11 @@ class CommandSender:
             self.forwarder.follow(delivery, key, raw)
         return delivery
 
-    def hand(self, cmd: Command, raw: bytes) -> bool:
-        """Hand ``cmd`` (encoded as ``raw``) straight to the ledger of its partition on this host, in no topic
-        (``core/local_commands.py``: only for a command whose loss its caller repairs). False when it cannot be
-        (no such ledger here, its socket full, or ``warm_up`` not called): the caller sends it instead."""
-        return self.hand_many([(cmd, raw)])[0]
-
     def hand_many(self, cmds: Sequence[tuple[Command, bytes]]) -> list[bool]:
-        """``hand`` for several commands at once (packed per partition: ``CommandForwarder.hand_many``)."""
+        """Hand each ``(cmd, raw)`` (``raw``: its encoding) straight to the ledger of its partition on this host, in
+        no topic (``core/local_commands.py``: only for a command whose loss its caller repairs), packed per
+        partition (``CommandForwarder.hand_many``). Whether each was handed: not when it cannot be (no such ledger
+        here, its socket full, or ``warm_up`` not called): the caller sends it instead."""
         if not self._partitions:
             return [False] * len(cmds)
         return self.forwarder.hand_many([(partition_of(cmd.PandaID, self._partitions), key_of(cmd.PandaID), raw)

@@ -657,10 +657,10 @@ class Ledger:
                 _check_direct(cmd, m, partition, self._partitions)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             pid = _panda_id_from_key(m.key)
-            command_id, command_type, reply_to = _identity(m.value)
+            command_id, command_type, reply_to, local = _identity(m.value)
             out = Rejected(PandaID=pid, actor="ledger", command_id=command_id, command_type=command_type,
                            code="bad_command", reason=f"cannot decode command: {exc}", src=src)
-            self._send_rejection(out, reply_to, _reply_local(m.value))
+            self._send_rejection(out, reply_to, local)
             return
         with logs.bind_message(cmd):
             self._verdict(partition, cmd, m.value, src)
@@ -818,32 +818,20 @@ def _decode_for_fold(raw: bytes, partition: int, offset: int):
         return loose
 
 
-def _reply_local(raw: bytes) -> bool:
-    """Whether a command that does not decode asked for its verdict to be told only (a rejection is told as its
-    waiter asked; anything unreadable: written)."""
-    try:
-        return msgspec.json.decode(raw, type=_Local).reply_local is True
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return False
-
-
-class _Local(msgspec.Struct):
-    reply_local: object = False
-
-
-def _identity(raw: bytes) -> tuple[str, str, int | None]:
-    """(id, type, reply_to) of a command that does not decode, when its JSON says: the sender waits for that
-    id, perhaps on that reply partition."""
+def _identity(raw: bytes) -> tuple[str, str, int | None, bool]:
+    """(id, type, reply_to, reply_local) of a command that does not decode, when its JSON says: the sender waits
+    for that id, perhaps on that reply partition, perhaps told only (anything unreadable: written)."""
     try:
         obj = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        return "", "undecodable", None
+        return "", "undecodable", None, False
     if not isinstance(obj, dict):
-        return "", "undecodable", None
+        return "", "undecodable", None, False
     cid, tag, reply_to = obj.get("id"), obj.get("type"), obj.get("reply_to")
     return (cid if isinstance(cid, str) and "\x00" not in cid else "",
             tag if isinstance(tag, str) and tag.isidentifier() else "undecodable",
-            reply_to if type(reply_to) is int and reply_to >= 0 else None)
+            reply_to if type(reply_to) is int and reply_to >= 0 else None,
+            obj.get("reply_local") is True)
 
 
 class WrongPartition(msgspec.ValidationError):
