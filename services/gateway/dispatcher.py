@@ -38,6 +38,7 @@ from projections.candidates import ORDERED_WALK, claim_sources
 from schemas.messages import Event, Rejected, Transition, new_id
 
 from . import leases
+from .claim_group import ClaimGroups, Seat
 from .coalesce import Coalescer
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,9 @@ class Dispatcher:
         self.max_jobs = int(d.max_jobs)
         self.share_order = list(d.share_order)
         self._next_sweep = 0.0
-        self._source_memo: dict[tuple[DispatchRequest, int, str], tuple[str, str, Mapping[str, Any]]] = {}
+        self._source_memo: dict[tuple[DispatchRequest, str], tuple[str, str, Mapping[str, Any]]] = {}
+        # the claims of concurrent requests of one shape, one statement (claim_group.py)
+        self._groups: ClaimGroups[leases.Claimed] = ClaimGroups(self._claim_seats, max(1, self.max_jobs))
         self._undos: set[asyncio.Task] = set()
         # the delivered marks of concurrent requests, one statement (coalesce.py)
         self._mark_delivered = Coalescer(self._write_delivered)
@@ -123,8 +126,9 @@ class Dispatcher:
         marks took for how many requests (``coalesce.py``)."""
         counts = ", ".join(f"{k} {v:,.0f}" if not k.endswith("seconds") else f"{k} {v:.1f}"
                            for k, v in self.stats.items())
-        c = self._mark_delivered
-        return f"{counts}; delivered marks {c.writes:,} statements for {c.calls:,} requests"
+        c, g = self._mark_delivered, self._groups
+        return (f"{counts}; claims {g.statements:,} statements for {g.requests:,} requests; delivered marks"
+                f" {c.writes:,} statements for {c.calls:,} requests")
 
     async def acquire(self, req: DispatchRequest, actor: str) -> DispatchResult:
         """Up to ``req.n_jobs`` jobs, each confirmed ``sent`` by the ledger for this pilot.
@@ -214,41 +218,75 @@ class Dispatcher:
         """Up to ``n`` candidates leased to this request, each with the dispatch command to send for it and
         its job's files (read by the claim statement).
 
-        One statement per round (``leases.claim_batch``), autocommit. A lost race (another claimer's lease
-        committed after this statement's snapshot) → look again; only when no unlocked candidate is found at
-        all, one more statement that waits up to ``[dispatcher] lock_wait`` seconds for locked ones (a row
-        the projector is updating: the usual "no jobs" finds nothing to wait for and returns at once)."""
-        skip = self._sources(req, n, "skip")
+        One statement per round (``leases.claim_batch``), autocommit, shared with the concurrent requests of the
+        same shape (``claim_group.py``). A lost race (another claimer's lease committed after this statement's
+        snapshot) → look again; only when no unlocked candidate is found at all, one more statement that waits
+        up to ``[dispatcher] lock_wait`` seconds for locked ones (a row the projector is updating: the usual
+        "no jobs" finds nothing to wait for and returns at once)."""
+        shape = self._shape(req)
         claimed: list[tuple[int, dict[str, Any], Transition, list[dict[str, Any]]]] = []
+        for _ in range(self.CLAIM_ROUNDS):
+            want = n - len(claimed)
+            rows = await self._groups.claim(shape, want, actor, req.node, deliver)
+            if not rows and not claimed:
+                rows = await self._claim_waiting(shape, actor, req.node, want, deliver)
+            won = [(pid, spec, self._command(req, actor, pid, cid), files)
+                   for pid, _, spec, cid, files in rows if cid]
+            self.stats["claims"] += len(won)
+            self.stats["lost_races"] += len(rows) - len(won)
+            claimed += won
+            if len(claimed) >= n or len(won) == len(rows):
+                break   # enough, or every candidate found is ours: there are no more
+        return claimed
+
+    @staticmethod
+    def _shape(req: DispatchRequest) -> DispatchRequest:
+        """What of a request the candidate query reads (``projections.candidates.Criteria``): requests of one
+        shape are claimed together. The pilot's node, batch id, job count and budget are not part of it."""
+        return dataclasses.replace(req, node="", scheduler_id=None, n_jobs=1, timeout=60.0)
+
+    async def _claim_seats(self, shape: DispatchRequest, seats: list[Seat[leases.Claimed]]) -> list[leases.Claimed]:
+        """The statement of a group of claims (``ClaimGroups``' run): every seat's candidates in one."""
+        claimers = [(new_id(), s.actor, s.node, s.deliver) for s in seats for _ in range(s.want)]
+        return await self._claim_statement(shape, claimers, self._sources(shape, "skip"))
+
+    async def _claim_statement(self, shape: DispatchRequest, claimers: list[leases.Claimer],
+                               sources: tuple[str, str, Mapping[str, Any]],
+                               lock_timeout_ms: int | None = None) -> list[leases.Claimed]:
+        """The claim statement in a transaction of its own, with the candidate query's planner settings
+        (``projections.candidates.ORDERED_WALK``) and, when it waits for locked rows, a lock timeout: BEGIN,
+        SET LOCAL…, the claim and COMMIT in one round trip (``_one_round_trip``: the rows stay locked only while
+        it runs). On the claim pool, whose sessions have those settings already, a claim that does not wait is
+        the statement alone, autocommit (its own transaction all the same): psycopg's pipeline and four more
+        statements cost more CPU in the gateway and in PostgreSQL than the claim itself."""
         asked = time.monotonic()
         async with (self.claim_pool or self.pool).connection() as conn:
             # the queue for claim connections is where an overloaded gateway's getJob latency grows first
             # (docs/performance.md, sixteenth session): an operator sees it here
             metrics.CLAIM_WAIT.observe(time.monotonic() - asked)
-            for _ in range(self.CLAIM_ROUNDS):
-                want = n - len(claimed)
-                rows = await self._claim_once(conn, req, actor, want, deliver, skip)
-                if not rows and not claimed:
-                    rows = await self._claim_waiting(conn, req, actor, want, deliver)
-                won = [(pid, spec, self._command(req, actor, pid, cid), files)
-                       for pid, _, spec, cid, files in rows if cid]
-                self.stats["claims"] += len(won)
-                self.stats["lost_races"] += len(rows) - len(won)
-                claimed += won
-                if len(claimed) >= n or len(won) == len(rows):
-                    break   # enough, or every candidate found is ours: there are no more
-        return claimed
 
-    def _sources(self, req: DispatchRequest, n: int, locking: str) -> tuple[str, str, Mapping[str, Any]]:
-        """``claim_sources`` for this request, remembered: a pilot asks the same way every time (same site,
-        labels, resources), and building the candidate SQL was about 20 us of every claim. The parameters
-        are read-only (shared by every claim of that shape). Bounded: emptied when full."""
-        key = (req, n, locking)
+            def statement(after: Sequence[str] = ()) -> Awaitable[list[leases.Claimed]]:
+                return leases.claim_batch(conn, sources, site=shape.site, claimers=claimers, ttl=self.claim_ttl,
+                                          after=after)
+
+            if lock_timeout_ms is None and self.claim_pool is not None:
+                return await statement()
+            settings = [*ORDERED_WALK, *leases.CLAIM_SETTINGS]
+            if lock_timeout_ms is not None:
+                settings.append(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+            return await _one_round_trip(conn, settings, statement)
+
+    def _sources(self, shape: DispatchRequest, locking: str) -> tuple[str, str, Mapping[str, Any]]:
+        """``claim_sources`` for this request shape, remembered: a pilot asks the same way every time (same
+        site, labels, resources), and building the candidate SQL was about 20 us of every claim. The parameters
+        are read-only (shared by every claim of that shape; the statement sets its LIMIT). Bounded: emptied when
+        full."""
+        key = (shape, locking)
         hit = self._source_memo.get(key)
         if hit is None:
             if len(self._source_memo) >= self.SOURCE_MEMO:
                 self._source_memo.clear()
-            ctes, union, params = claim_sources(req, self.share_order, n, leases=leases.RELATION, locking=locking)
+            ctes, union, params = claim_sources(shape, self.share_order, 1, leases=leases.RELATION, locking=locking)
             hit = self._source_memo[key] = (ctes, union, MappingProxyType(params))
         return hit
 
@@ -258,31 +296,7 @@ class Dispatcher:
     #: claim statements per round at most (each lost race costs one more)
     CLAIM_ROUNDS = 4
 
-    async def _claim_once(self, conn: AsyncConnection, req: DispatchRequest, actor: str, n: int,
-                          deliver: float, sources: tuple[str, str, Mapping[str, Any]],
-                          lock_timeout_ms: int | None = None) -> list[leases.Claimed]:
-        """The claim statement in a transaction of its own, with the candidate query's planner settings
-        (``projections.candidates.ORDERED_WALK``) and, when it waits for locked rows, a lock timeout: BEGIN,
-        SET LOCAL…, the claim and COMMIT in one round trip (``_one_round_trip``: the rows stay locked only while
-        it runs). On the claim pool, whose sessions have those settings already, a claim that does not wait is
-        the statement alone, autocommit (its own transaction all the same): psycopg's pipeline and four more
-        statements cost more CPU in the gateway and in PostgreSQL than the claim itself."""
-        if lock_timeout_ms is None and self.claim_pool is not None:
-            return await self._claim_batch(conn, req, actor, n, deliver, sources)
-        settings = [*ORDERED_WALK, *leases.CLAIM_SETTINGS]
-        if lock_timeout_ms is not None:
-            settings.append(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
-        return await _one_round_trip(conn, settings,
-                                     lambda after: self._claim_batch(conn, req, actor, n, deliver, sources, after))
-
-    async def _claim_batch(self, conn: AsyncConnection, req: DispatchRequest, actor: str, n: int,
-                           deliver: float, sources: tuple[str, str, Mapping[str, Any]],
-                           after: Sequence[str] = ()) -> list[leases.Claimed]:
-        return await leases.claim_batch(conn, sources, n=n, site=req.site, node=req.node, actor=actor,
-                                        command_ids=[new_id() for _ in range(n)], ttl=self.claim_ttl,
-                                        deliver=deliver, after=after)
-
-    async def _claim_waiting(self, conn: AsyncConnection, req: DispatchRequest, actor: str, n: int,
+    async def _claim_waiting(self, shape: DispatchRequest, actor: str, node: str, n: int,
                              deliver: float) -> list[leases.Claimed]:
         """The claim again, waiting for locked candidates instead of skipping them (in a transaction with
         a lock timeout: none found when the wait runs out) — only if a plain read (a fresh snapshot, no
@@ -290,17 +304,19 @@ class Dispatcher:
         row another pilot's claim statement is leasing this very moment, and every such waiter would then
         hold the row in turn only to lose the race: a queue of claimers on one row, and the winner's lease
         updates waiting behind their upserts. The read sees that claim's lease once it has committed."""
-        probe = self._sources(req, 1, "none")
-        if self.claim_pool is not None:   # its sessions plan with ORDERED_WALK already
-            found = await aqueries.any_candidate(conn, probe)
-        else:
-            found = await _one_round_trip(conn, ORDERED_WALK, lambda after: aqueries.any_candidate(conn, probe, after))
+        probe = self._sources(shape, "none")
+        async with (self.claim_pool or self.pool).connection() as conn:
+            if self.claim_pool is not None:   # its sessions plan with ORDERED_WALK already
+                found = await aqueries.any_candidate(conn, probe)
+            else:
+                found = await _one_round_trip(conn, ORDERED_WALK,
+                                              lambda after: aqueries.any_candidate(conn, probe, after))
         if not found:
             return []
-        waiting = self._sources(req, n, "wait")
+        claimers = [(new_id(), actor, node, deliver) for _ in range(n)]
         try:
-            return await self._claim_once(conn, req, actor, n, deliver, waiting,
-                                          lock_timeout_ms=int(self.lock_wait * 1000))
+            return await self._claim_statement(shape, claimers, self._sources(shape, "wait"),
+                                               lock_timeout_ms=int(self.lock_wait * 1000))
         except psycopg.errors.LockNotAvailable:
             self.stats["lock_waits_expired"] += 1
             return []

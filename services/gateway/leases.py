@@ -58,8 +58,9 @@ _CLAIM_BATCH = (
     "WITH {ctes}, picked AS MATERIALIZED (SELECT p.pandaid, p.seq, p.spec, row_number() OVER () AS i"
     " FROM ({union} LIMIT %(n)s) p),"
     " won AS (INSERT INTO dispatch_leases AS d (pandaid, seq, site, node, actor, command_id, state, expires_at,"
-    " deliver_by) SELECT pandaid, seq, %(site)s, %(node)s, %(actor)s, (%(command_ids)s::text[])[i], 'claimed',"
-    " now() + make_interval(secs => %(ttl)s), now() + make_interval(secs => %(deliver)s) FROM picked"
+    " deliver_by) SELECT pandaid, seq, %(site)s, (%(nodes)s::text[])[i], (%(actors)s::text[])[i],"
+    " (%(command_ids)s::text[])[i], 'claimed', now() + make_interval(secs => %(ttl)s),"
+    " now() + make_interval(secs => (%(delivers)s::float8[])[i]) FROM picked"
     " ON CONFLICT (pandaid) DO UPDATE SET seq = EXCLUDED.seq, site = EXCLUDED.site, node = EXCLUDED.node,"
     " actor = EXCLUDED.actor, command_id = EXCLUDED.command_id, state = 'claimed',"
     " claimed_at = now(), expires_at = EXCLUDED.expires_at, deliver_by = EXCLUDED.deliver_by"
@@ -110,23 +111,28 @@ def _claim_sql(ctes: str, union: str) -> str:
     return _CLAIM_BATCH.format(ctes=ctes, union=union)
 
 
-async def claim_batch(conn: AsyncConnection, sources: tuple[str, str, Mapping[str, Any]], *, n: int, site: str,
-                      node: str, actor: str, command_ids: list[str], ttl: float, deliver: float,
-                      after: Sequence[str] = ()) -> list[Claimed]:
-    """Lease up to ``n`` candidates in one statement (autocommit: the candidate rows are locked only while it
-    runs). ``sources``: ``projections.candidates.claim_sources`` (locking "skip", or "wait" inside the
-    caller's transaction with a lock timeout). ``command_ids``: one per candidate, in order, for the dispatch
-    commands to come. (pandaid, seq, spec, command id, files) per candidate found, in order; the command id is
-    None for one another claimer leased first (a lost race), which the caller may look for again; files: the
-    FileSpec dicts of a candidate won (read in the same statement), [] for a lost one. ``after``: statements
-    sent behind the claim before its rows are read (in a pipeline: the COMMIT of the claim's transaction, which
-    then ends in the same round trip)."""
-    if len(command_ids) < n:
-        raise ValueError(f"claim_batch: {n} candidates wanted but {len(command_ids)} command ids given")
+#: who a candidate of ``claim_batch`` is leased to: (dispatch command id, actor, node, seconds to deliver within)
+Claimer = tuple[str, str, str, float]
+
+
+async def claim_batch(conn: AsyncConnection, sources: tuple[str, str, Mapping[str, Any]], *, site: str,
+                      claimers: Sequence[Claimer], ttl: float, after: Sequence[str] = ()) -> list[Claimed]:
+    """Lease up to ``len(claimers)`` candidates in one statement (autocommit: the candidate rows are locked only
+    while it runs), the ``i``-th candidate found to the ``i``-th claimer: the getJobs of one request shape
+    claimed together (``claim_group.py``) each get their own leases. ``sources``:
+    ``projections.candidates.claim_sources`` (locking "skip", or "wait" inside the caller's transaction with a
+    lock timeout; its LIMIT is set here). (pandaid, seq, spec, command id, files) per candidate found, in
+    order; the command id is None for one another claimer leased first (a lost race), which the caller may look
+    for again; files: the FileSpec dicts of a candidate won (read in the same statement), [] for a lost one.
+    ``after``: statements sent behind the claim before its rows are read (in a pipeline: the COMMIT of the
+    claim's transaction, which then ends in the same round trip)."""
+    if not claimers:
+        raise ValueError("claim_batch: no claimers given")
     ctes, union, params = sources
     sql = _claim_sql(ctes, union)
-    params = {**params, "n": n, "site": site, "node": node, "actor": actor, "command_ids": command_ids[:n],
-              "ttl": ttl, "deliver": deliver}
+    params = {**params, "limit": len(claimers), "n": len(claimers), "site": site, "ttl": ttl,
+              "command_ids": [c[0] for c in claimers], "actors": [c[1] for c in claimers],
+              "nodes": [c[2] for c in claimers], "delivers": [c[3] for c in claimers]}
     cur = await conn.execute(sql, params)   # type: ignore[arg-type]  # composed of fixed text
     for statement in after:
         await conn.execute(statement)   # type: ignore[arg-type]  # fixed text of the caller's

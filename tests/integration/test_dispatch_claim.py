@@ -90,6 +90,44 @@ def test_a_batch_is_claimed_in_share_order_and_its_dispatches_asked_at_once(cfg,
     assert stats["claims"] == 3 and stats["sent"] == 3 and stats["lost_races"] == 0
 
 
+@ON_BOTH_POOLS
+def test_concurrent_requests_of_one_shape_share_a_claim_statement_each_with_its_own_leases(cfg, claim_pool):
+    """Four pilots on different nodes asking at once (one wants two jobs): one claim statement (claim_group.py),
+    every request its own jobs in candidate order, each lease naming its own pilot, node and deadline; a pilot
+    of another site is claimed apart."""
+    proj = Projector(cfg)
+    proj.project([c for pid in range(50, 56) for c in (submit(pid, priority=100 - pid), activate(pid))])
+    proj.project([submit(60, site="OTHER"), activate(60)])
+
+    async def scenario():
+        pool = await _pool(cfg)
+        claims = await _claim_pool(cfg, claim_pool)
+        try:
+            dispatcher = Dispatcher(cfg, pool, None, claim_pool=claims)   # type: ignore[arg-type]  # claims only
+            asks = [(DispatchRequest(site="SITE", node=f"wn{i}"), f"pilot:{i}", want, 10.0 + i)
+                    for i, want in ((1, 1), (2, 2), (3, 1), (4, 1))]
+            asks.append((DispatchRequest(site="OTHER", node="wn9"), "pilot:9", 1, 19.0))
+            got = await asyncio.gather(*(dispatcher._claim(req, actor, want, deliver)
+                                         for req, actor, want, deliver in asks))
+            return got, dispatcher._groups.statements, dispatcher._groups.requests
+        finally:
+            await pool.close()
+            if claims is not None:
+                await claims.close()
+
+    got, statements, requests = asyncio.run(scenario())
+    assert [[pid for pid, *_ in rows] for rows in got] == [[50], [51, 52], [53], [54], [60]]
+    assert (statements, requests) == (2, 5)   # SITE's four requests in one statement, OTHER's in its own
+    assert all(cmd.actor == f"pilot:{i}" for i, rows in zip((1, 2, 3, 4, 9), got, strict=True)
+               for _, _, cmd, _ in rows)
+    with db.connect(cfg, autocommit=True) as conn:
+        leased = {pid: (actor, node, cid, round(left)) for pid, actor, node, cid, left in conn.execute(
+            "SELECT pandaid, actor, node, command_id, extract(epoch FROM deliver_by - claimed_at)"
+            " FROM dispatch_leases").fetchall()}
+    assert leased == {pid: (cmd.actor, f"wn{cmd.actor.split(':')[1]}", cmd.id, 10 + int(cmd.actor.split(':')[1]))
+                      for rows in got for pid, _, cmd, _ in rows}
+
+
 def test_a_candidate_leased_after_the_claims_snapshot_comes_back_as_a_lost_race(cfg):
     """The claim's lease check reads its statement's snapshot; a lease committed later (while the claim
     waited for the row) is caught by the lease upsert: the candidate comes back without a command id."""
@@ -113,7 +151,7 @@ def test_a_candidate_leased_after_the_claims_snapshot_comes_back_as_a_lost_race(
                         return await leases.claim_batch(
                             conn, claim_sources(DispatchRequest(site="SITE"), [], 1, leases=leases.RELATION,
                                                 locking="wait"),
-                            n=1, site="SITE", node="n", actor="pilot:b", command_ids=["cb"], ttl=60, deliver=10)
+                            site="SITE", claimers=[("cb", "pilot:b", "n", 10.0)], ttl=60)
 
                 task = asyncio.create_task(claim())
                 for _ in range(600):   # until the claim waits for the row (or has answered: then it fails)
@@ -231,8 +269,8 @@ def _generic_claim_plan(conn, sources) -> str:
     """EXPLAIN of the generic plan of the whole claim statement (``leases.claim_batch``) prepared on ``conn``:
     each ``%(name)s`` of the statement a ``$n`` whose type PREPARE infers, then EXECUTE with literal values."""
     ctes, union, params = sources
-    params = {**params, "n": 1, "site": "SITE", "node": "node", "actor": "pilot", "command_ids": ["c"],
-              "ttl": 60.0, "deliver": 60.0}
+    params = {**params, "n": 1, "site": "SITE", "nodes": ["node"], "actors": ["pilot"], "command_ids": ["c"],
+              "ttl": 60.0, "delivers": [60.0]}
     order: list[str] = []
 
     def number(m: re.Match) -> str:
@@ -270,8 +308,8 @@ def test_the_claim_pool_plans_a_claim_once_and_that_plan_walks_and_probes_by_key
                                             1, leases=leases.RELATION)
         statement = leases._CLAIM_BATCH.format(ctes=ctes, union=union)
         for _ in range(7):
-            conn.execute(statement, {**params, "n": 1, "site": "NOWHERE", "node": "n", "actor": "a",
-                                     "command_ids": ["c"], "ttl": 60.0, "deliver": 60.0}).fetchall()
+            conn.execute(statement, {**params, "n": 1, "site": "NOWHERE", "nodes": ["n"], "actors": ["a"],
+                                     "command_ids": ["c"], "ttl": 60.0, "delivers": [60.0]}).fetchall()
         generic, custom = conn.execute("SELECT sum(generic_plans), sum(custom_plans) FROM pg_prepared_statements"
                                        ).fetchone()
         assert generic >= 2 and custom == 0, (generic, custom)
