@@ -112,6 +112,7 @@ class Dispatcher:
         self.max_jobs = int(d.max_jobs)
         self.share_order = list(d.share_order)
         self._next_sweep = 0.0
+        self._sweeping: asyncio.Task | None = None   # the lease sweep running in the background, if any
         self._source_memo: dict[tuple[DispatchRequest, str], tuple[str, str, Mapping[str, Any]]] = {}
         # the claims of concurrent requests of one shape, one statement (claim_group.py)
         self._groups: ClaimGroups[leases.Claimed] = ClaimGroups(self._claim_seats, max(1, self.max_jobs))
@@ -139,7 +140,7 @@ class Dispatcher:
         ledger refused or did not judge in time are looked for again in the next round, at most
         ``[dispatcher] max_attempts`` rounds. The leases of the ``sent`` ones stay ``claimed`` until the answer
         is written (``delivered``): no statement between the verdict and the answer."""
-        await self._maybe_sweep()
+        self._maybe_sweep()
         wanted = max(1, min(req.n_jobs, self.max_jobs))
         budget_end = time.monotonic() + max(1.0, min(req.timeout, 600.0) - 1.0)
         result = DispatchResult(jobs=[])
@@ -395,16 +396,28 @@ class Dispatcher:
         except Exception:  # the lease expires by itself; never turn a cleanup problem into a failed request
             log.exception("could not release the leases of %s", [pid for pid, _ in held])
 
-    async def _maybe_sweep(self) -> None:
+    #: seconds between lease sweeps (``leases.sweep``)
+    LEASE_SWEEP_PERIOD = 5.0
+
+    def _maybe_sweep(self) -> None:
+        """Start a lease sweep in the background when one is due. Why not in the request that finds it due, and
+        why every few seconds: at 500 getJob/s a sweep every 30 s dropped 15,000 leases in one go, 213 ms that
+        its request waited while PostgreSQL was busy with it (nineteenth session); a sweep every 5 s drops
+        about 2,500, and no pilot waits for it."""
         now = time.monotonic()
-        if now < self._next_sweep:
+        if now < self._next_sweep or self._sweeping is not None:
             return
-        self._next_sweep = now + 30.0
+        self._next_sweep = now + self.LEASE_SWEEP_PERIOD
+        self._sweeping = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
         try:
             async with self.pool.connection() as conn:
                 await leases.sweep(conn)
         except Exception:
             log.exception("lease sweep failed")
+        finally:
+            self._sweeping = None
 
 
 T = TypeVar("T")
