@@ -593,9 +593,10 @@ class OutcomeWaiter:
     (so nothing written meanwhile is missed).
 
     With a reply partition, a ledger on the same host also tells the waiter its committed verdicts through a
-    Unix socket (``core/local_replies.py``, ``[ledger] local_replies``): whichever copy comes first answers; the
-    topic's record is the durable fallback, the second copy is ignored. While the socket brings the verdicts
-    first, the topic is read with ``[kafka] gap_fetch_max_wait_ms`` (1 s) instead of the urgent wait: on the
+    Unix socket (``core/local_replies.py``, ``[ledger] local_replies``), read on ``listen_on`` when given (the
+    gateway's loop: the verdict resolves its future there, no thread hands it over): whichever copy comes first
+    answers; the topic's record is the durable fallback, the second copy is ignored. While the socket brings the
+    verdicts first, the topic is read with ``[kafka] gap_fetch_max_wait_ms`` (1 s) instead of the urgent wait: on the
     embedded broker every fetch that returns records costs in proportion to the batches its partition holds
     (docs/performance.md, ninth session), on the broker's one worker thread, and these would only bring second
     copies (100 ms before the fifteenth session: with the projector's fetches gone, the replies partition's were
@@ -610,7 +611,8 @@ class OutcomeWaiter:
     LOCAL_SILENT_S = 5.0         # … while the socket has been silent this long
 
     def __init__(self, cfg: Config, on_event: Callable[[Event | Rejected], None] | None = None, *,
-                 reply_partition: int | None = None, listen: bool = True):
+                 reply_partition: int | None = None, listen: bool = True,
+                 listen_on: asyncio.AbstractEventLoop | None = None):
         if reply_partition is not None and on_event is not None:
             raise ValueError("OutcomeWaiter: on_event sees every outcome; a reply partition holds only some")
         self.cfg = cfg
@@ -639,7 +641,7 @@ class OutcomeWaiter:
         # a ledger on this host also tells it the committed verdicts directly (core/local_replies.py), bound
         # once the topic is read from its end: whichever copy of a verdict comes first answers, the other is ignored
         if listens:
-            self._local = ReplyListener(cfg, reply_partition, self._deliver_local)
+            self._local = ReplyListener(cfg, reply_partition, self._deliver_local, loop=listen_on)
 
     @property
     def listening(self) -> bool:
@@ -757,7 +759,7 @@ class OutcomeWaiter:
                 log.warning("undecodable reply to command %s skipped", command_id)
 
     def _deliver_local(self, pairs: list[tuple[str, bytes]]) -> None:
-        """Verdicts told by a ledger on this host (already committed), on the listener's thread."""
+        """Verdicts told by a ledger on this host (already committed), on the listener's thread or loop."""
         handoff: list[tuple[asyncio.Future, Event | Rejected]] = []
         for command_id, value in pairs:
             with self._lock:
@@ -819,7 +821,14 @@ def _hand_over(handoff: list[tuple[asyncio.Future, Event | Rejected]]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Event | Rejected]]] = {}
     for fut, outcome in handoff:
         by_loop.setdefault(fut.get_loop(), []).append((fut, outcome))
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
     for loop, answers in by_loop.items():
+        if loop is running:   # told on the loop itself (a reply listener reading on it): no hand-over
+            _resolve(answers)
+            continue
         try:
             loop.call_soon_threadsafe(_resolve, answers)
         except RuntimeError:   # the loop is closed: nobody is waiting on it any more

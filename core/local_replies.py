@@ -29,6 +29,7 @@ Linux only (``SO_PASSCRED``); elsewhere, or with ``[ledger] local_replies = fals
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -354,10 +355,21 @@ class ReplyNotifier:
 
 
 class ReplyListener:
-    """The waiter's side: binds the reply partition's socket and hands each datagram's pairs to ``deliver`` (on
-    its own thread). ``bound`` is False when the socket could not be bound (the Kafka records still answer)."""
+    """The waiter's side: binds the reply partition's socket and hands each datagram's pairs to ``deliver``. On
+    ``loop``, when given (the gateway's), the socket is one more reader of that loop and ``deliver`` runs there;
+    else on a thread of its own. ``bound`` is False when the socket could not be bound (the Kafka records still
+    answer).
 
-    def __init__(self, cfg: Config, partition: int, deliver: Callable[[list[tuple[str, bytes]]], None]):
+    Why on the loop: a listening thread took each datagram, then handed its verdicts to the loop
+    (``call_soon_threadsafe``: a write to the loop's wake-up pipe), and the two threads took turns at the GIL, a
+    futex each way: at 500 getJob/s the gateway made thousands of futex calls a second, most of them these
+    (nineteenth session). Read by the loop, a verdict resolves its request's future where it waits."""
+
+    #: datagrams read per wake-up of the loop at most (then the loop serves its other readers before more)
+    LOOP_BATCH = 64
+
+    def __init__(self, cfg: Config, partition: int, deliver: Callable[[list[tuple[str, bytes]]], None],
+                 loop: asyncio.AbstractEventLoop | None = None):
         self.deliver = deliver
         self.path = socket_path(cfg, partition) if enabled(cfg) else None
         self.bound = False
@@ -366,6 +378,7 @@ class ReplyListener:
         self.stats = {"datagrams": 0, "refused": 0}
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._loop = loop
         self._inode = -1
         if self.path is None:
             return
@@ -378,30 +391,57 @@ class ReplyListener:
             return
         self._sock = sock
         self.bound = True
+        if loop is not None:
+            sock.setblocking(False)
+            _on_loop(loop, lambda: loop.add_reader(sock.fileno(), self._readable))
+            return
         self._thread = threading.Thread(target=self._run, name="local-replies", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         assert self._sock is not None
         for data in received(self._sock, self._uid, self._stop):
-            if data is None:
-                self.stats["refused"] += 1
-                continue
-            self.stats["datagrams"] += 1
-            pairs = unpack(data)
-            if pairs:
-                try:
-                    self.deliver(pairs)
-                except Exception:  # noqa: BLE001 - one bad hand-over must not end the listener
-                    log.exception("local replies: delivery failed")
+            self._got(data)
+
+    def _readable(self) -> None:
+        """On the loop: the datagrams waiting on the socket (up to ``LOOP_BATCH``), without blocking."""
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(self.LOOP_BATCH):
+            try:
+                data = receive_own(sock, self._uid)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:   # not expected on a bound datagram socket; the next datagram wakes us again
+                log.debug("local replies: receive failed: %s", exc)
+                return
+            self._got(data)
+
+    def _got(self, data: bytes | None) -> None:
+        if data is None:
+            self.stats["refused"] += 1
+            return
+        self.stats["datagrams"] += 1
+        pairs = unpack(data)
+        if pairs:
+            try:
+                self.deliver(pairs)
+            except Exception:  # noqa: BLE001 - one bad hand-over must not end the listener
+                log.exception("local replies: delivery failed")
 
     def close(self) -> None:
         if self._sock is None:
             return
         self._stop.set()
-        # wake the blocked receive with an empty datagram of our own
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(b"", os.fsencode(self.path))
+        if self._loop is not None:
+            loop, fd = self._loop, self._sock.fileno()
+            _on_loop(loop, lambda: loop.remove_reader(fd), wait=True)
+        else:
+            # wake the blocked receive: it returns at once on a socket shut down (a datagram sent to the path could
+            # reach another waiter that bound it since, leaving this thread blocked)
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(5)
         self._sock.close()
@@ -410,3 +450,29 @@ class ReplyListener:
             # unless another waiter of the partition has bound the path since (it is then that one's)
             if self.path is not None and os.stat(self.path).st_ino == self._inode:
                 self.path.unlink()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any], wait: bool = False) -> None:
+    """``fn`` on ``loop``: at once when called there, else handed to it (and with ``wait``, waited for up to 5 s:
+    a loop that no longer runs does not hold its caller)."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop or loop.is_closed():
+        if not loop.is_closed():
+            fn()
+        return
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            fn()
+        finally:
+            done.set()
+    try:
+        loop.call_soon_threadsafe(call)
+    except RuntimeError:   # closed meanwhile
+        return
+    if wait:
+        done.wait(5)

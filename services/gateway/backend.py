@@ -73,7 +73,7 @@ class Backend:
         alone = self.reply_claim is not None and self.reply_claim.conn is not None
         self.waiter = await asyncio.to_thread(
             OutcomeWaiter, self.cfg, reply_partition=self.reply_claim.partition if self.reply_claim else None,
-            listen=alone)
+            listen=alone, listen_on=asyncio.get_running_loop())
         self.reply_local = alone and self.waiter.listening
         # a caller waits on every command the gateway sends: its own linger ([gateway] linger_ms; -1: [kafka]'s)
         linger = int(self.cfg.gateway.linger_ms)

@@ -168,3 +168,45 @@ def test_a_second_waiter_of_a_partition_takes_the_socket_and_the_first_leaves_it
     finally:
         notifier.close()
         second.close()
+
+
+def test_on_a_loop_the_listener_delivers_on_that_loop_thread_and_close_stops_reading(tmp_path):
+    """The gateway's listener reads on its event loop (no thread of its own): every datagram's pairs are handed
+    over on the loop's thread, several datagrams in one wake-up; after close nothing more is read."""
+    import asyncio
+
+    cfg = _cfg(tmp_path)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        got: list[tuple[str, bytes]] = []
+        threads: set[int] = set()
+        arrived = asyncio.Event()
+
+        def deliver(pairs):
+            threads.add(threading.get_ident())
+            got.extend(pairs)
+            if len(got) >= 3:
+                arrived.set()
+        # made off the loop's thread, as the gateway makes its waiter
+        listener = await asyncio.to_thread(ReplyListener, cfg, 4, deliver, loop)
+        notifier = ReplyNotifier(cfg)
+        try:
+            assert listener.bound and listener._thread is None
+            notifier.add(4, "a", b"A")
+            notifier.send()
+            notifier.drain()
+            notifier.add(4, "b", b"B")
+            notifier.add(4, "c", b"C")
+            notifier.send()
+            await asyncio.wait_for(arrived.wait(), 10)
+            await asyncio.to_thread(listener.close)   # from another thread, as the gateway closes it
+            return got, threads, listener.stats, listener.path
+        finally:
+            notifier.close()
+
+    got, threads, stats, path = asyncio.run(scenario())
+    assert got == [("a", b"A"), ("b", b"B"), ("c", b"C")]
+    assert threads == {threading.get_ident()}, "delivered on the loop's thread"
+    assert stats["datagrams"] >= 1 and stats["refused"] == 0
+    assert not path.exists()
