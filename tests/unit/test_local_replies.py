@@ -210,3 +210,56 @@ def test_on_a_loop_the_listener_delivers_on_that_loop_thread_and_close_stops_rea
     assert threads == {threading.get_ident()}, "delivered on the loop's thread"
     assert stats["datagrams"] >= 1 and stats["refused"] == 0
     assert not path.exists()
+
+
+def _unread_socket(cfg, partition: int) -> socket.socket:
+    """A waiter's socket bound at ``partition``'s path that nobody reads (a gateway whose loop is stuck)."""
+    return local_replies.bind_own(local_replies.socket_path(cfg, partition), 1 << 16)
+
+
+def _drain_socket(sock: socket.socket) -> list[bytes]:
+    sock.setblocking(False)
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(local_replies.MAX_DATAGRAM))
+        except BlockingIOError:
+            return out
+
+
+def test_a_waiter_that_does_not_read_is_told_nothing_for_the_back_off_then_again(tmp_path, monkeypatch):
+    """A socket full for the whole wait: that batch's kept verdicts come back for the topic, and for the back-off
+    the waiter is not waited on again (its verdicts go straight to the topic, although its socket has room by
+    then); afterwards it is told again."""
+    monkeypatch.setattr(local_replies, "SEND_WAIT_S", 0.05)
+    cfg = _cfg(tmp_path)
+    sock = _unread_socket(cfg, 6)
+    notifier = ReplyNotifier(cfg)
+    try:
+        for i in range(40):   # more datagrams than the socket queues (net.unix.max_dgram_qlen)
+            notifier._send_all([(6, [(f"c{i}", b"v", True)])])
+        untold = notifier.take_untold()
+        assert untold and notifier.stats["dropped"] >= 1
+        assert notifier.stats["told"] + len(untold) == 40, "every verdict either told or handed back"
+        told = notifier.stats["told"]
+        assert len(_drain_socket(sock)) == told          # room again …
+        notifier._send_all([(6, [("late", b"L", True)])])
+        assert notifier.take_untold() == [(6, "late", b"L")] and notifier.stats["told"] == told   # … not used yet
+        notifier._quiet_until.clear()                     # the back-off is over
+        notifier._send_all([(6, [("again", b"A", True)])])
+        assert notifier.take_untold() == [] and unpack(_drain_socket(sock)[0]) == [("again", b"A")]
+    finally:
+        notifier.close()
+        sock.close()
+
+
+def test_batches_queued_for_one_waiter_go_in_one_datagram(tmp_path):
+    cfg = _cfg(tmp_path)
+    sock = _unread_socket(cfg, 7)
+    notifier = ReplyNotifier(cfg)
+    try:
+        notifier._send_all([(7, [("a", b"A", False)]), (8, [("x", b"X", False)]), (7, [("b", b"B", False)])])
+        assert [unpack(d) for d in _drain_socket(sock)] == [[("a", b"A"), ("b", b"B")]]
+    finally:
+        notifier.close()
+        sock.close()
