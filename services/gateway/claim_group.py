@@ -9,6 +9,9 @@ its own seats (the statement leases row ``i`` to the actor, node and deadline of
 Nothing waits on a timer: a lone request is claimed at once, alone, as before; under load one statement serves
 many (group commit). Shapes are independent: each has at most one statement in flight.
 
+The dispatcher groups its "is there any candidate at all?" read the same way (each seat wanting one answer): the
+pilots polling an empty queue share it too.
+
 What a request sees is what its own statement would have given it: its rows in candidate order, a lost race as
 a row without a command id, the statement's exception if it failed. A request cancelled while it waits does not
 cancel the statement the others are in; leases won for it then wait for the dispatch sweep, as a claim whose

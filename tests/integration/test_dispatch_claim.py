@@ -128,6 +128,29 @@ def test_concurrent_requests_of_one_shape_share_a_claim_statement_each_with_its_
                       for rows in got for pid, _, cmd, _ in rows}
 
 
+@ON_BOTH_POOLS
+def test_pilots_polling_an_empty_queue_together_share_the_claim_and_the_candidate_read(cfg, claim_pool):
+    """Five pilots asking at once where there is nothing to dispatch: "no job" for each, after one claim statement
+    and one "any candidate at all?" read for all of them (a quiet site's pilots poll all the time)."""
+    async def scenario():
+        pool = await _pool(cfg)
+        claims = await _claim_pool(cfg, claim_pool)
+        try:
+            dispatcher = Dispatcher(cfg, pool, None, claim_pool=claims)   # type: ignore[arg-type]  # claims only
+            got = await asyncio.gather(*(dispatcher._claim(DispatchRequest(site="EMPTY", node=f"wn{i}"),
+                                                           f"pilot:{i}", 1, 10.0) for i in range(5)))
+            return got, (dispatcher._groups.statements, dispatcher._groups.requests), \
+                (dispatcher._probes.statements, dispatcher._probes.requests)
+        finally:
+            await pool.close()
+            if claims is not None:
+                await claims.close()
+
+    got, claimed, probed = asyncio.run(scenario())
+    assert got == [[]] * 5
+    assert claimed == (1, 5) and probed == (1, 5)
+
+
 def test_a_candidate_leased_after_the_claims_snapshot_comes_back_as_a_lost_race(cfg):
     """The claim's lease check reads its statement's snapshot; a lease committed later (while the claim
     waited for the row) is caught by the lease upsert: the candidate comes back without a command id."""
