@@ -417,7 +417,11 @@ class Ledger:
             polled = self._gather(polled)
         self.blocked = False
         n = self._handle(polled)
-        self.watchdog.step(polled)
+        # commands judged are progress however they came: direct ones are in no poll of the topic, and a loop
+        # seen making no progress is looked at every 30 s (a lag request queued behind the fetch the embedded
+        # broker holds for its 1 s wait, the loop and every verdict standing still meanwhile: the 1 s stalls of
+        # the getJob level, whose commands are all direct, nineteenth session)
+        self.watchdog.step(polled or n > 0)
         return n
 
     def _poll_both(self, timeout_ms: int) -> dict[TopicPartition, list]:

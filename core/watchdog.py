@@ -97,10 +97,11 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def step(self, polled: Mapping | None) -> None:
-        """After a step: records received are progress; else, now and then, is there work it is not getting?"""
+    def step(self, progress: object) -> None:
+        """After a step: ``progress`` (the records polled, or anything true when the step did work that came
+        another way) is progress; else, now and then, is there work it is not getting?"""
         now = self.beat_at = self._clock()
-        if polled:
+        if progress:
             self.progress_at = now
             return
         if self.bound <= 0 or now < self._next_check:

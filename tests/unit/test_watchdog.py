@@ -76,6 +76,20 @@ def test_a_busy_loop_does_not_ask_for_the_lag_between_its_polls():
     assert looks == [105.0]
 
 
+def test_work_that_came_another_way_is_progress_and_spares_the_look():
+    """The ledger's direct dispatches are in no poll of the topic: a step that judged them says so (``True``), and
+    a loop doing only that work is neither looked at (the look stalls it behind a held fetch) nor stuck."""
+    clock, looks = Clock(), []
+    dog = Watchdog("g", 60.0, lambda: looks.append(clock.now) or 5, check_every=5.0, clock=clock)
+    for tenth in range(1, 1000):          # 100 s of steps that judged direct commands, nothing polled
+        clock.now = tenth / 10
+        dog.step(True)
+    assert looks == []
+    clock.now = 105.0                     # nothing at all for 5 s: looked at, as any idle loop
+    dog.step(False)
+    assert looks == [105.0]
+
+
 def test_lag_not_known_is_not_stuck():
     clock = Clock()
 
