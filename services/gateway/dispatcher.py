@@ -116,8 +116,8 @@ class Dispatcher:
         self._source_memo: dict[tuple[DispatchRequest, str], tuple[str, str, Mapping[str, Any]]] = {}
         # the claims of concurrent requests of one shape, one statement (claim_group.py)
         self._groups: ClaimGroups[leases.Claimed] = ClaimGroups(self._claim_seats, max(1, self.max_jobs))
-        # and their "is there any candidate at all?" reads after finding none (_probe_seats)
-        self._probes: ClaimGroups[bool] = ClaimGroups(self._probe_seats, self.PROBE_GROUP)
+        # and their "is there any candidate at all?" reads after finding none (_candidate_read_seats)
+        self._candidate_reads: ClaimGroups[bool] = ClaimGroups(self._candidate_read_seats, self.CANDIDATE_READ_GROUP)
         self._undos: set[asyncio.Task] = set()
         # the delivered marks of concurrent requests, one statement (coalesce.py)
         self._mark_delivered = Coalescer(self._write_delivered)
@@ -129,7 +129,7 @@ class Dispatcher:
         marks took for how many requests (``coalesce.py``)."""
         counts = ", ".join(f"{k} {v:,.0f}" if not k.endswith("seconds") else f"{k} {v:.1f}"
                            for k, v in self.stats.items())
-        c, g, p = self._mark_delivered, self._groups, self._probes
+        c, g, p = self._mark_delivered, self._groups, self._candidate_reads
         return (f"{counts}; claims {g.statements:,} statements for {g.requests:,} requests; candidate reads after"
                 f" none found {p.statements:,} for {p.requests:,}; delivered marks {c.writes:,} statements for"
                 f" {c.calls:,} requests")
@@ -298,12 +298,12 @@ class Dispatcher:
     SOURCE_MEMO = 4096
 
     #: requests one "any candidate?" read answers at most
-    PROBE_GROUP = 1000
+    CANDIDATE_READ_GROUP = 1000
 
     #: claim statements per round at most (each lost race costs one more)
     CLAIM_ROUNDS = 4
 
-    async def _probe_seats(self, shape: DispatchRequest, seats: list[Seat[bool]]) -> list[bool]:
+    async def _candidate_read_seats(self, shape: DispatchRequest, seats: list[Seat[bool]]) -> list[bool]:
         """Whether any candidate of ``shape`` exists, read once for every request of that shape that found none
         (``ClaimGroups``' run, as for claims): pilots polling an empty queue — most getJobs of a quiet site — cost
         one read per moment, not one each. A request joins a read that starts after its own claim statement, so
@@ -325,7 +325,7 @@ class Dispatcher:
         row another pilot's claim statement is leasing this very moment, and every such waiter would then
         hold the row in turn only to lose the race: a queue of claimers on one row, and the winner's lease
         updates waiting behind their upserts. The read sees that claim's lease once it has committed."""
-        if not (await self._probes.claim(shape, 1, actor, node, deliver))[0]:
+        if not (await self._candidate_reads.claim(shape, 1, actor, node, deliver))[0]:
             return []
         claimers = [(new_id(), actor, node, deliver) for _ in range(n)]
         try:

@@ -140,7 +140,7 @@ def test_pilots_polling_an_empty_queue_together_share_the_claim_and_the_candidat
             got = await asyncio.gather(*(dispatcher._claim(DispatchRequest(site="EMPTY", node=f"wn{i}"),
                                                            f"pilot:{i}", 1, 10.0) for i in range(5)))
             return got, (dispatcher._groups.statements, dispatcher._groups.requests), \
-                (dispatcher._probes.statements, dispatcher._probes.requests)
+                (dispatcher._candidate_reads.statements, dispatcher._candidate_reads.requests)
         finally:
             await pool.close()
             if claims is not None:
