@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import logging
@@ -37,6 +38,7 @@ from typing import Any, NamedTuple, Protocol, overload
 import msgspec
 
 from core.config import Config
+from core.eventloop import call_on
 from schemas.messages import Command, Event, Rejected, decode_outcome, encode, key_of
 
 log = logging.getLogger(__name__)
@@ -817,22 +819,13 @@ def _settle(fut: Future | asyncio.Future, outcome: Event | Rejected,
 
 
 def _hand_over(handoff: list[tuple[asyncio.Future, Event | Rejected]]) -> None:
-    """The answers of one poll to their loops' futures: one ``call_soon_threadsafe`` per loop."""
+    """The answers of one poll to their loops' futures: one hand-over per loop (``eventloop.call_on``)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Event | Rejected]]] = {}
     for fut, outcome in handoff:
         by_loop.setdefault(fut.get_loop(), []).append((fut, outcome))
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
     for loop, answers in by_loop.items():
-        if loop is running:   # told on the loop itself (a reply listener reading on it): no hand-over
-            _resolve(answers)
-            continue
-        try:
-            loop.call_soon_threadsafe(_resolve, answers)
-        except RuntimeError:   # the loop is closed: nobody is waiting on it any more
-            pass
+        # on the loop itself (a reply listener reading on it) at once; a closed loop: nobody is waiting any more
+        call_on(loop, functools.partial(_resolve, answers))
 
 
 def _resolve(answers: list[tuple[asyncio.Future, Event | Rejected]]) -> None:

@@ -59,3 +59,31 @@ async def until_set(stop: threading.Event) -> None:
 
     threading.Thread(target=watch, name="stop-watch", daemon=True).start()
     await done
+
+
+def call_on(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any], wait: bool = False) -> None:
+    """``fn()`` on ``loop``, from any thread: at once when called on that loop itself (no hand-over, no wake-up of
+    its pipe), else handed to it (``call_soon_threadsafe``; with ``wait``, waited for up to 5 s: a loop that no
+    longer runs does not hold its caller). A closed loop runs nothing: nobody waits on it any more."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop.is_closed():
+        return
+    if running is loop:
+        fn()
+        return
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            fn()
+        finally:
+            done.set()
+    try:
+        loop.call_soon_threadsafe(call)
+    except RuntimeError:   # closed meanwhile
+        return
+    if wait:
+        done.wait(5)

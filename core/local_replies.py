@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
+from core.eventloop import call_on
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,7 @@ class ReplyListener:
         self.bound = True
         if loop is not None:
             sock.setblocking(False)
-            _on_loop(loop, lambda: loop.add_reader(sock.fileno(), self._readable))
+            call_on(loop, lambda: loop.add_reader(sock.fileno(), self._readable))
             return
         self._thread = threading.Thread(target=self._run, name="local-replies", daemon=True)
         self._thread.start()
@@ -457,7 +458,7 @@ class ReplyListener:
         self._stop.set()
         if self._loop is not None:
             loop, fd = self._loop, self._sock.fileno()
-            _on_loop(loop, lambda: loop.remove_reader(fd), wait=True)
+            call_on(loop, lambda: loop.remove_reader(fd), wait=True)
         else:
             # wake the blocked receive: it returns at once on a socket shut down (a datagram sent to the path could
             # reach another waiter that bound it since, leaving this thread blocked)
@@ -471,29 +472,3 @@ class ReplyListener:
             # unless another waiter of the partition has bound the path since (it is then that one's)
             if self.path is not None and os.stat(self.path).st_ino == self._inode:
                 self.path.unlink()
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any], wait: bool = False) -> None:
-    """``fn`` on ``loop``: at once when called there, else handed to it (and with ``wait``, waited for up to 5 s:
-    a loop that no longer runs does not hold its caller)."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop or loop.is_closed():
-        if not loop.is_closed():
-            fn()
-        return
-    done = threading.Event()
-
-    def call() -> None:
-        try:
-            fn()
-        finally:
-            done.set()
-    try:
-        loop.call_soon_threadsafe(call)
-    except RuntimeError:   # closed meanwhile
-        return
-    if wait:
-        done.wait(5)
