@@ -29,6 +29,14 @@ class Statements:
         return [f"{shape}#{i}" for i in range(min(n, self.found))]
 
 
+async def _first_in_flight(groups: ClaimGroups, run: Statements, actor: str = "p1", node: str = "n",
+                           deliver: float = 1.0) -> asyncio.Future:
+    """A first request whose statement is running (held by ``run``'s gate): what comes now waits for the next."""
+    first = asyncio.ensure_future(groups.claim("A", 1, actor, node, deliver))
+    await run.started.wait()
+    return first
+
+
 def test_a_lone_request_is_claimed_at_once_with_its_own_seats():
     async def scenario():
         run = Statements()
@@ -45,8 +53,7 @@ def test_requests_arriving_while_a_statement_runs_share_the_next_and_each_gets_i
     async def scenario():
         run = Statements(gate=True)
         groups = ClaimGroups(run, max_rows=100)
-        first = asyncio.ensure_future(groups.claim("A", 1, "p1", "n1", 10.0))
-        await run.started.wait()   # the first statement is in flight
+        first = await _first_in_flight(groups, run, node="n1", deliver=10.0)
         later = [asyncio.ensure_future(groups.claim("A", want, f"p{i}", f"n{i}", 20.0 + i))
                  for i, want in ((2, 1), (3, 3), (4, 1))]
         await asyncio.sleep(0)
@@ -63,8 +70,7 @@ def test_when_the_candidates_run_out_the_earliest_seats_are_filled_first():
     async def scenario():
         run = Statements(found=2, gate=True)
         groups = ClaimGroups(run, max_rows=100)
-        first = asyncio.ensure_future(groups.claim("A", 1, "p1", "n1", 10.0))
-        await run.started.wait()
+        first = await _first_in_flight(groups, run, node="n1", deliver=10.0)
         later = [asyncio.ensure_future(groups.claim("A", 1, f"p{i}", "n", 10.0)) for i in (2, 3, 4)]
         await asyncio.sleep(0)
         run.gate.set()
@@ -77,8 +83,7 @@ def test_a_statement_carries_at_most_max_rows_candidates_and_never_splits_a_requ
     async def scenario():
         run = Statements(gate=True)
         groups = ClaimGroups(run, max_rows=4)
-        first = asyncio.ensure_future(groups.claim("A", 1, "p0", "n", 1.0))
-        await run.started.wait()
+        first = await _first_in_flight(groups, run, actor="p0")
         later = [asyncio.ensure_future(groups.claim("A", want, f"p{i}", "n", 1.0))
                  for i, want in ((1, 3), (2, 2), (3, 2), (4, 9))]
         await asyncio.sleep(0)
@@ -140,8 +145,7 @@ def test_a_cancelled_request_does_not_cancel_the_statement_of_the_others():
     async def scenario():
         run = Statements(gate=True)
         groups = ClaimGroups(run, max_rows=10)
-        first = asyncio.ensure_future(groups.claim("A", 1, "p1", "n", 1.0))
-        await run.started.wait()
+        first = await _first_in_flight(groups, run)
         first.cancel()
         other = asyncio.ensure_future(groups.claim("A", 1, "p2", "n", 1.0))
         await asyncio.sleep(0)
