@@ -160,6 +160,14 @@ def starting_at(nxt: int, runs: Sequence[tuple[int, Sequence[Record]]]) -> int |
     return None
 
 
+def in_step(last: int | None, runs: Sequence[tuple[int, Sequence[Record]]]) -> bool:
+    """Whether a held run ends at the reader's ``last`` record: the topic brought that run's records first, so the
+    runs and the topic agree up to there and the next run (naming ``last``) continues it. A reader that fell back
+    to the topic goes back to being fed on this, or it would stay on the topic while its fetch wins every race
+    with the runs it is told."""
+    return last is not None and any(recs and recs[-1].offset == last for _, recs in runs)
+
+
 def take_runs(last: int | None, runs: list[tuple[int, list[Record]]]) -> tuple[list[Record], int | None, bool]:
     """From ``runs`` (after, records) held for one partition: the records that continue ``last`` in order
     (``continues``), the new last record, and whether a run is left that does not continue (a gap: the topic must
@@ -326,7 +334,7 @@ class FedConsumer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.stats = {"fed": 0, "fetched": 0, "gaps": 0, "looks": 0, "refused": 0}
+        self.stats = {"fed": 0, "fetched": 0, "gaps": 0, "looks": 0, "in_step": 0, "refused": 0}
         folder, tag = _directory(cfg)
         self._folder, self._tag = folder, tag
         path = folder / f"{tag}-reader-{group}-{os.getpid()}.sock"
@@ -501,15 +509,18 @@ class FedConsumer:
                 if part.runs:
                     if part.last is None and part.next is not None:
                         part.last = starting_at(part.next, part.runs)
+                    caught_up = in_step(part.last, part.runs)
                     taken, part.last, gap = take_runs(part.last, part.runs)
                     if taken:
                         if not part.taken:
                             part.taken_at = now
                         part.taken.extend(taken)
-                        part.fed_at = now
                         self.stats["fed"] += len(taken)
+                    if taken or caught_up:
+                        part.fed_at = now
                         if not part.fed and not gap and part.last is not None:
                             part.fed = True
+                            self.stats["in_step"] += not taken
                             to_pause.append(tp)
                     if gap and part.fed:
                         part.fed = False
@@ -578,9 +589,9 @@ class FedConsumer:
             with contextlib.suppress(OSError):
                 self.path.unlink()
             if any(self.stats.values()):
-                log.info("events of %s: %d taken from the ledger on this host, %d from the topic; gaps %d, looks %d",
-                         self.group, self.stats["fed"], self.stats["fetched"], self.stats["gaps"],
-                         self.stats["looks"])
+                log.info("events of %s: %d taken from the ledger on this host, %d from the topic; gaps %d, looks %d,"
+                         " back in step %d", self.group, self.stats["fed"], self.stats["fetched"], self.stats["gaps"],
+                         self.stats["looks"], self.stats["in_step"])
         self._inner.close()
 
 

@@ -17,6 +17,7 @@ from core.local_events import (
     FedConsumer,
     chained_after,
     continues,
+    in_step,
     pack,
     readers_linked,
     starting_at,
@@ -62,6 +63,13 @@ def test_a_reader_takes_only_what_continues_its_last_record():
     assert [r.offset for r in taken] == [50] and last == 50 and gap and runs == [(60, [rec(62)])]
     taken, last, gap = take_runs(None, [(5, [rec(7)])])       # last not known (after a seek): nothing taken
     assert taken == [] and last is None and gap
+
+
+def test_a_reader_the_topic_brought_to_where_a_run_ends_is_in_step_with_the_runs():
+    assert in_step(48, [(45, [rec(47), rec(48)])])            # the topic brought 47, 48 before their run came
+    assert not in_step(50, [(45, [rec(47), rec(48)])])        # the topic is past it: the next run may be behind
+    assert not in_step(46, [(45, [rec(47), rec(48)])])
+    assert not in_step(None, [(45, [rec(47), rec(48)])]) and not in_step(48, [])
 
 
 def test_a_reader_sought_to_where_a_run_starts_takes_it_without_the_topic():
@@ -154,9 +162,10 @@ def test_the_reader_goes_to_the_ledgers_runs_and_back_to_the_topic_at_a_gap(shor
         assert c.poll(0) == {}                                # last record not known yet: nothing taken
         assert inner.wakes >= 1                               # but the topic has news: a dozing reader looks now
         inner.queue[tp] = [rec(10), rec(11), rec(12)]         # the topic brings them
-        assert offsets(c.poll(0)) == [10, 11, 12] and tp not in inner.paused
+        assert offsets(c.poll(0)) == [10, 11, 12] and tp in inner.paused   # in step with the held run: paused
+        assert c.stats["in_step"] == 1 and c.stats["fed"] == 0
         hand(c, 12, [14, 15])
-        assert offsets(c.poll(0)) == [14, 15]                 # continues: taken, the partition paused
+        assert offsets(c.poll(0)) == [14, 15]                 # continues: taken
         assert tp in inner.paused
         inner.queue[tp] = [rec(14), rec(15)]                  # a late copy from the topic is not handed out twice
         hand(c, 20, [22])                                     # 17-20 lost on the way: a gap
@@ -165,6 +174,22 @@ def test_the_reader_goes_to_the_ledgers_runs_and_back_to_the_topic_at_a_gap(shor
         inner.queue[tp] = [rec(17), rec(18), rec(20)]         # the topic fills it, the held run continues
         assert offsets(c.poll(0)) == [17, 18, 20, 22]
         assert tp in inner.paused
+    finally:
+        c.close()
+
+
+def test_a_reader_whose_topic_fetch_wins_the_race_goes_back_to_the_runs(short_dir):
+    c, inner = fed_consumer(short_dir)
+    tp = TopicPartition(c.topic, 0)
+    try:
+        inner.queue[tp] = [rec(0), rec(1)]
+        assert offsets(c.poll(0)) == [0, 1] and tp not in inner.paused   # no run told: read from the topic
+        inner.queue[tp] = [rec(3), rec(4)]                    # the topic brings the next transaction first …
+        assert offsets(c.poll(0)) == [3, 4] and tp not in inner.paused
+        hand(c, 1, [3, 4])                                    # … then its run comes: in step, the topic paused
+        assert c.poll(0) == {} and tp in inner.paused
+        hand(c, 4, [6])
+        assert offsets(c.poll(0)) == [6] and c.stats["fed"] == 1 and c.stats["in_step"] == 1
     finally:
         c.close()
 
