@@ -25,7 +25,7 @@ from core.config import Config
 from services.gateway.dispatcher import Dispatcher
 from services.listen import start_site
 
-from . import access, cache, cors, creds, events, harvester, jedilog, legacy, observe, openapi, retry, tasks, v1
+from . import access, cache, cors, creds, events, harvester, jedilog, legacy, observe, openapi, queues, retry, tasks, v1
 from .auth import dev, tls
 from .auth.gate import Gate, authenticate
 from .backend import Backend
@@ -33,6 +33,7 @@ from .bindings import Bindings
 from .identity import TrustingAuthenticator
 
 log = logging.getLogger(__name__)
+KEYS_WARM_S = 5.0   # how long a starting gateway waits for the trusted issuers' signing keys (Gate.warm)
 
 
 @web.middleware
@@ -99,10 +100,12 @@ def build_app(cfg: Config, backend: Backend | None = None, metrics_dir: str | No
     app[access.BINDINGS] = Bindings(int(cfg.gateway.binding_memory))
     app["queue_cache"] = {}
     app["queue_locks"] = {}
+    app["queue_refreshing"] = {}
     app["openapi"] = openapi.document()
     cors.setup(app)
 
     async def start(app: web.Application) -> None:
+        await app["gate"].warm(KEYS_WARM_S)
         await app["backend"].start()
         backend = app["backend"]
         app["dispatcher"] = Dispatcher(cfg, backend.pool, backend.ask, claim_pool=getattr(backend, "claim_pool", None),
@@ -112,6 +115,7 @@ def build_app(cfg: Config, backend: Backend | None = None, metrics_dir: str | No
         dispatcher = app.get("dispatcher")
         if dispatcher is not None:
             log.info("gateway stopping: %s", dispatcher.summary())
+        await queues.stop_refreshing(app)
         await app["backend"].close()
 
     app.on_startup.append(start)

@@ -209,3 +209,45 @@ def test_a_verified_token_is_remembered_but_still_expires_and_loses_a_removed_ke
         return False
 
     wait_until(refused_as_expired, 10, 0.1, "the remembered token to expire")
+
+
+def test_keys_prefetched_at_start_serve_the_first_token_without_a_fetch():
+    key = _key()
+    keys = _Keys((key, "k1"))
+    auth = _auth(keys)
+    issuer = auth.by_iss[ISS]
+    assert asyncio.run(issuer.keys.prefetch()) and keys.fetches == 1
+    assert asyncio.run(issuer.keys.prefetch()) and keys.fetches == 1          # fresh: not fetched again
+    assert _verify(auth, _token(key)).principal == "alice" and keys.fetches == 1
+
+
+def test_an_issuer_whose_keys_cannot_be_fetched_leaves_them_to_the_first_token():
+    key = _key()
+    calls = {"n": 0}
+
+    async def down() -> dict:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("connection refused")
+        return {"keys": [_jwk(key, "k1")]}
+
+    auth = OidcAuthenticator([Issuer("atlas", ISS, AUD, JwksCache(down, max_age=3600, min_refetch=0.0))],
+                             "groups", ROLE_MAP, ["user"], 10)
+    assert asyncio.run(auth.by_iss[ISS].keys.prefetch()) is False
+    assert _verify(auth, _token(key)).principal == "alice" and calls["n"] == 2
+
+
+def test_the_gate_warms_every_issuer_and_gives_up_on_a_silent_one_after_its_timeout(tmp_path):
+    cfg = config.load().replace(state={"dir": str(tmp_path)})
+    gate = Gate(cfg)
+    dev_keys = next(iter(gate.oidc.by_iss.values())).keys
+    assert dev_keys.fetched_at is None
+    assert asyncio.run(gate.warm(5.0)) and dev_keys.fetched_at is not None   # the dev issuer's key, read now
+
+    async def silent() -> dict:
+        await asyncio.sleep(3600)
+        return {}
+
+    gate.oidc.by_iss["https://silent.example"] = Issuer("atlas", "https://silent.example", AUD,
+                                                        JwksCache(silent, max_age=3600))
+    assert asyncio.run(gate.warm(0.05)) is False

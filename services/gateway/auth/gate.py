@@ -5,6 +5,7 @@ what was missing (a PanDA StatusCode 60 JSON body on the legacy pilot API), and 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 from typing import Any
@@ -47,6 +48,22 @@ class Gate:
         elif a.dev_issuer:
             log.warning("the development token issuer is trusted ([auth] dev_issuer = true): whoever can read "
                         "%s can act as anyone; set dev_issuer = false in production", dev.auth_dir(cfg))
+
+    async def warm(self, timeout_s: float) -> bool:
+        """Every trusted issuer's signing keys fetched before the gateway listens, waiting at most ``timeout_s``
+        (an issuer that does not answer must not keep the gateway from serving: its keys are then fetched by the
+        first token that needs them). Whether all were fetched."""
+        issuers = list(self.oidc.by_iss.values()) if self.enabled else []
+        if not issuers:
+            return True
+        try:
+            async with asyncio.timeout(timeout_s):
+                fetched = await asyncio.gather(*(i.keys.prefetch() for i in issuers))
+        except TimeoutError:
+            log.warning("the signing keys of the trusted issuers were not all fetched within %.0f s: the first "
+                        "tokens of those issuers fetch them", timeout_s)
+            return False
+        return all(fetched)
 
     async def identify(self, request: web.Request) -> Identity | None:
         for auth in self.authenticators:

@@ -82,6 +82,21 @@ class JwksCache:
         self.keys, self.fetched_at = keys, self.clock()
         self.fetches += 1
 
+    async def prefetch(self) -> bool:
+        """The keys fetched now unless fresh ones are held, so that a gateway's first requests wait for no fetch
+        (a remote issuer's JWKS over HTTP; the dev issuer's key read and checked from disk, ~30 ms): after a
+        restart hundreds of waiting pilots arrive at once. False, logged, when they could not be fetched: the
+        first request that needs them tries again, as before."""
+        async with self._lock:
+            if self.fetched_at is not None and self.clock() - self.fetched_at <= self.max_age:
+                return True
+            try:
+                await self._refresh()
+            except Refused as exc:
+                log.warning("%s; the first token of this issuer fetches them again", exc.missing)
+                return False
+        return True
+
     async def key(self, kid: str | None) -> jwt.PyJWK:
         found = self.keys.get(kid)
         if found is not None and self.fetched_at is not None and self.clock() - self.fetched_at <= self.max_age:
