@@ -60,15 +60,6 @@ async def files_of(conn: AsyncConnection, pandaids: Iterable[int]) -> dict[int, 
     return out
 
 
-async def still_activated(conn: AsyncConnection, held: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
-    """The (PandaID, seq) pairs of ``held`` whose job is activated at exactly that seq."""
-    pairs = list(held)
-    if not pairs:
-        return set()
-    cur = await conn.execute(q.STILL_ACTIVATED_SQL, ([p for p, _ in pairs], [s for _, s in pairs]))
-    return {(pid, seq) for pid, seq in await cur.fetchall()}
-
-
 async def first_candidates(cur: AsyncCursor, candidate_queries: Sequence[tuple[str, Mapping[str, Any]]]
                            ) -> list[dict[str, Any]]:
     """Run ``projections.candidates.candidate_queries`` in order on ``cur`` (a dict_row cursor in the
