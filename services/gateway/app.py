@@ -114,6 +114,7 @@ def build_app(cfg: Config, backend: Backend | None = None, metrics_dir: str | No
     async def stop(app: web.Application) -> None:
         dispatcher = app.get("dispatcher")
         if dispatcher is not None:
+            await dispatcher.drain()
             log.info("gateway stopping: %s", dispatcher.summary())
         await queues.stop_refreshing(app)
         await app["backend"].close()

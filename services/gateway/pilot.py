@@ -82,29 +82,31 @@ async def get_jobs(request: web.Request, params: Mapping[str, Any]) -> tuple[int
 
 
 async def deliver(request: web.Request, response: web.Response) -> web.StreamResponse:
-    """Write the answer carrying the jobs ``get_jobs`` dispatched, then mark their leases delivered.
+    """Write the answer carrying the jobs ``get_jobs`` dispatched, then have their leases marked delivered.
 
     Why here and not after the handler: only once the response is written can the gateway say its pilot was
     answered. A dispatch whose answer was never written (this process died, the pilot hung up) keeps an
     undelivered lease and the dispatch sweep (services/gateway/undelivered.py) takes it back within seconds,
-    instead of the job sitting ``sent`` to nobody until the 30-minute sent timeout."""
+    instead of the job sitting ``sent`` to nobody until the 30-minute sent timeout. The mark itself runs behind
+    the handler (``Dispatcher.delivered_behind``): the connection's next request is read meanwhile."""
     jobs = request.get(DISPATCHED)
     if not jobs:
         return response
     bindings = request.app[BINDINGS]
     pending = bindings.delivering((j.panda_id, j.event.actor) for j in jobs)   # the pilot may answer at once
-    marked: list = []
     try:
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-        except ConnectionError:
-            log.warning("the pilot went away before jobs %s were written; the dispatch sweep takes them back",
-                        [j.panda_id for j in jobs])
-            return response
-        marked = await request.app["dispatcher"].delivered(jobs)
-    finally:   # only what was marked delivered is bound for good (bindings.py)
-        bindings.settle(pending, ((j.panda_id, j.event.actor) for j in marked))
+        await response.prepare(request)
+        await response.write_eof()
+    except BaseException as exc:
+        bindings.settle(pending, ())
+        if not isinstance(exc, ConnectionError):
+            raise
+        log.warning("the pilot went away before jobs %s were written; the dispatch sweep takes them back",
+                    [j.panda_id for j in jobs])
+        return response
+    # only what was marked delivered is bound for good (bindings.py)
+    request.app["dispatcher"].delivered_behind(
+        jobs, lambda marked: bindings.settle(pending, ((j.panda_id, j.event.actor) for j in marked)))
     return response
 
 
