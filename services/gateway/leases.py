@@ -56,7 +56,7 @@ _CLAIM = (
 # snapshot comes back without a command id (a lost race); the files of the candidates won come with them
 _CLAIM_BATCH = (
     "WITH {ctes}, picked AS MATERIALIZED (SELECT p.pandaid, p.seq, p.spec, row_number() OVER () AS i"
-    " FROM ({union} LIMIT %(n)s) p),"
+    " FROM ({union} LIMIT %(limit)s) p),"
     " won AS (INSERT INTO dispatch_leases AS d (pandaid, seq, site, node, actor, command_id, state, expires_at,"
     " deliver_by) SELECT pandaid, seq, %(site)s, (%(nodes)s::text[])[i], (%(actors)s::text[])[i],"
     " (%(command_ids)s::text[])[i], 'claimed', now() + make_interval(secs => %(ttl)s),"
@@ -133,7 +133,7 @@ async def claim_batch(conn: AsyncConnection, sources: tuple[str, str, Mapping[st
         raise ValueError("claim_batch: no claimers given")
     ctes, union, params = sources
     sql = _claim_sql(ctes, union)
-    params = {**params, "limit": len(claimers), "n": len(claimers), "site": site, "ttl": ttl,
+    params = {**params, "limit": len(claimers), "site": site, "ttl": ttl,
               "command_ids": [c[0] for c in claimers], "actors": [c[1] for c in claimers],
               "nodes": [c[2] for c in claimers], "delivers": [c[3] for c in claimers]}
     cur = await conn.execute(sql, params)   # type: ignore[arg-type]  # composed of fixed text
